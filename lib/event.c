@@ -1,0 +1,276 @@
+/*
+ * event.c - building events from shmbus_msg_t and reading them back.
+ *
+ * An event is the format of shm/event_format.h. The encoder here is the
+ * only writer; the accessors read an event that the library has already
+ * checked (delivered events) so they do no bounds work of their own.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+#include "event_encode.h"
+
+static const char *const type_names[] = {NULL, "command", "notification", "query", "response", "error"};
+static const char *const prio_names[] = {"normal", "low", "normal", "high", "critical"};
+static const char *const status_names[] = {"created",	 "published", "delivered", "processing",
+					   "completed", "failed",    "retrying"};
+static const char *const content_names[] = {"application/octet-stream", "application/json", "text/plain"};
+
+SHMBUS_API const char *shmbus_type_name(shmbus_type_t t)
+{
+	return (t >= 1 && t <= 5) ? type_names[t] : "unknown";
+}
+
+SHMBUS_API int shmbus_type_parse(const char *text)
+{
+	for (int t = 1; text && t <= 5; t++)
+		if (strcmp(text, type_names[t]) == 0)
+			return t;
+	return shmbus__fail(EINVAL, "unknown event type '%s' (command, notification, query, response, error)",
+			    text ? text : "(null)");
+}
+
+SHMBUS_API const char *shmbus_priority_name(shmbus_priority_t p)
+{
+	return ((unsigned)p <= 4) ? prio_names[p] : "unknown";
+}
+
+SHMBUS_API int shmbus_priority_parse(const char *text)
+{
+	for (int p = 1; text && p <= 4; p++)
+		if (strcmp(text, prio_names[p]) == 0)
+			return p;
+	return shmbus__fail(EINVAL, "unknown priority '%s' (low, normal, high, critical)", text ? text : "(null)");
+}
+
+SHMBUS_API const char *shmbus_status_name(shmbus_status_t s)
+{
+	return ((unsigned)s <= 6) ? status_names[s] : "unknown";
+}
+
+SHMBUS_API const char *shmbus_content_name(shmbus_content_t c)
+{
+	return ((unsigned)c <= 2) ? content_names[c] : "unknown";
+}
+
+/* ---------------------------------------------------------------- encode */
+
+static int check_str(const char *what, const char *s, size_t max, bool required, size_t *len)
+{
+	if (!s) {
+		*len = 0;
+		return required ? shmbus__fail(EINVAL, "%s is required", what) : 0;
+	}
+	size_t n = strnlen(s, max + 1);
+	if (n > max)
+		return shmbus__fail(ENAMETOOLONG, "%s is longer than %zu bytes", what, max);
+	if (required && n == 0)
+		return shmbus__fail(EINVAL, "%s must not be empty", what);
+	*len = n;
+	return 0;
+}
+
+static uint64_t align8(uint64_t v)
+{
+	return (v + 7) & ~7ull;
+}
+
+int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t payload_len, uint32_t max_payload,
+		 struct event_layout *lay)
+{
+	int rc;
+	if (!msg)
+		return shmbus__fail(EINVAL, "message is NULL");
+	lay->lib_flags = 0;
+	if (msg->type < SHMBUS_COMMAND || msg->type > SHMBUS_ERROR)
+		return shmbus__fail(EINVAL, "unknown event type %d", (int)msg->type);
+	if ((unsigned)msg->priority > SHMBUS_PRIORITY_CRITICAL)
+		return shmbus__fail(EINVAL, "unknown priority %d", (int)msg->priority);
+	if ((unsigned)msg->content_type > SHMBUS_CONTENT_TEXT)
+		return shmbus__fail(EINVAL, "unknown content type %d", (int)msg->content_type);
+	if (msg->status > SHMBUS_STATUS_RETRYING)
+		return shmbus__fail(EINVAL, "unknown status %d", (int)msg->status);
+	if (msg->flags & ~(uint16_t)(SEG_EVF_USER_MASK))
+		return shmbus__fail(EINVAL, "flags 0x%x are not settable by a publisher", msg->flags);
+	const char *src = msg->source ? msg->source : default_source;
+	const char *strs[SEG_EVENT_STRINGS] = {msg->name,    src,	   msg->target,	     msg->conversation_id,
+					       msg->user_id, msg->intent, msg->decision_id};
+	static const char *const what[SEG_EVENT_STRINGS] = {"event name", "source",	  "target",	 "conversation id",
+							    "user id",	  "intent", "decision id"};
+	uint64_t strings = 0;
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+		size_t n = 0;
+		if ((rc = check_str(what[k], strs[k], SEG_EVENT_STR_MAX, k == SEG_STR_NAME, &n)) < 0)
+			return rc;
+		lay->str[k] = strs[k] ? strs[k] : "";
+		lay->len[k] = (uint8_t)n;
+		strings += n + 1;
+	}
+	if (msg->metadata_count > SEG_EVENT_META_MAX)
+		return shmbus__fail(EMSGSIZE, "%zu metadata pairs, at most %u", msg->metadata_count, SEG_EVENT_META_MAX);
+	if (msg->metadata_count && !msg->metadata)
+		return shmbus__fail(EINVAL, "metadata is NULL with a count of %zu", msg->metadata_count);
+	for (size_t i = 0; i < msg->metadata_count; i++) {
+		const shmbus_meta_t *m = &msg->metadata[i];
+		if (!m->key || !m->value || !m->key[0])
+			return shmbus__fail(EINVAL, "metadata pair %zu has no key or no value", i);
+		size_t kl = strnlen(m->key, SEG_EVENT_META_KEY_MAX + 1);
+		size_t vl = strnlen(m->value, SEG_EVENT_META_VALUE_MAX + 1);
+		if (kl > SEG_EVENT_META_KEY_MAX)
+			return shmbus__fail(EMSGSIZE, "metadata key %zu is longer than %u bytes", i, SEG_EVENT_META_KEY_MAX);
+		if (vl > SEG_EVENT_META_VALUE_MAX)
+			return shmbus__fail(EMSGSIZE, "metadata value of '%s' is longer than %u bytes", m->key,
+					    SEG_EVENT_META_VALUE_MAX);
+		strings += kl + vl + 2;
+	}
+	if (payload_len > max_payload)
+		return shmbus__fail(EMSGSIZE, "payload of %zu bytes exceeds the bus's max payload of %u", payload_len,
+				    max_payload);
+	if (msg->has_confidence && !(msg->confidence >= 0.0f && msg->confidence <= 1.0f))
+		return shmbus__fail(EINVAL, "confidence must be within [0, 1]");
+	lay->strings_len = (uint32_t)strings;
+	lay->payload_off = (uint32_t)align8(SEG_EVENT_FIXED + strings);
+	lay->size = lay->payload_off + (uint32_t)payload_len;
+	return 0;
+}
+
+void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
+		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns)
+{
+	memset(ev, 0, SEG_EVENT_FIXED);
+	ev->size = lay->size;
+	ev->format = SEG_EVENT_FORMAT;
+	ev->type = (uint8_t)msg->type;
+	ev->priority = (uint8_t)(msg->priority ? msg->priority : SHMBUS_PRIORITY_NORMAL);
+	ev->seq = seq;
+	memcpy(ev->id, id, 16);
+	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
+	if (msg->causation_id)
+		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
+	ev->created_ns = now_ns;
+	ev->published_ns = now_ns;
+	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+	ev->name_hash = seg_str_hash(lay->str[SEG_STR_NAME], lay->len[SEG_STR_NAME]);
+	ev->source_hash = seg_str_hash(lay->str[SEG_STR_SOURCE], lay->len[SEG_STR_SOURCE]);
+	ev->target_hash = lay->len[SEG_STR_TARGET] ? seg_str_hash(lay->str[SEG_STR_TARGET], lay->len[SEG_STR_TARGET]) : 0;
+	ev->payload_len = (uint32_t)payload_len;
+	ev->confidence = msg->has_confidence ? msg->confidence : NAN;
+	ev->schema_version = msg->schema_version ? msg->schema_version : 1;
+	ev->status = msg->status ? msg->status : SHMBUS_STATUS_PUBLISHED;
+	ev->retry_count = msg->retry_count;
+	ev->max_retries = msg->max_retries;
+	ev->content_type = (uint8_t)msg->content_type;
+	ev->flags = (uint16_t)(msg->flags | (msg->has_confidence ? SEG_EVF_HAS_CONFIDENCE : 0) | lay->lib_flags);
+	ev->payload_off = lay->payload_off;
+	ev->strings_len = (uint16_t)lay->strings_len;
+	ev->meta_count = (uint8_t)msg->metadata_count;
+	char *p = ev->strings;
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+		ev->len[k] = lay->len[k];
+		memcpy(p, lay->str[k], lay->len[k]);
+		p[lay->len[k]] = '\0';
+		p += lay->len[k] + 1;
+	}
+	for (size_t i = 0; i < msg->metadata_count; i++) {
+		size_t kl = strlen(msg->metadata[i].key) + 1, vl = strlen(msg->metadata[i].value) + 1;
+		memcpy(p, msg->metadata[i].key, kl);
+		p += kl;
+		memcpy(p, msg->metadata[i].value, vl);
+		p += vl;
+	}
+	/* padding before the payload is zeroed so events are reproducible */
+	memset(p, 0, (size_t)((char *)ev + lay->payload_off - p));
+}
+
+/* --------------------------------------------------------------- accessors */
+
+#define EV(e) ((const struct seg_event *)(const void *)(e))
+
+SHMBUS_API uint64_t shmbus_event_seq(const shmbus_event_t *e) { return EV(e)->seq; }
+SHMBUS_API const shmbus_uuid_t *shmbus_event_id(const shmbus_event_t *e) { return (const shmbus_uuid_t *)EV(e)->id; }
+SHMBUS_API const shmbus_uuid_t *shmbus_event_correlation_id(const shmbus_event_t *e)
+{
+	return (const shmbus_uuid_t *)EV(e)->correlation_id;
+}
+SHMBUS_API const shmbus_uuid_t *shmbus_event_causation_id(const shmbus_event_t *e)
+{
+	return (const shmbus_uuid_t *)EV(e)->causation_id;
+}
+SHMBUS_API shmbus_type_t shmbus_event_type(const shmbus_event_t *e) { return (shmbus_type_t)EV(e)->type; }
+SHMBUS_API const char *shmbus_event_name(const shmbus_event_t *e) { return seg_event_string(EV(e), SEG_STR_NAME); }
+SHMBUS_API const char *shmbus_event_source(const shmbus_event_t *e) { return seg_event_string(EV(e), SEG_STR_SOURCE); }
+SHMBUS_API const char *shmbus_event_target(const shmbus_event_t *e) { return seg_event_string(EV(e), SEG_STR_TARGET); }
+SHMBUS_API shmbus_priority_t shmbus_event_priority(const shmbus_event_t *e) { return (shmbus_priority_t)EV(e)->priority; }
+SHMBUS_API uint64_t shmbus_event_created_ns(const shmbus_event_t *e) { return EV(e)->created_ns; }
+SHMBUS_API uint64_t shmbus_event_published_ns(const shmbus_event_t *e) { return EV(e)->published_ns; }
+SHMBUS_API uint64_t shmbus_event_expires_ns(const shmbus_event_t *e) { return EV(e)->expires_ns; }
+SHMBUS_API shmbus_status_t shmbus_event_status(const shmbus_event_t *e) { return (shmbus_status_t)EV(e)->status; }
+SHMBUS_API unsigned shmbus_event_retry_count(const shmbus_event_t *e) { return EV(e)->retry_count; }
+SHMBUS_API unsigned shmbus_event_max_retries(const shmbus_event_t *e) { return EV(e)->max_retries; }
+SHMBUS_API unsigned shmbus_event_schema_version(const shmbus_event_t *e) { return EV(e)->schema_version; }
+SHMBUS_API shmbus_content_t shmbus_event_content_type(const shmbus_event_t *e)
+{
+	return (shmbus_content_t)EV(e)->content_type;
+}
+SHMBUS_API uint16_t shmbus_event_flags(const shmbus_event_t *e) { return EV(e)->flags; }
+SHMBUS_API const char *shmbus_event_conversation_id(const shmbus_event_t *e)
+{
+	return seg_event_string(EV(e), SEG_STR_CONVERSATION);
+}
+SHMBUS_API const char *shmbus_event_user_id(const shmbus_event_t *e) { return seg_event_string(EV(e), SEG_STR_USER); }
+SHMBUS_API const char *shmbus_event_intent(const shmbus_event_t *e) { return seg_event_string(EV(e), SEG_STR_INTENT); }
+SHMBUS_API const char *shmbus_event_decision_id(const shmbus_event_t *e)
+{
+	return seg_event_string(EV(e), SEG_STR_DECISION);
+}
+
+SHMBUS_API bool shmbus_event_confidence(const shmbus_event_t *e, float *out)
+{
+	if (!(EV(e)->flags & SEG_EVF_HAS_CONFIDENCE))
+		return false;
+	if (out)
+		*out = EV(e)->confidence;
+	return true;
+}
+
+SHMBUS_API size_t shmbus_event_metadata_count(const shmbus_event_t *e) { return EV(e)->meta_count; }
+
+SHMBUS_API int shmbus_event_metadata(const shmbus_event_t *e, size_t i, const char **key, const char **value)
+{
+	if (i > UINT32_MAX || seg_event_meta(EV(e), (unsigned)i, key, value) < 0)
+		return shmbus__fail(ERANGE, "metadata index %zu out of range", i);
+	return 0;
+}
+
+SHMBUS_API const char *shmbus_event_meta_get(const shmbus_event_t *e, const char *key)
+{
+	const char *k, *v;
+	for (unsigned i = 0; seg_event_meta(EV(e), i, &k, &v) == 0; i++)
+		if (strcmp(k, key) == 0)
+			return v;
+	return NULL;
+}
+
+SHMBUS_API const void *shmbus_event_payload(const shmbus_event_t *e, size_t *len)
+{
+	if (len)
+		*len = EV(e)->payload_len;
+	return (const uint8_t *)e + EV(e)->payload_off;
+}
+
+SHMBUS_API int shmbus_event_check(const void *bytes, size_t len)
+{
+	const char *why = NULL;
+	if (!bytes)
+		return shmbus__fail(EINVAL, "event bytes are NULL");
+	/* Bytes from outside may be unaligned: check a private copy. */
+	if ((uintptr_t)bytes % 8) {
+		return shmbus__fail(EINVAL, "event bytes must be 8-byte aligned");
+	}
+	int rc = seg_event_check(bytes, len, &why);
+	if (rc < 0)
+		return shmbus__fail(EBADMSG, "invalid event: %s", why);
+	return 0;
+}

@@ -1,0 +1,683 @@
+/*
+ * shmbus.h - the public interface of shmbus, a zero-copy shared-memory event
+ * bus for processes on one Linux host.
+ *
+ * Conventions (as liburing): every fallible function returns 0 (or a count)
+ * on success and -errno on failure; shmbus_errmsg() then tells in words what
+ * went wrong in this thread. Constructors take an options struct (zero means
+ * default, designated initializers recommended) and return the object through
+ * an out pointer; destructors accept NULL.
+ *
+ * Threads: a bus handle may be shared by threads. A publisher handle and a
+ * subscription handle are used by one thread at a time. After fork() the
+ * child must not use handles of its parent: it opens the bus again (the
+ * library closes the parent's descriptors in the child so a child cannot
+ * keep a dead parent looking alive).
+ */
+#ifndef SHMBUS_H
+#define SHMBUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHMBUS_VERSION_MAJOR 0
+#define SHMBUS_VERSION_MINOR 1
+
+/* ---------------------------------------------------------------- limits */
+
+#define SHMBUS_NAME_MAX 64	     /* bus name: [A-Za-z0-9._-]{1,64} */
+#define SHMBUS_STR_MAX 63	     /* event name, source, target, context ids */
+#define SHMBUS_ID_MAX 63	     /* subscriber id, group name, client label */
+#define SHMBUS_META_MAX 16	     /* metadata pairs per event */
+#define SHMBUS_META_KEY_MAX 31
+#define SHMBUS_META_VALUE_MAX 255
+#define SHMBUS_FILTER_SET_MAX 64     /* names+sources+targets per filter */
+#define SHMBUS_FILTER_NODES_MAX 16   /* filter tree nodes */
+#define SHMBUS_FILTER_TEXT_MAX 1264  /* bytes of filter strings and regexes */
+#define SHMBUS_MAX_HELD 40	     /* events a consumer may hold unreleased */
+#define SHMBUS_GROUP_MEMBERS_MAX 8   /* consumers attached to one subscription */
+
+/* ----------------------------------------------------------------- enums */
+
+typedef enum {
+	SHMBUS_COMMAND = 1,
+	SHMBUS_NOTIFICATION = 2,
+	SHMBUS_QUERY = 3,
+	SHMBUS_RESPONSE = 4,
+	SHMBUS_ERROR = 5,
+} shmbus_type_t;
+
+/* Bit of a type in a type mask: SHMBUS_TYPE_BIT(SHMBUS_COMMAND) etc. */
+#define SHMBUS_TYPE_BIT(t) (1u << (t))
+#define SHMBUS_ALL_TYPES 0x3Eu
+
+typedef enum {
+	SHMBUS_PRIORITY_DEFAULT = 0, /* normal */
+	SHMBUS_PRIORITY_LOW = 1,
+	SHMBUS_PRIORITY_NORMAL = 2,
+	SHMBUS_PRIORITY_HIGH = 3,
+	SHMBUS_PRIORITY_CRITICAL = 4,
+} shmbus_priority_t;
+
+typedef enum {
+	SHMBUS_STATUS_CREATED = 0,
+	SHMBUS_STATUS_PUBLISHED = 1,
+	SHMBUS_STATUS_DELIVERED = 2,
+	SHMBUS_STATUS_PROCESSING = 3,
+	SHMBUS_STATUS_COMPLETED = 4,
+	SHMBUS_STATUS_FAILED = 5,
+	SHMBUS_STATUS_RETRYING = 6,
+} shmbus_status_t;
+
+typedef enum {
+	SHMBUS_CONTENT_BINARY = 0,
+	SHMBUS_CONTENT_JSON = 1,
+	SHMBUS_CONTENT_TEXT = 2,
+} shmbus_content_t;
+
+/* How a subscriber waits for its next event. */
+typedef enum {
+	SHMBUS_WAIT_ADAPTIVE = 0, /* spin for spin_ns, then sleep on a futex */
+	SHMBUS_WAIT_SPIN = 1,	  /* never sleep */
+	SHMBUS_WAIT_BLOCK = 2,	  /* sleep at once */
+} shmbus_wait_t;
+
+/* What publishers do when a subscription falls behind. */
+typedef enum {
+	SHMBUS_POLICY_BLOCK = 0, /* wait up to the publish timeout, then fail */
+	SHMBUS_POLICY_LAG = 1,	 /* pass it over; it is told how many it missed */
+} shmbus_policy_t;
+
+/* Event flags a publisher may set (shmbus_msg_t.flags). */
+#define SHMBUS_FLAG_COMPRESSED 0x0004u
+#define SHMBUS_FLAG_REPLAYED 0x0008u
+#define SHMBUS_FLAG_MOBILE_LOW_POWER 0x0010u
+#define SHMBUS_FLAG_MOBILE_METERED 0x0020u
+/* Flags the library sets. */
+#define SHMBUS_FLAG_SUCCESS 0x0001u	/* response: is_success */
+#define SHMBUS_FLAG_FAILURE 0x0002u	/* response: not success */
+
+/* ------------------------------------------------------------ errors, ids */
+
+/* The last failure of this thread, in words. Never NULL. */
+const char *shmbus_errmsg(void);
+
+typedef struct {
+	uint8_t bytes[16];
+} shmbus_uuid_t;
+
+#define SHMBUS_UUID_STR 37 /* 36 characters and the NUL */
+
+/* Canonical text form (8-4-4-4-12, lower case). */
+void shmbus_uuid_format(const shmbus_uuid_t *id, char out[SHMBUS_UUID_STR]);
+/* Parse the canonical form (either case). Returns 0 or -EINVAL. */
+int shmbus_uuid_parse(const char *text, shmbus_uuid_t *out);
+bool shmbus_uuid_is_nil(const shmbus_uuid_t *id);
+/* The bus sequence carried by an id this library made (UUIDv7). */
+uint64_t shmbus_uuid_seq(const shmbus_uuid_t *id);
+
+const char *shmbus_type_name(shmbus_type_t t);	       /* "command", ... */
+int shmbus_type_parse(const char *text);	       /* type or -EINVAL */
+const char *shmbus_priority_name(shmbus_priority_t p); /* "low", ... */
+int shmbus_priority_parse(const char *text);	       /* priority or -EINVAL */
+const char *shmbus_status_name(shmbus_status_t s);
+const char *shmbus_content_name(shmbus_content_t c); /* "application/json", ... */
+
+/* Whether `name` is a valid bus name. Returns 0, -EINVAL or -ENAMETOOLONG. */
+int shmbus_name_check(const char *name);
+
+/* ------------------------------------------------------------------ bus */
+
+typedef struct shmbus_bus shmbus_bus_t;
+
+typedef struct {
+	uint32_t slots;		  /* ring slots, power of two (4096) */
+	uint32_t slot_size;	  /* bytes per slot, power of two >= 256 (256) */
+	uint32_t max_payload;	  /* largest payload accepted (65536) */
+	uint32_t max_subscribers; /* subscription records, <= 256 (64) */
+	uint32_t max_members;	  /* attached processes and publishers, <= 255 (64) */
+	uint32_t mode;		  /* permission bits of the segment (0600) */
+	uint64_t block_timeout_ns;   /* default publisher wait on `block` subs (1 s) */
+	uint64_t stall_timeout_ns;   /* a stuck `block` sub is demoted after (5 s) */
+	uint64_t reclaim_timeout_ns; /* dead members are reclaimed within (1 s) */
+} shmbus_config_t;
+
+typedef struct {
+	const char *label; /* shown by `shmbus info` (program name) */
+} shmbus_open_opts_t;
+
+/*
+ * shmbus_create - create bus `name` and attach to it.
+ * The segment is sized with posix_fallocate (a full /dev/shm fails here with
+ * -ENOSPC rather than SIGBUS later). Fails with -EEXIST if the bus exists,
+ * -EINVAL (bad config, with the reason in shmbus_errmsg) or -ENAMETOOLONG.
+ */
+int shmbus_create(const char *name, const shmbus_config_t *cfg, const shmbus_open_opts_t *opts, shmbus_bus_t **out);
+
+/*
+ * shmbus_open - attach to an existing bus. Validates magic, layout version,
+ * layout hash and size before trusting anything and names the mismatch:
+ * -ENOENT (no such bus), -EPROTO (not a shmbus segment, or another layout
+ * version or hash), -EBADMSG (truncated or inconsistent), -EBUSY (still
+ * being created), -ENOSPC (no free member entry).
+ */
+int shmbus_open(const char *name, const shmbus_open_opts_t *opts, shmbus_bus_t **out);
+
+/* Detach: this process's plain subscriptions are removed, its publishers
+ * closed; durable and group subscriptions stay. NULL-safe. */
+void shmbus_close(shmbus_bus_t *bus);
+
+/* Remove the shm object of bus `name`; attached processes keep their mapping. */
+int shmbus_unlink(const char *name);
+
+const char *shmbus_bus_name(const shmbus_bus_t *bus);
+void shmbus_bus_config(const shmbus_bus_t *bus, shmbus_config_t *out);
+
+/*
+ * shmbus_reclaim - look for members that died and reclaim what they held:
+ * abort their uncommitted claims, give their held events back to their
+ * durable or group subscriptions (or release them), remove their plain
+ * subscriptions. The library calls it itself when it waits longer than a
+ * reclaim interval; call it to force a sweep. Returns how many dead members
+ * were reclaimed.
+ */
+int shmbus_reclaim(shmbus_bus_t *bus);
+
+/* ------------------------------------------------------------- publishing */
+
+typedef struct shmbus_pub shmbus_pub_t;
+
+typedef struct {
+	const char *source;   /* default source of events ("pid-<pid>") */
+	int64_t timeout_ns;   /* wait on `block` subscribers: 0 = the bus's,
+				 < 0 = fail at once with -EAGAIN */
+} shmbus_pub_opts_t;
+
+int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out);
+void shmbus_pub_close(shmbus_pub_t *pub);
+
+typedef struct {
+	const char *key;
+	const char *value;
+} shmbus_meta_t;
+
+/*
+ * One event to publish. Strings are NUL-terminated and checked against the
+ * limits above: longer input fails with -ENAMETOOLONG, never truncated.
+ */
+typedef struct {
+	shmbus_type_t type;			/* required */
+	const char *name;			/* required, 1..63 bytes */
+	const char *source;			/* NULL: the publisher's */
+	const char *target;			/* NULL: none */
+	shmbus_priority_t priority;
+	const shmbus_uuid_t *correlation_id;	/* NULL: the event's own id */
+	const shmbus_uuid_t *causation_id;	/* NULL: none */
+	uint64_t ttl_ns;			/* 0: never expires */
+	uint8_t max_retries;
+	uint8_t retry_count;
+	uint8_t status;				/* 0: published */
+	uint16_t schema_version;		/* 0: 1 */
+	shmbus_content_t content_type;
+	uint16_t flags;				/* SHMBUS_FLAG_* a publisher may set */
+	const char *conversation_id;
+	const char *user_id;
+	const char *intent;
+	const char *decision_id;
+	bool has_confidence;
+	float confidence;
+	const shmbus_meta_t *metadata;
+	size_t metadata_count;
+	const void *payload;
+	size_t payload_len;
+} shmbus_msg_t;
+
+/*
+ * shmbus_publish - copy one event into the bus, route it to every matching
+ * subscription and wake those that sleep. The id (UUIDv7 with the bus
+ * sequence) is stored in *id if id is not NULL.
+ * Errors: -EINVAL (bad type/priority/missing name), -ENAMETOOLONG (a string
+ * over its limit), -EMSGSIZE (payload over max_payload, or too many or too
+ * long metadata), -EAGAIN (a `block` subscriber is full and the timeout is
+ * negative), -ETIMEDOUT (it stayed full for the timeout).
+ */
+int shmbus_publish(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id);
+
+/*
+ * shmbus_publish_batch - publish n events with one claim and one wake per
+ * subscription. All or nothing: on error no event of the batch is visible.
+ * Returns n or -errno; ids (n entries) may be NULL.
+ */
+int shmbus_publish_batch(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids);
+
+/*
+ * Zero-copy publishing: reserve room for a payload of payload_len bytes,
+ * write it at claim->payload, then commit (route, wake) or abort (the slot
+ * becomes padding nobody sees). A publisher has at most one claim open.
+ * msg->payload is ignored. If the process dies before commit, survivors
+ * abort the claim within the reclaim timeout.
+ */
+typedef struct {
+	void *payload;	    /* where to write payload_len bytes */
+	size_t payload_len;
+	uint64_t seq;	    /* bus sequence of the event */
+	void *priv;	    /* library-owned */
+} shmbus_claim_t;
+
+int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t payload_len, shmbus_claim_t *claim);
+int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uuid_t *id);
+int shmbus_abort(shmbus_pub_t *pub, shmbus_claim_t *claim);
+
+typedef struct shmbus_event shmbus_event_t;
+
+/*
+ * The five event types of the spec with their fields. JSON arguments are
+ * stored as given (content type JSON; the library does not parse them) and
+ * may be NULL for none.
+ *  - command: name, parameters, target
+ *  - notification: name, data
+ *  - query: name, parameters, target
+ *  - response: to `query` (correlation id = the query's, causation = the
+ *    query, target = the query's source, name = the query's name), data,
+ *    success (flag SUCCESS or FAILURE)
+ *  - error: code (the event name), message (metadata "message", <= 255
+ *    bytes), source_event_id (causation and correlation), details
+ */
+int shmbus_publish_command(shmbus_pub_t *pub, const char *name, const char *params_json, const char *target, shmbus_uuid_t *id);
+int shmbus_publish_notification(shmbus_pub_t *pub, const char *name, const char *data_json, shmbus_uuid_t *id);
+int shmbus_publish_query(shmbus_pub_t *pub, const char *name, const char *params_json, const char *target, shmbus_uuid_t *id);
+int shmbus_publish_response(shmbus_pub_t *pub, const shmbus_event_t *query, const char *data_json, bool success, shmbus_uuid_t *id);
+int shmbus_publish_error(shmbus_pub_t *pub, const char *code, const char *message, const shmbus_uuid_t *source_event_id,
+			 const char *details_json, shmbus_uuid_t *id);
+
+/* --------------------------------------------------------------- filters */
+
+/*
+ * A filter is built in the subscriber's process and copied into shared
+ * memory at subscribe time, where publishers evaluate it (all kinds but
+ * custom predicates, which run in the subscriber). Composites take ownership
+ * of their children, also on failure. Constructors return 0 or -errno
+ * (-EINVAL, -ENOMEM, -E2BIG when a limit above is exceeded).
+ */
+typedef struct shmbus_filter shmbus_filter_t;
+typedef bool (*shmbus_predicate_t)(const shmbus_event_t *ev, void *arg);
+
+int shmbus_filter_types(uint32_t type_mask, shmbus_filter_t **out);
+int shmbus_filter_names(const char *const *names, size_t n, shmbus_filter_t **out);
+int shmbus_filter_sources(const char *const *sources, size_t n, shmbus_filter_t **out);
+int shmbus_filter_targets(const char *const *targets, size_t n, shmbus_filter_t **out);
+int shmbus_filter_min_priority(shmbus_priority_t min, shmbus_filter_t **out);
+/* POSIX extended regex on the event name, unanchored like regexec(). */
+int shmbus_filter_pattern(const char *regex, shmbus_filter_t **out);
+int shmbus_filter_all(shmbus_filter_t **children, size_t n, shmbus_filter_t **out);
+int shmbus_filter_any(shmbus_filter_t **children, size_t n, shmbus_filter_t **out);
+int shmbus_filter_custom(shmbus_predicate_t fn, void *arg, shmbus_filter_t **out);
+void shmbus_filter_free(shmbus_filter_t *f);
+
+/* --------------------------------------------------------- subscriptions */
+
+typedef struct shmbus_sub shmbus_sub_t;
+typedef uint64_t shmbus_sub_id_t;
+
+typedef struct {
+	const char *subscriber_id;   /* the spec's subscriber id ("pid-<pid>") */
+	const char *group;	     /* competing consumers: one member per event */
+	bool durable;		     /* outlives its process; key: subscriber_id,
+					or group when set */
+	shmbus_policy_t policy;
+	shmbus_wait_t wait;
+	uint64_t spin_ns;	     /* adaptive spin budget (50 us) */
+	const shmbus_filter_t *filter; /* NULL: every event; copied */
+} shmbus_sub_opts_t;
+
+/*
+ * shmbus_subscribe - create a subscription, or attach to an existing durable
+ * one (same key; its stored filter and queued events are kept, and replaced
+ * by opts->filter only if that is not NULL) or join a group (same group
+ * name). Errors: -ENOSPC (no free subscription record or group member
+ * entry), -E2BIG (filter too large), -EINVAL, -ENAMETOOLONG, -EEXIST (a
+ * durable subscription with this key exists with another policy or group).
+ */
+int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts, shmbus_sub_t **out);
+
+/* Detach this handle. A plain subscription is removed (its queued events
+ * released); durable and group subscriptions stay. NULL-safe. */
+void shmbus_sub_close(shmbus_sub_t *sub);
+
+/* Remove the subscription for everyone (durable and group included) and
+ * close the handle. */
+int shmbus_unsubscribe(shmbus_sub_t *sub);
+
+shmbus_sub_id_t shmbus_sub_id(const shmbus_sub_t *sub);
+
+/*
+ * shmbus_poll - take the next event without waiting. Returns 1 and the
+ * event in *ev (read in place; valid until shmbus_release), 0 if none,
+ * -ENOBUFS if SHMBUS_MAX_HELD events are held, -ESHUTDOWN if the
+ * subscription was removed. High and critical events come first.
+ */
+int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev);
+
+/*
+ * shmbus_wait - like shmbus_poll but waits up to timeout_ns (< 0: forever)
+ * in the subscription's wait mode. Returns 1, 0 on timeout, or -errno
+ * (-EINTR when a signal interrupted a sleep).
+ */
+int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_event_t **ev);
+
+/* Give an event back: its slot may be reused once every subscription it was
+ * routed to has released it. Returns 0, or -ESTALE if the event was revoked
+ * (the subscription was demoted after stalling; its bytes may have changed
+ * while held), -EINVAL if it is not held by this subscription. */
+int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev);
+
+/* Whether held event ev was handed to this subscription again because
+ * the consumer it was first delivered to died holding it. */
+bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t *ev);
+
+/* Events this subscription missed (lag policy or demotion) since the last
+ * call; the counter is reset. */
+uint64_t shmbus_take_missed(shmbus_sub_t *sub);
+
+/* Pause (publishers skip the subscription; nothing is queued while paused),
+ * resume, and remove by id, from any process attached to the bus. */
+int shmbus_pause(shmbus_bus_t *bus, shmbus_sub_id_t id);
+int shmbus_resume(shmbus_bus_t *bus, shmbus_sub_id_t id);
+int shmbus_unsubscribe_id(shmbus_bus_t *bus, shmbus_sub_id_t id);
+
+/* ------------------------------------------------------- reading events */
+
+uint64_t shmbus_event_seq(const shmbus_event_t *ev);
+const shmbus_uuid_t *shmbus_event_id(const shmbus_event_t *ev);
+const shmbus_uuid_t *shmbus_event_correlation_id(const shmbus_event_t *ev);
+const shmbus_uuid_t *shmbus_event_causation_id(const shmbus_event_t *ev); /* nil = none */
+shmbus_type_t shmbus_event_type(const shmbus_event_t *ev);
+const char *shmbus_event_name(const shmbus_event_t *ev);
+const char *shmbus_event_source(const shmbus_event_t *ev);
+const char *shmbus_event_target(const shmbus_event_t *ev); /* "" = none */
+shmbus_priority_t shmbus_event_priority(const shmbus_event_t *ev);
+uint64_t shmbus_event_created_ns(const shmbus_event_t *ev);
+uint64_t shmbus_event_published_ns(const shmbus_event_t *ev);
+uint64_t shmbus_event_expires_ns(const shmbus_event_t *ev); /* 0 = never */
+shmbus_status_t shmbus_event_status(const shmbus_event_t *ev);
+unsigned shmbus_event_retry_count(const shmbus_event_t *ev);
+unsigned shmbus_event_max_retries(const shmbus_event_t *ev);
+unsigned shmbus_event_schema_version(const shmbus_event_t *ev);
+shmbus_content_t shmbus_event_content_type(const shmbus_event_t *ev);
+uint16_t shmbus_event_flags(const shmbus_event_t *ev);
+const char *shmbus_event_conversation_id(const shmbus_event_t *ev);
+const char *shmbus_event_user_id(const shmbus_event_t *ev);
+const char *shmbus_event_intent(const shmbus_event_t *ev);
+const char *shmbus_event_decision_id(const shmbus_event_t *ev);
+bool shmbus_event_confidence(const shmbus_event_t *ev, float *out);
+size_t shmbus_event_metadata_count(const shmbus_event_t *ev);
+int shmbus_event_metadata(const shmbus_event_t *ev, size_t i, const char **key, const char **value);
+/* Value of metadata `key`, or NULL. */
+const char *shmbus_event_meta_get(const shmbus_event_t *ev, const char *key);
+const void *shmbus_event_payload(const shmbus_event_t *ev, size_t *len);
+
+/*
+ * shmbus_event_check - validate bytes that claim to be an event (from a
+ * file, a socket, a copied segment): size, format, enums, string and
+ * payload bounds. Returns 0 or -EBADMSG (reason in shmbus_errmsg).
+ */
+int shmbus_event_check(const void *bytes, size_t len);
+
+/* ----------------------------------------------------- listing, metrics */
+
+typedef struct {
+	shmbus_sub_id_t id;
+	char subscriber_id[SHMBUS_ID_MAX + 1];
+	char group[SHMBUS_ID_MAX + 1];
+	bool durable, paused, demoted;
+	shmbus_policy_t policy;
+	uint32_t consumers;	 /* attached consumers */
+	uint64_t queue_depth;	 /* queued, not yet delivered */
+	uint64_t held;		 /* delivered, not yet released */
+	uint64_t routed;	 /* events routed to it */
+	uint64_t delivered;
+	uint64_t filtered;	 /* dropped by a custom predicate */
+	uint64_t lagged;	 /* missed: passed over or dropped */
+	uint64_t demotions;
+	uint64_t redelivered;
+	uint64_t revoked;
+} shmbus_sub_info_t;
+
+/*
+ * shmbus_list_subscriptions - fill up to cap entries with the bus's
+ * subscriptions (those of `subscriber_id` only, unless NULL). Returns the
+ * total number that matched (which may exceed cap).
+ */
+int shmbus_list_subscriptions(shmbus_bus_t *bus, const char *subscriber_id, shmbus_sub_info_t *out, size_t cap);
+
+typedef struct {
+	uint32_t index;
+	uint32_t pid;
+	bool alive;
+	uint64_t attach_ns;
+	char label[SHMBUS_ID_MAX + 1];
+} shmbus_member_info_t;
+
+/* Members (attached processes), alive or dead. Returns the count (may exceed cap). */
+int shmbus_list_members(shmbus_bus_t *bus, shmbus_member_info_t *out, size_t cap);
+
+typedef struct {
+	uint64_t published;	 /* events committed */
+	uint64_t publish_bytes;	 /* payload bytes committed */
+	uint64_t routed;	 /* deliveries queued (sum over subscriptions) */
+	uint64_t delivered;
+	uint64_t filtered;
+	uint64_t lagged;
+	uint64_t block_waits;	 /* publishes that had to wait for space */
+	uint64_t block_timeouts; /* publishes that gave up */
+	uint64_t demotions;
+	uint64_t reclaims;	 /* dead members reclaimed */
+	uint64_t aborted_claims;
+	uint64_t recovered_events;
+	uint64_t redelivered;
+	uint64_t ring_slots, ring_used; /* slots, and slots not reusable now */
+	uint32_t members, subscriptions;
+	uint64_t next_seq;
+} shmbus_metrics_t;
+
+/* The spec's get_metrics: bus-wide counters summed over publishers and
+ * subscriptions, read live from the segment. */
+int shmbus_get_metrics(shmbus_bus_t *bus, shmbus_metrics_t *out);
+
+/* --------------------------------------------------- bus directory */
+
+typedef struct {
+	char name[SHMBUS_NAME_MAX + 1];
+	uint64_t size;
+	uint32_t members, alive;
+	bool stale;  /* no live member */
+	bool valid;  /* passed validation */
+} shmbus_bus_entry_t;
+
+/* Buses in /dev/shm. Returns the count (may exceed cap). */
+int shmbus_list_buses(shmbus_bus_entry_t *out, size_t cap);
+
+/* Remove every stale bus (no live member). Returns how many. */
+int shmbus_gc(void);
+
+/* ---- inspection (shm-dump) ---- */
+/*
+ * Read-only inspection of a bus segment, for shm-dump and post-mortems.
+ *
+ * The inspector reads a private copy of the bytes once, at open (read(),
+ * never mmap, so a file that shrinks cannot fault us), never attaches as a
+ * member and never writes. Nothing in the copy is trusted: every offset,
+ * index and length is checked before use, whatever the bytes, and what does
+ * not hold is recorded as a problem (one sentence each) rather than acted
+ * upon. A snapshot of a busy live bus may show transient inconsistencies.
+ * Every pointer and string handed out stays valid until
+ * shmbus_inspect_close.
+ */
+#pragma GCC visibility push(default)
+
+typedef struct shmbus_inspect shmbus_inspect_t;
+
+/*
+ * shmbus_inspect_open - copy and check a segment. `name_or_path` is a bus
+ * name (the object /dev/shm/shmbus.NAME, member liveness is then asked of
+ * the kernel) or, when it contains a '/' or names no valid bus, a file
+ * holding a copy of a segment (liveness is then unknown).
+ * Returns 0 and an inspector whenever the bytes could be read, even if they
+ * are garbage (see shmbus_inspect_error and the problem list), or -ENOENT,
+ * -EACCES, -EFBIG (larger than the address space allows) or -ENOMEM.
+ */
+int shmbus_inspect_open(const char *name_or_path, shmbus_inspect_t **out);
+void shmbus_inspect_close(shmbus_inspect_t *in);
+
+/* Why the header cannot be trusted (nothing else is decoded then), or NULL
+ * when it can. */
+const char *shmbus_inspect_error(const shmbus_inspect_t *in);
+
+/* Invariant violations and damage found, in the order found. The error
+ * above, if any, is the first problem. */
+size_t shmbus_inspect_problem_count(const shmbus_inspect_t *in);
+const char *shmbus_inspect_problem(const shmbus_inspect_t *in, size_t i); /* NULL past the end */
+
+typedef enum {
+	SHMBUS_LIVENESS_UNKNOWN = 0, /* a copied file: nobody to ask */
+	SHMBUS_LIVENESS_ALIVE = 1,
+	SHMBUS_LIVENESS_DEAD = 2,
+} shmbus_liveness_t;
+
+typedef struct {
+	char name[SHMBUS_NAME_MAX + 1];
+	char path[256];		 /* what was read */
+	bool live;		 /* read from /dev/shm, liveness known */
+	uint64_t file_size;	 /* bytes read */
+	uint64_t magic;
+	uint32_t layout_version;
+	uint32_t state;		 /* 0 initialising, 1 ready */
+	uint64_t layout_hash;
+	uint64_t total_size;	 /* as the header states it */
+	uint64_t incarnation;
+	uint64_t created_ns;
+	shmbus_config_t config;
+	uint32_t queue_capacity; /* per priority class */
+	uint32_t flags;
+	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, data_off;
+	uint64_t claim_pos;	 /* next free slot position */
+	uint64_t route_epoch;
+	uint32_t space_waiters;
+	uint64_t reclaims, aborted_claims, demotions, recovered_events;
+} shmbus_inspect_header_t;
+
+/* 0, or -EBADMSG when the header cannot be trusted. */
+int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *out);
+
+typedef struct {
+	uint32_t index;
+	uint32_t state; /* 1 active, 2 being reclaimed */
+	uint32_t pid;
+	uint64_t generation;
+	uint64_t attach_ns;
+	char label[SHMBUS_ID_MAX + 1];
+	shmbus_liveness_t liveness;
+} shmbus_inspect_member_t;
+
+/* Member entries in use (free ones are skipped); i in [0, count). 0 or -ERANGE. */
+size_t shmbus_inspect_member_count(const shmbus_inspect_t *in);
+int shmbus_inspect_member(const shmbus_inspect_t *in, size_t i, shmbus_inspect_member_t *out);
+
+typedef struct {
+	uint32_t index;
+	uint32_t member;
+	uint64_t member_gen;
+	char source[SHMBUS_ID_MAX + 1];
+	uint64_t routing; /* odd while it routes an event */
+	uint64_t published, publish_bytes, block_waits, block_timeouts;
+} shmbus_inspect_pub_t;
+
+/* Publisher entries in use. 0 or -ERANGE. */
+size_t shmbus_inspect_pub_count(const shmbus_inspect_t *in);
+int shmbus_inspect_pub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_pub_t *out);
+
+typedef struct {
+	uint32_t index;
+	uint32_t member;
+	uint64_t member_gen;
+	uint32_t pid;
+	uint64_t delivered;
+	uint32_t held_count;		/* entries used in held[] */
+	uint64_t held[SHMBUS_MAX_HELD]; /* raw descriptors (seq in bits 0..59) */
+} shmbus_inspect_consumer_t;
+
+typedef struct {
+	uint32_t index;
+	uint32_t state; /* 1 active, 2 being set up */
+	uint32_t flags; /* raw SEG_SUB_* bits */
+	shmbus_sub_id_t id;
+	uint32_t owner; /* member index, or 0xFFFFFFFF for durable/group */
+	uint64_t created_ns;
+	char subscriber_id[SHMBUS_ID_MAX + 1];
+	char group[SHMBUS_ID_MAX + 1];
+	bool durable, paused, demoted, grouped;
+	shmbus_policy_t policy;
+	char filter[1024];	 /* decoded, e.g. all(types(command),name~"^a") */
+	uint64_t head[2], tail[2]; /* per class: 0 urgent, 1 normal */
+	uint64_t queue_depth;	 /* sum of tail - head over the classes */
+	uint64_t held;		 /* held entries over all consumers */
+	uint64_t delivered, filtered, missed, dropped_full;
+	uint64_t demotions, redelivered, revoked;
+	uint32_t consumer_count;
+	shmbus_inspect_consumer_t consumers[SHMBUS_GROUP_MEMBERS_MAX];
+} shmbus_inspect_sub_t;
+
+/* Subscription records in use. 0 or -ERANGE. */
+size_t shmbus_inspect_sub_count(const shmbus_inspect_t *in);
+int shmbus_inspect_sub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_sub_t *out);
+
+typedef struct {
+	uint64_t slots;
+	uint64_t free, claimed, committed, aborted; /* slot_ctl states */
+	uint64_t referenced;			   /* slots with refs > 0 */
+	uint64_t refs;				   /* sum of refs */
+	uint64_t claim_pos;
+	uint64_t events; /* committed events still readable in the ring */
+} shmbus_inspect_ring_t;
+
+/* 0, or -EBADMSG when the slot control region is unreadable. */
+int shmbus_inspect_ring(const shmbus_inspect_t *in, shmbus_inspect_ring_t *out);
+
+/* One decoded event; the strings point into the inspector's copy. */
+typedef struct {
+	uint64_t seq;
+	uint32_t slots; /* ring slots it spans */
+	uint32_t refs;	/* routing references not yet released */
+	shmbus_uuid_t id, correlation_id, causation_id;
+	shmbus_type_t type;
+	shmbus_priority_t priority;
+	shmbus_status_t status;
+	uint64_t created_ns, published_ns, expires_ns;
+	unsigned schema_version, retry_count, max_retries;
+	shmbus_content_t content_type;
+	uint16_t flags;
+	bool has_confidence;
+	float confidence;
+	const char *name, *source, *target, *conversation_id, *user_id, *intent, *decision_id;
+	size_t metadata_count;
+	shmbus_meta_t metadata[SHMBUS_META_MAX];
+	const void *payload;
+	size_t payload_len;
+} shmbus_inspect_event_t;
+
+/* Committed events that passed the event check, oldest first. 0 or -ERANGE. */
+size_t shmbus_inspect_event_count(const shmbus_inspect_t *in);
+int shmbus_inspect_event(const shmbus_inspect_t *in, size_t i, shmbus_inspect_event_t *out);
+
+#pragma GCC visibility pop
+/* ---- end inspection ---- */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,184 @@
+/*
+ * internal.h - what the library's modules share and users never see.
+ */
+#ifndef SHMBUS_LIB_INTERNAL_H
+#define SHMBUS_LIB_INTERNAL_H
+
+#include <pthread.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "atomics.h"
+#include "event_format.h"
+#include "layout.h"
+#include "queue.h"
+#include "segment.h"
+#include "shmbus.h"
+
+#define SHMBUS_API __attribute__((visibility("default")))
+
+#define DEFAULT_SLOTS 4096u
+#define DEFAULT_SLOT_SIZE 256u
+#define DEFAULT_MAX_PAYLOAD 65536u
+#define DEFAULT_MAX_SUBSCRIBERS 64u
+#define DEFAULT_MAX_MEMBERS 64u
+#define DEFAULT_MODE 0600u
+#define DEFAULT_BLOCK_TIMEOUT_NS 1000000000ull
+#define DEFAULT_STALL_TIMEOUT_NS 5000000000ull
+#define DEFAULT_RECLAIM_TIMEOUT_NS 1000000000ull
+#define DEFAULT_SPIN_NS 50000ull
+
+/* errmsg.c: set the thread's message and return -err. */
+int shmbus__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+struct shmbus_bus {
+	struct seg_map map;
+	char name[SHMBUS_NAME_MAX + 1];
+	struct seg_header *hdr;
+	struct seg_member *members;
+	struct seg_pub *pubs;
+	struct seg_sub *subs;
+	struct seg_cell *cells;
+	uint64_t *slot_ctl;
+	uint8_t *data;
+	uint32_t slot_shift, slot_mask, slot_size_shift;
+	uint32_t nslots, max_subs, max_members;
+	uint64_t max_event_bytes;
+	uint32_t member;       /* our member index */
+	uint64_t member_gen;
+	uint64_t reclaim_interval_ns;
+	uint64_t last_reclaim_ns;  /* monotonic, relaxed: a hint */
+	bool orphaned;	       /* this handle was inherited through fork() */
+	pthread_mutex_t lock;  /* process-local: the lists below */
+	struct shmbus_pub *pubs_open;
+	struct shmbus_sub *subs_open;
+	struct shmbus_bus *next_open;
+};
+
+/* Everything that can be derived from a slot index or a sub index. */
+static inline struct seg_sub *bus_sub(const shmbus_bus_t *b, uint32_t i) { return &b->subs[i]; }
+static inline uint8_t *bus_slot_data(const shmbus_bus_t *b, uint64_t pos)
+{
+	return b->data + ((uint64_t)(pos & b->slot_mask) << b->slot_size_shift);
+}
+static inline uint64_t *bus_slot_ctl(const shmbus_bus_t *b, uint64_t pos) { return &b->slot_ctl[pos & b->slot_mask]; }
+static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
+static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
+{
+	struct queue_view q = {
+		.ends = &b->subs[sub].ends[cls],
+		.cells = b->cells + ((uint64_t)sub * SEG_QUEUE_CLASSES + cls) * b->nslots,
+		.cap = b->nslots,
+	};
+	return q;
+}
+static inline uint64_t sub_id_make(uint32_t idx, uint64_t gen) { return (gen << 16) | idx; }
+
+uint64_t now_mono_ns(void);
+uint64_t now_real_ns(void);
+
+/* Compiled regexes of one subscription's PATTERN nodes, cached by a
+ * process that evaluates them, with a memo of recent results by name hash
+ * (event names repeat, so most evaluations cost one compare). */
+#define PATTERN_MEMO 32
+struct pattern_cache {
+	uint64_t epoch;	  /* route_epoch the entry is valid for */
+	uint64_t sub_gen; /* subscription generation */
+	bool compiled[SEG_FILTER_NODES];
+	bool ok[SEG_FILTER_NODES];
+	regex_t re[SEG_FILTER_NODES];
+	struct {
+		uint64_t name_hash;
+		uint32_t result; /* bit per node: matched; bit 31: valid */
+		uint32_t node_mask;
+	} memo[PATTERN_MEMO];
+};
+
+struct route_ctx {
+	struct pattern_cache *cache[SEG_MAX_SUBSCRIBERS];
+};
+
+struct shmbus_pub {
+	shmbus_bus_t *bus;
+	uint32_t index;
+	struct seg_pub *rec;
+	int64_t timeout_ns;
+	char source[SHMBUS_STR_MAX + 1];
+	struct route_ctx route;
+	bool claim_open;
+	uint64_t claim_pos;
+	uint32_t claim_slots;
+	struct shmbus_pub *next;
+};
+
+struct held_local {
+	const void *ev;
+	uint32_t k;
+};
+
+struct custom_pred {
+	shmbus_predicate_t fn;
+	void *arg;
+};
+
+struct shmbus_sub {
+	shmbus_bus_t *bus;
+	uint32_t index;
+	uint64_t generation;
+	uint32_t consumer;
+	struct seg_sub *rec;
+	struct seg_consumer *cons;
+	shmbus_wait_t wait;
+	uint64_t spin_ns;
+	uint32_t nheld;
+	struct held_local held[SEG_HELD_MAX];
+	uint64_t missed_seen;
+	struct custom_pred custom[SEG_FILTER_NODES];
+	bool has_custom;
+	struct route_ctx route; /* for evaluating patterns in the second stage */
+	struct shmbus_sub *next;
+};
+
+/* bus.c */
+int bus_check_usable(const shmbus_bus_t *bus);
+void bus_track_pub(shmbus_bus_t *bus, shmbus_pub_t *pub, bool add);
+void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add);
+int bus_lock_subs(shmbus_bus_t *bus);
+void bus_unlock_subs(shmbus_bus_t *bus);
+
+/* route.c: does event ev match filter f of subscription sub_index?
+ * Custom nodes count as true unless preds is given (second stage). */
+bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
+		 const struct seg_event *ev, const struct custom_pred *preds);
+void route_ctx_free(struct route_ctx *ctx);
+/* Queue descriptor seq for every subscription ev matches; marks them in
+ * wake (bitmap of SEG_MASK_WORDS words). Returns the references taken. */
+uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *wake);
+/* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
+void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
+void route_wake(shmbus_bus_t *bus, uint32_t sub_index);
+
+/* filter.c: compile a filter tree into its shared form. */
+int filter_compile(const shmbus_filter_t *f, struct seg_filter *out, struct custom_pred *preds, uint32_t *type_union);
+
+/* slots: release one reference of the event at seq. */
+void slot_release_ref(shmbus_bus_t *bus, uint64_t seq);
+
+/* subscribe.c: membership of the routing masks. */
+void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
+void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
+void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed);
+void sub_wait_routing_grace(shmbus_bus_t *bus);
+
+/* reclaim.c */
+int reclaim_if_due(shmbus_bus_t *bus);
+void reclaim_member(shmbus_bus_t *bus, uint32_t m);
+bool member_alive(shmbus_bus_t *bus, uint32_t m);
+void reclaim_relieve_congestion(shmbus_bus_t *bus, uint64_t blocking_seq, bool stalled);
+
+/* uuid.c */
+void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation);
+
+
+#endif

@@ -1,0 +1,338 @@
+/*
+ * publish.c - publishers: copy, batch and zero-copy (reserve/commit/abort)
+ * publishing, and the five convenience calls of the spec.
+ *
+ * Commit order, for every event: bytes written -> routed (descriptors
+ * pushed, references counted) -> slot COMMITTED with its reference count
+ * (release) -> one seq_cst fence per call -> futex wake of the subscriptions
+ * that announced they sleep. No syscall when nobody sleeps.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "event_encode.h"
+#include "slots.h"
+
+#define BATCH_STACK 64
+
+SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0)
+		return rc;
+	if (!out)
+		return shmbus__fail(EINVAL, "out is NULL");
+	char source[SHMBUS_STR_MAX + 2];
+	if (opts && opts->source) {
+		size_t n = strnlen(opts->source, SHMBUS_STR_MAX + 1);
+		if (n > SHMBUS_STR_MAX)
+			return shmbus__fail(ENAMETOOLONG, "source is longer than %d bytes", SHMBUS_STR_MAX);
+		if (n == 0)
+			return shmbus__fail(EINVAL, "source must not be empty");
+		memcpy(source, opts->source, n + 1);
+	} else {
+		snprintf(source, sizeof source, "pid-%d", (int)getpid());
+	}
+	shmbus_pub_t *pub = calloc(1, sizeof *pub);
+	if (!pub)
+		return shmbus__fail(ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < bus->max_members; i++) {
+		struct seg_pub *r = &bus->pubs[i];
+		uint32_t expected = 0;
+		if (at_load_relaxed_u32(&r->state) != 0 || !at_cas_u32(&r->state, &expected, 1))
+			continue;
+		r->member = bus->member;
+		r->member_gen = bus->member_gen;
+		memcpy(r->source, source, strlen(source) + 1);
+		at_store_relaxed_u64(&r->published, 0);
+		at_store_relaxed_u64(&r->publish_bytes, 0);
+		at_store_relaxed_u64(&r->block_waits, 0);
+		at_store_relaxed_u64(&r->block_timeouts, 0);
+		at_store_release_u64(&r->routing, 0);
+		pub->bus = bus;
+		pub->index = i;
+		pub->rec = r;
+		pub->timeout_ns = opts ? opts->timeout_ns : 0;
+		memcpy(pub->source, source, sizeof pub->source);
+		bus_track_pub(bus, pub, true);
+		*out = pub;
+		return 0;
+	}
+	free(pub);
+	return shmbus__fail(ENOSPC, "bus '%s' has no free publisher entry (max members %u)", bus->name,
+			    bus->max_members);
+}
+
+SHMBUS_API void shmbus_pub_close(shmbus_pub_t *pub)
+{
+	if (!pub)
+		return;
+	shmbus_bus_t *bus = pub->bus;
+	if (!bus->orphaned) {
+		if (pub->claim_open) {
+			shmbus_claim_t c = {.priv = pub};
+			shmbus_abort(pub, &c);
+		}
+		struct seg_header *h = bus->hdr;
+		struct seg_pub *r = pub->rec;
+		at_count_u64(&h->retired_published, at_load_relaxed_u64(&r->published));
+		at_count_u64(&h->retired_publish_bytes, at_load_relaxed_u64(&r->publish_bytes));
+		at_count_u64(&h->retired_block_waits, at_load_relaxed_u64(&r->block_waits));
+		at_count_u64(&h->retired_block_timeouts, at_load_relaxed_u64(&r->block_timeouts));
+		at_store_release_u32(&r->state, 0);
+	}
+	bus_track_pub(bus, pub, false);
+	route_ctx_free(&pub->route);
+	free(pub);
+}
+
+static uint32_t slots_for(const shmbus_bus_t *bus, uint32_t bytes)
+{
+	uint32_t size = 1u << bus->slot_size_shift;
+	return (bytes + size - 1) >> bus->slot_size_shift;
+}
+
+/* Route and commit one written event; the caller fences and wakes. */
+static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
+{
+	uint32_t refs = route_event(pub, ev, seq, wake);
+	at_store_release_u64(bus_slot_ctl(pub->bus, seq), seg_ctl_make(bus_lap(pub->bus, seq), SEG_SLOT_COMMITTED, refs));
+}
+
+static void routing_begin(shmbus_pub_t *pub)
+{
+	at_store_relaxed_u64(&pub->rec->routing, pub->rec->routing | 1);
+	at_fence_seq_cst();
+}
+
+static void routing_end(shmbus_pub_t *pub, const uint64_t *wake)
+{
+	at_fence_seq_cst();
+	route_wake_set(pub->bus, wake);
+	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
+}
+
+static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids, uint16_t lib_flags)
+{
+	int rc;
+	if (!pub)
+		return shmbus__fail(EINVAL, "publisher is NULL");
+	if ((rc = bus_check_usable(pub->bus)) < 0)
+		return rc;
+	if (pub->claim_open)
+		return shmbus__fail(EBUSY, "a zero-copy claim is open: commit or abort it first");
+	if (n == 0)
+		return 0;
+	if (!msgs || n > INT32_MAX)
+		return shmbus__fail(EINVAL, "bad message array");
+	shmbus_bus_t *bus = pub->bus;
+	struct event_layout stack[BATCH_STACK], *lay = n <= BATCH_STACK ? stack : malloc(n * sizeof *lay);
+	if (!lay)
+		return shmbus__fail(ENOMEM, "out of memory");
+	uint64_t total = 0;
+	bool urgent = false;
+	for (size_t i = 0; i < n; i++) {
+		if (msgs[i].payload_len && !msgs[i].payload) {
+			rc = shmbus__fail(EINVAL, "message %zu has a payload length but no payload", i);
+			goto out;
+		}
+		if ((rc = event_layout(&msgs[i], pub->source, msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
+			goto out;
+		lay[i].lib_flags = lib_flags;
+		total += slots_for(bus, lay[i].size);
+		urgent |= msgs[i].priority >= SHMBUS_PRIORITY_HIGH;
+	}
+	if (total > bus->nslots / 2) {
+		rc = shmbus__fail(EMSGSIZE, "batch needs %llu slots, more than half the ring (%u)",
+				  (unsigned long long)total, bus->nslots / 2);
+		goto out;
+	}
+	uint64_t pos;
+	if ((rc = slots_claim(pub, (uint32_t)total, urgent, &pos)) < 0)
+		goto out;
+	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	routing_begin(pub);
+	for (size_t i = 0; i < n; i++) {
+		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
+		shmbus_uuid_t id;
+		uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
+		if (seq != pos) /* later heads of a batch: claimed by us too */
+			at_store_release_u64(bus_slot_ctl(bus, seq),
+					     seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_CLAIMED, pub->index + 1));
+		event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
+		if (msgs[i].payload_len)
+			memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
+		commit_one(pub, ev, seq, wake);
+		if (ids)
+			ids[i] = id;
+		bytes += msgs[i].payload_len;
+		seq += slots_for(bus, lay[i].size);
+	}
+	routing_end(pub, wake);
+	at_count_u64(&pub->rec->published, n);
+	at_count_u64(&pub->rec->publish_bytes, bytes);
+	rc = (int)n;
+out:
+	if (lay != stack)
+		free(lay);
+	return rc;
+}
+
+SHMBUS_API int shmbus_publish(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id)
+{
+	int rc = publish_many(pub, msg, 1, id, 0);
+	return rc < 0 ? rc : 0;
+}
+
+SHMBUS_API int shmbus_publish_batch(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids)
+{
+	return publish_many(pub, msgs, n, ids, 0);
+}
+
+/* ------------------------------------------------------------- zero copy */
+
+SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t payload_len, shmbus_claim_t *claim)
+{
+	int rc;
+	if (!pub || !claim)
+		return shmbus__fail(EINVAL, "publisher or claim is NULL");
+	if ((rc = bus_check_usable(pub->bus)) < 0)
+		return rc;
+	if (pub->claim_open)
+		return shmbus__fail(EBUSY, "a zero-copy claim is already open");
+	shmbus_bus_t *bus = pub->bus;
+	struct event_layout lay;
+	if ((rc = event_layout(msg, pub->source, payload_len, bus->hdr->max_payload, &lay)) < 0)
+		return rc;
+	uint32_t n = slots_for(bus, lay.size);
+	uint64_t pos;
+	if ((rc = slots_claim(pub, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
+		return rc;
+	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
+	shmbus_uuid_t id;
+	uint64_t now = now_real_ns();
+	uuid_make_v7(&id, now / 1000000, pos, bus->hdr->incarnation);
+	event_write(ev, msg, &lay, payload_len, pos, &id, now);
+	pub->claim_open = true;
+	pub->claim_pos = pos;
+	pub->claim_slots = n;
+	claim->payload = (uint8_t *)ev + lay.payload_off;
+	claim->payload_len = payload_len;
+	claim->seq = pos;
+	claim->priv = pub;
+	return 0;
+}
+
+static int claim_check(shmbus_pub_t *pub, const shmbus_claim_t *claim)
+{
+	if (!pub || !claim)
+		return shmbus__fail(EINVAL, "publisher or claim is NULL");
+	if (!pub->claim_open || claim->priv != pub)
+		return shmbus__fail(EINVAL, "no open claim for this publisher");
+	return bus_check_usable(pub->bus);
+}
+
+SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uuid_t *id)
+{
+	int rc = claim_check(pub, claim);
+	if (rc < 0)
+		return rc;
+	shmbus_bus_t *bus = pub->bus;
+	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pub->claim_pos);
+	uint64_t wake[SEG_MASK_WORDS] = {0};
+	ev->published_ns = now_real_ns();
+	if (id)
+		memcpy(id, ev->id, sizeof *id);
+	routing_begin(pub);
+	commit_one(pub, ev, pub->claim_pos, wake);
+	routing_end(pub, wake);
+	at_count_u64(&pub->rec->published, 1);
+	at_count_u64(&pub->rec->publish_bytes, ev->payload_len);
+	pub->claim_open = false;
+	claim->priv = NULL;
+	return 0;
+}
+
+SHMBUS_API int shmbus_abort(shmbus_pub_t *pub, shmbus_claim_t *claim)
+{
+	int rc = claim_check(pub, claim);
+	if (rc < 0)
+		return rc;
+	shmbus_bus_t *bus = pub->bus;
+	at_store_release_u64(bus_slot_ctl(bus, pub->claim_pos),
+			     seg_ctl_make(bus_lap(bus, pub->claim_pos), SEG_SLOT_ABORTED, 0));
+	at_count_u64(&bus->hdr->aborted_claims, 1);
+	pub->claim_open = false;
+	claim->priv = NULL;
+	return 0;
+}
+
+/* ------------------------------------------------------ the five types */
+
+static shmbus_msg_t json_msg(shmbus_type_t type, const char *name, const char *json, const char *target)
+{
+	shmbus_msg_t m = {
+		.type = type,
+		.name = name,
+		.target = target,
+		.content_type = SHMBUS_CONTENT_JSON,
+		.payload = json,
+		.payload_len = json ? strlen(json) : 0,
+	};
+	return m;
+}
+
+SHMBUS_API int shmbus_publish_command(shmbus_pub_t *pub, const char *name, const char *params_json, const char *target,
+				      shmbus_uuid_t *id)
+{
+	shmbus_msg_t m = json_msg(SHMBUS_COMMAND, name, params_json, target);
+	return shmbus_publish(pub, &m, id);
+}
+
+SHMBUS_API int shmbus_publish_notification(shmbus_pub_t *pub, const char *name, const char *data_json, shmbus_uuid_t *id)
+{
+	shmbus_msg_t m = json_msg(SHMBUS_NOTIFICATION, name, data_json, NULL);
+	return shmbus_publish(pub, &m, id);
+}
+
+SHMBUS_API int shmbus_publish_query(shmbus_pub_t *pub, const char *name, const char *params_json, const char *target,
+				    shmbus_uuid_t *id)
+{
+	shmbus_msg_t m = json_msg(SHMBUS_QUERY, name, params_json, target);
+	return shmbus_publish(pub, &m, id);
+}
+
+SHMBUS_API int shmbus_publish_response(shmbus_pub_t *pub, const shmbus_event_t *query, const char *data_json,
+				       bool success, shmbus_uuid_t *id)
+{
+	if (!query)
+		return shmbus__fail(EINVAL, "response needs the query event");
+	const char *target = shmbus_event_source(query);
+	shmbus_msg_t m = json_msg(SHMBUS_RESPONSE, shmbus_event_name(query), data_json, target[0] ? target : NULL);
+	m.correlation_id = shmbus_event_correlation_id(query);
+	m.causation_id = shmbus_event_id(query);
+	m.conversation_id = shmbus_event_conversation_id(query)[0] ? shmbus_event_conversation_id(query) : NULL;
+	m.user_id = shmbus_event_user_id(query)[0] ? shmbus_event_user_id(query) : NULL;
+	m.intent = shmbus_event_intent(query)[0] ? shmbus_event_intent(query) : NULL;
+	int rc = publish_many(pub, &m, 1, id, success ? SEG_EVF_SUCCESS : SEG_EVF_FAILURE);
+	return rc < 0 ? rc : 0;
+}
+
+SHMBUS_API int shmbus_publish_error(shmbus_pub_t *pub, const char *code, const char *message,
+				    const shmbus_uuid_t *source_event_id, const char *details_json, shmbus_uuid_t *id)
+{
+	shmbus_meta_t meta = {.key = "message", .value = message};
+	shmbus_msg_t m = json_msg(SHMBUS_ERROR, code, details_json, NULL);
+	m.priority = SHMBUS_PRIORITY_HIGH;
+	m.causation_id = source_event_id;
+	m.correlation_id = source_event_id;
+	if (message) {
+		m.metadata = &meta;
+		m.metadata_count = 1;
+	}
+	return shmbus_publish(pub, &m, id);
+}

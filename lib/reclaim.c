@@ -1,0 +1,344 @@
+/*
+ * reclaim.c - what survivors do for the dead and the stuck.
+ *
+ * Dead members (their OFD liveness lock is gone): abort what they claimed
+ * and never committed, finish or undo queue cells they were in the middle
+ * of, give the events they held back to durable and group subscriptions
+ * (or release them), remove their plain subscriptions and publishers.
+ *
+ * Congestion: a publisher that cannot claim a slot drains `lag`
+ * subscriptions' oldest descriptors (they are told how many they missed)
+ * and, after the stall timeout, demotes the `block` subscriptions that hold
+ * the slot it waits for.
+ *
+ * Every step uses the same atomic protocol as the data path, so live
+ * publishers and consumers carry on while a survivor works; the reclaim
+ * lock (an OFD lock) keeps two survivors from reclaiming at once, and a
+ * survivor that dies half way leaves the member RECLAIMING for the next.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+#include "liveness.h"
+#include "futex.h"
+
+bool member_alive(shmbus_bus_t *bus, uint32_t m)
+{
+	if (m == bus->member)
+		return true;
+	if (m >= bus->max_members)
+		return false;
+	return live_is_locked(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) != 0;
+}
+
+/* Wait (briefly) for a live publisher to commit the slot a recovered
+ * descriptor points to, so the reference it counts is released once. */
+static uint32_t settled_state(shmbus_bus_t *bus, uint64_t seq)
+{
+	uint64_t *ctl = bus_slot_ctl(bus, seq);
+	uint64_t deadline = now_mono_ns() + bus->reclaim_interval_ns;
+	for (;;) {
+		uint64_t c = at_load_acquire_u64(ctl);
+		if (seg_ctl_lap(c) != bus_lap(bus, seq))
+			return SEG_SLOT_FREE; /* moved on: nothing to release */
+		uint32_t st = seg_ctl_state(c);
+		if (st != SEG_SLOT_CLAIMED || now_mono_ns() > deadline)
+			return st;
+		at_cpu_relax();
+	}
+}
+
+static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
+{
+	const struct seg_event *ev = (const struct seg_event *)bus_slot_data(bus, seq);
+	return ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
+}
+
+/* A descriptor a dead consumer held: back into its subscription's queue if
+ * the subscription lives on, else its reference is released. */
+static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
+{
+	if (!desc || desc == SEG_HELD_REVOKED || (desc & SEG_DESC_TOMBSTONE))
+		return;
+	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+	uint32_t st = settled_state(bus, seq);
+	if (st != SEG_SLOT_COMMITTED)
+		return; /* aborted or gone: nothing to deliver or release */
+	struct seg_sub *s = bus_sub(bus, sub);
+	if (keep) {
+		struct queue_view q = bus_queue(bus, sub, desc_class(bus, seq));
+		if (queue_push(&q, bus->member, desc | SEG_DESC_REDELIVERED) == 0) {
+			at_count_u64(&s->redelivered, 1);
+			at_count_u64(&bus->hdr->recovered_events, 1);
+			return;
+		}
+		at_count_u64(&s->missed, 1);
+	}
+	if (desc & SEG_DESC_HOLDS_REF)
+		slot_release_ref(bus, seq);
+}
+
+struct taken_ctx {
+	shmbus_bus_t *bus;
+	uint32_t sub;
+	bool keep;
+	const uint64_t *held; /* the dead consumers' held entries, n of them */
+	size_t n;
+};
+
+/* A cell the dead member was taking: unless its descriptor already reached
+ * a held[] entry (it died between the two), give it back. */
+static void on_taken(uint64_t desc, void *arg)
+{
+	struct taken_ctx *t = arg;
+	for (size_t i = 0; i < t->n; i++)
+		if (t->held[i] == desc)
+			return;
+	give_back(t->bus, t->sub, desc, t->keep);
+}
+
+static bool sub_survives(const struct seg_sub *s, uint32_t dead, uint32_t remaining_consumers)
+{
+	uint32_t flags = at_load_acquire_u32((uint32_t *)&s->flags);
+	if (flags & SEG_SUB_DURABLE)
+		return true;
+	if (flags & SEG_SUB_GROUP)
+		return remaining_consumers > 0;
+	return s->owner != dead && remaining_consumers > 0;
+}
+
+static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	uint32_t state = at_load_acquire_u32(&s->state);
+	if (state == SEG_SUB_FREE)
+		return;
+	uint64_t held[SEG_CONSUMERS * SEG_HELD_MAX];
+	size_t n = 0;
+	uint32_t remaining = 0;
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE)
+			continue;
+		if (con->member != dead) {
+			remaining++;
+			continue;
+		}
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t d = at_load_acquire_u64(&con->held[k]);
+			if (d && d != SEG_HELD_REVOKED)
+				held[n++] = d;
+		}
+	}
+	bool keep = sub_survives(s, dead, remaining);
+	struct taken_ctx t = {.bus = bus, .sub = idx, .keep = keep, .held = held, .n = n};
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		queue_recover(&q, dead, SEG_DESC_TOMBSTONE, on_taken, &t);
+	}
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
+			continue;
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t d = at_load_acquire_u64(&con->held[k]);
+			if (!d)
+				continue;
+			if (at_cas_u64(&con->held[k], &d, 0))
+				give_back(bus, idx, d, keep);
+		}
+		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
+	}
+	if (!keep && state == SEG_SUB_ACTIVE && (s->owner == dead || remaining == 0) &&
+	    !(s->flags & SEG_SUB_DURABLE))
+		sub_remove_locked(bus, idx);
+	else if (keep)
+		route_wake(bus, idx);
+}
+
+/* Abort every claim of a dead member's publishers: a CLAIMED slot names
+ * its publisher (refs = 1 + pub index while claimed). */
+static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
+{
+	for (uint64_t i = 0; i < bus->nslots; i++) {
+		uint64_t c = at_load_acquire_u64(&bus->slot_ctl[i]);
+		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED)
+			continue;
+		uint32_t p = seg_ctl_refs(c) - 1;
+		if (p >= bus->max_members || bus->pubs[p].member != dead ||
+		    at_load_acquire_u32(&bus->pubs[p].state) == 0)
+			continue;
+		if (at_cas_u64(&bus->slot_ctl[i], &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)))
+			at_count_u64(&bus->hdr->aborted_claims, 1);
+	}
+}
+
+static void retire_pubs(shmbus_bus_t *bus, uint32_t dead)
+{
+	struct seg_header *h = bus->hdr;
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		struct seg_pub *r = &bus->pubs[p];
+		if (at_load_acquire_u32(&r->state) == 0 || r->member != dead)
+			continue;
+		at_count_u64(&h->retired_published, at_load_relaxed_u64(&r->published));
+		at_count_u64(&h->retired_publish_bytes, at_load_relaxed_u64(&r->publish_bytes));
+		at_count_u64(&h->retired_block_waits, at_load_relaxed_u64(&r->block_waits));
+		at_count_u64(&h->retired_block_timeouts, at_load_relaxed_u64(&r->block_timeouts));
+		at_store_relaxed_u64(&r->routing, 0);
+		at_store_release_u32(&r->state, 0);
+	}
+}
+
+/*
+ * reclaim_member - everything of member m, which is dead (or is us,
+ * leaving). The caller holds the reclaim lock or is m itself. Ends with the
+ * member entry FREE and its liveness byte unlocked.
+ */
+void reclaim_member(shmbus_bus_t *bus, uint32_t m)
+{
+	struct seg_member *mem = &bus->members[m];
+	bool self = m == bus->member;
+	if (!self && live_lock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) < 0)
+		return; /* someone else took it meanwhile */
+	at_store_release_u32(&mem->state, SEG_MEMBER_RECLAIMING);
+	abort_claims(bus, m);
+	bool locked = bus_lock_subs(bus) == 0;
+	for (uint32_t s = 0; s < bus->max_subs; s++)
+		reclaim_sub(bus, s, m);
+	if (locked)
+		bus_unlock_subs(bus);
+	retire_pubs(bus, m);
+	if (!self)
+		at_count_u64(&bus->hdr->reclaims, 1);
+	mem->pid = 0;
+	at_store_release_u32(&mem->state, SEG_MEMBER_FREE);
+	live_unlock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m);
+	/* Publishers waiting for space may have it now. */
+	at_fetch_add_u32(&bus->hdr->space_futex, 1);
+	futex_wake_shared(&bus->hdr->space_futex, 1 << 30);
+}
+
+SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0)
+		return rc;
+	at_store_relaxed_u64(&bus->last_reclaim_ns, now_mono_ns());
+	if (live_lock(bus->map.fd, SEG_LOCK_RECLAIM) < 0)
+		return 0; /* another survivor is at it */
+	int n = 0;
+	for (uint32_t m = 0; m < bus->max_members; m++) {
+		uint32_t st = at_load_acquire_u32(&bus->members[m].state);
+		if (st == SEG_MEMBER_FREE || m == bus->member || member_alive(bus, m))
+			continue;
+		reclaim_member(bus, m);
+		n++;
+	}
+	live_unlock(bus->map.fd, SEG_LOCK_RECLAIM);
+	return n;
+}
+
+int reclaim_if_due(shmbus_bus_t *bus)
+{
+	uint64_t now = now_mono_ns();
+	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns)
+		return 0;
+	return shmbus_reclaim(bus);
+}
+
+/* ------------------------------------------------------------ congestion */
+
+static bool queue_holds(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
+{
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		uint64_t head = at_load_acquire_u64(&q.ends->head), tail = at_load_acquire_u64(&q.ends->tail);
+		for (uint64_t p = head; p < tail && p - head < q.cap; p++) {
+			const struct seg_cell *c = &q.cells[p & (q.cap - 1)];
+			if ((at_load_acquire_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK) == seq)
+				return true;
+		}
+	}
+	return false;
+}
+
+static bool held_by(struct seg_sub *s, uint64_t seq)
+{
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t d = at_load_acquire_u64(&s->consumers[c].held[k]);
+			if (d && d != SEG_HELD_REVOKED && (d & SEG_DESC_SEQ_MASK) == seq)
+				return true;
+		}
+	return false;
+}
+
+/* Take back held events at or below max_seq from a stalled subscription's
+ * consumers. Their release then reports -ESTALE. */
+static void revoke_held(shmbus_bus_t *bus, struct seg_sub *s, uint64_t max_seq)
+{
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t *slot = &s->consumers[c].held[k];
+			uint64_t d = at_load_acquire_u64(slot);
+			if (!d || d == SEG_HELD_REVOKED || (d & SEG_DESC_SEQ_MASK) > max_seq)
+				continue;
+			if (!at_cas_u64(slot, &d, SEG_HELD_REVOKED))
+				continue;
+			at_count_u64(&s->revoked, 1);
+			at_count_u64(&s->missed, 1);
+			if (d & SEG_DESC_HOLDS_REF)
+				slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
+		}
+}
+
+/* Drop queued descriptors at or below max_seq: the subscription missed
+ * them. Returns how many. */
+static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	uint64_t n = 0;
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		uint64_t pos, desc;
+		while (queue_take(&q, bus->member, max_seq, &pos, &desc) == 1) {
+			queue_finish_take(&q, pos);
+			if (desc & SEG_DESC_TOMBSTONE)
+				continue;
+			if ((desc & SEG_DESC_HOLDS_REF) && settled_state(bus, desc & SEG_DESC_SEQ_MASK) == SEG_SLOT_COMMITTED)
+				slot_release_ref(bus, desc & SEG_DESC_SEQ_MASK);
+			n++;
+		}
+	}
+	if (n)
+		at_count_u64(&s->missed, n);
+	return n;
+}
+
+void reclaim_relieve_congestion(shmbus_bus_t *bus, uint64_t blocking_seq, bool stalled)
+{
+	/* Free the oldest quarter of the ring in one go, so a lagging reader
+	 * is not drained one slot per publish. */
+	uint64_t max_seq = blocking_seq + bus->nslots / 4;
+	for (uint32_t i = 0; i < bus->max_subs; i++) {
+		struct seg_sub *s = bus_sub(bus, i);
+		if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
+			continue;
+		uint32_t flags = at_load_acquire_u32(&s->flags);
+		bool lagging = flags & (SEG_SUB_POLICY_LAG | SEG_SUB_DEMOTED);
+		bool culprit = stalled && (queue_holds(bus, i, blocking_seq) || held_by(s, blocking_seq));
+		if (culprit && !lagging) {
+			at_fetch_or_u32(&s->flags, SEG_SUB_DEMOTED);
+			at_count_u64(&s->demotions, 1);
+			at_count_u64(&bus->hdr->demotions, 1);
+			s->block_since_ns = now_real_ns();
+			lagging = true;
+		}
+		if (!lagging)
+			continue;
+		drain_upto(bus, i, max_seq);
+		if (culprit)
+			revoke_held(bus, s, max_seq);
+	}
+}

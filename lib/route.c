@@ -1,0 +1,220 @@
+/*
+ * route.c - publisher-side routing: which subscriptions get an event.
+ *
+ * Candidates come from two bitmaps in the header (active subscriptions, and
+ * those whose filter can match this type), so a subscription that cannot
+ * match costs a publisher one AND of four words. Each candidate's filter
+ * tree is evaluated against the hashes precomputed in the event header.
+ * Everything read from the shared filter is bounds-checked: a corrupt filter
+ * makes a subscription match nothing, never a crash.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "futex.h"
+
+#define MAX_DEPTH 8
+
+struct eval {
+	shmbus_bus_t *bus;
+	struct route_ctx *ctx;
+	uint32_t sub;
+	const struct seg_filter *f;
+	const struct seg_event *ev;
+	const struct custom_pred *preds;
+	struct pattern_cache *pc;
+};
+
+static void pattern_cache_reset(struct pattern_cache *pc)
+{
+	for (unsigned i = 0; i < SEG_FILTER_NODES; i++) {
+		if (pc->compiled[i] && pc->ok[i])
+			regfree(&pc->re[i]);
+		pc->compiled[i] = false;
+	}
+	memset(pc->memo, 0, sizeof pc->memo);
+}
+
+void route_ctx_free(struct route_ctx *ctx)
+{
+	for (unsigned i = 0; i < SEG_MAX_SUBSCRIBERS; i++) {
+		if (!ctx->cache[i])
+			continue;
+		pattern_cache_reset(ctx->cache[i]);
+		free(ctx->cache[i]);
+		ctx->cache[i] = NULL;
+	}
+}
+
+/* The cache entry of this subscription, valid for the current routing
+ * epoch (any subscribe, unsubscribe or filter change bumps it). */
+static struct pattern_cache *pattern_cache_get(struct eval *e)
+{
+	struct pattern_cache *pc = e->ctx->cache[e->sub];
+	if (!pc) {
+		pc = calloc(1, sizeof *pc);
+		if (!pc)
+			return NULL;
+		e->ctx->cache[e->sub] = pc;
+	}
+	uint64_t epoch = at_load_acquire_u64(&e->bus->hdr->route_epoch);
+	uint64_t gen = at_load_acquire_u64(&e->bus->subs[e->sub].generation);
+	if (pc->epoch != epoch || pc->sub_gen != gen) {
+		pattern_cache_reset(pc);
+		pc->epoch = epoch;
+		pc->sub_gen = gen;
+	}
+	return pc;
+}
+
+static bool pattern_match(struct eval *e, unsigned node, uint32_t text_off)
+{
+	if (!e->pc && !(e->pc = pattern_cache_get(e)))
+		return false;
+	struct pattern_cache *pc = e->pc;
+	unsigned slot = (unsigned)(e->ev->name_hash % PATTERN_MEMO);
+	uint32_t bit = 1u << node;
+	if (pc->memo[slot].name_hash == e->ev->name_hash && (pc->memo[slot].node_mask & bit))
+		return pc->memo[slot].result & bit;
+	if (!pc->compiled[node]) {
+		const struct seg_filter *f = e->f;
+		if (text_off >= SEG_FILTER_TEXT || !memchr(f->text + text_off, '\0', SEG_FILTER_TEXT - text_off)) {
+			pc->ok[node] = false;
+		} else {
+			char re_text[SEG_FILTER_TEXT];
+			strcpy(re_text, f->text + text_off);
+			pc->ok[node] = regcomp(&pc->re[node], re_text, REG_EXTENDED | REG_NOSUB) == 0;
+		}
+		pc->compiled[node] = true;
+	}
+	bool m = pc->ok[node] && regexec(&pc->re[node], seg_event_string(e->ev, SEG_STR_NAME), 0, NULL, 0) == 0;
+	if (pc->memo[slot].name_hash != e->ev->name_hash) {
+		pc->memo[slot].name_hash = e->ev->name_hash;
+		pc->memo[slot].node_mask = 0;
+		pc->memo[slot].result = 0;
+	}
+	pc->memo[slot].node_mask |= bit;
+	if (m)
+		pc->memo[slot].result |= bit;
+	return m;
+}
+
+static bool hash_in(const struct seg_filter *f, const struct seg_filter_node *n, uint64_t h)
+{
+	if ((uint32_t)n->first + n->count > SEG_FILTER_HASHES)
+		return false;
+	for (unsigned i = 0; i < n->count; i++)
+		if (f->hashes[n->first + i] == h)
+			return true;
+	return false;
+}
+
+static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
+{
+	const struct seg_filter *f = e->f;
+	if (idx >= SEG_FILTER_NODES || depth > MAX_DEPTH)
+		return false;
+	const struct seg_filter_node *n = &f->nodes[idx];
+	switch (n->kind) {
+	case SEG_F_ALL:
+	case SEG_F_ANY: {
+		if ((uint32_t)n->first + n->count > SEG_FILTER_NODES)
+			return false;
+		bool all = n->kind == SEG_F_ALL;
+		for (unsigned i = 0; i < n->count; i++) {
+			if (n->first + i <= idx)
+				return false; /* children come after their parent */
+			bool m = eval_node(e, n->first + i, depth + 1);
+			if (m != all)
+				return m;
+		}
+		return all;
+	}
+	case SEG_F_TYPES:
+		return (n->arg >> e->ev->type) & 1;
+	case SEG_F_NAMES:
+		return hash_in(f, n, e->ev->name_hash);
+	case SEG_F_SOURCES:
+		return hash_in(f, n, e->ev->source_hash);
+	case SEG_F_TARGETS:
+		return e->ev->target_hash && hash_in(f, n, e->ev->target_hash);
+	case SEG_F_MIN_PRIO:
+		return e->ev->priority >= n->arg;
+	case SEG_F_PATTERN:
+		return pattern_match(e, idx, n->arg);
+	case SEG_F_CUSTOM:
+		if (!e->preds)
+			return true;
+		if (n->arg >= SEG_FILTER_NODES || !e->preds[n->arg].fn)
+			return false;
+		return e->preds[n->arg].fn((const shmbus_event_t *)(const void *)e->ev, e->preds[n->arg].arg);
+	default:
+		return false;
+	}
+}
+
+bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
+		 const struct seg_event *ev, const struct custom_pred *preds)
+{
+	uint16_t count = f->node_count;
+	if (count == 0)
+		return true; /* no filter: everything */
+	if (count > SEG_FILTER_NODES)
+		return false;
+	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
+	return eval_node(&e, f->root, 0);
+}
+
+uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *wake)
+{
+	shmbus_bus_t *bus = pub->bus;
+	struct seg_header *h = bus->hdr;
+	unsigned cls = ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
+	uint32_t refs = 0;
+	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
+		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
+		while (cand) {
+			unsigned bit = (unsigned)__builtin_ctzll(cand);
+			cand &= cand - 1;
+			uint32_t idx = w * 64 + bit;
+			if (idx >= bus->max_subs)
+				break;
+			struct seg_sub *s = bus_sub(bus, idx);
+			if (at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED)
+				continue;
+			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
+				continue;
+			struct queue_view q = bus_queue(bus, idx, cls);
+			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
+				refs++;
+				wake[w] |= 1ull << bit;
+			} else {
+				at_count_u64(&s->dropped_full, 1);
+				at_count_u64(&s->missed, 1);
+			}
+		}
+	}
+	return refs;
+}
+
+void route_wake(shmbus_bus_t *bus, uint32_t idx)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	at_fetch_add_u32(&s->wake_futex, 1);
+	futex_wake_shared(&s->wake_futex, 1 << 30);
+}
+
+void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
+{
+	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
+		uint64_t m = wake[w];
+		while (m) {
+			unsigned bit = (unsigned)__builtin_ctzll(m);
+			m &= m - 1;
+			struct seg_sub *s = bus_sub(bus, w * 64 + bit);
+			if (at_load_relaxed_u32(&s->sleepers))
+				route_wake(bus, w * 64 + bit);
+		}
+	}
+}

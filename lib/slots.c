@@ -1,0 +1,146 @@
+/*
+ * slots.c - claiming ring slots and giving them back.
+ *
+ * A publisher claims n consecutive slot positions with one CAS on the
+ * header's claim_pos, after checking that every slot it would take is
+ * reusable. The check cannot go stale in a harmful way: a reusable slot
+ * stays reusable until claimed (references are only ever added by the
+ * publisher of the slot's own lap), and claiming moves claim_pos, which
+ * makes any competing CAS fail.
+ */
+#include <errno.h>
+
+#include "internal.h"
+#include "futex.h"
+#include "slots.h"
+
+enum range_state { RANGE_FREE, RANGE_TAKEN, RANGE_BUSY };
+
+/* Whether the slot at position p is in use by an older lap's event that is
+ * not released yet; sets *taken if position p was already claimed. */
+static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
+{
+	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, p));
+	if (seg_ctl_lap(c) == bus_lap(bus, p)) {
+		*taken = true;
+		return false;
+	}
+	uint32_t st = seg_ctl_state(c);
+	return st == SEG_SLOT_CLAIMED || (st == SEG_SLOT_COMMITTED && seg_ctl_refs(c) > 0);
+}
+
+/* Low and normal events leave the last eighth of the ring to high and
+ * critical ones: they also need the slot N/8 beyond their claim reusable. */
+static enum range_state range_state(shmbus_bus_t *bus, uint64_t pos, uint32_t n, bool urgent, uint64_t *blocking)
+{
+	bool taken = false;
+	for (uint32_t k = 0; k < n; k++) {
+		uint64_t p = pos + k;
+		if (slot_busy(bus, p, &taken)) {
+			*blocking = p - bus->nslots;
+			return RANGE_BUSY;
+		}
+		if (taken)
+			return RANGE_TAKEN;
+	}
+	if (!urgent) {
+		uint64_t p = pos + n + bus->nslots / 8;
+		if (slot_busy(bus, p, &taken)) {
+			*blocking = p - bus->nslots;
+			return RANGE_BUSY;
+		}
+	}
+	return RANGE_FREE;
+}
+
+/*
+ * wait_for_space - one round of waiting for the slot holding blocking_seq.
+ * First relieves congestion (drains `lag` subscriptions); then spins
+ * briefly, then sleeps on the header's space futex, waking at least every
+ * reclaim interval to look for dead members; past the stall timeout it
+ * demotes the `block` subscriptions that hold the slot. Returns 0 to try
+ * again, -EAGAIN (timeout < 0), or -ETIMEDOUT.
+ */
+static int wait_for_space(shmbus_pub_t *pub, uint64_t blocking_seq, struct space_wait *w)
+{
+	shmbus_bus_t *bus = pub->bus;
+	struct seg_header *h = bus->hdr;
+	uint64_t now = now_mono_ns();
+	if (!w->started) {
+		w->started = true;
+		w->start_ns = now;
+		at_count_u64(&pub->rec->block_waits, 1);
+		reclaim_relieve_congestion(bus, blocking_seq, false);
+		return 0;
+	}
+	if (pub->timeout_ns < 0 || now - w->start_ns >= (uint64_t)w->timeout_ns) {
+		at_count_u64(&pub->rec->block_timeouts, 1);
+		if (pub->timeout_ns < 0)
+			return shmbus__fail(EAGAIN, "a block-policy subscriber is full (publish would wait)");
+		return shmbus__fail(ETIMEDOUT, "a block-policy subscriber stayed full for %.3f s",
+				    (double)w->timeout_ns / 1e9);
+	}
+	bool stalled = now - w->start_ns >= h->stall_timeout_ns;
+	if (stalled || w->rounds % 64 == 0)
+		reclaim_relieve_congestion(bus, blocking_seq, stalled);
+	reclaim_if_due(bus);
+	if (w->rounds++ < 64) {
+		for (int i = 0; i < 64; i++)
+			at_cpu_relax();
+		return 0;
+	}
+	uint64_t slice = bus->reclaim_interval_ns;
+	uint64_t left = w->start_ns + (uint64_t)w->timeout_ns - now;
+	if (left < slice)
+		slice = left;
+	if (!stalled && w->start_ns + h->stall_timeout_ns - now < slice)
+		slice = w->start_ns + h->stall_timeout_ns - now;
+	uint32_t seen = at_load_acquire_u32(&h->space_futex);
+	at_fetch_add_u32_sc(&h->space_waiters, 1);
+	at_fence_seq_cst();
+	bool taken = false;
+	if (slot_busy(bus, blocking_seq + bus->nslots, &taken) && !taken)
+		futex_wait_shared(&h->space_futex, seen, (int64_t)slice);
+	at_fetch_sub_u32(&h->space_waiters, 1);
+	return 0;
+}
+
+int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
+{
+	shmbus_bus_t *bus = pub->bus;
+	uint64_t *claim = &bus->hdr->claim_pos;
+	struct space_wait w = {.timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)bus->hdr->block_timeout_ns};
+	for (;;) {
+		uint64_t pos = at_load_acquire_u64(claim), blocking = 0;
+		switch (range_state(bus, pos, n, urgent, &blocking)) {
+		case RANGE_FREE:
+			if (!at_cas_u64(claim, &pos, pos + n))
+				continue;
+			at_store_release_u64(bus_slot_ctl(bus, pos),
+					     seg_ctl_make(bus_lap(bus, pos), SEG_SLOT_CLAIMED, pub->index + 1));
+			for (uint32_t k = 1; k < n; k++)
+				at_store_release_u64(bus_slot_ctl(bus, pos + k),
+						     seg_ctl_make(bus_lap(bus, pos + k), SEG_SLOT_FREE, 0));
+			*pos_out = pos;
+			return 0;
+		case RANGE_TAKEN:
+			at_cpu_relax();
+			continue;
+		case RANGE_BUSY: {
+			int rc = wait_for_space(pub, blocking, &w);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
+		}
+	}
+}
+
+void slot_release_ref(shmbus_bus_t *bus, uint64_t seq)
+{
+	uint64_t old = at_fetch_sub_u64_sc(bus_slot_ctl(bus, seq), 1);
+	if (seg_ctl_refs(old) == 1 && at_load_u32_sc(&bus->hdr->space_waiters)) {
+		at_fetch_add_u32(&bus->hdr->space_futex, 1);
+		futex_wake_shared(&bus->hdr->space_futex, 1 << 30);
+	}
+}

@@ -1,0 +1,427 @@
+/*
+ * subscribe.c - subscription records: creating, joining (durable and
+ * groups), pausing, removing, and the routing masks publishers read.
+ *
+ * Changes to the table are serialised by an OFD lock on the segment (not a
+ * futex mutex: a holder that dies releases it). Publishers never take it;
+ * they see a subscription through the header's masks, which change only
+ * after the record is complete (set) or before it is torn down (cleared,
+ * then a grace period waits out publishers still routing).
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void mask_types(shmbus_bus_t *bus, uint32_t idx, uint32_t type_union, bool on)
+{
+	struct seg_header *h = bus->hdr;
+	unsigned w = idx / 64;
+	uint64_t bit = 1ull << (idx % 64);
+	for (unsigned t = 1; t <= SEG_EVENT_TYPES; t++) {
+		if (on && (type_union >> t & 1))
+			at_fetch_or_u64(&h->type_mask[t - 1][w], bit);
+		else if (!on)
+			at_fetch_and_u64(&h->type_mask[t - 1][w], ~bit);
+	}
+}
+
+void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active)
+{
+	struct seg_header *h = bus->hdr;
+	uint64_t bit = 1ull << (idx % 64);
+	if (active)
+		at_fetch_or_u64(&h->active_mask[idx / 64], bit);
+	else
+		at_fetch_and_u64(&h->active_mask[idx / 64], ~bit);
+	at_fetch_add_u64(&h->route_epoch, 1);
+}
+
+/* Wait until no publisher can still be routing with masks read before now:
+ * every live publisher whose routing word is odd finishes its pass. */
+void sub_wait_routing_grace(shmbus_bus_t *bus)
+{
+	at_fence_seq_cst();
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		struct seg_pub *r = &bus->pubs[p];
+		if (!at_load_acquire_u32(&r->state))
+			continue;
+		uint64_t seen = at_load_acquire_u64(&r->routing);
+		if (!(seen & 1))
+			continue;
+		uint64_t deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
+		while (at_load_acquire_u64(&r->routing) == seen && at_load_acquire_u32(&r->state)) {
+			if (now_mono_ns() > deadline || !member_alive(bus, r->member))
+				break; /* a dead publisher routes no more */
+			sched_yield();
+		}
+	}
+}
+
+void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		uint64_t pos, desc;
+		while (queue_take(&q, bus->member, UINT64_MAX, &pos, &desc) == 1) {
+			queue_finish_take(&q, pos);
+			if (desc & SEG_DESC_TOMBSTONE)
+				continue;
+			uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+			/* A descriptor can only be seen before its commit by a
+			 * consumer; wait for it so the reference is released once. */
+			uint64_t c;
+			while (seg_ctl_state(c = at_load_acquire_u64(bus_slot_ctl(bus, seq))) == SEG_SLOT_CLAIMED &&
+			       seg_ctl_lap(c) == bus_lap(bus, seq))
+				sched_yield();
+			if ((desc & SEG_DESC_HOLDS_REF) && seg_ctl_state(c) == SEG_SLOT_COMMITTED &&
+			    seg_ctl_lap(c) == bus_lap(bus, seq))
+				slot_release_ref(bus, seq);
+			if (count_missed)
+				at_count_u64(&s->missed, 1);
+		}
+	}
+}
+
+/* Release what the consumers of a vanishing subscription hold. */
+static void revoke_all_held(shmbus_bus_t *bus, struct seg_sub *s)
+{
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t d = at_load_u64_sc(&con->held[k]);
+			if (!d || d == SEG_HELD_REVOKED || !at_cas_u64(&con->held[k], &d, 0))
+				continue;
+			if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE))
+				slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
+		}
+		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
+		at_store_relaxed_u64(&con->delivered, 0);
+		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
+	}
+}
+
+/* Tear down subscription idx; the caller holds the table lock. */
+void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	sub_mask_set(bus, idx, false);
+	mask_types(bus, idx, 0, false);
+	at_store_release_u32(&s->state, SEG_SUB_INIT);
+	at_fence_seq_cst();
+	sub_wait_routing_grace(bus);
+	revoke_all_held(bus, s);
+	sub_drain_queues(bus, idx, false);
+	at_fetch_add_u64(&s->generation, 1);
+	at_store_release_u32(&s->flags, 0);
+	at_store_release_u32(&s->state, SEG_SUB_FREE);
+	route_wake(bus, idx); /* consumers still waiting learn it is gone */
+}
+
+static int check_id(const char *what, const char *s)
+{
+	if (strnlen(s, SHMBUS_ID_MAX + 1) > SHMBUS_ID_MAX)
+		return shmbus__fail(ENAMETOOLONG, "%s is longer than %d bytes", what, SHMBUS_ID_MAX);
+	if (!s[0])
+		return shmbus__fail(EINVAL, "%s must not be empty", what);
+	return 0;
+}
+
+/* The record a durable or group subscription with this key lives in. */
+static int find_keyed(shmbus_bus_t *bus, const char *subscriber, const char *group, bool durable)
+{
+	for (uint32_t i = 0; i < bus->max_subs; i++) {
+		struct seg_sub *s = bus_sub(bus, i);
+		if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
+			continue;
+		uint32_t f = at_load_acquire_u32(&s->flags);
+		if (group && (f & SEG_SUB_GROUP) && strncmp(s->group, group, sizeof s->group) == 0)
+			return (int)i;
+		if (!group && durable && (f & SEG_SUB_DURABLE) && !(f & SEG_SUB_GROUP) &&
+		    strncmp(s->subscriber, subscriber, sizeof s->subscriber) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+static int find_free(shmbus_bus_t *bus)
+{
+	for (uint32_t i = 0; i < bus->max_subs; i++)
+		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_FREE)
+			return (int)i;
+	return -1;
+}
+
+static int consumer_join(shmbus_bus_t *bus, struct seg_sub *s)
+{
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_FREE)
+			continue;
+		memset(con->held, 0, sizeof con->held);
+		con->member = bus->member;
+		con->member_gen = bus->member_gen;
+		con->pid = (uint32_t)getpid();
+		at_store_relaxed_u64(&con->delivered, 0);
+		at_store_release_u32(&con->state, SEG_CONSUMER_ACTIVE);
+		return (int)c;
+	}
+	return shmbus__fail(ENOSPC, "subscription has %u consumers already", SEG_CONSUMERS);
+}
+
+static void install_filter(shmbus_bus_t *bus, uint32_t idx, const struct seg_filter *f, bool replacing)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	if (replacing) {
+		sub_mask_set(bus, idx, false);
+		mask_types(bus, idx, 0, false);
+		sub_wait_routing_grace(bus);
+	}
+	memcpy(&s->filter, f, sizeof *f);
+	mask_types(bus, idx, f->type_union, true);
+	if (!(at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED))
+		sub_mask_set(bus, idx, true);
+	else
+		at_fetch_add_u64(&bus->hdr->route_epoch, 1);
+}
+
+struct sub_request {
+	char subscriber[SHMBUS_ID_MAX + 1];
+	const char *group;
+	bool durable;
+	uint32_t policy_flags;
+	struct seg_filter filter;
+	bool has_filter;
+};
+
+/* Under the table lock: find or make the record, join it as a consumer. */
+static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uint32_t *idx_out, int *cons_out)
+{
+	int idx = (r->group || r->durable) ? find_keyed(bus, r->subscriber, r->group, r->durable) : -1;
+	if (idx >= 0) {
+		struct seg_sub *s = bus_sub(bus, (uint32_t)idx);
+		uint32_t f = at_load_acquire_u32(&s->flags);
+		if ((f & SEG_SUB_POLICY_LAG) != r->policy_flags || !!(f & SEG_SUB_DURABLE) != r->durable)
+			return shmbus__fail(EEXIST, "subscription '%s' exists with another policy or durability",
+					    r->group ? r->group : r->subscriber);
+		int c = consumer_join(bus, s);
+		if (c < 0)
+			return c;
+		if (r->has_filter)
+			install_filter(bus, (uint32_t)idx, &r->filter, true);
+		*idx_out = (uint32_t)idx;
+		*cons_out = c;
+		return 0;
+	}
+	if ((idx = find_free(bus)) < 0)
+		return shmbus__fail(ENOSPC, "bus '%s' has no free subscription record (max subscribers %u)", bus->name,
+				    bus->max_subs);
+	struct seg_sub *s = bus_sub(bus, (uint32_t)idx);
+	at_store_release_u32(&s->state, SEG_SUB_INIT);
+	at_fetch_add_u64(&s->generation, 1);
+	s->flags = r->policy_flags | (r->durable ? SEG_SUB_DURABLE : 0) | (r->group ? SEG_SUB_GROUP : 0);
+	bool plain = !r->durable && !r->group;
+	s->owner = plain ? bus->member : SEG_SUB_NO_OWNER;
+	s->owner_gen_lo = (uint32_t)bus->member_gen;
+	s->created_ns = now_real_ns();
+	snprintf(s->subscriber, sizeof s->subscriber, "%s", r->subscriber);
+	snprintf(s->group, sizeof s->group, "%s", r->group ? r->group : "");
+	s->block_since_ns = 0;
+	at_store_relaxed_u64(&s->delivered_total, 0);
+	at_store_relaxed_u64(&s->filtered, 0);
+	at_store_relaxed_u64(&s->missed, 0);
+	at_store_relaxed_u64(&s->dropped_full, 0);
+	at_store_relaxed_u64(&s->demotions, 0);
+	at_store_relaxed_u64(&s->redelivered, 0);
+	at_store_relaxed_u64(&s->revoked, 0);
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+		at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
+	int c = consumer_join(bus, s);
+	at_store_release_u32(&s->state, SEG_SUB_ACTIVE);
+	install_filter(bus, (uint32_t)idx, &r->filter, false);
+	*idx_out = (uint32_t)idx;
+	*cons_out = c;
+	return 0;
+}
+
+SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts, shmbus_sub_t **out)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0)
+		return rc;
+	if (!out)
+		return shmbus__fail(EINVAL, "out is NULL");
+	shmbus_sub_opts_t z = {0};
+	if (!opts)
+		opts = &z;
+	if ((unsigned)opts->policy > SHMBUS_POLICY_LAG)
+		return shmbus__fail(EINVAL, "unknown policy %d", (int)opts->policy);
+	if ((unsigned)opts->wait > SHMBUS_WAIT_BLOCK)
+		return shmbus__fail(EINVAL, "unknown wait mode %d", (int)opts->wait);
+	struct sub_request *r = calloc(1, sizeof *r);
+	shmbus_sub_t *sub = calloc(1, sizeof *sub);
+	if (!r || !sub) {
+		rc = shmbus__fail(ENOMEM, "out of memory");
+		goto out;
+	}
+	if (opts->subscriber_id) {
+		if ((rc = check_id("subscriber id", opts->subscriber_id)) < 0)
+			goto out;
+		snprintf(r->subscriber, sizeof r->subscriber, "%s", opts->subscriber_id);
+	} else {
+		snprintf(r->subscriber, sizeof r->subscriber, "pid-%d", (int)getpid());
+	}
+	if (opts->group && (rc = check_id("group", opts->group)) < 0)
+		goto out;
+	r->group = opts->group;
+	r->durable = opts->durable;
+	r->policy_flags = opts->policy == SHMBUS_POLICY_LAG ? SEG_SUB_POLICY_LAG : 0;
+	uint32_t type_union;
+	if ((rc = filter_compile(opts->filter, &r->filter, sub->custom, &type_union)) < 0)
+		goto out;
+	r->has_filter = opts->filter != NULL;
+	sub->has_custom = r->filter.flags & SEG_FILTER_HAS_CUSTOM;
+	if ((rc = bus_lock_subs(bus)) < 0)
+		goto out;
+	uint32_t idx = 0;
+	int cons = 0;
+	rc = sub_attach_locked(bus, r, &idx, &cons);
+	bus_unlock_subs(bus);
+	if (rc < 0)
+		goto out;
+	sub->bus = bus;
+	sub->index = idx;
+	sub->rec = bus_sub(bus, idx);
+	sub->generation = at_load_acquire_u64(&sub->rec->generation);
+	sub->consumer = (uint32_t)cons;
+	sub->cons = &sub->rec->consumers[cons];
+	sub->wait = opts->wait;
+	sub->spin_ns = opts->spin_ns ? opts->spin_ns : DEFAULT_SPIN_NS;
+	sub->missed_seen = at_load_relaxed_u64(&sub->rec->missed);
+	bus_track_sub(bus, sub, true);
+	*out = sub;
+	sub = NULL;
+	rc = 0;
+out:
+	free(r);
+	free(sub);
+	return rc;
+}
+
+SHMBUS_API shmbus_sub_id_t shmbus_sub_id(const shmbus_sub_t *sub)
+{
+	return sub ? sub_id_make(sub->index, sub->generation) : 0;
+}
+
+static bool sub_current(const shmbus_sub_t *sub)
+{
+	return at_load_acquire_u32(&sub->rec->state) == SEG_SUB_ACTIVE &&
+	       at_load_acquire_u64(&sub->rec->generation) == sub->generation;
+}
+
+/* Release everything this handle holds, then leave the consumer table;
+ * a plain subscription, or a group left without consumers, goes away. */
+static void sub_detach(shmbus_sub_t *sub, bool remove)
+{
+	shmbus_bus_t *bus = sub->bus;
+	while (sub->nheld)
+		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
+	if (bus_lock_subs(bus) < 0)
+		return;
+	struct seg_sub *s = sub->rec;
+	if (sub_current(sub)) {
+		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&sub->cons->delivered));
+		at_store_relaxed_u64(&sub->cons->delivered, 0);
+		at_store_release_u32(&sub->cons->state, SEG_CONSUMER_FREE);
+		uint32_t left = 0;
+		for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+			left += at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_ACTIVE;
+		uint32_t f = at_load_acquire_u32(&s->flags);
+		bool durable = f & SEG_SUB_DURABLE;
+		if (remove || (!durable && left == 0))
+			sub_remove_locked(bus, sub->index);
+	}
+	bus_unlock_subs(bus);
+}
+
+SHMBUS_API void shmbus_sub_close(shmbus_sub_t *sub)
+{
+	if (!sub)
+		return;
+	if (!sub->bus->orphaned)
+		sub_detach(sub, false);
+	bus_track_sub(sub->bus, sub, false);
+	route_ctx_free(&sub->route);
+	free(sub);
+}
+
+SHMBUS_API int shmbus_unsubscribe(shmbus_sub_t *sub)
+{
+	if (!sub)
+		return shmbus__fail(EINVAL, "subscription is NULL");
+	int rc = bus_check_usable(sub->bus);
+	if (rc == 0)
+		sub_detach(sub, true);
+	bus_track_sub(sub->bus, sub, false);
+	route_ctx_free(&sub->route);
+	free(sub);
+	return rc;
+}
+
+/* The record behind an id, if it still exists. */
+static int lookup_id(shmbus_bus_t *bus, shmbus_sub_id_t id, struct seg_sub **out)
+{
+	uint32_t idx = (uint32_t)(id & 0xFFFF);
+	if (idx >= bus->max_subs)
+		return shmbus__fail(ENOENT, "no subscription %llu", (unsigned long long)id);
+	struct seg_sub *s = bus_sub(bus, idx);
+	if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE || at_load_acquire_u64(&s->generation) != (id >> 16))
+		return shmbus__fail(ENOENT, "no subscription %llu", (unsigned long long)id);
+	*out = s;
+	return 0;
+}
+
+static int set_paused(shmbus_bus_t *bus, shmbus_sub_id_t id, bool paused)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0 || (rc = bus_lock_subs(bus)) < 0)
+		return rc;
+	struct seg_sub *s;
+	if ((rc = lookup_id(bus, id, &s)) == 0) {
+		uint32_t idx = (uint32_t)(id & 0xFFFF);
+		if (paused)
+			at_fetch_or_u32(&s->flags, SEG_SUB_PAUSED);
+		else
+			at_fetch_and_u32(&s->flags, ~SEG_SUB_PAUSED);
+		sub_mask_set(bus, idx, !paused);
+	}
+	bus_unlock_subs(bus);
+	return rc;
+}
+
+SHMBUS_API int shmbus_pause(shmbus_bus_t *bus, shmbus_sub_id_t id)
+{
+	return set_paused(bus, id, true);
+}
+
+SHMBUS_API int shmbus_resume(shmbus_bus_t *bus, shmbus_sub_id_t id)
+{
+	return set_paused(bus, id, false);
+}
+
+SHMBUS_API int shmbus_unsubscribe_id(shmbus_bus_t *bus, shmbus_sub_id_t id)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0 || (rc = bus_lock_subs(bus)) < 0)
+		return rc;
+	struct seg_sub *s;
+	if ((rc = lookup_id(bus, id, &s)) == 0)
+		sub_remove_locked(bus, (uint32_t)(id & 0xFFFF));
+	bus_unlock_subs(bus);
+	return rc;
+}

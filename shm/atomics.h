@@ -1,0 +1,80 @@
+/*
+ * atomics.h - the only place shmbus touches memory shared between processes
+ * with atomic operations.
+ *
+ * Every operation names its ordering so a reader of the data path can check
+ * each happens-before edge against docs/ARCHITECTURE.md without decoding
+ * __atomic builtins. Plain loads and stores of shared words elsewhere are a bug.
+ */
+#ifndef SHMBUS_SHM_ATOMICS_H
+#define SHMBUS_SHM_ATOMICS_H
+
+#include <stdint.h>
+
+#define SHM_CACHE_LINE 64
+
+/* Acquire: later loads/stores of this thread cannot move before it. */
+static inline uint64_t at_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint32_t at_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/* Relaxed: counters and hints whose exact ordering nothing depends on. */
+static inline uint64_t at_load_relaxed_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint32_t at_load_relaxed_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* Release: earlier loads/stores of this thread are visible before it. */
+static inline void at_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void at_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void at_store_relaxed_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void at_store_relaxed_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+/* Compare-and-swap, acq_rel on success, acquire on failure (*expected is
+ * refreshed with the current value). Strong: no spurious failure. */
+static inline int at_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired)
+{
+	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+static inline int at_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired)
+{
+	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Read-modify-write, acq_rel: used for reference counts and sleeper counts
+ * whose result decides who acts next. */
+static inline uint64_t at_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t at_fetch_sub_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t at_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t at_fetch_sub_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t at_fetch_or_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t at_fetch_and_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t at_fetch_or_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t at_fetch_and_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t at_exchange_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+
+/* Sequentially consistent RMW and load: the two halves of a Dekker
+ * handshake ("I released / anyone waiting?" against "I wait / still
+ * busy?") on different words. On x86 the RMW is the locked instruction it
+ * would be anyway, so no extra fence is paid. */
+static inline uint64_t at_fetch_sub_u64_sc(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t at_fetch_add_u32_sc(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t at_load_u32_sc(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline uint64_t at_load_u64_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
+/* Statistics counters: relaxed, never used to order anything. */
+static inline void at_count_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+/* Full fence: the store-then-load (Dekker) pattern between a publisher that
+ * pushes then checks "is anyone asleep" and a sleeper that announces itself
+ * then re-checks the queue. Acquire/release alone allows both to miss. */
+static inline void at_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static inline void at_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#else
+	__asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * event_format.c - checking and reading the bytes of one event.
+ * Nothing here trusts the bytes: every length is compared with what is
+ * available before a pointer is formed from it.
+ */
+#include "event_format.h"
+
+#include <errno.h>
+#include <string.h>
+#include <xxhash.h>
+
+uint64_t seg_str_hash(const char *s, size_t len)
+{
+	uint64_t h = XXH3_64bits(s, len);
+	return h ? h : 1; /* 0 means "absent" in the header */
+}
+
+static const char *strings_end(const struct seg_event *ev)
+{
+	return ev->strings + ev->strings_len;
+}
+
+int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
+{
+	const char *unused;
+	if (!why)
+		why = &unused;
+	if (avail < SEG_EVENT_FIXED) {
+		*why = "shorter than the fixed event header";
+		return -EBADMSG;
+	}
+	if (ev->format != SEG_EVENT_FORMAT) {
+		*why = "unknown event format version";
+		return -EBADMSG;
+	}
+	if (ev->size < SEG_EVENT_FIXED || ev->size > avail) {
+		*why = "event size out of bounds";
+		return -EBADMSG;
+	}
+	if (ev->type < 1 || ev->type > 5) {
+		*why = "unknown event type";
+		return -EBADMSG;
+	}
+	if (ev->priority < 1 || ev->priority > 4) {
+		*why = "unknown priority";
+		return -EBADMSG;
+	}
+	if (ev->status > 6) {
+		*why = "unknown status";
+		return -EBADMSG;
+	}
+	if ((size_t)SEG_EVENT_FIXED + ev->strings_len > ev->size) {
+		*why = "string area overruns the event";
+		return -EBADMSG;
+	}
+	if (ev->payload_off % 8 || ev->payload_off < SEG_EVENT_FIXED + (uint32_t)ev->strings_len ||
+	    ev->payload_off > ev->size || ev->payload_len > ev->size - ev->payload_off) {
+		*why = "payload out of bounds";
+		return -EBADMSG;
+	}
+	if (ev->meta_count > SEG_EVENT_META_MAX) {
+		*why = "too many metadata pairs";
+		return -EBADMSG;
+	}
+	/* Every string: its stated length fits, and a NUL ends it there. */
+	const char *p = ev->strings, *end = strings_end(ev);
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+		size_t n = ev->len[k];
+		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || memchr(p, '\0', n)) {
+			*why = "malformed string field";
+			return -EBADMSG;
+		}
+		p += n + 1;
+	}
+	if (ev->len[SEG_STR_NAME] == 0) {
+		*why = "empty event name";
+		return -EBADMSG;
+	}
+	for (unsigned i = 0; i < 2u * ev->meta_count; i++) {
+		size_t max = (i & 1) ? SEG_EVENT_META_VALUE_MAX : SEG_EVENT_META_KEY_MAX;
+		const char *nul = memchr(p, '\0', (size_t)(end - p));
+		if (!nul || (size_t)(nul - p) > max) {
+			*why = "malformed metadata";
+			return -EBADMSG;
+		}
+		p = nul + 1;
+	}
+	return 0;
+}
+
+const char *seg_event_string(const struct seg_event *ev, unsigned k)
+{
+	const char *p = ev->strings;
+	if (k >= SEG_EVENT_STRINGS)
+		return "";
+	for (unsigned i = 0; i < k; i++)
+		p += ev->len[i] + 1;
+	return p;
+}
+
+int seg_event_meta(const struct seg_event *ev, unsigned i, const char **key, const char **value)
+{
+	if (i >= ev->meta_count)
+		return -ERANGE;
+	const char *p = seg_event_string(ev, SEG_EVENT_STRINGS - 1);
+	p += ev->len[SEG_EVENT_STRINGS - 1] + 1;
+	for (unsigned j = 0; j < i; j++) {
+		p += strlen(p) + 1;
+		p += strlen(p) + 1;
+	}
+	*key = p;
+	*value = p + strlen(p) + 1;
+	return 0;
+}

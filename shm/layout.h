@@ -1,0 +1,518 @@
+/*
+ * layout.h - every byte of a shmbus segment, and nothing else.
+ *
+ * A bus is one POSIX shm object, /shmbus.NAME, laid out as consecutive
+ * regions. Each region has one descriptor struct here, a byte diagram in its
+ * comment and a _Static_assert on every offset, so a change of layout cannot
+ * slip through unnoticed; docs/FORMAT.md is the prose version of this file.
+ *
+ *   offset            region                 size
+ *   0                 seg_header             4096
+ *   members_off       seg_member[M]          M * 256
+ *   pubs_off          seg_pub[P]             P * 256          (P == M)
+ *   subs_off          seg_sub[S]             S * SEG_SUB_SIZE
+ *   cells_off         queue cells            S * 2 * Q * 16   (Q == slot_count)
+ *   slot_ctl_off      u64 slot_ctl[N]        N * 8
+ *   data_off          event slots            N * slot_size    (page aligned;
+ *                                                              mapped twice)
+ *
+ * All integers are little endian (the segment never leaves the host).
+ * No policy lives here: the words are described, not decided upon.
+ */
+#ifndef SHMBUS_SHM_LAYOUT_H
+#define SHMBUS_SHM_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
+#define SEG_LAYOUT_VERSION 1u
+#define SEG_HEADER_SIZE 4096u
+#define SEG_NAME_MAX 64u /* bus name length, without NUL */
+#define SEG_ID_MAX 63u	 /* subscriber id / group / label length */
+
+#define SEG_STATE_INIT 0u
+#define SEG_STATE_READY 1u
+
+#define SEG_MAX_MEMBERS 255u	 /* owner field of a queue cell is 8 bits */
+#define SEG_MAX_SUBSCRIBERS 256u /* four 64-bit routing masks */
+#define SEG_MASK_WORDS 4u
+#define SEG_MIN_SLOTS 64u
+#define SEG_MAX_SLOTS (1u << 22)
+#define SEG_MIN_SLOT_SIZE 256u
+#define SEG_MAX_SLOT_SIZE 65536u
+#define SEG_EVENT_TYPES 5u
+
+/*
+ * seg_header: offset 0, 4096 bytes. Written by the creator, then published
+ * by a release store of `state` = READY; attachers read `state` with acquire
+ * before trusting any other field and then validate every field anyway.
+ *
+ *   0    magic            u64
+ *   8    layout_version   u32
+ *   12   state            u32   INIT -> READY (release, last)
+ *   16   layout_hash      u64   xxh3-64 of the layout description
+ *   24   total_size       u64   bytes of the shm object
+ *   32   incarnation      u64   random per creation
+ *   40   created_ns       u64   CLOCK_REALTIME
+ *   48   slot_count       u32   N, power of two
+ *   52   slot_size        u32   power of two
+ *   56   max_payload      u32
+ *   60   max_subscribers  u32   S
+ *   64   max_members      u32   M (and P)
+ *   68   queue_capacity   u32   Q per priority class, == N
+ *   72   mode             u32   permission bits of the object
+ *   76   flags            u32
+ *   80   block_timeout_ns u64   default publisher wait on a `block` sub
+ *   88   stall_timeout_ns u64   a `block` sub stuck longer is demoted
+ *   96   reclaim_timeout_ns u64 bound on reclaiming a dead member
+ *   104  members_off ... 144 data_off  (u64 each, see diagram above)
+ *   152  name[72]         NUL-terminated bus name
+ *   224  reserved to 256
+ *   256  claim_pos        u64   next free slot position (own line)
+ *   320  space_futex u32, space_waiters u32 (own line)
+ *   384  routing line: route_epoch u64, active_mask[4], type_mask[5][4]
+ *   640  counters line: reclaims, aborted_claims, demotions,
+ *        recovered_events, retired publisher/consumer totals
+ */
+struct seg_header {
+	uint64_t magic;
+	uint32_t layout_version;
+	uint32_t state;
+	uint64_t layout_hash;
+	uint64_t total_size;
+	uint64_t incarnation;
+	uint64_t created_ns;
+	uint32_t slot_count;
+	uint32_t slot_size;
+	uint32_t max_payload;
+	uint32_t max_subscribers;
+	uint32_t max_members;
+	uint32_t queue_capacity;
+	uint32_t mode;
+	uint32_t flags;
+	uint64_t block_timeout_ns;
+	uint64_t stall_timeout_ns;
+	uint64_t reclaim_timeout_ns;
+	uint64_t members_off;
+	uint64_t pubs_off;
+	uint64_t subs_off;
+	uint64_t cells_off;
+	uint64_t slot_ctl_off;
+	uint64_t data_off;
+	char name[72];
+	uint8_t reserved0[32];
+	/* 256: the claim word every publisher CASes; alone on its line. */
+	uint64_t claim_pos;
+	uint8_t pad_claim[56];
+	/* 320: publishers waiting for a slot to be released sleep here. */
+	uint32_t space_futex;
+	uint32_t space_waiters;
+	uint8_t pad_space[56];
+	/* 384: routing summary, rewritten only on subscribe/unsubscribe/pause. */
+	uint64_t route_epoch;
+	uint64_t active_mask[SEG_MASK_WORDS];
+	uint64_t type_mask[SEG_EVENT_TYPES][SEG_MASK_WORDS];
+	uint8_t pad_route[56];
+	/* 640: rare bus-wide counters. */
+	uint64_t reclaims;
+	uint64_t aborted_claims;
+	uint64_t demotions;
+	uint64_t recovered_events;
+	uint64_t retired_published;
+	uint64_t retired_publish_bytes;
+	uint64_t retired_block_waits;
+	uint64_t retired_block_timeouts;
+	uint8_t reserved1[SEG_HEADER_SIZE - 704];
+};
+
+_Static_assert(offsetof(struct seg_header, magic) == 0, "magic");
+_Static_assert(offsetof(struct seg_header, layout_version) == 8, "layout_version");
+_Static_assert(offsetof(struct seg_header, state) == 12, "state");
+_Static_assert(offsetof(struct seg_header, layout_hash) == 16, "layout_hash");
+_Static_assert(offsetof(struct seg_header, total_size) == 24, "total_size");
+_Static_assert(offsetof(struct seg_header, incarnation) == 32, "incarnation");
+_Static_assert(offsetof(struct seg_header, created_ns) == 40, "created_ns");
+_Static_assert(offsetof(struct seg_header, slot_count) == 48, "slot_count");
+_Static_assert(offsetof(struct seg_header, slot_size) == 52, "slot_size");
+_Static_assert(offsetof(struct seg_header, max_payload) == 56, "max_payload");
+_Static_assert(offsetof(struct seg_header, max_subscribers) == 60, "max_subscribers");
+_Static_assert(offsetof(struct seg_header, max_members) == 64, "max_members");
+_Static_assert(offsetof(struct seg_header, queue_capacity) == 68, "queue_capacity");
+_Static_assert(offsetof(struct seg_header, mode) == 72, "mode");
+_Static_assert(offsetof(struct seg_header, flags) == 76, "flags");
+_Static_assert(offsetof(struct seg_header, block_timeout_ns) == 80, "block_timeout_ns");
+_Static_assert(offsetof(struct seg_header, stall_timeout_ns) == 88, "stall_timeout_ns");
+_Static_assert(offsetof(struct seg_header, reclaim_timeout_ns) == 96, "reclaim_timeout_ns");
+_Static_assert(offsetof(struct seg_header, members_off) == 104, "members_off");
+_Static_assert(offsetof(struct seg_header, pubs_off) == 112, "pubs_off");
+_Static_assert(offsetof(struct seg_header, subs_off) == 120, "subs_off");
+_Static_assert(offsetof(struct seg_header, cells_off) == 128, "cells_off");
+_Static_assert(offsetof(struct seg_header, slot_ctl_off) == 136, "slot_ctl_off");
+_Static_assert(offsetof(struct seg_header, data_off) == 144, "data_off");
+_Static_assert(offsetof(struct seg_header, name) == 152, "name");
+_Static_assert(offsetof(struct seg_header, claim_pos) == 256, "claim_pos");
+_Static_assert(offsetof(struct seg_header, space_futex) == 320, "space_futex");
+_Static_assert(offsetof(struct seg_header, space_waiters) == 324, "space_waiters");
+_Static_assert(offsetof(struct seg_header, route_epoch) == 384, "route_epoch");
+_Static_assert(offsetof(struct seg_header, active_mask) == 392, "active_mask");
+_Static_assert(offsetof(struct seg_header, type_mask) == 424, "type_mask");
+_Static_assert(offsetof(struct seg_header, reclaims) == 640, "reclaims");
+_Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "retired");
+_Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
+
+/*
+ * seg_member: one attached process (one bus handle), 256 bytes.
+ * Liveness is the OFD write lock on byte SEG_LOCK_MEMBER_BASE + index of the
+ * shm object, held by the member's own open file description; the kernel
+ * drops it when the process dies, whatever the pid is reused for.
+ *
+ *   0   state       u32  FREE / ACTIVE / RECLAIMING
+ *   4   pid         u32
+ *   8   generation  u64  bumped on every allocation of this entry
+ *   16  attach_ns   u64
+ *   24  label[64]
+ *   88  reserved to 256
+ */
+#define SEG_MEMBER_FREE 0u
+#define SEG_MEMBER_ACTIVE 1u
+#define SEG_MEMBER_RECLAIMING 2u
+struct seg_member {
+	uint32_t state;
+	uint32_t pid;
+	uint64_t generation;
+	uint64_t attach_ns;
+	char label[64];
+	uint8_t reserved[168];
+};
+_Static_assert(offsetof(struct seg_member, state) == 0, "member.state");
+_Static_assert(offsetof(struct seg_member, pid) == 4, "member.pid");
+_Static_assert(offsetof(struct seg_member, generation) == 8, "member.generation");
+_Static_assert(offsetof(struct seg_member, attach_ns) == 16, "member.attach_ns");
+_Static_assert(offsetof(struct seg_member, label) == 24, "member.label");
+_Static_assert(sizeof(struct seg_member) == 256, "seg_member size");
+
+/*
+ * seg_pub: one publisher handle, 256 bytes. What a publisher has claimed but
+ * not committed is found from the slots themselves (a CLAIMED slot names its
+ * publisher), so a survivor can abort it when the owner is dead (Aeron's
+ * "unblock a dead claimer").
+ *
+ *   0   state         u32  FREE / ACTIVE
+ *   4   member        u32  owning member index
+ *   8   member_gen    u64  owning member generation
+ *   16  source[64]    default source id
+ *   80  reserved to 128
+ *   128 routing       u64  odd while the publisher routes an event: a
+ *                          subscription being removed waits for it to turn
+ *                          even (a grace period, as in RCU)
+ *   136 reserved to 192
+ *   192 published     u64  counters, written only by the owner
+ *   200 publish_bytes u64
+ *   208 block_waits   u64
+ *   216 block_timeouts u64
+ *   224 reserved to 256
+ */
+struct seg_pub {
+	uint32_t state;
+	uint32_t member;
+	uint64_t member_gen;
+	char source[64];
+	uint8_t reserved0[48];
+	uint64_t routing;
+	uint8_t reserved1[56];
+	uint64_t published;
+	uint64_t publish_bytes;
+	uint64_t block_waits;
+	uint64_t block_timeouts;
+	uint8_t reserved2[32];
+};
+_Static_assert(offsetof(struct seg_pub, member) == 4, "pub.member");
+_Static_assert(offsetof(struct seg_pub, member_gen) == 8, "pub.member_gen");
+_Static_assert(offsetof(struct seg_pub, source) == 16, "pub.source");
+_Static_assert(offsetof(struct seg_pub, routing) == 128, "pub.routing");
+_Static_assert(offsetof(struct seg_pub, published) == 192, "pub.published");
+_Static_assert(offsetof(struct seg_pub, block_timeouts) == 216, "pub.block_timeouts");
+_Static_assert(sizeof(struct seg_pub) == 256, "seg_pub size");
+
+/*
+ * Filter, as publishers evaluate it: a small tree of nodes in the
+ * subscription record, 2048 bytes. Leaves test one precomputed hash or
+ * field of the event header; PATTERN leaves are POSIX extended regexes on
+ * the name, compiled and cached by each publisher process; CUSTOM leaves are
+ * true for publishers and run as a second stage in the subscriber.
+ *
+ *   0    node_count u16, root u16, hash_count u16, text_len u16
+ *   8    type_union u32  (bit per type the filter can possibly match)
+ *   12   flags u32       (SEG_FILTER_HAS_CUSTOM, SEG_FILTER_HAS_PATTERN)
+ *   16   nodes[16]       16 bytes each
+ *   272  hashes[64]      u64 xxh3 of the set members, in node order
+ *   784  text[1264]      NUL-separated strings (set members, regexes)
+ */
+#define SEG_FILTER_NODES 16u
+#define SEG_FILTER_HASHES 64u
+#define SEG_FILTER_TEXT 1264u
+enum seg_filter_kind {
+	SEG_F_ALL = 1,	   /* children [first, first+count) all match; 0 children = true */
+	SEG_F_ANY = 2,	   /* any child matches */
+	SEG_F_TYPES = 3,   /* arg: bit (1 << type) */
+	SEG_F_NAMES = 4,   /* hashes [first, first+count) against name_hash */
+	SEG_F_SOURCES = 5, /* ... against source_hash */
+	SEG_F_TARGETS = 6, /* ... against target_hash */
+	SEG_F_MIN_PRIO = 7, /* arg: minimum priority */
+	SEG_F_PATTERN = 8, /* arg: text offset of the regex */
+	SEG_F_CUSTOM = 9,  /* always true here; arg: slot in the subscriber */
+};
+#define SEG_FILTER_HAS_CUSTOM 1u
+#define SEG_FILTER_HAS_PATTERN 2u
+struct seg_filter_node {
+	uint8_t kind;
+	uint8_t reserved;
+	uint16_t count;	 /* children or hashes */
+	uint16_t first;	 /* first child node or first hash */
+	uint16_t text;	 /* text offset of first string of a set */
+	uint32_t arg;
+	uint32_t reserved2;
+};
+_Static_assert(sizeof(struct seg_filter_node) == 16, "filter node size");
+struct seg_filter {
+	uint16_t node_count;
+	uint16_t root;
+	uint16_t hash_count;
+	uint16_t text_len;
+	uint32_t type_union;
+	uint32_t flags;
+	struct seg_filter_node nodes[SEG_FILTER_NODES];
+	uint64_t hashes[SEG_FILTER_HASHES];
+	char text[SEG_FILTER_TEXT];
+};
+_Static_assert(offsetof(struct seg_filter, type_union) == 8, "filter.type_union");
+_Static_assert(offsetof(struct seg_filter, nodes) == 16, "filter.nodes");
+_Static_assert(offsetof(struct seg_filter, hashes) == 272, "filter.hashes");
+_Static_assert(offsetof(struct seg_filter, text) == 784, "filter.text");
+_Static_assert(sizeof(struct seg_filter) == 2048, "seg_filter size");
+
+/*
+ * Queue head/tail of one priority class of a subscription; the cells live in
+ * the cells region. Two classes per subscription: 0 = urgent (high and
+ * critical), 1 = normal (low and normal); consumers drain class 0 first.
+ * tail and head are hints that anyone may advance (the cells' turn words are
+ * the truth), each alone on its line.
+ */
+#define SEG_QUEUE_URGENT 0u
+#define SEG_QUEUE_NORMAL 1u
+#define SEG_QUEUE_CLASSES 2u
+struct seg_queue_ends {
+	uint64_t tail;
+	uint8_t pad0[56];
+	uint64_t head;
+	uint8_t pad1[56];
+};
+_Static_assert(offsetof(struct seg_queue_ends, head) == 64, "queue.head");
+_Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
+
+/*
+ * One consumer attached to a subscription (a process, or one of the members
+ * of a group), 384 bytes. held[] records every event delivered and not yet
+ * released, so a survivor can give them back when the consumer dies;
+ * a held entry is a descriptor (see SEG_DESC_*), 0 when empty, or
+ * SEG_HELD_REVOKED after a stalled consumer was demoted.
+ *
+ *   0   state       u32 FREE / ACTIVE
+ *   4   member      u32
+ *   8   member_gen  u64
+ *   16  delivered   u64 counter
+ *   24  reserved
+ *   32  pid         u32
+ *   36  reserved
+ *   64  held[40]    u64
+ */
+#define SEG_CONSUMERS 8u
+#define SEG_HELD_MAX 40u
+#define SEG_HELD_REVOKED (~0ull)
+#define SEG_CONSUMER_FREE 0u
+#define SEG_CONSUMER_ACTIVE 1u
+struct seg_consumer {
+	uint32_t state;
+	uint32_t member;
+	uint64_t member_gen;
+	uint64_t delivered;
+	uint64_t reserved0;
+	uint32_t pid;
+	uint8_t reserved1[28];
+	uint64_t held[SEG_HELD_MAX];
+};
+_Static_assert(offsetof(struct seg_consumer, member) == 4, "consumer.member");
+_Static_assert(offsetof(struct seg_consumer, member_gen) == 8, "consumer.member_gen");
+_Static_assert(offsetof(struct seg_consumer, delivered) == 16, "consumer.delivered");
+_Static_assert(offsetof(struct seg_consumer, pid) == 32, "consumer.pid");
+_Static_assert(offsetof(struct seg_consumer, held) == 64, "consumer.held");
+_Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
+
+/*
+ * seg_sub: one subscription, 8192 bytes.
+ *
+ *   0     state        u32  FREE / ACTIVE / REMOVING
+ *   4     flags        u32  SEG_SUB_* below (policy, durable, group, paused)
+ *   8     generation   u64  id = generation << 16 | index
+ *   16    owner        u32  owning member for plain subs, ~0 for durable/group
+ *   20    owner_gen_lo u32
+ *   24    created_ns   u64
+ *   32    subscriber[64]    the spec's subscriber id
+ *   96    group[64]         group name ("" if none)
+ *   160   block_since_ns u64 (informational: last stall seen)
+ *   168   reserved to 256
+ *   256   wake_futex u32, sleepers u32 (own line)
+ *   320   counters (own lines): delivered_total, filtered, missed,
+ *         dropped_full, demotions, redelivered, revoked, reserved
+ *   384   ends[2]      seg_queue_ends (256 bytes)
+ *   640   reserved to 1024
+ *   1024  filter       seg_filter (2048)
+ *   3072  consumers[8] seg_consumer (3072)
+ *   6144  reserved to 8192
+ */
+#define SEG_SUB_SIZE 8192u
+#define SEG_SUB_FREE 0u
+#define SEG_SUB_ACTIVE 1u
+#define SEG_SUB_INIT 2u
+#define SEG_SUB_POLICY_LAG 0x1u
+#define SEG_SUB_DURABLE 0x2u
+#define SEG_SUB_GROUP 0x4u
+#define SEG_SUB_PAUSED 0x8u
+#define SEG_SUB_DEMOTED 0x10u
+#define SEG_SUB_NO_OWNER 0xFFFFFFFFu
+struct seg_sub {
+	uint32_t state;
+	uint32_t flags;
+	uint64_t generation;
+	uint32_t owner;
+	uint32_t owner_gen_lo;
+	uint64_t created_ns;
+	char subscriber[64];
+	char group[64];
+	uint64_t block_since_ns;
+	uint8_t reserved0[88];
+	uint32_t wake_futex;
+	uint32_t sleepers;
+	uint8_t pad_wake[56];
+	uint64_t delivered_total;
+	uint64_t filtered;
+	uint64_t missed;
+	uint64_t dropped_full;
+	uint64_t demotions;
+	uint64_t redelivered;
+	uint64_t revoked;
+	uint64_t reserved1;
+	struct seg_queue_ends ends[SEG_QUEUE_CLASSES];
+	uint8_t reserved2[384];
+	struct seg_filter filter;
+	struct seg_consumer consumers[SEG_CONSUMERS];
+	uint8_t reserved3[2048];
+};
+_Static_assert(offsetof(struct seg_sub, flags) == 4, "sub.flags");
+_Static_assert(offsetof(struct seg_sub, generation) == 8, "sub.generation");
+_Static_assert(offsetof(struct seg_sub, owner) == 16, "sub.owner");
+_Static_assert(offsetof(struct seg_sub, created_ns) == 24, "sub.created_ns");
+_Static_assert(offsetof(struct seg_sub, subscriber) == 32, "sub.subscriber");
+_Static_assert(offsetof(struct seg_sub, group) == 96, "sub.group");
+_Static_assert(offsetof(struct seg_sub, block_since_ns) == 160, "sub.block_since_ns");
+_Static_assert(offsetof(struct seg_sub, wake_futex) == 256, "sub.wake_futex");
+_Static_assert(offsetof(struct seg_sub, sleepers) == 260, "sub.sleepers");
+_Static_assert(offsetof(struct seg_sub, delivered_total) == 320, "sub.delivered_total");
+_Static_assert(offsetof(struct seg_sub, ends) == 384, "sub.ends");
+_Static_assert(offsetof(struct seg_sub, filter) == 1024, "sub.filter");
+_Static_assert(offsetof(struct seg_sub, consumers) == 3072, "sub.consumers");
+_Static_assert(sizeof(struct seg_sub) == SEG_SUB_SIZE, "seg_sub size");
+
+/*
+ * Queue cell, 16 bytes: a turn word and a descriptor.
+ *
+ * turn encodes who may touch the cell next, for queue position p at index
+ * p & (Q-1):
+ *   p                  EMPTY: a producer at position p may take it
+ *   BUSY|WRITER|o|p    a producer (member o) is writing the descriptor
+ *   p + 1              FULL: a consumer at position p may take it
+ *   BUSY|TAKER|o|p+1   a consumer (member o) is moving it to its held[]
+ *   p + Q              released: EMPTY for position p + Q
+ * Owner o lets a survivor finish the work of a member that died inside.
+ */
+struct seg_cell {
+	uint64_t turn;
+	uint64_t desc;
+};
+_Static_assert(sizeof(struct seg_cell) == 16, "seg_cell size");
+
+#define SEG_TURN_BUSY (1ull << 63)
+#define SEG_TURN_TAKER (1ull << 62)
+#define SEG_TURN_OWNER_SHIFT 54
+#define SEG_TURN_OWNER_MASK 0xFFull
+#define SEG_TURN_POS_MASK ((1ull << SEG_TURN_OWNER_SHIFT) - 1)
+
+static inline uint64_t seg_turn_busy(int taker, uint32_t owner, uint64_t pos)
+{
+	return SEG_TURN_BUSY | (taker ? SEG_TURN_TAKER : 0) |
+	       ((uint64_t)(owner & SEG_TURN_OWNER_MASK) << SEG_TURN_OWNER_SHIFT) | (pos & SEG_TURN_POS_MASK);
+}
+static inline uint32_t seg_turn_owner(uint64_t turn) { return (uint32_t)((turn >> SEG_TURN_OWNER_SHIFT) & SEG_TURN_OWNER_MASK); }
+static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_MASK; }
+
+/*
+ * Descriptor: what a queue cell (and a held entry) carries.
+ *   bits 0..59  seq: the position of the event's first slot
+ *   bit 60      reserved
+ *   bit 61      HOLDS_REF: the publisher counted this delivery in the slot's refs
+ *   bit 62      TOMBSTONE: nothing to deliver (a dead producer's cell)
+ *   bit 63      REDELIVERED: handed back after its consumer died
+ */
+#define SEG_DESC_SEQ_MASK ((1ull << 60) - 1)
+#define SEG_DESC_HOLDS_REF (1ull << 61)
+#define SEG_DESC_TOMBSTONE (1ull << 62)
+#define SEG_DESC_REDELIVERED (1ull << 63)
+
+/*
+ * Slot control word, one u64 per slot:
+ *   bits 0..17   refs: deliveries not yet released (routing references);
+ *                while CLAIMED: 1 + index of the claiming seg_pub
+ *   bits 18..19  state: FREE (never used, or continuation of a larger event),
+ *                CLAIMED (being written), COMMITTED, ABORTED
+ *   bits 20..63  lap tag: 1 + (slot position >> log2(N)), modulo 2^44, so the
+ *                all-zero word of a new segment is older than every lap
+ * A slot is reusable when FREE, ABORTED, or COMMITTED with refs == 0. The
+ * lap tag tells a reader holding an old descriptor that the slot moved on.
+ */
+#define SEG_CTL_REFS_MASK 0x3FFFFull
+#define SEG_CTL_STATE_SHIFT 18
+#define SEG_CTL_STATE_MASK 0x3ull
+#define SEG_CTL_LAP_SHIFT 20
+#define SEG_SLOT_FREE 0u
+#define SEG_SLOT_CLAIMED 1u
+#define SEG_SLOT_COMMITTED 2u
+#define SEG_SLOT_ABORTED 3u
+
+static inline uint64_t seg_ctl_make(uint64_t lap, uint32_t state, uint32_t refs)
+{
+	return (lap << SEG_CTL_LAP_SHIFT) | ((uint64_t)state << SEG_CTL_STATE_SHIFT) | (refs & SEG_CTL_REFS_MASK);
+}
+static inline uint64_t seg_ctl_lap(uint64_t ctl) { return ctl >> SEG_CTL_LAP_SHIFT; }
+static inline uint32_t seg_ctl_state(uint64_t ctl) { return (uint32_t)((ctl >> SEG_CTL_STATE_SHIFT) & SEG_CTL_STATE_MASK); }
+static inline uint32_t seg_ctl_refs(uint64_t ctl) { return (uint32_t)(ctl & SEG_CTL_REFS_MASK); }
+/* The lap tag of position pos, truncated to the 44 bits the word keeps. */
+static inline uint64_t seg_lap_of(uint64_t pos, uint32_t slot_shift)
+{
+	return ((pos >> slot_shift) + 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1);
+}
+
+/* OFD lock bytes of the shm object. */
+#define SEG_LOCK_INIT 0ull	    /* held while a creator initialises */
+#define SEG_LOCK_RECLAIM 1ull	    /* held by whoever reclaims dead members */
+#define SEG_LOCK_SUBS 2ull	    /* held while the subscription table changes */
+#define SEG_LOCK_MEMBER_BASE 16ull  /* + member index: that member is alive */
+
+/* Size of every region for a given config, and the layout hash input. */
+struct seg_geometry {
+	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, data_off;
+	uint64_t data_size, total_size;
+	uint32_t slot_shift;
+};
+
+#endif
