@@ -7,9 +7,11 @@
  * lies in the ring, after its slot is seen COMMITTED and its bytes pass
  * seg_event_check.
  *
- * Waiting: spin, block (futex) or adaptive. A sleeper first counts itself
- * in `sleepers`, re-checks its queues, then sleeps on `wake_futex`;
- * publishers look at `sleepers` after a fence and only then make a syscall.
+ * Waiting: spin, block (futex) or adaptive. A sleeper first raises the
+ * `sleepers` flag, re-checks its queues, then sleeps on `wake_futex`;
+ * a publisher looks at the flag after a fence and, if it can clear it, makes
+ * the one wake-up syscall (every sleeper raises the flag again before it
+ * sleeps again, so a burst of events costs one syscall, not one each).
  */
 #include <errno.h>
 #include <string.h>
@@ -23,12 +25,12 @@ static bool sub_current(const shmbus_sub_t *sub)
 	       at_load_acquire_u64(&sub->rec->generation) == sub->generation;
 }
 
+/* held[] entries this handle uses are tracked in a local bitmap; a
+ * removal or revocation may change the shared entry, never our claim on it. */
 static int free_held_index(const shmbus_sub_t *sub)
 {
-	for (unsigned k = 0; k < SEG_HELD_MAX; k++)
-		if (at_load_relaxed_u64(&sub->cons->held[k]) == 0)
-			return (int)k;
-	return -1;
+	uint64_t free_bits = ~sub->held_used & ((1ull << SEG_HELD_MAX) - 1);
+	return free_bits ? __builtin_ctzll(free_bits) : -1;
 }
 
 /* Give back held entry k: the reference it carries is released unless a
@@ -92,14 +94,14 @@ static int take_from(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **ev)
 			continue;
 		}
 		uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-		uint32_t st = await_commit(bus, seq);
-		if (st != SEG_SLOT_COMMITTED) {
+		const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
+		if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) &&
+		    await_commit(bus, seq) != SEG_SLOT_COMMITTED) {
 			/* aborted by its publisher or a survivor: no reference */
 			uint64_t d = desc;
 			at_cas_u64(&sub->cons->held[k], &d, 0);
 			continue;
 		}
-		const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
 		if (seg_event_check(e, bus->max_event_bytes, NULL) < 0 || e->seq != seq) {
 			held_drop(sub, (unsigned)k, desc);
 			at_count_u64(&sub->rec->missed, 1);
@@ -114,6 +116,7 @@ static int take_from(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **ev)
 		sub->held[sub->nheld].ev = e;
 		sub->held[sub->nheld].k = (uint32_t)k;
 		sub->nheld++;
+		sub->held_used |= 1ull << k;
 		at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
 		*ev = (const shmbus_event_t *)(const void *)e;
 		return 1;
@@ -145,7 +148,7 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t deadline, const shmbus_event_t
 	shmbus_bus_t *bus = sub->bus;
 	struct seg_sub *s = sub->rec;
 	uint32_t seen = at_load_acquire_u32(&s->wake_futex);
-	at_fetch_add_u32_sc(&s->sleepers, 1);
+	at_exchange_u32(&s->sleepers, 1);
 	at_fence_seq_cst();
 	int rc = shmbus_poll(sub, ev);
 	if (rc == 0) {
@@ -159,7 +162,6 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t deadline, const shmbus_event_t
 				rc = shmbus__fail(EINTR, "interrupted by a signal");
 		}
 	}
-	at_fetch_sub_u32(&s->sleepers, 1);
 	return rc;
 }
 
@@ -179,8 +181,14 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 		if ((rc = shmbus_poll(sub, ev)) != 0)
 			return rc;
 		at_cpu_relax();
-		if ((i & 63) == 0 && now_mono_ns() >= spin_until)
-			break;
+		if ((i & 63) == 0) {
+			if (now_mono_ns() >= spin_until)
+				break;
+			/* a pure spinner is the only one who can notice a dead
+			 * group peer holding our events */
+			if ((i & 0xFFFF) == 0)
+				reclaim_if_due(sub->bus);
+		}
 	}
 	for (;;) {
 		uint64_t now = now_mono_ns();
@@ -201,6 +209,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 			continue;
 		unsigned k = sub->held[i].k;
 		sub->held[i] = sub->held[--sub->nheld];
+		sub->held_used &= ~(1ull << k);
 		if (sub->bus->orphaned)
 			return 0;
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);

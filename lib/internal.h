@@ -62,7 +62,10 @@ static inline uint8_t *bus_slot_data(const shmbus_bus_t *b, uint64_t pos)
 {
 	return b->data + ((uint64_t)(pos & b->slot_mask) << b->slot_size_shift);
 }
-static inline uint64_t *bus_slot_ctl(const shmbus_bus_t *b, uint64_t pos) { return &b->slot_ctl[pos & b->slot_mask]; }
+static inline uint64_t *bus_slot_ctl(const shmbus_bus_t *b, uint64_t pos)
+{
+	return &b->slot_ctl[seg_ctl_index(pos, b->nslots)];
+}
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
 static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
 {
@@ -132,6 +135,7 @@ struct shmbus_sub {
 	shmbus_wait_t wait;
 	uint64_t spin_ns;
 	uint32_t nheld;
+	uint64_t held_used; /* bit k: held[k] is ours */
 	struct held_local held[SEG_HELD_MAX];
 	uint64_t missed_seen;
 	struct custom_pred custom[SEG_FILTER_NODES];

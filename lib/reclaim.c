@@ -255,7 +255,7 @@ static bool queue_holds(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
 		struct queue_view q = bus_queue(bus, idx, cls);
 		uint64_t head = at_load_acquire_u64(&q.ends->head), tail = at_load_acquire_u64(&q.ends->tail);
 		for (uint64_t p = head; p < tail && p - head < q.cap; p++) {
-			const struct seg_cell *c = &q.cells[p & (q.cap - 1)];
+			const struct seg_cell *c = &q.cells[seg_cell_index(p, q.cap)];
 			if ((at_load_acquire_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK) == seq)
 				return true;
 		}

@@ -213,7 +213,7 @@ void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
 			unsigned bit = (unsigned)__builtin_ctzll(m);
 			m &= m - 1;
 			struct seg_sub *s = bus_sub(bus, w * 64 + bit);
-			if (at_load_relaxed_u32(&s->sleepers))
+			if (at_load_relaxed_u32(&s->sleepers) && at_exchange_u32(&s->sleepers, 0))
 				route_wake(bus, w * 64 + bit);
 		}
 	}

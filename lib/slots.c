@@ -96,12 +96,11 @@ static int wait_for_space(shmbus_pub_t *pub, uint64_t blocking_seq, struct space
 	if (!stalled && w->start_ns + h->stall_timeout_ns - now < slice)
 		slice = w->start_ns + h->stall_timeout_ns - now;
 	uint32_t seen = at_load_acquire_u32(&h->space_futex);
-	at_fetch_add_u32_sc(&h->space_waiters, 1);
+	at_exchange_u32(&h->space_waiters, 1);
 	at_fence_seq_cst();
 	bool taken = false;
 	if (slot_busy(bus, blocking_seq + bus->nslots, &taken) && !taken)
 		futex_wait_shared(&h->space_futex, seen, (int64_t)slice);
-	at_fetch_sub_u32(&h->space_waiters, 1);
 	return 0;
 }
 
@@ -139,7 +138,10 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 void slot_release_ref(shmbus_bus_t *bus, uint64_t seq)
 {
 	uint64_t old = at_fetch_sub_u64_sc(bus_slot_ctl(bus, seq), 1);
-	if (seg_ctl_refs(old) == 1 && at_load_u32_sc(&bus->hdr->space_waiters)) {
+	/* A waiting publisher raised the flag; whoever clears it wakes them
+	 * all, once. They raise it again if they must sleep again. */
+	if (seg_ctl_refs(old) == 1 && at_load_u32_sc(&bus->hdr->space_waiters) &&
+	    at_exchange_u32(&bus->hdr->space_waiters, 0)) {
 		at_fetch_add_u32(&bus->hdr->space_futex, 1);
 		futex_wake_shared(&bus->hdr->space_futex, 1 << 30);
 	}

@@ -27,7 +27,8 @@
  *   128  payload_off     u32  from the event start, multiple of 8
  *   132  strings_len     u16  bytes after the 16-byte preamble
  *   134  meta_count      u8
- *   135  reserved        u8
+ *   135  committed       u8   1 once the publisher committed (release store),
+ *                             so a reader that got the descriptor early can tell
  *   136  len[8]          u8   name, source, target, conversation_id,
  *                             user_id, intent, decision_id, reserved(0)
  *   144  strings         each NUL-terminated, in len[] order; then
@@ -86,7 +87,7 @@ struct seg_event {
 	uint32_t payload_off;
 	uint16_t strings_len;
 	uint8_t meta_count;
-	uint8_t reserved;
+	uint8_t committed;
 	uint8_t len[8];
 	char strings[];
 };
@@ -114,6 +115,7 @@ _Static_assert(offsetof(struct seg_event, flags) == 126, "ev.flags");
 _Static_assert(offsetof(struct seg_event, payload_off) == 128, "ev.payload_off");
 _Static_assert(offsetof(struct seg_event, strings_len) == 132, "ev.strings_len");
 _Static_assert(offsetof(struct seg_event, meta_count) == 134, "ev.meta_count");
+_Static_assert(offsetof(struct seg_event, committed) == 135, "ev.committed");
 _Static_assert(offsetof(struct seg_event, len) == 136, "ev.len");
 _Static_assert(offsetof(struct seg_event, strings) == SEG_EVENT_FIXED, "ev.strings");
 _Static_assert(sizeof(struct seg_event) == SEG_EVENT_FIXED, "seg_event size");

@@ -70,7 +70,8 @@
  *   152  name[72]         NUL-terminated bus name
  *   224  reserved to 256
  *   256  claim_pos        u64   next free slot position (own line)
- *   320  space_futex u32, space_waiters u32 (own line)
+ *   320  space_futex u32, space_waiters u32 (own line): a publisher waiting
+ *        for a slot raises space_waiters (a flag), then sleeps on space_futex
  *   384  routing line: route_epoch u64, active_mask[4], type_mask[5][4]
  *   640  counters line: reclaims, aborted_claims, demotions,
  *        recovered_events, retired publisher/consumer totals
@@ -501,6 +502,21 @@ static inline uint64_t seg_lap_of(uint64_t pos, uint32_t slot_shift)
 {
 	return ((pos >> slot_shift) + 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1);
 }
+
+/*
+ * Where the control word of slot position pos lives in slot_ctl[], and
+ * where queue position pos lives in a queue's cells. Neighbouring positions
+ * are spread over different cache lines (words that share a line are N/8,
+ * cells Q/4, positions apart), so a publisher working on position p and a
+ * consumer on p-1 do not bounce one line between their cores.
+ */
+static inline uint64_t seg_spread(uint64_t pos, uint64_t count, unsigned per_line)
+{
+	uint64_t i = pos & (count - 1), lines = count / per_line;
+	return ((i & (lines - 1)) * per_line) + (i >> __builtin_ctzll(lines));
+}
+static inline uint64_t seg_ctl_index(uint64_t pos, uint64_t nslots) { return seg_spread(pos, nslots, 8); }
+static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return seg_spread(pos, cap, 4); }
 
 /* OFD lock bytes of the shm object. */
 #define SEG_LOCK_INIT 0ull	    /* held while a creator initialises */

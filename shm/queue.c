@@ -15,14 +15,14 @@
 
 static struct seg_cell *cell_at(const struct queue_view *q, uint64_t pos)
 {
-	return &q->cells[pos & (q->cap - 1)];
+	return &q->cells[seg_cell_index(pos, q->cap)];
 }
 
 void queue_init(struct queue_view *q)
 {
-	for (uint64_t i = 0; i < q->cap; i++) {
-		q->cells[i].desc = 0;
-		at_store_relaxed_u64(&q->cells[i].turn, i);
+	for (uint64_t p = 0; p < q->cap; p++) {
+		cell_at(q, p)->desc = 0;
+		at_store_relaxed_u64(&cell_at(q, p)->turn, p);
 	}
 	at_store_relaxed_u64(&q->ends->tail, 0);
 	at_store_release_u64(&q->ends->head, 0);

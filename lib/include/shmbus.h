@@ -625,8 +625,10 @@ typedef struct {
 	char filter[1024];	 /* decoded, e.g. all(types(command),name~"^a") */
 	uint64_t head[2], tail[2]; /* per class: 0 urgent, 1 normal */
 	uint64_t queue_depth;	 /* sum of tail - head over the classes */
-	uint64_t held;		 /* held entries over all consumers */
-	uint64_t delivered, filtered, missed, dropped_full;
+	uint64_t held;		 /* held entries over all consumers, revoked ones not counted */
+	uint64_t routed;	 /* descriptors ever queued (sum of tails) */
+	uint64_t delivered;	 /* retired total plus every active consumer's */
+	uint64_t filtered, missed, dropped_full;
 	uint64_t demotions, redelivered, revoked;
 	uint32_t consumer_count;
 	shmbus_inspect_consumer_t consumers[SHMBUS_GROUP_MEMBERS_MAX];
