@@ -129,6 +129,8 @@ static void bus_bind(shmbus_bus_t *b, const char *name)
 	b->max_event_bytes = seg_max_event_bytes(h->max_payload);
 	b->reclaim_interval_ns = h->reclaim_timeout_ns / 2 ? h->reclaim_timeout_ns / 2 : 1;
 	pthread_mutex_init(&b->lock, NULL);
+	pthread_mutex_init(&b->subs_mutex, NULL);
+	pthread_mutex_init(&b->reclaim_mutex, NULL);
 }
 
 /* Find a free member entry and make it ours: the OFD lock on its byte is
@@ -282,6 +284,8 @@ SHMBUS_API void shmbus_close(shmbus_bus_t *bus)
 	}
 	seg_unmap(&bus->map);
 	pthread_mutex_destroy(&bus->lock);
+	pthread_mutex_destroy(&bus->subs_mutex);
+	pthread_mutex_destroy(&bus->reclaim_mutex);
 	free(bus);
 }
 
@@ -351,11 +355,17 @@ void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add)
 
 int bus_lock_subs(shmbus_bus_t *bus)
 {
+	pthread_mutex_lock(&bus->subs_mutex);
 	int rc = live_lock_wait(bus->map.fd, SEG_LOCK_SUBS);
-	return rc < 0 ? shmbus__fail(-rc, "cannot lock the subscription table") : 0;
+	if (rc < 0) {
+		pthread_mutex_unlock(&bus->subs_mutex);
+		return shmbus__fail(-rc, "cannot lock the subscription table");
+	}
+	return 0;
 }
 
 void bus_unlock_subs(shmbus_bus_t *bus)
 {
 	live_unlock(bus->map.fd, SEG_LOCK_SUBS);
+	pthread_mutex_unlock(&bus->subs_mutex);
 }

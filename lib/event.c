@@ -189,6 +189,7 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 #define EV(e) ((const struct seg_event *)(const void *)(e))
 
 SHMBUS_API uint64_t shmbus_event_seq(const shmbus_event_t *e) { return EV(e)->seq; }
+SHMBUS_API size_t shmbus_event_size(const shmbus_event_t *e) { return EV(e)->size; }
 SHMBUS_API const shmbus_uuid_t *shmbus_event_id(const shmbus_event_t *e) { return (const shmbus_uuid_t *)EV(e)->id; }
 SHMBUS_API const shmbus_uuid_t *shmbus_event_correlation_id(const shmbus_event_t *e)
 {

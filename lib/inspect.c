@@ -63,7 +63,7 @@ struct shmbus_inspect {
 	/* Set once the header is trusted. */
 	const struct seg_header *hdr;
 	uint32_t slot_shift;
-	bool members_ok, pubs_ok, subs_ok, ctl_ok, data_ok;
+	bool members_ok, pubs_ok, subs_ok, cells_ok, ctl_ok, data_ok;
 
 	shmbus_inspect_member_t *members;
 	size_t member_count;
@@ -353,13 +353,12 @@ static void check_regions(shmbus_inspect_t *in)
 {
 	const struct seg_header *h = in->hdr;
 	uint64_t n = h->slot_count, s = h->max_subscribers, m = h->max_members;
-	bool cells_ok = false;
 	struct region regions[] = {
 		{"members", h->members_off, m * sizeof(struct seg_member), REGION_ALIGN, &in->members_ok},
 		{"publishers", h->pubs_off, m * sizeof(struct seg_pub), REGION_ALIGN, &in->pubs_ok},
 		{"subscriptions", h->subs_off, s * SEG_SUB_SIZE, REGION_ALIGN, &in->subs_ok},
 		{"queue cells", h->cells_off, s * SEG_QUEUE_CLASSES * n * sizeof(struct seg_cell), REGION_ALIGN,
-		 &cells_ok},
+		 &in->cells_ok},
 		{"slot control", h->slot_ctl_off, n * sizeof(uint64_t), REGION_ALIGN, &in->ctl_ok},
 		{"data", h->data_off, n * h->slot_size, PAGE_ALIGN, &in->data_ok},
 	};
@@ -624,10 +623,11 @@ static void decode_filter(shmbus_inspect_t *in, uint32_t sub, const struct seg_f
 
 /* -------------------------------------------------------- subscriptions */
 
+/* The control word of slot position pos (words are spread over lines). */
 static uint64_t slot_ctl(const shmbus_inspect_t *in, uint64_t pos)
 {
 	const uint64_t *ctl = (const uint64_t *)(in->bytes + in->hdr->slot_ctl_off);
-	return ctl[pos & (in->hdr->slot_count - 1)];
+	return ctl[seg_ctl_index(pos, in->hdr->slot_count)];
 }
 
 /*
@@ -674,6 +674,8 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 		oc->member_gen = sc->member_gen;
 		oc->pid = sc->pid;
 		oc->delivered = sc->delivered;
+		if (sc->state == SEG_CONSUMER_ACTIVE)
+			o->delivered += sc->delivered;
 		if (sc->member >= in->hdr->max_members)
 			problem(in, "sub[%u].consumer[%u]: member index %u out of range", o->index, c, sc->member);
 		for (uint32_t k = 0; k < SEG_HELD_MAX; k++) {
@@ -681,9 +683,43 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 			if (d == 0)
 				continue;
 			oc->held[oc->held_count++] = d;
-			o->held++;
+			o->held += d != SEG_HELD_REVOKED;
 			if (d != SEG_HELD_REVOKED && !(d & SEG_DESC_TOMBSTONE))
 				check_held(in, o->index, c, d);
+		}
+	}
+}
+
+/*
+ * A descriptor waiting in a queue must, like a held one, name a committed
+ * event still in the ring. Only cells whose turn word says FULL for their
+ * position are looked at: anything else is a writer or taker at work.
+ */
+static void check_queued(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsigned k)
+{
+	const struct seg_header *h = in->hdr;
+	uint64_t q = h->queue_capacity;
+	if (!in->cells_ok || o->tail[k] < o->head[k] || o->tail[k] - o->head[k] > q)
+		return;
+	const struct seg_cell *cells =
+		(const struct seg_cell *)(in->bytes + h->cells_off) + ((uint64_t)o->index * SEG_QUEUE_CLASSES + k) * q;
+	unsigned reported = 0;
+	for (uint64_t p = o->head[k]; p < o->tail[k] && reported < 4; p++) {
+		const struct seg_cell *c = &cells[seg_cell_index(p, q)];
+		if (c->turn != p + 1 || (c->desc & SEG_DESC_TOMBSTONE))
+			continue;
+		uint64_t seq = c->desc & SEG_DESC_SEQ_MASK;
+		if (seq >= h->claim_pos || h->claim_pos - seq > h->slot_count) {
+			problem(in, "sub[%u]: queued seq %llu (class %u, position %llu) lies outside the ring", o->index,
+				(unsigned long long)seq, k, (unsigned long long)p);
+			reported++;
+		} else if (in->ctl_ok) {
+			uint64_t ctl = slot_ctl(in, seq);
+			if (seg_ctl_state(ctl) != SEG_SLOT_COMMITTED || seg_ctl_lap(ctl) != seg_lap_of(seq, in->slot_shift)) {
+				problem(in, "sub[%u]: queued seq %llu is not a committed event of that lap", o->index,
+					(unsigned long long)seq);
+				reported++;
+			}
 		}
 	}
 }
@@ -694,6 +730,7 @@ static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_i
 	for (unsigned k = 0; k < SEG_QUEUE_CLASSES; k++) {
 		o->head[k] = s->ends[k].head;
 		o->tail[k] = s->ends[k].tail;
+		o->routed += o->tail[k];
 		if (o->tail[k] < o->head[k]) {
 			problem(in, "sub[%u]: queue class %u tail %llu is behind head %llu", o->index, k,
 				(unsigned long long)o->tail[k], (unsigned long long)o->head[k]);
@@ -704,6 +741,7 @@ static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_i
 			problem(in, "sub[%u]: queue class %u holds %llu, more than its capacity %u", o->index, k,
 				(unsigned long long)depth, in->hdr->queue_capacity);
 		o->queue_depth += depth;
+		check_queued(in, o, k);
 	}
 }
 
@@ -752,7 +790,7 @@ static void decode_subs(shmbus_inspect_t *in)
 			continue;
 		shmbus_inspect_sub_t *o = &in->subs[in->sub_count++];
 		decode_sub_identity(in, i, s, o);
-		o->delivered = s->delivered_total;
+		o->delivered = s->delivered_total; /* consumers' shares are added below */
 		o->filtered = s->filtered;
 		o->missed = s->missed;
 		o->dropped_full = s->dropped_full;
@@ -801,11 +839,17 @@ static void decode_ring(shmbus_inspect_t *in)
 		r->claimed += state == SEG_SLOT_CLAIMED;
 		r->committed += state == SEG_SLOT_COMMITTED;
 		r->aborted += state == SEG_SLOT_ABORTED;
-		r->referenced += refs > 0;
-		r->refs += refs;
+		if (state != SEG_SLOT_CLAIMED) { /* a claimed slot's refs name its claimer */
+			r->referenced += refs > 0;
+			r->refs += refs;
+		}
 		if (reported >= 8)
 			continue;
-		if (refs > h->max_subscribers) {
+		if (state == SEG_SLOT_CLAIMED && (refs == 0 || refs > h->max_members)) {
+			problem(in, "slot %llu: claimed by publisher %d, out of range", (unsigned long long)i,
+				(int)refs - 1);
+			reported++;
+		} else if (state != SEG_SLOT_CLAIMED && refs > h->max_subscribers) {
 			problem(in, "slot %llu: %u references, more than the %u subscriptions", (unsigned long long)i,
 				refs, h->max_subscribers);
 			reported++;

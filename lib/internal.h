@@ -50,6 +50,10 @@ struct shmbus_bus {
 	uint64_t reclaim_interval_ns;
 	uint64_t last_reclaim_ns;  /* monotonic, relaxed: a hint */
 	bool orphaned;	       /* this handle was inherited through fork() */
+	/* OFD locks exclude other open file descriptions, not the threads
+	 * sharing ours: each shared lock is paired with a local mutex. */
+	pthread_mutex_t subs_mutex;    /* with the SEG_LOCK_SUBS byte */
+	pthread_mutex_t reclaim_mutex; /* with the SEG_LOCK_RECLAIM byte */
 	pthread_mutex_t lock;  /* process-local: the lists below */
 	struct shmbus_pub *pubs_open;
 	struct shmbus_sub *subs_open;
@@ -174,6 +178,9 @@ void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
 void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed);
 void sub_wait_routing_grace(shmbus_bus_t *bus);
+
+/* metrics.c: add a vanishing subscription's counters to the bus totals */
+void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx);
 
 /* reclaim.c */
 int reclaim_if_due(shmbus_bus_t *bus);

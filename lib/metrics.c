@@ -26,6 +26,8 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 		o->queue_depth += queue_depth(&q);
 		o->routed += queue_pushed(&q);
 	}
+	/* queue positions carry on across reuses of the record */
+	o->routed -= at_load_relaxed_u64(&s->routed_base);
 	o->delivered = at_load_relaxed_u64(&s->delivered_total);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
@@ -43,6 +45,18 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 	o->demotions = at_load_relaxed_u64(&s->demotions);
 	o->redelivered = at_load_relaxed_u64(&s->redelivered);
 	o->revoked = at_load_relaxed_u64(&s->revoked);
+}
+
+void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx)
+{
+	struct seg_header *h = bus->hdr;
+	shmbus_sub_info_t si;
+	sub_info(bus, idx, &si);
+	at_count_u64(&h->retired_routed, si.routed);
+	at_count_u64(&h->retired_delivered, si.delivered);
+	at_count_u64(&h->retired_filtered, si.filtered);
+	at_count_u64(&h->retired_lagged, si.lagged);
+	at_count_u64(&h->retired_redelivered, si.redelivered);
 }
 
 SHMBUS_API int shmbus_list_subscriptions(shmbus_bus_t *bus, const char *subscriber_id, shmbus_sub_info_t *out,
@@ -102,6 +116,11 @@ SHMBUS_API int shmbus_get_metrics(shmbus_bus_t *bus, shmbus_metrics_t *out)
 		return shmbus__fail(EINVAL, "out is NULL");
 	struct seg_header *h = bus->hdr;
 	memset(out, 0, sizeof *out);
+	out->routed = at_load_relaxed_u64(&h->retired_routed);
+	out->delivered = at_load_relaxed_u64(&h->retired_delivered);
+	out->filtered = at_load_relaxed_u64(&h->retired_filtered);
+	out->lagged = at_load_relaxed_u64(&h->retired_lagged);
+	out->redelivered = at_load_relaxed_u64(&h->retired_redelivered);
 	out->published = at_load_relaxed_u64(&h->retired_published);
 	out->publish_bytes = at_load_relaxed_u64(&h->retired_publish_bytes);
 	out->block_waits = at_load_relaxed_u64(&h->retired_block_waits);

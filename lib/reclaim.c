@@ -225,8 +225,12 @@ SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
 	if (rc < 0)
 		return rc;
 	at_store_relaxed_u64(&bus->last_reclaim_ns, now_mono_ns());
-	if (live_lock(bus->map.fd, SEG_LOCK_RECLAIM) < 0)
+	if (pthread_mutex_trylock(&bus->reclaim_mutex) != 0)
+		return 0; /* another thread of ours is at it */
+	if (live_lock(bus->map.fd, SEG_LOCK_RECLAIM) < 0) {
+		pthread_mutex_unlock(&bus->reclaim_mutex);
 		return 0; /* another survivor is at it */
+	}
 	int n = 0;
 	for (uint32_t m = 0; m < bus->max_members; m++) {
 		uint32_t st = at_load_acquire_u32(&bus->members[m].state);
@@ -236,13 +240,14 @@ SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
 		n++;
 	}
 	live_unlock(bus->map.fd, SEG_LOCK_RECLAIM);
+	pthread_mutex_unlock(&bus->reclaim_mutex);
 	return n;
 }
 
 int reclaim_if_due(shmbus_bus_t *bus)
 {
 	uint64_t now = now_mono_ns();
-	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns)
+	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns || bus->orphaned)
 		return 0;
 	return shmbus_reclaim(bus);
 }

@@ -117,6 +117,7 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	sub_wait_routing_grace(bus);
 	revoke_all_held(bus, s);
 	sub_drain_queues(bus, idx, false);
+	metrics_retire_sub(bus, idx);
 	at_fetch_add_u64(&s->generation, 1);
 	at_store_release_u32(&s->flags, 0);
 	at_store_release_u32(&s->state, SEG_SUB_FREE);
@@ -239,6 +240,12 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	at_store_relaxed_u64(&s->demotions, 0);
 	at_store_relaxed_u64(&s->redelivered, 0);
 	at_store_relaxed_u64(&s->revoked, 0);
+	uint64_t tails = 0;
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, (uint32_t)idx, cls);
+		tails += queue_pushed(&q);
+	}
+	at_store_relaxed_u64(&s->routed_base, tails);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
 		at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
 	int c = consumer_join(bus, s);

@@ -74,7 +74,9 @@
  *        for a slot raises space_waiters (a flag), then sleeps on space_futex
  *   384  routing line: route_epoch u64, active_mask[4], type_mask[5][4]
  *   640  counters line: reclaims, aborted_claims, demotions,
- *        recovered_events, retired publisher/consumer totals
+ *        recovered_events, retired publisher totals
+ *   704  retired subscription totals: routed, delivered, filtered, lagged,
+ *        redelivered
  */
 struct seg_header {
 	uint64_t magic;
@@ -124,7 +126,14 @@ struct seg_header {
 	uint64_t retired_publish_bytes;
 	uint64_t retired_block_waits;
 	uint64_t retired_block_timeouts;
-	uint8_t reserved1[SEG_HEADER_SIZE - 704];
+	/* 704: what removed subscriptions had counted, so bus totals never
+	 * go backwards */
+	uint64_t retired_routed;
+	uint64_t retired_delivered;
+	uint64_t retired_filtered;
+	uint64_t retired_lagged;
+	uint64_t retired_redelivered;
+	uint8_t reserved1[SEG_HEADER_SIZE - 744];
 };
 
 _Static_assert(offsetof(struct seg_header, magic) == 0, "magic");
@@ -160,6 +169,8 @@ _Static_assert(offsetof(struct seg_header, active_mask) == 392, "active_mask");
 _Static_assert(offsetof(struct seg_header, type_mask) == 424, "type_mask");
 _Static_assert(offsetof(struct seg_header, reclaims) == 640, "reclaims");
 _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "retired");
+_Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");
+_Static_assert(offsetof(struct seg_header, retired_redelivered) == 736, "retired_redelivered");
 _Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
 
 /*
@@ -365,7 +376,8 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *   168   reserved to 256
  *   256   wake_futex u32, sleepers u32 (own line)
  *   320   counters (own lines): delivered_total, filtered, missed,
- *         dropped_full, demotions, redelivered, revoked, reserved
+ *         dropped_full, demotions, redelivered, revoked, routed_base
+ *         (the queue positions carry on across reuses of the record)
  *   384   ends[2]      seg_queue_ends (256 bytes)
  *   640   reserved to 1024
  *   1024  filter       seg_filter (2048)
@@ -403,7 +415,7 @@ struct seg_sub {
 	uint64_t demotions;
 	uint64_t redelivered;
 	uint64_t revoked;
-	uint64_t reserved1;
+	uint64_t routed_base; /* queue tails when the record was taken */
 	struct seg_queue_ends ends[SEG_QUEUE_CLASSES];
 	uint8_t reserved2[384];
 	struct seg_filter filter;
@@ -420,6 +432,7 @@ _Static_assert(offsetof(struct seg_sub, block_since_ns) == 160, "sub.block_since
 _Static_assert(offsetof(struct seg_sub, wake_futex) == 256, "sub.wake_futex");
 _Static_assert(offsetof(struct seg_sub, sleepers) == 260, "sub.sleepers");
 _Static_assert(offsetof(struct seg_sub, delivered_total) == 320, "sub.delivered_total");
+_Static_assert(offsetof(struct seg_sub, routed_base) == 376, "sub.routed_base");
 _Static_assert(offsetof(struct seg_sub, ends) == 384, "sub.ends");
 _Static_assert(offsetof(struct seg_sub, filter) == 1024, "sub.filter");
 _Static_assert(offsetof(struct seg_sub, consumers) == 3072, "sub.consumers");
@@ -503,20 +516,10 @@ static inline uint64_t seg_lap_of(uint64_t pos, uint32_t slot_shift)
 	return ((pos >> slot_shift) + 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1);
 }
 
-/*
- * Where the control word of slot position pos lives in slot_ctl[], and
- * where queue position pos lives in a queue's cells. Neighbouring positions
- * are spread over different cache lines (words that share a line are N/8,
- * cells Q/4, positions apart), so a publisher working on position p and a
- * consumer on p-1 do not bounce one line between their cores.
- */
-static inline uint64_t seg_spread(uint64_t pos, uint64_t count, unsigned per_line)
-{
-	uint64_t i = pos & (count - 1), lines = count / per_line;
-	return ((i & (lines - 1)) * per_line) + (i >> __builtin_ctzll(lines));
-}
-static inline uint64_t seg_ctl_index(uint64_t pos, uint64_t nslots) { return seg_spread(pos, nslots, 8); }
-static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return seg_spread(pos, cap, 4); }
+/* Index of slot position pos in slot_ctl[] and of queue position pos in a
+ * queue's cells: the one place that maps positions to memory. */
+static inline uint64_t seg_ctl_index(uint64_t pos, uint64_t nslots) { return pos & (nslots - 1); }
+static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return pos & (cap - 1); }
 
 /* OFD lock bytes of the shm object. */
 #define SEG_LOCK_INIT 0ull	    /* held while a creator initialises */

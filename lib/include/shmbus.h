@@ -393,6 +393,9 @@ int shmbus_unsubscribe_id(shmbus_bus_t *bus, shmbus_sub_id_t id);
 /* ------------------------------------------------------- reading events */
 
 uint64_t shmbus_event_seq(const shmbus_event_t *ev);
+/* Bytes of the whole event (header, strings, payload): what to copy to
+ * keep it beyond shmbus_release. */
+size_t shmbus_event_size(const shmbus_event_t *ev);
 const shmbus_uuid_t *shmbus_event_id(const shmbus_event_t *ev);
 const shmbus_uuid_t *shmbus_event_correlation_id(const shmbus_event_t *ev);
 const shmbus_uuid_t *shmbus_event_causation_id(const shmbus_event_t *ev); /* nil = none */
