@@ -361,6 +361,7 @@ int bus_lock_subs(shmbus_bus_t *bus)
 		pthread_mutex_unlock(&bus->subs_mutex);
 		return shmbus__fail(-rc, "cannot lock the subscription table");
 	}
+	sub_lock_recover(bus);
 	return 0;
 }
 

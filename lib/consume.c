@@ -1,11 +1,16 @@
 /*
  * consume.c - taking events in place, waiting for them, giving them back.
  *
- * Taking: a descriptor moves from the subscription's queue into this
- * consumer's held[] in shared memory before its cell is released, so a
- * survivor can always find it if we die. The event is then read where it
- * lies in the ring, after its slot is seen COMMITTED and its bytes pass
- * seg_event_check.
+ * Taking: a run of descriptors (TAKE_BATCH, or 1 in a group so members
+ * share the work) moves from the subscription's queue into this consumer's
+ * held[] in shared memory before the cells are released, so a survivor can
+ * always find them if we die. Each event is then read where it lies in the
+ * ring, after its commit mark is seen and its bytes pass seg_event_check.
+ *
+ * Releasing: shmbus_release marks the held entry RELEASING; the references
+ * are dropped RELEASE_BATCH at a time, or whenever the consumer finds
+ * nothing to do, so a consumer touches the slot control words (which
+ * publishers write) in bursts rather than once per event.
  *
  * Waiting: spin, block (futex) or adaptive. A sleeper first raises the
  * `sleepers` flag, re-checks its queues, then sleeps on `wake_futex`;
@@ -25,35 +30,98 @@ static bool sub_current(const shmbus_sub_t *sub)
 	       at_load_acquire_u64(&sub->rec->generation) == sub->generation;
 }
 
-/* held[] entries this handle uses are tracked in a local bitmap; a
- * removal or revocation may change the shared entry, never our claim on it. */
-static int free_held_index(const shmbus_sub_t *sub)
+#define HELD_ALL ((1ull << SEG_HELD_MAX) - 1)
+
+static uint32_t held_free_count(const shmbus_sub_t *sub)
 {
-	uint64_t free_bits = ~sub->held_used & ((1ull << SEG_HELD_MAX) - 1);
-	return free_bits ? __builtin_ctzll(free_bits) : -1;
+	return (uint32_t)__builtin_popcountll(~sub->held_used & HELD_ALL);
 }
 
-/* Give back held entry k: the reference it carries is released unless a
- * demotion revoked it first. */
-static int held_drop(shmbus_sub_t *sub, unsigned k, uint64_t desc)
+static uint32_t held_alloc(shmbus_sub_t *sub)
+{
+	uint32_t k = (uint32_t)__builtin_ctzll(~sub->held_used & HELD_ALL);
+	sub->held_used |= 1ull << k;
+	return k;
+}
+
+static void held_free(shmbus_sub_t *sub, uint32_t k)
+{
+	sub->held_used &= ~(1ull << k);
+}
+
+/* Drop held entry k now: its reference is released unless a demotion or a
+ * removal took the entry first. 0, or -ESTALE if it was taken. */
+static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
 	uint64_t expected = desc;
-	if (!at_cas_u64(&sub->cons->held[k], &expected, 0)) {
+	int rc = 0;
+	if (at_cas_u64(&sub->cons->held[k], &expected, 0)) {
+		if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
+			slot_release_ref(sub->bus, desc & SEG_DESC_SEQ_MASK);
+	} else {
 		if (expected == SEG_HELD_REVOKED)
 			at_store_release_u64(&sub->cons->held[k], 0);
-		return -ESTALE;
+		rc = -ESTALE;
 	}
-	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
-		slot_release_ref(sub->bus, desc & SEG_DESC_SEQ_MASK);
-	return 0;
+	held_free(sub, k);
+	return rc;
 }
 
-/* Wait for the publisher of seq to commit (it pushes descriptors just
- * before). Returns the slot state: COMMITTED, ABORTED, or FREE when the
- * slot has moved on (our reference was revoked). */
+/* Drop the references of every event released since the last batch. The
+ * control words are prefetched for writing first so their cache misses
+ * overlap instead of queueing behind each locked decrement. */
+static void flush_releases(shmbus_sub_t *sub)
+{
+	for (uint32_t i = 0; i < sub->nreleasing; i++)
+		__builtin_prefetch(bus_slot_ctl(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK), 1);
+	for (uint32_t i = 0; i < sub->nreleasing; i++)
+		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc);
+	sub->nreleasing = 0;
+}
+
+/* Take a run of descriptors from queue class cls into held[] and the
+ * local ready list. Returns how many, or -ESHUTDOWN. */
+static int take_run(shmbus_sub_t *sub, unsigned cls)
+{
+	shmbus_bus_t *bus = sub->bus;
+	struct queue_view q = bus_queue(bus, sub->index, cls);
+	uint32_t room = held_free_count(sub);
+	if (room == 0) {
+		flush_releases(sub);
+		room = held_free_count(sub);
+	}
+	uint32_t max = room < sub->take_batch ? room : sub->take_batch;
+	uint64_t descs[TAKE_BATCH], first;
+	uint32_t n = max ? queue_take(&q, &sub->cons->take, max, UINT64_MAX, descs, &first) : 0;
+	if (n == 0)
+		return 0;
+	struct held_desc *ready = sub->ready[cls];
+	sub->ready_head[cls] = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t k = held_alloc(sub);
+		at_store_relaxed_u64(&sub->cons->held[k], descs[i] | SEG_DESC_UNSEEN);
+		ready[i].desc = descs[i] | SEG_DESC_UNSEEN;
+		ready[i].k = k;
+	}
+	sub->ready_n[cls] = n;
+	/* held[] before the cells go back, and (seq_cst) before we look at
+	 * whether a removal is sweeping held[] */
+	at_fence_seq_cst();
+	queue_release(&q, &sub->cons->take, first, n);
+	if (!sub_current(sub)) {
+		for (uint32_t i = 0; i < n; i++)
+			held_drop(sub, ready[i].k, ready[i].desc);
+		sub->ready_n[cls] = 0;
+		return shmbus__fail(ESHUTDOWN, "subscription was removed");
+	}
+	return (int)n;
+}
+
+/* Wait for the publisher of seq to commit: it pushes descriptors just
+ * before. Returns COMMITTED, ABORTED, or FREE when the slot moved on. */
 static uint32_t await_commit(shmbus_bus_t *bus, uint64_t seq)
 {
-	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq);
+	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq), deadline = 0;
 	for (unsigned spins = 0;; spins++) {
 		uint64_t c = at_load_acquire_u64(ctl);
 		if (seg_ctl_lap(c) != lap)
@@ -62,65 +130,78 @@ static uint32_t await_commit(shmbus_bus_t *bus, uint64_t seq)
 		if (st != SEG_SLOT_CLAIMED)
 			return st;
 		at_cpu_relax();
+		if ((spins & 0xFFFF) != 0xFFFF)
+			continue;
 		/* A publisher dies between push and commit only rarely; the
-		 * reclaim sweep then aborts its claim. */
-		if ((spins & 0xFFFF) == 0xFFFF)
-			reclaim_if_due(bus);
+		 * reclaim sweep then aborts its claim. A claim that outlives
+		 * two reclaim timeouts names no living publisher: the control
+		 * word is corrupt, and the event is given up. */
+		uint64_t now = now_mono_ns();
+		if (!deadline)
+			deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
+		else if (now > deadline)
+			return SEG_SLOT_ABORTED;
+		reclaim_if_due(bus);
 	}
 }
 
-/* Take one descriptor from queue class cls and turn it into an event.
- * 1: *ev set; 0: queue empty; -errno. */
-static int take_from(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **ev)
+/* Turn one ready descriptor into a deliverable event, or drop it.
+ * Returns the event or NULL (dropped). */
+static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_desc *h)
 {
 	shmbus_bus_t *bus = sub->bus;
-	struct queue_view q = bus_queue(bus, sub->index, cls);
-	uint64_t pos, desc;
-	for (;;) {
-		int k = free_held_index(sub);
-		if (k < 0)
-			return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
-		if (queue_take(&q, bus->member, UINT64_MAX, &pos, &desc) != 1)
-			return 0;
-		/* seq_cst against a concurrent removal sweeping held[] */
-		__atomic_store_n(&sub->cons->held[k], desc, __ATOMIC_SEQ_CST);
-		queue_finish_take(&q, pos);
-		if (!sub_current(sub)) {
-			held_drop(sub, (unsigned)k, desc);
-			return shmbus__fail(ESHUTDOWN, "subscription was removed");
-		}
-		if (desc & SEG_DESC_TOMBSTONE) {
-			at_store_release_u64(&sub->cons->held[k], 0);
-			continue;
-		}
-		uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-		const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
-		if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) &&
-		    await_commit(bus, seq) != SEG_SLOT_COMMITTED) {
-			/* aborted by its publisher or a survivor: no reference */
-			uint64_t d = desc;
-			at_cas_u64(&sub->cons->held[k], &d, 0);
-			continue;
-		}
-		if (seg_event_check(e, bus->max_event_bytes, NULL) < 0 || e->seq != seq) {
-			held_drop(sub, (unsigned)k, desc);
-			at_count_u64(&sub->rec->missed, 1);
-			continue; /* corrupt bytes are never handed out */
-		}
-		if (sub->has_custom &&
-		    !route_match(bus, &sub->route, sub->index, &sub->rec->filter, e, sub->custom)) {
-			held_drop(sub, (unsigned)k, desc);
-			at_count_u64(&sub->rec->filtered, 1);
-			continue;
-		}
-		sub->held[sub->nheld].ev = e;
-		sub->held[sub->nheld].k = (uint32_t)k;
-		sub->nheld++;
-		sub->held_used |= 1ull << k;
-		at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
-		*ev = (const shmbus_event_t *)(const void *)e;
-		return 1;
+	uint64_t desc = h->desc;
+	if (desc & SEG_DESC_TOMBSTONE) {
+		at_store_release_u64(&sub->cons->held[h->k], 0);
+		held_free(sub, h->k);
+		return NULL;
 	}
+	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+	const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
+	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && await_commit(bus, seq) != SEG_SLOT_COMMITTED) {
+		/* aborted by its publisher or a survivor: no reference held */
+		uint64_t d = desc;
+		at_cas_u64(&sub->cons->held[h->k], &d, 0);
+		held_free(sub, h->k);
+		return NULL;
+	}
+	if (seg_event_check(e, bus->max_event_bytes, NULL) < 0 || e->seq != seq) {
+		held_drop(sub, h->k, desc);
+		at_count_u64(&sub->rec->missed, 1);
+		return NULL; /* corrupt bytes are never handed out */
+	}
+	if (sub->has_custom && !route_match(bus, &sub->route, sub->index, &sub->rec->filter, e, sub->custom)) {
+		held_drop(sub, h->k, desc);
+		at_count_u64(&sub->rec->filtered, 1);
+		return NULL;
+	}
+	/* Seen from now on: were we to die, it goes back flagged redelivered. */
+	uint64_t expected = desc;
+	if (!at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
+		held_drop(sub, h->k, desc); /* revoked meanwhile */
+		return NULL;
+	}
+	return e;
+}
+
+/* Next ready descriptor of class cls, refilling from the queue. 1 (set),
+ * 0 (none), -errno. */
+static int next_ready(shmbus_sub_t *sub, unsigned cls, struct held_desc *out)
+{
+	if (sub->ready_n[cls] == 0) {
+		int rc = take_run(sub, cls);
+		if (rc <= 0)
+			return rc;
+	}
+	*out = sub->ready[cls][sub->ready_head[cls]++];
+	sub->ready_n[cls]--;
+	return 1;
+}
+
+static bool urgent_waiting(const shmbus_sub_t *sub)
+{
+	const struct seg_queue_ends *e = &sub->rec->ends[SEG_QUEUE_URGENT];
+	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
 }
 
 SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
@@ -134,10 +215,31 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)
 		return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
-	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++)
-		if ((rc = take_from(sub, cls, ev)) != 0)
+	for (;;) {
+		struct held_desc h;
+		/* urgent first: what is buffered, then what is queued */
+		rc = 0;
+		if (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub))
+			rc = next_ready(sub, SEG_QUEUE_URGENT, &h);
+		if (rc == 0)
+			rc = next_ready(sub, SEG_QUEUE_NORMAL, &h);
+		if (rc < 0)
 			return rc;
-	/* Caught up: a demoted subscription gets its policy back. */
+		if (rc == 0)
+			break;
+		const struct seg_event *e = open_event(sub, &h);
+		if (!e)
+			continue;
+		sub->held[sub->nheld].ev = e;
+		sub->held[sub->nheld].k = h.k;
+		sub->nheld++;
+		at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
+		*ev = (const shmbus_event_t *)(const void *)e;
+		return 1;
+	}
+	/* Idle: publishers get our released slots now, and a demoted
+	 * subscription that caught up gets its policy back. */
+	flush_releases(sub);
 	if (at_load_relaxed_u32(&sub->rec->flags) & SEG_SUB_DEMOTED)
 		at_fetch_and_u32(&sub->rec->flags, ~SEG_SUB_DEMOTED);
 	return 0;
@@ -156,11 +258,8 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t deadline, const shmbus_event_t
 		uint64_t slice = bus->reclaim_interval_ns;
 		if (deadline != UINT64_MAX)
 			slice = deadline > now ? (deadline - now < slice ? deadline - now : slice) : 0;
-		if (slice) {
-			int w = futex_wait_shared(&s->wake_futex, seen, (int64_t)slice);
-			if (w == -EINTR)
-				rc = shmbus__fail(EINTR, "interrupted by a signal");
-		}
+		if (slice && futex_wait_shared(&s->wake_futex, seen, (int64_t)slice) == -EINTR)
+			rc = shmbus__fail(EINTR, "interrupted by a signal");
 	}
 	return rc;
 }
@@ -177,7 +276,7 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 							       : start + sub->spin_ns;
 	if (spin_until > deadline)
 		spin_until = deadline;
-	for (unsigned i = 1;; i++) {
+	for (unsigned i = 1; sub->wait != SHMBUS_WAIT_BLOCK; i++) {
 		if ((rc = shmbus_poll(sub, ev)) != 0)
 			return rc;
 		at_cpu_relax();
@@ -191,8 +290,7 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 		}
 	}
 	for (;;) {
-		uint64_t now = now_mono_ns();
-		if (now >= deadline)
+		if (now_mono_ns() >= deadline)
 			return 0;
 		reclaim_if_due(sub->bus);
 		if ((rc = sleep_once(sub, deadline, ev)) != 0)
@@ -207,22 +305,52 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 	for (uint32_t i = sub->nheld; i-- > 0;) {
 		if (sub->held[i].ev != ev)
 			continue;
-		unsigned k = sub->held[i].k;
+		uint32_t k = sub->held[i].k;
 		sub->held[i] = sub->held[--sub->nheld];
-		sub->held_used &= ~(1ull << k);
-		if (sub->bus->orphaned)
+		if (sub->bus->orphaned) {
+			held_free(sub, k);
 			return 0;
+		}
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
-		int rc = -ESTALE;
+		if (desc && desc != SEG_HELD_REVOKED &&
+		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
+			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
+			sub->releasing[sub->nreleasing].k = k;
+			if (++sub->nreleasing == RELEASE_BATCH)
+				flush_releases(sub);
+			return 0;
+		}
 		if (desc == SEG_HELD_REVOKED)
 			at_store_release_u64(&sub->cons->held[k], 0);
-		else if (desc)
-			rc = held_drop(sub, k, desc);
-		if (rc == -ESTALE)
-			return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
-		return 0;
+		held_free(sub, k);
+		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
 	return shmbus__fail(EINVAL, "event is not held by this subscription");
+}
+
+void consume_detach(shmbus_sub_t *sub, bool survives)
+{
+	shmbus_bus_t *bus = sub->bus;
+	while (sub->nheld)
+		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
+	flush_releases(sub);
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, sub->index, cls);
+		for (uint32_t i = 0; i < sub->ready_n[cls]; i++) {
+			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
+			uint64_t d = h->desc;
+			/* taken, never seen by the user: back to the queue */
+			if (survives && at_cas_u64(&sub->cons->held[h->k], &d, 0)) {
+				if (queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
+					held_free(sub, h->k);
+					continue;
+				}
+				at_store_release_u64(&sub->cons->held[h->k], h->desc);
+			}
+			held_drop(sub, h->k, h->desc);
+		}
+		sub->ready_n[cls] = 0;
+	}
 }
 
 SHMBUS_API bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t *ev)

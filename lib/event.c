@@ -77,13 +77,14 @@ static uint64_t align8(uint64_t v)
 	return (v + 7) & ~7ull;
 }
 
-int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t payload_len, uint32_t max_payload,
-		 struct event_layout *lay)
+int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t default_source_len, size_t payload_len,
+		 uint32_t max_payload, struct event_layout *lay)
 {
 	int rc;
 	if (!msg)
 		return shmbus__fail(EINVAL, "message is NULL");
 	lay->lib_flags = 0;
+	lay->source_hash = 0;
 	if (msg->type < SHMBUS_COMMAND || msg->type > SHMBUS_ERROR)
 		return shmbus__fail(EINVAL, "unknown event type %d", (int)msg->type);
 	if ((unsigned)msg->priority > SHMBUS_PRIORITY_CRITICAL)
@@ -102,7 +103,9 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t pay
 	uint64_t strings = 0;
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
 		size_t n = 0;
-		if ((rc = check_str(what[k], strs[k], SEG_EVENT_STR_MAX, k == SEG_STR_NAME, &n)) < 0)
+		if (k == SEG_STR_SOURCE && !msg->source)
+			n = default_source_len; /* checked when the publisher opened */
+		else if ((rc = check_str(what[k], strs[k], SEG_EVENT_STR_MAX, k == SEG_STR_NAME, &n)) < 0)
 			return rc;
 		lay->str[k] = strs[k] ? strs[k] : "";
 		lay->len[k] = (uint8_t)n;
@@ -136,10 +139,21 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t pay
 	return 0;
 }
 
+/* Copy a short string and its NUL; a byte loop, as the lengths are small
+ * and vary (memcpy would pick a microcoded copy for these). */
+static char *put_str(char *p, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = s[i];
+	p[n] = '\0';
+	return p + n + 1;
+}
+
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
 		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns)
 {
-	memset(ev, 0, SEG_EVENT_FIXED);
+	/* Every byte of the fixed part is assigned (no memset first): the
+	 * slot's cache lines are written once. */
 	ev->size = lay->size;
 	ev->format = SEG_EVENT_FORMAT;
 	ev->type = (uint8_t)msg->type;
@@ -149,12 +163,16 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
 	if (msg->causation_id)
 		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
+	else
+		memset(ev->causation_id, 0, 16);
 	ev->created_ns = now_ns;
 	ev->published_ns = now_ns;
 	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
 	ev->name_hash = seg_str_hash(lay->str[SEG_STR_NAME], lay->len[SEG_STR_NAME]);
-	ev->source_hash = seg_str_hash(lay->str[SEG_STR_SOURCE], lay->len[SEG_STR_SOURCE]);
-	ev->target_hash = lay->len[SEG_STR_TARGET] ? seg_str_hash(lay->str[SEG_STR_TARGET], lay->len[SEG_STR_TARGET]) : 0;
+	ev->source_hash = lay->source_hash ? lay->source_hash
+					   : seg_str_hash(lay->str[SEG_STR_SOURCE], lay->len[SEG_STR_SOURCE]);
+	ev->target_hash =
+		lay->len[SEG_STR_TARGET] ? seg_str_hash(lay->str[SEG_STR_TARGET], lay->len[SEG_STR_TARGET]) : 0;
 	ev->payload_len = (uint32_t)payload_len;
 	ev->confidence = msg->has_confidence ? msg->confidence : NAN;
 	ev->schema_version = msg->schema_version ? msg->schema_version : 1;
@@ -166,22 +184,19 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	ev->payload_off = lay->payload_off;
 	ev->strings_len = (uint16_t)lay->strings_len;
 	ev->meta_count = (uint8_t)msg->metadata_count;
+	ev->committed = 0;
+	memcpy(ev->len, lay->len, SEG_EVENT_STRINGS);
+	ev->len[SEG_EVENT_STRINGS] = 0;
 	char *p = ev->strings;
-	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		ev->len[k] = lay->len[k];
-		memcpy(p, lay->str[k], lay->len[k]);
-		p[lay->len[k]] = '\0';
-		p += lay->len[k] + 1;
-	}
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++)
+		p = put_str(p, lay->str[k], lay->len[k]);
 	for (size_t i = 0; i < msg->metadata_count; i++) {
-		size_t kl = strlen(msg->metadata[i].key) + 1, vl = strlen(msg->metadata[i].value) + 1;
-		memcpy(p, msg->metadata[i].key, kl);
-		p += kl;
-		memcpy(p, msg->metadata[i].value, vl);
-		p += vl;
+		p = put_str(p, msg->metadata[i].key, strlen(msg->metadata[i].key));
+		p = put_str(p, msg->metadata[i].value, strlen(msg->metadata[i].value));
 	}
 	/* padding before the payload is zeroed so events are reproducible */
-	memset(p, 0, (size_t)((char *)ev + lay->payload_off - p));
+	while (p < (char *)ev + lay->payload_off)
+		*p++ = '\0';
 }
 
 /* --------------------------------------------------------------- accessors */
@@ -215,7 +230,10 @@ SHMBUS_API shmbus_content_t shmbus_event_content_type(const shmbus_event_t *e)
 {
 	return (shmbus_content_t)EV(e)->content_type;
 }
-SHMBUS_API uint16_t shmbus_event_flags(const shmbus_event_t *e) { return EV(e)->flags; }
+SHMBUS_API uint16_t shmbus_event_flags(const shmbus_event_t *e)
+{
+	return EV(e)->flags & (uint16_t)~SEG_EVF_HAS_CONFIDENCE; /* that one is shmbus_event_confidence's */
+}
 SHMBUS_API const char *shmbus_event_conversation_id(const shmbus_event_t *e)
 {
 	return seg_event_string(EV(e), SEG_STR_CONVERSATION);

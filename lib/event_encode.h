@@ -13,11 +13,12 @@ struct event_layout {
 	uint32_t payload_off;
 	uint32_t size;
 	uint16_t lib_flags; /* SUCCESS/FAILURE set by the response helper */
+	uint64_t source_hash; /* precomputed (the publisher's default), or 0 */
 };
 
 /* Validate msg (limits of shmbus.h) and compute the event's layout. */
-int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t payload_len, uint32_t max_payload,
-		 struct event_layout *lay);
+int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t default_source_len, size_t payload_len,
+		 uint32_t max_payload, struct event_layout *lay);
 
 /* Write everything but the payload bytes. */
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,

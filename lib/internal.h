@@ -77,6 +77,8 @@ static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, u
 		.ends = &b->subs[sub].ends[cls],
 		.cells = b->cells + ((uint64_t)sub * SEG_QUEUE_CLASSES + cls) * b->nslots,
 		.cap = b->nslots,
+		.sub = sub,
+		.cls = cls,
 	};
 	return q;
 }
@@ -112,6 +114,8 @@ struct shmbus_pub {
 	struct seg_pub *rec;
 	int64_t timeout_ns;
 	char source[SHMBUS_STR_MAX + 1];
+	uint64_t source_hash;
+	size_t source_len;
 	struct route_ctx route;
 	bool claim_open;
 	uint64_t claim_pos;
@@ -123,6 +127,17 @@ struct held_local {
 	const void *ev;
 	uint32_t k;
 };
+
+/* A descriptor taken from the queue (and recorded in held[k]) but not yet
+ * handed to the user, or handed back and waiting for its reference to be
+ * dropped with the next batch. */
+struct held_desc {
+	uint64_t desc;
+	uint32_t k;
+};
+
+#define TAKE_BATCH 16	 /* descriptors taken per queue visit (1 in groups) */
+#define RELEASE_BATCH 16 /* references dropped together */
 
 struct custom_pred {
 	shmbus_predicate_t fn;
@@ -138,9 +153,14 @@ struct shmbus_sub {
 	struct seg_consumer *cons;
 	shmbus_wait_t wait;
 	uint64_t spin_ns;
-	uint32_t nheld;
+	uint32_t nheld;	    /* delivered to the user, not released */
 	uint64_t held_used; /* bit k: held[k] is ours */
 	struct held_local held[SEG_HELD_MAX];
+	uint32_t take_batch;
+	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
+	uint32_t ready_head[SEG_QUEUE_CLASSES], ready_n[SEG_QUEUE_CLASSES];
+	struct held_desc releasing[RELEASE_BATCH];
+	uint32_t nreleasing;
 	uint64_t missed_seen;
 	struct custom_pred custom[SEG_FILTER_NODES];
 	bool has_custom;
@@ -178,15 +198,23 @@ void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
 void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed);
 void sub_wait_routing_grace(shmbus_bus_t *bus);
+void sub_lock_recover(shmbus_bus_t *bus);
 
 /* metrics.c: add a vanishing subscription's counters to the bus totals */
 void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx);
+
+/* consume.c: before a handle goes away, drop what it released, hand back
+ * what it took but never delivered (to the queue if the subscription
+ * survives) and release what the user still holds. */
+void consume_detach(shmbus_sub_t *sub, bool survives);
 
 /* reclaim.c */
 int reclaim_if_due(shmbus_bus_t *bus);
 void reclaim_member(shmbus_bus_t *bus, uint32_t m);
 bool member_alive(shmbus_bus_t *bus, uint32_t m);
-void reclaim_relieve_congestion(shmbus_bus_t *bus, uint64_t blocking_seq, bool stalled);
+void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
+				bool stalled);
+void reclaim_locked_take(shmbus_bus_t *bus);
 
 /* uuid.c */
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation);

@@ -37,7 +37,14 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 		o->delivered += at_load_relaxed_u64(&con->delivered);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_relaxed_u64(&con->held[k]);
-			o->held += d && d != SEG_HELD_REVOKED;
+			if (!d || d == SEG_HELD_REVOKED || (d & SEG_DESC_RELEASING))
+				continue;
+			/* taken in a run but not handed out yet: still queued for
+			 * the user */
+			if (d & SEG_DESC_UNSEEN)
+				o->queue_depth++;
+			else
+				o->held++;
 		}
 	}
 	o->filtered = at_load_relaxed_u64(&s->filtered);

@@ -58,6 +58,8 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		pub->rec = r;
 		pub->timeout_ns = opts ? opts->timeout_ns : 0;
 		memcpy(pub->source, source, sizeof pub->source);
+		pub->source_len = strlen(source);
+		pub->source_hash = seg_str_hash(source, pub->source_len);
 		bus_track_pub(bus, pub, true);
 		*out = pub;
 		return 0;
@@ -151,9 +153,11 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			rc = shmbus__fail(EINVAL, "message %zu has a payload length but no payload", i);
 			goto out;
 		}
-		if ((rc = event_layout(&msgs[i], pub->source, msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
+		if ((rc = event_layout(&msgs[i], pub->source, pub->source_len, msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
 			goto out;
 		lay[i].lib_flags = lib_flags;
+		if (!msgs[i].source)
+			lay[i].source_hash = pub->source_hash;
 		total += slots_for(bus, lay[i].size);
 		urgent |= msgs[i].priority >= SHMBUS_PRIORITY_HIGH;
 	}
@@ -216,8 +220,10 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 		return shmbus__fail(EBUSY, "a zero-copy claim is already open");
 	shmbus_bus_t *bus = pub->bus;
 	struct event_layout lay;
-	if ((rc = event_layout(msg, pub->source, payload_len, bus->hdr->max_payload, &lay)) < 0)
+	if ((rc = event_layout(msg, pub->source, pub->source_len, payload_len, bus->hdr->max_payload, &lay)) < 0)
 		return rc;
+	if (!msg->source)
+		lay.source_hash = pub->source_hash;
 	uint32_t n = slots_for(bus, lay.size);
 	uint64_t pos;
 	if ((rc = slots_claim(pub, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)

@@ -56,20 +56,24 @@ static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
 }
 
 /* A descriptor a dead consumer held: back into its subscription's queue if
- * the subscription lives on, else its reference is released. */
+ * the subscription lives on, else its reference is released. One the
+ * consumer had already released only has its reference dropped. */
 static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 {
 	if (!desc || desc == SEG_HELD_REVOKED || (desc & SEG_DESC_TOMBSTONE))
 		return;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-	uint32_t st = settled_state(bus, seq);
-	if (st != SEG_SLOT_COMMITTED)
+	if (settled_state(bus, seq) != SEG_SLOT_COMMITTED)
 		return; /* aborted or gone: nothing to deliver or release */
 	struct seg_sub *s = bus_sub(bus, sub);
-	if (keep) {
+	if (keep && !(desc & SEG_DESC_RELEASING)) {
 		struct queue_view q = bus_queue(bus, sub, desc_class(bus, seq));
-		if (queue_push(&q, bus->member, desc | SEG_DESC_REDELIVERED) == 0) {
-			at_count_u64(&s->redelivered, 1);
+		/* an event the dead consumer never looked at is not redelivered,
+		 * merely delivered */
+		bool seen = !(desc & SEG_DESC_UNSEEN);
+		uint64_t back = (desc & ~SEG_DESC_UNSEEN) | (seen ? SEG_DESC_REDELIVERED : 0);
+		if (queue_push(&q, bus->member, back) == 0) {
+			at_count_u64(&s->redelivered, seen);
 			at_count_u64(&bus->hdr->recovered_events, 1);
 			return;
 		}
@@ -79,23 +83,102 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 		slot_release_ref(bus, seq);
 }
 
-struct taken_ctx {
+/* ------------------------------------------------ take intents of the dead */
+
+static bool intent_claims(const struct seg_take_intent *in, const struct queue_view *q, uint64_t pos,
+			  uint32_t *state)
+{
+	uint32_t info = at_load_acquire_u32((uint32_t *)&in->info);
+	*state = seg_take_state(info);
+	return *state != SEG_TAKE_NONE && seg_take_sub(info) == q->sub && seg_take_class(info) == q->cls &&
+	       at_load_acquire_u64((uint64_t *)&in->pos) == pos;
+}
+
+struct recover_ctx {
 	shmbus_bus_t *bus;
+	uint32_t dead;	      /* member whose intents are being recovered */
+	const struct seg_take_intent *self; /* the intent under recovery */
 	uint32_t sub;
 	bool keep;
 	const uint64_t *held; /* the dead consumers' held entries, n of them */
 	size_t n;
 };
 
-/* A cell the dead member was taking: unless its descriptor already reached
- * a held[] entry (it died between the two), give it back. */
-static void on_taken(uint64_t desc, void *arg)
+/* Every place a live taker records what it takes. */
+static bool live_intent_claims(const struct recover_ctx *r, const struct queue_view *q, uint64_t pos,
+			       bool *pending)
 {
-	struct taken_ctx *t = arg;
-	for (size_t i = 0; i < t->n; i++)
-		if (t->held[i] == desc)
+	shmbus_bus_t *bus = r->bus;
+	uint32_t st;
+	*pending = false;
+	const struct seg_sub *s = bus_sub(bus, q->sub);
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		const struct seg_consumer *con = &s->consumers[c];
+		if (&con->take == r->self || at_load_acquire_u32((uint32_t *)&con->state) != SEG_CONSUMER_ACTIVE ||
+		    con->member == r->dead)
+			continue;
+		if (intent_claims(&con->take, q, pos, &st)) {
+			*pending = st == SEG_TAKE_PENDING;
+			return true;
+		}
+	}
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		const struct seg_pub *pr = &bus->pubs[p];
+		if (&pr->drain == r->self || !at_load_acquire_u32((uint32_t *)&pr->state) || pr->member == r->dead)
+			continue;
+		if (intent_claims(&pr->drain, q, pos, &st)) {
+			*pending = st == SEG_TAKE_PENDING;
+			return true;
+		}
+	}
+	if (&bus->hdr->locked_take != r->self && intent_claims(&bus->hdr->locked_take, q, pos, &st)) {
+		*pending = st == SEG_TAKE_PENDING;
+		return true;
+	}
+	return false;
+}
+
+/* Does a live taker claim the run at pos? A PENDING claim is settled in a
+ * few instructions; wait for it (bounded) before answering. */
+static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
+{
+	const struct recover_ctx *r = arg;
+	uint64_t deadline = now_mono_ns() + r->bus->reclaim_interval_ns;
+	bool pending;
+	while (live_intent_claims(r, q, pos, &pending)) {
+		if (!pending || now_mono_ns() > deadline)
+			return true;
+		at_cpu_relax();
+	}
+	return false;
+}
+
+/* A cell the dead taker had taken: unless its descriptor already reached a
+ * held[] entry (it died between the two), give it back. */
+static void on_recovered(uint64_t desc, void *arg)
+{
+	const struct recover_ctx *r = arg;
+	for (size_t i = 0; i < r->n; i++)
+		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN)) == desc)
 			return;
-	give_back(t->bus, t->sub, desc, t->keep);
+	give_back(r->bus, r->sub, desc, r->keep);
+}
+
+/* Recover one take intent of a dead taker against its queue. */
+static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32_t dead, bool keep,
+			   const uint64_t *held, size_t n)
+{
+	uint32_t info = at_load_acquire_u32(&in->info);
+	if (seg_take_state(info) == SEG_TAKE_NONE)
+		return;
+	uint32_t sub = seg_take_sub(info);
+	if (sub >= bus->max_subs) {
+		at_store_release_u32(&in->info, 0);
+		return;
+	}
+	struct queue_view q = bus_queue(bus, sub, seg_take_class(info));
+	struct recover_ctx r = {.bus = bus, .dead = dead, .self = in, .sub = sub, .keep = keep, .held = held, .n = n};
+	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
 static bool sub_survives(const struct seg_sub *s, uint32_t dead, uint32_t remaining_consumers)
@@ -132,15 +215,15 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		}
 	}
 	bool keep = sub_survives(s, dead, remaining);
-	struct taken_ctx t = {.bus = bus, .sub = idx, .keep = keep, .held = held, .n = n};
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
-		queue_recover(&q, dead, SEG_DESC_TOMBSTONE, on_taken, &t);
+		queue_recover_writer(&q, dead, SEG_DESC_TOMBSTONE);
 	}
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
 			continue;
+		recover_intent(bus, &con->take, dead, keep, held, n);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
 			if (!d)
@@ -148,6 +231,8 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 			if (at_cas_u64(&con->held[k], &d, 0))
 				give_back(bus, idx, d, keep);
 		}
+		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
+		at_store_relaxed_u64(&con->delivered, 0);
 		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
 	}
 	if (!keep && state == SEG_SUB_ACTIVE && (s->owner == dead || remaining == 0) &&
@@ -155,6 +240,23 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		sub_remove_locked(bus, idx);
 	else if (keep)
 		route_wake(bus, idx);
+}
+
+/* What a dead publisher was draining goes back to its queue. */
+static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
+{
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		struct seg_pub *r = &bus->pubs[p];
+		if (at_load_acquire_u32(&r->state) && r->member == dead)
+			recover_intent(bus, &r->drain, dead, true, NULL, 0);
+	}
+}
+
+void reclaim_locked_take(shmbus_bus_t *bus)
+{
+	/* The previous holder of the table lock died draining a subscription
+	 * it was removing: finish dropping those references. */
+	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, false, NULL, 0);
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names
@@ -204,6 +306,7 @@ void reclaim_member(shmbus_bus_t *bus, uint32_t m)
 	at_store_release_u32(&mem->state, SEG_MEMBER_RECLAIMING);
 	abort_claims(bus, m);
 	bool locked = bus_lock_subs(bus) == 0;
+	recover_drains(bus, m);
 	for (uint32_t s = 0; s < bus->max_subs; s++)
 		reclaim_sub(bus, s, m);
 	if (locked)
@@ -292,28 +395,33 @@ static void revoke_held(shmbus_bus_t *bus, struct seg_sub *s, uint64_t max_seq)
 			if (!at_cas_u64(slot, &d, SEG_HELD_REVOKED))
 				continue;
 			at_count_u64(&s->revoked, 1);
-			at_count_u64(&s->missed, 1);
+			if (!(d & SEG_DESC_RELEASING))
+				at_count_u64(&s->missed, 1);
 			if (d & SEG_DESC_HOLDS_REF)
 				slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
 		}
 }
 
 /* Drop queued descriptors at or below max_seq: the subscription missed
- * them. Returns how many. */
-static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
+ * them. `intent` records the run being dropped in case we die doing it.
+ * Returns how many. */
+static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
-	uint64_t n = 0;
+	uint64_t n = 0, descs[64], first;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
-		uint64_t pos, desc;
-		while (queue_take(&q, bus->member, max_seq, &pos, &desc) == 1) {
-			queue_finish_take(&q, pos);
-			if (desc & SEG_DESC_TOMBSTONE)
-				continue;
-			if ((desc & SEG_DESC_HOLDS_REF) && settled_state(bus, desc & SEG_DESC_SEQ_MASK) == SEG_SLOT_COMMITTED)
-				slot_release_ref(bus, desc & SEG_DESC_SEQ_MASK);
-			n++;
+		uint32_t got;
+		while ((got = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
+			for (uint32_t i = 0; i < got; i++) {
+				uint64_t d = descs[i];
+				if (d & SEG_DESC_TOMBSTONE)
+					continue;
+				if ((d & SEG_DESC_HOLDS_REF) && settled_state(bus, d & SEG_DESC_SEQ_MASK) == SEG_SLOT_COMMITTED)
+					slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
+				n++;
+			}
+			queue_release(&q, intent, first, got);
 		}
 	}
 	if (n)
@@ -321,7 +429,8 @@ static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
 	return n;
 }
 
-void reclaim_relieve_congestion(shmbus_bus_t *bus, uint64_t blocking_seq, bool stalled)
+void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
+				bool stalled)
 {
 	/* Free the oldest quarter of the ring in one go, so a lagging reader
 	 * is not drained one slot per publish. */
@@ -342,7 +451,7 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, uint64_t blocking_seq, bool s
 		}
 		if (!lagging)
 			continue;
-		drain_upto(bus, i, max_seq);
+		drain_upto(bus, i, max_seq, intent);
 		if (culprit)
 			revoke_held(bus, s, max_seq);
 	}

@@ -16,7 +16,12 @@
 
 #define MAX_DEPTH 8
 
+/* Node visits allowed per evaluation: a sane tree of 16 nodes visits each
+ * once; a hostile one sharing children could otherwise cost 2^16. */
+#define MAX_VISITS 64
+
 struct eval {
+	unsigned visits;
 	shmbus_bus_t *bus;
 	struct route_ctx *ctx;
 	uint32_t sub;
@@ -113,7 +118,7 @@ static bool hash_in(const struct seg_filter *f, const struct seg_filter_node *n,
 static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
 {
 	const struct seg_filter *f = e->f;
-	if (idx >= SEG_FILTER_NODES || depth > MAX_DEPTH)
+	if (idx >= SEG_FILTER_NODES || depth > MAX_DEPTH || ++e->visits > MAX_VISITS)
 		return false;
 	const struct seg_filter_node *n = &f->nodes[idx];
 	switch (n->kind) {
@@ -181,7 +186,8 @@ uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 			if (idx >= bus->max_subs)
 				break;
 			struct seg_sub *s = bus_sub(bus, idx);
-			if (at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED)
+			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
+			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
 				continue;
 			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
 				continue;

@@ -70,7 +70,7 @@ static int wait_for_space(shmbus_pub_t *pub, uint64_t blocking_seq, struct space
 		w->started = true;
 		w->start_ns = now;
 		at_count_u64(&pub->rec->block_waits, 1);
-		reclaim_relieve_congestion(bus, blocking_seq, false);
+		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, false);
 		return 0;
 	}
 	if (pub->timeout_ns < 0 || now - w->start_ns >= (uint64_t)w->timeout_ns) {
@@ -82,7 +82,7 @@ static int wait_for_space(shmbus_pub_t *pub, uint64_t blocking_seq, struct space
 	}
 	bool stalled = now - w->start_ns >= h->stall_timeout_ns;
 	if (stalled || w->rounds % 64 == 0)
-		reclaim_relieve_congestion(bus, blocking_seq, stalled);
+		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, stalled);
 	reclaim_if_due(bus);
 	if (w->rounds++ < 64) {
 		for (int i = 0; i < 64; i++)
@@ -123,6 +123,12 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 			*pos_out = pos;
 			return 0;
 		case RANGE_TAKEN:
+			/* A claimer moves claim_pos before it marks the slots, so a
+			 * slot of this lap at an unmoved claim_pos means the header
+			 * was overwritten: never wait for a claim that cannot come. */
+			if (at_load_acquire_u64(claim) == pos)
+				return shmbus__fail(EBADMSG, "bus '%s' is corrupt: claim position %llu is behind claimed slots",
+						    bus->name, (unsigned long long)pos);
 			at_cpu_relax();
 			continue;
 		case RANGE_BUSY: {

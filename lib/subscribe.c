@@ -46,6 +46,8 @@ void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active)
 void sub_wait_routing_grace(shmbus_bus_t *bus)
 {
 	at_fence_seq_cst();
+	/* one bound for the whole grace period, however many words lie */
+	uint64_t deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
 		if (!at_load_acquire_u32(&r->state))
@@ -53,7 +55,6 @@ void sub_wait_routing_grace(shmbus_bus_t *bus)
 		uint64_t seen = at_load_acquire_u64(&r->routing);
 		if (!(seen & 1))
 			continue;
-		uint64_t deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
 		while (at_load_acquire_u64(&r->routing) == seen && at_load_acquire_u32(&r->state)) {
 			if (now_mono_ns() > deadline || !member_alive(bus, r->member))
 				break; /* a dead publisher routes no more */
@@ -62,30 +63,48 @@ void sub_wait_routing_grace(shmbus_bus_t *bus)
 	}
 }
 
+/* Empty both queues of subscription idx, dropping the references the
+ * descriptors carry. Runs under the table lock; the run being drained is
+ * recorded in the header so the next holder can finish it if we die. */
 void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
+	struct seg_take_intent *intent = &bus->hdr->locked_take;
+	uint64_t descs[64], first;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
-		uint64_t pos, desc;
-		while (queue_take(&q, bus->member, UINT64_MAX, &pos, &desc) == 1) {
-			queue_finish_take(&q, pos);
-			if (desc & SEG_DESC_TOMBSTONE)
-				continue;
-			uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-			/* A descriptor can only be seen before its commit by a
-			 * consumer; wait for it so the reference is released once. */
-			uint64_t c;
-			while (seg_ctl_state(c = at_load_acquire_u64(bus_slot_ctl(bus, seq))) == SEG_SLOT_CLAIMED &&
-			       seg_ctl_lap(c) == bus_lap(bus, seq))
-				sched_yield();
-			if ((desc & SEG_DESC_HOLDS_REF) && seg_ctl_state(c) == SEG_SLOT_COMMITTED &&
-			    seg_ctl_lap(c) == bus_lap(bus, seq))
-				slot_release_ref(bus, seq);
-			if (count_missed)
-				at_count_u64(&s->missed, 1);
+		uint32_t n;
+		while ((n = queue_take(&q, intent, 64, UINT64_MAX, descs, &first)) > 0) {
+			for (uint32_t i = 0; i < n; i++) {
+				uint64_t desc = descs[i];
+				if (desc & SEG_DESC_TOMBSTONE)
+					continue;
+				uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+				/* A descriptor can be seen before its commit; wait
+				 * for it so the reference is released once. */
+				uint64_t c, deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
+				while (seg_ctl_state(c = at_load_acquire_u64(bus_slot_ctl(bus, seq))) == SEG_SLOT_CLAIMED &&
+				       seg_ctl_lap(c) == bus_lap(bus, seq) && now_mono_ns() < deadline)
+					sched_yield();
+				if ((desc & SEG_DESC_HOLDS_REF) && seg_ctl_state(c) == SEG_SLOT_COMMITTED &&
+				    seg_ctl_lap(c) == bus_lap(bus, seq))
+					slot_release_ref(bus, seq);
+				if (count_missed)
+					at_count_u64(&s->missed, 1);
+			}
+			queue_release(&q, intent, first, n);
 		}
 	}
+}
+
+/* Finish what a holder of the table lock that died left half done: a
+ * drain (its take intent) and a subscription being created or removed. */
+void sub_lock_recover(shmbus_bus_t *bus)
+{
+	reclaim_locked_take(bus);
+	for (uint32_t i = 0; i < bus->max_subs; i++)
+		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_INIT)
+			sub_remove_locked(bus, i);
 }
 
 /* Release what the consumers of a vanishing subscription hold. */
@@ -309,6 +328,7 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 	sub->cons = &sub->rec->consumers[cons];
 	sub->wait = opts->wait;
 	sub->spin_ns = opts->spin_ns ? opts->spin_ns : DEFAULT_SPIN_NS;
+	sub->take_batch = opts->group ? 1 : TAKE_BATCH;
 	sub->missed_seen = at_load_relaxed_u64(&sub->rec->missed);
 	bus_track_sub(bus, sub, true);
 	*out = sub;
@@ -336,21 +356,21 @@ static bool sub_current(const shmbus_sub_t *sub)
 static void sub_detach(shmbus_sub_t *sub, bool remove)
 {
 	shmbus_bus_t *bus = sub->bus;
-	while (sub->nheld)
-		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
 	if (bus_lock_subs(bus) < 0)
 		return;
 	struct seg_sub *s = sub->rec;
 	if (sub_current(sub)) {
+		uint32_t others = 0;
+		for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+			others += &s->consumers[c] != sub->cons &&
+				  at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_ACTIVE;
+		uint32_t f = at_load_acquire_u32(&s->flags);
+		bool survives = !remove && ((f & SEG_SUB_DURABLE) || ((f & SEG_SUB_GROUP) && others > 0));
+		consume_detach(sub, survives);
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&sub->cons->delivered));
 		at_store_relaxed_u64(&sub->cons->delivered, 0);
 		at_store_release_u32(&sub->cons->state, SEG_CONSUMER_FREE);
-		uint32_t left = 0;
-		for (unsigned c = 0; c < SEG_CONSUMERS; c++)
-			left += at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_ACTIVE;
-		uint32_t f = at_load_acquire_u32(&s->flags);
-		bool durable = f & SEG_SUB_DURABLE;
-		if (remove || (!durable && left == 0))
+		if (!survives)
 			sub_remove_locked(bus, sub->index);
 	}
 	bus_unlock_subs(bus);

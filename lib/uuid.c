@@ -17,15 +17,13 @@
 
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation)
 {
-	uint8_t *b = out->bytes;
-	for (int i = 0; i < 6; i++)
-		b[i] = (uint8_t)(unix_ms >> (40 - 8 * i));
-	uint16_t tag = (uint16_t)(incarnation & 0xFFF);
-	b[6] = (uint8_t)(0x70 | (tag >> 8));
-	b[7] = (uint8_t)tag;
-	b[8] = (uint8_t)(0x80 | ((seq >> 56) & 0x3F));
-	for (int i = 0; i < 7; i++)
-		b[9 + i] = (uint8_t)(seq >> (48 - 8 * i));
+	/* two big-endian words: ms(48) ver(4) tag(12) | var(2) seq(62) */
+	uint64_t hi = (unix_ms << 16) | 0x7000 | (incarnation & 0xFFF);
+	uint64_t lo = (2ull << 62) | (seq & ((1ull << 62) - 1));
+	hi = __builtin_bswap64(hi);
+	lo = __builtin_bswap64(lo);
+	memcpy(out->bytes, &hi, 8);
+	memcpy(out->bytes + 8, &lo, 8);
 }
 
 SHMBUS_API uint64_t shmbus_uuid_seq(const shmbus_uuid_t *id)

@@ -15,6 +15,15 @@ uint64_t seg_str_hash(const char *s, size_t len)
 	return h ? h : 1; /* 0 means "absent" in the header */
 }
 
+/* Strings here are short (<= 63 bytes): a plain loop beats a call. */
+static int has_nul(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!p[i])
+			return 1;
+	return 0;
+}
+
 static const char *strings_end(const struct seg_event *ev)
 {
 	return ev->strings + ev->strings_len;
@@ -45,6 +54,10 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
 		*why = "unknown priority";
 		return -EBADMSG;
 	}
+	if (ev->content_type > 2) {
+		*why = "unknown content type";
+		return -EBADMSG;
+	}
 	if (ev->status > 6) {
 		*why = "unknown status";
 		return -EBADMSG;
@@ -66,7 +79,7 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
 	const char *p = ev->strings, *end = strings_end(ev);
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
 		size_t n = ev->len[k];
-		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || memchr(p, '\0', n)) {
+		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || has_nul(p, n)) {
 			*why = "malformed string field";
 			return -EBADMSG;
 		}

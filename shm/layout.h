@@ -44,6 +44,38 @@
 #define SEG_EVENT_TYPES 5u
 
 /*
+ * seg_take_intent: what a taker of queue cells is doing, 16 bytes, written
+ * before it moves a queue's head and cleared after it released the cells.
+ * A survivor uses it to give back the cells of a taker that died between
+ * the two (see shm/queue.h).
+ *
+ *   0   pos    u64  first queue position of the range
+ *   8   info   u32  bits 0..7 count, bit 8 class, bits 9..17 subscription
+ *                   index, bits 18..19 state (NONE, PENDING: head not
+ *                   moved yet, OWNED: the range is the taker's)
+ *   12  pad    u32
+ */
+#define SEG_TAKE_NONE 0u
+#define SEG_TAKE_PENDING 1u
+#define SEG_TAKE_OWNED 2u
+#define SEG_TAKE_MAX 255u
+struct seg_take_intent {
+	uint64_t pos;
+	uint32_t info;
+	uint32_t pad;
+};
+_Static_assert(offsetof(struct seg_take_intent, info) == 8, "take.info");
+_Static_assert(sizeof(struct seg_take_intent) == 16, "take size");
+static inline uint32_t seg_take_info(uint32_t count, uint32_t cls, uint32_t sub, uint32_t state)
+{
+	return (count & 0xFF) | (cls & 1) << 8 | (sub & 0x1FF) << 9 | (state & 3) << 18;
+}
+static inline uint32_t seg_take_count(uint32_t info) { return info & 0xFF; }
+static inline uint32_t seg_take_class(uint32_t info) { return (info >> 8) & 1; }
+static inline uint32_t seg_take_sub(uint32_t info) { return (info >> 9) & 0x1FF; }
+static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; }
+
+/*
  * seg_header: offset 0, 4096 bytes. Written by the creator, then published
  * by a release store of `state` = READY; attachers read `state` with acquire
  * before trusting any other field and then validate every field anyway.
@@ -77,6 +109,7 @@
  *        recovered_events, retired publisher totals
  *   704  retired subscription totals: routed, delivered, filtered, lagged,
  *        redelivered
+ *   752  locked_take      seg_take_intent of the subscription-table lock holder
  */
 struct seg_header {
 	uint64_t magic;
@@ -133,7 +166,12 @@ struct seg_header {
 	uint64_t retired_filtered;
 	uint64_t retired_lagged;
 	uint64_t retired_redelivered;
-	uint8_t reserved1[SEG_HEADER_SIZE - 744];
+	/* 744: the take intent of whoever holds the subscription-table lock
+	 * (removals drain queues under it); a new holder that finds it set
+	 * finishes the work of a holder that died. */
+	uint64_t pad_take;
+	struct seg_take_intent locked_take;
+	uint8_t reserved1[SEG_HEADER_SIZE - 768];
 };
 
 _Static_assert(offsetof(struct seg_header, magic) == 0, "magic");
@@ -171,6 +209,7 @@ _Static_assert(offsetof(struct seg_header, reclaims) == 640, "reclaims");
 _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "retired");
 _Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");
 _Static_assert(offsetof(struct seg_header, retired_redelivered) == 736, "retired_redelivered");
+_Static_assert(offsetof(struct seg_header, locked_take) == 752, "locked_take");
 _Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
 
 /*
@@ -218,7 +257,10 @@ _Static_assert(sizeof(struct seg_member) == 256, "seg_member size");
  *   128 routing       u64  odd while the publisher routes an event: a
  *                          subscription being removed waits for it to turn
  *                          even (a grace period, as in RCU)
- *   136 reserved to 192
+ *   136 reserved
+ *   144 drain         seg_take_intent: cells taken while draining `lag`
+ *                          subscriptions for space
+ *   160 reserved to 192
  *   192 published     u64  counters, written only by the owner
  *   200 publish_bytes u64
  *   208 block_waits   u64
@@ -232,7 +274,9 @@ struct seg_pub {
 	char source[64];
 	uint8_t reserved0[48];
 	uint64_t routing;
-	uint8_t reserved1[56];
+	uint64_t reserved1;
+	struct seg_take_intent drain;
+	uint8_t reserved1b[32];
 	uint64_t published;
 	uint64_t publish_bytes;
 	uint64_t block_waits;
@@ -243,6 +287,7 @@ _Static_assert(offsetof(struct seg_pub, member) == 4, "pub.member");
 _Static_assert(offsetof(struct seg_pub, member_gen) == 8, "pub.member_gen");
 _Static_assert(offsetof(struct seg_pub, source) == 16, "pub.source");
 _Static_assert(offsetof(struct seg_pub, routing) == 128, "pub.routing");
+_Static_assert(offsetof(struct seg_pub, drain) == 144, "pub.drain");
 _Static_assert(offsetof(struct seg_pub, published) == 192, "pub.published");
 _Static_assert(offsetof(struct seg_pub, block_timeouts) == 216, "pub.block_timeouts");
 _Static_assert(sizeof(struct seg_pub) == 256, "seg_pub size");
@@ -328,15 +373,17 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  * of a group), 384 bytes. held[] records every event delivered and not yet
  * released, so a survivor can give them back when the consumer dies;
  * a held entry is a descriptor (see SEG_DESC_*), 0 when empty, or
- * SEG_HELD_REVOKED after a stalled consumer was demoted.
+ * SEG_HELD_REVOKED after a stalled consumer was demoted. A descriptor with
+ * SEG_DESC_RELEASING is released by the consumer but its reference not
+ * yet dropped (releases are applied in batches).
  *
  *   0   state       u32 FREE / ACTIVE
  *   4   member      u32
  *   8   member_gen  u64
  *   16  delivered   u64 counter
- *   24  reserved
- *   32  pid         u32
- *   36  reserved
+ *   24  take        seg_take_intent: cells being moved into held[]
+ *   40  pid         u32
+ *   44  reserved
  *   64  held[40]    u64
  */
 #define SEG_CONSUMERS 8u
@@ -349,15 +396,16 @@ struct seg_consumer {
 	uint32_t member;
 	uint64_t member_gen;
 	uint64_t delivered;
-	uint64_t reserved0;
+	struct seg_take_intent take;
 	uint32_t pid;
-	uint8_t reserved1[28];
+	uint8_t reserved1[20];
 	uint64_t held[SEG_HELD_MAX];
 };
 _Static_assert(offsetof(struct seg_consumer, member) == 4, "consumer.member");
 _Static_assert(offsetof(struct seg_consumer, member_gen) == 8, "consumer.member_gen");
 _Static_assert(offsetof(struct seg_consumer, delivered) == 16, "consumer.delivered");
-_Static_assert(offsetof(struct seg_consumer, pid) == 32, "consumer.pid");
+_Static_assert(offsetof(struct seg_consumer, take) == 24, "consumer.take");
+_Static_assert(offsetof(struct seg_consumer, pid) == 40, "consumer.pid");
 _Static_assert(offsetof(struct seg_consumer, held) == 64, "consumer.held");
 _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
 
@@ -444,11 +492,13 @@ _Static_assert(sizeof(struct seg_sub) == SEG_SUB_SIZE, "seg_sub size");
  * turn encodes who may touch the cell next, for queue position p at index
  * p & (Q-1):
  *   p                  EMPTY: a producer at position p may take it
- *   BUSY|WRITER|o|p    a producer (member o) is writing the descriptor
- *   p + 1              FULL: a consumer at position p may take it
- *   BUSY|TAKER|o|p+1   a consumer (member o) is moving it to its held[]
- *   p + Q              released: EMPTY for position p + Q
- * Owner o lets a survivor finish the work of a member that died inside.
+ *   BUSY|o|p           a producer (member o) is writing the descriptor
+ *   p + 1              FULL: a consumer may take it by moving head past p
+ *   p + Q              released by the consumer that took it: EMPTY for
+ *                      position p + Q
+ * The owner o lets a survivor finish the push of a member that died inside
+ * it; a consumer that dies between moving head and releasing is found
+ * through its seg_take_intent.
  */
 struct seg_cell {
 	uint64_t turn;
@@ -457,28 +507,32 @@ struct seg_cell {
 _Static_assert(sizeof(struct seg_cell) == 16, "seg_cell size");
 
 #define SEG_TURN_BUSY (1ull << 63)
-#define SEG_TURN_TAKER (1ull << 62)
 #define SEG_TURN_OWNER_SHIFT 54
 #define SEG_TURN_OWNER_MASK 0xFFull
 #define SEG_TURN_POS_MASK ((1ull << SEG_TURN_OWNER_SHIFT) - 1)
 
-static inline uint64_t seg_turn_busy(int taker, uint32_t owner, uint64_t pos)
+static inline uint64_t seg_turn_busy(uint32_t owner, uint64_t pos)
 {
-	return SEG_TURN_BUSY | (taker ? SEG_TURN_TAKER : 0) |
-	       ((uint64_t)(owner & SEG_TURN_OWNER_MASK) << SEG_TURN_OWNER_SHIFT) | (pos & SEG_TURN_POS_MASK);
+	return SEG_TURN_BUSY | ((uint64_t)(owner & SEG_TURN_OWNER_MASK) << SEG_TURN_OWNER_SHIFT) |
+	       (pos & SEG_TURN_POS_MASK);
 }
 static inline uint32_t seg_turn_owner(uint64_t turn) { return (uint32_t)((turn >> SEG_TURN_OWNER_SHIFT) & SEG_TURN_OWNER_MASK); }
 static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_MASK; }
 
 /*
  * Descriptor: what a queue cell (and a held entry) carries.
- *   bits 0..59  seq: the position of the event's first slot
- *   bit 60      reserved
+ *   bits 0..58  seq: the position of the event's first slot
+ *   bit 59      UNSEEN (held entries only): taken from the queue, not yet
+ *               handed to the user
+ *   bit 60      RELEASING (held entries only): released, reference not yet
+ *               dropped
  *   bit 61      HOLDS_REF: the publisher counted this delivery in the slot's refs
  *   bit 62      TOMBSTONE: nothing to deliver (a dead producer's cell)
  *   bit 63      REDELIVERED: handed back after its consumer died
  */
-#define SEG_DESC_SEQ_MASK ((1ull << 60) - 1)
+#define SEG_DESC_SEQ_MASK ((1ull << 59) - 1)
+#define SEG_DESC_UNSEEN (1ull << 59)
+#define SEG_DESC_RELEASING (1ull << 60)
 #define SEG_DESC_HOLDS_REF (1ull << 61)
 #define SEG_DESC_TOMBSTONE (1ull << 62)
 #define SEG_DESC_REDELIVERED (1ull << 63)

@@ -1,11 +1,11 @@
 /*
  * queue.c - the descriptor queue (see queue.h for the protocol).
  *
- * For a cell at index p & (cap-1) serving position p, the turn word moves
- *   p -> WRITING(o,p) -> p+1 -> TAKEN(o,p+1) -> p+cap
- * Producers only start from "p", consumers only from "p+1"; every other
- * value tells the caller the tail/head hint is stale (help it forward) or the
- * queue is full/empty.
+ * For a cell serving position p the turn word moves
+ *   p -> WRITING(o,p) -> p+1 -> (head moves past p) -> p+cap
+ * Producers only start from "p"; consumers only take a run of "p+1" cells
+ * starting at head. Any other value tells a producer that its tail hint is
+ * stale (help it forward) or that the queue is full.
  */
 #include "queue.h"
 
@@ -36,15 +36,21 @@ static void help_forward(uint64_t *hint, uint64_t seen)
 
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 {
-	for (;;) {
+	/* A sane queue needs at most a lap of help to find its tail; more
+	 * means the cells or the tail were overwritten. */
+	for (uint64_t tries = 0; tries < 4 * q->cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&q->ends->tail);
 		struct seg_cell *c = cell_at(q, pos);
 		uint64_t turn = at_load_acquire_u64(&c->turn);
 		uint64_t p = pos & SEG_TURN_POS_MASK;
 		if (turn == p) {
-			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(0, owner, p)))
+			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p)))
 				continue;
-			help_forward(&q->ends->tail, pos);
+			/* tail is a hint: a plain forward store is enough (a racing
+			 * producer that moves it back only costs a later helper a
+			 * step), and saves a locked instruction per push */
+			if (at_load_relaxed_u64(&q->ends->tail) == pos)
+				at_store_relaxed_u64(&q->ends->tail, pos + 1);
 			c->desc = desc;
 			at_store_release_u64(&c->turn, p + 1);
 			return 0;
@@ -52,44 +58,63 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 		/* Signed distance of the cell's position from ours. */
 		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
 		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
-			return -ENOBUFS; /* previous lap not consumed yet */
+			return -ENOBUFS; /* previous lap not released yet */
 		/* The cell already serves our position or a later one: the tail
 		 * hint is behind. */
 		help_forward(&q->ends->tail, pos);
 	}
+	return -EBADMSG;
 }
 
-int queue_take(struct queue_view *q, uint32_t owner, uint64_t max_seq, uint64_t *pos_out, uint64_t *desc_out)
+static void intent_set(struct seg_take_intent *in, const struct queue_view *q, uint64_t pos, uint32_t n,
+		       uint32_t state)
 {
+	at_store_relaxed_u64(&in->pos, pos);
+	at_store_release_u32(&in->info, seg_take_info(n, q->cls, q->sub, state));
+}
+
+uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32_t max, uint64_t max_seq,
+		    uint64_t *descs, uint64_t *first)
+{
+	if (max > SEG_TAKE_MAX)
+		max = SEG_TAKE_MAX;
 	for (;;) {
-		uint64_t pos = at_load_acquire_u64(&q->ends->head);
-		struct seg_cell *c = cell_at(q, pos);
-		uint64_t turn = at_load_acquire_u64(&c->turn);
-		uint64_t p = pos & SEG_TURN_POS_MASK;
-		if (turn == p + 1) {
-			uint64_t desc = c->desc;
-			if (max_seq != UINT64_MAX && (desc & SEG_DESC_SEQ_MASK) > max_seq)
-				return 0;
-			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(1, owner, p + 1)))
-				continue;
-			help_forward(&q->ends->head, pos);
-			*pos_out = pos;
-			*desc_out = desc;
-			return 1;
+		uint64_t head = at_load_acquire_u64(&q->ends->head);
+		uint32_t n = 0;
+		while (n < max) {
+			uint64_t p = (head + n) & SEG_TURN_POS_MASK;
+			const struct seg_cell *c = cell_at(q, p);
+			if (at_load_acquire_u64((uint64_t *)&c->turn) != p + 1)
+				break;
+			uint64_t d = c->desc;
+			if ((d & SEG_DESC_SEQ_MASK) > max_seq)
+				break;
+			descs[n++] = d;
 		}
-		if (turn == p || ((turn & SEG_TURN_BUSY) && !(turn & SEG_TURN_TAKER) && seg_turn_pos(turn) == p))
-			return 0; /* empty, or being written */
-		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
-		if (d <= 0)
-			return 0; /* a stale view: nothing newer than head */
-		/* Taken by someone else, or already released: head is behind. */
-		help_forward(&q->ends->head, pos);
+		if (n == 0)
+			return 0;
+		/* The intent must be visible before head moves: the CAS below
+		 * is a full barrier on x86 and acq_rel elsewhere. */
+		intent_set(intent, q, head, n, SEG_TAKE_PENDING);
+		uint64_t expected = head;
+		if (at_cas_u64(&q->ends->head, &expected, head + n)) {
+			/* Head could not have passed these cells and come back, so
+			 * the descriptors read above are the ones taken. */
+			at_store_release_u32(&intent->info, seg_take_info(n, q->cls, q->sub, SEG_TAKE_OWNED));
+			*first = head;
+			return n;
+		}
+		at_store_release_u32(&intent->info, 0);
 	}
 }
 
-void queue_finish_take(struct queue_view *q, uint64_t pos)
+void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n)
 {
-	at_store_release_u64(&cell_at(q, pos)->turn, (pos & SEG_TURN_POS_MASK) + q->cap);
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
+		at_store_release_u64(&cell_at(q, p)->turn, p + q->cap);
+	}
+	at_store_release_u32(&intent->info, 0);
 }
 
 uint64_t queue_depth(const struct queue_view *q)
@@ -104,8 +129,7 @@ uint64_t queue_pushed(const struct queue_view *q)
 	return at_load_acquire_u64(&q->ends->tail);
 }
 
-int queue_recover(struct queue_view *q, uint32_t owner, uint64_t tombstone,
-		  void (*on_taken)(uint64_t desc, void *arg), void *arg)
+int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombstone)
 {
 	int fixed = 0;
 	for (uint64_t i = 0; i < q->cap; i++) {
@@ -113,15 +137,38 @@ int queue_recover(struct queue_view *q, uint32_t owner, uint64_t tombstone,
 		uint64_t turn = at_load_acquire_u64(&c->turn);
 		if (!(turn & SEG_TURN_BUSY) || seg_turn_owner(turn) != owner)
 			continue;
-		uint64_t p = seg_turn_pos(turn);
-		if (turn & SEG_TURN_TAKER) {
-			on_taken(c->desc, arg);
-			at_store_release_u64(&c->turn, (p - 1) + q->cap);
-		} else {
-			c->desc = tombstone;
-			at_store_release_u64(&c->turn, p + 1);
-		}
+		c->desc = tombstone;
+		at_store_release_u64(&c->turn, seg_turn_pos(turn) + 1);
 		fixed++;
 	}
 	return fixed;
+}
+
+int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
+		       bool (*other_claims)(const struct queue_view *q, uint64_t pos, void *arg),
+		       void (*on_desc)(uint64_t desc, void *arg), void *arg)
+{
+	uint32_t info = at_load_acquire_u32(&intent->info);
+	uint32_t state = seg_take_state(info);
+	if (state == SEG_TAKE_NONE)
+		return 0;
+	uint64_t first = at_load_acquire_u64(&intent->pos);
+	uint32_t n = seg_take_count(info);
+	uint64_t head = at_load_acquire_u64(&q->ends->head);
+	int given = 0;
+	/* PENDING: the head CAS may or may not have been ours. It was not if
+	 * head never passed first, or if a live taker claims that run. */
+	if (state == SEG_TAKE_PENDING && (head <= first || other_claims(q, first, arg)))
+		n = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
+		struct seg_cell *c = cell_at(q, p);
+		if (p >= head || at_load_acquire_u64(&c->turn) != p + 1)
+			continue; /* released already, or never taken */
+		on_desc(c->desc, arg);
+		at_store_release_u64(&c->turn, p + q->cap);
+		given++;
+	}
+	at_store_release_u32(&intent->info, 0);
+	return given;
 }

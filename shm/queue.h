@@ -2,17 +2,21 @@
  * queue.h - bounded multi-producer multi-consumer queue of descriptors in
  * shared memory, crash-recoverable.
  *
- * A variant of Vyukov's bounded MPMC queue in which a producer or consumer
- * first marks the cell it works on with its owner index (see the turn
- * encoding in layout.h) and only then advances the shared tail or head,
- * which are mere hints anyone may help forward. A process that dies in the
- * middle therefore leaves a cell that names it, and a survivor can finish or
- * undo the operation (queue_recover_*). No policy: callers decide what a
- * full queue means.
+ * Producers follow Vyukov's bounded MPMC queue, except that a producer
+ * first marks the cell it fills with its owner index and only then helps
+ * the shared tail forward, so a producer that dies half way leaves a cell
+ * naming it. Consumers take a run of ready cells at once by moving the
+ * shared head with one CAS, read the descriptors, and release the cells
+ * afterwards: a consumer writes to cells the producer may be filling only
+ * once per run, not once per descriptor. Before moving head a consumer
+ * records what it takes in a seg_take_intent, so a survivor can give back
+ * cells taken by a consumer that died before releasing them. No policy:
+ * callers decide what a full queue means.
  */
 #ifndef SHMBUS_SHM_QUEUE_H
 #define SHMBUS_SHM_QUEUE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "layout.h"
@@ -21,25 +25,30 @@ struct queue_view {
 	struct seg_queue_ends *ends;
 	struct seg_cell *cells;
 	uint64_t cap; /* power of two */
+	uint32_t sub; /* subscription index and class, for take intents */
+	uint32_t cls;
 };
 
 /* Reset cells for an empty queue starting at position 0 (creation only). */
 void queue_init(struct queue_view *q);
 
-/* Append desc as member `owner`. 0, or -ENOBUFS when the queue is full. */
+/* Append desc as member `owner`. 0, -ENOBUFS when the queue is full, or
+ * -EBADMSG when its words are corrupt (no free cell after a whole lap). */
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
 
 /*
- * queue_take - take the oldest descriptor as member `owner`.
- * Returns 1 with *pos and *desc set and the cell marked TAKEN by owner: the
- * caller records desc where a survivor can find it, then calls
- * queue_finish_take(q, pos). Returns 0 when nothing is ready (empty, or the
- * oldest cell is still being written).
- * With max_seq != UINT64_MAX only a descriptor whose sequence bits are
- * <= max_seq is taken (draining what a congested publisher needs).
+ * queue_take - take up to max ready descriptors (in queue order) into
+ * descs[], recording the run in *intent first. With max_seq below
+ * UINT64_MAX, the run stops at the first descriptor whose sequence bits
+ * exceed it. Returns how many were taken (0: none ready) and their first
+ * position in *first. The cells stay unreleased until queue_release;
+ * the caller stores the descriptors where a survivor finds them before that.
  */
-int queue_take(struct queue_view *q, uint32_t owner, uint64_t max_seq, uint64_t *pos, uint64_t *desc);
-void queue_finish_take(struct queue_view *q, uint64_t pos);
+uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32_t max, uint64_t max_seq,
+		    uint64_t *descs, uint64_t *first);
+
+/* Release the n cells from first (taken by queue_take) and clear intent. */
+void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n);
 
 /* Descriptors queued and not yet taken (a snapshot). */
 uint64_t queue_depth(const struct queue_view *q);
@@ -47,11 +56,19 @@ uint64_t queue_depth(const struct queue_view *q);
 uint64_t queue_pushed(const struct queue_view *q);
 
 /*
- * Survivor side, for a dead member `owner`: a cell it was writing becomes a
- * full cell holding `tombstone`; a cell it was taking is handed to
- * on_taken(desc, arg) and then released. Returns how many cells were fixed.
+ * Survivor side, for a dead producer `owner`: every cell it was writing
+ * becomes a full cell holding `tombstone`. Returns how many were fixed.
  */
-int queue_recover(struct queue_view *q, uint32_t owner, uint64_t tombstone,
-		  void (*on_taken)(uint64_t desc, void *arg), void *arg);
+int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombstone);
+
+/*
+ * Survivor side, for the take intent of a dead consumer. If the dead taker
+ * owned a run (or may have: PENDING and other_claims() says no live taker
+ * claims that position), each of its cells still unreleased is handed to
+ * on_desc() and released. The intent is cleared. Returns the count given.
+ */
+int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
+		       bool (*other_claims)(const struct queue_view *q, uint64_t pos, void *arg),
+		       void (*on_desc)(uint64_t desc, void *arg), void *arg);
 
 #endif
