@@ -72,6 +72,10 @@ struct shmbus_inspect {
 	shmbus_inspect_sub_t *subs;
 	size_t sub_count;
 	shmbus_inspect_ring_t ring;
+	/* Per slot index: descriptors (queued or held) that count a reference
+	 * on it; meaningless once activity was seen mid-way (refs_unsure). */
+	uint32_t *desc_refs;
+	bool refs_unsure;
 	struct found_event *events;
 	size_t event_count;
 };
@@ -159,14 +163,15 @@ static int read_all(int fd, unsigned char **out, size_t *len)
 
 /*
  * Open what the caller named: a valid bus name whose object exists is the
- * live bus, anything else is a file path. Sets in->live and in->path.
- * Returns an fd or -errno.
+ * live bus, anything else is a file path. O_NONBLOCK so that naming a FIFO
+ * cannot hang us before read_all refuses what is not a regular file.
+ * Sets in->live and in->path. Returns an fd or -errno.
  */
 static int open_target(shmbus_inspect_t *in, const char *name_or_path)
 {
 	if (!strchr(name_or_path, '/') && shmbus_name_check(name_or_path) == 0) {
 		snprintf(in->path, sizeof in->path, "/dev/shm/shmbus.%s", name_or_path);
-		int fd = open(in->path, O_RDONLY | O_CLOEXEC);
+		int fd = open(in->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 		if (fd >= 0) {
 			in->live = true;
 			snprintf(in->want_name, sizeof in->want_name, "%s", name_or_path);
@@ -176,14 +181,16 @@ static int open_target(shmbus_inspect_t *in, const char *name_or_path)
 			return -errno;
 	}
 	snprintf(in->path, sizeof in->path, "%s", name_or_path);
-	int fd = open(name_or_path, O_RDONLY | O_CLOEXEC);
+	int fd = open(name_or_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	return fd < 0 ? -errno : fd;
 }
 
 /* --------------------------------------------------------------- header */
 
+/* Non-zero power of two. */
 static bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
+/* log2 of a power of two (the slot shift). */
 static uint32_t log2_u32(uint32_t v)
 {
 	uint32_t s = 0;
@@ -215,6 +222,10 @@ static bool check_header_identity(shmbus_inspect_t *in)
 	return true;
 }
 
+/*
+ * The config fields the geometry derives from, within the limits the
+ * library itself enforces at create time. False (fatal) when any is not.
+ */
 static bool check_header_config(shmbus_inspect_t *in, const struct seg_header *h)
 {
 	if (!is_pow2(h->slot_count) || h->slot_count < SEG_MIN_SLOTS || h->slot_count > SEG_MAX_SLOTS) {
@@ -258,8 +269,8 @@ static void check_header_misc(shmbus_inspect_t *in, const struct seg_header *h)
 	else if (in->want_name[0] && strcmp(in->want_name, h->name) != 0)
 		problem(in, "header: stored bus name \"%s\" differs from the object's \"%s\"", h->name, in->want_name);
 	if (h->total_size != in->len)
-		problem(in, "size: header states %llu bytes, %zu were read%s", (unsigned long long)h->total_size, in->len,
-			h->total_size > in->len ? " (truncated)" : "");
+		problem(in, "size: header states %llu bytes, %zu were read%s", (unsigned long long)h->total_size,
+			in->len, h->total_size > in->len ? " (truncated)" : "");
 	if (h->max_payload == 0)
 		problem(in, "header: max_payload is 0");
 }
@@ -307,11 +318,11 @@ static void check_region(shmbus_inspect_t *in, const struct region *r, uint64_t 
 	*r->ok = true;
 }
 
-#define GEO_CHECK(field)                                                                                    \
-	do {                                                                                                \
-		if (h->field != g.field)                                                                    \
-			problem(in, "geometry: " #field " is %llu, the config implies %llu",                 \
-				(unsigned long long)h->field, (unsigned long long)g.field);                 \
+#define GEO_CHECK(field)                                                                                               \
+	do {                                                                                                           \
+		if (h->field != g.field)                                                                               \
+			problem(in, "geometry: " #field " is %llu, the config implies %llu",                           \
+				(unsigned long long)h->field, (unsigned long long)g.field);                            \
 	} while (0)
 
 /*
@@ -390,8 +401,8 @@ static shmbus_liveness_t member_liveness(int fd, uint32_t index)
 }
 
 /* Copy a fixed-size char field that may lack its NUL; reports if it does. */
-static void copy_field(shmbus_inspect_t *in, char *dst, size_t cap, const char *src, size_t src_len,
-		       const char *what, uint32_t index)
+static void copy_field(shmbus_inspect_t *in, char *dst, size_t cap, const char *src, size_t src_len, const char *what,
+		       uint32_t index)
 {
 	size_t n = strnlen(src, src_len);
 	if (n == src_len)
@@ -402,6 +413,10 @@ static void copy_field(shmbus_inspect_t *in, char *dst, size_t cap, const char *
 	dst[n] = '\0';
 }
 
+/*
+ * Every member entry in use, with liveness asked of the kernel when fd is
+ * the live object (-1 for a copy: liveness unknown).
+ */
 static void decode_members(shmbus_inspect_t *in, int fd)
 {
 	const struct seg_header *h = in->hdr;
@@ -451,6 +466,7 @@ static void check_member_ref(shmbus_inspect_t *in, const char *what, uint32_t wh
 
 /* ----------------------------------------------------------- publishers */
 
+/* Every publisher entry in use; its member must be in range and in use. */
 static void decode_pubs(shmbus_inspect_t *in)
 {
 	const struct seg_header *h = in->hdr;
@@ -474,6 +490,7 @@ static void decode_pubs(shmbus_inspect_t *in)
 		o->member_gen = p->member_gen;
 		copy_field(in, o->source, sizeof o->source, p->source, sizeof p->source, "publisher", i);
 		o->routing = p->routing;
+		in->refs_unsure |= (p->routing & 1) != 0; /* mid-route: counts move */
 		o->published = p->published;
 		o->publish_bytes = p->publish_bytes;
 		o->block_waits = p->block_waits;
@@ -488,6 +505,7 @@ static void decode_pubs(shmbus_inspect_t *in)
 struct sbuf {
 	char *p;
 	size_t cap, len;
+	unsigned budget; /* filter nodes still allowed to be visited */
 };
 
 __attribute__((format(printf, 2, 3))) static void sb_add(struct sbuf *b, const char *fmt, ...)
@@ -513,8 +531,7 @@ static const char *filter_text(const struct seg_filter *f, uint32_t off)
 	return f->text + off;
 }
 
-static const char *const set_names[] = {[SEG_F_NAMES] = "name", [SEG_F_SOURCES] = "source",
-					[SEG_F_TARGETS] = "target"};
+static const char *const set_names[] = {[SEG_F_NAMES] = "name", [SEG_F_SOURCES] = "source", [SEG_F_TARGETS] = "target"};
 
 /* A name/source/target set: its strings, in order, from text offset node->text. */
 static bool filter_set(const struct seg_filter *f, const struct seg_filter_node *nd, struct sbuf *b)
@@ -534,6 +551,7 @@ static bool filter_set(const struct seg_filter *f, const struct seg_filter_node 
 	return true;
 }
 
+/* A type set; bits outside the five types make the node malformed. */
 static bool filter_types(uint32_t mask, struct sbuf *b)
 {
 	if (mask & ~(uint32_t)SHMBUS_ALL_TYPES)
@@ -551,14 +569,16 @@ static bool filter_types(uint32_t mask, struct sbuf *b)
 }
 
 /*
- * Render node `idx` of a filter tree. Depth is bounded by the node count so
- * a cycle in child indices cannot recurse forever. Returns false on the
- * first malformed node.
+ * Render node `idx` of a filter tree. Depth and the number of nodes
+ * visited are bounded by the node count, so cyclic or shared child ranges
+ * cannot recurse forever or blow up. Returns false on the first malformed
+ * node (or when the visit budget runs out).
  */
 static bool filter_node(const struct seg_filter *f, uint32_t idx, unsigned depth, struct sbuf *b)
 {
-	if (idx >= f->node_count || depth > SEG_FILTER_NODES)
+	if (idx >= f->node_count || depth > SEG_FILTER_NODES || b->budget == 0)
 		return false;
+	b->budget--;
 	const struct seg_filter_node *nd = &f->nodes[idx];
 	switch (nd->kind) {
 	case SEG_F_ALL:
@@ -603,7 +623,9 @@ static bool filter_node(const struct seg_filter *f, uint32_t idx, unsigned depth
 /* Decode a subscription's filter into text; malformed ones are problems. */
 static void decode_filter(shmbus_inspect_t *in, uint32_t sub, const struct seg_filter *f, char *out, size_t cap)
 {
-	struct sbuf b = {out, cap, 0};
+	/* A well-formed tree visits each node once; shared or cyclic child
+	 * ranges in a damaged one would otherwise take exponential time. */
+	struct sbuf b = {out, cap, 0, SEG_FILTER_NODES};
 	out[0] = '\0';
 	if (f->node_count == 0) {
 		sb_add(&b, "*");
@@ -628,6 +650,13 @@ static uint64_t slot_ctl(const shmbus_inspect_t *in, uint64_t pos)
 {
 	const uint64_t *ctl = (const uint64_t *)(in->bytes + in->hdr->slot_ctl_off);
 	return ctl[seg_ctl_index(pos, in->hdr->slot_count)];
+}
+
+/* One more descriptor counts a reference on the slot of seq. */
+static void count_ref(shmbus_inspect_t *in, uint64_t seq)
+{
+	if (in->desc_refs)
+		in->desc_refs[seq & (in->hdr->slot_count - 1)]++;
 }
 
 /*
@@ -655,11 +684,14 @@ static void check_held(shmbus_inspect_t *in, uint32_t sub, uint32_t c, uint64_t 
 	if (seg_ctl_state(ctl) != SEG_SLOT_COMMITTED || seg_ctl_lap(ctl) != seg_lap_of(seq, in->slot_shift))
 		problem(in, "sub[%u].consumer[%u]: held seq %llu is not a committed event of that lap", sub, c,
 			(unsigned long long)seq);
-	else if ((desc & SEG_DESC_HOLDS_REF) && seg_ctl_refs(ctl) == 0)
-		problem(in, "sub[%u].consumer[%u]: held seq %llu counts a reference the slot does not have", sub, c,
-			(unsigned long long)seq);
+	else if (desc & SEG_DESC_HOLDS_REF)
+		count_ref(in, seq);
 }
 
+/*
+ * The consumers of a subscription and every event they hold, each held
+ * descriptor checked against the ring.
+ */
 static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_inspect_sub_t *o)
 {
 	for (uint32_t c = 0; c < SEG_CONSUMERS; c++) {
@@ -691,35 +723,64 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 }
 
 /*
- * A descriptor waiting in a queue must, like a held one, name a committed
- * event still in the ring. Only cells whose turn word says FULL for their
- * position are looked at: anything else is a writer or taker at work.
+ * A queued descriptor must, like a held one, name a committed event still
+ * in the ring (or one whose publisher is still routing it: CLAIMED).
+ * Returns whether it is sound.
  */
-static void check_queued(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsigned k)
+static bool check_queued_desc(shmbus_inspect_t *in, uint32_t sub, unsigned k, uint64_t pos, uint64_t desc)
+{
+	const struct seg_header *h = in->hdr;
+	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+	if (seq >= h->claim_pos || h->claim_pos - seq > h->slot_count) {
+		problem(in, "sub[%u]: queued seq %llu (class %u, position %llu) lies outside the ring", sub,
+			(unsigned long long)seq, k, (unsigned long long)pos);
+		return false;
+	}
+	if (!in->ctl_ok)
+		return false;
+	uint64_t ctl = slot_ctl(in, seq);
+	if (seg_ctl_lap(ctl) == seg_lap_of(seq, in->slot_shift) && seg_ctl_state(ctl) == SEG_SLOT_COMMITTED)
+		return true;
+	if (seg_ctl_lap(ctl) == seg_lap_of(seq, in->slot_shift) && seg_ctl_state(ctl) == SEG_SLOT_CLAIMED) {
+		in->refs_unsure = true; /* routed, not yet committed */
+		return false;
+	}
+	problem(in, "sub[%u]: queued seq %llu is not a committed event of that lap", sub, (unsigned long long)seq);
+	return false;
+}
+
+/*
+ * Walk one queue lap from the head hint: a cell whose turn word says FULL
+ * for its position holds a queued descriptor; a BUSY one is a writer or
+ * taker at work (then reference counts cannot be compared exactly). The
+ * hints may lag, never lead, so this lap covers every queued cell.
+ */
+static void scan_queue(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsigned k)
 {
 	const struct seg_header *h = in->hdr;
 	uint64_t q = h->queue_capacity;
-	if (!in->cells_ok || o->tail[k] < o->head[k] || o->tail[k] - o->head[k] > q)
+	if (!in->cells_ok)
 		return;
 	const struct seg_cell *cells =
 		(const struct seg_cell *)(in->bytes + h->cells_off) + ((uint64_t)o->index * SEG_QUEUE_CLASSES + k) * q;
 	unsigned reported = 0;
-	for (uint64_t p = o->head[k]; p < o->tail[k] && reported < 4; p++) {
+	for (uint64_t p = o->head[k]; p < o->head[k] + q; p++) {
 		const struct seg_cell *c = &cells[seg_cell_index(p, q)];
+		if (c->turn & SEG_TURN_BUSY) {
+			in->refs_unsure = true;
+			continue;
+		}
 		if (c->turn != p + 1 || (c->desc & SEG_DESC_TOMBSTONE))
 			continue;
-		uint64_t seq = c->desc & SEG_DESC_SEQ_MASK;
-		if (seq >= h->claim_pos || h->claim_pos - seq > h->slot_count) {
-			problem(in, "sub[%u]: queued seq %llu (class %u, position %llu) lies outside the ring", o->index,
-				(unsigned long long)seq, k, (unsigned long long)p);
+		if (reported >= 4) {
+			in->refs_unsure = true; /* the count below would be partial */
+			continue;
+		}
+		if (check_queued_desc(in, o->index, k, p, c->desc)) {
+			if (c->desc & SEG_DESC_HOLDS_REF)
+				count_ref(in, c->desc & SEG_DESC_SEQ_MASK);
+		} else {
 			reported++;
-		} else if (in->ctl_ok) {
-			uint64_t ctl = slot_ctl(in, seq);
-			if (seg_ctl_state(ctl) != SEG_SLOT_COMMITTED || seg_ctl_lap(ctl) != seg_lap_of(seq, in->slot_shift)) {
-				problem(in, "sub[%u]: queued seq %llu is not a committed event of that lap", o->index,
-					(unsigned long long)seq);
-				reported++;
-			}
 		}
 	}
 }
@@ -741,10 +802,14 @@ static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_i
 			problem(in, "sub[%u]: queue class %u holds %llu, more than its capacity %u", o->index, k,
 				(unsigned long long)depth, in->hdr->queue_capacity);
 		o->queue_depth += depth;
-		check_queued(in, o, k);
+		scan_queue(in, o, k);
 	}
 }
 
+/*
+ * State, flags, names and owner of subscription i, with their consistency:
+ * known flags only, group flag iff a group name, owner iff plain.
+ */
 static void decode_sub_identity(shmbus_inspect_t *in, uint32_t i, const struct seg_sub *s, shmbus_inspect_sub_t *o)
 {
 	const uint32_t known = SEG_SUB_POLICY_LAG | SEG_SUB_DURABLE | SEG_SUB_GROUP | SEG_SUB_PAUSED | SEG_SUB_DEMOTED;
@@ -774,6 +839,10 @@ static void decode_sub_identity(shmbus_inspect_t *in, uint32_t i, const struct s
 		problem(in, "sub[%u]: owner member %u out of range", i, s->owner);
 }
 
+/*
+ * Every subscription record in use: identity, counters, filter, queues and
+ * consumers.
+ */
 static void decode_subs(shmbus_inspect_t *in)
 {
 	const struct seg_header *h = in->hdr;
@@ -784,8 +853,11 @@ static void decode_subs(shmbus_inspect_t *in)
 		problem(in, "out of memory decoding subscriptions");
 		return;
 	}
+	if (in->ctl_ok)
+		in->desc_refs = calloc(h->slot_count, sizeof *in->desc_refs);
 	for (uint32_t i = 0; i < h->max_subscribers; i++) {
-		const struct seg_sub *s = (const struct seg_sub *)(in->bytes + h->subs_off + (uint64_t)i * SEG_SUB_SIZE);
+		const struct seg_sub *s =
+			(const struct seg_sub *)(in->bytes + h->subs_off + (uint64_t)i * SEG_SUB_SIZE);
 		if (s->state == SEG_SUB_FREE)
 			continue;
 		shmbus_inspect_sub_t *o = &in->subs[in->sub_count++];
@@ -821,6 +893,23 @@ static bool lap_ahead(const shmbus_inspect_t *in, uint64_t i, uint64_t lap)
 	return lap > seg_lap_of(latest, in->slot_shift);
 }
 
+/*
+ * Whether the references of committed slot index i differ from the
+ * descriptors found that count one: a leak (or a double release). Only
+ * asked when nothing was caught mid-way and the slot holds the latest lap
+ * below the claim position.
+ */
+static bool refs_disagree(const shmbus_inspect_t *in, uint64_t i, uint64_t ctl)
+{
+	uint64_t claim = in->hdr->claim_pos;
+	if (in->refs_unsure || !in->desc_refs || !in->cells_ok || claim <= i)
+		return false;
+	uint64_t latest = i + (((claim - 1 - i) >> in->slot_shift) << in->slot_shift);
+	if (seg_ctl_lap(ctl) != seg_lap_of(latest, in->slot_shift))
+		return false;
+	return seg_ctl_refs(ctl) != in->desc_refs[i];
+}
+
 /* Count slot states; a slot whose lap tag is ahead of the claim position,
  * or with more references than subscriptions exist, is a problem. */
 static void decode_ring(shmbus_inspect_t *in)
@@ -854,9 +943,15 @@ static void decode_ring(shmbus_inspect_t *in)
 				refs, h->max_subscribers);
 			reported++;
 		}
+		if (state == SEG_SLOT_COMMITTED && refs_disagree(in, i, ctl)) {
+			problem(in, "slot %llu: %u references, but %u queued or held descriptors count one",
+				(unsigned long long)i, refs, in->desc_refs[i]);
+			reported++;
+		}
 		if (lap_ahead(in, i, seg_ctl_lap(ctl))) {
-			problem(in, "slot %llu: lap tag %llu lies ahead of the claim position %llu", (unsigned long long)i,
-				(unsigned long long)seg_ctl_lap(ctl), (unsigned long long)h->claim_pos);
+			problem(in, "slot %llu: lap tag %llu lies ahead of the claim position %llu",
+				(unsigned long long)i, (unsigned long long)seg_ctl_lap(ctl),
+				(unsigned long long)h->claim_pos);
 			reported++;
 		}
 	}
@@ -1005,6 +1100,7 @@ void shmbus_inspect_close(shmbus_inspect_t *in)
 	for (size_t i = 0; i < in->event_count; i++)
 		free(in->events[i].own);
 	free(in->events);
+	free(in->desc_refs);
 	for (size_t i = 0; i < in->problem_count; i++)
 		free(in->problems[i]);
 	free(in->problems);
@@ -1027,6 +1123,7 @@ size_t shmbus_inspect_problem_count(const shmbus_inspect_t *in)
 	return in->problem_count + (in->problems_dropped ? 1 : 0);
 }
 
+/* Problem i as a sentence, or NULL past the end. */
 const char *shmbus_inspect_problem(const shmbus_inspect_t *in, size_t i)
 {
 	if (i < in->problem_count)
@@ -1085,6 +1182,7 @@ int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *o
 	return 0;
 }
 
+/* Members in use, and member i of them (0 or -ERANGE). */
 size_t shmbus_inspect_member_count(const shmbus_inspect_t *in) { return in->member_count; }
 
 int shmbus_inspect_member(const shmbus_inspect_t *in, size_t i, shmbus_inspect_member_t *out)
@@ -1095,6 +1193,7 @@ int shmbus_inspect_member(const shmbus_inspect_t *in, size_t i, shmbus_inspect_m
 	return 0;
 }
 
+/* Publishers in use, and publisher i of them (0 or -ERANGE). */
 size_t shmbus_inspect_pub_count(const shmbus_inspect_t *in) { return in->pub_count; }
 
 int shmbus_inspect_pub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_pub_t *out)
@@ -1105,6 +1204,7 @@ int shmbus_inspect_pub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_pub_
 	return 0;
 }
 
+/* Subscriptions in use, and subscription i of them (0 or -ERANGE). */
 size_t shmbus_inspect_sub_count(const shmbus_inspect_t *in) { return in->sub_count; }
 
 int shmbus_inspect_sub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_sub_t *out)
@@ -1115,12 +1215,14 @@ int shmbus_inspect_sub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_sub_
 	return 0;
 }
 
+/* Ring occupancy; -EBADMSG when the slot control region was unreadable. */
 int shmbus_inspect_ring(const shmbus_inspect_t *in, shmbus_inspect_ring_t *out)
 {
 	*out = in->ring;
 	return in->hdr && in->ctl_ok ? 0 : -EBADMSG;
 }
 
+/* Committed events that passed seg_event_check, oldest first. */
 size_t shmbus_inspect_event_count(const shmbus_inspect_t *in) { return in->event_count; }
 
 /* Fill the flat view of a checked event; strings come from the event. */
@@ -1161,6 +1263,7 @@ static void view_event(const struct found_event *fe, shmbus_inspect_event_t *o)
 	o->payload_len = ev->payload_len;
 }
 
+/* Event i (0 = oldest) flattened; strings point into the copy. 0 or -ERANGE. */
 int shmbus_inspect_event(const shmbus_inspect_t *in, size_t i, shmbus_inspect_event_t *out)
 {
 	if (i >= in->event_count)
