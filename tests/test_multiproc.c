@@ -1,0 +1,581 @@
+/*
+ * test_multiproc.c - several processes on one bus at once: publishers and
+ * filtered subscribers, a competing-consumer group, durable queueing across
+ * a process exit. Children open the bus themselves and report through
+ * shared anonymous memory; the parent checks.
+ */
+#include "common.h"
+
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+TestSuite(multiproc, .init = tc_init, .fini = tc_fini, .timeout = 100);
+
+#define NPUB 3
+#define NSUB 3
+#define PER_PUB 20000u
+
+static shmbus_config_t mp_cfg(void)
+{
+	shmbus_config_t c = tc_small_cfg();
+	c.slots = 4096;
+	c.max_payload = 1024;
+	c.stall_timeout_ns = 120 * TC_SEC_NS; /* a starved subscriber is not a stalled one here */
+	return c;
+}
+
+/* ------------------------------------------------- the events, by formula */
+
+static const char *const mp_names[] = {"order.created", "order.paid", "user.login", "user.logout", "sys.tick", "sys.alert"};
+static const char *const mp_targets[] = {NULL, "t1", "t2"};
+static const char *const mp_sources[NPUB] = {"pub-0", "pub-1", "pub-2"};
+
+struct mp_event {
+	shmbus_type_t type;
+	shmbus_priority_t prio;
+	const char *name, *target;
+	uint32_t check;
+};
+
+static struct mp_event mp_event_of(uint32_t p, uint32_t i)
+{
+	uint64_t h = tc_mix64(((uint64_t)p << 32) | i);
+	struct mp_event e = {
+		.type = (shmbus_type_t)(1 + h % 5),
+		.name = mp_names[(h >> 8) % 6],
+		.prio = (shmbus_priority_t)(1 + (h >> 16) % 4),
+		.target = mp_targets[(h >> 24) % 3],
+		.check = (uint32_t)(h >> 32),
+	};
+	return e;
+}
+
+struct mp_payload {
+	uint32_t pub, counter, check;
+};
+
+/* What each subscriber's filter selects (the reference implementation). */
+static bool mp_match(int s, uint32_t p, uint32_t i)
+{
+	struct mp_event e = mp_event_of(p, i);
+	switch (s) {
+	case 0:
+		return e.type == SHMBUS_COMMAND || e.type == SHMBUS_QUERY || e.type == SHMBUS_ERROR;
+	case 1:
+		return (strncmp(e.name, "order.", 6) == 0 || strncmp(e.name, "user.", 5) == 0) &&
+		       e.prio >= SHMBUS_PRIORITY_NORMAL;
+	default:
+		return (p == 1 || (e.target && strcmp(e.target, "t2") == 0)) && i % 4 != 0;
+	}
+}
+
+static bool mp_custom(const shmbus_event_t *ev, void *arg)
+{
+	(void)arg;
+	size_t len = 0;
+	const struct mp_payload *pl = shmbus_event_payload(ev, &len);
+	return len == sizeof *pl && pl->counter % 4 != 0;
+}
+
+static int mp_filter(int s, shmbus_filter_t **out)
+{
+	shmbus_filter_t *k[2], *any2[2];
+	int rc;
+	switch (s) {
+	case 0:
+		return shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_COMMAND) | SHMBUS_TYPE_BIT(SHMBUS_QUERY) |
+						   SHMBUS_TYPE_BIT(SHMBUS_ERROR),
+					   out);
+	case 1:
+		if ((rc = shmbus_filter_pattern("^(order|user)\\.", &k[0])) < 0)
+			return rc;
+		if ((rc = shmbus_filter_min_priority(SHMBUS_PRIORITY_NORMAL, &k[1])) < 0) {
+			shmbus_filter_free(k[0]);
+			return rc;
+		}
+		return shmbus_filter_all(k, 2, out);
+	default: {
+		const char *src = "pub-1", *tgt = "t2";
+		if ((rc = shmbus_filter_sources(&src, 1, &any2[0])) < 0)
+			return rc;
+		if ((rc = shmbus_filter_targets(&tgt, 1, &any2[1])) < 0) {
+			shmbus_filter_free(any2[0]);
+			return rc;
+		}
+		if ((rc = shmbus_filter_any(any2, 2, &k[0])) < 0)
+			return rc;
+		if ((rc = shmbus_filter_custom(mp_custom, NULL, &k[1])) < 0) {
+			shmbus_filter_free(k[0]);
+			return rc;
+		}
+		return shmbus_filter_all(k, 2, out);
+	}
+	}
+}
+
+/* ------------------------------------------------------ shared results */
+
+struct mp_sub_result {
+	uint64_t got[NPUB];
+	uint64_t dups, out_of_order, unmatched, bad_fields, foreign, missed;
+	int done;
+};
+
+struct mp_shared {
+	int pubs_done;
+	struct mp_sub_result subs[NSUB];
+	uint32_t pub_sent[NPUB];
+	uint8_t seen[NSUB][NPUB][PER_PUB];
+};
+
+struct mp_child {
+	struct mp_shared *sh;
+	int index;
+	int ready_fd;
+};
+
+static bool mp_fields_ok(const shmbus_event_t *ev, uint32_t p, uint32_t i, const struct mp_payload *pl)
+{
+	struct mp_event e = mp_event_of(p, i);
+	return pl->check == e.check && shmbus_event_type(ev) == e.type && shmbus_event_priority(ev) == e.prio &&
+	       strcmp(shmbus_event_name(ev), e.name) == 0 && strcmp(shmbus_event_source(ev), mp_sources[p]) == 0 &&
+	       strcmp(shmbus_event_target(ev), e.target ? e.target : "") == 0;
+}
+
+static int mp_subscriber(void *arg)
+{
+	struct mp_child *c = arg;
+	struct mp_sub_result *r = &c->sh->subs[c->index];
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("sub %d: open %d", c->index, rc);
+	shmbus_filter_t *f = NULL;
+	if ((rc = mp_filter(c->index, &f)) < 0)
+		return CHILD_FAIL("sub %d: filter %d", c->index, rc);
+	char id[32];
+	snprintf(id, sizeof id, "mp-sub-%d", c->index);
+	shmbus_sub_opts_t o = {.subscriber_id = id, .filter = f};
+	shmbus_sub_t *sub = NULL;
+	rc = shmbus_subscribe(bus, &o, &sub);
+	shmbus_filter_free(f);
+	if (rc < 0)
+		return CHILD_FAIL("sub %d: subscribe %d", c->index, rc);
+	tc_write_byte(c->ready_fd, 'R');
+
+	uint32_t next[NPUB][2] = {{0}}; /* per publisher and priority class */
+	uint64_t deadline = tc_now_ns() + 90 * TC_SEC_NS;
+	while (tc_now_ns() < deadline) {
+		const shmbus_event_t *ev = NULL;
+		rc = shmbus_wait(sub, 100 * (int64_t)TC_MS_NS, &ev);
+		if (rc == -EINTR)
+			continue;
+		if (rc < 0)
+			return CHILD_FAIL("sub %d: wait %d", c->index, rc);
+		if (rc == 0) {
+			if (__atomic_load_n(&c->sh->pubs_done, __ATOMIC_ACQUIRE))
+				break;
+			continue;
+		}
+		size_t len = 0;
+		const struct mp_payload *pl = shmbus_event_payload(ev, &len);
+		if (len != sizeof *pl || pl->pub >= NPUB || pl->counter >= PER_PUB) {
+			r->foreign++;
+		} else {
+			uint32_t p = pl->pub, i = pl->counter;
+			if (!mp_fields_ok(ev, p, i, pl))
+				r->bad_fields++;
+			if (!mp_match(c->index, p, i))
+				r->unmatched++;
+			if (c->sh->seen[c->index][p][i]++)
+				r->dups++;
+			int cls = shmbus_event_priority(ev) >= SHMBUS_PRIORITY_HIGH ? 0 : 1;
+			if (i < next[p][cls])
+				r->out_of_order++;
+			next[p][cls] = i + 1;
+			r->got[p]++;
+		}
+		if ((rc = shmbus_release(sub, ev)) < 0)
+			return CHILD_FAIL("sub %d: release %d", c->index, rc);
+	}
+	r->missed = shmbus_take_missed(sub);
+	r->done = 1;
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static int mp_publisher(void *arg)
+{
+	struct mp_child *c = arg;
+	uint32_t p = (uint32_t)c->index;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("pub %u: open %d", p, rc);
+	shmbus_pub_t *pub = NULL;
+	shmbus_pub_opts_t o = {.source = mp_sources[p], .timeout_ns = 60 * (int64_t)TC_SEC_NS};
+	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
+		return CHILD_FAIL("pub %u: pub_open %d", p, rc);
+
+	enum { BATCH = 16 };
+	struct mp_payload pls[BATCH];
+	shmbus_msg_t msgs[BATCH];
+	uint32_t i = 0;
+	while (i < PER_PUB) {
+		/* Mix the three ways to publish: batches, zero copy, plain. */
+		uint32_t n = (i % 512 == 0 && i + BATCH <= PER_PUB) ? BATCH : 1;
+		for (uint32_t k = 0; k < n; k++) {
+			struct mp_event e = mp_event_of(p, i + k);
+			pls[k] = (struct mp_payload){.pub = p, .counter = i + k, .check = e.check};
+			msgs[k] = (shmbus_msg_t){.type = e.type, .name = e.name, .target = e.target, .priority = e.prio,
+						 .payload = &pls[k], .payload_len = sizeof pls[k]};
+		}
+		if (n > 1) {
+			rc = shmbus_publish_batch(pub, msgs, n, NULL);
+			if (rc != (int)n)
+				return CHILD_FAIL("pub %u: batch at %u: %d", p, i, rc);
+		} else if (i % 7 == 3) {
+			shmbus_claim_t claim;
+			if ((rc = shmbus_reserve(pub, &msgs[0], sizeof pls[0], &claim)) < 0)
+				return CHILD_FAIL("pub %u: reserve %u: %d", p, i, rc);
+			memcpy(claim.payload, &pls[0], sizeof pls[0]);
+			if ((rc = shmbus_commit(pub, &claim, NULL)) < 0)
+				return CHILD_FAIL("pub %u: commit %u: %d", p, i, rc);
+		} else if ((rc = shmbus_publish(pub, &msgs[0], NULL)) < 0) {
+			return CHILD_FAIL("pub %u: publish %u: %d", p, i, rc);
+		}
+		i += n;
+		c->sh->pub_sent[p] = i;
+	}
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static void wait_ready(int fd, int n)
+{
+	for (int k = 0; k < n; k++) {
+		char ch = 0;
+		int rc = tc_read_byte(fd, 10000, &ch);
+		cr_assert_eq(rc, 0, "child %d of %d never became ready (%d)", k + 1, n, rc);
+		cr_assert_eq(ch, 'R');
+	}
+}
+
+static void expect_exit_ok(pid_t pid, int timeout_ms, const char *what)
+{
+	int st = 0;
+	int rc = tc_wait(pid, timeout_ms, &st);
+	cr_assert_eq(rc, 0, "%s did not finish in %d ms", what, timeout_ms);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s %s", what, tc_status_str(st));
+}
+
+Test(multiproc, publishers_and_filtered_subscribers)
+{
+	shmbus_config_t cfg = mp_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	struct mp_shared *sh = tc_shared_alloc(sizeof *sh);
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+
+	struct mp_child subs[NSUB], pubs[NPUB];
+	pid_t sub_pid[NSUB], pub_pid[NPUB];
+	for (int s = 0; s < NSUB; s++) {
+		subs[s] = (struct mp_child){.sh = sh, .index = s, .ready_fd = ready[1]};
+		sub_pid[s] = tc_fork(mp_subscriber, &subs[s]);
+	}
+	wait_ready(ready[0], NSUB);
+	for (int p = 0; p < NPUB; p++) {
+		pubs[p] = (struct mp_child){.sh = sh, .index = p, .ready_fd = -1};
+		pub_pid[p] = tc_fork(mp_publisher, &pubs[p]);
+	}
+	for (int p = 0; p < NPUB; p++) {
+		int st = 0;
+		int rc = tc_wait(pub_pid[p], 90000, &st);
+		cr_assert_eq(rc, 0, "publisher %d hung after %u events", p, sh->pub_sent[p]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "publisher %d %s after %u events", p, tc_status_str(st),
+			  sh->pub_sent[p]);
+	}
+	__atomic_store_n(&sh->pubs_done, 1, __ATOMIC_RELEASE);
+	for (int s = 0; s < NSUB; s++) {
+		char what[32];
+		snprintf(what, sizeof what, "subscriber %d", s);
+		expect_exit_ok(sub_pid[s], 30000, what);
+	}
+
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_expect_eq(mt.published, NPUB * PER_PUB, "published %llu", (unsigned long long)mt.published);
+
+	for (int s = 0; s < NSUB; s++) {
+		struct mp_sub_result *r = &sh->subs[s];
+		cr_expect(r->done, "subscriber %d did not finish", s);
+		cr_expect_eq(r->dups, 0, "subscriber %d: %llu events twice", s, (unsigned long long)r->dups);
+		cr_expect_eq(r->out_of_order, 0, "subscriber %d: %llu events out of publish order", s,
+			     (unsigned long long)r->out_of_order);
+		cr_expect_eq(r->unmatched, 0, "subscriber %d: %llu events its filter rejects", s,
+			     (unsigned long long)r->unmatched);
+		cr_expect_eq(r->bad_fields, 0, "subscriber %d: %llu events with wrong fields", s,
+			     (unsigned long long)r->bad_fields);
+		cr_expect_eq(r->foreign, 0, "subscriber %d: %llu foreign events", s, (unsigned long long)r->foreign);
+		cr_expect_eq(r->missed, 0, "subscriber %d: missed %llu", s, (unsigned long long)r->missed);
+		for (uint32_t p = 0; p < NPUB; p++) {
+			uint64_t expected = 0, missing = 0;
+			uint32_t first_missing = UINT32_MAX;
+			for (uint32_t i = 0; i < PER_PUB; i++) {
+				bool want = mp_match(s, p, i);
+				expected += want;
+				if (want && sh->seen[s][p][i] == 0) {
+					missing++;
+					if (first_missing == UINT32_MAX)
+						first_missing = i;
+				}
+			}
+			cr_expect_gt(expected, 0);
+			cr_expect_eq(r->got[p], expected, "subscriber %d from publisher %u: got %llu, want %llu", s, p,
+				     (unsigned long long)r->got[p], (unsigned long long)expected);
+			cr_expect_eq(missing, 0, "subscriber %d from publisher %u: %llu missing, first #%u", s, p,
+				     (unsigned long long)missing, first_missing);
+		}
+	}
+	close(ready[0]);
+	close(ready[1]);
+	tc_shared_free(sh, sizeof *sh);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------- groups */
+
+#define GROUP_N 6000u
+#define GROUP_MEMBERS 3
+
+struct group_shared {
+	int pubs_done;
+	uint32_t handled[GROUP_N];
+	uint32_t per_member[GROUP_MEMBERS];
+	uint32_t out_of_order[GROUP_MEMBERS];
+	uint32_t foreign;
+};
+
+struct group_child {
+	struct group_shared *sh;
+	int index;
+	int ready_fd;
+};
+
+static int pool_member(void *arg)
+{
+	struct group_child *c = arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("member %d: open %d", c->index, rc);
+	shmbus_sub_opts_t o = {.subscriber_id = "pool", .group = "pool"};
+	shmbus_sub_t *sub = NULL;
+	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
+		return CHILD_FAIL("member %d: subscribe %d", c->index, rc);
+	tc_write_byte(c->ready_fd, 'R');
+	uint32_t next = 0;
+	uint64_t deadline = tc_now_ns() + 60 * TC_SEC_NS;
+	while (tc_now_ns() < deadline) {
+		const shmbus_event_t *ev = NULL;
+		rc = shmbus_wait(sub, 100 * (int64_t)TC_MS_NS, &ev);
+		if (rc == -EINTR)
+			continue;
+		if (rc < 0)
+			return CHILD_FAIL("member %d: wait %d", c->index, rc);
+		if (rc == 0) {
+			if (__atomic_load_n(&c->sh->pubs_done, __ATOMIC_ACQUIRE))
+				break;
+			continue;
+		}
+		uint32_t i = tc_payload_u32(ev);
+		if (i >= GROUP_N) {
+			__atomic_fetch_add(&c->sh->foreign, 1, __ATOMIC_RELAXED);
+		} else {
+			__atomic_fetch_add(&c->sh->handled[i], 1, __ATOMIC_RELAXED);
+			if (i < next)
+				c->sh->out_of_order[c->index]++;
+			next = i + 1;
+			c->sh->per_member[c->index]++;
+		}
+		if ((rc = shmbus_release(sub, ev)) < 0)
+			return CHILD_FAIL("member %d: release %d", c->index, rc);
+	}
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static int group_publisher(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_pub_t *pub = NULL;
+	shmbus_pub_opts_t o = {.timeout_ns = 30 * (int64_t)TC_SEC_NS};
+	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	for (uint32_t i = 0; i < GROUP_N; i++)
+		if ((rc = tc_publish_u32(pub, SHMBUS_COMMAND, "job.run", 0, i)) < 0)
+			return CHILD_FAIL("publish %u: %d", i, rc);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+Test(multiproc, group_across_three_processes)
+{
+	shmbus_config_t cfg = mp_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	struct group_shared *sh = tc_shared_alloc(sizeof *sh);
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+	struct group_child kids[GROUP_MEMBERS];
+	pid_t pids[GROUP_MEMBERS];
+	for (int m = 0; m < GROUP_MEMBERS; m++) {
+		kids[m] = (struct group_child){.sh = sh, .index = m, .ready_fd = ready[1]};
+		pids[m] = tc_fork(pool_member, &kids[m]);
+	}
+	wait_ready(ready[0], GROUP_MEMBERS);
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, "pool", &info, 1), 1, "one group subscription");
+	cr_assert_eq(info.consumers, GROUP_MEMBERS, "group consumers %u", info.consumers);
+
+	pid_t pub = tc_fork(group_publisher, NULL);
+	expect_exit_ok(pub, 60000, "group publisher");
+	__atomic_store_n(&sh->pubs_done, 1, __ATOMIC_RELEASE);
+	for (int m = 0; m < GROUP_MEMBERS; m++)
+		expect_exit_ok(pids[m], 30000, "group member");
+
+	uint32_t total = 0, never = 0, twice = 0, first_bad = UINT32_MAX;
+	for (uint32_t i = 0; i < GROUP_N; i++) {
+		if (sh->handled[i] != 1 && first_bad == UINT32_MAX)
+			first_bad = i;
+		never += sh->handled[i] == 0;
+		twice += sh->handled[i] > 1;
+	}
+	for (int m = 0; m < GROUP_MEMBERS; m++) {
+		total += sh->per_member[m];
+		cr_expect_eq(sh->out_of_order[m], 0, "member %d saw events out of order", m);
+		cr_log_info("member %d handled %u", m, sh->per_member[m]);
+	}
+	cr_expect_eq(sh->foreign, 0);
+	cr_expect_eq(never, 0, "%u events handled by no member (first #%u)", never, first_bad);
+	cr_expect_eq(twice, 0, "%u events handled by more than one member (first #%u)", twice, first_bad);
+	cr_expect_eq(total, GROUP_N);
+	close(ready[0]);
+	close(ready[1]);
+	tc_shared_free(sh, sizeof *sh);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------- durable */
+
+#define DUR_FIRST 10u
+#define DUR_OFFLINE 50u
+
+struct dur_child {
+	int ready_fd;
+	bool clean_exit; /* close handles before exiting, or just _exit */
+	uint32_t from, count;
+	uint32_t got, wrong, extra;
+};
+
+static int durable_consumer(void *arg)
+{
+	struct dur_child *c = arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_filter_t *f = NULL;
+	const char *name = "ledger.entry";
+	/* The first incarnation sets the filter; later ones keep the stored one. */
+	if (c->from == 0 && (rc = shmbus_filter_names(&name, 1, &f)) < 0)
+		return CHILD_FAIL("filter %d", rc);
+	shmbus_sub_opts_t o = {.subscriber_id = "ledger", .durable = true, .filter = f};
+	shmbus_sub_t *sub = NULL;
+	rc = shmbus_subscribe(bus, &o, &sub);
+	shmbus_filter_free(f);
+	if (rc < 0)
+		return CHILD_FAIL("subscribe %d", rc);
+	tc_write_byte(c->ready_fd, 'R');
+	uint64_t deadline = tc_now_ns() + 20 * TC_SEC_NS;
+	while (c->got < c->count && tc_now_ns() < deadline) {
+		const shmbus_event_t *ev = NULL;
+		rc = shmbus_wait(sub, 100 * (int64_t)TC_MS_NS, &ev);
+		if (rc < 0 && rc != -EINTR)
+			return CHILD_FAIL("wait %d", rc);
+		if (rc != 1)
+			continue;
+		if (tc_payload_u32(ev) != c->from + c->got || strcmp(shmbus_event_name(ev), "ledger.entry") != 0)
+			c->wrong++;
+		c->got++;
+		shmbus_release(sub, ev);
+	}
+	/* Nothing beyond. */
+	const shmbus_event_t *ev = NULL;
+	if (shmbus_wait(sub, 200 * (int64_t)TC_MS_NS, &ev) == 1) {
+		c->extra++;
+		shmbus_release(sub, ev);
+	}
+	if (!c->clean_exit)
+		_exit(0);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static void check_durable_across_exit(bool clean_exit)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 10 * (int64_t)TC_SEC_NS);
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+	struct dur_child *c = tc_shared_alloc(2 * sizeof *c);
+
+	c[0] = (struct dur_child){.ready_fd = ready[1], .clean_exit = clean_exit, .from = 0, .count = DUR_FIRST};
+	pid_t first = tc_fork(durable_consumer, &c[0]);
+	wait_ready(ready[0], 1);
+	for (uint32_t i = 0; i < DUR_FIRST; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "ledger.entry", 0, i), 0);
+	expect_exit_ok(first, 30000, "first durable consumer");
+	cr_assert_eq(c[0].got, DUR_FIRST);
+	cr_assert_eq(c[0].wrong, 0);
+	cr_assert_eq(c[0].extra, 0);
+
+	/* Its process is gone; events queue for it. */
+	for (uint32_t i = DUR_FIRST; i < DUR_FIRST + DUR_OFFLINE; i++) {
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "ledger.entry", 0, i), 0, "%s", shmbus_errmsg());
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "other.entry", 0, 5000 + i), 0);
+	}
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, "ledger", &info, 1), 1, "durable subscription gone with its process");
+	cr_assert(info.durable);
+
+	c[1] = (struct dur_child){.ready_fd = ready[1], .clean_exit = true, .from = DUR_FIRST, .count = DUR_OFFLINE};
+	pid_t second = tc_fork(durable_consumer, &c[1]);
+	wait_ready(ready[0], 1);
+	expect_exit_ok(second, 30000, "second durable consumer");
+	cr_assert_eq(c[1].got, DUR_OFFLINE, "received %u of %u queued events", c[1].got, DUR_OFFLINE);
+	cr_assert_eq(c[1].wrong, 0, "%u events out of order or not matching the stored filter", c[1].wrong);
+	cr_assert_eq(c[1].extra, 0, "events beyond the queued ones");
+
+	close(ready[0]);
+	close(ready[1]);
+	tc_shared_free(c, 2 * sizeof *c);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(multiproc, durable_queue_across_process_exit) { check_durable_across_exit(true); }
+Test(multiproc, durable_queue_across_exit_without_close) { check_durable_across_exit(false); }

@@ -1,0 +1,1470 @@
+/*
+ * test_pubsub.c - single-process behaviour of publishing and subscribing:
+ * fields, zero copy, batches, the five event types, filters, subscription
+ * management, slow-consumer policies, priority, large events, durable and
+ * group subscriptions, metrics and wait modes.
+ */
+#include "common.h"
+
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+TestSuite(pubsub, .init = tc_init, .fini = tc_fini, .timeout = 60);
+
+static bool uuid_eq(const shmbus_uuid_t *a, const shmbus_uuid_t *b)
+{
+	return memcmp(a->bytes, b->bytes, 16) == 0;
+}
+
+static const shmbus_event_t *poll_one(shmbus_sub_t *sub)
+{
+	const shmbus_event_t *ev = NULL;
+	int rc = shmbus_poll(sub, &ev);
+	cr_assert_eq(rc, 1, "expected an event, poll = %d (%s)", rc, shmbus_errmsg());
+	cr_assert_not_null(ev);
+	return ev;
+}
+
+static void expect_empty(shmbus_sub_t *sub, const char *what)
+{
+	const shmbus_event_t *ev = NULL;
+	int rc = shmbus_poll(sub, &ev);
+	cr_assert_eq(rc, 0, "%s: expected no event, poll = %d%s%s", what, rc, rc == 1 ? ", got " : "",
+		     rc == 1 ? shmbus_event_name(ev) : "");
+}
+
+/* ------------------------------------------------------------ fields */
+
+Test(pubsub, round_trip_preserves_every_field)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "src-a", 0);
+
+	shmbus_uuid_t cause;
+	cr_assert_eq(shmbus_uuid_parse("0190a3c1-2b3c-7d4e-8f50-6172839405a6", &cause), 0);
+	shmbus_meta_t meta[] = {{"region", "eu-west"}, {"attempt", "2"}, {"empty", ""}};
+	const char payload[] = "{\"order\":17,\"items\":[1,2,3]}";
+	shmbus_msg_t m = {
+		.type = SHMBUS_QUERY,
+		.name = "order.created",
+		.target = "svc-b",
+		.priority = SHMBUS_PRIORITY_HIGH,
+		.causation_id = &cause,
+		.ttl_ns = 5 * TC_SEC_NS,
+		.max_retries = 3,
+		.retry_count = 1,
+		.schema_version = 7,
+		.content_type = SHMBUS_CONTENT_JSON,
+		.flags = SHMBUS_FLAG_MOBILE_METERED | SHMBUS_FLAG_REPLAYED,
+		.conversation_id = "conv-1",
+		.user_id = "user-1",
+		.intent = "buy",
+		.decision_id = "dec-9",
+		.has_confidence = true,
+		.confidence = 0.75f,
+		.metadata = meta,
+		.metadata_count = 3,
+		.payload = payload,
+		.payload_len = sizeof payload - 1,
+	};
+	uint64_t t0 = tc_realtime_ns();
+	shmbus_uuid_t id;
+	cr_assert_eq(shmbus_publish(pub, &m, &id), 0, "%s", shmbus_errmsg());
+	uint64_t t1 = tc_realtime_ns();
+
+	const shmbus_event_t *ev = poll_one(sub);
+	cr_assert(uuid_eq(shmbus_event_id(ev), &id), "event id differs from the id publish returned");
+	cr_assert(uuid_eq(shmbus_event_correlation_id(ev), &id), "default correlation id must be the event's own id");
+	cr_assert(uuid_eq(shmbus_event_causation_id(ev), &cause), "causation id");
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_QUERY);
+	cr_assert_str_eq(shmbus_event_name(ev), "order.created");
+	cr_assert_str_eq(shmbus_event_source(ev), "src-a");
+	cr_assert_str_eq(shmbus_event_target(ev), "svc-b");
+	cr_assert_eq(shmbus_event_priority(ev), SHMBUS_PRIORITY_HIGH);
+	uint64_t created = shmbus_event_created_ns(ev), published = shmbus_event_published_ns(ev);
+	cr_assert(created >= t0 && created <= t1, "created_ns %llu outside [%llu, %llu]", (unsigned long long)created,
+		  (unsigned long long)t0, (unsigned long long)t1);
+	cr_assert(published >= created && published <= t1, "published_ns %llu", (unsigned long long)published);
+	uint64_t expires = shmbus_event_expires_ns(ev);
+	cr_assert(expires >= created + m.ttl_ns && expires <= t1 + m.ttl_ns, "expires_ns %llu is not created + ttl",
+		  (unsigned long long)expires);
+	cr_assert_eq(shmbus_event_status(ev), SHMBUS_STATUS_PUBLISHED);
+	cr_assert_eq(shmbus_event_retry_count(ev), 1);
+	cr_assert_eq(shmbus_event_max_retries(ev), 3);
+	cr_assert_eq(shmbus_event_schema_version(ev), 7);
+	cr_assert_eq(shmbus_event_content_type(ev), SHMBUS_CONTENT_JSON);
+	uint16_t fl = shmbus_event_flags(ev);
+	cr_assert_eq(fl & 0x3F, SHMBUS_FLAG_MOBILE_METERED | SHMBUS_FLAG_REPLAYED, "flags 0x%x", fl);
+	cr_assert_not(shmbus_redelivered(sub, ev), "a first delivery is not a redelivery");
+	cr_assert_str_eq(shmbus_event_conversation_id(ev), "conv-1");
+	cr_assert_str_eq(shmbus_event_user_id(ev), "user-1");
+	cr_assert_str_eq(shmbus_event_intent(ev), "buy");
+	cr_assert_str_eq(shmbus_event_decision_id(ev), "dec-9");
+	float conf = 0;
+	cr_assert(shmbus_event_confidence(ev, &conf));
+	cr_assert_float_eq(conf, 0.75f, 1e-6);
+	cr_assert_eq(shmbus_event_metadata_count(ev), 3);
+	for (size_t i = 0; i < 3; i++) {
+		const char *k = NULL, *v = NULL;
+		cr_assert_eq(shmbus_event_metadata(ev, i, &k, &v), 0);
+		cr_assert_str_eq(k, meta[i].key);
+		cr_assert_str_eq(v, meta[i].value);
+		cr_assert_str_eq(shmbus_event_meta_get(ev, meta[i].key), meta[i].value);
+	}
+	const char *k = NULL, *v = NULL;
+	cr_assert_lt(shmbus_event_metadata(ev, 3, &k, &v), 0, "metadata index 3 of 3");
+	cr_assert_null(shmbus_event_meta_get(ev, "missing"));
+	size_t len = 0;
+	const void *p = shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, sizeof payload - 1);
+	cr_assert_arr_eq(p, payload, len);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	cr_assert_eq(shmbus_release(sub, ev), -EINVAL, "second release of the same event");
+
+	/* Defaults. */
+	shmbus_uuid_t corr, id2;
+	cr_assert_eq(shmbus_uuid_parse("11111111-2222-7333-8444-555555555555", &corr), 0);
+	shmbus_pub_t *pub2 = tc_pub(bus, NULL, 0);
+	shmbus_msg_t d = {.type = SHMBUS_NOTIFICATION, .name = "plain", .correlation_id = &corr};
+	cr_assert_eq(shmbus_publish(pub2, &d, &id2), 0, "%s", shmbus_errmsg());
+	ev = poll_one(sub);
+	char src[32];
+	snprintf(src, sizeof src, "pid-%d", (int)getpid());
+	cr_assert_str_eq(shmbus_event_source(ev), src, "default source");
+	cr_assert_str_eq(shmbus_event_target(ev), "");
+	cr_assert_eq(shmbus_event_priority(ev), SHMBUS_PRIORITY_NORMAL);
+	cr_assert(uuid_eq(shmbus_event_correlation_id(ev), &corr));
+	cr_assert(shmbus_uuid_is_nil(shmbus_event_causation_id(ev)));
+	cr_assert_eq(shmbus_event_expires_ns(ev), 0);
+	cr_assert_eq(shmbus_event_schema_version(ev), 1);
+	cr_assert_not(shmbus_event_confidence(ev, &conf));
+	cr_assert_eq(shmbus_event_metadata_count(ev), 0);
+	cr_assert_str_eq(shmbus_event_conversation_id(ev), "");
+	shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, 0);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	expect_empty(sub, "after two events");
+
+	shmbus_pub_close(pub2);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------ zero copy */
+
+Test(pubsub, reserve_commit_and_abort)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "zc.commit", .target = "worker"};
+	shmbus_claim_t claim;
+	cr_assert_eq(shmbus_reserve(pub, &m, 1000, &claim), 0, "%s", shmbus_errmsg());
+	cr_assert_not_null(claim.payload);
+	cr_assert_eq(claim.payload_len, 1000);
+	for (int i = 0; i < 1000; i++)
+		((uint8_t *)claim.payload)[i] = (uint8_t)(i * 7);
+	uint64_t seq = claim.seq;
+	expect_empty(sub, "reserved but not committed");
+	shmbus_uuid_t id;
+	cr_assert_eq(shmbus_commit(pub, &claim, &id), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_uuid_seq(&id), seq);
+
+	const shmbus_event_t *ev = poll_one(sub);
+	cr_assert_str_eq(shmbus_event_name(ev), "zc.commit");
+	cr_assert_eq(shmbus_event_seq(ev), seq);
+	size_t len = 0;
+	const uint8_t *p = shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, 1000);
+	uint8_t want[1000];
+	for (int i = 0; i < 1000; i++)
+		want[i] = (uint8_t)(i * 7);
+	cr_assert_eq(memcmp(p, want, sizeof want), 0, "zero-copy payload corrupted");
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	/* Aborted: never delivered, and the bus goes on. */
+	m.name = "zc.aborted";
+	cr_assert_eq(shmbus_reserve(pub, &m, 300, &claim), 0, "%s", shmbus_errmsg());
+	memset(claim.payload, 0xEE, 300);
+	cr_assert_eq(shmbus_abort(pub, &claim), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.abort", 0, 1), 0);
+	ev = poll_one(sub);
+	cr_assert_str_eq(shmbus_event_name(ev), "after.abort", "got %s", shmbus_event_name(ev));
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	expect_empty(sub, "after abort");
+
+	/* Many aborts in a row do not leak ring space. */
+	for (unsigned i = 0; i < 4 * cfg.slots; i++) {
+		cr_assert_eq(shmbus_reserve(pub, &m, 200, &claim), 0, "reserve %u: %s", i, shmbus_errmsg());
+		cr_assert_eq(shmbus_abort(pub, &claim), 0);
+	}
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.aborts", 0, 2), 0, "%s", shmbus_errmsg());
+	ev = poll_one(sub);
+	cr_assert_str_eq(shmbus_event_name(ev), "after.aborts");
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	expect_empty(sub, "after many aborts");
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------------------- batch */
+
+Test(pubsub, batch_publish_delivers_all_in_order)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	enum { N = 100 };
+	shmbus_msg_t msgs[N];
+	uint32_t vals[N];
+	shmbus_uuid_t ids[N];
+	for (uint32_t i = 0; i < N; i++) {
+		vals[i] = i;
+		msgs[i] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = "batch", .payload = &vals[i],
+					 .payload_len = sizeof vals[i]};
+	}
+	int rc = shmbus_publish_batch(pub, msgs, N, ids);
+	cr_assert_eq(rc, N, "publish_batch = %d (%s)", rc, shmbus_errmsg());
+	for (uint32_t i = 1; i < N; i++)
+		cr_assert_gt(shmbus_uuid_seq(&ids[i]), shmbus_uuid_seq(&ids[i - 1]), "batch ids out of order");
+	for (uint32_t i = 0; i < N; i++) {
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_assert_eq(tc_payload_u32(ev), i, "event %u out of order (got %u)", i, tc_payload_u32(ev));
+		cr_assert(uuid_eq(shmbus_event_id(ev), &ids[i]));
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	expect_empty(sub, "after batch");
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, N);
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------- the types */
+
+Test(pubsub, convenience_calls_for_the_five_types)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *client = tc_pub(bus, "client-1", 0);
+	shmbus_pub_t *server = tc_pub(bus, "server-1", 0);
+	size_t len;
+	const void *p;
+
+	shmbus_uuid_t cmd_id;
+	cr_assert_eq(shmbus_publish_command(client, "door.open", "{\"door\":3}", "door-svc", &cmd_id), 0, "%s",
+		     shmbus_errmsg());
+	const shmbus_event_t *ev = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_COMMAND);
+	cr_assert_str_eq(shmbus_event_name(ev), "door.open");
+	cr_assert_str_eq(shmbus_event_target(ev), "door-svc");
+	cr_assert_str_eq(shmbus_event_source(ev), "client-1");
+	cr_assert_eq(shmbus_event_content_type(ev), SHMBUS_CONTENT_JSON);
+	p = shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, strlen("{\"door\":3}"));
+	cr_assert_arr_eq(p, "{\"door\":3}", len);
+	cr_assert(uuid_eq(shmbus_event_id(ev), &cmd_id));
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	cr_assert_eq(shmbus_publish_notification(client, "door.opened", NULL, NULL), 0);
+	ev = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_NOTIFICATION);
+	cr_assert_str_eq(shmbus_event_name(ev), "door.opened");
+	shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, 0, "NULL data must give an empty payload");
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	shmbus_uuid_t q_id;
+	cr_assert_eq(shmbus_publish_query(client, "stock.level", "{\"sku\":\"A1\"}", "stock-svc", &q_id), 0);
+	const shmbus_event_t *q = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(q), SHMBUS_QUERY);
+	cr_assert_str_eq(shmbus_event_target(q), "stock-svc");
+
+	shmbus_uuid_t r_id;
+	cr_assert_eq(shmbus_publish_response(server, q, "{\"level\":12}", true, &r_id), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_publish_response(server, q, "{\"why\":\"db\"}", false, NULL), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_release(sub, q), 0);
+
+	ev = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_RESPONSE);
+	cr_assert(uuid_eq(shmbus_event_id(ev), &r_id));
+	cr_assert(uuid_eq(shmbus_event_correlation_id(ev), &q_id), "response correlation = the query's");
+	cr_assert(uuid_eq(shmbus_event_causation_id(ev), &q_id), "response causation = the query");
+	cr_assert_str_eq(shmbus_event_target(ev), "client-1", "response target = the query's source");
+	cr_assert_str_eq(shmbus_event_source(ev), "server-1");
+	cr_assert_str_eq(shmbus_event_name(ev), "stock.level");
+	cr_assert_eq(shmbus_event_flags(ev) & (SHMBUS_FLAG_SUCCESS | SHMBUS_FLAG_FAILURE), SHMBUS_FLAG_SUCCESS);
+	p = shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, strlen("{\"level\":12}"));
+	cr_assert_arr_eq(p, "{\"level\":12}", len);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	ev = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_RESPONSE);
+	cr_assert(uuid_eq(shmbus_event_correlation_id(ev), &q_id));
+	cr_assert_eq(shmbus_event_flags(ev) & (SHMBUS_FLAG_SUCCESS | SHMBUS_FLAG_FAILURE), SHMBUS_FLAG_FAILURE);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	shmbus_uuid_t e_id;
+	cr_assert_eq(shmbus_publish_error(server, "E_TIMEOUT", "backend did not answer", &q_id, "{\"after_ms\":500}",
+					  &e_id), 0, "%s", shmbus_errmsg());
+	ev = poll_one(sub);
+	cr_assert_eq(shmbus_event_type(ev), SHMBUS_ERROR);
+	cr_assert_str_eq(shmbus_event_name(ev), "E_TIMEOUT");
+	const char *msg = shmbus_event_meta_get(ev, "message");
+	cr_assert_not_null(msg, "error message metadata missing");
+	cr_assert_str_eq(msg, "backend did not answer");
+	cr_assert(uuid_eq(shmbus_event_causation_id(ev), &q_id), "error causation = source event");
+	cr_assert(uuid_eq(shmbus_event_correlation_id(ev), &q_id), "error correlation = source event");
+	p = shmbus_event_payload(ev, &len);
+	cr_assert_eq(len, strlen("{\"after_ms\":500}"));
+	cr_assert_arr_eq(p, "{\"after_ms\":500}", len);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	/* A message over the metadata value limit is refused, not truncated. */
+	char long_msg[300];
+	memset(long_msg, 'm', sizeof long_msg - 1);
+	long_msg[sizeof long_msg - 1] = '\0';
+	cr_assert_eq(shmbus_publish_error(server, "E_BIG", long_msg, &q_id, NULL, NULL), -EMSGSIZE);
+	expect_empty(sub, "after the five types");
+
+	shmbus_pub_close(client);
+	shmbus_pub_close(server);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* --------------------------------------------------------------- filters */
+
+enum { FN = 96 };
+static const char *const f_names[] = {"order.created", "order.paid", "user.login", "sys.tick"};
+static const char *const f_sources[] = {"svc-a", "svc-b", "svc-c"};
+static const char *const f_targets[] = {"t1", "t2"};
+
+struct fev {
+	shmbus_type_t type;
+	const char *name, *source, *target;
+	shmbus_priority_t prio;
+};
+
+static struct fev fev_of(uint32_t i)
+{
+	struct fev e;
+	e.type = (shmbus_type_t)(1 + i % 5);
+	e.name = f_names[(i / 5) % 4];
+	e.source = f_sources[i % 3];
+	e.target = (i % 4 == 0) ? NULL : f_targets[(i / 2) % 2];
+	e.prio = (shmbus_priority_t)(1 + (i / 3) % 4);
+	return e;
+}
+
+static bool tgt_is(const struct fev *e, const char *t) { return e->target && strcmp(e->target, t) == 0; }
+
+static bool p_all(uint32_t i) { (void)i; return true; }
+static bool p_types(uint32_t i) { struct fev e = fev_of(i); return e.type == SHMBUS_COMMAND || e.type == SHMBUS_QUERY; }
+static bool p_names(uint32_t i)
+{
+	struct fev e = fev_of(i);
+	return !strcmp(e.name, "order.created") || !strcmp(e.name, "user.login");
+}
+static bool p_sources(uint32_t i) { struct fev e = fev_of(i); return !strcmp(e.source, "svc-b"); }
+static bool p_targets(uint32_t i) { struct fev e = fev_of(i); return tgt_is(&e, "t1"); }
+static bool p_minprio(uint32_t i) { struct fev e = fev_of(i); return e.prio >= SHMBUS_PRIORITY_HIGH; }
+static bool p_pattern(uint32_t i) { struct fev e = fev_of(i); return !strncmp(e.name, "order.", 6); }
+static bool p_pattern2(uint32_t i)
+{
+	struct fev e = fev_of(i);
+	return strstr(e.name, "login") || strstr(e.name, "tick");
+}
+static bool p_all_of(uint32_t i)
+{
+	struct fev e = fev_of(i);
+	return (e.type == SHMBUS_NOTIFICATION || e.type == SHMBUS_ERROR) && e.prio >= SHMBUS_PRIORITY_NORMAL;
+}
+static bool p_any_of(uint32_t i) { struct fev e = fev_of(i); return !strcmp(e.name, "sys.tick") || tgt_is(&e, "t2"); }
+static bool p_custom(uint32_t i) { return i % 3 != 1; }
+static bool p_nested(uint32_t i)
+{
+	struct fev e = fev_of(i);
+	bool a = (e.type == SHMBUS_COMMAND || !strcmp(e.source, "svc-a")) && (strstr(e.name, "paid") || strstr(e.name, "login")) &&
+		 p_custom(i);
+	bool b = e.prio == SHMBUS_PRIORITY_CRITICAL && tgt_is(&e, "t1");
+	return a || b;
+}
+
+static bool custom_pred(const shmbus_event_t *ev, void *arg)
+{
+	(*(unsigned *)arg)++;
+	return p_custom(tc_payload_u32(ev));
+}
+
+static shmbus_filter_t *mk_types(uint32_t mask)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_types(mask, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_names(const char *a, const char *b)
+{
+	const char *v[] = {a, b};
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_names(v, b ? 2 : 1, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_sources(const char *a)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_sources(&a, 1, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_targets(const char *a)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_targets(&a, 1, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_min(shmbus_priority_t p)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_min_priority(p, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_pattern(const char *re)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_pattern(re, &f), 0, "pattern %s", re);
+	return f;
+}
+static shmbus_filter_t *mk_custom(unsigned *calls)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_custom(custom_pred, calls, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_all2(shmbus_filter_t *a, shmbus_filter_t *b)
+{
+	shmbus_filter_t *k[] = {a, b}, *f = NULL;
+	cr_assert_eq(shmbus_filter_all(k, 2, &f), 0);
+	return f;
+}
+static shmbus_filter_t *mk_any2(shmbus_filter_t *a, shmbus_filter_t *b)
+{
+	shmbus_filter_t *k[] = {a, b}, *f = NULL;
+	cr_assert_eq(shmbus_filter_any(k, 2, &f), 0);
+	return f;
+}
+
+struct fcase {
+	const char *what;
+	bool (*pred)(uint32_t);
+	shmbus_sub_t *sub;
+	uint8_t got[FN];
+	uint32_t last_urgent, last_normal; /* +1, 0 = none yet */
+	unsigned extra, out_of_order;
+};
+
+static void record(const shmbus_event_t *ev, void *arg)
+{
+	struct fcase *c = arg;
+	uint32_t i = tc_payload_u32(ev);
+	if (i >= FN) {
+		c->extra++;
+		return;
+	}
+	c->got[i]++;
+	/* Each field as published. */
+	struct fev e = fev_of(i);
+	cr_assert_eq(shmbus_event_type(ev), e.type);
+	cr_assert_str_eq(shmbus_event_name(ev), e.name);
+	cr_assert_str_eq(shmbus_event_source(ev), e.source);
+	cr_assert_str_eq(shmbus_event_target(ev), e.target ? e.target : "");
+	cr_assert_eq(shmbus_event_priority(ev), e.prio);
+	uint32_t *last = e.prio >= SHMBUS_PRIORITY_HIGH ? &c->last_urgent : &c->last_normal;
+	if (*last > i)
+		c->out_of_order++;
+	*last = i + 1;
+}
+
+Test(pubsub, every_filter_kind_delivers_exactly_its_events)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.max_subscribers = 32;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	unsigned custom_calls = 0, nested_calls = 0;
+
+	struct fcase cases[] = {
+		{.what = "no filter", .pred = p_all},
+		{.what = "types command|query", .pred = p_types},
+		{.what = "names order.created,user.login", .pred = p_names},
+		{.what = "sources svc-b", .pred = p_sources},
+		{.what = "targets t1", .pred = p_targets},
+		{.what = "min priority high", .pred = p_minprio},
+		{.what = "pattern ^order\\.", .pred = p_pattern},
+		{.what = "pattern login|tick", .pred = p_pattern2},
+		{.what = "all(types notification|error, min normal)", .pred = p_all_of},
+		{.what = "any(names sys.tick, targets t2)", .pred = p_any_of},
+		{.what = "custom", .pred = p_custom},
+		{.what = "nested", .pred = p_nested},
+	};
+	shmbus_filter_t *filters[] = {
+		NULL,
+		mk_types(SHMBUS_TYPE_BIT(SHMBUS_COMMAND) | SHMBUS_TYPE_BIT(SHMBUS_QUERY)),
+		mk_names("order.created", "user.login"),
+		mk_sources("svc-b"),
+		mk_targets("t1"),
+		mk_min(SHMBUS_PRIORITY_HIGH),
+		mk_pattern("^order\\."),
+		mk_pattern("login|tick"),
+		mk_all2(mk_types(SHMBUS_TYPE_BIT(SHMBUS_NOTIFICATION) | SHMBUS_TYPE_BIT(SHMBUS_ERROR)),
+			mk_min(SHMBUS_PRIORITY_NORMAL)),
+		mk_any2(mk_names("sys.tick", NULL), mk_targets("t2")),
+		mk_custom(&custom_calls),
+		mk_any2(mk_all2(mk_all2(mk_any2(mk_types(SHMBUS_TYPE_BIT(SHMBUS_COMMAND)), mk_sources("svc-a")),
+					mk_pattern("paid|login")),
+				mk_custom(&nested_calls)),
+			mk_all2(mk_min(SHMBUS_PRIORITY_CRITICAL), mk_targets("t1"))),
+	};
+	size_t nc = sizeof cases / sizeof cases[0];
+	for (size_t c = 0; c < nc; c++)
+		cases[c].sub = tc_sub(bus, filters[c]);
+
+	shmbus_pub_t *pubs[3];
+	for (int s = 0; s < 3; s++)
+		pubs[s] = tc_pub(bus, f_sources[s], 0);
+	for (uint32_t i = 0; i < FN; i++) {
+		struct fev e = fev_of(i);
+		shmbus_msg_t m = {.type = e.type, .name = e.name, .target = e.target, .priority = e.prio,
+				  .payload = &i, .payload_len = sizeof i};
+		/* Half through the publisher's default source, half set per event. */
+		if (i % 2)
+			m.source = e.source;
+		int rc = shmbus_publish(pubs[i % 2 ? (i + 1) % 3 : i % 3], &m, NULL);
+		cr_assert_eq(rc, 0, "publish %u: %d %s", i, rc, shmbus_errmsg());
+	}
+
+	for (size_t c = 0; c < nc; c++) {
+		int n = tc_drain(cases[c].sub, record, &cases[c]);
+		cr_assert_geq(n, 0, "%s: drain %d", cases[c].what, n);
+		unsigned expected = 0;
+		for (uint32_t i = 0; i < FN; i++) {
+			unsigned want = cases[c].pred(i) ? 1 : 0;
+			expected += want;
+			cr_expect_eq(cases[c].got[i], want, "filter %s: event %u (%s %s from %s to %s, prio %d) delivered %u times, want %u",
+				     cases[c].what, i, shmbus_type_name(fev_of(i).type), fev_of(i).name, fev_of(i).source,
+				     fev_of(i).target ? fev_of(i).target : "-", fev_of(i).prio, cases[c].got[i], want);
+		}
+		cr_expect_gt(expected, 0, "%s: the test set must exercise the filter", cases[c].what);
+		cr_expect_lt(expected, c == 0 ? FN + 1 : FN, "%s: the test set must exercise the filter", cases[c].what);
+		cr_expect_eq(cases[c].extra, 0, "%s: foreign events", cases[c].what);
+		cr_expect_eq(cases[c].out_of_order, 0, "%s: events out of publish order", cases[c].what);
+	}
+
+	/* The custom predicate ran in this process for the routed events only,
+	 * and its rejections are counted as filtered. */
+	cr_expect_eq(custom_calls, FN, "custom predicate calls");
+	shmbus_sub_info_t info;
+	int n = shmbus_list_subscriptions(bus, NULL, NULL, 0);
+	cr_assert_eq(n, (int)nc, "list_subscriptions total %d", n);
+	shmbus_sub_info_t *all = calloc((size_t)n, sizeof *all);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, all, (size_t)n), n);
+	bool found = false;
+	for (int i = 0; i < n; i++) {
+		if (all[i].id != shmbus_sub_id(cases[10].sub))
+			continue;
+		info = all[i];
+		found = true;
+	}
+	cr_assert(found, "custom subscription not listed");
+	unsigned rejected = 0;
+	for (uint32_t i = 0; i < FN; i++)
+		rejected += !p_custom(i);
+	cr_expect_eq(info.filtered, rejected, "custom sub filtered %llu, want %u", (unsigned long long)info.filtered,
+		     rejected);
+	cr_expect_eq(info.delivered, FN - rejected, "custom sub delivered %llu", (unsigned long long)info.delivered);
+	free(all);
+
+	for (int s = 0; s < 3; s++)
+		shmbus_pub_close(pubs[s]);
+	for (size_t c = 0; c < nc; c++)
+		shmbus_sub_close(cases[c].sub);
+	shmbus_close(bus);
+}
+
+/* ----------------------------------------------- subscription management */
+
+static const shmbus_sub_info_t *find_info(const shmbus_sub_info_t *v, int n, shmbus_sub_id_t id)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i].id == id)
+			return &v[i];
+	return NULL;
+}
+
+Test(pubsub, pause_resume_unsubscribe_and_list)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	shmbus_sub_t *alice1 = NULL, *alice2 = NULL, *bob = NULL;
+	shmbus_sub_opts_t oa = {.subscriber_id = "alice"}, ob = {.subscriber_id = "bob", .policy = SHMBUS_POLICY_LAG};
+	cr_assert_eq(shmbus_subscribe(bus, &oa, &alice1), 0);
+	cr_assert_eq(shmbus_subscribe(bus, &oa, &alice2), 0);
+	cr_assert_eq(shmbus_subscribe(bus, &ob, &bob), 0);
+	cr_assert_neq(shmbus_sub_id(alice1), shmbus_sub_id(alice2));
+
+	shmbus_sub_info_t v[8];
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 8), 3);
+	const shmbus_sub_info_t *bi = find_info(v, 3, shmbus_sub_id(bob));
+	cr_assert_not_null(bi);
+	cr_assert_str_eq(bi->subscriber_id, "bob");
+	cr_assert_eq(bi->policy, SHMBUS_POLICY_LAG);
+	cr_assert_not(bi->durable);
+	cr_assert_not(bi->paused);
+	cr_assert_eq(shmbus_list_subscriptions(bus, "alice", v, 8), 2);
+	cr_assert(find_info(v, 2, shmbus_sub_id(alice1)) && find_info(v, 2, shmbus_sub_id(alice2)));
+	cr_assert_str_eq(v[0].subscriber_id, "alice");
+	cr_assert_eq(shmbus_list_subscriptions(bus, "bob", v, 8), 1);
+	cr_assert_eq(v[0].id, shmbus_sub_id(bob));
+	cr_assert_eq(shmbus_list_subscriptions(bus, "nobody", v, 8), 0);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 1), 3, "the total, even over cap");
+
+	/* Paused: nothing is queued. */
+	cr_assert_eq(shmbus_pause(bus, shmbus_sub_id(alice1)), 0);
+	cr_assert_eq(shmbus_list_subscriptions(bus, "alice", v, 8), 2);
+	cr_assert(find_info(v, 2, shmbus_sub_id(alice1))->paused);
+	cr_assert_not(find_info(v, 2, shmbus_sub_id(alice2))->paused);
+	for (uint32_t i = 0; i < 5; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "while.paused", 0, i), 0);
+	expect_empty(alice1, "paused");
+	cr_assert_eq(tc_drain(alice2, NULL, NULL), 5, "a paused sibling must not affect others");
+	cr_assert_eq(tc_drain(bob, NULL, NULL), 5);
+
+	cr_assert_eq(shmbus_resume(bus, shmbus_sub_id(alice1)), 0);
+	for (uint32_t i = 100; i < 103; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.resume", 0, i), 0);
+	for (uint32_t i = 100; i < 103; i++) {
+		const shmbus_event_t *ev = poll_one(alice1);
+		cr_assert_eq(tc_payload_u32(ev), i, "after resume: got %u want %u", tc_payload_u32(ev), i);
+		cr_assert_eq(shmbus_release(alice1, ev), 0);
+	}
+	expect_empty(alice1, "after resume");
+
+	/* Removed by id: the handle learns it, the list forgets it. */
+	shmbus_sub_id_t gone = shmbus_sub_id(alice1);
+	cr_assert_eq(shmbus_unsubscribe_id(bus, gone), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.unsub", 0, 7), 0);
+	const shmbus_event_t *ev = NULL;
+	cr_assert_eq(shmbus_poll(alice1, &ev), -ESHUTDOWN);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 8), 2);
+	cr_assert_null(find_info(v, 2, gone));
+	cr_assert_lt(shmbus_pause(bus, gone), 0, "pausing a removed subscription");
+	cr_assert_lt(shmbus_resume(bus, gone), 0);
+	cr_assert_lt(shmbus_unsubscribe_id(bus, gone), 0);
+	cr_assert_lt(shmbus_pause(bus, 0xFFFFFFFFFFull), 0, "pausing an unknown id");
+
+	cr_assert_eq(shmbus_unsubscribe(bob), 0);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 8), 1);
+	shmbus_sub_close(alice1);
+	shmbus_sub_close(alice2);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 8), 0, "closing a plain sub removes it");
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, held_limit_gives_enobufs)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t i = 0; i < SHMBUS_MAX_HELD + 5; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "held", 0, i), 0);
+	const shmbus_event_t *held[SHMBUS_MAX_HELD];
+	for (int i = 0; i < SHMBUS_MAX_HELD; i++)
+		held[i] = poll_one(sub);
+	const shmbus_event_t *ev = NULL;
+	cr_assert_eq(shmbus_poll(sub, &ev), -ENOBUFS);
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, &info, 1), 1);
+	cr_assert_eq(info.held, SHMBUS_MAX_HELD, "held %llu", (unsigned long long)info.held);
+	/* Release out of order; the held events stay intact meanwhile. */
+	for (int i = SHMBUS_MAX_HELD - 1; i >= 0; i -= 2)
+		cr_assert_eq(shmbus_release(sub, held[i]), 0);
+	for (int i = SHMBUS_MAX_HELD - 2; i >= 0; i -= 2) {
+		cr_assert_eq(tc_payload_u32(held[i]), (uint32_t)i);
+		cr_assert_eq(shmbus_release(sub, held[i]), 0);
+	}
+	cr_assert_eq(tc_drain(sub, NULL, NULL), 5);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ----------------------------------------------------- slow consumers */
+
+struct order_check {
+	uint32_t next_min;
+	unsigned count, bad;
+};
+
+static void check_increasing(const shmbus_event_t *ev, void *arg)
+{
+	struct order_check *o = arg;
+	uint32_t v = tc_payload_u32(ev);
+	if (v < o->next_min)
+		o->bad++;
+	o->next_min = v + 1;
+	o->count++;
+}
+
+Test(pubsub, lag_subscriber_never_blocks_and_counts_missed)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *lag = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "laggard", .policy = SHMBUS_POLICY_LAG};
+	cr_assert_eq(shmbus_subscribe(bus, &o, &lag), 0);
+	shmbus_sub_t *fast = tc_sub(bus, NULL); /* keeps up, must get everything */
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+
+	uint32_t total = 10 * cfg.slots;
+	struct order_check fast_seen = {0};
+	for (uint32_t i = 0; i < total; i++) {
+		int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "lag", 0, i);
+		cr_assert_eq(rc, 0, "publish %u blocked on a lag subscriber: %d (%s)", i, rc, shmbus_errmsg());
+		cr_assert_geq(tc_drain(fast, check_increasing, &fast_seen), 0);
+	}
+	cr_assert_eq(fast_seen.count, total);
+	cr_assert_eq(fast_seen.bad, 0);
+
+	struct order_check lag_seen = {0};
+	cr_assert_geq(tc_drain(lag, check_increasing, &lag_seen), 0);
+	uint64_t missed = shmbus_take_missed(lag);
+	cr_assert_eq(lag_seen.bad, 0, "lag subscriber saw events out of order or twice");
+	cr_assert_eq(missed + lag_seen.count, total, "missed %llu + received %u != published %u",
+		     (unsigned long long)missed, lag_seen.count, total);
+	cr_assert_gt(missed, 0);
+	cr_assert_eq(shmbus_take_missed(lag), 0, "take_missed resets the counter");
+
+	shmbus_sub_info_t v[4];
+	int n = shmbus_list_subscriptions(bus, "laggard", v, 4);
+	cr_assert_eq(n, 1);
+	cr_assert_eq(v[0].lagged, missed, "info.lagged %llu, missed %llu", (unsigned long long)v[0].lagged,
+		     (unsigned long long)missed);
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, total);
+	cr_assert_geq(mt.lagged, missed);
+
+	/* Caught up, it receives new events again. */
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "lag", 0, total), 0);
+	const shmbus_event_t *ev = poll_one(lag);
+	cr_assert_eq(tc_payload_u32(ev), total);
+	cr_assert_eq(shmbus_release(lag, ev), 0);
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(fast);
+	shmbus_sub_close(lag);
+	shmbus_close(bus);
+}
+
+struct drain_later {
+	shmbus_sub_t *sub;
+	unsigned delay_ms;
+	int rc;
+	unsigned fill, late; /* events taken with payload < 10000, == 10000 */
+};
+
+static void count_fill_late(const shmbus_event_t *ev, void *arg)
+{
+	struct drain_later *d = arg;
+	if (tc_payload_u32(ev) == 10000)
+		d->late++;
+	else
+		d->fill++;
+}
+
+static void *drain_after_delay(void *arg)
+{
+	struct drain_later *d = arg;
+	tc_sleep_ms(d->delay_ms);
+	d->rc = tc_drain(d->sub, count_fill_late, d);
+	return NULL;
+}
+
+Test(pubsub, block_subscriber_backpressure)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.stall_timeout_ns = 120 * TC_SEC_NS; /* no demotion in this test */
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *slow = tc_sub(bus, NULL);
+	shmbus_pub_t *now = tc_pub(bus, NULL, -1);
+
+	uint32_t i = 0;
+	int rc = 0;
+	for (; i <= cfg.slots; i++) {
+		rc = tc_publish_u32(now, SHMBUS_NOTIFICATION, "fill", 0, i);
+		if (rc != 0)
+			break;
+	}
+	cr_assert_eq(rc, -EAGAIN, "publish %u with a full block subscriber and timeout < 0: %d, want -EAGAIN", i, rc);
+	cr_assert_gt(i, 0);
+
+	shmbus_pub_t *patient = tc_pub(bus, NULL, 50 * (int64_t)TC_MS_NS);
+	shmbus_metrics_t before, after;
+	cr_assert_eq(shmbus_get_metrics(bus, &before), 0);
+	uint64_t t0 = tc_now_ns();
+	rc = tc_publish_u32(patient, SHMBUS_NOTIFICATION, "fill", 0, 9999);
+	uint64_t waited = tc_now_ns() - t0;
+	cr_assert_eq(rc, -ETIMEDOUT, "publish with a 50 ms timeout: %d, want -ETIMEDOUT", rc);
+	cr_assert_geq(waited, 45 * TC_MS_NS, "gave up after %llu ns, before its timeout", (unsigned long long)waited);
+	cr_assert_eq(shmbus_get_metrics(bus, &after), 0);
+	cr_assert_gt(after.block_waits, before.block_waits, "block_waits did not increase");
+	cr_assert_gt(after.block_timeouts, before.block_timeouts, "block_timeouts did not increase");
+
+	/* When the subscriber catches up, a waiting publisher goes on. */
+	shmbus_pub_t *waiter = tc_pub(bus, NULL, 10 * (int64_t)TC_SEC_NS);
+	struct drain_later d = {.sub = slow, .delay_ms = 100};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, drain_after_delay, &d), 0);
+	rc = tc_publish_u32(waiter, SHMBUS_NOTIFICATION, "late", 0, 10000);
+	pthread_join(th, NULL);
+	cr_assert_eq(rc, 0, "publish while the subscriber drains: %d (%s)", rc, shmbus_errmsg());
+	cr_assert_geq(d.rc, 0, "drain: %d", d.rc);
+	cr_assert_eq(d.fill, i, "the subscriber lost events: took %u, %u were published", d.fill, i);
+	if (d.late == 0) {
+		const shmbus_event_t *ev = NULL;
+		cr_assert_eq(shmbus_wait(slow, 5 * (int64_t)TC_SEC_NS, &ev), 1, "the waiting publisher's event is missing");
+		cr_assert_eq(tc_payload_u32(ev), 10000);
+		cr_assert_eq(shmbus_release(slow, ev), 0);
+	} else {
+		cr_assert_eq(d.late, 1);
+	}
+	expect_empty(slow, "after backpressure");
+	cr_assert_eq(shmbus_take_missed(slow), 0, "a block subscriber never misses events");
+
+	shmbus_pub_close(waiter);
+	shmbus_pub_close(patient);
+	shmbus_pub_close(now);
+	shmbus_sub_close(slow);
+	shmbus_close(bus);
+}
+
+Test(pubsub, urgent_events_overtake_under_congestion)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	/* 0..9 normal, 10..14 high, 15..16 critical, 17..19 low, 20..22 normal. */
+	static const shmbus_priority_t plan[] = {
+		2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 4, 4, 1, 1, 1, 2, 2, 2,
+	};
+	uint32_t n = sizeof plan / sizeof plan[0];
+	for (uint32_t i = 0; i < n; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "prio", plan[i], i), 0);
+	uint32_t urgent[] = {10, 11, 12, 13, 14, 15, 16};
+	for (size_t k = 0; k < sizeof urgent / sizeof urgent[0]; k++) {
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_assert_eq(tc_payload_u32(ev), urgent[k], "poll %zu: got %u (priority %d), want urgent event %u", k,
+			     tc_payload_u32(ev), shmbus_event_priority(ev), urgent[k]);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	uint32_t rest[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 18, 19, 20, 21, 22};
+	for (size_t k = 0; k < sizeof rest / sizeof rest[0]; k++) {
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_assert_eq(tc_payload_u32(ev), rest[k], "poll after urgent %zu: got %u, want %u", k, tc_payload_u32(ev),
+			     rest[k]);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	expect_empty(sub, "after priorities");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------------- large events */
+
+static uint8_t pattern_byte(uint32_t ev, size_t i)
+{
+	return (uint8_t)(tc_mix64(((uint64_t)ev << 32) ^ (i / 8)) >> ((i % 8) * 8));
+}
+
+Test(pubsub, one_mebibyte_payload)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.slots = 1024;
+	cfg.slot_size = 4096;
+	cfg.max_payload = 1u << 20;
+	cfg.max_subscribers = 4;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	size_t n = 1u << 20;
+	uint8_t *buf = malloc(n + 1);
+	cr_assert_not_null(buf);
+	for (uint32_t round = 0; round < 6; round++) {
+		for (size_t i = 0; i < n; i++)
+			buf[i] = pattern_byte(round, i);
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "big", .payload = buf, .payload_len = n};
+		if (round % 2 == 0) {
+			cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "1 MiB publish %u: %s", round, shmbus_errmsg());
+		} else {
+			shmbus_claim_t c;
+			cr_assert_eq(shmbus_reserve(pub, &m, n, &c), 0, "1 MiB reserve %u: %s", round, shmbus_errmsg());
+			memcpy(c.payload, buf, n);
+			cr_assert_eq(shmbus_commit(pub, &c, NULL), 0);
+		}
+		const shmbus_event_t *ev = poll_one(sub);
+		size_t len = 0;
+		const uint8_t *p = shmbus_event_payload(ev, &len);
+		cr_assert_eq(len, n);
+		cr_assert_eq(memcmp(p, buf, n), 0, "1 MiB payload %u corrupted", round);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "too.big", .payload = buf, .payload_len = n + 1};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), -EMSGSIZE);
+	free(buf);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, multi_slot_events_stay_contiguous_across_the_wrap)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.slots = 128; /* 32 KiB ring: wraps every few events */
+	cfg.max_payload = 3000;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	uint8_t buf[3000], want[3000];
+	uint64_t last_seq = 0;
+	for (uint32_t e = 0; e < 3000; e++) {
+		size_t len = (size_t)((e * 997u) % 3001u);
+		for (size_t i = 0; i < len; i++)
+			buf[i] = pattern_byte(e, i);
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "wrap", .payload = buf, .payload_len = len};
+		cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "publish %u (%zu bytes): %s", e, len, shmbus_errmsg());
+		/* Hold up to three events at a time so slots are reused late. */
+		if (e % 3 != 2)
+			continue;
+		for (uint32_t k = e - 2; k <= e; k++) {
+			const shmbus_event_t *ev = poll_one(sub);
+			size_t got = 0;
+			const uint8_t *p = shmbus_event_payload(ev, &got);
+			size_t want_len = (size_t)((k * 997u) % 3001u);
+			cr_assert_eq(got, want_len, "event %u length", k);
+			for (size_t i = 0; i < got; i++)
+				want[i] = pattern_byte(k, i);
+			for (size_t i = 0; i < got; i++)
+				if (p[i] != want[i])
+					cr_assert_fail("event %u (%zu bytes, seq %llu) differs at byte %zu", k, got,
+						       (unsigned long long)shmbus_event_seq(ev), i);
+			cr_assert(shmbus_event_seq(ev) > last_seq || k == 0);
+			last_seq = shmbus_event_seq(ev);
+			cr_assert_eq(shmbus_release(sub, ev), 0);
+		}
+	}
+	cr_assert_gt(last_seq, 16 * (uint64_t)cfg.slots, "the ring did not wrap many times (seq %llu)",
+		     (unsigned long long)last_seq);
+	expect_empty(sub, "after wrap");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* -------------------------------------------------- durable and groups */
+
+Test(pubsub, durable_subscription_queues_while_offline)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	shmbus_bus_t *b1 = tc_open();
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_pattern("^keep\\.", &f), 0);
+	shmbus_sub_opts_t o = {.subscriber_id = "inventory", .durable = true, .filter = f};
+	shmbus_sub_t *s1 = NULL;
+	cr_assert_eq(shmbus_subscribe(b1, &o, &s1), 0, "%s", shmbus_errmsg());
+	shmbus_filter_free(f);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "keep.first", 0, 0), 0);
+	const shmbus_event_t *ev = poll_one(s1);
+	cr_assert_eq(tc_payload_u32(ev), 0);
+	cr_assert_eq(shmbus_release(s1, ev), 0);
+	shmbus_sub_close(s1);
+
+	/* Offline (handle closed): events queue. */
+	for (uint32_t i = 1; i <= 10; i++) {
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "keep.offline", 0, i), 0);
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "drop.offline", 0, 1000 + i), 0);
+	}
+	shmbus_sub_info_t v[4];
+	cr_assert_eq(shmbus_list_subscriptions(bus, "inventory", v, 4), 1, "durable subscription gone after close");
+	cr_assert(v[0].durable);
+	cr_assert_eq(v[0].consumers, 0);
+	cr_assert_eq(v[0].queue_depth, 10, "queue_depth %llu", (unsigned long long)v[0].queue_depth);
+
+	/* Offline across a whole bus handle too. */
+	shmbus_close(b1);
+	for (uint32_t i = 11; i <= 15; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "keep.closed", 0, i), 0);
+
+	shmbus_bus_t *b2 = tc_open();
+	shmbus_sub_opts_t again = {.subscriber_id = "inventory", .durable = true};
+	shmbus_sub_t *s2 = NULL;
+	cr_assert_eq(shmbus_subscribe(b2, &again, &s2), 0, "%s", shmbus_errmsg());
+	for (uint32_t i = 1; i <= 15; i++) {
+		ev = poll_one(s2);
+		cr_assert_eq(tc_payload_u32(ev), i, "durable replay: got %u want %u", tc_payload_u32(ev), i);
+		cr_assert_not(shmbus_redelivered(s2, ev));
+		cr_assert_eq(shmbus_release(s2, ev), 0);
+	}
+	expect_empty(s2, "durable after replay");
+	/* The stored filter is kept. */
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "drop.online", 0, 99), 0);
+	expect_empty(s2, "filter kept");
+
+	/* Another policy under the same key is refused. */
+	shmbus_sub_opts_t clash = {.subscriber_id = "inventory", .durable = true, .policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *s3 = NULL;
+	cr_assert_eq(shmbus_subscribe(b2, &clash, &s3), -EEXIST);
+
+	cr_assert_eq(shmbus_unsubscribe(s2), 0);
+	cr_assert_eq(shmbus_list_subscriptions(bus, "inventory", v, 4), 0, "unsubscribe removes a durable sub");
+	shmbus_close(b2);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, group_members_share_the_events)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_bus_t *b2 = tc_open();
+	shmbus_sub_opts_t o = {.subscriber_id = "workers", .group = "workers"};
+	shmbus_sub_t *m1 = NULL, *m2 = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &m1), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_subscribe(b2, &o, &m2), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_sub_id(m1), shmbus_sub_id(m2), "group members share one subscription");
+	shmbus_sub_info_t v[4];
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 4), 1);
+	cr_assert_eq(v[0].consumers, 2);
+	cr_assert_str_eq(v[0].group, "workers");
+
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	enum { N = 200 };
+	uint8_t owner[N] = {0};
+	unsigned got1 = 0, got2 = 0, total = 0, spins = 0;
+	for (uint32_t i = 0; i < N; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "job", 0, i), 0);
+	while (total < N && spins < 10 * N) {
+		spins++;
+		shmbus_sub_t *who[2] = {m1, m2};
+		for (int w = 0; w < 2; w++) {
+			const shmbus_event_t *ev = NULL;
+			int rc = shmbus_poll(who[w], &ev);
+			cr_assert_geq(rc, 0);
+			if (rc == 0)
+				continue;
+			uint32_t i = tc_payload_u32(ev);
+			cr_assert_lt(i, N);
+			cr_assert_eq(owner[i], 0, "event %u delivered to member %d and member %d", i, owner[i], w + 1);
+			owner[i] = (uint8_t)(w + 1);
+			if (w)
+				got2++;
+			else
+				got1++;
+			total++;
+			cr_assert_eq(shmbus_release(who[w], ev), 0);
+		}
+	}
+	cr_assert_eq(total, N, "members received %u of %u", total, N);
+	cr_assert_gt(got1, 0);
+	cr_assert_gt(got2, 0);
+	expect_empty(m1, "group after all");
+	expect_empty(m2, "group after all");
+	shmbus_sub_close(m1);
+	shmbus_sub_close(m2);
+	shmbus_pub_close(pub);
+	shmbus_close(b2);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+Test(pubsub, metrics_are_consistent)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *a = tc_sub(bus, NULL);
+	shmbus_sub_t *b = tc_sub(bus, NULL);
+	shmbus_sub_t *none = tc_sub(bus, mk_names("never.published", NULL));
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	enum { N = 50 };
+	char ten[10] = "0123456789";
+	for (int i = 0; i < N; i++) {
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "metric", .payload = ten, .payload_len = 10};
+		cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	}
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, N);
+	cr_assert_eq(mt.publish_bytes, 10 * N);
+	cr_assert_eq(mt.routed, 2 * N, "routed %llu", (unsigned long long)mt.routed);
+	cr_assert_eq(mt.delivered, 0);
+	cr_assert_eq(mt.subscriptions, 3);
+	cr_assert_geq(mt.members, 1);
+	cr_assert_eq(mt.ring_slots, cfg.slots);
+	cr_assert_gt(mt.ring_used, 0, "unreleased events use ring slots");
+	cr_assert_geq(mt.next_seq, N);
+
+	cr_assert_eq(tc_drain(a, NULL, NULL), N);
+	const shmbus_event_t *held = poll_one(b);
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.delivered, N + 1, "delivered %llu", (unsigned long long)mt.delivered);
+	shmbus_sub_info_t v[4];
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, v, 4), 3);
+	const shmbus_sub_info_t *ia = find_info(v, 3, shmbus_sub_id(a)), *ib = find_info(v, 3, shmbus_sub_id(b)),
+				*in = find_info(v, 3, shmbus_sub_id(none));
+	cr_assert(ia && ib && in);
+	cr_assert_eq(ia->routed, N);
+	cr_assert_eq(ia->delivered, N);
+	cr_assert_eq(ia->queue_depth, 0);
+	cr_assert_eq(ia->held, 0);
+	cr_assert_eq(ib->delivered, 1);
+	cr_assert_eq(ib->held, 1);
+	cr_assert_eq(ib->queue_depth, N - 1, "queue_depth %llu", (unsigned long long)ib->queue_depth);
+	cr_assert_eq(in->routed, 0);
+	cr_assert_eq(in->delivered, 0);
+	cr_assert_eq(shmbus_release(b, held), 0);
+	cr_assert_eq(tc_drain(b, NULL, NULL), N - 1);
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.delivered, 2 * N);
+	cr_assert_eq(mt.ring_used, 0, "every event released, ring_used %llu", (unsigned long long)mt.ring_used);
+	cr_assert_eq(mt.lagged, 0);
+	cr_assert_eq(mt.block_timeouts, 0);
+
+	shmbus_pub_close(pub);
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, N, "closing a publisher must not lose its counts");
+	shmbus_sub_close(a);
+	shmbus_sub_close(b);
+	shmbus_sub_close(none);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------ wait modes */
+
+struct late_pub {
+	unsigned delay_ms;
+	uint32_t value;
+	int rc;
+};
+
+static void *publish_later_thread(void *arg)
+{
+	struct late_pub *lp = arg;
+	tc_sleep_ms(lp->delay_ms);
+	shmbus_bus_t *bus = NULL;
+	lp->rc = shmbus_open(tc_bus, NULL, &bus);
+	if (lp->rc < 0)
+		return NULL;
+	shmbus_pub_t *pub = NULL;
+	lp->rc = shmbus_pub_open(bus, NULL, &pub);
+	if (lp->rc == 0)
+		lp->rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "late", 0, lp->value);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return NULL;
+}
+
+static int publish_later_child(void *arg)
+{
+	struct late_pub *lp = arg;
+	publish_later_thread(lp);
+	if (lp->rc != 0)
+		return CHILD_FAIL("publish from child: %d", lp->rc);
+	return 0;
+}
+
+static void check_wait_mode(shmbus_wait_t mode)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.wait = mode, .spin_ns = 20000};
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+
+	/* Nothing published: times out with 0. */
+	const shmbus_event_t *ev = NULL;
+	uint64_t t0 = tc_now_ns();
+	int rc = shmbus_wait(sub, 50 * (int64_t)TC_MS_NS, &ev);
+	uint64_t took = tc_now_ns() - t0;
+	cr_assert_eq(rc, 0, "wait with nothing published = %d", rc);
+	cr_assert_geq(took, 45 * TC_MS_NS, "returned after %llu ns, before the timeout", (unsigned long long)took);
+	cr_assert_eq(shmbus_wait(sub, 0, &ev), 0, "zero timeout, nothing published");
+
+	/* Another thread publishes while we wait. */
+	struct late_pub lp = {.delay_ms = 100, .value = 1};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, publish_later_thread, &lp), 0);
+	rc = shmbus_wait(sub, 10 * (int64_t)TC_SEC_NS, &ev);
+	pthread_join(th, NULL);
+	cr_assert_eq(lp.rc, 0, "thread publish: %d", lp.rc);
+	cr_assert_eq(rc, 1, "wait for a thread's event = %d", rc);
+	cr_assert_eq(tc_payload_u32(ev), 1);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	/* Another process publishes while we wait forever. */
+	struct late_pub cp = {.delay_ms = 100, .value = 2};
+	pid_t pid = tc_fork(publish_later_child, &cp);
+	rc = shmbus_wait(sub, -1, &ev);
+	int st = 0;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0, "publisher child hung");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "publisher child %s", tc_status_str(st));
+	cr_assert_eq(rc, 1, "wait for another process's event = %d", rc);
+	cr_assert_eq(tc_payload_u32(ev), 2);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, wait_spin) { check_wait_mode(SHMBUS_WAIT_SPIN); }
+Test(pubsub, wait_block) { check_wait_mode(SHMBUS_WAIT_BLOCK); }
+Test(pubsub, wait_adaptive) { check_wait_mode(SHMBUS_WAIT_ADAPTIVE); }
+
+/* ------------------------------------------------------- invariants 1, 2 */
+
+Test(pubsub, fan_out_reads_one_copy_in_place)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *a = tc_sub(bus, NULL), *b = tc_sub(bus, NULL), *c = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "fan.out"};
+	shmbus_claim_t claim;
+	cr_assert_eq(shmbus_reserve(pub, &m, 512, &claim), 0);
+	memset(claim.payload, 0x5A, 512);
+	void *written = claim.payload;
+	cr_assert_eq(shmbus_commit(pub, &claim, NULL), 0);
+	const shmbus_event_t *ea = poll_one(a), *eb = poll_one(b), *ec = poll_one(c);
+	size_t la, lb, lc;
+	const void *pa = shmbus_event_payload(ea, &la), *pb = shmbus_event_payload(eb, &lb),
+		   *pc = shmbus_event_payload(ec, &lc);
+	cr_assert(pa == written && pb == written && pc == written,
+		  "subscribers must read the bytes where the publisher wrote them (%p; got %p %p %p)", written, pa, pb, pc);
+	cr_assert_eq(shmbus_event_name(ea), shmbus_event_name(eb), "event header copied per subscriber");
+	cr_assert_eq(shmbus_release(a, ea), 0);
+	cr_assert_eq(shmbus_release(b, eb), 0);
+	cr_assert_eq(shmbus_release(c, ec), 0);
+
+	/* A copying publish is written once too. */
+	char data[300];
+	memset(data, 7, sizeof data);
+	m.payload = data;
+	m.payload_len = sizeof data;
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	ea = poll_one(a);
+	eb = poll_one(b);
+	pa = shmbus_event_payload(ea, &la);
+	pb = shmbus_event_payload(eb, &lb);
+	cr_assert_eq(pa, pb, "two subscribers got two copies of one event");
+	cr_assert_neq(pa, (const void *)data, "the payload must live in the bus, not the caller's buffer");
+	cr_assert_eq(shmbus_release(a, ea), 0);
+	cr_assert_eq(shmbus_release(b, eb), 0);
+	cr_assert_eq(tc_drain(c, NULL, NULL), 1);
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(a);
+	shmbus_sub_close(b);
+	shmbus_sub_close(c);
+	shmbus_close(bus);
+}
+
+Test(pubsub, idle_subscriptions_never_hold_publishers_back)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.stall_timeout_ns = 120 * TC_SEC_NS; /* no demotion: they must simply not matter */
+	shmbus_bus_t *bus = tc_create(&cfg);
+	/* Block subscriptions that never poll: one matching nothing, one paused. */
+	shmbus_sub_t *nothing = tc_sub(bus, mk_names("never.published", NULL));
+	shmbus_sub_t *paused = tc_sub(bus, NULL);
+	shmbus_sub_t *types = tc_sub(bus, mk_types(SHMBUS_TYPE_BIT(SHMBUS_ERROR)));
+	cr_assert_eq(shmbus_pause(bus, shmbus_sub_id(paused)), 0);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+	for (uint32_t i = 0; i < 10 * cfg.slots; i++) {
+		int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "busy", 0, i);
+		cr_assert_eq(rc, 0, "publish %u held back by an idle subscription: %d (%s)", i, rc, shmbus_errmsg());
+	}
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.routed, 0, "routed %llu events to subscriptions that match none",
+		     (unsigned long long)mt.routed);
+	cr_assert_eq(mt.block_waits, 0);
+	expect_empty(nothing, "filter matching nothing");
+	expect_empty(paused, "paused");
+	expect_empty(types, "error-only filter");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(nothing);
+	shmbus_sub_close(paused);
+	shmbus_sub_close(types);
+	shmbus_close(bus);
+}
+
+Test(pubsub, urgent_events_admitted_when_the_ring_is_congested)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.stall_timeout_ns = 120 * TC_SEC_NS;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *slow = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+	uint32_t normal = 0, urgent = 0;
+	while (normal <= cfg.slots && tc_publish_u32(pub, SHMBUS_NOTIFICATION, "bulk", SHMBUS_PRIORITY_NORMAL, normal) == 0)
+		normal++;
+	cr_assert_lt(normal, cfg.slots, "normal events filled the whole ring (%u): nothing left for urgent ones", normal);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "bulk", SHMBUS_PRIORITY_LOW, 0), -EAGAIN);
+	while (urgent <= cfg.slots &&
+	       tc_publish_u32(pub, SHMBUS_NOTIFICATION, "alarm", urgent % 2 ? SHMBUS_PRIORITY_HIGH : SHMBUS_PRIORITY_CRITICAL,
+			      10000 + urgent) == 0)
+		urgent++;
+	cr_assert_gt(urgent, 0, "no high/critical event admitted once normal ones were refused");
+	cr_log_info("congested ring: %u normal, then %u urgent events admitted", normal, urgent);
+	/* And they are delivered first. */
+	for (uint32_t k = 0; k < urgent; k++) {
+		const shmbus_event_t *ev = poll_one(slow);
+		cr_assert_eq(tc_payload_u32(ev), 10000 + k, "urgent event %u not first", k);
+		cr_assert_eq(shmbus_release(slow, ev), 0);
+	}
+	cr_assert_eq(tc_drain(slow, NULL, NULL), (int)normal);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(slow);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------- waking and signals */
+
+struct waiter {
+	shmbus_sub_t *sub;
+	int rc;
+	int done;
+};
+
+static void *wait_forever(void *arg)
+{
+	struct waiter *w = arg;
+	const shmbus_event_t *ev = NULL;
+	w->rc = shmbus_wait(w->sub, -1, &ev);
+	__atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static bool join_within(pthread_t th, struct waiter *w, unsigned ms)
+{
+	uint64_t deadline = tc_now_ns() + (uint64_t)ms * TC_MS_NS;
+	while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && tc_now_ns() < deadline)
+		tc_sleep_ms(5);
+	if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+		return false;
+	pthread_join(th, NULL);
+	return true;
+}
+
+Test(pubsub, unsubscribe_by_id_wakes_a_waiter)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.wait = SHMBUS_WAIT_BLOCK};
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	struct waiter w = {.sub = sub};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, wait_forever, &w), 0);
+	tc_sleep_ms(100);
+	shmbus_bus_t *other = tc_open();
+	cr_assert_eq(shmbus_unsubscribe_id(other, shmbus_sub_id(sub)), 0);
+	bool woke = join_within(th, &w, 10000);
+	if (!woke) {
+		/* Unstick the thread before failing so the test can end. */
+		shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+		tc_publish_u32(pub, SHMBUS_NOTIFICATION, "unstick", 0, 0);
+		pthread_detach(th);
+		cr_assert_fail("shmbus_wait(-1) still asleep 10 s after its subscription was removed");
+	}
+	cr_assert_eq(w.rc, -ESHUTDOWN, "wait on a removed subscription returned %d", w.rc);
+	shmbus_sub_close(sub);
+	shmbus_close(other);
+	shmbus_close(bus);
+}
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+Test(pubsub, a_signal_interrupts_a_blocking_wait)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.wait = SHMBUS_WAIT_BLOCK};
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	struct sigaction sa = {.sa_handler = on_usr1}; /* no SA_RESTART */
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+	struct waiter w = {.sub = sub};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, wait_forever, &w), 0);
+	tc_sleep_ms(150);
+	cr_assert_eq(pthread_kill(th, SIGUSR1), 0);
+	bool woke = join_within(th, &w, 5000);
+	if (!woke) {
+		shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+		tc_publish_u32(pub, SHMBUS_NOTIFICATION, "unstick", 0, 0);
+		pthread_detach(th);
+		cr_assert_fail("shmbus_wait(-1) was not interrupted by a signal");
+	}
+	cr_assert_eq(w.rc, -EINTR, "interrupted wait returned %d", w.rc);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, segment_mode_is_configurable)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.mode = 0640;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	char path[128];
+	snprintf(path, sizeof path, "/dev/shm/shmbus.%s", tc_bus);
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_eq(st.st_mode & 0777, 0640, "segment mode %o, want 640", st.st_mode & 0777);
+	shmbus_config_t got;
+	shmbus_bus_config(bus, &got);
+	cr_assert_eq(got.mode, 0640);
+	shmbus_close(bus);
+}

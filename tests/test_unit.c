@@ -1,0 +1,645 @@
+/*
+ * test_unit.c - layout and encoding: ids, names, enums, event validation and
+ * argument checking of create, publish and filters.
+ */
+#include "common.h"
+#include "event_format.h"
+
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+TestSuite(unit, .init = tc_init, .fini = tc_fini, .timeout = 60);
+
+static void fill(char *buf, size_t n, char c)
+{
+	memset(buf, c, n);
+	buf[n] = '\0';
+}
+
+/* ------------------------------------------------------------------ ids */
+
+Test(unit, uuid_format_parse_round_trip)
+{
+	for (unsigned k = 0; k < 64; k++) {
+		shmbus_uuid_t id, back;
+		for (unsigned i = 0; i < 16; i++)
+			id.bytes[i] = (uint8_t)tc_mix64(k * 16 + i);
+		char text[SHMBUS_UUID_STR];
+		shmbus_uuid_format(&id, text);
+		cr_assert_eq(strlen(text), 36, "uuid text length %zu: %s", strlen(text), text);
+		char expect[SHMBUS_UUID_STR];
+		const uint8_t *b = id.bytes;
+		snprintf(expect, sizeof expect,
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+			 b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+		cr_assert_str_eq(text, expect);
+		cr_assert_eq(shmbus_uuid_parse(text, &back), 0, "parse %s: %s", text, shmbus_errmsg());
+		cr_assert_arr_eq(back.bytes, id.bytes, 16);
+
+		/* Either case is accepted. */
+		char upper[SHMBUS_UUID_STR];
+		for (unsigned i = 0; i < SHMBUS_UUID_STR; i++)
+			upper[i] = (text[i] >= 'a' && text[i] <= 'f') ? (char)(text[i] - 32) : text[i];
+		memset(&back, 0, sizeof back);
+		cr_assert_eq(shmbus_uuid_parse(upper, &back), 0, "parse %s", upper);
+		cr_assert_arr_eq(back.bytes, id.bytes, 16);
+	}
+}
+
+Test(unit, uuid_parse_rejects_bad_text)
+{
+	static const char *bad[] = {
+		"",
+		"0",
+		"0123456789abcdef0123456789abcdef",	  /* no dashes */
+		"01234567-89ab-cdef-0123-456789abcde",	  /* 35 chars */
+		"01234567-89ab-cdef-0123-456789abcdef0",  /* 37 chars */
+		"01234567-89ab-cdef-0123-456789abcdeg",	  /* bad hex */
+		"01234567+89ab-cdef-0123-456789abcdef",	  /* bad separator */
+		"0123456-789ab-cdef-0123-456789abcdef",	  /* dash misplaced */
+		"01234567-89ab-cdef-0123-456789abcd f",	  /* space */
+		" 01234567-89ab-cdef-0123-456789abcdef",  /* leading space */
+		"{01234567-89ab-cdef-0123-456789abcdef}", /* braces */
+		"01234567-89ab-cdef-0123-456789abcdeF\n",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		shmbus_uuid_t out;
+		cr_expect_eq(shmbus_uuid_parse(bad[i], &out), -EINVAL, "parse(\"%s\") should be -EINVAL", bad[i]);
+	}
+	shmbus_uuid_t nil = {{0}}, one = {{0}};
+	one.bytes[15] = 1;
+	cr_assert(shmbus_uuid_is_nil(&nil));
+	cr_assert_not(shmbus_uuid_is_nil(&one));
+}
+
+Test(unit, uuid_seq_matches_event_seq)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_uuid_t ids[20];
+	char payload[700] = {0};
+	for (unsigned i = 0; i < 20; i++) {
+		/* Sizes that span one to four slots so sequences are not consecutive. */
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "seq.check", .payload = payload,
+				  .payload_len = (i * 97) % sizeof payload};
+		cr_assert_eq(shmbus_publish(pub, &m, &ids[i]), 0, "publish %u: %s", i, shmbus_errmsg());
+	}
+	uint64_t last = 0;
+	for (unsigned i = 0; i < 20; i++) {
+		const shmbus_event_t *ev = NULL;
+		cr_assert_eq(shmbus_poll(sub, &ev), 1, "poll %u", i);
+		cr_assert_arr_eq(shmbus_event_id(ev)->bytes, ids[i].bytes, 16, "event %u id", i);
+		cr_assert_eq(shmbus_uuid_seq(&ids[i]), shmbus_event_seq(ev), "uuid_seq %llu != event_seq %llu",
+			     (unsigned long long)shmbus_uuid_seq(&ids[i]), (unsigned long long)shmbus_event_seq(ev));
+		/* UUIDv7: version nibble 7, RFC 4122 variant. */
+		cr_assert_eq(ids[i].bytes[6] >> 4, 7, "uuid version %d", ids[i].bytes[6] >> 4);
+		cr_assert_eq(ids[i].bytes[8] & 0xC0, 0x80, "uuid variant 0x%02x", ids[i].bytes[8]);
+		if (i > 0)
+			cr_assert_gt(shmbus_event_seq(ev), last, "sequence must increase");
+		last = shmbus_event_seq(ev);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------------------- enums */
+
+Test(unit, type_and_priority_names_round_trip)
+{
+	static const char *types[] = {NULL, "command", "notification", "query", "response", "error"};
+	for (int t = SHMBUS_COMMAND; t <= SHMBUS_ERROR; t++) {
+		const char *n = shmbus_type_name((shmbus_type_t)t);
+		cr_assert_not_null(n);
+		cr_assert_str_eq(n, types[t]);
+		cr_assert_eq(shmbus_type_parse(n), t, "type_parse(%s)", n);
+	}
+	static const char *prios[] = {NULL, "low", "normal", "high", "critical"};
+	for (int p = SHMBUS_PRIORITY_LOW; p <= SHMBUS_PRIORITY_CRITICAL; p++) {
+		const char *n = shmbus_priority_name((shmbus_priority_t)p);
+		cr_assert_not_null(n);
+		cr_assert_str_eq(n, prios[p]);
+		cr_assert_eq(shmbus_priority_parse(n), p, "priority_parse(%s)", n);
+	}
+	static const char *bad[] = {"", "bogus", "commandx", "notif", " query", "urgent", "5"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		cr_expect_eq(shmbus_type_parse(bad[i]), -EINVAL, "type_parse(\"%s\")", bad[i]);
+		cr_expect_eq(shmbus_priority_parse(bad[i]), -EINVAL, "priority_parse(\"%s\")", bad[i]);
+	}
+	for (int s = SHMBUS_STATUS_CREATED; s <= SHMBUS_STATUS_RETRYING; s++)
+		cr_assert_not_null(shmbus_status_name((shmbus_status_t)s));
+	cr_assert_not_null(shmbus_content_name(SHMBUS_CONTENT_JSON));
+	cr_assert_str_eq(shmbus_content_name(SHMBUS_CONTENT_JSON), "application/json");
+}
+
+Test(unit, bus_name_check)
+{
+	char n64[SHMBUS_NAME_MAX + 1], n65[SHMBUS_NAME_MAX + 2];
+	fill(n64, 64, 'a');
+	fill(n65, 65, 'b');
+	cr_assert_eq(shmbus_name_check("a"), 0);
+	cr_assert_eq(shmbus_name_check("Az09._-"), 0);
+	cr_assert_eq(shmbus_name_check(n64), 0, "64 chars is the limit");
+	cr_assert_eq(shmbus_name_check(n65), -ENAMETOOLONG);
+	cr_assert_eq(shmbus_name_check(""), -EINVAL);
+	static const char *bad[] = {"a/b", "a b", "a*", "bus\n", "caf\xc3\xa9", "x:y", "/abs", "a\\b"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		cr_expect_eq(shmbus_name_check(bad[i]), -EINVAL, "name_check(\"%s\")", bad[i]);
+}
+
+/* ------------------------------------------------------ event validation */
+
+/* Bytes of an event read in place: strings start SEG_EVENT_FIXED bytes
+ * after the event (invariant 1: subscribers read the bytes where they lie). */
+static const struct seg_event *raw_event(const shmbus_event_t *ev)
+{
+	const struct seg_event *se = (const void *)(shmbus_event_name(ev) - SEG_EVENT_FIXED);
+	cr_assert_eq(se->seq, shmbus_event_seq(ev), "event bytes not found in place before the name");
+	cr_assert_arr_eq(se->id, shmbus_event_id(ev)->bytes, 16);
+	cr_assert_geq(se->size, SEG_EVENT_FIXED);
+	return se;
+}
+
+struct captured {
+	uint64_t *buf; /* 8-byte aligned copy */
+	size_t len;
+};
+
+static struct captured capture_event(void)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "unit-src", 0);
+	shmbus_meta_t meta[] = {{"k1", "v1"}, {"trace", "abc-123"}};
+	const char payload[] = "{\"hello\":\"world\",\"n\":42}";
+	shmbus_msg_t m = {
+		.type = SHMBUS_QUERY,
+		.name = "unit.event",
+		.target = "unit-dst",
+		.priority = SHMBUS_PRIORITY_HIGH,
+		.conversation_id = "conv",
+		.user_id = "user",
+		.intent = "intent",
+		.decision_id = "dec",
+		.has_confidence = true,
+		.confidence = 0.5f,
+		.metadata = meta,
+		.metadata_count = 2,
+		.content_type = SHMBUS_CONTENT_JSON,
+		.payload = payload,
+		.payload_len = sizeof payload - 1,
+	};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev = NULL;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	const struct seg_event *se = raw_event(ev);
+	struct captured c = {.len = se->size};
+	c.buf = calloc(1, (c.len + 7) / 8 * 8 + 64);
+	cr_assert_not_null(c.buf);
+	memcpy(c.buf, se, c.len);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return c;
+}
+
+Test(unit, event_check_accepts_received_bytes)
+{
+	struct captured c = capture_event();
+	int rc = shmbus_event_check(c.buf, c.len);
+	cr_assert_eq(rc, 0, "valid event rejected: %s", shmbus_errmsg());
+	const char *why = NULL;
+	cr_assert_eq(seg_event_check((const struct seg_event *)c.buf, c.len, &why), 0, "seg_event_check: %s",
+		     why ? why : "?");
+	/* More room than the event needs is fine too. */
+	cr_assert_eq(shmbus_event_check(c.buf, c.len + 32), 0, "%s", shmbus_errmsg());
+	free(c.buf);
+}
+
+typedef void (*mutator_fn)(struct seg_event *e, size_t *len);
+
+static void m_trunc_one(struct seg_event *e, size_t *len) { (void)e; *len -= 1; }
+static void m_trunc_half(struct seg_event *e, size_t *len) { (void)e; *len /= 2; }
+static void m_trunc_header(struct seg_event *e, size_t *len) { (void)e; *len = SEG_EVENT_FIXED - 1; }
+static void m_trunc_zero(struct seg_event *e, size_t *len) { (void)e; *len = 0; }
+static void m_size_big(struct seg_event *e, size_t *len) { e->size = (uint32_t)*len + 8; }
+static void m_size_small(struct seg_event *e, size_t *len) { (void)len; e->size = SEG_EVENT_FIXED - 8; }
+static void m_size_huge(struct seg_event *e, size_t *len) { (void)len; e->size = 0xFFFFFFF0u; }
+static void m_format(struct seg_event *e, size_t *len) { (void)len; e->format = SEG_EVENT_FORMAT + 1; }
+static void m_type0(struct seg_event *e, size_t *len) { (void)len; e->type = 0; }
+static void m_type6(struct seg_event *e, size_t *len) { (void)len; e->type = 6; }
+static void m_prio0(struct seg_event *e, size_t *len) { (void)len; e->priority = 0; }
+static void m_prio5(struct seg_event *e, size_t *len) { (void)len; e->priority = 5; }
+static void m_content(struct seg_event *e, size_t *len) { (void)len; e->content_type = 200; }
+static void m_status(struct seg_event *e, size_t *len) { (void)len; e->status = 200; }
+static void m_name_len_long(struct seg_event *e, size_t *len) { (void)len; e->len[SEG_STR_NAME] = 200; }
+static void m_name_len_short(struct seg_event *e, size_t *len) { (void)len; e->len[SEG_STR_NAME] -= 1; }
+static void m_name_empty(struct seg_event *e, size_t *len) { (void)len; e->len[SEG_STR_NAME] = 0; }
+static void m_name_no_nul(struct seg_event *e, size_t *len)
+{
+	(void)len;
+	e->strings[e->len[SEG_STR_NAME]] = 'X';
+}
+static void m_strings_len(struct seg_event *e, size_t *len) { (void)len; e->strings_len = 0xFFFF; }
+static void m_strings_len_zero(struct seg_event *e, size_t *len) { (void)len; e->strings_len = 0; }
+static void m_meta_17(struct seg_event *e, size_t *len) { (void)len; e->meta_count = 17; }
+static void m_payload_off_odd(struct seg_event *e, size_t *len) { (void)len; e->payload_off += 4; }
+static void m_payload_off_out(struct seg_event *e, size_t *len) { e->payload_off = (uint32_t)*len + 64; }
+static void m_payload_off_low(struct seg_event *e, size_t *len) { (void)len; e->payload_off = 8; }
+static void m_payload_len(struct seg_event *e, size_t *len) { e->payload_len = (uint32_t)*len; }
+static void m_payload_len_wrap(struct seg_event *e, size_t *len) { (void)len; e->payload_len = 0xFFFFFFF8u; }
+
+Test(unit, event_check_rejects_mutations)
+{
+	struct captured c = capture_event();
+	static const struct {
+		const char *what;
+		mutator_fn fn;
+	} cases[] = {
+		{"truncated by one byte", m_trunc_one},
+		{"truncated to half", m_trunc_half},
+		{"truncated inside the header", m_trunc_header},
+		{"zero length", m_trunc_zero},
+		{"size beyond the buffer", m_size_big},
+		{"size below the header", m_size_small},
+		{"size huge", m_size_huge},
+		{"unknown format", m_format},
+		{"type 0", m_type0},
+		{"type 6", m_type6},
+		{"priority 0", m_prio0},
+		{"priority 5", m_prio5},
+		{"content type 200", m_content},
+		{"status 200", m_status},
+		{"name length 200", m_name_len_long},
+		{"name length one short", m_name_len_short},
+		{"empty name", m_name_empty},
+		{"name not NUL-terminated", m_name_no_nul},
+		{"strings_len huge", m_strings_len},
+		{"strings_len zero", m_strings_len_zero},
+		{"17 metadata pairs", m_meta_17},
+		{"payload_off misaligned", m_payload_off_odd},
+		{"payload_off beyond the event", m_payload_off_out},
+		{"payload_off inside the header", m_payload_off_low},
+		{"payload_len beyond the event", m_payload_len},
+		{"payload_len wraps", m_payload_len_wrap},
+	};
+	size_t bufsz = (c.len + 7) / 8 * 8 + 64;
+	uint64_t *copy = malloc(bufsz);
+	cr_assert_not_null(copy);
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		memcpy(copy, c.buf, bufsz);
+		size_t len = c.len;
+		cases[i].fn((struct seg_event *)copy, &len);
+		/* Whatever lies past len must not be read: poison it. */
+		memset((char *)copy + len, 0xA5, bufsz - len);
+		cr_expect_eq(shmbus_event_check(copy, len), -EBADMSG, "%s: shmbus_event_check accepted it", cases[i].what);
+		const char *why = NULL;
+		int rc = seg_event_check((const struct seg_event *)copy, len, &why);
+		cr_expect_eq(rc, -EBADMSG, "%s: seg_event_check accepted it", cases[i].what);
+		if (rc == -EBADMSG && why == NULL)
+			cr_expect_fail("%s: seg_event_check gave no reason", cases[i].what);
+	}
+	free(copy);
+	free(c.buf);
+}
+
+Test(unit, event_check_survives_random_corruption)
+{
+	struct captured c = capture_event();
+	size_t bufsz = (c.len + 7) / 8 * 8 + 64;
+	uint64_t *copy = malloc(bufsz);
+	cr_assert_not_null(copy);
+	uint64_t seed = 12345;
+	unsigned accepted = 0;
+	for (unsigned iter = 0; iter < 20000; iter++) {
+		memcpy(copy, c.buf, bufsz);
+		unsigned flips = 1 + (unsigned)(tc_mix64(seed++) % 4);
+		for (unsigned f = 0; f < flips; f++) {
+			size_t off = (size_t)(tc_mix64(seed++) % c.len);
+			((uint8_t *)copy)[off] ^= (uint8_t)(1 + tc_mix64(seed++) % 255);
+		}
+		size_t len = (tc_mix64(seed++) % 8 == 0) ? (size_t)(tc_mix64(seed++) % (c.len + 1)) : c.len;
+		int rc = shmbus_event_check(copy, len);
+		cr_assert(rc == 0 || rc == -EBADMSG, "iteration %u: unexpected %d", iter, rc);
+		if (rc == 0) {
+			accepted++;
+			/* An accepted event is internally consistent. */
+			const struct seg_event *e = (const void *)copy;
+			cr_assert_leq(e->size, len);
+			cr_assert_leq((uint64_t)e->payload_off + e->payload_len, e->size);
+			cr_assert(e->type >= 1 && e->type <= 5);
+		}
+	}
+	/* Pure garbage of every length. */
+	uint8_t garbage[1024];
+	for (unsigned iter = 0; iter < 5000; iter++) {
+		for (size_t i = 0; i < sizeof garbage; i += 8) {
+			uint64_t r = tc_mix64(seed++);
+			memcpy(garbage + i, &r, 8);
+		}
+		size_t len = (size_t)(tc_mix64(seed++) % sizeof garbage);
+		int rc = shmbus_event_check(garbage, len);
+		cr_assert(rc == 0 || rc == -EBADMSG, "garbage %u: unexpected %d", iter, rc);
+	}
+	cr_log_info("random corruption: %u of 20000 mutated events still valid", accepted);
+	free(copy);
+	free(c.buf);
+}
+
+/* ------------------------------------------------------- create config */
+
+static void expect_create_fails(const shmbus_config_t *cfg, int want, const char *what)
+{
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_create(tc_bus, cfg, NULL, &bus);
+	if (rc == 0)
+		shmbus_close(bus);
+	cr_expect_eq(rc, want, "%s: shmbus_create = %d, want %d", what, rc, want);
+	if (rc != 0) {
+		shmbus_bus_t *b = NULL;
+		int orc = shmbus_open(tc_bus, NULL, &b);
+		cr_expect_eq(orc, -ENOENT, "%s: failed create left a bus behind (open = %d)", what, orc);
+		if (orc == 0)
+			shmbus_close(b);
+	}
+	shmbus_unlink(tc_bus);
+}
+
+Test(unit, create_rejects_bad_config)
+{
+	shmbus_config_t c;
+	c = tc_small_cfg(); c.slots = 100;
+	expect_create_fails(&c, -EINVAL, "slots 100 (not a power of two)");
+	c = tc_small_cfg(); c.slots = 3;
+	expect_create_fails(&c, -EINVAL, "slots 3");
+	c = tc_small_cfg(); c.slot_size = 128;
+	expect_create_fails(&c, -EINVAL, "slot_size 128 (< 256)");
+	c = tc_small_cfg(); c.slot_size = 384;
+	expect_create_fails(&c, -EINVAL, "slot_size 384 (not a power of two)");
+	c = tc_small_cfg(); c.slots = 64; c.slot_size = 256; c.max_payload = 1u << 20;
+	expect_create_fails(&c, -EINVAL, "max_payload 1 MiB on a 16 KiB ring");
+	c = tc_small_cfg(); c.max_payload = 64 * 256;
+	c.slots = 64;
+	expect_create_fails(&c, -EINVAL, "max_payload equal to the whole ring");
+	c = tc_small_cfg(); c.max_subscribers = 257;
+	expect_create_fails(&c, -EINVAL, "max_subscribers 257");
+	c = tc_small_cfg(); c.max_members = 256;
+	expect_create_fails(&c, -EINVAL, "max_members 256");
+
+	shmbus_bus_t *bus = NULL;
+	char n65[SHMBUS_NAME_MAX + 2];
+	fill(n65, 65, 'n');
+	cr_expect_eq(shmbus_create(n65, NULL, NULL, &bus), -ENAMETOOLONG);
+	cr_expect_eq(shmbus_create("", NULL, NULL, &bus), -EINVAL);
+	cr_expect_eq(shmbus_create("bad/name", NULL, NULL, &bus), -EINVAL);
+}
+
+Test(unit, create_defaults_and_limits)
+{
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_create(tc_bus, NULL, NULL, &bus);
+	cr_assert_eq(rc, 0, "create with NULL config: %d %s", rc, shmbus_errmsg());
+	shmbus_config_t got;
+	shmbus_bus_config(bus, &got);
+	cr_expect_eq(got.slots, 4096);
+	cr_expect_eq(got.slot_size, 256);
+	cr_expect_eq(got.max_payload, 65536);
+	cr_expect_eq(got.max_subscribers, 64);
+	cr_expect_eq(got.max_members, 64);
+	cr_expect_eq(got.mode, 0600, "mode %o", got.mode);
+	cr_expect_eq(got.block_timeout_ns, TC_SEC_NS);
+	cr_expect_eq(got.stall_timeout_ns, 5 * TC_SEC_NS);
+	cr_expect_eq(got.reclaim_timeout_ns, TC_SEC_NS);
+	cr_expect_str_eq(shmbus_bus_name(bus), tc_bus);
+	char path[128];
+	snprintf(path, sizeof path, "/dev/shm/shmbus.%s", tc_bus);
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0, "segment %s missing", path);
+	cr_expect_eq(st.st_mode & 0777, 0600, "segment mode %o", st.st_mode & 0777);
+	shmbus_close(bus);
+
+	/* The largest values accepted. */
+	shmbus_unlink(tc_bus);
+	shmbus_config_t c = tc_small_cfg();
+	c.max_subscribers = 256;
+	c.max_members = 255;
+	rc = shmbus_create(tc_bus, &c, NULL, &bus);
+	cr_assert_eq(rc, 0, "max_subscribers 256, max_members 255: %d %s", rc, shmbus_errmsg());
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------- publish validation */
+
+Test(unit, publish_rejects_bad_messages)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.max_payload = 1024;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+
+	char s63[64], s64[65], k32[33], v256[257];
+	fill(s63, 63, 'x');
+	fill(s64, 64, 'y');
+	fill(k32, 32, 'k');
+	fill(v256, 256, 'v');
+	static char payload[1025];
+	shmbus_meta_t meta17[17];
+	for (int i = 0; i < 17; i++)
+		meta17[i] = (shmbus_meta_t){"key", "value"};
+	shmbus_meta_t meta_long_key[] = {{k32, "v"}};
+	shmbus_meta_t meta_long_value[] = {{"k", v256}};
+
+	const shmbus_msg_t base = {.type = SHMBUS_NOTIFICATION, .name = "ok"};
+	struct {
+		const char *what;
+		shmbus_msg_t m;
+		int want;
+	} cases[] = {
+		{"missing name", base, -EINVAL},
+		{"empty name", base, -EINVAL},
+		{"type 0", base, -EINVAL},
+		{"type 6", base, -EINVAL},
+		{"priority 5", base, -EINVAL},
+		{"64-char name", base, -ENAMETOOLONG},
+		{"64-char source", base, -ENAMETOOLONG},
+		{"64-char target", base, -ENAMETOOLONG},
+		{"64-char conversation id", base, -ENAMETOOLONG},
+		{"64-char user id", base, -ENAMETOOLONG},
+		{"64-char decision id", base, -ENAMETOOLONG},
+		{"payload max_payload + 1", base, -EMSGSIZE},
+		{"17 metadata pairs", base, -EMSGSIZE},
+		{"32-char metadata key", base, -EMSGSIZE},
+		{"256-char metadata value", base, -EMSGSIZE},
+	};
+	cases[0].m.name = NULL;
+	cases[1].m.name = "";
+	cases[2].m.type = (shmbus_type_t)0;
+	cases[3].m.type = (shmbus_type_t)6;
+	cases[4].m.priority = (shmbus_priority_t)5;
+	cases[5].m.name = s64;
+	cases[6].m.source = s64;
+	cases[7].m.target = s64;
+	cases[8].m.conversation_id = s64;
+	cases[9].m.user_id = s64;
+	cases[10].m.decision_id = s64;
+	cases[11].m.payload = payload;
+	cases[11].m.payload_len = 1025;
+	cases[12].m.metadata = meta17;
+	cases[12].m.metadata_count = 17;
+	cases[13].m.metadata = meta_long_key;
+	cases[13].m.metadata_count = 1;
+	cases[14].m.metadata = meta_long_value;
+	cases[14].m.metadata_count = 1;
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int rc = shmbus_publish(pub, &cases[i].m, NULL);
+		cr_expect_eq(rc, cases[i].want, "publish %s: got %d, want %d", cases[i].what, rc, cases[i].want);
+		shmbus_claim_t claim;
+		rc = shmbus_reserve(pub, &cases[i].m, cases[i].m.payload_len, &claim);
+		if (rc == 0)
+			shmbus_abort(pub, &claim);
+		cr_expect_eq(rc, cases[i].want, "reserve %s: got %d, want %d", cases[i].what, rc, cases[i].want);
+	}
+
+	/* The limits themselves are accepted. */
+	shmbus_meta_t meta16[16];
+	for (int i = 0; i < 16; i++)
+		meta16[i] = (shmbus_meta_t){k32 + 1, v256 + 1};
+	shmbus_msg_t edge = {
+		.type = SHMBUS_COMMAND,
+		.name = s63,
+		.source = s63,
+		.target = s63,
+		.priority = SHMBUS_PRIORITY_CRITICAL,
+		.conversation_id = s63,
+		.user_id = s63,
+		.intent = s63,
+		.decision_id = s63,
+		.metadata = meta16,
+		.metadata_count = 16,
+		.payload = payload,
+		.payload_len = 1024,
+	};
+	int rc = shmbus_publish(pub, &edge, NULL);
+	cr_assert_eq(rc, 0, "event at every limit rejected: %d %s", rc, shmbus_errmsg());
+
+	/* Nothing but the valid event was published. */
+	const shmbus_event_t *ev = NULL;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_assert_str_eq(shmbus_event_name(ev), s63);
+	cr_assert_eq(shmbus_event_metadata_count(ev), 16);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	cr_assert_eq(shmbus_poll(sub, &ev), 0, "a rejected event was delivered");
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, 1, "published = %llu", (unsigned long long)mt.published);
+
+	/* A batch with one bad event publishes nothing. */
+	shmbus_msg_t batch[5];
+	for (int i = 0; i < 5; i++)
+		batch[i] = base;
+	batch[3].name = s64;
+	rc = shmbus_publish_batch(pub, batch, 5, NULL);
+	cr_assert_eq(rc, -ENAMETOOLONG, "batch with a bad event: %d", rc);
+	cr_assert_eq(shmbus_poll(sub, &ev), 0, "part of a failed batch was delivered");
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* --------------------------------------------------------- filter limits */
+
+/* A limit may be caught when the filter is built or when it is subscribed. */
+static void expect_filter_too_big(shmbus_bus_t *bus, int build_rc, shmbus_filter_t *f, const char *what)
+{
+	if (build_rc != 0) {
+		cr_expect_eq(build_rc, -E2BIG, "%s: built with %d, want -E2BIG", what, build_rc);
+		return;
+	}
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.filter = f};
+	int rc = shmbus_subscribe(bus, &o, &sub);
+	shmbus_filter_free(f);
+	if (rc == 0)
+		shmbus_sub_close(sub);
+	cr_expect_eq(rc, -E2BIG, "%s: subscribe = %d, want -E2BIG", what, rc);
+}
+
+Test(unit, filter_limits)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_filter_t *f = NULL;
+
+	/* 65 names: over SHMBUS_FILTER_SET_MAX. */
+	static char names_buf[65][8];
+	const char *names[65];
+	for (int i = 0; i < 65; i++) {
+		snprintf(names_buf[i], sizeof names_buf[i], "n%d", i);
+		names[i] = names_buf[i];
+	}
+	int rc = shmbus_filter_names(names, 65, &f);
+	expect_filter_too_big(bus, rc, rc == 0 ? f : NULL, "65 names");
+
+	/* 64 names is fine. */
+	f = NULL;
+	rc = shmbus_filter_names(names, 64, &f);
+	cr_assert_eq(rc, 0, "64 names: %d", rc);
+	shmbus_sub_t *ok = tc_sub(bus, f);
+	shmbus_sub_close(ok);
+
+	/* 32 + 32 names in two children: 64 set members in all, fine; 33 + 32 not. */
+	shmbus_filter_t *kids[2];
+	cr_assert_eq(shmbus_filter_names(names, 32, &kids[0]), 0);
+	cr_assert_eq(shmbus_filter_sources(names + 32, 33, &kids[1]), 0);
+	rc = shmbus_filter_any(kids, 2, &f);
+	expect_filter_too_big(bus, rc, rc == 0 ? f : NULL, "65 set members over two nodes");
+
+	/* Text over SHMBUS_FILTER_TEXT_MAX: 30 names of 63 bytes. */
+	static char long_buf[30][64];
+	const char *longs[30];
+	for (int i = 0; i < 30; i++) {
+		fill(long_buf[i], 63, 'a');
+		snprintf(long_buf[i], 8, "L%02d", i);
+		long_buf[i][3] = 'x';
+		longs[i] = long_buf[i];
+	}
+	rc = shmbus_filter_names(longs, 30, &f);
+	expect_filter_too_big(bus, rc, rc == 0 ? f : NULL, "1920 bytes of names");
+
+	/* 17 nodes: one any() over 16 leaves. */
+	shmbus_filter_t *leaves[16];
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(shmbus_filter_min_priority(SHMBUS_PRIORITY_LOW, &leaves[i]), 0);
+	rc = shmbus_filter_any(leaves, 16, &f);
+	expect_filter_too_big(bus, rc, rc == 0 ? f : NULL, "17 filter nodes");
+
+	/* Nested: all(any(8 leaves), any(8 leaves)) = 19 nodes. */
+	shmbus_filter_t *a[8], *b[8], *mid[2];
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_COMMAND), &a[i]), 0);
+		cr_assert_eq(shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_QUERY), &b[i]), 0);
+	}
+	cr_assert_eq(shmbus_filter_any(a, 8, &mid[0]), 0);
+	cr_assert_eq(shmbus_filter_any(b, 8, &mid[1]), 0);
+	rc = shmbus_filter_all(mid, 2, &f);
+	expect_filter_too_big(bus, rc, rc == 0 ? f : NULL, "19 nested nodes");
+
+	/* Bad arguments. */
+	f = NULL;
+	cr_expect_eq(shmbus_filter_pattern("(unclosed", &f), -EINVAL, "bad regex");
+	cr_expect_eq(shmbus_filter_min_priority((shmbus_priority_t)9, &f), -EINVAL, "priority 9");
+	cr_expect_eq(shmbus_filter_custom(NULL, NULL, &f), -EINVAL, "NULL predicate");
+
+	shmbus_close(bus);
+}
