@@ -77,6 +77,7 @@ static void flush_releases(shmbus_sub_t *sub)
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
 		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc);
 	sub->nreleasing = 0;
+	sub->releasing_slots = 0;
 }
 
 /* Take a run of descriptors from queue class cls into held[] and the
@@ -165,7 +166,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 		held_free(sub, h->k);
 		return NULL;
 	}
-	if (seg_event_check(e, bus->max_event_bytes, NULL) < 0 || e->seq != seq) {
+	if (seg_event_check_fast(e, bus->max_event_bytes) < 0 || e->seq != seq) {
 		held_drop(sub, h->k, desc);
 		at_count_u64(&sub->rec->missed, 1);
 		return NULL; /* corrupt bytes are never handed out */
@@ -316,7 +317,13 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 			sub->releasing[sub->nreleasing].k = k;
-			if (++sub->nreleasing == RELEASE_BATCH)
+			sub->nreleasing++;
+			sub->releasing_slots += ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
+			/* The batch is bounded in events and in ring space (a
+			 * sixteenth), and cut short when a publisher waits for
+			 * space, so deferring never starves a publisher. */
+			if (sub->nreleasing == RELEASE_BATCH || sub->releasing_slots >= sub->bus->nslots / 16 ||
+			    at_load_relaxed_u32(&sub->bus->hdr->space_waiters))
 				flush_releases(sub);
 			return 0;
 		}

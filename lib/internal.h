@@ -161,6 +161,7 @@ struct shmbus_sub {
 	uint32_t ready_head[SEG_QUEUE_CLASSES], ready_n[SEG_QUEUE_CLASSES];
 	struct held_desc releasing[RELEASE_BATCH];
 	uint32_t nreleasing;
+	uint32_t releasing_slots; /* ring slots the batch keeps (lower bound) */
 	uint64_t missed_seen;
 	struct custom_pred custom[SEG_FILTER_NODES];
 	bool has_custom;

@@ -29,7 +29,7 @@ static const char *strings_end(const struct seg_event *ev)
 	return ev->strings + ev->strings_len;
 }
 
-int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
+static int check(const struct seg_event *ev, size_t avail, const char **why, int deep)
 {
 	const char *unused;
 	if (!why)
@@ -79,7 +79,7 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
 	const char *p = ev->strings, *end = strings_end(ev);
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
 		size_t n = ev->len[k];
-		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || has_nul(p, n)) {
+		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || (deep && has_nul(p, n))) {
 			*why = "malformed string field";
 			return -EBADMSG;
 		}
@@ -88,6 +88,16 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
 	if (ev->len[SEG_STR_NAME] == 0) {
 		*why = "empty event name";
 		return -EBADMSG;
+	}
+	if (!deep) {
+		/* Enough for memory safety: every string ends where stated, and
+		 * the area ends with a NUL, so no walk can leave it (see
+		 * seg_event_meta). */
+		if (ev->meta_count && (p >= end || end[-1] != '\0')) {
+			*why = "malformed metadata";
+			return -EBADMSG;
+		}
+		return 0;
 	}
 	for (unsigned i = 0; i < 2u * ev->meta_count; i++) {
 		size_t max = (i & 1) ? SEG_EVENT_META_VALUE_MAX : SEG_EVENT_META_KEY_MAX;
@@ -111,17 +121,31 @@ const char *seg_event_string(const struct seg_event *ev, unsigned k)
 	return p;
 }
 
+int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
+{
+	return check(ev, avail, why, 1);
+}
+
+int seg_event_check_fast(const struct seg_event *ev, size_t avail)
+{
+	return check(ev, avail, NULL, 0);
+}
+
 int seg_event_meta(const struct seg_event *ev, unsigned i, const char **key, const char **value)
 {
 	if (i >= ev->meta_count)
 		return -ERANGE;
 	const char *p = seg_event_string(ev, SEG_EVENT_STRINGS - 1);
+	const char *end = strings_end(ev);
 	p += ev->len[SEG_EVENT_STRINGS - 1] + 1;
-	for (unsigned j = 0; j < i; j++) {
+	/* Bounded by the string area, whose last byte a checked event has as
+	 * NUL: a pair missing from a damaged area reads as empty strings. */
+	for (unsigned j = 0; j < 2 * i && p < end; j++)
 		p += strlen(p) + 1;
-		p += strlen(p) + 1;
-	}
+	if (p >= end)
+		return -ERANGE;
 	*key = p;
-	*value = p + strlen(p) + 1;
+	p += strlen(p) + 1;
+	*value = p < end ? p : end - 1;
 	return 0;
 }

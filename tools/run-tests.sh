@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # run-tests.sh - build shmbus (installing what is missing) and run every test
-# suite twice: in the default build, then in an ASan/UBSan build (build-asan).
+# suite three times: in the default build, in an ASan/UBSan build
+# (build-asan) and in a ThreadSanitizer build (build-tsan; Criterion's runner
+# cannot start under TSan, so there the thread stress suite, the fuzz
+# corpora and the tool checks run).
 #
 #   SHMBUS_SKIP_SANITIZERS=1 tools/run-tests.sh    skips the sanitizer pass
 #                                                  (quick local runs only; CI
@@ -24,3 +27,29 @@ tools/setup.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false
 # told to stop, and a report nobody reads is no check.
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 meson test -C build-asan --print-errorlogs
+
+echo "== ThreadSanitizer build (build-tsan/)"
+tools/setup.sh build-tsan -Db_sanitize=thread -Db_lundef=false
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+meson test -C build-tsan --print-errorlogs
+
+# One closing line for whoever reads the log: suites passed and failed over
+# the three builds (meson exits non-zero above on any failure).
+python3 - build build-asan build-tsan <<'PY'
+import json, sys
+passed = failed = skipped = 0
+for d in sys.argv[1:]:
+    try:
+        with open(f"{d}/meson-logs/testlog.json") as f:
+            for line in f:
+                r = json.loads(line).get("result")
+                if r in ("OK", "EXPECTEDFAIL"):
+                    passed += 1
+                elif r == "SKIP":
+                    skipped += 1
+                else:
+                    failed += 1
+    except FileNotFoundError:
+        pass
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY

@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(build-essential meson ninja-build pkg-config liburing-dev libxxhash-dev libcriterion-dev libjansson-dev)
+packages=(build-essential meson ninja-build pkg-config liburing-dev libxxhash-dev libcriterion-dev libjansson-dev valgrind)
 
 missing=()
 for p in "${packages[@]}"; do
