@@ -63,7 +63,7 @@ struct shmbus_inspect {
 	/* Set once the header is trusted. */
 	const struct seg_header *hdr;
 	uint32_t slot_shift;
-	bool members_ok, pubs_ok, subs_ok, cells_ok, ctl_ok, data_ok;
+	bool members_ok, pubs_ok, subs_ok, cells_ok, ctl_ok, holders_ok, data_ok;
 
 	shmbus_inspect_member_t *members;
 	size_t member_count;
@@ -355,6 +355,7 @@ static void check_geometry(shmbus_inspect_t *in)
 	GEO_CHECK(subs_off);
 	GEO_CHECK(cells_off);
 	GEO_CHECK(slot_ctl_off);
+	GEO_CHECK(holders_off);
 	GEO_CHECK(data_off);
 	GEO_CHECK(total_size);
 }
@@ -371,6 +372,7 @@ static void check_regions(shmbus_inspect_t *in)
 		{"queue cells", h->cells_off, s * SEG_QUEUE_CLASSES * n * sizeof(struct seg_cell), REGION_ALIGN,
 		 &in->cells_ok},
 		{"slot control", h->slot_ctl_off, n * sizeof(uint64_t), REGION_ALIGN, &in->ctl_ok},
+		{"slot holders", h->holders_off, n * SEG_HOLDER_WORDS * sizeof(uint64_t), REGION_ALIGN, &in->holders_ok},
 		{"data", h->data_off, n * h->slot_size, PAGE_ALIGN, &in->data_ok},
 	};
 	uint64_t end = SEG_HEADER_SIZE;
@@ -652,6 +654,20 @@ static uint64_t slot_ctl(const shmbus_inspect_t *in, uint64_t pos)
 	return ctl[seg_ctl_index(pos, in->hdr->slot_count)];
 }
 
+/* Subscriptions holding the event in slot position pos: the bits set in
+ * its holder words (0 when that region is damaged). */
+static uint32_t slot_refs(const shmbus_inspect_t *in, uint64_t pos)
+{
+	if (!in->holders_ok)
+		return 0;
+	const uint64_t *h = (const uint64_t *)(in->bytes + in->hdr->holders_off);
+	uint64_t i = seg_ctl_index(pos, in->hdr->slot_count) * SEG_HOLDER_WORDS;
+	uint32_t n = 0;
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		n += (uint32_t)__builtin_popcountll(h[i + w]);
+	return n;
+}
+
 /* One more descriptor counts a reference on the slot of seq. */
 static void count_ref(shmbus_inspect_t *in, uint64_t seq)
 {
@@ -907,7 +923,7 @@ static bool refs_disagree(const shmbus_inspect_t *in, uint64_t i, uint64_t ctl)
 	uint64_t latest = i + (((claim - 1 - i) >> in->slot_shift) << in->slot_shift);
 	if (seg_ctl_lap(ctl) != seg_lap_of(latest, in->slot_shift))
 		return false;
-	return seg_ctl_refs(ctl) != in->desc_refs[i];
+	return slot_refs(in, i) != in->desc_refs[i];
 }
 
 /* Count slot states; a slot whose lap tag is ahead of the claim position,
@@ -923,7 +939,10 @@ static void decode_ring(shmbus_inspect_t *in)
 	unsigned reported = 0;
 	for (uint64_t i = 0; i < h->slot_count; i++) {
 		uint64_t ctl = slot_ctl(in, i);
-		uint32_t state = seg_ctl_state(ctl), refs = seg_ctl_refs(ctl);
+		uint32_t state = seg_ctl_state(ctl);
+		/* a claimed slot's low bits name its claimer; holders count the
+		 * subscriptions holding a committed one */
+		uint32_t refs = state == SEG_SLOT_CLAIMED ? seg_ctl_refs(ctl) : slot_refs(in, i);
 		r->free += state == SEG_SLOT_FREE;
 		r->claimed += state == SEG_SLOT_CLAIMED;
 		r->committed += state == SEG_SLOT_COMMITTED;
@@ -997,7 +1016,7 @@ static void consider_event(shmbus_inspect_t *in, uint64_t pos)
 	uint64_t ctl = slot_ctl(in, pos);
 	if (seg_ctl_state(ctl) != SEG_SLOT_COMMITTED || seg_ctl_lap(ctl) != seg_lap_of(pos, in->slot_shift))
 		return;
-	struct found_event fe = {.pos = pos, .refs = seg_ctl_refs(ctl)};
+	struct found_event fe = {.pos = pos, .refs = slot_refs(in, pos)};
 	size_t avail = event_bytes(in, pos, &fe);
 	const char *why = "size word out of bounds";
 	if (!avail || seg_event_check(fe.ev, avail, &why) != 0) {

@@ -41,6 +41,7 @@ struct shmbus_bus {
 	struct seg_sub *subs;
 	struct seg_cell *cells;
 	uint64_t *slot_ctl;
+	uint64_t *holders;
 	uint8_t *data;
 	uint32_t slot_shift, slot_mask, slot_size_shift;
 	uint32_t nslots, max_subs, max_members;
@@ -69,6 +70,11 @@ static inline uint8_t *bus_slot_data(const shmbus_bus_t *b, uint64_t pos)
 static inline uint64_t *bus_slot_ctl(const shmbus_bus_t *b, uint64_t pos)
 {
 	return &b->slot_ctl[seg_ctl_index(pos, b->nslots)];
+}
+/* The SEG_HOLDER_WORDS holder words of slot position pos. */
+static inline uint64_t *bus_slot_holders(const shmbus_bus_t *b, uint64_t pos)
+{
+	return &b->holders[seg_ctl_index(pos, b->nslots) * SEG_HOLDER_WORDS];
 }
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
 static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
@@ -155,6 +161,7 @@ struct shmbus_sub {
 	uint64_t spin_ns;
 	uint32_t nheld;	    /* delivered to the user, not released */
 	uint64_t held_used; /* bit k: held[k] is ours */
+	uint32_t held_count; /* bits set in held_used */
 	struct held_local held[SEG_HELD_MAX];
 	uint32_t take_batch;
 	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
@@ -181,9 +188,10 @@ void bus_unlock_subs(shmbus_bus_t *bus);
 bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
 		 const struct seg_event *ev, const struct custom_pred *preds);
 void route_ctx_free(struct route_ctx *ctx);
-/* Queue descriptor seq for every subscription ev matches; marks them in
- * wake (bitmap of SEG_MASK_WORDS words). Returns the references taken. */
-uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *wake);
+/* Queue descriptor seq for every subscription ev matches; sets their bits
+ * in hold (the slot's holders to be) and in wake (bitmaps of
+ * SEG_MASK_WORDS words). */
+void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
 void route_wake(shmbus_bus_t *bus, uint32_t sub_index);
@@ -191,8 +199,18 @@ void route_wake(shmbus_bus_t *bus, uint32_t sub_index);
 /* filter.c: compile a filter tree into its shared form. */
 int filter_compile(const shmbus_filter_t *f, struct seg_filter *out, struct custom_pred *preds, uint32_t *type_union);
 
-/* slots: release one reference of the event at seq. */
-void slot_release_ref(shmbus_bus_t *bus, uint64_t seq);
+/* publish.c: a publisher's routing word is odd while it may be routing
+ * (see sub_wait_routing_grace). */
+void routing_begin(shmbus_pub_t *pub);
+void routing_abort(shmbus_pub_t *pub);
+
+/* slots.c: subscription sub no longer holds the event at seq (its holder
+ * bit is cleared; idempotent; a descriptor whose slot moved on is
+ * ignored). Wakes publishers waiting for space when the slot frees. */
+void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
+/* Whether subscription sub still holds the event at seq. */
+bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
+
 
 /* subscribe.c: membership of the routing masks. */
 void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);

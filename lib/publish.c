@@ -101,8 +101,12 @@ static uint32_t slots_for(const shmbus_bus_t *bus, uint32_t bytes)
 /* Route and commit one written event; the caller fences and wakes. */
 static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
 {
-	uint32_t refs = route_event(pub, ev, seq, wake);
-	at_store_release_u64(bus_slot_ctl(pub->bus, seq), seg_ctl_make(bus_lap(pub->bus, seq), SEG_SLOT_COMMITTED, refs));
+	uint64_t hold[SEG_HOLDER_WORDS] = {0};
+	route_event(pub, ev, seq, hold, wake);
+	uint64_t *h = bus_slot_holders(pub->bus, seq);
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		at_store_relaxed_u64(&h[w], hold[w]);
+	at_store_release_u64(bus_slot_ctl(pub->bus, seq), seg_ctl_make(bus_lap(pub->bus, seq), SEG_SLOT_COMMITTED, 0));
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */
 	at_store_release_u8(&ev->committed, 1);
@@ -116,10 +120,16 @@ static void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 	at_store_relaxed_u64(&r->publish_bytes, at_load_relaxed_u64(&r->publish_bytes) + bytes);
 }
 
-static void routing_begin(shmbus_pub_t *pub)
+void routing_begin(shmbus_pub_t *pub)
 {
 	at_store_relaxed_u64(&pub->rec->routing, pub->rec->routing | 1);
 	at_fence_seq_cst();
+}
+
+/* Not routing after all (the claim failed, or it waits for space). */
+void routing_abort(shmbus_pub_t *pub)
+{
+	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
 
 static void routing_end(shmbus_pub_t *pub, const uint64_t *wake)
@@ -167,10 +177,15 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		goto out;
 	}
 	uint64_t pos;
-	if ((rc = slots_claim(pub, (uint32_t)total, urgent, &pos)) < 0)
-		goto out;
-	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	/* Routing starts before the claim so that its fence runs with an
+	 * empty store buffer; the claim's and the event's stores then reach
+	 * their cache lines together instead of one after the other. */
 	routing_begin(pub);
+	if ((rc = slots_claim(pub, (uint32_t)total, urgent, &pos)) < 0) {
+		routing_abort(pub);
+		goto out;
+	}
+	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	for (size_t i = 0; i < n; i++) {
 		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
 		shmbus_uuid_t id;

@@ -56,8 +56,8 @@ static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
 }
 
 /* A descriptor a dead consumer held: back into its subscription's queue if
- * the subscription lives on, else its reference is released. One the
- * consumer had already released only has its reference dropped. */
+ * the subscription lives on, else its hold is released. One the consumer
+ * had already released, or whose hold is gone, only has its bit cleared. */
 static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 {
 	if (!desc || desc == SEG_HELD_REVOKED || (desc & SEG_DESC_TOMBSTONE))
@@ -65,6 +65,8 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	if (settled_state(bus, seq) != SEG_SLOT_COMMITTED)
 		return; /* aborted or gone: nothing to deliver or release */
+	if (!slot_held_by(bus, seq, sub))
+		return; /* dropped already (its dropper died after the bit) */
 	struct seg_sub *s = bus_sub(bus, sub);
 	if (keep && !(desc & SEG_DESC_RELEASING)) {
 		struct queue_view q = bus_queue(bus, sub, desc_class(bus, seq));
@@ -80,7 +82,7 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 		at_count_u64(&s->missed, 1);
 	}
 	if (desc & SEG_DESC_HOLDS_REF)
-		slot_release_ref(bus, seq);
+		slot_release(bus, seq, sub);
 }
 
 /* ------------------------------------------------ take intents of the dead */
@@ -228,8 +230,10 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
 			if (!d)
 				continue;
-			if (at_cas_u64(&con->held[k], &d, 0))
-				give_back(bus, idx, d, keep);
+			/* given back before the entry is cleared: a survivor that
+			 * dies in between leaves the entry for the next one */
+			give_back(bus, idx, d, keep);
+			at_store_release_u64(&con->held[k], 0);
 		}
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
@@ -260,7 +264,7 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names
- * its publisher (refs = 1 + pub index while claimed). */
+ * its publisher (low bits = 1 + pub index while claimed). */
 static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 {
 	for (uint64_t i = 0; i < bus->nslots; i++) {
@@ -384,21 +388,23 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
 
 /* Take back held events at or below max_seq from a stalled subscription's
  * consumers. Their release then reports -ESTALE. */
-static void revoke_held(shmbus_bus_t *bus, struct seg_sub *s, uint64_t max_seq)
+static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
 {
+	struct seg_sub *s = bus_sub(bus, idx);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
 			if (!d || d == SEG_HELD_REVOKED || (d & SEG_DESC_SEQ_MASK) > max_seq)
 				continue;
+			/* the hold first (idempotent), then the entry */
+			if (d & SEG_DESC_HOLDS_REF)
+				slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
 			if (!at_cas_u64(slot, &d, SEG_HELD_REVOKED))
 				continue;
 			at_count_u64(&s->revoked, 1);
 			if (!(d & SEG_DESC_RELEASING))
 				at_count_u64(&s->missed, 1);
-			if (d & SEG_DESC_HOLDS_REF)
-				slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
 		}
 }
 
@@ -418,7 +424,7 @@ static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, st
 				if (d & SEG_DESC_TOMBSTONE)
 					continue;
 				if ((d & SEG_DESC_HOLDS_REF) && settled_state(bus, d & SEG_DESC_SEQ_MASK) == SEG_SLOT_COMMITTED)
-					slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
+					slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
 				n++;
 			}
 			queue_release(&q, intent, first, got);
@@ -453,6 +459,6 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 			continue;
 		drain_upto(bus, i, max_seq, intent);
 		if (culprit)
-			revoke_held(bus, s, max_seq);
+			revoke_held(bus, i, max_seq);
 	}
 }

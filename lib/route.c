@@ -171,12 +171,11 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 	return eval_node(&e, f->root, 0);
 }
 
-uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *wake)
+void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
 	unsigned cls = ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
-	uint32_t refs = 0;
 	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
 		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
 		while (cand) {
@@ -193,7 +192,7 @@ uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 				continue;
 			struct queue_view q = bus_queue(bus, idx, cls);
 			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
-				refs++;
+				hold[w] |= 1ull << bit;
 				wake[w] |= 1ull << bit;
 			} else {
 				at_count_u64(&s->dropped_full, 1);
@@ -201,7 +200,6 @@ uint32_t route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 			}
 		}
 	}
-	return refs;
 }
 
 void route_wake(shmbus_bus_t *bus, uint32_t idx)

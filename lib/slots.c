@@ -26,7 +26,15 @@ static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 		return false;
 	}
 	uint32_t st = seg_ctl_state(c);
-	return st == SEG_SLOT_CLAIMED || (st == SEG_SLOT_COMMITTED && seg_ctl_refs(c) > 0);
+	if (st == SEG_SLOT_CLAIMED)
+		return true;
+	if (st != SEG_SLOT_COMMITTED)
+		return false;
+	const uint64_t *h = bus_slot_holders(bus, p);
+	uint64_t any = 0;
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		any |= at_load_acquire_u64(&h[w]);
+	return any != 0;
 }
 
 /* Low and normal events leave the last eighth of the ring to high and
@@ -61,7 +69,22 @@ static enum range_state range_state(shmbus_bus_t *bus, uint64_t pos, uint32_t n,
  * demotes the `block` subscriptions that hold the slot. Returns 0 to try
  * again, -EAGAIN (timeout < 0), or -ETIMEDOUT.
  */
+static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct space_wait *w);
+
+/* A waiting publisher is not routing: a subscription being removed must
+ * not wait for it. Its routing word is odd again when it retries. */
 static int wait_for_space(shmbus_pub_t *pub, uint64_t blocking_seq, struct space_wait *w)
+{
+	bool routing = at_load_relaxed_u64(&pub->rec->routing) & 1;
+	if (routing)
+		routing_abort(pub);
+	int rc = wait_for_space_once(pub, blocking_seq, w);
+	if (routing && rc == 0)
+		routing_begin(pub);
+	return rc;
+}
+
+static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct space_wait *w)
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
@@ -141,13 +164,55 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 	}
 }
 
-void slot_release_ref(shmbus_bus_t *bus, uint64_t seq)
+bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 {
-	uint64_t old = at_fetch_sub_u64_sc(bus_slot_ctl(bus, seq), 1);
-	/* A waiting publisher raised the flag; whoever clears it wakes them
-	 * all, once. They raise it again if they must sleep again. */
-	if (seg_ctl_refs(old) == 1 && at_load_u32_sc(&bus->hdr->space_waiters) &&
-	    at_exchange_u32(&bus->hdr->space_waiters, 0)) {
+	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, seq));
+	if (seg_ctl_lap(c) != bus_lap(bus, seq) || seg_ctl_state(c) != SEG_SLOT_COMMITTED || sub >= SEG_MAX_SUBSCRIBERS)
+		return false;
+	return at_load_acquire_u64(&bus_slot_holders(bus, seq)[sub / 64]) >> (sub % 64) & 1;
+}
+
+/* The state of the slot of seq once its publisher is done with it: a
+ * descriptor can be dropped (or taken) between push and commit, and the
+ * holder bits are written at commit. Bounded: a claim that outlives two
+ * reclaim timeouts names no living publisher. */
+static uint64_t settled_ctl(shmbus_bus_t *bus, uint64_t seq)
+{
+	uint64_t *ctl = bus_slot_ctl(bus, seq), c, deadline = 0;
+	for (unsigned spins = 0;; spins++) {
+		c = at_load_acquire_u64(ctl);
+		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED || seg_ctl_lap(c) != bus_lap(bus, seq))
+			return c;
+		at_cpu_relax();
+		if ((spins & 0xFFF) != 0xFFF)
+			continue;
+		uint64_t now = now_mono_ns();
+		if (!deadline)
+			deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
+		else if (now > deadline)
+			return c;
+		reclaim_if_due(bus);
+	}
+}
+
+void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
+{
+	uint64_t c = settled_ctl(bus, seq);
+	/* a descriptor whose slot moved on must not clear a bit of the
+	 * slot's new event; an aborted event holds nothing */
+	if (seg_ctl_lap(c) != bus_lap(bus, seq) || seg_ctl_state(c) != SEG_SLOT_COMMITTED || sub >= SEG_MAX_SUBSCRIBERS)
+		return;
+	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
+	uint64_t old = __atomic_fetch_and(&h[sub / 64], ~bit, __ATOMIC_SEQ_CST);
+	if (!(old & bit) || (old & ~bit))
+		return;
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		if (w != sub / 64 && at_load_relaxed_u64(&h[w]))
+			return;
+	/* The slot is free. A waiting publisher raised the flag; whoever
+	 * clears it wakes them all, once. They raise it again if they must
+	 * sleep again. */
+	if (at_load_u32_sc(&bus->hdr->space_waiters) && at_exchange_u32(&bus->hdr->space_waiters, 0)) {
 		at_fetch_add_u32(&bus->hdr->space_futex, 1);
 		futex_wake_shared(&bus->hdr->space_futex, 1 << 30);
 	}

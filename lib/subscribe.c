@@ -86,9 +86,8 @@ void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed)
 				while (seg_ctl_state(c = at_load_acquire_u64(bus_slot_ctl(bus, seq))) == SEG_SLOT_CLAIMED &&
 				       seg_ctl_lap(c) == bus_lap(bus, seq) && now_mono_ns() < deadline)
 					sched_yield();
-				if ((desc & SEG_DESC_HOLDS_REF) && seg_ctl_state(c) == SEG_SLOT_COMMITTED &&
-				    seg_ctl_lap(c) == bus_lap(bus, seq))
-					slot_release_ref(bus, seq);
+				if (desc & SEG_DESC_HOLDS_REF)
+					slot_release(bus, seq, idx);
 				if (count_missed)
 					at_count_u64(&s->missed, 1);
 			}
@@ -107,17 +106,20 @@ void sub_lock_recover(shmbus_bus_t *bus)
 			sub_remove_locked(bus, i);
 }
 
-/* Release what the consumers of a vanishing subscription hold. */
-static void revoke_all_held(shmbus_bus_t *bus, struct seg_sub *s)
+/* Release what the consumers of a vanishing subscription hold: each hold
+ * is dropped before its entry is cleared. */
+static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 {
+	struct seg_sub *s = bus_sub(bus, idx);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_u64_sc(&con->held[k]);
-			if (!d || d == SEG_HELD_REVOKED || !at_cas_u64(&con->held[k], &d, 0))
+			if (!d || d == SEG_HELD_REVOKED)
 				continue;
 			if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE))
-				slot_release_ref(bus, d & SEG_DESC_SEQ_MASK);
+				slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
+			at_cas_u64(&con->held[k], &d, 0);
 		}
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
@@ -134,7 +136,7 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fence_seq_cst();
 	sub_wait_routing_grace(bus);
-	revoke_all_held(bus, s);
+	revoke_all_held(bus, idx);
 	sub_drain_queues(bus, idx, false);
 	metrics_retire_sub(bus, idx);
 	at_fetch_add_u64(&s->generation, 1);

@@ -13,6 +13,7 @@
  *   subs_off          seg_sub[S]             S * SEG_SUB_SIZE
  *   cells_off         queue cells            S * 2 * Q * 16   (Q == slot_count)
  *   slot_ctl_off      u64 slot_ctl[N]        N * 8
+ *   holders_off       u64 holders[N][4]      N * 32           (64-aligned)
  *   data_off          event slots            N * slot_size    (page aligned;
  *                                                              mapped twice)
  *
@@ -100,7 +101,8 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *   96   reclaim_timeout_ns u64 bound on reclaiming a dead member
  *   104  members_off ... 144 data_off  (u64 each, see diagram above)
  *   152  name[72]         NUL-terminated bus name
- *   224  reserved to 256
+ *   224  holders_off      u64
+ *   232  reserved to 256
  *   256  claim_pos        u64   next free slot position (own line)
  *   320  space_futex u32, space_waiters u32 (own line): a publisher waiting
  *        for a slot raises space_waiters (a flag), then sleeps on space_futex
@@ -137,7 +139,8 @@ struct seg_header {
 	uint64_t slot_ctl_off;
 	uint64_t data_off;
 	char name[72];
-	uint8_t reserved0[32];
+	uint64_t holders_off;
+	uint8_t reserved0[24];
 	/* 256: the claim word every publisher CASes; alone on its line. */
 	uint64_t claim_pos;
 	uint8_t pad_claim[56];
@@ -199,6 +202,7 @@ _Static_assert(offsetof(struct seg_header, cells_off) == 128, "cells_off");
 _Static_assert(offsetof(struct seg_header, slot_ctl_off) == 136, "slot_ctl_off");
 _Static_assert(offsetof(struct seg_header, data_off) == 144, "data_off");
 _Static_assert(offsetof(struct seg_header, name) == 152, "name");
+_Static_assert(offsetof(struct seg_header, holders_off) == 224, "holders_off");
 _Static_assert(offsetof(struct seg_header, claim_pos) == 256, "claim_pos");
 _Static_assert(offsetof(struct seg_header, space_futex) == 320, "space_futex");
 _Static_assert(offsetof(struct seg_header, space_waiters) == 324, "space_waiters");
@@ -526,7 +530,7 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  *               handed to the user
  *   bit 60      RELEASING (held entries only): released, reference not yet
  *               dropped
- *   bit 61      HOLDS_REF: the publisher counted this delivery in the slot's refs
+ *   bit 61      HOLDS_REF: the subscription's holder bit of the slot is set for it
  *   bit 62      TOMBSTONE: nothing to deliver (a dead producer's cell)
  *   bit 63      REDELIVERED: handed back after its consumer died
  */
@@ -539,15 +543,23 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
 
 /*
  * Slot control word, one u64 per slot:
- *   bits 0..17   refs: deliveries not yet released (routing references);
- *                while CLAIMED: 1 + index of the claiming seg_pub
+ *   bits 0..17   while CLAIMED: 1 + index of the claiming seg_pub; else 0
  *   bits 18..19  state: FREE (never used, or continuation of a larger event),
  *                CLAIMED (being written), COMMITTED, ABORTED
  *   bits 20..63  lap tag: 1 + (slot position >> log2(N)), modulo 2^44, so the
  *                all-zero word of a new segment is older than every lap
- * A slot is reusable when FREE, ABORTED, or COMMITTED with refs == 0. The
- * lap tag tells a reader holding an old descriptor that the slot moved on.
+ * A slot is reusable when FREE, ABORTED, or COMMITTED with no holder (see
+ * below). The lap tag tells a reader holding an old descriptor that the
+ * slot moved on.
+ *
+ * Holders: SEG_MASK_WORDS u64 per slot (holders[seg_ctl_index(pos) * 4]),
+ * bit s set while subscription s has the event queued or held. The
+ * publisher sets them before it commits; whoever drops the event for s
+ * (its consumer, a drain, a survivor) clears bit s. Clearing is idempotent,
+ * so a process that dies between dropping a descriptor and clearing its
+ * bit leaves nothing a survivor could count twice or lose.
  */
+#define SEG_HOLDER_WORDS SEG_MASK_WORDS
 #define SEG_CTL_REFS_MASK 0x3FFFFull
 #define SEG_CTL_STATE_SHIFT 18
 #define SEG_CTL_STATE_MASK 0x3ull
@@ -583,7 +595,7 @@ static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return pos &
 
 /* Size of every region for a given config, and the layout hash input. */
 struct seg_geometry {
-	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, data_off;
+	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, holders_off, data_off;
 	uint64_t data_size, total_size;
 	uint32_t slot_shift;
 };

@@ -579,3 +579,86 @@ static void check_durable_across_exit(bool clean_exit)
 
 Test(multiproc, durable_queue_across_process_exit) { check_durable_across_exit(true); }
 Test(multiproc, durable_queue_across_exit_without_close) { check_durable_across_exit(false); }
+
+/* ------------------------------------------ attach/detach churn, no kills */
+
+struct churn_args {
+	unsigned seed;
+	unsigned iterations;
+};
+
+/* For a while: attach, subscribe, publish one event (routed to every churner
+ * subscribed at the moment), take and release one, detach. Clean exits only. */
+static int churn_cleanly(void *arg)
+{
+	struct churn_args *a = arg;
+	uint64_t until = tc_now_ns() + 1500 * TC_MS_NS;
+	while (tc_now_ns() < until) {
+		shmbus_bus_t *bus = NULL;
+		int rc = shmbus_open(tc_bus, NULL, &bus);
+		if (rc < 0)
+			return CHILD_FAIL("open %d", rc);
+		shmbus_sub_t *sub = NULL;
+		/* lag: with block policy a churner descheduled right after
+		 * subscribing lets the others fill the ring with its backlog, and
+		 * then blocks on itself in its own publish (a real deadlock of
+		 * block policy that only the stall timeout breaks, not a leak) */
+		shmbus_sub_opts_t o = {.subscriber_id = "churn", .policy = SHMBUS_POLICY_LAG};
+		if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
+			return CHILD_FAIL("subscribe %d", rc);
+		shmbus_pub_t *pub = NULL;
+		shmbus_pub_opts_t po = {.timeout_ns = 5 * (int64_t)TC_SEC_NS};
+		if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
+			return CHILD_FAIL("pub_open %d", rc);
+		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "churn", 0, a->seed)) < 0)
+			return CHILD_FAIL("publish after %u rounds: %d (%s)", a->iterations, rc, shmbus_errmsg());
+		shmbus_pub_close(pub);
+		const shmbus_event_t *ev = NULL;
+		if (shmbus_poll(sub, &ev) == 1 && (rc = shmbus_release(sub, ev)) < 0)
+			return CHILD_FAIL("release %d", rc);
+		shmbus_sub_close(sub);
+		shmbus_close(bus);
+		a->iterations++;
+	}
+	return 0;
+}
+
+Test(multiproc, subscribe_publish_detach_churn_leaks_no_slot)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.stall_timeout_ns = 120 * TC_SEC_NS;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	enum { CHURNERS = 3 };
+	struct churn_args *args = tc_shared_alloc(CHURNERS * sizeof *args);
+	pid_t pids[CHURNERS];
+	for (unsigned i = 0; i < CHURNERS; i++) {
+		args[i].seed = i;
+		pids[i] = tc_fork(churn_cleanly, &args[i]);
+	}
+	unsigned total = 0;
+	for (unsigned i = 0; i < CHURNERS; i++) {
+		char what[32];
+		snprintf(what, sizeof what, "churner %u", i);
+		expect_exit_ok(pids[i], 30000, what);
+		total += args[i].iterations;
+	}
+	cr_log_info("%u attach/subscribe/publish/detach rounds", total);
+
+	/* Nobody is subscribed and nothing is held: every slot is reusable. */
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_expect_eq(mt.subscriptions, 0);
+	cr_expect_eq(mt.ring_used, 0, "%llu ring slots still referenced after %u clean rounds with nothing held",
+		     (unsigned long long)mt.ring_used, total);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 2 * (int64_t)TC_SEC_NS);
+	for (uint32_t i = 0; i < 3 * cfg.slots; i++) {
+		int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.churn", 0, i);
+		cr_assert_eq(rc, 0, "publish %u after the churn: %d (%s)", i, rc, shmbus_errmsg());
+		cr_assert_eq(tc_drain(sub, NULL, NULL), 1);
+	}
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	tc_shared_free(args, CHURNERS * sizeof *args);
+	shmbus_close(bus);
+}
