@@ -397,7 +397,9 @@ static struct result *add_result(const char *system, const char *bench, shmbus_w
 				 unsigned batch, unsigned has)
 {
 	struct result *r = &g_results[g_nresults++];
-	*r = (struct result){.system = system, .bench = bench, .wait = wait, .payload = payload, .batch = batch, .has = has};
+	*r = (struct result){
+		.system = system, .bench = bench, .wait = wait, .payload = payload, .batch = batch, .has = has,
+	};
 	return r;
 }
 
@@ -407,8 +409,8 @@ static struct result *find_result(const char *system, const char *bench, shmbus_
 	for (int i = 0; i < g_nresults; i++) {
 		struct result *r = &g_results[i];
 		if (strcmp(r->system, system) == 0 && strcmp(r->bench, bench) == 0 && r->wait == wait &&
-		    (!(r->has & HAS_PAYLOAD) || r->payload == payload) && (!(r->has & HAS_BATCH) || r->batch == batch) &&
-		    r->nruns > 0)
+		    (!(r->has & HAS_PAYLOAD) || r->payload == payload) &&
+		    (!(r->has & HAS_BATCH) || r->batch == batch) && r->nruns > 0)
 			return r;
 	}
 	return NULL;
@@ -465,6 +467,7 @@ struct ctl {
 	_Alignas(64) _Atomic uint32_t fx_pong;	 /* floor-futex: B -> A */
 	_Alignas(64) _Atomic uint32_t ready;	 /* children set up and subscribed */
 	_Atomic uint32_t go;			 /* the parent says start */
+	_Atomic uint32_t warm_done;		 /* throughput: warm-up lap consumed */
 	struct child_out out[MAX_KIDS];
 	char err[256];				 /* a child's reason for failing */
 };
@@ -976,8 +979,9 @@ static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, 
 			samples[i - warmup] = t1 - t0;
 	}
 	*sleeps = sleeps_so_far() - sw0;
-	if (sink != (uint64_t)a->total * byte_sum(buf, len)) {
-		warnx("ping: payload sum %" PRIu64 ", expected %" PRIu64, sink, (uint64_t)a->total * byte_sum(buf, len));
+	uint64_t expect = (uint64_t)a->total * byte_sum(buf, len);
+	if (sink != expect) {
+		warnx("ping: payload sum %" PRIu64 ", expected %" PRIu64, sink, expect);
 		return -1;
 	}
 	return 0;
@@ -1069,6 +1073,8 @@ static int tp_sub_child(struct ctl *ctl, int idx, const void *varg)
 			break;
 		}
 		out->count += i >= 0;
+		if (i == -1)
+			atomic_store_explicit(&ctl->warm_done, 1, memory_order_release);
 	}
 	out->last_ns = now_ns();
 	out->sum = sum;
@@ -1089,8 +1095,8 @@ static int tp_publish(struct peer *p, long count, size_t payload, unsigned batch
 		int r = batch == 1 ? shmbus_publish(p->pub, &msgs[0], NULL)
 				   : shmbus_publish_batch(p->pub, msgs, (size_t)n, NULL);
 		if (r < 0) {
-			warnx("publisher: %s after %ld events: %s (%s)",
-			      batch == 1 ? "shmbus_publish" : "shmbus_publish_batch", sent, strerror(-r), shmbus_errmsg());
+			const char *call = batch == 1 ? "shmbus_publish" : "shmbus_publish_batch";
+			warnx("publisher: %s after %ld events: %s (%s)", call, sent, strerror(-r), shmbus_errmsg());
 			return -1;
 		}
 		sent += n;
@@ -1109,13 +1115,32 @@ static uint32_t slot_size_for(size_t payload)
 	return s;
 }
 
-/* 65536 slots, fewer for big slots: the ring stays within 256 MiB. */
+/* A ring of 2 MiB (8192 slots of 256 B, fewer of bigger slots, at least
+ * 1024): big enough that the publisher never waits on a healthy
+ * subscriber, small enough to live in the caches, as an IPC ring should. */
 static uint32_t slots_for_tp(uint32_t slot_size)
 {
-	uint32_t slots = 65536;
-	while (slots > 1024 && (uint64_t)slots * slot_size > (256u << 20))
+	uint32_t slots = 8192;
+	while (slots > 1024 && (uint64_t)slots * slot_size > (2u << 20))
 		slots >>= 1;
 	return slots;
+}
+
+/* The timed stream starts on an empty queue: otherwise a backlog left by
+ * the warm-up would be drained at the subscriber's speed alone and a short
+ * run would over-state the rate. */
+static int await_warm_done(struct session *s)
+{
+	uint64_t deadline = now_ns() + WAIT_TIMEOUT_NS;
+	while (!atomic_load_explicit(&s->ctl->warm_done, memory_order_acquire)) {
+		if (!session_kids_alive(s) || now_ns() > deadline) {
+			warnx("throughput: subscriber did not finish the warm-up: %s",
+			      s->ctl->err[0] ? s->ctl->err : "no progress");
+			return -1;
+		}
+		cpu_relax();
+	}
+	return 0;
 }
 
 static int run_throughput(struct result *res, long count)
@@ -1124,11 +1149,13 @@ static int run_throughput(struct result *res, long count)
 	shmbus_config_t cfg = {
 		.slot_size = slot_size_for(res->payload),
 		.max_payload = res->payload > 65536 ? (uint32_t)res->payload : 0,
+		.max_subscribers = 4, /* queue cells grow with subscriptions x slots */
 	};
 	cfg.slots = slots_for_tp(cfg.slot_size);
-	/* One lap of the ring first: every page of it faulted in by both
-	 * processes and every cache and TLB path warm, so the figure is the
-	 * steady state, not the first touch of fresh tmpfs pages. */
+	/* One lap of the ring first, consumed before the timed stream: every
+	 * page faulted in by both processes and every cache and TLB path warm,
+	 * so the figure is the steady state, not the first touch of fresh
+	 * tmpfs pages. */
 	a.warm = cfg.slots;
 	uint8_t *buf = malloc(res->payload ? res->payload : 1);
 	struct peer p = {0};
@@ -1143,19 +1170,25 @@ static int run_throughput(struct result *res, long count)
 	}
 	fill_payload(buf, res->payload);
 	ok = session_spawn(&s, tp_sub_child, &a, g_opt.cpu_b) == 0;
-	if (ok && ((r = peer_attach(&p, "bench-tp-pub", &what)) < 0 || (r = peer_publisher(&p, "bench-tp-pub", &what)) < 0)) {
-		warnx("%s: %s (%s)", what, strerror(-r), shmbus_errmsg());
-		ok = false;
+	if (ok) {
+		r = peer_attach(&p, "bench-tp-pub", &what);
+		if (r == 0)
+			r = peer_publisher(&p, "bench-tp-pub", &what);
+		if (r < 0) {
+			warnx("%s: %s (%s)", what, strerror(-r), shmbus_errmsg());
+			ok = false;
+		}
 	}
-	ok = ok && session_await_ready(&s, 1) == 0 && tp_publish(&p, a.warm + count, res->payload, res->batch, buf) == 0;
+	ok = ok && session_await_ready(&s, 1) == 0 && tp_publish(&p, a.warm, res->payload, res->batch, buf) == 0 &&
+	     await_warm_done(&s) == 0 && tp_publish(&p, count, res->payload, res->batch, buf) == 0;
 	peer_close(&p);
 	ok = session_end(&s, ok) == 0;
 
 	const struct child_out *out = &s.ctl->out[0];
 	uint64_t expect = (uint64_t)count * byte_sum(buf, res->payload);
 	if (ok && (out->count != (uint64_t)count || out->sum != expect)) {
-		warnx("throughput: subscriber got %" PRIu64 " of %ld events, byte sum %" PRIu64 " (expected %" PRIu64 ")",
-		      out->count, count, out->sum, expect);
+		warnx("throughput: subscriber got %" PRIu64 " of %ld events, byte sum %" PRIu64
+		      " (expected %" PRIu64 ")", out->count, count, out->sum, expect);
 		ok = false;
 	}
 	if (ok) {
@@ -1281,6 +1314,12 @@ static long warmup_for(long iters)
 	return w < 1000 ? 1000 : w > 20000 ? 20000 : w;
 }
 
+/* Events per throughput run: the same order of run time for both sizes. */
+static long tp_default_iters(size_t payload)
+{
+	return payload <= 256 ? DEFAULT_TP_SMALL_ITERS : DEFAULT_TP_LARGE_ITERS;
+}
+
 static void plan_cases(void)
 {
 	const unsigned w = g_opt.waits;
@@ -1294,11 +1333,13 @@ static void plan_cases(void)
 			 add_result("floor-futex", "pingpong", SHMBUS_WAIT_BLOCK, 0, 0, HAS_RTT), NULL);
 	if (g_opt.modes & MODE_PINGPONG) {
 		static const shmbus_wait_t order[] = {SHMBUS_WAIT_SPIN, SHMBUS_WAIT_BLOCK, SHMBUS_WAIT_ADAPTIVE};
-		for (int i = 0; i < 3; i++)
-			if (w & WAIT_BIT(order[i]))
-				add_case(CASE_PINGPONG, rtt_iters,
-					 add_result("shmbus", "pingpong", order[i], g_opt.payload, 0, HAS_RTT | HAS_PAYLOAD),
-					 NULL);
+		for (int i = 0; i < 3; i++) {
+			if (!(w & WAIT_BIT(order[i])))
+				continue;
+			struct result *r = add_result("shmbus", "pingpong", order[i], g_opt.payload, 0,
+						      HAS_RTT | HAS_PAYLOAD);
+			add_case(CASE_PINGPONG, rtt_iters, r, NULL);
+		}
 	}
 	if (g_opt.modes & MODE_THROUGHPUT) {
 		/* The subscriber spins unless one wait mode was asked for: the
@@ -1313,7 +1354,7 @@ static void plan_cases(void)
 			nsizes = 1;
 		}
 		for (int i = 0; i < nsizes; i++) {
-			long n = g_opt.iters ? g_opt.iters : sizes[i] <= 256 ? DEFAULT_TP_SMALL_ITERS : DEFAULT_TP_LARGE_ITERS;
+			long n = g_opt.iters ? g_opt.iters : tp_default_iters(sizes[i]);
 			unsigned batches[2] = {1, g_opt.batch};
 			for (int b = 0; b < (g_opt.batch > 1 ? 2 : 1); b++)
 				add_case(CASE_THROUGHPUT, n,
@@ -1369,10 +1410,11 @@ static void report_progress(const struct bench_case *c, int run)
 		char name[96];
 		describe(r, name, sizeof name);
 		if (r->has & HAS_RTT)
-			fprintf(stderr, "  run %d: %-34s p50 %8.0f ns  p99 %8.0f ns\n", run + 1, name, v[ST_P50], v[ST_P99]);
+			fprintf(stderr, "  run %d: %-34s p50 %8.0f ns  p99 %8.0f ns\n", run + 1, name, v[ST_P50],
+				v[ST_P99]);
 		else if (r->has & HAS_TP)
-			fprintf(stderr, "  run %d: %-34s %8.2f M events/s  %8.1f MB/s\n", run + 1, name, v[ST_EPS] / 1e6,
-				v[ST_MBPS]);
+			fprintf(stderr, "  run %d: %-34s %8.2f M events/s  %8.1f MB/s\n", run + 1, name,
+				v[ST_EPS] / 1e6, v[ST_MBPS]);
 		else
 			fprintf(stderr, "  run %d: %-34s cpu %.4f %%\n", run + 1, name, v[ST_CPU]);
 	}

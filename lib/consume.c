@@ -254,7 +254,9 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 	return 0;
 }
 
-static int sleep_once(shmbus_sub_t *sub, uint64_t deadline, const shmbus_event_t **ev)
+/* Announce sleep, look once more, sleep until woken, the deadline or the
+ * next reclaim interval; then look again. 1 (event), 0, or -errno. */
+static int sleep_once(shmbus_sub_t *sub, uint64_t now, uint64_t deadline, const shmbus_event_t **ev)
 {
 	shmbus_bus_t *bus = sub->bus;
 	struct seg_sub *s = sub->rec;
@@ -262,15 +264,15 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t deadline, const shmbus_event_t
 	at_exchange_u32(&s->sleepers, 1);
 	at_fence_seq_cst();
 	int rc = shmbus_poll(sub, ev);
-	if (rc == 0) {
-		uint64_t now = now_mono_ns();
-		uint64_t slice = bus->reclaim_interval_ns;
-		if (deadline != UINT64_MAX)
-			slice = deadline > now ? (deadline - now < slice ? deadline - now : slice) : 0;
-		if (slice && futex_wait_shared(&s->wake_futex, seen, (int64_t)slice) == -EINTR)
-			rc = shmbus__fail(EINTR, "interrupted by a signal");
-	}
-	return rc;
+	if (rc != 0)
+		return rc;
+	uint64_t slice = bus->reclaim_interval_ns;
+	if (deadline != UINT64_MAX && deadline - now < slice)
+		slice = deadline - now;
+	if (futex_wait_shared(&s->wake_futex, seen, (int64_t)slice) == -EINTR)
+		return shmbus__fail(EINTR, "interrupted by a signal");
+	/* woken (or timed out): the event, if any, comes before any clock */
+	return shmbus_poll(sub, ev);
 }
 
 SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_event_t **ev)
@@ -290,19 +292,21 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 			return rc;
 		at_cpu_relax();
 		if ((i & 63) == 0) {
-			if (now_mono_ns() >= spin_until)
+			uint64_t now = now_mono_ns();
+			if (now >= spin_until)
 				break;
 			/* a pure spinner is the only one who can notice a dead
 			 * group peer holding our events */
 			if ((i & 0xFFFF) == 0)
-				reclaim_if_due(sub->bus);
+				reclaim_if_due_at(sub->bus, now);
 		}
 	}
 	for (;;) {
-		if (now_mono_ns() >= deadline)
+		uint64_t now = now_mono_ns();
+		if (now >= deadline)
 			return 0;
-		reclaim_if_due(sub->bus);
-		if ((rc = sleep_once(sub, deadline, ev)) != 0)
+		reclaim_if_due_at(sub->bus, now);
+		if ((rc = sleep_once(sub, now, deadline, ev)) != 0)
 			return rc;
 	}
 }

@@ -72,6 +72,19 @@ static int check_str(const char *what, const char *s, size_t max, bool required,
 	return 0;
 }
 
+/* Check string k and record it in lay. Returns its bytes with the NUL,
+ * or -errno. */
+static int layout_str(struct event_layout *lay, unsigned k, const char *str, const char *what, bool required)
+{
+	size_t n = 0;
+	int rc = check_str(what, str, SEG_EVENT_STR_MAX, required, &n);
+	if (rc < 0)
+		return rc;
+	lay->str[k] = str ? str : "";
+	lay->len[k] = (uint8_t)n;
+	return (int)n + 1;
+}
+
 static uint64_t align8(uint64_t v)
 {
 	return (v + 7) & ~7ull;
@@ -95,21 +108,39 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 		return shmbus__fail(EINVAL, "unknown status %d", (int)msg->status);
 	if (msg->flags & ~(uint16_t)(SEG_EVF_USER_MASK))
 		return shmbus__fail(EINVAL, "flags 0x%x are not settable by a publisher", msg->flags);
-	const char *src = msg->source ? msg->source : default_source;
-	const char *strs[SEG_EVENT_STRINGS] = {msg->name,    src,	   msg->target,	     msg->conversation_id,
-					       msg->user_id, msg->intent, msg->decision_id};
-	static const char *const what[SEG_EVENT_STRINGS] = {"event name", "source",	  "target",	 "conversation id",
-							    "user id",	  "intent", "decision id"};
 	uint64_t strings = 0;
-	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		size_t n = 0;
-		if (k == SEG_STR_SOURCE && !msg->source)
-			n = default_source_len; /* checked when the publisher opened */
-		else if ((rc = check_str(what[k], strs[k], SEG_EVENT_STR_MAX, k == SEG_STR_NAME, &n)) < 0)
+	if ((rc = layout_str(lay, SEG_STR_NAME, msg->name, "event name", true)) < 0)
+		return rc;
+	strings += (unsigned)rc;
+	if (msg->source) {
+		if ((rc = layout_str(lay, SEG_STR_SOURCE, msg->source, "source", false)) < 0)
 			return rc;
-		lay->str[k] = strs[k] ? strs[k] : "";
-		lay->len[k] = (uint8_t)n;
-		strings += n + 1;
+		strings += (unsigned)rc;
+	} else { /* the publisher's, checked when it opened */
+		lay->str[SEG_STR_SOURCE] = default_source;
+		lay->len[SEG_STR_SOURCE] = (uint8_t)default_source_len;
+		strings += default_source_len + 1;
+	}
+	if ((rc = layout_str(lay, SEG_STR_TARGET, msg->target, "target", false)) < 0)
+		return rc;
+	strings += (unsigned)rc;
+	/* The context strings are usually all absent: one test for the four. */
+	static const char *const what[SEG_EVENT_STRINGS] = {
+		[SEG_STR_CONVERSATION] = "conversation id", [SEG_STR_USER] = "user id",
+		[SEG_STR_INTENT] = "intent", [SEG_STR_DECISION] = "decision id"};
+	const char *ctx[SEG_EVENT_STRINGS] = {[SEG_STR_CONVERSATION] = msg->conversation_id, [SEG_STR_USER] = msg->user_id,
+					      [SEG_STR_INTENT] = msg->intent, [SEG_STR_DECISION] = msg->decision_id};
+	bool any_ctx = msg->conversation_id || msg->user_id || msg->intent || msg->decision_id;
+	for (unsigned k = SEG_STR_CONVERSATION; k < SEG_EVENT_STRINGS; k++) {
+		if (!any_ctx) {
+			lay->str[k] = "";
+			lay->len[k] = 0;
+			strings++;
+			continue;
+		}
+		if ((rc = layout_str(lay, k, ctx[k], what[k], false)) < 0)
+			return rc;
+		strings += (unsigned)rc;
 	}
 	if (msg->metadata_count > SEG_EVENT_META_MAX)
 		return shmbus__fail(EMSGSIZE, "%zu metadata pairs, at most %u", msg->metadata_count, SEG_EVENT_META_MAX);

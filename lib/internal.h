@@ -228,7 +228,9 @@ void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx);
 void consume_detach(shmbus_sub_t *sub, bool survives);
 
 /* reclaim.c */
+/* Sweep for dead members if the last sweep is a reclaim interval old. */
 int reclaim_if_due(shmbus_bus_t *bus);
+int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now_mono);
 void reclaim_member(shmbus_bus_t *bus, uint32_t m);
 bool member_alive(shmbus_bus_t *bus, uint32_t m);
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,

@@ -351,12 +351,16 @@ SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
 	return n;
 }
 
-int reclaim_if_due(shmbus_bus_t *bus)
+int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now)
 {
-	uint64_t now = now_mono_ns();
 	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns || bus->orphaned)
 		return 0;
 	return shmbus_reclaim(bus);
+}
+
+int reclaim_if_due(shmbus_bus_t *bus)
+{
+	return reclaim_if_due_at(bus, now_mono_ns());
 }
 
 /* ------------------------------------------------------------ congestion */

@@ -246,7 +246,7 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	struct seg_sub *s = bus_sub(bus, (uint32_t)idx);
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fetch_add_u64(&s->generation, 1);
-	s->flags = r->policy_flags | (r->durable ? SEG_SUB_DURABLE : 0) | (r->group ? SEG_SUB_GROUP : 0);
+	at_store_release_u32(&s->flags, r->policy_flags | (r->durable ? SEG_SUB_DURABLE : 0) | (r->group ? SEG_SUB_GROUP : 0));
 	bool plain = !r->durable && !r->group;
 	s->owner = plain ? bus->member : SEG_SUB_NO_OWNER;
 	s->owner_gen_lo = (uint32_t)bus->member_gen;

@@ -21,7 +21,7 @@ static struct seg_cell *cell_at(const struct queue_view *q, uint64_t pos)
 void queue_init(struct queue_view *q)
 {
 	for (uint64_t p = 0; p < q->cap; p++) {
-		cell_at(q, p)->desc = 0;
+		at_store_relaxed_u64(&cell_at(q, p)->desc, 0);
 		at_store_relaxed_u64(&cell_at(q, p)->turn, p);
 	}
 	at_store_relaxed_u64(&q->ends->tail, 0);
@@ -51,7 +51,9 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 			 * step), and saves a locked instruction per push */
 			if (at_load_relaxed_u64(&q->ends->tail) == pos)
 				at_store_relaxed_u64(&q->ends->tail, pos + 1);
-			c->desc = desc;
+			/* relaxed atomics: a consumer that reads a cell and then
+			 * loses the race for it may read it while we write */
+			at_store_relaxed_u64(&c->desc, desc);
 			at_store_release_u64(&c->turn, p + 1);
 			return 0;
 		}
@@ -86,7 +88,7 @@ uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32
 			const struct seg_cell *c = cell_at(q, p);
 			if (at_load_acquire_u64((uint64_t *)&c->turn) != p + 1)
 				break;
-			uint64_t d = c->desc;
+			uint64_t d = at_load_relaxed_u64((uint64_t *)&c->desc);
 			if ((d & SEG_DESC_SEQ_MASK) > max_seq)
 				break;
 			descs[n++] = d;
@@ -137,7 +139,7 @@ int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombston
 		uint64_t turn = at_load_acquire_u64(&c->turn);
 		if (!(turn & SEG_TURN_BUSY) || seg_turn_owner(turn) != owner)
 			continue;
-		c->desc = tombstone;
+		at_store_relaxed_u64(&c->desc, tombstone);
 		at_store_release_u64(&c->turn, seg_turn_pos(turn) + 1);
 		fixed++;
 	}
@@ -165,7 +167,7 @@ int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 		struct seg_cell *c = cell_at(q, p);
 		if (p >= head || at_load_acquire_u64(&c->turn) != p + 1)
 			continue; /* released already, or never taken */
-		on_desc(c->desc, arg);
+		on_desc(at_load_relaxed_u64(&c->desc), arg);
 		at_store_release_u64(&c->turn, p + q->cap);
 		given++;
 	}
