@@ -126,34 +126,6 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 	return (int)n;
 }
 
-/* Wait for the publisher of seq to commit: it pushes descriptors just
- * before. Returns COMMITTED, ABORTED, or FREE when the slot moved on. */
-static uint32_t await_commit(shmbus_bus_t *bus, uint64_t seq)
-{
-	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq), deadline = 0;
-	for (unsigned spins = 0;; spins++) {
-		uint64_t c = at_load_acquire_u64(ctl);
-		if (seg_ctl_lap(c) != lap)
-			return SEG_SLOT_FREE;
-		uint32_t st = seg_ctl_state(c);
-		if (st != SEG_SLOT_CLAIMED)
-			return st;
-		at_cpu_relax();
-		if ((spins & 0xFFFF) != 0xFFFF)
-			continue;
-		/* A publisher dies between push and commit only rarely; the
-		 * reclaim sweep then aborts its claim. A claim that outlives
-		 * two reclaim timeouts names no living publisher: the control
-		 * word is corrupt, and the event is given up. */
-		uint64_t now = now_mono_ns();
-		if (!deadline)
-			deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
-		else if (now > deadline)
-			return SEG_SLOT_ABORTED;
-		reclaim_if_due(bus);
-	}
-}
-
 /* Turn one ready descriptor into a deliverable event, or drop it.
  * Returns the event or NULL (dropped). */
 static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_desc *h)
@@ -167,7 +139,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	}
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
-	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && await_commit(bus, seq) != SEG_SLOT_COMMITTED) {
+	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED) {
 		/* aborted by its publisher or a survivor: no reference held */
 		uint64_t d = desc;
 		at_cas_u64(&sub->cons->held[h->k], &d, 0);
@@ -382,12 +354,15 @@ SHMBUS_API bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t
 	return false;
 }
 
+/* Reported once per subscription, not per handle: a consumer that attaches
+ * to a durable subscription learns what was missed while nobody was. */
 SHMBUS_API uint64_t shmbus_take_missed(shmbus_sub_t *sub)
 {
-	if (!sub)
+	if (!sub || sub->bus->orphaned)
 		return 0;
-	uint64_t now = at_load_relaxed_u64(&sub->rec->missed);
-	uint64_t d = now - sub->missed_seen;
-	sub->missed_seen = now;
-	return d;
+	uint64_t now = at_load_acquire_u64(&sub->rec->missed);
+	uint64_t seen = at_load_acquire_u64(&sub->rec->missed_taken);
+	while (now > seen && !at_cas_u64(&sub->rec->missed_taken, &seen, now))
+		;
+	return now > seen ? now - seen : 0;
 }

@@ -169,7 +169,6 @@ struct shmbus_sub {
 	struct held_desc releasing[RELEASE_BATCH];
 	uint32_t nreleasing;
 	uint32_t releasing_slots; /* ring slots the batch keeps (lower bound) */
-	uint64_t missed_seen;
 	struct custom_pred custom[SEG_FILTER_NODES];
 	bool has_custom;
 	struct route_ctx route; /* for evaluating patterns in the second stage */
@@ -208,6 +207,11 @@ void routing_abort(shmbus_pub_t *pub);
  * bit is cleared; idempotent; a descriptor whose slot moved on is
  * ignored). Wakes publishers waiting for space when the slot frees. */
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
+/* The state of the event at seq once its publisher is done with it (a
+ * descriptor can be seen between push and commit): COMMITTED, ABORTED, or
+ * FREE when the slot moved on. Waits while CLAIMED, at most two reclaim
+ * timeouts (then ABORTED: such a claim names no living publisher). */
+uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq);
 /* Whether subscription sub still holds the event at seq. */
 bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 
@@ -215,7 +219,11 @@ bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 /* subscribe.c: membership of the routing masks. */
 void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
-void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed);
+/* Take every queued descriptor of subscription idx whose sequence is at
+ * most max_seq and drop its hold; the runs are recorded in intent (the
+ * caller's: a publisher's drain record, or the table lock holder's).
+ * Returns how many events were dropped. */
+uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent);
 void sub_wait_routing_grace(shmbus_bus_t *bus);
 void sub_lock_recover(shmbus_bus_t *bus);
 

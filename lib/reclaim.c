@@ -32,23 +32,6 @@ bool member_alive(shmbus_bus_t *bus, uint32_t m)
 	return live_is_locked(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) != 0;
 }
 
-/* Wait (briefly) for a live publisher to commit the slot a recovered
- * descriptor points to, so the reference it counts is released once. */
-static uint32_t settled_state(shmbus_bus_t *bus, uint64_t seq)
-{
-	uint64_t *ctl = bus_slot_ctl(bus, seq);
-	uint64_t deadline = now_mono_ns() + bus->reclaim_interval_ns;
-	for (;;) {
-		uint64_t c = at_load_acquire_u64(ctl);
-		if (seg_ctl_lap(c) != bus_lap(bus, seq))
-			return SEG_SLOT_FREE; /* moved on: nothing to release */
-		uint32_t st = seg_ctl_state(c);
-		if (st != SEG_SLOT_CLAIMED || now_mono_ns() > deadline)
-			return st;
-		at_cpu_relax();
-	}
-}
-
 static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
 {
 	const struct seg_event *ev = (const struct seg_event *)bus_slot_data(bus, seq);
@@ -63,7 +46,7 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 	if (!desc || desc == SEG_HELD_REVOKED || (desc & SEG_DESC_TOMBSTONE))
 		return;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-	if (settled_state(bus, seq) != SEG_SLOT_COMMITTED)
+	if (slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return; /* aborted or gone: nothing to deliver or release */
 	if (!slot_held_by(bus, seq, sub))
 		return; /* dropped already (its dropper died after the bit) */
@@ -412,33 +395,6 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
 		}
 }
 
-/* Drop queued descriptors at or below max_seq: the subscription missed
- * them. `intent` records the run being dropped in case we die doing it.
- * Returns how many. */
-static uint64_t drain_upto(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent)
-{
-	struct seg_sub *s = bus_sub(bus, idx);
-	uint64_t n = 0, descs[64], first;
-	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
-		struct queue_view q = bus_queue(bus, idx, cls);
-		uint32_t got;
-		while ((got = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
-			for (uint32_t i = 0; i < got; i++) {
-				uint64_t d = descs[i];
-				if (d & SEG_DESC_TOMBSTONE)
-					continue;
-				if ((d & SEG_DESC_HOLDS_REF) && settled_state(bus, d & SEG_DESC_SEQ_MASK) == SEG_SLOT_COMMITTED)
-					slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
-				n++;
-			}
-			queue_release(&q, intent, first, got);
-		}
-	}
-	if (n)
-		at_count_u64(&s->missed, n);
-	return n;
-}
-
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
 				bool stalled)
 {
@@ -461,7 +417,9 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 		}
 		if (!lagging)
 			continue;
-		drain_upto(bus, i, max_seq, intent);
+		uint64_t n = sub_drop_queued(bus, i, max_seq, intent);
+		if (n)
+			at_count_u64(&s->missed, n); /* passed over */
 		if (culprit)
 			revoke_held(bus, i, max_seq);
 	}

@@ -172,35 +172,37 @@ bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	return at_load_acquire_u64(&bus_slot_holders(bus, seq)[sub / 64]) >> (sub % 64) & 1;
 }
 
-/* The state of the slot of seq once its publisher is done with it: a
- * descriptor can be dropped (or taken) between push and commit, and the
- * holder bits are written at commit. Bounded: a claim that outlives two
- * reclaim timeouts names no living publisher. */
-static uint64_t settled_ctl(shmbus_bus_t *bus, uint64_t seq)
+uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq)
 {
-	uint64_t *ctl = bus_slot_ctl(bus, seq), c, deadline = 0;
+	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq), deadline = 0;
 	for (unsigned spins = 0;; spins++) {
-		c = at_load_acquire_u64(ctl);
-		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED || seg_ctl_lap(c) != bus_lap(bus, seq))
-			return c;
+		uint64_t c = at_load_acquire_u64(ctl);
+		if (seg_ctl_lap(c) != lap)
+			return SEG_SLOT_FREE;
+		uint32_t st = seg_ctl_state(c);
+		if (st != SEG_SLOT_CLAIMED)
+			return st;
 		at_cpu_relax();
 		if ((spins & 0xFFF) != 0xFFF)
 			continue;
+		/* A publisher dies between push and commit only rarely; the
+		 * reclaim sweep then aborts its claim. A claim that outlives
+		 * two reclaim timeouts names no living publisher: the word is
+		 * corrupt, and the event is given up. */
 		uint64_t now = now_mono_ns();
 		if (!deadline)
 			deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
 		else if (now > deadline)
-			return c;
-		reclaim_if_due(bus);
+			return SEG_SLOT_ABORTED;
+		reclaim_if_due_at(bus, now);
 	}
 }
 
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 {
-	uint64_t c = settled_ctl(bus, seq);
 	/* a descriptor whose slot moved on must not clear a bit of the
 	 * slot's new event; an aborted event holds nothing */
-	if (seg_ctl_lap(c) != bus_lap(bus, seq) || seg_ctl_state(c) != SEG_SLOT_COMMITTED || sub >= SEG_MAX_SUBSCRIBERS)
+	if (sub >= SEG_MAX_SUBSCRIBERS || slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return;
 	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
 	uint64_t old = __atomic_fetch_and(&h[sub / 64], ~bit, __ATOMIC_SEQ_CST);

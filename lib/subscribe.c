@@ -63,37 +63,24 @@ void sub_wait_routing_grace(shmbus_bus_t *bus)
 	}
 }
 
-/* Empty both queues of subscription idx, dropping the references the
- * descriptors carry. Runs under the table lock; the run being drained is
- * recorded in the header so the next holder can finish it if we die. */
-void sub_drain_queues(shmbus_bus_t *bus, uint32_t idx, bool count_missed)
+uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent)
 {
-	struct seg_sub *s = bus_sub(bus, idx);
-	struct seg_take_intent *intent = &bus->hdr->locked_take;
-	uint64_t descs[64], first;
+	uint64_t dropped = 0, descs[64], first;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		uint32_t n;
-		while ((n = queue_take(&q, intent, 64, UINT64_MAX, descs, &first)) > 0) {
+		while ((n = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
 			for (uint32_t i = 0; i < n; i++) {
-				uint64_t desc = descs[i];
-				if (desc & SEG_DESC_TOMBSTONE)
+				if (descs[i] & SEG_DESC_TOMBSTONE)
 					continue;
-				uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-				/* A descriptor can be seen before its commit; wait
-				 * for it so the reference is released once. */
-				uint64_t c, deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
-				while (seg_ctl_state(c = at_load_acquire_u64(bus_slot_ctl(bus, seq))) == SEG_SLOT_CLAIMED &&
-				       seg_ctl_lap(c) == bus_lap(bus, seq) && now_mono_ns() < deadline)
-					sched_yield();
-				if (desc & SEG_DESC_HOLDS_REF)
-					slot_release(bus, seq, idx);
-				if (count_missed)
-					at_count_u64(&s->missed, 1);
+				if (descs[i] & SEG_DESC_HOLDS_REF)
+					slot_release(bus, descs[i] & SEG_DESC_SEQ_MASK, idx);
+				dropped++;
 			}
 			queue_release(&q, intent, first, n);
 		}
 	}
+	return dropped;
 }
 
 /* Finish what a holder of the table lock that died left half done: a
@@ -137,7 +124,8 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	at_fence_seq_cst();
 	sub_wait_routing_grace(bus);
 	revoke_all_held(bus, idx);
-	sub_drain_queues(bus, idx, false);
+	/* under the table lock: its holder's intent lives in the header */
+	sub_drop_queued(bus, idx, UINT64_MAX, &bus->hdr->locked_take);
 	metrics_retire_sub(bus, idx);
 	at_fetch_add_u64(&s->generation, 1);
 	at_store_release_u32(&s->flags, 0);
@@ -257,6 +245,7 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	at_store_relaxed_u64(&s->delivered_total, 0);
 	at_store_relaxed_u64(&s->filtered, 0);
 	at_store_relaxed_u64(&s->missed, 0);
+	at_store_relaxed_u64(&s->missed_taken, 0);
 	at_store_relaxed_u64(&s->dropped_full, 0);
 	at_store_relaxed_u64(&s->demotions, 0);
 	at_store_relaxed_u64(&s->redelivered, 0);
@@ -331,7 +320,6 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 	sub->wait = opts->wait;
 	sub->spin_ns = opts->spin_ns ? opts->spin_ns : DEFAULT_SPIN_NS;
 	sub->take_batch = opts->group ? 1 : TAKE_BATCH;
-	sub->missed_seen = at_load_relaxed_u64(&sub->rec->missed);
 	bus_track_sub(bus, sub, true);
 	*out = sub;
 	sub = NULL;

@@ -425,7 +425,8 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *   32    subscriber[64]    the spec's subscriber id
  *   96    group[64]         group name ("" if none)
  *   160   block_since_ns u64 (informational: last stall seen)
- *   168   reserved to 256
+ *   168   missed_taken   u64 missed events already reported to a consumer
+ *   176   reserved to 256
  *   256   wake_futex u32, sleepers u32 (own line)
  *   320   counters (own lines): delivered_total, filtered, missed,
  *         dropped_full, demotions, redelivered, revoked, routed_base
@@ -456,7 +457,8 @@ struct seg_sub {
 	char subscriber[64];
 	char group[64];
 	uint64_t block_since_ns;
-	uint8_t reserved0[88];
+	uint64_t missed_taken; /* missed already reported (shmbus_take_missed) */
+	uint8_t reserved0[80];
 	uint32_t wake_futex;
 	uint32_t sleepers;
 	uint8_t pad_wake[56];
@@ -481,6 +483,7 @@ _Static_assert(offsetof(struct seg_sub, created_ns) == 24, "sub.created_ns");
 _Static_assert(offsetof(struct seg_sub, subscriber) == 32, "sub.subscriber");
 _Static_assert(offsetof(struct seg_sub, group) == 96, "sub.group");
 _Static_assert(offsetof(struct seg_sub, block_since_ns) == 160, "sub.block_since_ns");
+_Static_assert(offsetof(struct seg_sub, missed_taken) == 168, "sub.missed_taken");
 _Static_assert(offsetof(struct seg_sub, wake_futex) == 256, "sub.wake_futex");
 _Static_assert(offsetof(struct seg_sub, sleepers) == 260, "sub.sleepers");
 _Static_assert(offsetof(struct seg_sub, delivered_total) == 320, "sub.delivered_total");

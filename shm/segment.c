@@ -131,6 +131,10 @@ static int map_twice(struct seg_map *m, int prot)
 	m->base = base;
 	m->map_len = len;
 	m->hdr = (struct seg_header *)base;
+	/* A forked child must not inherit the mapping: a mapping holds the
+	 * open file description, and with it the parent's liveness lock, so
+	 * a child would keep a dead parent looking alive. */
+	(void)madvise(base, len, MADV_DONTFORK);
 	/* Fault every page in now rather than one by one on the first lap of
 	 * the ring (about half a microsecond each). Best effort: kernels
 	 * before 5.14 do not know the advice. */

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -280,4 +281,20 @@ int json_print_line(FILE *out, const json_t *j)
 	if (json_dumpf(j, out, JSON_COMPACT | JSON_REAL_PRECISION(15)) < 0 || fputc('\n', out) == EOF)
 		return errno ? -errno : -EIO;
 	return 0;
+}
+
+json_t *json_add(json_t *o, const char *key, ...)
+{
+	va_list ap;
+	va_start(ap, key);
+	for (const char *k = key; k; k = va_arg(ap, const char *)) {
+		json_t *v = va_arg(ap, json_t *);
+		if (!o || !v || json_object_set_new(o, k, v) < 0) {
+			json_decref(v);
+			json_decref(o);
+			o = NULL;
+		}
+	}
+	va_end(ap);
+	return o;
 }

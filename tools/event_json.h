@@ -41,6 +41,14 @@ json_t *json_text(const char *s);
  * buf (cap bytes, truncating). */
 const char *text_safe(const char *s, char *buf, size_t cap);
 
+/*
+ * Add key/value pairs, ending with a NULL key, to object o; the values'
+ * references are stolen. Returns o, or NULL (o released) if o or any value
+ * is NULL (jansson out of memory), so calls nest: json_add(json_object(),
+ * "a", json_integer(1), NULL).
+ */
+json_t *json_add(json_t *o, const char *key, ...);
+
 /* Write a JSON value compactly on one line, newline included. 0 or -EIO. */
 int json_print_line(FILE *out, const json_t *j);
 

@@ -41,26 +41,6 @@ struct dump_opts {
 /* A counter as a JSON integer. */
 static json_t *ju(uint64_t v) { return json_integer((json_int_t)v); }
 
-/*
- * Add key/value pairs, ending with a NULL key, to object o (stolen
- * references). Returns o, or NULL (and o released) if any value is NULL.
- */
-static json_t *add(json_t *o, const char *key, ...)
-{
-	va_list ap;
-	va_start(ap, key);
-	for (const char *k = key; k; k = va_arg(ap, const char *)) {
-		json_t *v = va_arg(ap, json_t *);
-		if (!o || !v || json_object_set_new(o, k, v) < 0) {
-			json_decref(v);
-			json_decref(o);
-			o = NULL;
-		}
-	}
-	va_end(ap);
-	return o;
-}
-
 /* Print one JSON line; a NULL object means jansson ran out of memory. */
 static int emit(json_t *j)
 {
@@ -101,22 +81,22 @@ static int header_json(const shmbus_inspect_t *in)
 {
 	shmbus_inspect_header_t h;
 	int ok = shmbus_inspect_header(in, &h) == 0;
-	json_t *o = add(json_object(), "kind", json_string("header"), "path", json_text(h.path), "live",
+	json_t *o = json_add(json_object(), "kind", json_string("header"), "path", json_text(h.path), "live",
 			json_boolean(h.live), "file_size", ju(h.file_size), NULL);
 	if (!ok)
-		return emit(add(o, "error", json_text(shmbus_inspect_error(in)), NULL));
+		return emit(json_add(o, "error", json_text(shmbus_inspect_error(in)), NULL));
 	const shmbus_config_t *c = &h.config;
-	json_t *cfg = add(json_object(), "slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload",
+	json_t *cfg = json_add(json_object(), "slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload",
 			  ju(c->max_payload), "max_subscribers", ju(c->max_subscribers), "max_members",
 			  ju(c->max_members), "mode", ju(c->mode), "block_timeout_ns", ju(c->block_timeout_ns),
 			  "stall_timeout_ns", ju(c->stall_timeout_ns), "reclaim_timeout_ns", ju(c->reclaim_timeout_ns),
 			  "queue_capacity", ju(h.queue_capacity), NULL);
-	json_t *regions = add(json_object(), "members", ju(h.members_off), "publishers", ju(h.pubs_off),
+	json_t *regions = json_add(json_object(), "members", ju(h.members_off), "publishers", ju(h.pubs_off),
 			      "subscriptions", ju(h.subs_off), "cells", ju(h.cells_off), "slot_ctl", ju(h.slot_ctl_off),
 			      "data", ju(h.data_off), NULL);
 	char hash[24];
 	snprintf(hash, sizeof hash, "0x%016llx", (unsigned long long)h.layout_hash);
-	return emit(add(o, "name", json_text(h.name), "layout_version", ju(h.layout_version), "state",
+	return emit(json_add(o, "name", json_text(h.name), "layout_version", ju(h.layout_version), "state",
 			json_string(h.state == 1   ? "ready"
 				    : h.state == 0 ? "init"
 						   : "invalid"),
@@ -181,7 +161,7 @@ static int members_out(const shmbus_inspect_t *in, bool json)
 		if (shmbus_inspect_member(in, i, &m) < 0)
 			break;
 		if (json) {
-			if (emit(add(json_object(), "kind", json_string("member"), "index", ju(m.index), "state",
+			if (emit(json_add(json_object(), "kind", json_string("member"), "index", ju(m.index), "state",
 				     json_string(m.state == 1	? "active"
 						 : m.state == 2 ? "reclaiming"
 								: "invalid"),
@@ -210,7 +190,7 @@ static int pubs_out(const shmbus_inspect_t *in, bool json)
 		if (shmbus_inspect_pub(in, i, &p) < 0)
 			break;
 		if (json) {
-			if (emit(add(json_object(), "kind", json_string("publisher"), "index", ju(p.index), "member",
+			if (emit(json_add(json_object(), "kind", json_string("publisher"), "index", ju(p.index), "member",
 				     ju(p.member), "source", json_text(p.source), "routing",
 				     json_boolean(p.routing & 1), "published", ju(p.published), "publish_bytes",
 				     ju(p.publish_bytes), "block_waits", ju(p.block_waits), "block_timeouts",
@@ -250,7 +230,7 @@ static json_t *consumers_json(const shmbus_inspect_sub_t *s)
 	json_t *a = json_array();
 	for (uint32_t i = 0; a && i < s->consumer_count; i++) {
 		const shmbus_inspect_consumer_t *c = &s->consumers[i];
-		json_t *o = add(json_object(), "index", ju(c->index), "member", ju(c->member), "pid", ju(c->pid),
+		json_t *o = json_add(json_object(), "index", ju(c->index), "member", ju(c->member), "pid", ju(c->pid),
 				"delivered", ju(c->delivered), "held", held_json(c), NULL);
 		if (json_array_append_new(a, o) < 0) {
 			json_decref(a);
@@ -263,9 +243,9 @@ static json_t *consumers_json(const shmbus_inspect_sub_t *s)
 /* One "subscription" line. 0 or -EIO/-ENOMEM. */
 static int sub_json(const shmbus_inspect_sub_t *s)
 {
-	json_t *queue = add(json_object(), "urgent_head", ju(s->head[0]), "urgent_tail", ju(s->tail[0]), "normal_head",
+	json_t *queue = json_add(json_object(), "urgent_head", ju(s->head[0]), "urgent_tail", ju(s->tail[0]), "normal_head",
 			    ju(s->head[1]), "normal_tail", ju(s->tail[1]), NULL);
-	return emit(add(
+	return emit(json_add(
 		json_object(), "kind", json_string("subscription"), "index", ju(s->index), "id", ju(s->id), "state",
 		json_string(s->state == 1   ? "active"
 			    : s->state == 2 ? "init"
@@ -347,7 +327,7 @@ static int ring_out(const shmbus_inspect_t *in, bool json)
 	shmbus_inspect_ring_t r;
 	int ok = shmbus_inspect_ring(in, &r) == 0;
 	if (json)
-		return emit(add(json_object(), "kind", json_string("ring"), "readable", json_boolean(ok), "slots",
+		return emit(json_add(json_object(), "kind", json_string("ring"), "readable", json_boolean(ok), "slots",
 				ju(r.slots), "free", ju(r.free), "claimed", ju(r.claimed), "committed", ju(r.committed),
 				"aborted", ju(r.aborted), "referenced", ju(r.referenced), "refs", ju(r.refs),
 				"claim_pos", ju(r.claim_pos), "events", ju(r.events), NULL));
@@ -376,7 +356,7 @@ static int event_out(const shmbus_inspect_event_t *e, bool json)
 		printf("      slots=%u refs=%u\n", e->slots, e->refs);
 		return 0;
 	}
-	json_t *o = add(json_object(), "kind", json_string("event"), "slots", ju(e->slots), "refs", ju(e->refs), NULL);
+	json_t *o = json_add(json_object(), "kind", json_string("event"), "slots", ju(e->slots), "refs", ju(e->refs), NULL);
 	json_t *ev = event_json(e);
 	if (!o || !ev || json_object_update(o, ev) < 0) {
 		json_decref(o);
@@ -415,7 +395,7 @@ static int check_out(const shmbus_inspect_t *in, bool json)
 		for (size_t i = 0; a && i < n; i++)
 			if (json_array_append_new(a, json_text(shmbus_inspect_problem(in, i))) < 0)
 				json_decref(a), a = NULL;
-		return emit(add(json_object(), "kind", json_string("check"), "ok", json_boolean(n == 0), "problems", a,
+		return emit(json_add(json_object(), "kind", json_string("check"), "ok", json_boolean(n == 0), "problems", a,
 				NULL));
 	}
 	if (n == 0) {

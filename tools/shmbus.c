@@ -163,25 +163,6 @@ static int emit_json(const char *cmd, json_t *j)
 	return 0;
 }
 
-/* Build an object from key/value pairs, ending with a NULL key. A NULL
- * value (no memory) fails the whole object. */
-static json_t *json_obj(const char *key, ...)
-{
-	json_t *o = json_object();
-	va_list ap;
-	va_start(ap, key);
-	for (const char *k = key; k; k = va_arg(ap, const char *)) {
-		json_t *v = va_arg(ap, json_t *);
-		if (!o || !v || json_object_set_new(o, k, v) < 0) {
-			json_decref(v);
-			json_decref(o);
-			o = NULL;
-		}
-	}
-	va_end(ap);
-	return o;
-}
-
 /* A counter as a JSON integer (counters stay below 2^63 in practice). */
 static json_t *ju(uint64_t v) { return json_integer((json_int_t)v); }
 
@@ -310,7 +291,7 @@ static int cmd_ls(int argc, char **argv)
 		const shmbus_bus_entry_t *e = &list[i];
 		const char *state = !e->valid ? "invalid" : e->stale ? "stale" : "ok";
 		if (json)
-			rc = emit_json("ls", json_obj("name", json_text(e->name), "size", ju(e->size), "members",
+			rc = emit_json("ls", json_add(json_object(), "name", json_text(e->name), "size", ju(e->size), "members",
 						      ju(e->members), "alive", ju(e->alive), "stale",
 						      json_boolean(e->stale), "valid", json_boolean(e->valid), NULL));
 		else
@@ -326,7 +307,7 @@ static int cmd_ls(int argc, char **argv)
 /* The bus configuration as a JSON object (NULL when out of memory). */
 static json_t *config_json(const shmbus_config_t *c)
 {
-	return json_obj("slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload", ju(c->max_payload),
+	return json_add(json_object(), "slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload", ju(c->max_payload),
 			"max_subscribers", ju(c->max_subscribers), "max_members", ju(c->max_members), "mode",
 			ju(c->mode), "block_timeout_ns", ju(c->block_timeout_ns), "stall_timeout_ns",
 			ju(c->stall_timeout_ns), "reclaim_timeout_ns", ju(c->reclaim_timeout_ns), NULL);
@@ -335,7 +316,7 @@ static json_t *config_json(const shmbus_config_t *c)
 /* shmbus_get_metrics as a JSON object (NULL when out of memory). */
 static json_t *metrics_json(const shmbus_metrics_t *m)
 {
-	return json_obj("published", ju(m->published), "publish_bytes", ju(m->publish_bytes), "routed", ju(m->routed),
+	return json_add(json_object(), "published", ju(m->published), "publish_bytes", ju(m->publish_bytes), "routed", ju(m->routed),
 			"delivered", ju(m->delivered), "filtered", ju(m->filtered), "lagged", ju(m->lagged),
 			"block_waits", ju(m->block_waits), "block_timeouts", ju(m->block_timeouts), "demotions",
 			ju(m->demotions), "reclaims", ju(m->reclaims), "aborted_claims", ju(m->aborted_claims),
@@ -347,7 +328,7 @@ static json_t *metrics_json(const shmbus_metrics_t *m)
 /* One subscription's identity and counters as a JSON object. */
 static json_t *sub_json(const shmbus_sub_info_t *s)
 {
-	return json_obj("id", ju(s->id), "subscriber_id", json_text(s->subscriber_id), "durable",
+	return json_add(json_object(), "id", ju(s->id), "subscriber_id", json_text(s->subscriber_id), "durable",
 			json_boolean(s->durable), "group", s->group[0] ? json_text(s->group) : json_null(), "policy",
 			json_string(s->policy == SHMBUS_POLICY_LAG ? "lag" : "block"), "paused",
 			json_boolean(s->paused), "demoted", json_boolean(s->demoted), "consumers", ju(s->consumers),
@@ -361,7 +342,7 @@ static json_t *member_json(const shmbus_member_info_t *m)
 {
 	char when[40];
 	event_format_time(m->attach_ns, when);
-	return json_obj("index", ju(m->index), "pid", ju(m->pid), "alive", json_boolean(m->alive), "label",
+	return json_add(json_object(), "index", ju(m->index), "pid", ju(m->pid), "alive", json_boolean(m->alive), "label",
 			json_text(m->label), "attached_at", m->attach_ns ? json_string(when) : json_null(), NULL);
 }
 
@@ -440,10 +421,10 @@ static json_t *snapshot_json(const char *name, const struct snapshot *s, bool wi
 		clock_gettime(CLOCK_REALTIME, &ts);
 		event_format_time((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, now);
 		json_decref(members);
-		return json_obj("bus", json_text(name), "time", json_string(now), "metrics", metrics_json(&s->metrics),
+		return json_add(json_object(), "bus", json_text(name), "time", json_string(now), "metrics", metrics_json(&s->metrics),
 				"subscriptions", subs, NULL);
 	}
-	return json_obj("name", json_text(name), "config", config_json(&s->config), "members", members, "subscriptions",
+	return json_add(json_object(), "name", json_text(name), "config", config_json(&s->config), "members", members, "subscriptions",
 			subs, "metrics", metrics_json(&s->metrics), NULL);
 }
 
