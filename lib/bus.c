@@ -354,6 +354,16 @@ void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add)
 	pthread_mutex_unlock(&bus->lock);
 }
 
+/* Whether this thread holds a table lock: a sweep for dead members takes
+ * it too, so waits under it must not start one (the mutex is not
+ * recursive). */
+static __thread unsigned subs_lock_depth;
+
+bool bus_holds_subs_lock(void)
+{
+	return subs_lock_depth > 0;
+}
+
 int bus_lock_subs(shmbus_bus_t *bus)
 {
 	pthread_mutex_lock(&bus->subs_mutex);
@@ -362,12 +372,14 @@ int bus_lock_subs(shmbus_bus_t *bus)
 		pthread_mutex_unlock(&bus->subs_mutex);
 		return shmbus__fail(-rc, "cannot lock the subscription table");
 	}
+	subs_lock_depth++;
 	sub_lock_recover(bus);
 	return 0;
 }
 
 void bus_unlock_subs(shmbus_bus_t *bus)
 {
+	subs_lock_depth--;
 	live_unlock(bus->map.fd, SEG_LOCK_SUBS);
 	pthread_mutex_unlock(&bus->subs_mutex);
 }

@@ -7,7 +7,7 @@
  * always find them if we die. Each event is then read where it lies in the
  * ring, after its commit mark is seen and its bytes pass seg_event_check.
  *
- * Releasing: shmbus_release marks the held entry RELEASING; the references
+ * Releasing: shmbus_release marks the held entry RELEASING; the holds
  * are dropped RELEASE_BATCH at a time, or whenever the consumer finds
  * nothing to do, so a consumer touches the slot control words (which
  * publishers write) in bursts rather than once per event.
@@ -51,26 +51,28 @@ static void held_free(shmbus_sub_t *sub, uint32_t k)
 	sub->held_count--;
 }
 
-/* Drop held entry k now: its reference is released unless a demotion or a
+/* Drop held entry k now: its hold is released unless a demotion or a
  * removal took the entry first. 0, or -ESTALE if it was taken. */
 static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
-	/* The hold goes first, the entry second: dying in between leaves an
-	 * entry whose bit is already clear, which a survivor skips. */
-	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
-		slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
-	uint64_t expected = desc;
 	int rc = 0;
-	if (!at_cas_u64(&sub->cons->held[k], &expected, 0)) {
-		if (expected == SEG_HELD_REVOKED)
-			at_store_release_u64(&sub->cons->held[k], 0);
-		rc = -ESTALE;
+	if (at_load_acquire_u64(&sub->cons->held[k]) & SEG_DESC_REVOKED) {
+		rc = -ESTALE; /* the revoker dropped the hold */
+	} else {
+		/* The hold goes first, the entry second: dying in between leaves
+		 * an entry whose bit is already clear, which a survivor skips. */
+		if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
+			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
+		uint64_t expected = desc;
+		if (!at_cas_u64(&sub->cons->held[k], &expected, 0))
+			rc = -ESTALE; /* revoked meanwhile: both cleared the bit */
 	}
+	at_store_release_u64(&sub->cons->held[k], 0);
 	held_free(sub, k);
 	return rc;
 }
 
-/* Drop the references of every event released since the last batch. The
+/* Drop the holds of every event released since the last batch. The
  * control words are prefetched for writing first so their cache misses
  * overlap instead of queueing behind each locked decrement. */
 static void flush_releases(shmbus_sub_t *sub)
@@ -140,7 +142,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
 	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED) {
-		/* aborted by its publisher or a survivor: no reference held */
+		/* aborted by its publisher or a survivor: it holds nothing */
 		uint64_t d = desc;
 		at_cas_u64(&sub->cons->held[h->k], &d, 0);
 		held_free(sub, h->k);
@@ -297,7 +299,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 			return 0;
 		}
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
-		if (desc && desc != SEG_HELD_REVOKED &&
+		if (desc && !(desc & SEG_DESC_REVOKED) &&
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 			sub->releasing[sub->nreleasing].k = k;
@@ -311,8 +313,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 				flush_releases(sub);
 			return 0;
 		}
-		if (desc == SEG_HELD_REVOKED)
-			at_store_release_u64(&sub->cons->held[k], 0);
+		at_store_release_u64(&sub->cons->held[k], 0);
 		held_free(sub, k);
 		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
@@ -329,14 +330,14 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 		struct queue_view q = bus_queue(bus, sub->index, cls);
 		for (uint32_t i = 0; i < sub->ready_n[cls]; i++) {
 			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
-			uint64_t d = h->desc;
-			/* taken, never seen by the user: back to the queue */
-			if (survives && at_cas_u64(&sub->cons->held[h->k], &d, 0)) {
-				if (queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
-					held_free(sub, h->k);
-					continue;
-				}
-				at_store_release_u64(&sub->cons->held[h->k], h->desc);
+			/* taken, never seen by the user: back to the queue, and only
+			 * then out of held[] (dying in between gives it back twice,
+			 * never loses its hold) */
+			if (survives && !(at_load_acquire_u64(&sub->cons->held[h->k]) & SEG_DESC_REVOKED) &&
+			    queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
+				at_store_release_u64(&sub->cons->held[h->k], 0);
+				held_free(sub, h->k);
+				continue;
 			}
 			held_drop(sub, h->k, h->desc);
 		}

@@ -731,8 +731,8 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 			if (d == 0)
 				continue;
 			oc->held[oc->held_count++] = d;
-			o->held += d != SEG_HELD_REVOKED;
-			if (d != SEG_HELD_REVOKED && !(d & SEG_DESC_TOMBSTONE))
+			o->held += !(d & SEG_DESC_REVOKED);
+			if (!(d & SEG_DESC_REVOKED) && !(d & SEG_DESC_TOMBSTONE))
 				check_held(in, o->index, c, d);
 		}
 	}
@@ -942,7 +942,7 @@ static void decode_ring(shmbus_inspect_t *in)
 		uint32_t state = seg_ctl_state(ctl);
 		/* a claimed slot's low bits name its claimer; holders count the
 		 * subscriptions holding a committed one */
-		uint32_t refs = state == SEG_SLOT_CLAIMED ? seg_ctl_refs(ctl) : slot_refs(in, i);
+		uint32_t refs = state == SEG_SLOT_CLAIMED ? seg_ctl_claimer(ctl) : slot_refs(in, i);
 		r->free += state == SEG_SLOT_FREE;
 		r->claimed += state == SEG_SLOT_CLAIMED;
 		r->committed += state == SEG_SLOT_COMMITTED;

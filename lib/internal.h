@@ -180,6 +180,7 @@ int bus_check_usable(const shmbus_bus_t *bus);
 void bus_track_pub(shmbus_bus_t *bus, shmbus_pub_t *pub, bool add);
 void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add);
 int bus_lock_subs(shmbus_bus_t *bus);
+bool bus_holds_subs_lock(void);
 void bus_unlock_subs(shmbus_bus_t *bus);
 
 /* route.c: does event ev match filter f of subscription sub_index?

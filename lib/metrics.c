@@ -37,7 +37,7 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 		o->delivered += at_load_relaxed_u64(&con->delivered);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_relaxed_u64(&con->held[k]);
-			if (!d || d == SEG_HELD_REVOKED || (d & SEG_DESC_RELEASING))
+			if (!d || (d & (SEG_DESC_REVOKED | SEG_DESC_RELEASING)))
 				continue;
 			/* taken in a run but not handed out yet: still queued for
 			 * the user */

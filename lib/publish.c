@@ -3,9 +3,10 @@
  * publishing, and the five convenience calls of the spec.
  *
  * Commit order, for every event: bytes written -> routed (descriptors
- * pushed, references counted) -> slot COMMITTED with its reference count
- * (release) -> one seq_cst fence per call -> futex wake of the subscriptions
- * that announced they sleep. No syscall when nobody sleeps.
+ * pushed, the matched subscriptions' holder bits collected) -> holder bits
+ * stored -> slot COMMITTED (release) -> commit byte in the event -> one
+ * seq_cst fence per call -> futex wake of the subscriptions that announced
+ * they sleep. No syscall when nobody sleeps.
  */
 #include <errno.h>
 #include <stdio.h>

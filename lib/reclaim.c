@@ -43,9 +43,13 @@ static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
  * had already released, or whose hold is gone, only has its bit cleared. */
 static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 {
-	if (!desc || desc == SEG_HELD_REVOKED || (desc & SEG_DESC_TOMBSTONE))
+	if (!desc || (desc & SEG_DESC_TOMBSTONE))
 		return;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+	if (desc & SEG_DESC_REVOKED) { /* its revoker may have died before the bit */
+		slot_release(bus, seq, sub);
+		return;
+	}
 	if (slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return; /* aborted or gone: nothing to deliver or release */
 	if (!slot_held_by(bus, seq, sub))
@@ -144,9 +148,10 @@ static void on_recovered(uint64_t desc, void *arg)
 {
 	const struct recover_ctx *r = arg;
 	for (size_t i = 0; i < r->n; i++)
-		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN)) == desc)
+		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN | SEG_DESC_REVOKED)) == desc)
 			return;
-	give_back(r->bus, r->sub, desc, r->keep);
+	/* taken from its cell, never handed to a user: not a redelivery */
+	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->keep);
 }
 
 /* Recover one take intent of a dead taker against its queue. */
@@ -195,7 +200,7 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		}
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
-			if (d && d != SEG_HELD_REVOKED)
+			if (d)
 				held[n++] = d;
 		}
 	}
@@ -254,7 +259,7 @@ static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 		uint64_t c = at_load_acquire_u64(&bus->slot_ctl[i]);
 		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED)
 			continue;
-		uint32_t p = seg_ctl_refs(c) - 1;
+		uint32_t p = seg_ctl_claimer(c) - 1;
 		if (p >= bus->max_members || bus->pubs[p].member != dead ||
 		    at_load_acquire_u32(&bus->pubs[p].state) == 0)
 			continue;
@@ -336,7 +341,8 @@ SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
 
 int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now)
 {
-	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns || bus->orphaned)
+	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns || bus->orphaned ||
+	    bus_holds_subs_lock())
 		return 0;
 	return shmbus_reclaim(bus);
 }
@@ -367,7 +373,7 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&s->consumers[c].held[k]);
-			if (d && d != SEG_HELD_REVOKED && (d & SEG_DESC_SEQ_MASK) == seq)
+			if (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq)
 				return true;
 		}
 	return false;
@@ -382,13 +388,20 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
-			if (!d || d == SEG_HELD_REVOKED || (d & SEG_DESC_SEQ_MASK) > max_seq)
+			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq)
 				continue;
-			/* the hold first (idempotent), then the entry */
+			/* Mark the entry first, whatever its consumer does to its
+			 * other bits meanwhile, then drop the hold: dying in
+			 * between leaves a revoked entry whose bit a survivor
+			 * clears. */
+			uint64_t seq = d & SEG_DESC_SEQ_MASK;
+			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
+			       !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
+				;
+			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq)
+				continue; /* released or taken back meanwhile */
 			if (d & SEG_DESC_HOLDS_REF)
-				slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
-			if (!at_cas_u64(slot, &d, SEG_HELD_REVOKED))
-				continue;
+				slot_release(bus, seq, idx);
 			at_count_u64(&s->revoked, 1);
 			if (!(d & SEG_DESC_RELEASING))
 				at_count_u64(&s->missed, 1);

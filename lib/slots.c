@@ -205,7 +205,7 @@ void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	if (sub >= SEG_MAX_SUBSCRIBERS || slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return;
 	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
-	uint64_t old = __atomic_fetch_and(&h[sub / 64], ~bit, __ATOMIC_SEQ_CST);
+	uint64_t old = at_fetch_and_u64_sc(&h[sub / 64], ~bit);
 	if (!(old & bit) || (old & ~bit))
 		return;
 	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)

@@ -102,7 +102,7 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 		struct seg_consumer *con = &s->consumers[c];
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_u64_sc(&con->held[k]);
-			if (!d || d == SEG_HELD_REVOKED)
+			if (!d)
 				continue;
 			if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE))
 				slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);

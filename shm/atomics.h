@@ -40,12 +40,10 @@ static inline int at_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired)
 	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
-/* Read-modify-write, acq_rel: used for reference counts and sleeper counts
+/* Read-modify-write, acq_rel: used for counts, flags and masks
  * whose result decides who acts next. */
 static inline uint64_t at_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
-static inline uint64_t at_fetch_sub_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL); }
 static inline uint32_t at_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
-static inline uint32_t at_fetch_sub_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL); }
 static inline uint64_t at_fetch_or_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
 static inline uint64_t at_fetch_and_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); }
 static inline uint32_t at_fetch_or_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
@@ -56,8 +54,7 @@ static inline uint32_t at_exchange_u32(uint32_t *p, uint32_t v) { return __atomi
  * handshake ("I released / anyone waiting?" against "I wait / still
  * busy?") on different words. On x86 the RMW is the locked instruction it
  * would be anyway, so no extra fence is paid. */
-static inline uint64_t at_fetch_sub_u64_sc(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
-static inline uint32_t at_fetch_add_u32_sc(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t at_fetch_and_u64_sc(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t at_load_u32_sc(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint64_t at_load_u64_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 

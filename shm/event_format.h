@@ -25,7 +25,7 @@
  *   125  content_type    u8
  *   126  flags           u16  SEG_EVF_*
  *   128  payload_off     u32  from the event start, multiple of 8
- *   132  strings_len     u16  bytes after the 16-byte preamble
+ *   132  strings_len     u16  bytes of the string area (from offset 144)
  *   134  meta_count      u8
  *   135  committed       u8   1 once the publisher committed (release store),
  *                             so a reader that got the descriptor early can tell

@@ -377,7 +377,9 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  * of a group), 384 bytes. held[] records every event delivered and not yet
  * released, so a survivor can give them back when the consumer dies;
  * a held entry is a descriptor (see SEG_DESC_*), 0 when empty, or
- * SEG_HELD_REVOKED after a stalled consumer was demoted. A descriptor with
+ * the descriptor with SEG_DESC_REVOKED after a stalled consumer was demoted
+ * (its hold was taken from it; the sequence stays so the bit can be found).
+ * A descriptor with
  * SEG_DESC_RELEASING is released by the consumer but its reference not
  * yet dropped (releases are applied in batches).
  *
@@ -392,7 +394,6 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  */
 #define SEG_CONSUMERS 8u
 #define SEG_HELD_MAX 40u
-#define SEG_HELD_REVOKED (~0ull)
 #define SEG_CONSUMER_FREE 0u
 #define SEG_CONSUMER_ACTIVE 1u
 struct seg_consumer {
@@ -416,7 +417,7 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
 /*
  * seg_sub: one subscription, 8192 bytes.
  *
- *   0     state        u32  FREE / ACTIVE / REMOVING
+ *   0     state        u32  FREE / ACTIVE / INIT (being set up or torn down)
  *   4     flags        u32  SEG_SUB_* below (policy, durable, group, paused)
  *   8     generation   u64  id = generation << 16 | index
  *   16    owner        u32  owning member for plain subs, ~0 for durable/group
@@ -528,7 +529,9 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
 
 /*
  * Descriptor: what a queue cell (and a held entry) carries.
- *   bits 0..58  seq: the position of the event's first slot
+ *   bits 0..57  seq: the position of the event's first slot
+ *   bit 58      REVOKED (held entries only): the hold was taken back from a
+ *               stalled consumer
  *   bit 59      UNSEEN (held entries only): taken from the queue, not yet
  *               handed to the user
  *   bit 60      RELEASING (held entries only): released, reference not yet
@@ -537,7 +540,8 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  *   bit 62      TOMBSTONE: nothing to deliver (a dead producer's cell)
  *   bit 63      REDELIVERED: handed back after its consumer died
  */
-#define SEG_DESC_SEQ_MASK ((1ull << 59) - 1)
+#define SEG_DESC_SEQ_MASK ((1ull << 58) - 1)
+#define SEG_DESC_REVOKED (1ull << 58)
 #define SEG_DESC_UNSEEN (1ull << 59)
 #define SEG_DESC_RELEASING (1ull << 60)
 #define SEG_DESC_HOLDS_REF (1ull << 61)
@@ -563,7 +567,7 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  * bit leaves nothing a survivor could count twice or lose.
  */
 #define SEG_HOLDER_WORDS SEG_MASK_WORDS
-#define SEG_CTL_REFS_MASK 0x3FFFFull
+#define SEG_CTL_CLAIMER_MASK 0x3FFFFull
 #define SEG_CTL_STATE_SHIFT 18
 #define SEG_CTL_STATE_MASK 0x3ull
 #define SEG_CTL_LAP_SHIFT 20
@@ -572,13 +576,14 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
 #define SEG_SLOT_COMMITTED 2u
 #define SEG_SLOT_ABORTED 3u
 
-static inline uint64_t seg_ctl_make(uint64_t lap, uint32_t state, uint32_t refs)
+static inline uint64_t seg_ctl_make(uint64_t lap, uint32_t state, uint32_t claimer)
 {
-	return (lap << SEG_CTL_LAP_SHIFT) | ((uint64_t)state << SEG_CTL_STATE_SHIFT) | (refs & SEG_CTL_REFS_MASK);
+	return (lap << SEG_CTL_LAP_SHIFT) | ((uint64_t)state << SEG_CTL_STATE_SHIFT) | (claimer & SEG_CTL_CLAIMER_MASK);
 }
 static inline uint64_t seg_ctl_lap(uint64_t ctl) { return ctl >> SEG_CTL_LAP_SHIFT; }
 static inline uint32_t seg_ctl_state(uint64_t ctl) { return (uint32_t)((ctl >> SEG_CTL_STATE_SHIFT) & SEG_CTL_STATE_MASK); }
-static inline uint32_t seg_ctl_refs(uint64_t ctl) { return (uint32_t)(ctl & SEG_CTL_REFS_MASK); }
+/* 1 + index of the publisher that claimed a CLAIMED slot; 0 otherwise. */
+static inline uint32_t seg_ctl_claimer(uint64_t ctl) { return (uint32_t)(ctl & SEG_CTL_CLAIMER_MASK); }
 /* The lap tag of position pos, truncated to the 44 bits the word keeps. */
 static inline uint64_t seg_lap_of(uint64_t pos, uint32_t slot_shift)
 {

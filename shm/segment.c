@@ -96,14 +96,16 @@ uint64_t seg_layout_hash(void)
 	int n = snprintf(desc, sizeof desc,
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
-			 "ctl=%d/%d turn=%d holders=%u",
+			 "ctl=%d/%d turn=%d holders=%u missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
 			 sizeof(struct seg_member), sizeof(struct seg_pub), offsetof(struct seg_pub, routing),
 			 sizeof(struct seg_sub), offsetof(struct seg_sub, ends), offsetof(struct seg_sub, filter),
 			 offsetof(struct seg_sub, consumers), sizeof(struct seg_consumer), SEG_HELD_MAX,
 			 sizeof(struct seg_cell), sizeof(struct seg_event), SEG_EVENT_FORMAT, SEG_CTL_STATE_SHIFT,
-			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_HOLDER_WORDS);
+			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_HOLDER_WORDS, offsetof(struct seg_sub, missed_taken),
+			 offsetof(struct seg_header, locked_take), offsetof(struct seg_consumer, take),
+			 offsetof(struct seg_pub, drain), __builtin_ctzll(SEG_DESC_REVOKED));
 	return XXH3_64bits(desc, (size_t)n);
 }
 
