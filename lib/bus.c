@@ -118,8 +118,7 @@ static void bus_bind(shmbus_bus_t *b, const char *name)
 	b->pubs = (struct seg_pub *)(base + h->pubs_off);
 	b->subs = (struct seg_sub *)(base + h->subs_off);
 	b->cells = (struct seg_cell *)(base + h->cells_off);
-	b->slot_ctl = (uint64_t *)(base + h->slot_ctl_off);
-	b->holders = (uint64_t *)(base + h->holders_off);
+	b->slot_ctl = (struct seg_slot_ctl *)(base + h->slot_ctl_off);
 	b->data = base + h->data_off;
 	b->nslots = h->slot_count;
 	b->slot_mask = h->slot_count - 1;

@@ -63,7 +63,7 @@ struct shmbus_inspect {
 	/* Set once the header is trusted. */
 	const struct seg_header *hdr;
 	uint32_t slot_shift;
-	bool members_ok, pubs_ok, subs_ok, cells_ok, ctl_ok, holders_ok, data_ok;
+	bool members_ok, pubs_ok, subs_ok, cells_ok, ctl_ok, data_ok;
 
 	shmbus_inspect_member_t *members;
 	size_t member_count;
@@ -355,7 +355,6 @@ static void check_geometry(shmbus_inspect_t *in)
 	GEO_CHECK(subs_off);
 	GEO_CHECK(cells_off);
 	GEO_CHECK(slot_ctl_off);
-	GEO_CHECK(holders_off);
 	GEO_CHECK(data_off);
 	GEO_CHECK(total_size);
 }
@@ -371,8 +370,7 @@ static void check_regions(shmbus_inspect_t *in)
 		{"subscriptions", h->subs_off, s * SEG_SUB_SIZE, REGION_ALIGN, &in->subs_ok},
 		{"queue cells", h->cells_off, s * SEG_QUEUE_CLASSES * n * sizeof(struct seg_cell), REGION_ALIGN,
 		 &in->cells_ok},
-		{"slot control", h->slot_ctl_off, n * sizeof(uint64_t), REGION_ALIGN, &in->ctl_ok},
-		{"slot holders", h->holders_off, n * SEG_HOLDER_WORDS * sizeof(uint64_t), REGION_ALIGN, &in->holders_ok},
+		{"slot control", h->slot_ctl_off, n * sizeof(struct seg_slot_ctl), REGION_ALIGN, &in->ctl_ok},
 		{"data", h->data_off, n * h->slot_size, PAGE_ALIGN, &in->data_ok},
 	};
 	uint64_t end = SEG_HEADER_SIZE;
@@ -650,21 +648,19 @@ static void decode_filter(shmbus_inspect_t *in, uint32_t sub, const struct seg_f
 /* The control word of slot position pos (words are spread over lines). */
 static uint64_t slot_ctl(const shmbus_inspect_t *in, uint64_t pos)
 {
-	const uint64_t *ctl = (const uint64_t *)(in->bytes + in->hdr->slot_ctl_off);
-	return ctl[seg_ctl_index(pos, in->hdr->slot_count)];
+	const struct seg_slot_ctl *sc = (const struct seg_slot_ctl *)(in->bytes + in->hdr->slot_ctl_off);
+	return sc[seg_ctl_index(pos, in->hdr->slot_count)].ctl;
 }
 
 /* Subscriptions holding the event in slot position pos: the bits set in
- * its holder words (0 when that region is damaged). */
+ * its holder words. */
 static uint32_t slot_refs(const shmbus_inspect_t *in, uint64_t pos)
 {
-	if (!in->holders_ok)
-		return 0;
-	const uint64_t *h = (const uint64_t *)(in->bytes + in->hdr->holders_off);
-	uint64_t i = seg_ctl_index(pos, in->hdr->slot_count) * SEG_HOLDER_WORDS;
+	const struct seg_slot_ctl *sc = (const struct seg_slot_ctl *)(in->bytes + in->hdr->slot_ctl_off);
+	const uint64_t *h = sc[seg_ctl_index(pos, in->hdr->slot_count)].holders;
 	uint32_t n = 0;
 	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		n += (uint32_t)__builtin_popcountll(h[i + w]);
+		n += (uint32_t)__builtin_popcountll(h[w]);
 	return n;
 }
 

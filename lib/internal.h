@@ -40,8 +40,7 @@ struct shmbus_bus {
 	struct seg_pub *pubs;
 	struct seg_sub *subs;
 	struct seg_cell *cells;
-	uint64_t *slot_ctl;
-	uint64_t *holders;
+	struct seg_slot_ctl *slot_ctl;
 	uint8_t *data;
 	uint32_t slot_shift, slot_mask, slot_size_shift;
 	uint32_t nslots, max_subs, max_members;
@@ -69,12 +68,12 @@ static inline uint8_t *bus_slot_data(const shmbus_bus_t *b, uint64_t pos)
 }
 static inline uint64_t *bus_slot_ctl(const shmbus_bus_t *b, uint64_t pos)
 {
-	return &b->slot_ctl[seg_ctl_index(pos, b->nslots)];
+	return &b->slot_ctl[seg_ctl_index(pos, b->nslots)].ctl;
 }
 /* The SEG_HOLDER_WORDS holder words of slot position pos. */
 static inline uint64_t *bus_slot_holders(const shmbus_bus_t *b, uint64_t pos)
 {
-	return &b->holders[seg_ctl_index(pos, b->nslots) * SEG_HOLDER_WORDS];
+	return b->slot_ctl[seg_ctl_index(pos, b->nslots)].holders;
 }
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
 static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)

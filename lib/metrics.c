@@ -161,11 +161,11 @@ SHMBUS_API int shmbus_get_metrics(shmbus_bus_t *bus, shmbus_metrics_t *out)
 	out->recovered_events = at_load_relaxed_u64(&h->recovered_events);
 	out->ring_slots = bus->nslots;
 	for (uint64_t i = 0; i < bus->nslots; i++) {
-		uint64_t c = at_load_relaxed_u64(&bus->slot_ctl[i]);
+		uint64_t c = at_load_relaxed_u64(&bus->slot_ctl[i].ctl);
 		uint32_t st = seg_ctl_state(c);
 		uint64_t any = 0;
 		for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-			any |= at_load_relaxed_u64(&bus->holders[i * SEG_HOLDER_WORDS + w]);
+			any |= at_load_relaxed_u64(&bus->slot_ctl[i].holders[w]);
 		out->ring_used += st == SEG_SLOT_CLAIMED || (st == SEG_SLOT_COMMITTED && any);
 	}
 	out->next_seq = at_load_acquire_u64(&h->claim_pos);

@@ -12,8 +12,7 @@
  *   pubs_off          seg_pub[P]             P * 256          (P == M)
  *   subs_off          seg_sub[S]             S * SEG_SUB_SIZE
  *   cells_off         queue cells            S * 2 * Q * 16   (Q == slot_count)
- *   slot_ctl_off      u64 slot_ctl[N]        N * 8
- *   holders_off       u64 holders[N][4]      N * 32           (64-aligned)
+ *   slot_ctl_off      seg_slot_ctl[N]        N * 64           (one line per slot)
  *   data_off          event slots            N * slot_size    (page aligned;
  *                                                              mapped twice)
  *
@@ -101,8 +100,7 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *   96   reclaim_timeout_ns u64 bound on reclaiming a dead member
  *   104  members_off ... 144 data_off  (u64 each, see diagram above)
  *   152  name[72]         NUL-terminated bus name
- *   224  holders_off      u64
- *   232  reserved to 256
+ *   224  reserved to 256
  *   256  claim_pos        u64   next free slot position (own line)
  *   320  space_futex u32, space_waiters u32 (own line): a publisher waiting
  *        for a slot raises space_waiters (a flag), then sleeps on space_futex
@@ -139,8 +137,7 @@ struct seg_header {
 	uint64_t slot_ctl_off;
 	uint64_t data_off;
 	char name[72];
-	uint64_t holders_off;
-	uint8_t reserved0[24];
+	uint8_t reserved0[32];
 	/* 256: the claim word every publisher CASes; alone on its line. */
 	uint64_t claim_pos;
 	uint8_t pad_claim[56];
@@ -202,7 +199,6 @@ _Static_assert(offsetof(struct seg_header, cells_off) == 128, "cells_off");
 _Static_assert(offsetof(struct seg_header, slot_ctl_off) == 136, "slot_ctl_off");
 _Static_assert(offsetof(struct seg_header, data_off) == 144, "data_off");
 _Static_assert(offsetof(struct seg_header, name) == 152, "name");
-_Static_assert(offsetof(struct seg_header, holders_off) == 224, "holders_off");
 _Static_assert(offsetof(struct seg_header, claim_pos) == 256, "claim_pos");
 _Static_assert(offsetof(struct seg_header, space_futex) == 320, "space_futex");
 _Static_assert(offsetof(struct seg_header, space_waiters) == 324, "space_waiters");
@@ -559,14 +555,29 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  * below). The lap tag tells a reader holding an old descriptor that the
  * slot moved on.
  *
- * Holders: SEG_MASK_WORDS u64 per slot (holders[seg_ctl_index(pos) * 4]),
- * bit s set while subscription s has the event queued or held. The
- * publisher sets them before it commits; whoever drops the event for s
- * (its consumer, a drain, a survivor) clears bit s. Clearing is idempotent,
- * so a process that dies between dropping a descriptor and clearing its
- * bit leaves nothing a survivor could count twice or lose.
+ * Holders: bit s of a slot's holder words is set while subscription s has
+ * the event queued or held. The publisher sets them before it commits;
+ * whoever drops the event for s (its consumer, a drain, a survivor) clears
+ * bit s. Clearing is idempotent, so a process that dies between dropping a
+ * descriptor and clearing its bit leaves nothing a survivor could count
+ * twice or lose.
+ *
+ * seg_slot_ctl: the control word and the holder words of one slot share a
+ * cache line of their own, 64 bytes: the publisher claims and commits, and
+ * the consumer releases, on one line, and neighbouring slots never share
+ * it.
+ *   0   ctl         u64
+ *   8   holders[4]  u64
+ *   40  reserved to 64
  */
 #define SEG_HOLDER_WORDS SEG_MASK_WORDS
+struct seg_slot_ctl {
+	uint64_t ctl;
+	uint64_t holders[SEG_HOLDER_WORDS];
+	uint64_t reserved[3];
+};
+_Static_assert(offsetof(struct seg_slot_ctl, holders) == 8, "slot.holders");
+_Static_assert(sizeof(struct seg_slot_ctl) == 64, "seg_slot_ctl size");
 #define SEG_CTL_CLAIMER_MASK 0x3FFFFull
 #define SEG_CTL_STATE_SHIFT 18
 #define SEG_CTL_STATE_MASK 0x3ull
@@ -603,7 +614,7 @@ static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return pos &
 
 /* Size of every region for a given config, and the layout hash input. */
 struct seg_geometry {
-	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, holders_off, data_off;
+	uint64_t members_off, pubs_off, subs_off, cells_off, slot_ctl_off, data_off;
 	uint64_t data_size, total_size;
 	uint32_t slot_shift;
 };

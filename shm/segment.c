@@ -83,8 +83,7 @@ int seg_geometry(const struct seg_params *p, struct seg_geometry *g, const char 
 	g->subs_off = align_up(g->pubs_off + (uint64_t)p->max_members * sizeof(struct seg_pub), PAGE);
 	g->cells_off = g->subs_off + (uint64_t)p->max_subscribers * SEG_SUB_SIZE;
 	g->slot_ctl_off = g->cells_off + (uint64_t)p->max_subscribers * SEG_QUEUE_CLASSES * p->slot_count * sizeof(struct seg_cell);
-	g->holders_off = align_up(g->slot_ctl_off + (uint64_t)p->slot_count * 8, 64);
-	g->data_off = align_up(g->holders_off + (uint64_t)p->slot_count * SEG_HOLDER_WORDS * 8, PAGE);
+	g->data_off = align_up(g->slot_ctl_off + (uint64_t)p->slot_count * sizeof(struct seg_slot_ctl), PAGE);
 	g->data_size = data_size;
 	g->total_size = g->data_off + data_size;
 	return 0;
@@ -96,14 +95,14 @@ uint64_t seg_layout_hash(void)
 	int n = snprintf(desc, sizeof desc,
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
-			 "ctl=%d/%d turn=%d holders=%u missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d",
+			 "ctl=%d/%d turn=%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
 			 sizeof(struct seg_member), sizeof(struct seg_pub), offsetof(struct seg_pub, routing),
 			 sizeof(struct seg_sub), offsetof(struct seg_sub, ends), offsetof(struct seg_sub, filter),
 			 offsetof(struct seg_sub, consumers), sizeof(struct seg_consumer), SEG_HELD_MAX,
 			 sizeof(struct seg_cell), sizeof(struct seg_event), SEG_EVENT_FORMAT, SEG_CTL_STATE_SHIFT,
-			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_HOLDER_WORDS, offsetof(struct seg_sub, missed_taken),
+			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_HOLDER_WORDS, sizeof(struct seg_slot_ctl), offsetof(struct seg_sub, missed_taken),
 			 offsetof(struct seg_header, locked_take), offsetof(struct seg_consumer, take),
 			 offsetof(struct seg_pub, drain), __builtin_ctzll(SEG_DESC_REVOKED));
 	return XXH3_64bits(desc, (size_t)n);
@@ -224,7 +223,6 @@ int seg_create(const char *name, const struct seg_params *p, uint64_t incarnatio
 	h->subs_off = m->geo.subs_off;
 	h->cells_off = m->geo.cells_off;
 	h->slot_ctl_off = m->geo.slot_ctl_off;
-	h->holders_off = m->geo.holders_off;
 	h->data_off = m->geo.data_off;
 	snprintf(h->name, sizeof h->name, "%s", name);
 	init_regions(m, p);
@@ -274,7 +272,7 @@ int seg_check_header(const struct seg_header *h, uint64_t file_size, struct seg_
 		return -EBADMSG;
 	if (h->queue_capacity != h->slot_count || h->members_off != g->members_off || h->pubs_off != g->pubs_off ||
 	    h->subs_off != g->subs_off || h->cells_off != g->cells_off || h->slot_ctl_off != g->slot_ctl_off ||
-	    h->holders_off != g->holders_off || h->data_off != g->data_off) {
+	    h->data_off != g->data_off) {
 		*why = "region offsets disagree with the configuration";
 		return -EBADMSG;
 	}
