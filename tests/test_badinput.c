@@ -1062,3 +1062,181 @@ Test(badinput, hostile_claim_position_rewound)
 	close(down[1]);
 	tc_shared_free(c, sizeof *c);
 }
+
+/* ------------------------------------------- the CLI contract, valid paths */
+
+static json_t *parse_json_line(const char *text, const char *what)
+{
+	json_error_t jerr;
+	json_t *j = json_loads(text, JSON_DISABLE_EOF_CHECK, &jerr);
+	cr_assert_not_null(j, "%s: not JSON (%s): %.300s", what, jerr.text, text);
+	return j;
+}
+
+Test(badinput, cli_info_stat_rm)
+{
+	struct fixture f;
+	fixture_up(&f, 1024);
+	shmbus_sub_t *d = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "cli-durable", .durable = true, .policy = SHMBUS_POLICY_LAG};
+	cr_assert_eq(shmbus_subscribe(f.bus, &o, &d), 0);
+	for (uint32_t i = 0; i < 7; i++)
+		cr_assert_eq(tc_publish_u32(f.pub, SHMBUS_NOTIFICATION, "info.me", 0, i), 0);
+
+	struct tc_run_result r;
+	CLI(&r, "info", tc_bus, "--json");
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "info --json: %s: %s", tc_status_str(r.status),
+		  r.err);
+	json_t *j = parse_json_line(r.out, "info --json");
+	json_t *cfg = json_object_get(j, "config"), *members = json_object_get(j, "members"),
+	       *subs = json_object_get(j, "subscriptions");
+	cr_assert(json_is_object(cfg), "info --json: no config object");
+	cr_expect_eq(json_integer_value(json_object_get(cfg, "slots")), 256);
+	cr_assert(json_is_array(members) && json_array_size(members) >= 1, "info --json: no members");
+	bool me = false;
+	for (size_t i = 0; i < json_array_size(members); i++) {
+		json_t *m = json_array_get(members, i);
+		cr_expect(json_is_integer(json_object_get(m, "pid")) && json_is_boolean(json_object_get(m, "alive")),
+			  "member %zu lacks pid/alive", i);
+		if (json_integer_value(json_object_get(m, "pid")) == getpid())
+			me = json_is_true(json_object_get(m, "alive"));
+	}
+	cr_expect(me, "info --json: this process is not listed as a live member");
+	cr_assert(json_is_array(subs) && json_array_size(subs) == 2, "info --json: want 2 subscriptions");
+	static const char *keys[] = {"id", "durable", "group", "policy", "paused", "queue_depth", "delivered", "lagged"};
+	bool found = false;
+	for (size_t i = 0; i < json_array_size(subs); i++) {
+		json_t *s = json_array_get(subs, i);
+		for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+			cr_expect_not_null(json_object_get(s, keys[k]), "subscription %zu lacks \"%s\"", i, keys[k]);
+		if (json_integer_value(json_object_get(s, "id")) == (json_int_t)shmbus_sub_id(d)) {
+			found = true;
+			cr_expect(json_is_true(json_object_get(s, "durable")));
+			cr_expect_str_eq(json_string_value(json_object_get(s, "policy")), "lag");
+			cr_expect_eq(json_integer_value(json_object_get(s, "queue_depth")), 7);
+		}
+	}
+	cr_expect(found, "info --json: the durable subscription is missing");
+	json_decref(j);
+	tc_run_free(&r);
+
+	CLI(&r, "info", tc_bus);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "info: %s", tc_status_str(r.status));
+	cr_expect(strstr(r.out, "cli-durable") != NULL, "info does not name the subscription");
+	tc_run_free(&r);
+
+	CLI(&r, "stat", tc_bus, "--json");
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "stat --json: %s: %s", tc_status_str(r.status),
+		  r.err);
+	j = parse_json_line(r.out, "stat --json");
+	char *dump = json_dumps(j, JSON_COMPACT);
+	cr_expect(strstr(dump, "\"published\":7") != NULL, "stat --json does not count 7 published: %.300s", dump);
+	free(dump);
+	json_decref(j);
+	tc_run_free(&r);
+
+	CLI(&r, "stat", tc_bus, "--prometheus");
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "stat --prometheus: %s", tc_status_str(r.status));
+	cr_expect(strstr(r.out, "# TYPE") != NULL, "stat --prometheus lacks # TYPE lines");
+	tc_run_free(&r);
+
+	CLI(&r, "ls", "--json");
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "ls --json: %s", tc_status_str(r.status));
+	cr_expect(strstr(r.out, tc_bus) != NULL, "ls --json does not list the bus");
+	tc_run_free(&r);
+
+	cr_assert_eq(shmbus_unsubscribe(d), 0);
+	fixture_down(&f);
+	CLI(&r, "rm", tc_bus);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "rm: %s: %s", tc_status_str(r.status), r.err);
+	tc_run_free(&r);
+	cr_expect_not(bus_exists(tc_bus), "rm left the segment");
+	CLI(&r, "rm", tc_bus);
+	expect_runtime(&r, "rm of a removed bus");
+}
+
+Test(badinput, cli_pub_and_sub_carry_every_option)
+{
+	struct fixture f;
+	fixture_up(&f, 1024);
+	struct tc_run_result r;
+	CLI(&r, "pub", tc_bus, "--type", "query", "--name", "order.lookup", "--source", "cli-src", "--target", "svc-x",
+	    "--priority", "high", "--correlation-id", "0190a3c1-2b3c-7d4e-8f50-6172839405a6", "--causation-id",
+	    "11111111-2222-7333-8444-555555555555", "--ttl", "5s", "--max-retries", "4", "--data", "{\"n\":1}",
+	    "--count", "3", "--print-id");
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "pub: %s: %s", tc_status_str(r.status), r.err);
+	/* --print-id: one id per line, each the id the subscriber sees. */
+	char *save = NULL, *line = strtok_r(r.out, "\n", &save);
+	shmbus_uuid_t corr, cause;
+	cr_assert_eq(shmbus_uuid_parse("0190a3c1-2b3c-7d4e-8f50-6172839405a6", &corr), 0);
+	cr_assert_eq(shmbus_uuid_parse("11111111-2222-7333-8444-555555555555", &cause), 0);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_not_null(line, "--print-id printed %d ids of 3", i);
+		shmbus_uuid_t id;
+		cr_assert_eq(shmbus_uuid_parse(line, &id), 0, "--print-id line %d is not a UUID: %s", i, line);
+		const shmbus_event_t *ev = NULL;
+		cr_assert_eq(shmbus_poll(f.sub, &ev), 1, "event %d of --count 3 missing", i);
+		cr_expect_arr_eq(shmbus_event_id(ev)->bytes, id.bytes, 16, "printed id %d differs", i);
+		cr_expect_eq(shmbus_event_type(ev), SHMBUS_QUERY);
+		cr_expect_str_eq(shmbus_event_name(ev), "order.lookup");
+		cr_expect_str_eq(shmbus_event_source(ev), "cli-src");
+		cr_expect_str_eq(shmbus_event_target(ev), "svc-x");
+		cr_expect_eq(shmbus_event_priority(ev), SHMBUS_PRIORITY_HIGH);
+		cr_expect_arr_eq(shmbus_event_correlation_id(ev)->bytes, corr.bytes, 16);
+		cr_expect_arr_eq(shmbus_event_causation_id(ev)->bytes, cause.bytes, 16);
+		cr_expect_eq(shmbus_event_max_retries(ev), 4);
+		cr_expect_eq(shmbus_event_expires_ns(ev), shmbus_event_created_ns(ev) + 5 * TC_SEC_NS, "--ttl 5s");
+		cr_expect_eq(shmbus_event_content_type(ev), SHMBUS_CONTENT_JSON);
+		size_t len = 0;
+		const char *p = shmbus_event_payload(ev, &len);
+		cr_expect(len == 7 && memcmp(p, "{\"n\":1}", 7) == 0, "payload %.*s", (int)len, p);
+		cr_assert_eq(shmbus_release(f.sub, ev), 0);
+		line = strtok_r(NULL, "\n", &save);
+	}
+	tc_run_free(&r);
+
+	/* sub with filters: only the matching events, as JSON lines. */
+	char *argv[] = {(char *)tool("SHMBUS_CLI"), "sub", tc_bus, "--type", "command,error", "--min-priority", "high",
+			"--pattern", "^job\\.", "--count", "2", "--timeout", "10s", "--json", NULL};
+	struct async_run a = {.argv = argv};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, run_async, &a), 0);
+	shmbus_metrics_t mt = {0};
+	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+	while (tc_now_ns() < deadline && shmbus_get_metrics(f.bus, &mt) == 0 && mt.subscriptions < 2)
+		tc_sleep_ms(10);
+	cr_assert_geq(mt.subscriptions, 2, "shmbus sub never subscribed");
+	struct {
+		shmbus_type_t type;
+		const char *name;
+		shmbus_priority_t prio;
+		bool match;
+	} evs[] = {
+		{SHMBUS_COMMAND, "job.run", SHMBUS_PRIORITY_NORMAL, false},
+		{SHMBUS_NOTIFICATION, "job.run", SHMBUS_PRIORITY_HIGH, false},
+		{SHMBUS_COMMAND, "task.run", SHMBUS_PRIORITY_CRITICAL, false},
+		{SHMBUS_COMMAND, "job.first", SHMBUS_PRIORITY_HIGH, true},
+		{SHMBUS_ERROR, "job.second", SHMBUS_PRIORITY_CRITICAL, true},
+	};
+	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
+		shmbus_msg_t m = {.type = evs[i].type, .name = evs[i].name, .priority = evs[i].prio};
+		cr_assert_eq(shmbus_publish(f.pub, &m, NULL), 0);
+	}
+	pthread_join(th, NULL);
+	cr_assert(WIFEXITED(a.r.status) && WEXITSTATUS(a.r.status) == 0, "sub with filters: %s: %s",
+		  tc_status_str(a.r.status), a.r.err);
+	save = NULL;
+	line = strtok_r(a.r.out, "\n", &save);
+	const char *want[] = {"job.first", "job.second"};
+	for (int i = 0; i < 2; i++) {
+		cr_assert_not_null(line, "sub printed %d events of 2", i);
+		json_t *j = parse_json_line(line, "sub --json");
+		cr_expect_str_eq(json_string_value(json_object_get(j, "event_name")), want[i]);
+		json_decref(j);
+		line = strtok_r(NULL, "\n", &save);
+	}
+	cr_expect_null(line, "sub --count 2 printed more: %s", line ? line : "");
+	tc_run_free(&a.r);
+	cr_assert_eq(tc_drain(f.sub, NULL, NULL), (int)(sizeof evs / sizeof evs[0]));
+	fixture_down(&f);
+}

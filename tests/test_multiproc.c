@@ -122,6 +122,7 @@ static int mp_filter(int s, shmbus_filter_t **out)
 struct mp_sub_result {
 	uint64_t got[NPUB];
 	uint64_t dups, out_of_order, unmatched, bad_fields, foreign, missed;
+	uint64_t left_behind; /* queued although the last shmbus_wait timed out */
 	int done;
 };
 
@@ -177,9 +178,13 @@ static int mp_subscriber(void *arg)
 		if (rc < 0)
 			return CHILD_FAIL("sub %d: wait %d", c->index, rc);
 		if (rc == 0) {
-			if (__atomic_load_n(&c->sh->pubs_done, __ATOMIC_ACQUIRE))
+			if (!__atomic_load_n(&c->sh->pubs_done, __ATOMIC_ACQUIRE))
+				continue;
+			/* Every publisher has returned: a 100 ms wait found
+			 * nothing, so nothing may be left queued. */
+			if ((rc = shmbus_poll(sub, &ev)) != 1)
 				break;
-			continue;
+			r->left_behind++;
 		}
 		size_t len = 0;
 		const struct mp_payload *pl = shmbus_event_payload(ev, &len);
@@ -324,6 +329,9 @@ Test(multiproc, publishers_and_filtered_subscribers)
 			     (unsigned long long)r->bad_fields);
 		cr_expect_eq(r->foreign, 0, "subscriber %d: %llu foreign events", s, (unsigned long long)r->foreign);
 		cr_expect_eq(r->missed, 0, "subscriber %d: missed %llu", s, (unsigned long long)r->missed);
+		cr_expect_eq(r->left_behind, 0,
+			     "subscriber %d: shmbus_wait timed out (100 ms) while %llu events were queued for it",
+			     s, (unsigned long long)r->left_behind);
 		for (uint32_t p = 0; p < NPUB; p++) {
 			uint64_t expected = 0, missing = 0;
 			uint32_t first_missing = UINT32_MAX;
@@ -585,6 +593,7 @@ Test(multiproc, durable_queue_across_exit_without_close) { check_durable_across_
 struct churn_args {
 	unsigned seed;
 	unsigned iterations;
+	int publish_rc; /* the first failed publish, 0 if none */
 };
 
 /* For a while: attach, subscribe, publish one event (routed to every churner
@@ -610,8 +619,10 @@ static int churn_cleanly(void *arg)
 		shmbus_pub_opts_t po = {.timeout_ns = 5 * (int64_t)TC_SEC_NS};
 		if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
 			return CHILD_FAIL("pub_open %d", rc);
-		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "churn", 0, a->seed)) < 0)
+		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "churn", 0, a->seed)) < 0) {
+			a->publish_rc = rc;
 			return CHILD_FAIL("publish after %u rounds: %d (%s)", a->iterations, rc, shmbus_errmsg());
+		}
 		shmbus_pub_close(pub);
 		const shmbus_event_t *ev = NULL;
 		if (shmbus_poll(sub, &ev) == 1 && (rc = shmbus_release(sub, ev)) < 0)
@@ -637,10 +648,14 @@ Test(multiproc, subscribe_publish_detach_churn_leaks_no_slot)
 	}
 	unsigned total = 0;
 	for (unsigned i = 0; i < CHURNERS; i++) {
-		char what[32];
-		snprintf(what, sizeof what, "churner %u", i);
-		expect_exit_ok(pids[i], 30000, what);
+		int st = 0;
+		cr_assert_eq(tc_wait(pids[i], 30000, &st), 0, "churner %u hung", i);
 		total += args[i].iterations;
+		cr_expect_eq(args[i].publish_rc, 0,
+			     "churner %u: publish failed with %d after %u rounds although no subscriber holds anything: "
+			     "ring slots are leaked by concurrent subscribe/poll/release/close",
+			     i, args[i].publish_rc, args[i].iterations);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "churner %u %s", i, tc_status_str(st));
 	}
 	cr_log_info("%u attach/subscribe/publish/detach rounds", total);
 
@@ -660,5 +675,106 @@ Test(multiproc, subscribe_publish_detach_churn_leaks_no_slot)
 	shmbus_pub_close(pub);
 	shmbus_sub_close(sub);
 	tc_shared_free(args, CHURNERS * sizeof *args);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------- lag accounting under load */
+
+#define LAG_N 20000u
+
+struct lag_shared {
+	int up;
+	int published;
+	uint32_t received, dups, out_of_order;
+	uint64_t missed;
+	uint8_t seen[LAG_N];
+};
+
+static int slow_lag_reader(void *arg)
+{
+	struct lag_shared *sh = arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_sub_opts_t o = {.subscriber_id = "slowpoke", .policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
+		return CHILD_FAIL("subscribe %d", rc);
+	tc_write_byte(sh->up, 'R');
+	uint32_t next = 0;
+	uint64_t deadline = tc_now_ns() + 60 * TC_SEC_NS;
+	while (tc_now_ns() < deadline) {
+		const shmbus_event_t *ev = NULL;
+		rc = shmbus_wait(sub, 100 * (int64_t)TC_MS_NS, &ev);
+		if (rc < 0 && rc != -EINTR)
+			return CHILD_FAIL("wait %d", rc);
+		if (rc == 0 && __atomic_load_n(&sh->published, __ATOMIC_ACQUIRE))
+			break;
+		if (rc != 1)
+			continue;
+		uint32_t i = tc_payload_u32(ev);
+		if (i < LAG_N && sh->seen[i]++)
+			sh->dups++;
+		if (i < next)
+			sh->out_of_order++;
+		next = i + 1;
+		sh->received++;
+		if (sh->received % 16 == 0)
+			tc_sleep_ms(1); /* slower than the publisher */
+		sh->missed += shmbus_take_missed(sub);
+		if ((rc = shmbus_release(sub, ev)) < 0 && rc != -ESTALE)
+			return CHILD_FAIL("release %d", rc);
+	}
+	sh->missed += shmbus_take_missed(sub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static int flood(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_pub_t *pub = NULL;
+	/* The reader holds one event at a time while it sleeps: a publisher may
+	 * wait for that one slot, but never for the reader's backlog. */
+	shmbus_pub_opts_t o = {.timeout_ns = 10 * (int64_t)TC_SEC_NS};
+	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	for (uint32_t i = 0; i < LAG_N; i++)
+		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "flood", 0, i)) < 0)
+			return CHILD_FAIL("publish %u held back by a lag subscriber: %d (%s)", i, rc, shmbus_errmsg());
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+Test(multiproc, lag_subscriber_in_another_process_is_told_exactly_what_it_missed)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	struct lag_shared *sh = tc_shared_alloc(sizeof *sh);
+	int up[2];
+	cr_assert_eq(pipe(up), 0);
+	sh->up = up[1];
+	pid_t reader = tc_fork(slow_lag_reader, sh);
+	wait_ready(up[0], 1);
+	pid_t pub = tc_fork(flood, NULL);
+	expect_exit_ok(pub, 60000, "flooding publisher");
+	__atomic_store_n(&sh->published, 1, __ATOMIC_RELEASE);
+	expect_exit_ok(reader, 60000, "slow lag reader");
+	cr_log_info("lag reader: %u received, %llu missed", sh->received, (unsigned long long)sh->missed);
+	cr_expect_eq(sh->dups, 0, "%u events twice", sh->dups);
+	cr_expect_eq(sh->out_of_order, 0, "%u events out of order", sh->out_of_order);
+	cr_expect_gt(sh->missed, 0, "the reader was never passed over: the test did not exercise the lag path");
+	cr_expect_eq(sh->received + sh->missed, LAG_N, "received %u + missed %llu != published %u", sh->received,
+		     (unsigned long long)sh->missed, LAG_N);
+	close(up[0]);
+	close(up[1]);
+	tc_shared_free(sh, sizeof *sh);
 	shmbus_close(bus);
 }

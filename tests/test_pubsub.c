@@ -1155,8 +1155,8 @@ Test(pubsub, metrics_are_consistent)
 	cr_assert_eq(ia->queue_depth, 0);
 	cr_assert_eq(ia->held, 0);
 	cr_assert_eq(ib->delivered, 1);
-	cr_assert_eq(ib->held, 1);
-	cr_assert_eq(ib->queue_depth, N - 1, "queue_depth %llu", (unsigned long long)ib->queue_depth);
+	cr_assert_eq(ib->held, 1, "held %llu (one event polled and not released)", (unsigned long long)ib->held);
+	cr_assert_eq(ib->queue_depth, N - 1, "queue_depth %llu (one of %d polled)", (unsigned long long)ib->queue_depth, N);
 	cr_assert_eq(in->routed, 0);
 	cr_assert_eq(in->delivered, 0);
 	cr_assert_eq(shmbus_release(b, held), 0);
@@ -1466,5 +1466,229 @@ Test(pubsub, segment_mode_is_configurable)
 	shmbus_config_t got;
 	shmbus_bus_config(bus, &got);
 	cr_assert_eq(got.mode, 0640);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------------------- misuse of the API */
+
+Test(pubsub, claims_and_releases_misused)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *a = tc_sub(bus, NULL), *b = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "misuse"};
+
+	/* One claim open per publisher. */
+	shmbus_claim_t c1, c2;
+	cr_assert_eq(shmbus_reserve(pub, &m, 16, &c1), 0);
+	cr_assert_lt(shmbus_reserve(pub, &m, 16, &c2), 0, "a second claim on one publisher");
+	memset(c1.payload, 1, 16);
+	cr_assert_eq(shmbus_commit(pub, &c1, NULL), 0, "the first claim survives the refused second one");
+	cr_assert_lt(shmbus_commit(pub, &c1, NULL), 0, "committing a claim twice");
+	cr_assert_lt(shmbus_abort(pub, &c1), 0, "aborting a committed claim");
+	cr_assert_eq(shmbus_reserve(pub, &m, 16, &c2), 0);
+	cr_assert_eq(shmbus_abort(pub, &c2), 0);
+	cr_assert_lt(shmbus_commit(pub, &c2, NULL), 0, "committing an aborted claim");
+	cr_assert_lt(shmbus_abort(pub, &c2), 0, "aborting twice");
+
+	/* An event is released through the subscription that holds it. */
+	const shmbus_event_t *ea = poll_one(a);
+	cr_assert_eq(shmbus_release(b, ea), -EINVAL, "release through a subscription that does not hold it");
+	cr_assert_eq(shmbus_release(a, ea), 0);
+	const shmbus_event_t *eb = poll_one(b);
+	cr_assert_eq(shmbus_release(b, eb), 0);
+	expect_empty(a, "after misuse");
+	expect_empty(b, "after misuse");
+
+	/* Destructors take NULL. */
+	shmbus_close(NULL);
+	shmbus_sub_close(NULL);
+	shmbus_pub_close(NULL);
+	shmbus_filter_free(NULL);
+
+	/* The bus is unharmed. */
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after.misuse", 0, 5), 0);
+	cr_assert_eq(tc_drain(a, NULL, NULL), 1);
+	cr_assert_eq(tc_drain(b, NULL, NULL), 1);
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_eq(mt.published, 2);
+	cr_assert_eq(mt.ring_used, 0);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(a);
+	shmbus_sub_close(b);
+	shmbus_close(bus);
+}
+
+Test(pubsub, unlinked_bus_keeps_working_for_those_attached)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	cr_assert_eq(shmbus_unlink(tc_bus), 0);
+	shmbus_bus_t *late = NULL;
+	cr_assert_eq(shmbus_open(tc_bus, NULL, &late), -ENOENT);
+	for (uint32_t i = 0; i < 2 * cfg.slots; i++) {
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "orphan", 0, i), 0, "%s", shmbus_errmsg());
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_assert_eq(tc_payload_u32(ev), i);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	cr_assert_eq(shmbus_unlink(tc_bus), -ENOENT);
+	/* The name is free again. */
+	shmbus_bus_t *fresh = tc_create(&cfg);
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(fresh, &mt), 0);
+	cr_assert_eq(mt.published, 0, "a new bus under the old name shares the old segment");
+	shmbus_close(fresh);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, durable_lag_subscription_counts_what_it_missed_offline)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+	shmbus_sub_opts_t o = {.subscriber_id = "sleepy", .durable = true, .policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	shmbus_sub_close(sub);
+	uint32_t total = 10 * cfg.slots;
+	for (uint32_t i = 0; i < total; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "while.away", 0, i), 0,
+			     "publish %u held back by an offline lag subscription: %s", i, shmbus_errmsg());
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	struct order_check seen = {0};
+	cr_assert_geq(tc_drain(sub, check_increasing, &seen), 0);
+	uint64_t missed = shmbus_take_missed(sub);
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, "sleepy", &info, 1), 1);
+	cr_assert_eq(seen.bad, 0);
+	cr_assert_gt(seen.count, 0, "nothing kept for the offline subscription");
+	cr_assert_eq(seen.count + missed, total,
+		     "received %u + shmbus_take_missed %llu != published %u (the subscription's lagged counter says %llu)",
+		     seen.count, (unsigned long long)missed, total, (unsigned long long)info.lagged);
+	cr_assert_eq(seen.next_min, total, "the newest events must be the ones kept");
+	cr_assert_eq(shmbus_unsubscribe(sub), 0);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------- capacity */
+
+Test(pubsub, subscription_and_group_capacity)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.max_subscribers = 4;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *subs[4];
+	for (int i = 0; i < 4; i++)
+		subs[i] = tc_sub(bus, NULL);
+	shmbus_sub_t *extra = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, NULL, &extra), -ENOSPC, "a fifth subscription on a bus for four");
+	shmbus_sub_close(subs[3]);
+	cr_assert_eq(shmbus_subscribe(bus, NULL, &subs[3]), 0, "a freed record is reused: %s", shmbus_errmsg());
+	for (int i = 0; i < 4; i++)
+		shmbus_sub_close(subs[i]);
+
+	/* A group takes at most SHMBUS_GROUP_MEMBERS_MAX consumers. */
+	shmbus_sub_t *members[SHMBUS_GROUP_MEMBERS_MAX];
+	shmbus_sub_opts_t g = {.subscriber_id = "crowd", .group = "crowd"};
+	for (int i = 0; i < SHMBUS_GROUP_MEMBERS_MAX; i++)
+		cr_assert_eq(shmbus_subscribe(bus, &g, &members[i]), 0, "group member %d: %s", i + 1, shmbus_errmsg());
+	cr_assert_eq(shmbus_subscribe(bus, &g, &extra), -ENOSPC, "group member %d", SHMBUS_GROUP_MEMBERS_MAX + 1);
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, "crowd", &info, 1), 1);
+	cr_assert_eq(info.consumers, SHMBUS_GROUP_MEMBERS_MAX);
+	for (int i = 0; i < SHMBUS_GROUP_MEMBERS_MAX; i++)
+		shmbus_sub_close(members[i]);
+	shmbus_close(bus);
+}
+
+Test(pubsub, durable_resubscribe_replaces_the_filter_when_given)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_filter_t *first = mk_names("first.kind", NULL), *second = mk_names("second.kind", NULL);
+	shmbus_sub_opts_t o = {.subscriber_id = "picky", .durable = true, .filter = first};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	shmbus_filter_free(first);
+	shmbus_sub_close(sub);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "first.kind", 0, 1), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "second.kind", 0, 2), 0);
+
+	o.filter = second;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	shmbus_filter_free(second);
+	/* What queued under the old filter stays queued. */
+	const shmbus_event_t *ev = poll_one(sub);
+	cr_assert_eq(tc_payload_u32(ev), 1);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	expect_empty(sub, "after the queued event");
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "first.kind", 0, 3), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "second.kind", 0, 4), 0);
+	ev = poll_one(sub);
+	cr_assert_eq(tc_payload_u32(ev), 4, "the new filter must replace the stored one (got event %u)",
+		     tc_payload_u32(ev));
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	expect_empty(sub, "new filter");
+	cr_assert_eq(shmbus_unsubscribe(sub), 0);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(pubsub, routing_reaches_every_subscription_record)
+{
+	/* Routing masks span several 64-bit words: use records in all four. */
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.max_subscribers = 256;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	enum { NSUBS = 256, KINDS = 5 };
+	static const char *const names[KINDS] = {"k0", "k1", "k2", "k3", "k4"};
+	shmbus_sub_t **subs = calloc(NSUBS, sizeof *subs);
+	for (int i = 0; i < NSUBS; i++) {
+		shmbus_filter_t *f = NULL;
+		if (i % 2)
+			f = mk_names(names[i % KINDS], NULL);
+		else
+			f = mk_all2(mk_types(SHMBUS_TYPE_BIT((shmbus_type_t)(1 + i % KINDS))), mk_names(names[i % KINDS], NULL));
+		subs[i] = tc_sub(bus, f);
+	}
+	shmbus_sub_t *none = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, NULL, &none), -ENOSPC);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t k = 0; k < KINDS; k++)
+		cr_assert_eq(tc_publish_u32(pub, (shmbus_type_t)(1 + k), names[k], 0, k), 0);
+	for (int i = 0; i < NSUBS; i++) {
+		const shmbus_event_t *ev = NULL;
+		int rc = shmbus_poll(subs[i], &ev);
+		cr_assert_eq(rc, 1, "subscription record %d got nothing", i);
+		cr_assert_eq(tc_payload_u32(ev), (uint32_t)(i % KINDS), "subscription record %d got event %u", i,
+			     tc_payload_u32(ev));
+		cr_assert_eq(shmbus_release(subs[i], ev), 0);
+		expect_empty(subs[i], "one event per record");
+	}
+	/* Removing records in the middle leaves the others routed. */
+	for (int i = 0; i < NSUBS; i += 3)
+		shmbus_sub_close(subs[i]);
+	for (uint32_t k = 0; k < KINDS; k++)
+		cr_assert_eq(tc_publish_u32(pub, (shmbus_type_t)(1 + k), names[k], 0, 10 + k), 0);
+	for (int i = 0; i < NSUBS; i++) {
+		if (i % 3 == 0)
+			continue;
+		const shmbus_event_t *ev = NULL;
+		cr_assert_eq(shmbus_poll(subs[i], &ev), 1, "record %d after removals", i);
+		cr_assert_eq(tc_payload_u32(ev), (uint32_t)(10 + i % KINDS));
+		cr_assert_eq(shmbus_release(subs[i], ev), 0);
+		shmbus_sub_close(subs[i]);
+	}
+	free(subs);
+	shmbus_pub_close(pub);
 	shmbus_close(bus);
 }
