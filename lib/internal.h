@@ -209,8 +209,9 @@ void routing_abort(shmbus_pub_t *pub);
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 /* The state of the event at seq once its publisher is done with it (a
  * descriptor can be seen between push and commit): COMMITTED, ABORTED, or
- * FREE when the slot moved on. Waits while CLAIMED, at most two reclaim
- * timeouts (then ABORTED: such a claim names no living publisher). */
+ * FREE when the slot moved on. Waits while CLAIMED for as long as the
+ * claiming publisher lives and routes; gives up (ABORTED) on a corrupt
+ * claim, or two reclaim timeouts after the claimer died. */
 uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq);
 /* Whether subscription sub still holds the event at seq. */
 bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);

@@ -104,11 +104,11 @@ static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, ui
 {
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
 	route_event(pub, ev, seq, hold, wake);
-	/* a reusable slot's holder words are all zero: only set ones change */
+	/* all four words: an aborted claim may have left bits of a commit
+	 * that never happened */
 	uint64_t *h = bus_slot_holders(pub->bus, seq);
 	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		if (hold[w])
-			at_store_relaxed_u64(&h[w], hold[w]);
+		at_store_relaxed_u64(&h[w], hold[w]);
 	at_store_release_u64(bus_slot_ctl(pub->bus, seq), seg_ctl_make(bus_lap(pub->bus, seq), SEG_SLOT_COMMITTED, 0));
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */

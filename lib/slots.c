@@ -9,6 +9,7 @@
  * makes any competing CAS fail.
  */
 #include <errno.h>
+#include <sched.h>
 
 #include "internal.h"
 #include "futex.h"
@@ -99,8 +100,8 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	if (pub->timeout_ns < 0 || now - w->start_ns >= (uint64_t)w->timeout_ns) {
 		at_count_u64(&pub->rec->block_timeouts, 1);
 		if (pub->timeout_ns < 0)
-			return shmbus__fail(EAGAIN, "a block-policy subscriber is full (publish would wait)");
-		return shmbus__fail(ETIMEDOUT, "a block-policy subscriber stayed full for %.3f s",
+			return shmbus__fail(EAGAIN, "the ring is full: a subscriber still holds the oldest slot (publish would wait)");
+		return shmbus__fail(ETIMEDOUT, "the ring stayed full for %.3f s: a subscriber still holds the oldest slot",
 				    (double)w->timeout_ns / 1e9);
 	}
 	bool stalled = now - w->start_ns >= h->stall_timeout_ns;
@@ -172,9 +173,18 @@ bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	return at_load_acquire_u64(&bus_slot_holders(bus, seq)[sub / 64]) >> (sub % 64) & 1;
 }
 
+/*
+ * A descriptor of a CLAIMED slot exists only while its publisher routes
+ * (between pushing descriptors and committing), and a routing publisher
+ * keeps its routing word odd. So a claim is waited for as long as its
+ * publisher lives and routes, however slow (a preempted publisher must not
+ * cost an event); it is given up when the word names no publisher, or one
+ * that is not routing (a corrupt word), or after two reclaim timeouts when
+ * the publisher is dead (the reclaim sweep normally aborts it first).
+ */
 uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq)
 {
-	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq), deadline = 0;
+	uint64_t *ctl = bus_slot_ctl(bus, seq), lap = bus_lap(bus, seq), deadline = 0, pass = 0;
 	for (unsigned spins = 0;; spins++) {
 		uint64_t c = at_load_acquire_u64(ctl);
 		if (seg_ctl_lap(c) != lap)
@@ -185,11 +195,27 @@ uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq)
 		at_cpu_relax();
 		if ((spins & 0xFFF) != 0xFFF)
 			continue;
-		/* A publisher dies between push and commit only rarely; the
-		 * reclaim sweep then aborts its claim. A claim that outlives
-		 * two reclaim timeouts names no living publisher: the word is
-		 * corrupt, and the event is given up. */
+		uint32_t p = seg_ctl_claimer(c) - 1;
+		if (p >= bus->max_members)
+			return SEG_SLOT_ABORTED;
+		struct seg_pub *r = &bus->pubs[p];
+		/* the claim belongs to one routing pass of its publisher: if the
+		 * word is even, or a later pass began, and the slot is still
+		 * claimed, nobody will commit it (a corrupt word) */
+		uint64_t routing = at_load_acquire_u64(&r->routing);
+		if (!pass)
+			pass = routing;
+		if (!(routing & 1) || routing != pass) {
+			if (at_load_acquire_u64(ctl) == c)
+				return SEG_SLOT_ABORTED;
+			continue;
+		}
 		uint64_t now = now_mono_ns();
+		if (member_alive(bus, at_load_acquire_u32(&r->member))) {
+			deadline = 0;
+			sched_yield(); /* it was preempted: let it run */
+			continue;
+		}
 		if (!deadline)
 			deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
 		else if (now > deadline)

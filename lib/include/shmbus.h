@@ -243,14 +243,18 @@ typedef struct {
  * sequence) is stored in *id if id is not NULL.
  * Errors: -EINVAL (bad type/priority/missing name), -ENAMETOOLONG (a string
  * over its limit), -EMSGSIZE (payload over max_payload, or too many or too
- * long metadata), -EAGAIN (a `block` subscriber is full and the timeout is
- * negative), -ETIMEDOUT (it stayed full for the timeout).
+ * long metadata), -EAGAIN (the ring is full because a subscriber holds the
+ * oldest slot, and the timeout is negative), -ETIMEDOUT (it stayed full for
+ * the timeout), -EBADMSG (the segment's words are corrupt).
  */
 int shmbus_publish(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id);
 
 /*
  * shmbus_publish_batch - publish n events with one claim and one wake per
- * subscription. All or nothing: on error no event of the batch is visible.
+ * subscription. On error no event of the batch is visible. Events are
+ * committed in order, so a publisher killed in the middle leaves a prefix
+ * of the batch visible (each event whole, none after a missing one).
+ * At most half the ring per batch (-EMSGSIZE beyond).
  * Returns n or -errno; ids (n entries) may be NULL.
  */
 int shmbus_publish_batch(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids);

@@ -34,6 +34,11 @@ struct payload {
 	uint32_t n;
 };
 
+static void unlink_bus(void)
+{
+	shmbus_unlink(bus_name);
+}
+
 static void check(int ok, const char *what)
 {
 	if (ok) {
@@ -158,6 +163,7 @@ static shmbus_sub_t *subscribe(const shmbus_sub_opts_t *o)
 int main(void)
 {
 	snprintf(bus_name, sizeof bus_name, "t%d_threads", (int)getpid());
+	atexit(unlink_bus); /* also when a sanitizer stops the run */
 	shmbus_config_t cfg = {.slots = 1024, .max_payload = 1024, .max_subscribers = 16};
 	if (shmbus_create(bus_name, &cfg, NULL, &bus) < 0) {
 		fprintf(stderr, "create: %s\n", shmbus_errmsg());
