@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,6 +28,17 @@ uint64_t now_real_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The inode of our pid namespace (0 if unknown): pids are only compared
+ * between members of one namespace. */
+uint64_t bus_pid_namespace(void)
+{
+	static uint64_t ns;
+	struct stat st;
+	if (!ns && stat("/proc/self/ns/pid", &st) == 0)
+		ns = (uint64_t)st.st_ino;
+	return ns;
 }
 
 /* ------------------------------------------------------------- fork rule */
@@ -151,6 +163,7 @@ static int member_join(shmbus_bus_t *b, const char *label)
 				continue;
 			}
 			m->pid = (uint32_t)getpid();
+			m->pidns = bus_pid_namespace();
 			m->attach_ns = now_real_ns();
 			snprintf(m->label, sizeof m->label, "%s", label);
 			b->member = i;

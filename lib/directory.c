@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,7 +46,11 @@ static void probe(const char *name, shmbus_bus_entry_t *e)
 				    m.state == SEG_MEMBER_FREE)
 					continue;
 				e->members++;
-				if (live_is_locked(fd, SEG_LOCK_MEMBER_BASE + i) > 0)
+				/* as member_alive: a held lock whose pid is gone from our
+				 * namespace was inherited by a forked child */
+				bool gone = m.pidns && m.pidns == bus_pid_namespace() && m.pid &&
+					    kill((pid_t)m.pid, 0) < 0 && errno == ESRCH;
+				if (live_is_locked(fd, SEG_LOCK_MEMBER_BASE + i) > 0 && !gone)
 					e->alive++;
 				else
 					dead++;

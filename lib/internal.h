@@ -175,6 +175,7 @@ struct shmbus_sub {
 };
 
 /* bus.c */
+uint64_t bus_pid_namespace(void);
 int bus_check_usable(const shmbus_bus_t *bus);
 void bus_track_pub(shmbus_bus_t *bus, shmbus_pub_t *pub, bool add);
 void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add);

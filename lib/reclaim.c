@@ -17,11 +17,22 @@
  * survivor that dies half way leaves the member RECLAIMING for the next.
  */
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #include "internal.h"
 #include "liveness.h"
 #include "futex.h"
+
+/* Whether member m's process is gone although its lock is held: held
+ * through a descriptor a forked child inherited (see layout.h). */
+static bool member_pid_gone(shmbus_bus_t *bus, uint32_t m)
+{
+	const struct seg_member *mem = &bus->members[m];
+	uint64_t ns = bus_pid_namespace();
+	pid_t pid = (pid_t)at_load_acquire_u32((uint32_t *)&mem->pid);
+	return ns && mem->pidns == ns && pid > 0 && kill(pid, 0) < 0 && errno == ESRCH;
+}
 
 bool member_alive(shmbus_bus_t *bus, uint32_t m)
 {
@@ -29,7 +40,7 @@ bool member_alive(shmbus_bus_t *bus, uint32_t m)
 		return true;
 	if (m >= bus->max_members)
 		return false;
-	return live_is_locked(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) != 0;
+	return live_is_locked(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) != 0 && !member_pid_gone(bus, m);
 }
 
 static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
@@ -293,7 +304,10 @@ void reclaim_member(shmbus_bus_t *bus, uint32_t m)
 {
 	struct seg_member *mem = &bus->members[m];
 	bool self = m == bus->member;
-	if (!self && live_lock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) < 0)
+	/* Take the member's lock so nobody joins into the entry meanwhile; it
+	 * stays held by a process that inherited it when the owner is merely
+	 * gone by pid, and then nobody can join it until that one closes. */
+	if (!self && live_lock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) < 0 && !member_pid_gone(bus, m))
 		return; /* someone else took it meanwhile */
 	at_store_release_u32(&mem->state, SEG_MEMBER_RECLAIMING);
 	abort_claims(bus, m);

@@ -223,7 +223,14 @@ _Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
  *   8   generation  u64  bumped on every allocation of this entry
  *   16  attach_ns   u64
  *   24  label[64]
- *   88  reserved to 256
+ *   88  pidns       u64  inode of the member's pid namespace
+ *   96  reserved to 256
+ *
+ * A process forked by a member inherits its descriptor, and with it the
+ * lock, until it runs the library's fork handler (which closes it): for
+ * that moment the lock alone would make a dead member look alive. A member
+ * whose lock is held but whose pid no longer exists in our own pid
+ * namespace is therefore dead too.
  */
 #define SEG_MEMBER_FREE 0u
 #define SEG_MEMBER_ACTIVE 1u
@@ -234,13 +241,15 @@ struct seg_member {
 	uint64_t generation;
 	uint64_t attach_ns;
 	char label[64];
-	uint8_t reserved[168];
+	uint64_t pidns;
+	uint8_t reserved[160];
 };
 _Static_assert(offsetof(struct seg_member, state) == 0, "member.state");
 _Static_assert(offsetof(struct seg_member, pid) == 4, "member.pid");
 _Static_assert(offsetof(struct seg_member, generation) == 8, "member.generation");
 _Static_assert(offsetof(struct seg_member, attach_ns) == 16, "member.attach_ns");
 _Static_assert(offsetof(struct seg_member, label) == 24, "member.label");
+_Static_assert(offsetof(struct seg_member, pidns) == 88, "member.pidns");
 _Static_assert(sizeof(struct seg_member) == 256, "seg_member size");
 
 /*
