@@ -395,14 +395,18 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
 
 /* Take back held events at or below max_seq from a stalled subscription's
  * consumers. Their release then reports -ESTALE. */
-static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
+/* Take back held events at or below max_seq; with unseen_only, only those a
+ * consumer took in a run but has not handed to its user yet (nobody reads
+ * them, so a lag subscription gives them up like queued ones). */
+static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool unseen_only)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
-			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq)
+			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq ||
+			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
 				continue;
 			/* Mark the entry first, whatever its consumer does to its
 			 * other bits meanwhile, then drop the hold: dying in
@@ -410,10 +414,11 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq)
 			 * clears. */
 			uint64_t seq = d & SEG_DESC_SEQ_MASK;
 			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
-			       !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
+			       !(unseen_only && !(d & SEG_DESC_UNSEEN)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
 				;
-			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq)
-				continue; /* released or taken back meanwhile */
+			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq ||
+			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
+				continue; /* released, handed out or taken back meanwhile */
 			if (d & SEG_DESC_HOLDS_REF)
 				slot_release(bus, seq, idx);
 			at_count_u64(&s->revoked, 1);
@@ -447,7 +452,6 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 		uint64_t n = sub_drop_queued(bus, i, max_seq, intent);
 		if (n)
 			at_count_u64(&s->missed, n); /* passed over */
-		if (culprit)
-			revoke_held(bus, i, max_seq);
+		revoke_held(bus, i, max_seq, !culprit);
 	}
 }
