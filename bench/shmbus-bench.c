@@ -768,42 +768,6 @@ static int floor_spin_child(struct ctl *ctl, int idx, const void *varg)
 	return 0;
 }
 
-/* The cache-line ping-pong floor: one store and one remote load each way. */
-static int run_floor_spin(struct result *res, long iters, long warmup)
-{
-	struct pp_arg a = {.total = iters + warmup};
-	struct session s;
-	uint64_t *samples = malloc((size_t)iters * sizeof *samples);
-	int ok = samples && session_begin(&s, NULL) == 0;
-
-	if (!ok) {
-		free(samples);
-		return -1;
-	}
-	ok = session_spawn(&s, floor_spin_child, &a, g_opt.cpu_b) == 0 && session_await_ready(&s, 1) == 0;
-	uint64_t sw0 = sleeps_so_far();
-	for (long i = 1; ok && i <= a.total; i++) {
-		uint64_t t0 = ticks();
-		atomic_store_explicit(&s.ctl->spin_ping, (uint64_t)i, memory_order_release);
-		if (spin_until(&s, &s.ctl->spin_pong, (uint64_t)i) < 0) {
-			warnx("floor-spin: partner died");
-			ok = false;
-			break;
-		}
-		uint64_t t1 = ticks();
-		if (i > warmup)
-			samples[i - warmup - 1] = t1 - t0;
-	}
-	uint64_t sleeps = sleeps_so_far() - sw0;
-	if (session_end(&s, ok) == 0)
-		record_rtt(res, samples, (size_t)iters, sleeps + s.ctl->out[0].sleeps, a.total);
-	else
-		ok = false;
-	session_unmap(&s);
-	free(samples);
-	return ok ? 0 : -1;
-}
-
 /* ------------------------------------------------------ floor: futex */
 
 /*
@@ -844,9 +808,42 @@ static int floor_futex_child(struct ctl *ctl, int idx, const void *varg)
 	return 0;
 }
 
+/* How one floor pings its partner and waits for the answer. */
+struct floor_ops {
+	const char *name;
+	int (*child)(struct ctl *ctl, int idx, const void *arg);
+	void (*ping)(struct ctl *ctl, long i);
+	int (*await_pong)(struct session *s, long i);
+};
+
+static void spin_ping(struct ctl *ctl, long i)
+{
+	atomic_store_explicit(&ctl->spin_ping, (uint64_t)i, memory_order_release);
+}
+
+static int spin_await_pong(struct session *s, long i)
+{
+	return spin_until(s, &s->ctl->spin_pong, (uint64_t)i);
+}
+
+static void futex_ping(struct ctl *ctl, long i)
+{
+	futex_post(&ctl->fx_ping, (uint32_t)i);
+}
+
+static int futex_await_pong(struct session *s, long i)
+{
+	return futex_until(s, &s->ctl->fx_pong, (uint32_t)i);
+}
+
+/* The cache-line ping-pong floor: one store and one remote load each way. */
+static const struct floor_ops floor_spin = {"floor-spin", floor_spin_child, spin_ping, spin_await_pong};
 /* The kernel wake-up floor: each side sleeps at once and is woken by a
  * FUTEX_WAKE from the other, as shmbus does in block mode. */
-static int run_floor_futex(struct result *res, long iters, long warmup)
+static const struct floor_ops floor_futex = {"floor-futex", floor_futex_child, futex_ping, futex_await_pong};
+
+/* Round trips against a partner process running ops->child, timed here. */
+static int run_floor(struct result *res, long iters, long warmup, const struct floor_ops *ops)
 {
 	struct pp_arg a = {.total = iters + warmup};
 	struct session s;
@@ -857,13 +854,13 @@ static int run_floor_futex(struct result *res, long iters, long warmup)
 		free(samples);
 		return -1;
 	}
-	ok = session_spawn(&s, floor_futex_child, &a, g_opt.cpu_b) == 0 && session_await_ready(&s, 1) == 0;
+	ok = session_spawn(&s, ops->child, &a, g_opt.cpu_b) == 0 && session_await_ready(&s, 1) == 0;
 	uint64_t sw0 = sleeps_so_far();
 	for (long i = 1; ok && i <= a.total; i++) {
 		uint64_t t0 = ticks();
-		futex_post(&s.ctl->fx_ping, (uint32_t)i);
-		if (futex_until(&s, &s.ctl->fx_pong, (uint32_t)i) < 0) {
-			warnx("floor-futex: partner died");
+		ops->ping(s.ctl, i);
+		if (ops->await_pong(&s, i) < 0) {
+			warnx("%s: partner died", ops->name);
 			ok = false;
 			break;
 		}
@@ -1380,9 +1377,9 @@ static int run_case(struct bench_case *c)
 {
 	switch (c->kind) {
 	case CASE_FLOOR_SPIN:
-		return run_floor_spin(c->res[0], c->iters, warmup_for(c->iters));
+		return run_floor(c->res[0], c->iters, warmup_for(c->iters), &floor_spin);
 	case CASE_FLOOR_FUTEX:
-		return run_floor_futex(c->res[0], c->iters, warmup_for(c->iters));
+		return run_floor(c->res[0], c->iters, warmup_for(c->iters), &floor_futex);
 	case CASE_PINGPONG:
 		return run_shmbus_pingpong(c->res[0], c->iters, warmup_for(c->iters));
 	case CASE_THROUGHPUT:
