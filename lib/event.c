@@ -128,19 +128,21 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 	static const char *const what[SEG_EVENT_STRINGS] = {
 		[SEG_STR_CONVERSATION] = "conversation id", [SEG_STR_USER] = "user id",
 		[SEG_STR_INTENT] = "intent", [SEG_STR_DECISION] = "decision id"};
-	const char *ctx[SEG_EVENT_STRINGS] = {[SEG_STR_CONVERSATION] = msg->conversation_id, [SEG_STR_USER] = msg->user_id,
-					      [SEG_STR_INTENT] = msg->intent, [SEG_STR_DECISION] = msg->decision_id};
-	bool any_ctx = msg->conversation_id || msg->user_id || msg->intent || msg->decision_id;
-	for (unsigned k = SEG_STR_CONVERSATION; k < SEG_EVENT_STRINGS; k++) {
-		if (!any_ctx) {
+	if (!(msg->conversation_id || msg->user_id || msg->intent || msg->decision_id)) {
+		for (unsigned k = SEG_STR_CONVERSATION; k < SEG_EVENT_STRINGS; k++) {
 			lay->str[k] = "";
 			lay->len[k] = 0;
-			strings++;
-			continue;
 		}
-		if ((rc = layout_str(lay, k, ctx[k], what[k], false)) < 0)
-			return rc;
-		strings += (unsigned)rc;
+		strings += SEG_EVENT_STRINGS - SEG_STR_CONVERSATION;
+	} else {
+		const char *ctx[SEG_EVENT_STRINGS] = {[SEG_STR_CONVERSATION] = msg->conversation_id,
+						      [SEG_STR_USER] = msg->user_id, [SEG_STR_INTENT] = msg->intent,
+						      [SEG_STR_DECISION] = msg->decision_id};
+		for (unsigned k = SEG_STR_CONVERSATION; k < SEG_EVENT_STRINGS; k++) {
+			if ((rc = layout_str(lay, k, ctx[k], what[k], false)) < 0)
+				return rc;
+			strings += (unsigned)rc;
+		}
 	}
 	if (msg->metadata_count > SEG_EVENT_META_MAX)
 		return shmbus__fail(EMSGSIZE, "%zu metadata pairs, at most %u", msg->metadata_count, SEG_EVENT_META_MAX);
@@ -170,12 +172,33 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 	return 0;
 }
 
-/* Copy a short string and its NUL; a byte loop, as the lengths are small
- * and vary (memcpy would pick a microcoded copy for these). */
-static char *put_str(char *p, const char *s, size_t n)
+/* Copy a short string (at most 255 bytes here) and its NUL. Up to 16
+ * bytes take two overlapping fixed-size moves that read only [s, s+n):
+ * no loop and no call for the names, sources and targets of most events. */
+static inline __attribute__((always_inline)) char *put_str(char *p, const char *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		p[i] = s[i];
+	uint64_t a, b;
+	uint32_t c, d;
+	if (n == 0) {
+		*p = '\0';
+		return p + 1;
+	}
+	if (n >= 8 && n <= 16) {
+		memcpy(&a, s, 8);
+		memcpy(&b, s + n - 8, 8);
+		memcpy(p, &a, 8);
+		memcpy(p + n - 8, &b, 8);
+	} else if (n >= 4 && n < 8) {
+		memcpy(&c, s, 4);
+		memcpy(&d, s + n - 4, 4);
+		memcpy(p, &c, 4);
+		memcpy(p + n - 4, &d, 4);
+	} else if (n < 4) {
+		for (size_t i = 0; i < n; i++)
+			p[i] = s[i];
+	} else {
+		memcpy(p, s, n);
+	}
 	p[n] = '\0';
 	return p + n + 1;
 }

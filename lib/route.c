@@ -176,7 +176,8 @@ void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, ui
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
 	unsigned cls = ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
-	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
+	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
+	for (unsigned w = 0; w < words; w++) {
 		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
 		while (cand) {
 			unsigned bit = (unsigned)__builtin_ctzll(cand);

@@ -77,19 +77,25 @@ static int check(const struct seg_event *ev, size_t avail, const char **why, int
 	}
 	/* Every string: its stated length fits, and a NUL ends it there. */
 	const char *p = ev->strings, *end = strings_end(ev);
-	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		size_t n = ev->len[k];
-		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || (deep && has_nul(p, n))) {
+	if (!deep) {
+		/* the lengths first, in one pass without branches, then the
+		 * terminators: the delivery path's cheaper form of the loop below */
+		uint32_t sum = 0, any = 0;
+		for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+			sum += ev->len[k] + 1u;
+			any |= ev->len[k];
+		}
+		if (any > SEG_EVENT_STR_MAX || sum > ev->strings_len || ev->len[SEG_STR_NAME] == 0) {
 			*why = "malformed string field";
 			return -EBADMSG;
 		}
-		p += n + 1;
-	}
-	if (ev->len[SEG_STR_NAME] == 0) {
-		*why = "empty event name";
-		return -EBADMSG;
-	}
-	if (!deep) {
+		for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+			if (p[ev->len[k]] != '\0') {
+				*why = "malformed string field";
+				return -EBADMSG;
+			}
+			p += ev->len[k] + 1;
+		}
 		/* Enough for memory safety: every string ends where stated, and
 		 * the area ends with a NUL, so no walk can leave it (see
 		 * seg_event_meta). */
@@ -98,6 +104,18 @@ static int check(const struct seg_event *ev, size_t avail, const char **why, int
 			return -EBADMSG;
 		}
 		return 0;
+	}
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+		size_t n = ev->len[k];
+		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || has_nul(p, n)) {
+			*why = "malformed string field";
+			return -EBADMSG;
+		}
+		p += n + 1;
+	}
+	if (ev->len[SEG_STR_NAME] == 0) {
+		*why = "empty event name";
+		return -EBADMSG;
 	}
 	for (unsigned i = 0; i < 2u * ev->meta_count; i++) {
 		size_t max = (i & 1) ? SEG_EVENT_META_VALUE_MAX : SEG_EVENT_META_KEY_MAX;
