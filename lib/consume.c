@@ -56,18 +56,24 @@ static void held_free(shmbus_sub_t *sub, uint32_t k)
 static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
 	int rc = 0;
-	if (at_load_acquire_u64(&sub->cons->held[k]) & SEG_DESC_REVOKED) {
+	uint64_t cur = at_load_acquire_u64(&sub->cons->held[k]);
+	if ((cur & SEG_DESC_SEQ_MASK) != (desc & SEG_DESC_SEQ_MASK)) {
+		rc = -ESTALE; /* the entry is no longer ours (swept by a removal) */
+	} else if (cur & SEG_DESC_REVOKED) {
 		rc = -ESTALE; /* the revoker dropped the hold */
+		at_cas_u64(&sub->cons->held[k], &cur, 0);
 	} else {
 		/* The hold goes first, the entry second: dying in between leaves
 		 * an entry whose bit is already clear, which a survivor skips. */
 		if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
 			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
 		uint64_t expected = desc;
-		if (!at_cas_u64(&sub->cons->held[k], &expected, 0))
+		if (!at_cas_u64(&sub->cons->held[k], &expected, 0)) {
 			rc = -ESTALE; /* revoked meanwhile: both cleared the bit */
+			if ((expected & SEG_DESC_SEQ_MASK) == (desc & SEG_DESC_SEQ_MASK))
+				at_cas_u64(&sub->cons->held[k], &expected, 0);
+		}
 	}
-	at_store_release_u64(&sub->cons->held[k], 0);
 	held_free(sub, k);
 	return rc;
 }
@@ -77,6 +83,15 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
  * overlap instead of queueing behind each locked decrement. */
 static void flush_releases(shmbus_sub_t *sub)
 {
+	if (sub->nreleasing && !sub_current(sub)) {
+		/* removed meanwhile: the removal dropped these holds, and the
+		 * record's held[] may serve another subscription by now */
+		for (uint32_t i = 0; i < sub->nreleasing; i++)
+			held_free(sub, sub->releasing[i].k);
+		sub->nreleasing = 0;
+		sub->releasing_slots = 0;
+		return;
+	}
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
 		__builtin_prefetch(bus_slot_holders(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK), 1);
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
@@ -139,6 +154,16 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 		held_free(sub, h->k);
 		return NULL;
 	}
+	/* Seen from now on, before a byte of the slot is read: a congested
+	 * publisher revokes only unseen entries of a lag subscription, so the
+	 * slot cannot be reused under us after this (were we to die, the event
+	 * goes back flagged redelivered). */
+	uint64_t expected = desc;
+	if (!at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
+		held_drop(sub, h->k, desc); /* revoked meanwhile */
+		return NULL;
+	}
+	desc &= ~SEG_DESC_UNSEEN;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
 	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED) {
@@ -156,12 +181,6 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	if (sub->has_custom && !route_match(bus, &sub->route, sub->index, &sub->rec->filter, e, sub->custom)) {
 		held_drop(sub, h->k, desc);
 		at_count_u64(&sub->rec->filtered, 1);
-		return NULL;
-	}
-	/* Seen from now on: were we to die, it goes back flagged redelivered. */
-	uint64_t expected = desc;
-	if (!at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
-		held_drop(sub, h->k, desc); /* revoked meanwhile */
 		return NULL;
 	}
 	return e;
@@ -215,6 +234,7 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 			continue;
 		sub->held[sub->nheld].ev = e;
 		sub->held[sub->nheld].k = h.k;
+		sub->held[sub->nheld].seq = h.desc & SEG_DESC_SEQ_MASK;
 		sub->nheld++;
 		at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
 		*ev = (const shmbus_event_t *)(const void *)e;
@@ -293,13 +313,20 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		if (sub->held[i].ev != ev)
 			continue;
 		uint32_t k = sub->held[i].k;
+		uint64_t seq = sub->held[i].seq;
 		sub->held[i] = sub->held[--sub->nheld];
 		if (sub->bus->orphaned) {
 			held_free(sub, k);
 			return 0;
 		}
+		/* A removed subscription's record may already serve another: its
+		 * held[] is no longer ours to touch. */
+		if (!sub_current(sub)) {
+			held_free(sub, k);
+			return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
+		}
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
-		if (desc && !(desc & SEG_DESC_REVOKED) &&
+		if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 			sub->releasing[sub->nreleasing].k = k;
@@ -313,7 +340,8 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 				flush_releases(sub);
 			return 0;
 		}
-		at_store_release_u64(&sub->cons->held[k], 0);
+		if (desc & SEG_DESC_REVOKED && (desc & SEG_DESC_SEQ_MASK) == seq)
+			at_cas_u64(&sub->cons->held[k], &desc, 0);
 		held_free(sub, k);
 		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
@@ -323,6 +351,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 void consume_detach(shmbus_sub_t *sub, bool survives)
 {
 	shmbus_bus_t *bus = sub->bus;
+	bool pushed = false;
 	while (sub->nheld)
 		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
 	flush_releases(sub);
@@ -335,14 +364,18 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 			 * never loses its hold) */
 			if (survives && !(at_load_acquire_u64(&sub->cons->held[h->k]) & SEG_DESC_REVOKED) &&
 			    queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
-				at_store_release_u64(&sub->cons->held[h->k], 0);
+				uint64_t d = h->desc;
+				at_cas_u64(&sub->cons->held[h->k], &d, 0);
 				held_free(sub, h->k);
+				pushed = true;
 				continue;
 			}
 			held_drop(sub, h->k, h->desc);
 		}
 		sub->ready_n[cls] = 0;
 	}
+	if (pushed)
+		route_wake(bus, sub->index); /* group peers take them at once */
 }
 
 SHMBUS_API bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t *ev)

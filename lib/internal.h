@@ -84,6 +84,7 @@ static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, u
 		.cap = b->nslots,
 		.sub = sub,
 		.cls = cls,
+		.gen = (uint32_t)at_load_relaxed_u64(&b->subs[sub].generation),
 	};
 	return q;
 }
@@ -131,6 +132,7 @@ struct shmbus_pub {
 struct held_local {
 	const void *ev;
 	uint32_t k;
+	uint64_t seq; /* the entry must still carry it when released */
 };
 
 /* A descriptor taken from the queue (and recorded in held[k]) but not yet

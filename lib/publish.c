@@ -46,7 +46,7 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		uint32_t expected = 0;
 		if (at_load_relaxed_u32(&r->state) != 0 || !at_cas_u32(&r->state, &expected, 1))
 			continue;
-		r->member = bus->member;
+		at_store_relaxed_u32(&r->member, bus->member);
 		r->member_gen = bus->member_gen;
 		memcpy(r->source, source, strlen(source) + 1);
 		at_store_relaxed_u64(&r->published, 0);
@@ -298,6 +298,7 @@ SHMBUS_API int shmbus_abort(shmbus_pub_t *pub, shmbus_claim_t *claim)
 	shmbus_bus_t *bus = pub->bus;
 	at_store_release_u64(bus_slot_ctl(bus, pub->claim_pos),
 			     seg_ctl_make(bus_lap(bus, pub->claim_pos), SEG_SLOT_ABORTED, 0));
+	slots_wake_waiters(bus); /* the slot is reusable now */
 	at_count_u64(&bus->hdr->aborted_claims, 1);
 	pub->claim_open = false;
 	claim->priv = NULL;

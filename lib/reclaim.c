@@ -90,8 +90,10 @@ static bool intent_claims(const struct seg_take_intent *in, const struct queue_v
 {
 	uint32_t info = at_load_acquire_u32((uint32_t *)&in->info);
 	*state = seg_take_state(info);
-	return *state != SEG_TAKE_NONE && seg_take_sub(info) == q->sub && seg_take_class(info) == q->cls &&
-	       at_load_acquire_u64((uint64_t *)&in->pos) == pos;
+	if (*state == SEG_TAKE_NONE || seg_take_sub(info) != q->sub || seg_take_class(info) != q->cls)
+		return false;
+	uint64_t first = at_load_acquire_u64((uint64_t *)&in->pos);
+	return pos >= first && pos - first < seg_take_count(info); /* the run covers pos */
 }
 
 struct recover_ctx {
@@ -124,7 +126,7 @@ static bool live_intent_claims(const struct recover_ctx *r, const struct queue_v
 	}
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		const struct seg_pub *pr = &bus->pubs[p];
-		if (&pr->drain == r->self || !at_load_acquire_u32((uint32_t *)&pr->state) || pr->member == r->dead)
+		if (&pr->drain == r->self || !at_load_acquire_u32((uint32_t *)&pr->state) || at_load_relaxed_u32((uint32_t *)&pr->member) == r->dead)
 			continue;
 		if (intent_claims(&pr->drain, q, pos, &st)) {
 			*pending = st == SEG_TAKE_PENDING;
@@ -138,8 +140,8 @@ static bool live_intent_claims(const struct recover_ctx *r, const struct queue_v
 	return false;
 }
 
-/* Does a live taker claim the run at pos? A PENDING claim is settled in a
- * few instructions; wait for it (bounded) before answering. */
+/* Does a live taker's run cover queue position pos? A PENDING claim is
+ * settled in a few instructions; wait for it (bounded) before answering. */
 static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
 {
 	const struct recover_ctx *r = arg;
@@ -178,6 +180,11 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 		return;
 	}
 	struct queue_view q = bus_queue(bus, sub, seg_take_class(info));
+	/* The record may have been removed, or removed and taken again, since
+	 * the run was taken: then nothing goes back to it, holds are dropped. */
+	if (at_load_acquire_u32(&bus_sub(bus, sub)->state) != SEG_SUB_ACTIVE ||
+	    at_load_acquire_u32(&in->gen) != q.gen)
+		keep = false;
 	struct recover_ctx r = {.bus = bus, .dead = dead, .self = in, .sub = sub, .keep = keep, .held = held, .n = n};
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
@@ -239,7 +246,7 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
 	}
 	if (!keep && state == SEG_SUB_ACTIVE && (s->owner == dead || remaining == 0) &&
-	    !(s->flags & SEG_SUB_DURABLE))
+	    !(at_load_acquire_u32(&s->flags) & SEG_SUB_DURABLE))
 		sub_remove_locked(bus, idx);
 	else if (keep)
 		route_wake(bus, idx);
@@ -250,7 +257,7 @@ static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
 {
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
-		if (at_load_acquire_u32(&r->state) && r->member == dead)
+		if (at_load_acquire_u32(&r->state) && at_load_relaxed_u32(&r->member) == dead)
 			recover_intent(bus, &r->drain, dead, true, NULL, 0);
 	}
 }
@@ -271,7 +278,7 @@ static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED)
 			continue;
 		uint32_t p = seg_ctl_claimer(c) - 1;
-		if (p >= bus->max_members || bus->pubs[p].member != dead ||
+		if (p >= bus->max_members || at_load_relaxed_u32(&bus->pubs[p].member) != dead ||
 		    at_load_acquire_u32(&bus->pubs[p].state) == 0)
 			continue;
 		if (at_cas_u64(&bus->slot_ctl[i].ctl, &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)))
@@ -284,7 +291,7 @@ static void retire_pubs(shmbus_bus_t *bus, uint32_t dead)
 	struct seg_header *h = bus->hdr;
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
-		if (at_load_acquire_u32(&r->state) == 0 || r->member != dead)
+		if (at_load_acquire_u32(&r->state) == 0 || at_load_relaxed_u32(&r->member) != dead)
 			continue;
 		at_count_u64(&h->retired_published, at_load_relaxed_u64(&r->published));
 		at_count_u64(&h->retired_publish_bytes, at_load_relaxed_u64(&r->publish_bytes));
@@ -311,16 +318,21 @@ void reclaim_member(shmbus_bus_t *bus, uint32_t m)
 		return; /* someone else took it meanwhile */
 	at_store_release_u32(&mem->state, SEG_MEMBER_RECLAIMING);
 	abort_claims(bus, m);
-	bool locked = bus_lock_subs(bus) == 0;
+	if (bus_lock_subs(bus) < 0) {
+		/* never touch the table without its lock: the member stays
+		 * RECLAIMING, and the next sweep finishes it */
+		if (!self)
+			live_unlock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m);
+		return;
+	}
 	recover_drains(bus, m);
 	for (uint32_t s = 0; s < bus->max_subs; s++)
 		reclaim_sub(bus, s, m);
-	if (locked)
-		bus_unlock_subs(bus);
+	bus_unlock_subs(bus);
 	retire_pubs(bus, m);
 	if (!self)
 		at_count_u64(&bus->hdr->reclaims, 1);
-	mem->pid = 0;
+	at_store_relaxed_u32(&mem->pid, 0);
 	at_store_release_u32(&mem->state, SEG_MEMBER_FREE);
 	live_unlock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m);
 	/* Publishers waiting for space may have it now. */
@@ -444,7 +456,7 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 			at_fetch_or_u32(&s->flags, SEG_SUB_DEMOTED);
 			at_count_u64(&s->demotions, 1);
 			at_count_u64(&bus->hdr->demotions, 1);
-			s->block_since_ns = now_real_ns();
+			at_store_relaxed_u64(&s->block_since_ns, now_real_ns());
 			lagging = true;
 		}
 		if (!lagging)

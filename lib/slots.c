@@ -234,12 +234,18 @@ void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	uint64_t old = at_fetch_and_u64_sc(&h[sub / 64], ~bit);
 	if (!(old & bit) || (old & ~bit))
 		return;
+	/* seq_cst loads: two releasers of different words must not both miss
+	 * the other's bit and leave a waiter asleep */
 	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		if (w != sub / 64 && at_load_relaxed_u64(&h[w]))
+		if (w != sub / 64 && at_load_u64_sc(&h[w]))
 			return;
-	/* The slot is free. A waiting publisher raised the flag; whoever
-	 * clears it wakes them all, once. They raise it again if they must
-	 * sleep again. */
+	slots_wake_waiters(bus); /* the slot is free */
+}
+
+void slots_wake_waiters(shmbus_bus_t *bus)
+{
+	/* A waiting publisher raised the flag; whoever clears it wakes them
+	 * all, once. They raise it again if they must sleep again. */
 	if (at_load_u32_sc(&bus->hdr->space_waiters) && at_exchange_u32(&bus->hdr->space_waiters, 0)) {
 		at_fetch_add_u32(&bus->hdr->space_futex, 1);
 		futex_wake_shared(&bus->hdr->space_futex, 1 << 30);

@@ -21,4 +21,8 @@ struct space_wait {
  */
 int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out);
 
+/* Wake the publishers waiting for space, if any announced it (cheap when
+ * none did). */
+void slots_wake_waiters(shmbus_bus_t *bus);
+
 #endif

@@ -241,7 +241,7 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	s->created_ns = now_real_ns();
 	snprintf(s->subscriber, sizeof s->subscriber, "%s", r->subscriber);
 	snprintf(s->group, sizeof s->group, "%s", r->group ? r->group : "");
-	s->block_since_ns = 0;
+	at_store_relaxed_u64(&s->block_since_ns, 0);
 	at_store_relaxed_u64(&s->delivered_total, 0);
 	at_store_relaxed_u64(&s->filtered, 0);
 	at_store_relaxed_u64(&s->missed, 0);
@@ -343,11 +343,12 @@ static bool sub_current(const shmbus_sub_t *sub)
 
 /* Release everything this handle holds, then leave the consumer table;
  * a plain subscription, or a group left without consumers, goes away. */
-static void sub_detach(shmbus_sub_t *sub, bool remove)
+static int sub_detach(shmbus_sub_t *sub, bool remove)
 {
 	shmbus_bus_t *bus = sub->bus;
-	if (bus_lock_subs(bus) < 0)
-		return;
+	int rc = bus_lock_subs(bus);
+	if (rc < 0)
+		return rc; /* a dying process's entries are reclaimed anyway */
 	struct seg_sub *s = sub->rec;
 	if (sub_current(sub)) {
 		uint32_t others = 0;
@@ -364,6 +365,7 @@ static void sub_detach(shmbus_sub_t *sub, bool remove)
 			sub_remove_locked(bus, sub->index);
 	}
 	bus_unlock_subs(bus);
+	return 0;
 }
 
 SHMBUS_API void shmbus_sub_close(shmbus_sub_t *sub)
@@ -383,7 +385,7 @@ SHMBUS_API int shmbus_unsubscribe(shmbus_sub_t *sub)
 		return shmbus__fail(EINVAL, "subscription is NULL");
 	int rc = bus_check_usable(sub->bus);
 	if (rc == 0)
-		sub_detach(sub, true);
+		rc = sub_detach(sub, true);
 	bus_track_sub(sub->bus, sub, false);
 	route_ctx_free(&sub->route);
 	free(sub);

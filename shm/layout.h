@@ -53,7 +53,9 @@
  *   8   info   u32  bits 0..7 count, bit 8 class, bits 9..17 subscription
  *                   index, bits 18..19 state (NONE, PENDING: head not
  *                   moved yet, OWNED: the range is the taker's)
- *   12  pad    u32
+ *   12  gen    u32  low bits of the subscription's generation: a survivor
+ *                   gives nothing back to a record that was removed and
+ *                   taken again meanwhile
  */
 #define SEG_TAKE_NONE 0u
 #define SEG_TAKE_PENDING 1u
@@ -62,7 +64,7 @@
 struct seg_take_intent {
 	uint64_t pos;
 	uint32_t info;
-	uint32_t pad;
+	uint32_t gen;
 };
 _Static_assert(offsetof(struct seg_take_intent, info) == 8, "take.info");
 _Static_assert(sizeof(struct seg_take_intent) == 16, "take size");

@@ -16,9 +16,12 @@ static int ofd(int fd, int cmd, short type, uint64_t byte, struct flock *out)
 	fl.l_start = (off_t)byte;
 	fl.l_len = 1;
 	int rc;
+	/* retried on EINTR, the waiting form too: a signal handler installed
+	 * without SA_RESTART must not turn "wait for the lock" into "go on
+	 * without it" */
 	do
 		rc = fcntl(fd, cmd, &fl);
-	while (rc < 0 && errno == EINTR && cmd != F_OFD_SETLKW);
+	while (rc < 0 && errno == EINTR);
 	if (rc < 0)
 		return -errno;
 	if (out)

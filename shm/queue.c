@@ -72,6 +72,7 @@ static void intent_set(struct seg_take_intent *in, const struct queue_view *q, u
 		       uint32_t state)
 {
 	at_store_relaxed_u64(&in->pos, pos);
+	at_store_relaxed_u32(&in->gen, q->gen);
 	at_store_release_u32(&in->info, seg_take_info(n, q->cls, q->sub, state));
 }
 
@@ -158,15 +159,18 @@ int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 	uint32_t n = seg_take_count(info);
 	uint64_t head = at_load_acquire_u64(&q->ends->head);
 	int given = 0;
-	/* PENDING: the head CAS may or may not have been ours. It was not if
-	 * head never passed first, or if a live taker claims that run. */
-	if (state == SEG_TAKE_PENDING && (head <= first || other_claims(q, first, arg)))
+	/* PENDING: the head CAS may or may not have been ours; it was not if
+	 * head never passed first. Cell by cell, a taken cell (below head,
+	 * still FULL) is the dead taker's unless a live taker's intent covers
+	 * it: a live run may start inside ours, after a shorter run took the
+	 * cells before it. */
+	if (state == SEG_TAKE_PENDING && head <= first)
 		n = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
 		struct seg_cell *c = cell_at(q, p);
-		if (p >= head || at_load_acquire_u64(&c->turn) != p + 1)
-			continue; /* released already, or never taken */
+		if (p >= head || at_load_acquire_u64(&c->turn) != p + 1 || other_claims(q, p, arg))
+			continue; /* released already, never taken, or a live taker's */
 		on_desc(at_load_relaxed_u64(&c->desc), arg);
 		at_store_release_u64(&c->turn, p + q->cap);
 		given++;

@@ -25,8 +25,9 @@ struct queue_view {
 	struct seg_queue_ends *ends;
 	struct seg_cell *cells;
 	uint64_t cap; /* power of two */
-	uint32_t sub; /* subscription index and class, for take intents */
-	uint32_t cls;
+	uint32_t sub; /* subscription index, class and generation (low bits), */
+	uint32_t cls; /* for take intents */
+	uint32_t gen;
 };
 
 /* Reset cells for an empty queue starting at position 0 (creation only). */
@@ -62,10 +63,10 @@ uint64_t queue_pushed(const struct queue_view *q);
 int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombstone);
 
 /*
- * Survivor side, for the take intent of a dead consumer. If the dead taker
- * owned a run (or may have: PENDING and other_claims() says no live taker
- * claims that position), each of its cells still unreleased is handed to
- * on_desc() and released. The intent is cleared. Returns the count given.
+ * Survivor side, for the take intent of a dead consumer: each cell of its
+ * run that was taken (below head) and is still unreleased, and that no live
+ * taker's intent covers (other_claims), is handed to on_desc() and
+ * released. The intent is cleared. Returns the count given.
  */
 int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 		       bool (*other_claims)(const struct queue_view *q, uint64_t pos, void *arg),
