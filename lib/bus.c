@@ -171,7 +171,7 @@ static int member_join(shmbus_bus_t *b, const char *label)
 			return 0;
 		}
 		/* Full: reclaim dead members once, then look again. */
-		if (pass == 0 && shmbus_reclaim(b) <= 0)
+		if (pass == 0 && reclaim_for_join(b) <= 0)
 			break;
 	}
 	return shmbus__fail(ENOSPC, "bus '%s' has no free member entry (max members %u)", b->name, b->max_members);

@@ -243,6 +243,7 @@ void consume_detach(shmbus_sub_t *sub, bool survives);
 /* Sweep for dead members if the last sweep is a reclaim interval old. */
 int reclaim_if_due(shmbus_bus_t *bus);
 int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now_mono);
+int reclaim_for_join(shmbus_bus_t *bus);
 void reclaim_member(shmbus_bus_t *bus, uint32_t m);
 bool member_alive(shmbus_bus_t *bus, uint32_t m);
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,

@@ -365,6 +365,34 @@ SHMBUS_API int shmbus_reclaim(shmbus_bus_t *bus)
 	return n;
 }
 
+/*
+ * reclaim_for_join - a sweep by a process that has no member entry yet
+ * (the table is full). Queue work during a reclaim is tagged with the
+ * reclaimer's member index so that a survivor can finish it should the
+ * reclaimer die; without an entry of its own, the joiner borrows the dead
+ * member's: it takes that entry's lock, works under its index, and leaves
+ * it FREE. Returns how many entries were freed.
+ */
+int reclaim_for_join(shmbus_bus_t *bus)
+{
+	if (live_lock(bus->map.fd, SEG_LOCK_RECLAIM) < 0)
+		return 0;
+	int n = 0;
+	for (uint32_t m = 0; m < bus->max_members; m++) {
+		uint32_t st = at_load_acquire_u32(&bus->members[m].state);
+		if (st == SEG_MEMBER_FREE || member_alive(bus, m) ||
+		    live_lock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) < 0)
+			continue;
+		bus->member = m; /* reclaim_member's own-entry path, under m's lock */
+		reclaim_member(bus, m);
+		bus->member = UINT32_MAX;
+		at_count_u64(&bus->hdr->reclaims, 1);
+		n++;
+	}
+	live_unlock(bus->map.fd, SEG_LOCK_RECLAIM);
+	return n;
+}
+
 int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now)
 {
 	if (now - at_load_relaxed_u64(&bus->last_reclaim_ns) < bus->reclaim_interval_ns || bus->orphaned ||

@@ -1382,3 +1382,84 @@ Test(fault, forked_child_does_not_keep_a_dead_member_alive)
 	tc_shared_free(f, sizeof *f);
 	shmbus_close(bus);
 }
+
+/* ------------------------ joining a full table that holds a dead member */
+
+struct durable_holder {
+	int up;
+};
+
+/* Take events of a durable subscription, keep them, wait to be killed. */
+static int durable_hold_and_hang(void *arg)
+{
+	struct durable_holder *d = arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "full-table", .durable = true};
+	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
+		return CHILD_FAIL("subscribe %d", rc);
+	tc_write_byte(d->up, 'S');
+	const shmbus_event_t *ev;
+	for (int got = 0; got < 3;)
+		if ((rc = shmbus_wait(sub, 5 * (int64_t)TC_SEC_NS, &ev)) == 1)
+			got++; /* held, never released */
+		else if (rc < 0)
+			return CHILD_FAIL("wait %d", rc);
+	tc_write_byte(d->up, 'H');
+	for (;;)
+		pause();
+}
+
+/* With every member entry taken, one by a dead process, a new process can
+ * still attach: it reclaims the dead entry itself (working under that
+ * entry's index) and the events the dead one held come back to the durable
+ * subscription. */
+Test(fault, attaching_to_a_full_table_reclaims_a_dead_member)
+{
+	shmbus_config_t cfg = fault_cfg();
+	cfg.max_members = 2; /* this process and the doomed one */
+	shmbus_bus_t *bus = tc_create(&cfg);
+	int up[2];
+	pipe_pair(up);
+	struct durable_holder *d = tc_shared_alloc(sizeof *d);
+	d->up = up[1];
+	pid_t holder = tc_fork(durable_hold_and_hang, d);
+	wait_byte(up[0], 'S', "durable holder");
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t i = 0; i < 3; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "held", 0, i), 0);
+	wait_byte(up[0], 'H', "durable holder");
+	shmbus_pub_close(pub);
+	shmbus_close(bus); /* only the holder is attached now */
+	bus = tc_open();   /* takes the free entry */
+	tc_kill9(holder);
+
+	/* The table is full (us and the dead holder): a second attach must
+	 * reclaim the holder's entry to get one. */
+	shmbus_bus_t *second = NULL;
+	cr_assert_eq(shmbus_open(tc_bus, NULL, &second), 0, "attach to a full table: %s", shmbus_errmsg());
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "full-table", .durable = true};
+	cr_assert_eq(shmbus_subscribe(second, &o, &sub), 0, "%s", shmbus_errmsg());
+	unsigned seen = 0, redelivered = 0;
+	const shmbus_event_t *ev;
+	while (shmbus_wait(sub, 500 * (int64_t)TC_MS_NS, &ev) == 1) {
+		seen |= 1u << tc_payload_u32(ev);
+		redelivered += shmbus_redelivered(sub, ev);
+		shmbus_release(sub, ev);
+	}
+	cr_expect_eq(seen, 7u, "events the dead holder kept: got mask %#x, want all three", seen);
+	cr_expect_eq(redelivered, 3, "%u of 3 flagged redelivered", redelivered);
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(second, &mt), 0);
+	cr_expect_geq(mt.reclaims, 1);
+	cr_assert_eq(shmbus_unsubscribe(sub), 0);
+	close(up[0]);
+	close(up[1]);
+	tc_shared_free(d, sizeof *d);
+	shmbus_close(second);
+	shmbus_close(bus);
+}
