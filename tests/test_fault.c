@@ -1385,34 +1385,6 @@ Test(fault, forked_child_does_not_keep_a_dead_member_alive)
 
 /* ------------------------ joining a full table that holds a dead member */
 
-struct durable_holder {
-	int up;
-};
-
-/* Take events of a durable subscription, keep them, wait to be killed. */
-static int durable_hold_and_hang(void *arg)
-{
-	struct durable_holder *d = arg;
-	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_sub_t *sub = NULL;
-	shmbus_sub_opts_t o = {.subscriber_id = "full-table", .durable = true};
-	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
-		return CHILD_FAIL("subscribe %d", rc);
-	tc_write_byte(d->up, 'S');
-	const shmbus_event_t *ev;
-	for (int got = 0; got < 3;)
-		if ((rc = shmbus_wait(sub, 5 * (int64_t)TC_SEC_NS, &ev)) == 1)
-			got++; /* held, never released */
-		else if (rc < 0)
-			return CHILD_FAIL("wait %d", rc);
-	tc_write_byte(d->up, 'H');
-	for (;;)
-		pause();
-}
-
 /* With every member entry taken, one by a dead process, a new process can
  * still attach: it reclaims the dead entry itself (working under that
  * entry's index) and the events the dead one held come back to the durable
@@ -1424,10 +1396,10 @@ Test(fault, attaching_to_a_full_table_reclaims_a_dead_member)
 	shmbus_bus_t *bus = tc_create(&cfg);
 	int up[2];
 	pipe_pair(up);
-	struct durable_holder *d = tc_shared_alloc(sizeof *d);
-	d->up = up[1];
-	pid_t holder = tc_fork(durable_hold_and_hang, d);
-	wait_byte(up[0], 'S', "durable holder");
+	struct child *c = tc_shared_alloc(sizeof *c);
+	*c = (struct child){.up = up[1], .subscriber_id = "full-table", .durable = true, .hold = 3};
+	pid_t holder = tc_fork(hold_and_hang, c);
+	wait_byte(up[0], 'R', "durable holder");
 	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
 	for (uint32_t i = 0; i < 3; i++)
 		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "held", 0, i), 0);
@@ -1459,7 +1431,7 @@ Test(fault, attaching_to_a_full_table_reclaims_a_dead_member)
 	cr_assert_eq(shmbus_unsubscribe(sub), 0);
 	close(up[0]);
 	close(up[1]);
-	tc_shared_free(d, sizeof *d);
+	tc_shared_free(c, sizeof *c);
 	shmbus_close(second);
 	shmbus_close(bus);
 }
