@@ -347,6 +347,34 @@ int tc_child_fail(const char *file, int line, const char *fmt, ...)
 	return 1;
 }
 
+int tc_child_subscribe(const shmbus_sub_opts_t *o, shmbus_bus_t **bus, shmbus_sub_t **sub)
+{
+	int rc = shmbus_open(tc_bus, NULL, bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	if ((rc = shmbus_subscribe(*bus, o, sub)) < 0)
+		return CHILD_FAIL("subscribe %d", rc);
+	return 0;
+}
+
+int tc_child_publish_n(shmbus_type_t type, const char *name, uint32_t n, int64_t timeout_ns)
+{
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_pub_t *pub = NULL;
+	shmbus_pub_opts_t o = {.timeout_ns = timeout_ns};
+	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	for (uint32_t i = 0; i < n; i++)
+		if ((rc = tc_publish_u32(pub, type, name, 0, i)) < 0)
+			return CHILD_FAIL("publish %s #%u: %d (%s)", name, i, rc, shmbus_errmsg());
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
 int tc_write_byte(int fd, char c)
 {
 	for (;;) {

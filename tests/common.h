@@ -84,6 +84,14 @@ const char *tc_status_str(int status);
 #define CHILD_FAIL(...) tc_child_fail(__FILE__, __LINE__, __VA_ARGS__)
 int tc_child_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* In a forked child: attach to the test bus and subscribe with o. Returns 0,
+ * or the child's failure code (reported) to return from it. */
+int tc_child_subscribe(const shmbus_sub_opts_t *o, shmbus_bus_t **bus, shmbus_sub_t **sub);
+/* In a forked child: attach, publish n events of type and name whose u32
+ * payload counts 0..n-1 (publisher timeout timeout_ns), detach. Returns 0 or
+ * the child's failure code. */
+int tc_child_publish_n(shmbus_type_t type, const char *name, uint32_t n, int64_t timeout_ns);
+
 /* Pipe helpers: 0 on success, -errno, or -ETIMEDOUT. */
 int tc_write_byte(int fd, char c);
 int tc_read_byte(int fd, int timeout_ms, char *c);

@@ -164,13 +164,11 @@ static int hold_and_hang(void *arg)
 {
 	struct child *c = arg;
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_sub_opts_t o = {.subscriber_id = c->subscriber_id, .group = c->group, .durable = c->durable};
 	shmbus_sub_t *sub = NULL;
-	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
-		return CHILD_FAIL("subscribe %d", rc);
+	shmbus_sub_opts_t o = {.subscriber_id = c->subscriber_id, .group = c->group, .durable = c->durable};
+	int rc = tc_child_subscribe(&o, &bus, &sub);
+	if (rc)
+		return rc;
 	tc_write_byte(c->up, 'R');
 	unsigned held = 0;
 	uint64_t deadline = tc_now_ns() + 20 * TC_SEC_NS;
@@ -195,13 +193,11 @@ static int receive_all(void *arg)
 {
 	struct child *c = arg;
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_sub_opts_t o = {.subscriber_id = c->subscriber_id, .group = c->group, .durable = c->durable};
 	shmbus_sub_t *sub = NULL;
-	if ((rc = shmbus_subscribe(bus, &o, &sub)) < 0)
-		return CHILD_FAIL("subscribe %d", rc);
+	shmbus_sub_opts_t o = {.subscriber_id = c->subscriber_id, .group = c->group, .durable = c->durable};
+	int rc = tc_child_subscribe(&o, &bus, &sub);
+	if (rc)
+		return rc;
 	tc_write_byte(c->up, 'R');
 	uint64_t deadline = tc_now_ns() + 20 * TC_SEC_NS;
 	while (c->total < c->expect && tc_now_ns() < deadline) {

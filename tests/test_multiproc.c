@@ -423,20 +423,7 @@ static int pool_member(void *arg)
 static int group_publisher(void *arg)
 {
 	(void)arg;
-	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_pub_t *pub = NULL;
-	shmbus_pub_opts_t o = {.timeout_ns = 30 * (int64_t)TC_SEC_NS};
-	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
-		return CHILD_FAIL("pub_open %d", rc);
-	for (uint32_t i = 0; i < GROUP_N; i++)
-		if ((rc = tc_publish_u32(pub, SHMBUS_COMMAND, "job.run", 0, i)) < 0)
-			return CHILD_FAIL("publish %u: %d", i, rc);
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
-	return 0;
+	return tc_child_publish_n(SHMBUS_COMMAND, "job.run", GROUP_N, 30 * (int64_t)TC_SEC_NS);
 }
 
 Test(multiproc, group_across_three_processes)
@@ -735,22 +722,9 @@ static int slow_lag_reader(void *arg)
 static int flood(void *arg)
 {
 	(void)arg;
-	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_pub_t *pub = NULL;
 	/* The reader holds one event at a time while it sleeps: a publisher may
 	 * wait for that one slot, but never for the reader's backlog. */
-	shmbus_pub_opts_t o = {.timeout_ns = 10 * (int64_t)TC_SEC_NS};
-	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
-		return CHILD_FAIL("pub_open %d", rc);
-	for (uint32_t i = 0; i < LAG_N; i++)
-		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "flood", 0, i)) < 0)
-			return CHILD_FAIL("publish %u held back by a lag subscriber: %d (%s)", i, rc, shmbus_errmsg());
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
-	return 0;
+	return tc_child_publish_n(SHMBUS_NOTIFICATION, "flood", LAG_N, 10 * (int64_t)TC_SEC_NS);
 }
 
 Test(multiproc, lag_subscriber_in_another_process_is_told_exactly_what_it_missed)
