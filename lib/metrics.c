@@ -35,6 +35,8 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 			continue;
 		o->consumers++;
 		o->delivered += at_load_relaxed_u64(&con->delivered);
+		o->processing += at_load_relaxed_u32(&con->processing);
+		o->retrying += at_load_relaxed_u32(&con->retrying);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_relaxed_u64(&con->held[k]);
 			if (!d || (d & (SEG_DESC_REVOKED | SEG_DESC_RELEASING)))
@@ -52,6 +54,12 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 	o->demotions = at_load_relaxed_u64(&s->demotions);
 	o->redelivered = at_load_relaxed_u64(&s->redelivered);
 	o->revoked = at_load_relaxed_u64(&s->revoked);
+	o->completed = at_load_relaxed_u64(&s->completed);
+	o->failed = at_load_relaxed_u64(&s->failed);
+	o->retried = at_load_relaxed_u64(&s->retried);
+	o->dead_lettered = at_load_relaxed_u64(&s->dead_lettered);
+	o->expired = at_load_relaxed_u64(&s->expired);
+	o->late_responses = at_load_relaxed_u64(&s->late_responses);
 }
 
 void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx)
@@ -64,6 +72,12 @@ void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx)
 	at_count_u64(&h->retired_filtered, si.filtered);
 	at_count_u64(&h->retired_lagged, si.lagged);
 	at_count_u64(&h->retired_redelivered, si.redelivered);
+	at_count_u64(&h->retired_completed, si.completed);
+	at_count_u64(&h->retired_failed, si.failed);
+	at_count_u64(&h->retired_retried, si.retried);
+	at_count_u64(&h->retired_dead_lettered, si.dead_lettered);
+	at_count_u64(&h->retired_expired, si.expired);
+	at_count_u64(&h->retired_late_responses, si.late_responses);
 }
 
 SHMBUS_API int shmbus_list_subscriptions(shmbus_bus_t *bus, const char *subscriber_id, shmbus_sub_info_t *out,
@@ -132,6 +146,12 @@ SHMBUS_API int shmbus_get_metrics(shmbus_bus_t *bus, shmbus_metrics_t *out)
 	out->publish_bytes = at_load_relaxed_u64(&h->retired_publish_bytes);
 	out->block_waits = at_load_relaxed_u64(&h->retired_block_waits);
 	out->block_timeouts = at_load_relaxed_u64(&h->retired_block_timeouts);
+	out->completed = at_load_relaxed_u64(&h->retired_completed);
+	out->failed = at_load_relaxed_u64(&h->retired_failed);
+	out->retried = at_load_relaxed_u64(&h->retired_retried);
+	out->dead_lettered = at_load_relaxed_u64(&h->retired_dead_lettered);
+	out->expired = at_load_relaxed_u64(&h->retired_expired);
+	out->late_responses = at_load_relaxed_u64(&h->retired_late_responses);
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
 		if (!at_load_acquire_u32(&r->state))
@@ -152,6 +172,14 @@ SHMBUS_API int shmbus_get_metrics(shmbus_bus_t *bus, shmbus_metrics_t *out)
 		out->filtered += si.filtered;
 		out->lagged += si.lagged;
 		out->redelivered += si.redelivered;
+		out->processing += si.processing;
+		out->retrying += si.retrying;
+		out->completed += si.completed;
+		out->failed += si.failed;
+		out->retried += si.retried;
+		out->dead_lettered += si.dead_lettered;
+		out->expired += si.expired;
+		out->late_responses += si.late_responses;
 	}
 	for (uint32_t m = 0; m < bus->max_members; m++)
 		out->members += at_load_acquire_u32(&bus->members[m].state) != SEG_MEMBER_FREE;

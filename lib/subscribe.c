@@ -178,6 +178,8 @@ static int consumer_join(shmbus_bus_t *bus, struct seg_sub *s)
 		con->member_gen = bus->member_gen;
 		con->pid = (uint32_t)getpid();
 		at_store_relaxed_u64(&con->delivered, 0);
+		at_store_relaxed_u32(&con->processing, 0);
+		at_store_relaxed_u32(&con->retrying, 0);
 		at_store_release_u32(&con->state, SEG_CONSUMER_ACTIVE);
 		return (int)c;
 	}
@@ -250,6 +252,12 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	at_store_relaxed_u64(&s->demotions, 0);
 	at_store_relaxed_u64(&s->redelivered, 0);
 	at_store_relaxed_u64(&s->revoked, 0);
+	at_store_relaxed_u64(&s->completed, 0);
+	at_store_relaxed_u64(&s->failed, 0);
+	at_store_relaxed_u64(&s->retried, 0);
+	at_store_relaxed_u64(&s->dead_lettered, 0);
+	at_store_relaxed_u64(&s->expired, 0);
+	at_store_relaxed_u64(&s->late_responses, 0);
 	uint64_t tails = 0;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, (uint32_t)idx, cls);

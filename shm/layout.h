@@ -112,6 +112,10 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *   704  retired subscription totals: routed, delivered, filtered, lagged,
  *        redelivered
  *   752  locked_take      seg_take_intent of the subscription-table lock holder
+ *   768  reserved to 3072
+ *   3072 retired dispatch totals: completed, failed, retried,
+ *        dead_lettered, expired, late_responses
+ *   3120 reserved to 4096
  */
 struct seg_header {
 	uint64_t magic;
@@ -173,7 +177,15 @@ struct seg_header {
 	 * finishes the work of a holder that died. */
 	uint64_t pad_take;
 	struct seg_take_intent locked_take;
-	uint8_t reserved1[SEG_HEADER_SIZE - 768];
+	uint8_t reserved1[3072 - 768];
+	/* 3072: dispatch counters of removed subscriptions */
+	uint64_t retired_completed;
+	uint64_t retired_failed;
+	uint64_t retired_retried;
+	uint64_t retired_dead_lettered;
+	uint64_t retired_expired;
+	uint64_t retired_late_responses;
+	uint8_t reserved_tail[SEG_HEADER_SIZE - 3120];
 };
 
 _Static_assert(offsetof(struct seg_header, magic) == 0, "magic");
@@ -212,6 +224,8 @@ _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "reti
 _Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");
 _Static_assert(offsetof(struct seg_header, retired_redelivered) == 736, "retired_redelivered");
 _Static_assert(offsetof(struct seg_header, locked_take) == 752, "locked_take");
+_Static_assert(offsetof(struct seg_header, retired_completed) == 3072, "retired_completed");
+_Static_assert(offsetof(struct seg_header, retired_late_responses) == 3112, "retired_late_responses");
 _Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
 
 /*
@@ -396,8 +410,12 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  *   16  delivered   u64 counter
  *   24  take        seg_take_intent: cells being moved into held[]
  *   40  pid         u32
- *   44  reserved
+ *   44  processing  u32 gauge: handlers of its dispatcher running now
+ *   48  retrying    u32 gauge: its events waiting for a retry
+ *   52  reserved
  *   64  held[40]    u64
+ * The gauges live with the consumer, not the subscription, so that a
+ * consumer that dies takes its share with it when its entry is reset.
  */
 #define SEG_CONSUMERS 8u
 #define SEG_HELD_MAX 40u
@@ -410,7 +428,9 @@ struct seg_consumer {
 	uint64_t delivered;
 	struct seg_take_intent take;
 	uint32_t pid;
-	uint8_t reserved1[20];
+	uint32_t processing;
+	uint32_t retrying;
+	uint8_t reserved1[12];
 	uint64_t held[SEG_HELD_MAX];
 };
 _Static_assert(offsetof(struct seg_consumer, member) == 4, "consumer.member");
@@ -418,6 +438,8 @@ _Static_assert(offsetof(struct seg_consumer, member_gen) == 8, "consumer.member_
 _Static_assert(offsetof(struct seg_consumer, delivered) == 16, "consumer.delivered");
 _Static_assert(offsetof(struct seg_consumer, take) == 24, "consumer.take");
 _Static_assert(offsetof(struct seg_consumer, pid) == 40, "consumer.pid");
+_Static_assert(offsetof(struct seg_consumer, processing) == 44, "consumer.processing");
+_Static_assert(offsetof(struct seg_consumer, retrying) == 48, "consumer.retrying");
 _Static_assert(offsetof(struct seg_consumer, held) == 64, "consumer.held");
 _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
 
@@ -440,7 +462,9 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *         dropped_full, demotions, redelivered, revoked, routed_base
  *         (the queue positions carry on across reuses of the record)
  *   384   ends[2]      seg_queue_ends (256 bytes)
- *   640   reserved to 1024
+ *   640   dispatch counters (own line): completed, failed, retried,
+ *         dead_lettered, expired, late_responses (see dispatch.c)
+ *   704   reserved to 1024
  *   1024  filter       seg_filter (2048)
  *   3072  consumers[8] seg_consumer (3072)
  *   6144  reserved to 8192
@@ -479,7 +503,14 @@ struct seg_sub {
 	uint64_t revoked;
 	uint64_t routed_base; /* queue tails when the record was taken */
 	struct seg_queue_ends ends[SEG_QUEUE_CLASSES];
-	uint8_t reserved2[384];
+	uint64_t completed;	 /* handler runs that succeeded */
+	uint64_t failed;	 /* handler runs that failed */
+	uint64_t retried;	 /* runs that were retries */
+	uint64_t dead_lettered;
+	uint64_t expired;	 /* dead-lettered because they expired */
+	uint64_t late_responses; /* a requester's reply subscription: too late */
+	uint8_t pad_dispatch[16];
+	uint8_t reserved2[320];
 	struct seg_filter filter;
 	struct seg_consumer consumers[SEG_CONSUMERS];
 	uint8_t reserved3[2048];
@@ -497,6 +528,8 @@ _Static_assert(offsetof(struct seg_sub, sleepers) == 260, "sub.sleepers");
 _Static_assert(offsetof(struct seg_sub, delivered_total) == 320, "sub.delivered_total");
 _Static_assert(offsetof(struct seg_sub, routed_base) == 376, "sub.routed_base");
 _Static_assert(offsetof(struct seg_sub, ends) == 384, "sub.ends");
+_Static_assert(offsetof(struct seg_sub, completed) == 640, "sub.completed");
+_Static_assert(offsetof(struct seg_sub, late_responses) == 680, "sub.late_responses");
 _Static_assert(offsetof(struct seg_sub, filter) == 1024, "sub.filter");
 _Static_assert(offsetof(struct seg_sub, consumers) == 3072, "sub.consumers");
 _Static_assert(sizeof(struct seg_sub) == SEG_SUB_SIZE, "seg_sub size");

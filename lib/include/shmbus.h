@@ -453,6 +453,15 @@ typedef struct {
 	uint64_t demotions;
 	uint64_t redelivered;
 	uint64_t revoked;
+	/* dispatchers serving it (see shmbus_dispatcher_add) */
+	uint32_t processing;	 /* handlers running now */
+	uint32_t retrying;	 /* events waiting for a retry */
+	uint64_t completed;	 /* handler runs that succeeded */
+	uint64_t failed;	 /* handler runs that failed */
+	uint64_t retried;	 /* handler runs that were retries */
+	uint64_t dead_lettered;	 /* sent to the dead-letter queue */
+	uint64_t expired;	 /* of which: expired before being handled */
+	uint64_t late_responses; /* a requester's replies that came too late */
 } shmbus_sub_info_t;
 
 /*
@@ -488,6 +497,8 @@ typedef struct {
 	uint64_t recovered_events;
 	uint64_t redelivered;
 	uint64_t ring_slots, ring_used; /* slots, and slots not reusable now */
+	uint64_t processing, retrying;	 /* dispatcher gauges, summed */
+	uint64_t completed, failed, retried, dead_lettered, expired, late_responses;
 	uint32_t members, subscriptions;
 	uint64_t next_seq;
 } shmbus_metrics_t;
@@ -511,6 +522,169 @@ int shmbus_list_buses(shmbus_bus_entry_t *out, size_t cap);
 
 /* Remove every stale bus (no live member). Returns how many. */
 int shmbus_gc(void);
+
+/* ------------------------------------------------------------ dispatcher */
+
+/*
+ * The dispatcher runs handlers for any number of subscriptions (on one or
+ * several buses) from one thread. It sleeps in the kernel until an event,
+ * a timer (retry back-off, expiry, request timeout) or a registered fd
+ * needs it, so an idle dispatcher costs no CPU:
+ *  - io_uring backend: IORING_OP_FUTEX_WAIT on each subscription's wake
+ *    word, IORING_OP_TIMEOUT, IORING_OP_POLL_ADD for fds;
+ *  - fallback backend (io_uring missing, forbidden by seccomp or
+ *    kernel.io_uring_disabled, lacking futex operations, or forced off by
+ *    opts.no_io_uring or the environment variable SHMBUS_NO_IO_URING=1):
+ *    futex_waitv(2) in a waiter thread, timerfd and epoll.
+ * The choice is made at open; callers see no difference.
+ *
+ * Per subscription: a handler, a concurrency limit (handlers running at
+ * once; above 1 they run on worker threads), retries with exponential
+ * back-off and jitter, and dead letters (see shmbus_dlq_list) for events
+ * whose retries ran out or that expired before they were handled. Events
+ * are released in delivery order: one that completes early waits for those
+ * delivered before it, so what a subscription has released is always a
+ * contiguous prefix (a crash redelivers everything after it to a durable
+ * subscription or a group).
+ *
+ * Threads: stop() may be called from any thread and from a signal handler.
+ * Every other call is made from the thread that runs the dispatcher, or
+ * while it does not run, and never from inside a handler.
+ */
+typedef struct shmbus_dispatcher shmbus_dispatcher_t;
+
+/* 0: handled. Negative: failed (retried, then dead-lettered). */
+typedef int (*shmbus_handler_t)(const shmbus_event_t *ev, void *arg);
+
+typedef enum {
+	SHMBUS_BACKEND_IO_URING = 1,
+	SHMBUS_BACKEND_FALLBACK = 2,
+} shmbus_backend_t;
+
+typedef struct {
+	uint32_t workers;  /* handler threads; 0: handlers run on the thread
+			      that runs the dispatcher (at most 64) */
+	bool no_io_uring;  /* use the fallback backend */
+} shmbus_dispatcher_opts_t;
+
+/* Errors: -EINVAL (too many workers), -ENOMEM, -EMFILE, or what the
+ * fallback's epoll/timerfd/eventfd setup returned. */
+int shmbus_dispatcher_open(const shmbus_dispatcher_opts_t *opts, shmbus_dispatcher_t **out);
+
+/* Waits for running handlers, dead-letters events that were waiting for a
+ * retry (the reason says so), releases the rest. NULL-safe. The
+ * subscriptions themselves stay open: they are the caller's. */
+void shmbus_dispatcher_close(shmbus_dispatcher_t *d);
+
+shmbus_backend_t shmbus_dispatcher_backend(const shmbus_dispatcher_t *d);
+const char *shmbus_backend_name(shmbus_backend_t b); /* "io_uring", "fallback" */
+
+/* An fd that is readable while the dispatcher has work: add it to an
+ * epoll/libuv/asyncio loop and call shmbus_dispatcher_run_once(d, 0) when
+ * it fires. Owned by the dispatcher. */
+int shmbus_dispatcher_fd(const shmbus_dispatcher_t *d);
+
+typedef struct {
+	shmbus_handler_t handler; /* required */
+	void *arg;
+	int32_t concurrency;	  /* handlers running at once (1); above 1
+				     needs workers; at most SHMBUS_MAX_HELD */
+	int32_t max_retries;	  /* retries of an event whose own max_retries
+				     is 0 (3); 0 = no retry; at most 255 */
+	uint64_t retry_base_ns;	  /* first back-off (100 ms); doubles per retry */
+	uint64_t retry_max_ns;	  /* back-off ceiling (30 s) */
+} shmbus_handler_opts_t;
+
+/*
+ * shmbus_dispatcher_add - serve subscription sub with a handler. The
+ * dispatcher takes events from sub from now on; the caller must not poll
+ * it. Retry n of an event (n = 1, 2, ...) runs after a back-off drawn
+ * uniformly from [b/2, b] with b = min(retry_base_ns * 2^(n-1),
+ * retry_max_ns), so intervals never shrink and peers do not retry in step.
+ * Errors: -EINVAL (NULL handler, concurrency < 1 or > SHMBUS_MAX_HELD, or
+ * > 1 without workers, max_retries out of range), -EEXIST (already added),
+ * -ENOMEM.
+ */
+int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, const shmbus_handler_opts_t *opts);
+
+/* Stop serving sub: waits for its running handlers, releases what they
+ * completed and dead-letters what waited for a retry. -ENOENT if not added. */
+int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *sub);
+
+/* Called on the dispatcher thread with the poll(2) bits that are ready
+ * (POLLIN, POLLOUT, POLLERR, POLLHUP; POLLNVAL once if the fd was closed
+ * while registered, after which it is unregistered). */
+typedef void (*shmbus_fd_cb_t)(int fd, uint32_t revents, void *arg);
+
+/* Watch fd for `events` (POLLIN and/or POLLOUT), level-triggered, until
+ * removed. Errors: -EBADF (not an open fd), -EEXIST, -EINVAL, -ENOMEM. */
+int shmbus_dispatcher_add_fd(shmbus_dispatcher_t *d, int fd, uint32_t events, shmbus_fd_cb_t cb, void *arg);
+int shmbus_dispatcher_remove_fd(shmbus_dispatcher_t *d, int fd); /* -ENOENT */
+
+/*
+ * shmbus_dispatcher_run_once - do what is ready (handlers, completions,
+ * due retries, fd callbacks), waiting up to timeout_ns (< 0: until
+ * something happens; 0: never wait) if nothing is. Returns how many
+ * handler runs completed, or -errno (-EINTR when stopped or interrupted).
+ */
+int shmbus_dispatcher_run_once(shmbus_dispatcher_t *d, int64_t timeout_ns);
+
+/* Run until shmbus_dispatcher_stop. Returns 0, or -errno on a failure of
+ * the backend. */
+int shmbus_dispatcher_run(shmbus_dispatcher_t *d);
+
+/* Make run() return (and a waiting run_once return -EINTR) soon. Safe from
+ * any thread and from a signal handler. */
+void shmbus_dispatcher_stop(shmbus_dispatcher_t *d);
+
+/* In a handler: which run of this event this is (1 = first delivery). The
+ * event a retry sees is a private copy whose retry_count and status
+ * (SHMBUS_STATUS_RETRYING) say so. 0 outside a handler. */
+unsigned shmbus_handler_attempt(void);
+
+/* --------------------------------------------------- request / response */
+
+/*
+ * A requester sends queries (or commands) and waits for the response that
+ * carries their correlation id. Responses find it through their target:
+ * the requester's source, which must be unique on the bus (the default,
+ * "pid-<pid>.req<n>", is). A response that arrives after its request timed
+ * out is released and counted (shmbus_requester_late). The answering side
+ * replies with shmbus_publish_response.
+ */
+typedef struct shmbus_requester shmbus_requester_t;
+
+int shmbus_requester_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_requester_t **out);
+void shmbus_requester_close(shmbus_requester_t *r);
+
+/*
+ * shmbus_request - publish msg (its correlation id is set to the event's
+ * own id unless msg has one) and wait up to timeout_ns for the response.
+ * On success *response is a private copy (free with shmbus_event_free).
+ * Errors: -ETIMEDOUT, -EBUSY (the requester serves a dispatcher), what
+ * shmbus_publish returns.
+ */
+int shmbus_request(shmbus_requester_t *r, const shmbus_msg_t *msg, int64_t timeout_ns, shmbus_event_t **response);
+
+/* status 0 and the response, or -ETIMEDOUT and NULL. Runs on the
+ * dispatcher thread; the response is valid during the call. */
+typedef void (*shmbus_response_cb_t)(const shmbus_event_t *response, int status, void *arg);
+
+/*
+ * shmbus_request_async - publish msg and call cb once, from dispatcher d,
+ * with the response or with -ETIMEDOUT. The first call binds the requester
+ * to d (its replies are dispatched there) for the rest of its life. The
+ * request's id is stored in *id if not NULL.
+ */
+int shmbus_request_async(shmbus_requester_t *r, shmbus_dispatcher_t *d, const shmbus_msg_t *msg, int64_t timeout_ns,
+			 shmbus_response_cb_t cb, void *arg, shmbus_uuid_t *id);
+
+/* Responses that came after their request gave up (or matched none). */
+uint64_t shmbus_requester_late(const shmbus_requester_t *r);
+
+/* A private copy of an event (for keeping it beyond shmbus_release). */
+int shmbus_event_copy(const shmbus_event_t *ev, shmbus_event_t **out);
+void shmbus_event_free(shmbus_event_t *ev);
 
 /* ---- inspection (shm-dump) ---- */
 /*
@@ -685,6 +859,27 @@ int shmbus_inspect_event(const shmbus_inspect_t *in, size_t i, shmbus_inspect_ev
 
 #pragma GCC visibility pop
 /* ---- end inspection ---- */
+
+/* ---- dead letters (interface agreed with the log branch; TEMPORARY copy) ---- */
+typedef enum {
+	SHMBUS_DEAD_FAILED = 1,
+	SHMBUS_DEAD_EXPIRED = 2,
+	SHMBUS_DEAD_NO_SUBSCRIBER = 3,
+} shmbus_dead_reason_t;
+typedef struct {
+	shmbus_uuid_t event_id;
+	shmbus_sub_id_t sub;
+	char subscriber_id[SHMBUS_ID_MAX + 1];
+	char group[SHMBUS_ID_MAX + 1];
+	shmbus_dead_reason_t reason;
+	uint32_t attempts;
+	int32_t last_error;
+	uint64_t dead_ns;
+	const shmbus_event_t *event;
+} shmbus_dead_letter_t;
+int shmbus_dlq_list(shmbus_bus_t *bus, shmbus_dead_letter_t *out, size_t cap);
+int shmbus_dlq_retry(shmbus_bus_t *bus, const shmbus_uuid_t *event_id);
+int shmbus_dlq_clear(shmbus_bus_t *bus, const shmbus_uuid_t *event_id);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,874 @@
+/*
+ * dispatch.c - the dispatcher loop: take events, run handlers within each
+ * subscription's concurrency limit, retry failures with back-off, send
+ * what cannot be handled to the dead-letter queue, release in order.
+ *
+ * Per subscription a window (struct dsub.win) holds every event from
+ * delivery to release, in delivery order. Handlers may finish out of order
+ * (workers), but only the window's completed prefix is released, so what
+ * the subscription has given up is always contiguous and a crash hands the
+ * rest back (held entries are redelivered by reclaim.c).
+ *
+ * Sleeping: a subscription with nothing to take raises its `sleepers` flag,
+ * looks once more, and arms a wait on its wake word with the backend
+ * (io_uring FUTEX_WAIT or futex_waitv) - the same protocol as shmbus_wait,
+ * so publishers need not know a dispatcher is behind it. The loop itself
+ * sleeps in the backend until a wait completes, the earliest timer is due,
+ * a registered fd is ready, or the kick eventfd (stop, finished worker
+ * jobs) is written.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "dispatch.h"
+#include "dlq.h"
+
+#define KIND_SUB 1u
+#define KIND_FD 2u
+#define KIND_KICK 3u
+#define MAX_WORKERS 64u
+#define PUMP_BUDGET 256u /* events per subscription per turn: fairness */
+#define DEFAULT_MAX_RETRIES 3
+#define DEFAULT_RETRY_BASE_NS 100000000ull
+#define DEFAULT_RETRY_MAX_NS 30000000000ull
+
+__thread unsigned dispatch_current_attempt;
+
+/* Tokens: kind in bits 48..55, index in 24..47, generation in 0..23 (the
+ * top 16 bits stay clear: backends keep those for themselves). */
+static uint64_t token(unsigned kind, uint32_t idx, uint32_t gen)
+{
+	return ((uint64_t)kind << 48) | ((uint64_t)(idx & 0xFFFFFF) << 24) | (gen & 0xFFFFFF);
+}
+static unsigned token_kind(uint64_t t) { return (unsigned)(t >> 48) & 0xFF; }
+static uint32_t token_index(uint64_t t) { return (uint32_t)(t >> 24) & 0xFFFFFF; }
+static uint32_t token_gen(uint64_t t) { return (uint32_t)t & 0xFFFFFF; }
+
+static const shmbus_event_t *slot_event(const struct dslot *sl)
+{
+	return sl->copy ? sl->copy : sl->ev;
+}
+
+/* Gauges live in our consumer entry: only this thread writes them. */
+static void gauge_add(uint32_t *g, int delta)
+{
+	at_store_relaxed_u32(g, at_load_relaxed_u32(g) + (uint32_t)delta);
+}
+
+static bool env_no_io_uring(void)
+{
+	const char *e = getenv("SHMBUS_NO_IO_URING");
+	return e && *e && strcmp(e, "0") != 0;
+}
+
+SHMBUS_API const char *shmbus_backend_name(shmbus_backend_t b)
+{
+	return b == SHMBUS_BACKEND_IO_URING ? "io_uring" : b == SHMBUS_BACKEND_FALLBACK ? "fallback" : "unknown";
+}
+
+SHMBUS_API unsigned shmbus_handler_attempt(void)
+{
+	return dispatch_current_attempt;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static int arm_kick(shmbus_dispatcher_t *d)
+{
+	if (d->kick_armed)
+		return 0;
+	int rc = d->w->ops->arm_fd(d->w, d->kick_fd, POLLIN, token(KIND_KICK, 0, ++d->kick_gen));
+	d->kick_armed = rc == 0;
+	return rc;
+}
+
+static void kick(shmbus_dispatcher_t *d)
+{
+	uint64_t one = 1;
+	(void)!write(d->kick_fd, &one, sizeof one);
+}
+
+SHMBUS_API int shmbus_dispatcher_open(const shmbus_dispatcher_opts_t *opts, shmbus_dispatcher_t **out)
+{
+	if (!out)
+		return shmbus__fail(EINVAL, "out is NULL");
+	uint32_t workers = opts ? opts->workers : 0;
+	if (workers > MAX_WORKERS)
+		return shmbus__fail(EINVAL, "%u workers: at most %u", workers, MAX_WORKERS);
+	shmbus_dispatcher_t *d = calloc(1, sizeof *d);
+	if (!d)
+		return shmbus__fail(ENOMEM, "out of memory");
+	int rc;
+	d->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->kick_fd < 0) {
+		rc = shmbus__fail(errno, "eventfd: %s", strerror(errno));
+		free(d);
+		return rc;
+	}
+	int uring_rc = -EOPNOTSUPP;
+	if (!(opts && opts->no_io_uring) && !env_no_io_uring() && (uring_rc = dwait_uring_open(&d->w)) == 0) {
+		d->backend = SHMBUS_BACKEND_IO_URING;
+	} else if ((rc = dwait_fallback_open(&d->w)) == 0) {
+		d->backend = SHMBUS_BACKEND_FALLBACK;
+	} else {
+		close(d->kick_fd);
+		free(d);
+		return shmbus__fail(-rc, "no dispatcher backend: io_uring: %s; futex_waitv: %s", strerror(-uring_rc),
+				    strerror(-rc));
+	}
+	d->workers = workers;
+	if (workers && (rc = pool_open(workers, d->kick_fd, &d->pool)) < 0) {
+		d->w->ops->close(d->w);
+		close(d->kick_fd);
+		free(d);
+		return shmbus__fail(-rc, "cannot start %u worker threads", workers);
+	}
+	if ((rc = arm_kick(d)) < 0) {
+		shmbus_dispatcher_close(d);
+		return shmbus__fail(-rc, "cannot watch the dispatcher's eventfd");
+	}
+	*out = d;
+	return 0;
+}
+
+SHMBUS_API shmbus_backend_t shmbus_dispatcher_backend(const shmbus_dispatcher_t *d)
+{
+	return d ? d->backend : 0;
+}
+
+SHMBUS_API int shmbus_dispatcher_fd(const shmbus_dispatcher_t *d)
+{
+	if (!d)
+		return shmbus__fail(EINVAL, "dispatcher is NULL");
+	return d->w->ops->fd(d->w);
+}
+
+SHMBUS_API void shmbus_dispatcher_stop(shmbus_dispatcher_t *d)
+{
+	if (!d)
+		return;
+	__atomic_store_n(&d->stop, 1, __ATOMIC_RELEASE);
+	kick(d); /* write(2) is async-signal-safe */
+}
+
+/* ------------------------------------------------------------- handling */
+
+static void advance(shmbus_dispatcher_t *d, struct dsub *ds);
+static void start(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i);
+
+static void count(uint64_t *counter)
+{
+	at_count_u64(counter, 1);
+}
+
+/* Hand slot i to the dead-letter queue; it is done with either way (a
+ * dead-letter queue that cannot take it has no better fallback than the
+ * release that follows; the failure is counted as a plain failure). */
+static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason)
+{
+	struct dslot *sl = &ds->win[i];
+	struct seg_sub *rec = ds->sub->rec;
+	struct dlq_entry_in in = {
+		.sub = shmbus_sub_id(ds->sub),
+		.subscriber_id = rec->subscriber,
+		.group = rec->group,
+		.reason = reason,
+		.attempts = sl->attempts,
+		.last_error = sl->last_error,
+	};
+	if (dlq_append(ds->sub->bus, slot_event(sl), &in) == 0) {
+		count(&rec->dead_lettered);
+		if (reason == SHMBUS_DEAD_EXPIRED)
+			count(&rec->expired);
+	}
+	sl->state = DSLOT_DONE;
+	sl->gen++;
+}
+
+static bool expired_now(const struct dslot *sl)
+{
+	uint64_t exp = shmbus_event_expires_ns(slot_event(sl));
+	return exp && now_real_ns() >= exp;
+}
+
+/* Back-off before retry n (n >= 1): uniform in [b/2, b], b = base * 2^(n-1)
+ * capped at max. Consecutive ranges touch, so waits never shrink. */
+static uint64_t backoff_ns(struct dsub *ds, uint32_t n)
+{
+	uint64_t b = ds->retry_base_ns;
+	for (uint32_t k = 1; k < n && b < ds->retry_max_ns; k++)
+		b *= 2;
+	if (b > ds->retry_max_ns)
+		b = ds->retry_max_ns;
+	ds->rng ^= ds->rng << 13;
+	ds->rng ^= ds->rng >> 7;
+	ds->rng ^= ds->rng << 17;
+	uint64_t half = b / 2;
+	return half + (half ? ds->rng % (half + 1) : 0);
+}
+
+static void fire_retry(shmbus_dispatcher_t *d, void *obj, uint64_t gen);
+
+static void arm_retry_timer(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
+{
+	struct dslot *sl = &ds->win[i];
+	uint64_t when = sl->due < sl->expires_mono ? sl->due : sl->expires_mono;
+	if (timers_add(&d->timers, when, fire_retry, ds, (sl->gen << 8) | i) < 0) {
+		/* no memory for a timer: retry at the next turn instead */
+		sl->state = DSLOT_DUE;
+		ds->due++;
+	}
+}
+
+static void schedule_retry(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
+{
+	struct dslot *sl = &ds->win[i];
+	if (!sl->copy && shmbus_event_copy(sl->ev, &sl->copy) == 0) {
+		/* retries run on a private copy: its bytes cannot change under
+		 * the handler even if the ring's hold is revoked meanwhile, and
+		 * it can say which retry this is */
+		struct seg_event *c = (struct seg_event *)(void *)sl->copy;
+		c->status = SHMBUS_STATUS_RETRYING;
+	}
+	if (sl->copy)
+		((struct seg_event *)(void *)sl->copy)->retry_count = (uint8_t)(sl->attempts > 255 ? 255 : sl->attempts);
+	sl->due = now_mono_ns() + backoff_ns(ds, sl->attempts);
+	sl->state = DSLOT_WAITING;
+	sl->gen++;
+	gauge_add(&ds->sub->cons->retrying, 1);
+	arm_retry_timer(d, ds, i);
+}
+
+static void fire_retry(shmbus_dispatcher_t *d, void *obj, uint64_t gen)
+{
+	struct dsub *ds = obj;
+	uint32_t i = (uint32_t)(gen & 0xFF);
+	struct dslot *sl = &ds->win[i];
+	if (sl->state != DSLOT_WAITING || sl->gen != gen >> 8)
+		return; /* stale */
+	if (expired_now(sl)) {
+		gauge_add(&ds->sub->cons->retrying, -1);
+		dead_letter(ds, i, SHMBUS_DEAD_EXPIRED);
+		advance(d, ds);
+		return;
+	}
+	if (now_mono_ns() < sl->due) { /* woke for an expiry that our clocks disagree on */
+		sl->expires_mono = UINT64_MAX;
+		arm_retry_timer(d, ds, i);
+		return;
+	}
+	gauge_add(&ds->sub->cons->retrying, -1);
+	if (ds->running < ds->concurrency) {
+		start(d, ds, i);
+	} else {
+		sl->state = DSLOT_DUE;
+		sl->gen++;
+		ds->due++;
+	}
+}
+
+/* A handler run of slot i ended with rc. */
+static void complete(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i, int rc)
+{
+	struct dslot *sl = &ds->win[i];
+	struct seg_sub *rec = ds->sub->rec;
+	ds->running--;
+	gauge_add(&ds->sub->cons->processing, -1);
+	d->completed++;
+	if (rc >= 0) {
+		count(&rec->completed);
+		sl->state = DSLOT_DONE;
+		sl->gen++;
+	} else {
+		count(&rec->failed);
+		sl->last_error = rc;
+		unsigned own = shmbus_event_max_retries(slot_event(sl));
+		uint32_t max = own ? own : ds->max_retries;
+		if (sl->attempts > max)
+			dead_letter(ds, i, SHMBUS_DEAD_FAILED);
+		else if (expired_now(sl))
+			dead_letter(ds, i, SHMBUS_DEAD_EXPIRED);
+		else
+			schedule_retry(d, ds, i);
+	}
+	advance(d, ds);
+}
+
+/* Run slot i's handler here (inline) or hand it to a worker. */
+static void start(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
+{
+	struct dslot *sl = &ds->win[i];
+	sl->attempts++;
+	sl->state = DSLOT_RUNNING;
+	sl->gen++;
+	ds->running++;
+	gauge_add(&ds->sub->cons->processing, 1);
+	if (sl->attempts > 1)
+		count(&ds->sub->rec->retried);
+	if (d->pool) {
+		struct pool_job job = {.ds = ds, .slot = i, .gen = sl->gen};
+		if (pool_submit(d->pool, &job) == 0)
+			return;
+		/* no memory to queue it: run it here rather than lose it */
+	}
+	d->in_handler = true;
+	dispatch_current_attempt = sl->attempts;
+	int rc = ds->handler(slot_event(sl), ds->arg);
+	dispatch_current_attempt = 0;
+	d->in_handler = false;
+	complete(d, ds, i, rc);
+}
+
+/* Worker side (dispatch_pool.c): run the job's handler. */
+void dispatch_run_job(struct pool_job *job)
+{
+	struct dsub *ds = job->ds;
+	struct dslot *sl = &ds->win[job->slot];
+	dispatch_current_attempt = sl->attempts;
+	job->rc = ds->handler(slot_event(sl), ds->arg);
+	dispatch_current_attempt = 0;
+}
+
+/* Release the window's completed prefix, in delivery order. */
+static void advance(shmbus_dispatcher_t *d, struct dsub *ds)
+{
+	(void)d;
+	while (ds->count && ds->win[ds->head].state == DSLOT_DONE) {
+		struct dslot *sl = &ds->win[ds->head];
+		shmbus_release(ds->sub, sl->ev); /* -ESTALE: revoked; nothing to do */
+		shmbus_event_free(sl->copy);
+		sl->copy = NULL;
+		sl->ev = NULL;
+		sl->state = 0;
+		sl->gen++;
+		ds->head = (ds->head + 1) % DSUB_WINDOW;
+		ds->count--;
+	}
+}
+
+/* A new event enters the window. */
+static void accept(shmbus_dispatcher_t *d, struct dsub *ds, const shmbus_event_t *ev)
+{
+	uint32_t i = (ds->head + ds->count++) % DSUB_WINDOW;
+	struct dslot *sl = &ds->win[i];
+	uint64_t gen = sl->gen + 1;
+	*sl = (struct dslot){.ev = ev, .gen = gen, .expires_mono = UINT64_MAX};
+	uint64_t exp = shmbus_event_expires_ns(ev);
+	if (exp) {
+		uint64_t real = now_real_ns(), mono = now_mono_ns();
+		if (real >= exp) {
+			dead_letter(ds, i, SHMBUS_DEAD_EXPIRED);
+			advance(d, ds);
+			return;
+		}
+		sl->expires_mono = mono + (exp - real);
+	}
+	start(d, ds, i);
+}
+
+static bool can_start(const struct dsub *ds)
+{
+	return ds->running < ds->concurrency;
+}
+
+static bool can_take(const struct dsub *ds)
+{
+	return !ds->shutdown && can_start(ds) && ds->count < DSUB_WINDOW;
+}
+
+/* Nothing to take: raise the sleepers flag, look once more, then arm a
+ * wait on the wake word. Returns 1 with *ev when the last look found one. */
+static int arm_sub(shmbus_dispatcher_t *d, struct dsub *ds, const shmbus_event_t **ev)
+{
+	struct seg_sub *s = ds->sub->rec;
+	uint32_t seen = at_load_acquire_u32(&s->wake_futex);
+	at_exchange_u32(&s->sleepers, 1);
+	at_fence_seq_cst();
+	int rc = shmbus_poll(ds->sub, ev);
+	if (rc != 0)
+		return rc;
+	ds->arm_gen = (ds->arm_gen + 1) & 0xFFFFFF;
+	rc = d->w->ops->arm_futex(d->w, &s->wake_futex, seen, token(KIND_SUB, ds->index, ds->arm_gen));
+	if (rc < 0)
+		return rc;
+	ds->armed = true;
+	return 0;
+}
+
+static void start_due(shmbus_dispatcher_t *d, struct dsub *ds)
+{
+	for (uint32_t n = 0; n < ds->count && ds->due && can_start(ds); n++) {
+		uint32_t i = (ds->head + n) % DSUB_WINDOW;
+		if (ds->win[i].state == DSLOT_DUE) {
+			ds->due--;
+			start(d, ds, i);
+		}
+	}
+}
+
+/* Take and start what the subscription's limits allow. */
+static void pump(shmbus_dispatcher_t *d, struct dsub *ds)
+{
+	start_due(d, ds);
+	for (unsigned budget = PUMP_BUDGET; budget && can_take(ds); budget--) {
+		const shmbus_event_t *ev;
+		int rc = shmbus_poll(ds->sub, &ev);
+		if (rc == 0 && !ds->armed)
+			rc = arm_sub(d, ds, &ev);
+		if (rc == 0) {
+			ds->ready = false;
+			return;
+		}
+		if (rc < 0) {
+			/* -ESHUTDOWN: removed by someone; anything else (the bus
+			 * is unusable, the backend refused the wait): stop taking
+			 * until the next sweep looks again */
+			ds->shutdown = rc == -ESHUTDOWN;
+			ds->ready = false;
+			return;
+		}
+		accept(d, ds, ev);
+	}
+}
+
+/* ---------------------------------------------------------- registration */
+
+static struct dsub *find_sub(shmbus_dispatcher_t *d, const shmbus_sub_t *sub)
+{
+	for (uint32_t i = 0; i < d->nsubs; i++)
+		if (d->subs[i] && d->subs[i]->sub == sub)
+			return d->subs[i];
+	return NULL;
+}
+
+static void fire_tick(shmbus_dispatcher_t *d, void *obj, uint64_t gen);
+
+static uint64_t tick_interval(const shmbus_dispatcher_t *d)
+{
+	uint64_t t = DEFAULT_RECLAIM_TIMEOUT_NS;
+	for (uint32_t i = 0; i < d->nsubs; i++)
+		if (d->subs[i] && d->subs[i]->sub->bus->reclaim_interval_ns < t)
+			t = d->subs[i]->sub->bus->reclaim_interval_ns;
+	return t;
+}
+
+static void ensure_tick(shmbus_dispatcher_t *d)
+{
+	if (d->ticking)
+		return;
+	if (timers_add(&d->timers, now_mono_ns() + tick_interval(d), fire_tick, NULL, ++d->tick_gen) == 0)
+		d->ticking = true;
+}
+
+static int add_sub(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h, void *arg, uint32_t conc,
+		   uint32_t max_retries, uint64_t base, uint64_t max)
+{
+	if (find_sub(d, sub))
+		return shmbus__fail(EEXIST, "subscription is served by this dispatcher already");
+	uint32_t idx = 0;
+	while (idx < d->nsubs && d->subs[idx])
+		idx++;
+	if (idx == d->nsubs) {
+		if (d->nsubs == d->subs_cap) {
+			uint32_t nc = d->subs_cap ? d->subs_cap * 2 : 16;
+			struct dsub **ns = realloc(d->subs, nc * sizeof *ns);
+			if (!ns)
+				return shmbus__fail(ENOMEM, "out of memory");
+			d->subs = ns;
+			d->subs_cap = nc;
+		}
+		d->nsubs++;
+	}
+	struct dsub *ds = calloc(1, sizeof *ds);
+	if (!ds)
+		return shmbus__fail(ENOMEM, "out of memory");
+	*ds = (struct dsub){
+		.d = d,
+		.sub = sub,
+		.index = idx,
+		.handler = h,
+		.arg = arg,
+		.concurrency = conc,
+		.max_retries = max_retries,
+		.retry_base_ns = base,
+		.retry_max_ns = max,
+		.ready = true,
+		.rng = (now_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)ds) | 1,
+	};
+	d->subs[idx] = ds;
+	ensure_tick(d);
+	return 0;
+}
+
+SHMBUS_API int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, const shmbus_handler_opts_t *opts)
+{
+	if (!d || !sub || !opts)
+		return shmbus__fail(EINVAL, "dispatcher, subscription or options is NULL");
+	if (d->in_handler)
+		return shmbus__fail(EBUSY, "not from inside a handler");
+	if (!opts->handler)
+		return shmbus__fail(EINVAL, "handler is NULL");
+	int32_t conc = opts->concurrency ? opts->concurrency : 1;
+	if (conc < 1 || conc > (int32_t)SHMBUS_MAX_HELD)
+		return shmbus__fail(EINVAL, "concurrency %d: must be 1..%d", (int)conc, SHMBUS_MAX_HELD);
+	if (conc > 1 && !d->workers)
+		return shmbus__fail(EINVAL, "concurrency %d needs worker threads (shmbus_dispatcher_opts_t.workers)",
+				    (int)conc);
+	if (opts->max_retries < 0 || opts->max_retries > 255)
+		return shmbus__fail(EINVAL, "max_retries %d: must be 0..255", (int)opts->max_retries);
+	int32_t retries = opts->max_retries ? opts->max_retries : DEFAULT_MAX_RETRIES;
+	uint64_t base = opts->retry_base_ns ? opts->retry_base_ns : DEFAULT_RETRY_BASE_NS;
+	uint64_t max = opts->retry_max_ns ? opts->retry_max_ns : DEFAULT_RETRY_MAX_NS;
+	if (max < base)
+		return shmbus__fail(EINVAL, "retry_max_ns is below retry_base_ns");
+	return add_sub(d, sub, opts->handler, opts->arg, (uint32_t)conc, (uint32_t)retries, base, max);
+}
+
+int dispatch_add_internal(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h, void *arg)
+{
+	/* replies are never retried: a response nobody takes is late */
+	int rc = add_sub(d, sub, h, arg, 1, 0, DEFAULT_RETRY_BASE_NS, DEFAULT_RETRY_MAX_NS);
+	if (rc == 0)
+		find_sub(d, sub)->max_retries = 0;
+	return rc;
+}
+
+int dispatch_timer(shmbus_dispatcher_t *d, uint64_t deadline, timer_fire_fn fire, void *obj, uint64_t gen)
+{
+	return timers_add(&d->timers, deadline, fire, obj, gen);
+}
+
+static void handle_results(shmbus_dispatcher_t *d, bool wait);
+
+static void drop_sub(shmbus_dispatcher_t *d, struct dsub *ds)
+{
+	/* the handlers that run finish first: their events are in use */
+	while (ds->running && d->pool)
+		handle_results(d, true);
+	for (uint32_t n = 0; n < ds->count; n++) {
+		uint32_t i = (ds->head + n) % DSUB_WINDOW;
+		uint8_t st = ds->win[i].state;
+		if (st == DSLOT_WAITING || st == DSLOT_DUE) {
+			if (st == DSLOT_WAITING)
+				gauge_add(&ds->sub->cons->retrying, -1);
+			dead_letter(ds, i, SHMBUS_DEAD_FAILED);
+		}
+	}
+	advance(d, ds);
+	if (ds->armed)
+		d->w->ops->disarm(d->w, token(KIND_SUB, ds->index, ds->arm_gen), -1);
+	timers_drop(&d->timers, ds);
+	d->subs[ds->index] = NULL;
+	free(ds);
+}
+
+SHMBUS_API int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *sub)
+{
+	if (!d || !sub)
+		return shmbus__fail(EINVAL, "dispatcher or subscription is NULL");
+	if (d->in_handler)
+		return shmbus__fail(EBUSY, "not from inside a handler");
+	struct dsub *ds = find_sub(d, sub);
+	if (!ds)
+		return shmbus__fail(ENOENT, "subscription is not served by this dispatcher");
+	drop_sub(d, ds);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ fds */
+
+static struct dfd *find_fd(shmbus_dispatcher_t *d, int fd)
+{
+	for (uint32_t i = 0; i < d->nfds; i++)
+		if (d->fds[i].used && d->fds[i].fd == fd)
+			return &d->fds[i];
+	return NULL;
+}
+
+static int arm_user_fd(shmbus_dispatcher_t *d, uint32_t idx)
+{
+	struct dfd *f = &d->fds[idx];
+	f->gen = (f->gen + 1) & 0xFFFFFF;
+	int rc = d->w->ops->arm_fd(d->w, f->fd, f->events, token(KIND_FD, idx, f->gen));
+	f->armed = rc == 0;
+	return rc;
+}
+
+SHMBUS_API int shmbus_dispatcher_add_fd(shmbus_dispatcher_t *d, int fd, uint32_t events, shmbus_fd_cb_t cb, void *arg)
+{
+	if (!d || !cb)
+		return shmbus__fail(EINVAL, "dispatcher or callback is NULL");
+	if (d->in_handler)
+		return shmbus__fail(EBUSY, "not from inside a handler");
+	if (!events || (events & ~(uint32_t)(POLLIN | POLLOUT | POLLPRI)))
+		return shmbus__fail(EINVAL, "events must be POLLIN, POLLOUT and/or POLLPRI");
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+		return shmbus__fail(EBADF, "fd %d is not open", fd);
+	if (fd == d->kick_fd || fd == d->w->ops->fd(d->w))
+		return shmbus__fail(EINVAL, "fd %d is the dispatcher's own", fd);
+	if (find_fd(d, fd))
+		return shmbus__fail(EEXIST, "fd %d is registered already", fd);
+	uint32_t idx = 0;
+	while (idx < d->nfds && d->fds[idx].used)
+		idx++;
+	if (idx == d->nfds) {
+		if (d->nfds == d->fds_cap) {
+			uint32_t nc = d->fds_cap ? d->fds_cap * 2 : 8;
+			struct dfd *nf = realloc(d->fds, nc * sizeof *nf);
+			if (!nf)
+				return shmbus__fail(ENOMEM, "out of memory");
+			d->fds = nf;
+			d->fds_cap = nc;
+		}
+		d->fds[d->nfds++] = (struct dfd){0};
+	}
+	struct dfd *f = &d->fds[idx];
+	uint32_t gen = f->gen;
+	*f = (struct dfd){.fd = fd, .events = events, .cb = cb, .arg = arg, .gen = gen, .used = true};
+	int rc = arm_user_fd(d, idx);
+	if (rc < 0) {
+		f->used = false;
+		return shmbus__fail(-rc, "cannot watch fd %d: %s", fd, strerror(-rc));
+	}
+	ensure_tick(d);
+	return 0;
+}
+
+static void forget_fd(shmbus_dispatcher_t *d, struct dfd *f)
+{
+	if (f->armed)
+		d->w->ops->disarm(d->w, token(KIND_FD, (uint32_t)(f - d->fds), f->gen), f->fd);
+	f->used = false;
+	f->armed = false;
+}
+
+SHMBUS_API int shmbus_dispatcher_remove_fd(shmbus_dispatcher_t *d, int fd)
+{
+	if (!d)
+		return shmbus__fail(EINVAL, "dispatcher is NULL");
+	struct dfd *f = find_fd(d, fd);
+	if (!f)
+		return shmbus__fail(ENOENT, "fd %d is not registered", fd);
+	forget_fd(d, f);
+	return 0;
+}
+
+/* An fd closed while registered: io_uring keeps polling the file it had
+ * and epoll silently drops it, so neither would ever say. The sweep asks
+ * the fd table, reports POLLNVAL once and unregisters it. */
+static void check_fds(shmbus_dispatcher_t *d)
+{
+	for (uint32_t i = 0; i < d->nfds; i++) {
+		struct dfd *f = &d->fds[i];
+		if (!f->used || fcntl(f->fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		int fd = f->fd;
+		shmbus_fd_cb_t cb = f->cb;
+		void *arg = f->arg;
+		forget_fd(d, f);
+		cb(fd, POLLNVAL, arg);
+	}
+}
+
+static void on_fd(shmbus_dispatcher_t *d, uint32_t idx, uint32_t gen, int32_t res)
+{
+	if (idx >= d->nfds)
+		return;
+	struct dfd *f = &d->fds[idx];
+	if (!f->used || f->gen != gen)
+		return;
+	f->armed = false;
+	uint32_t revents = res < 0 ? POLLNVAL : (uint32_t)res;
+	int fd = f->fd;
+	shmbus_fd_cb_t cb = f->cb;
+	void *arg = f->arg;
+	if (revents & POLLNVAL)
+		forget_fd(d, f);
+	cb(fd, revents, arg);
+	/* the callback may have removed it (or removed and added another) */
+	f = &d->fds[idx];
+	if (f->used && !f->armed && f->gen == gen && arm_user_fd(d, idx) < 0) {
+		forget_fd(d, f);
+		cb(fd, POLLNVAL, arg);
+	}
+}
+
+/* ----------------------------------------------------------------- loop */
+
+static void fire_tick(shmbus_dispatcher_t *d, void *obj, uint64_t gen)
+{
+	(void)obj;
+	if (gen != d->tick_gen)
+		return;
+	d->ticking = false;
+	bool any = false;
+	for (uint32_t i = 0; i < d->nsubs; i++) {
+		struct dsub *ds = d->subs[i];
+		if (!ds)
+			continue;
+		any = true;
+		/* dead group peers holding our events are found by someone
+		 * who looks; a sleeping dispatcher looks on this tick */
+		reclaim_if_due(ds->sub->bus);
+		if (!ds->shutdown)
+			ds->ready = true; /* and errors get another chance */
+	}
+	for (uint32_t i = 0; i < d->nfds; i++)
+		any |= d->fds[i].used;
+	check_fds(d);
+	if (any)
+		ensure_tick(d);
+}
+
+static void handle_results(shmbus_dispatcher_t *d, bool wait)
+{
+	if (!d->pool)
+		return;
+	struct pool_job jobs[64];
+	size_t n = pool_collect(d->pool, jobs, 64, wait);
+	for (size_t k = 0; k < n; k++) {
+		struct dsub *ds = jobs[k].ds;
+		struct dslot *sl = &ds->win[jobs[k].slot];
+		if (sl->state == DSLOT_RUNNING && sl->gen == jobs[k].gen)
+			complete(d, ds, jobs[k].slot, jobs[k].rc);
+	}
+}
+
+static bool has_work(const shmbus_dispatcher_t *d)
+{
+	for (uint32_t i = 0; i < d->nsubs; i++) {
+		const struct dsub *ds = d->subs[i];
+		if (ds && ((ds->ready && can_take(ds)) || (ds->due && can_start(ds))))
+			return true;
+	}
+	return false;
+}
+
+static void work(shmbus_dispatcher_t *d)
+{
+	handle_results(d, false);
+	timers_run(&d->timers, d, now_mono_ns());
+	for (uint32_t i = 0; i < d->nsubs; i++) {
+		struct dsub *ds = d->subs[i];
+		if (ds && ((ds->ready && can_take(ds)) || (ds->due && can_start(ds))))
+			pump(d, ds);
+	}
+}
+
+static void on_done(shmbus_dispatcher_t *d, const struct dwait_done *c)
+{
+	if (c->token == DWAIT_TIMER_TOKEN)
+		return; /* work() runs what is due */
+	uint32_t idx = token_index(c->token), gen = token_gen(c->token);
+	switch (token_kind(c->token)) {
+	case KIND_SUB:
+		if (idx < d->nsubs && d->subs[idx] && d->subs[idx]->armed && d->subs[idx]->arm_gen == gen) {
+			d->subs[idx]->armed = false;
+			d->subs[idx]->ready = true;
+		}
+		break;
+	case KIND_FD:
+		on_fd(d, idx, gen, c->res);
+		break;
+	case KIND_KICK:
+		if (gen == (d->kick_gen & 0xFFFFFF)) {
+			uint64_t junk;
+			(void)!read(d->kick_fd, &junk, sizeof junk);
+			d->kick_armed = false;
+		}
+		break;
+	}
+}
+
+static bool take_stop(shmbus_dispatcher_t *d)
+{
+	return __atomic_exchange_n(&d->stop, 0, __ATOMIC_ACQ_REL) != 0;
+}
+
+/* One turn; *stopped says whether stop() ended it. */
+static int turn(shmbus_dispatcher_t *d, int64_t timeout_ns, bool *stopped)
+{
+	*stopped = false;
+	if (d->in_handler)
+		return shmbus__fail(EBUSY, "not from inside a handler");
+	d->completed = 0;
+	work(d);
+	int64_t t = timeout_ns;
+	if (has_work(d) || d->completed) {
+		t = 0;
+	} else {
+		uint64_t next = timers_next(&d->timers);
+		if (next != UINT64_MAX) {
+			uint64_t now = now_mono_ns();
+			int64_t until = next > now ? (int64_t)(next - now) : 0;
+			if (t < 0 || until < t)
+				t = until;
+		}
+	}
+	if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
+		t = 0;
+	struct dwait_done done[64];
+	int k = d->w->ops->wait(d->w, t, done, 64);
+	if (k < 0 && k != -EINTR)
+		return shmbus__fail(-k, "dispatcher wait failed: %s", strerror(-k));
+	for (int i = 0; i < k; i++)
+		on_done(d, &done[i]);
+	work(d);
+	arm_kick(d);
+	d->w->ops->set_timer(d->w, timers_next(&d->timers));
+	if (has_work(d))
+		kick(d); /* an outer event loop must come back for the rest */
+	/* hand what we armed to the kernel now: an outer loop sleeps on our
+	 * fd, not in our wait */
+	d->w->ops->flush(d->w);
+	if (take_stop(d)) {
+		*stopped = true;
+		return shmbus__fail(EINTR, "dispatcher stopped");
+	}
+	if (k == -EINTR && d->completed == 0)
+		return shmbus__fail(EINTR, "interrupted by a signal");
+	return (int)d->completed;
+}
+
+SHMBUS_API int shmbus_dispatcher_run_once(shmbus_dispatcher_t *d, int64_t timeout_ns)
+{
+	if (!d)
+		return shmbus__fail(EINVAL, "dispatcher is NULL");
+	bool stopped;
+	return turn(d, timeout_ns, &stopped);
+}
+
+SHMBUS_API int shmbus_dispatcher_run(shmbus_dispatcher_t *d)
+{
+	if (!d)
+		return shmbus__fail(EINVAL, "dispatcher is NULL");
+	for (;;) {
+		bool stopped;
+		int rc = turn(d, -1, &stopped);
+		if (stopped)
+			return 0;
+		if (rc < 0 && rc != -EINTR)
+			return rc;
+	}
+}
+
+SHMBUS_API void shmbus_dispatcher_close(shmbus_dispatcher_t *d)
+{
+	if (!d)
+		return;
+	for (uint32_t i = 0; i < d->nsubs; i++)
+		if (d->subs[i])
+			drop_sub(d, d->subs[i]);
+	pool_close(d->pool);
+	d->w->ops->close(d->w);
+	close(d->kick_fd);
+	timers_free(&d->timers);
+	free(d->subs);
+	free(d->fds);
+	free(d);
+}

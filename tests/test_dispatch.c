@@ -1,0 +1,766 @@
+/*
+ * test_dispatch.c - the dispatcher through the public API: handlers,
+ * retries with growing back-off, dead letters, expiry, concurrency limits
+ * and in-order release, request/response across processes, epoll
+ * integration, user fds, stop from a signal handler, a crashing handler.
+ *
+ * meson runs this suite twice: as is (io_uring where the kernel allows it)
+ * and with SHMBUS_NO_IO_URING=1 (the fallback backend).
+ */
+#include "common.h"
+
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+TestSuite(dispatch, .init = tc_init, .fini = tc_fini, .timeout = 60);
+
+static bool forced_fallback(void)
+{
+	const char *e = getenv("SHMBUS_NO_IO_URING");
+	return e && *e && strcmp(e, "0") != 0;
+}
+
+static shmbus_dispatcher_t *open_dispatcher(uint32_t workers)
+{
+	shmbus_dispatcher_t *d = NULL;
+	shmbus_dispatcher_opts_t o = {.workers = workers};
+	int rc = shmbus_dispatcher_open(&o, &d);
+	cr_assert_eq(rc, 0, "dispatcher_open = %d (%s)", rc, shmbus_errmsg());
+	return d;
+}
+
+/* Run the dispatcher until *done reaches want or timeout_ms passes. */
+static void run_until(shmbus_dispatcher_t *d, const atomic_int *done, int want, int timeout_ms)
+{
+	uint64_t end = tc_now_ns() + (uint64_t)timeout_ms * TC_MS_NS;
+	while (atomic_load(done) < want && tc_now_ns() < end) {
+		int rc = shmbus_dispatcher_run_once(d, 50 * (int64_t)TC_MS_NS);
+		cr_assert(rc >= 0 || rc == -EINTR, "run_once = %d (%s)", rc, shmbus_errmsg());
+	}
+}
+
+static void run_for(shmbus_dispatcher_t *d, int ms)
+{
+	uint64_t end = tc_now_ns() + (uint64_t)ms * TC_MS_NS;
+	while (tc_now_ns() < end)
+		shmbus_dispatcher_run_once(d, (int64_t)(end - tc_now_ns()));
+}
+
+static shmbus_sub_info_t sub_info(shmbus_bus_t *bus, shmbus_sub_t *sub)
+{
+	shmbus_sub_info_t all[16];
+	int n = shmbus_list_subscriptions(bus, NULL, all, 16);
+	for (int i = 0; i < n && i < 16; i++)
+		if (all[i].id == shmbus_sub_id(sub))
+			return all[i];
+	cr_assert_fail("subscription not listed");
+	return all[0];
+}
+
+/* ---------------------------------------------------------------- basics */
+
+Test(dispatch, backend_choice)
+{
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	shmbus_backend_t b = shmbus_dispatcher_backend(d);
+	cr_log_info("backend: %s", shmbus_backend_name(b));
+	if (forced_fallback())
+		cr_expect_eq(b, SHMBUS_BACKEND_FALLBACK);
+	cr_expect_geq(shmbus_dispatcher_fd(d), 0);
+	shmbus_dispatcher_close(d);
+	shmbus_dispatcher_opts_t o = {.no_io_uring = true};
+	cr_assert_eq(shmbus_dispatcher_open(&o, &d), 0);
+	cr_expect_eq(shmbus_dispatcher_backend(d), SHMBUS_BACKEND_FALLBACK);
+	shmbus_dispatcher_close(d);
+}
+
+struct order_ctx {
+	atomic_int n;
+	uint32_t next;
+	bool in_order;
+};
+
+static int order_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct order_ctx *c = arg;
+	if (tc_payload_u32(ev) != c->next)
+		c->in_order = false;
+	c->next++;
+	atomic_fetch_add(&c->n, 1);
+	return 0;
+}
+
+static int publish_2000(void *arg)
+{
+	(void)arg;
+	return tc_child_publish_n(SHMBUS_NOTIFICATION, "tick", 2000, (int64_t)(5 * TC_SEC_NS));
+}
+
+Test(dispatch, handler_sees_every_event_in_order_from_another_process)
+{
+	shmbus_bus_t *bus = tc_create(&(shmbus_config_t){.slots = 1024});
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct order_ctx c = {.in_order = true};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = order_handler, .arg = &c}), 0);
+	pid_t pid = tc_fork(publish_2000, NULL);
+	run_until(d, &c.n, 2000, 20000);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "publisher %s", tc_status_str(st));
+	cr_expect_eq(atomic_load(&c.n), 2000);
+	cr_expect(c.in_order);
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	cr_expect_eq(si.completed, 2000);
+	cr_expect_eq(si.held, 0, "completed events are released");
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* --------------------------------------------------------------- retries */
+
+struct retry_ctx {
+	atomic_int runs;
+	int fail_first; /* fail this many runs, then succeed; -1 always */
+	uint64_t at[16];
+	unsigned attempt[16], retry_count[16], status[16];
+};
+
+static int retry_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct retry_ctx *c = arg;
+	int k = atomic_load(&c->runs);
+	if (k < 16) {
+		c->at[k] = tc_now_ns();
+		c->attempt[k] = shmbus_handler_attempt();
+		c->retry_count[k] = shmbus_event_retry_count(ev);
+		c->status[k] = shmbus_event_status(ev);
+	}
+	atomic_fetch_add(&c->runs, 1);
+	return c->fail_first < 0 || k < c->fail_first ? -EIO : 0;
+}
+
+Test(dispatch, failure_retries_at_growing_intervals_then_dead_letters)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct retry_ctx c = {.fail_first = -1};
+	const uint64_t base = 20 * TC_MS_NS;
+	shmbus_handler_opts_t o = {.handler = retry_handler, .arg = &c, .max_retries = 3, .retry_base_ns = base};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "flaky", SHMBUS_PRIORITY_NORMAL, 7), 0);
+	run_until(d, &c.runs, 4, 10000);
+	run_for(d, 100); /* a fifth run would be a bug */
+	cr_assert_eq(atomic_load(&c.runs), 4, "one run and three retries");
+	for (int k = 0; k < 4; k++) {
+		cr_expect_eq(c.attempt[k], (unsigned)k + 1);
+		cr_expect_eq(c.retry_count[k], (unsigned)k, "retry %d sees retry_count %u", k, c.retry_count[k]);
+		if (k)
+			cr_expect_eq(c.status[k], SHMBUS_STATUS_RETRYING);
+	}
+	/* back-off k is at least base * 2^(k-1) / 2, and never shrinks */
+	uint64_t prev = 0;
+	for (int k = 1; k < 4; k++) {
+		uint64_t gap = c.at[k] - c.at[k - 1];
+		cr_expect_geq(gap, (base << (k - 1)) / 2, "gap %d = %llu ns", k, (unsigned long long)gap);
+		cr_expect_geq(gap + base / 4, prev, "gap %d shrank: %llu < %llu", k, (unsigned long long)gap,
+			      (unsigned long long)prev);
+		prev = gap;
+	}
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	cr_expect_eq(si.failed, 4);
+	cr_expect_eq(si.retried, 3);
+	cr_expect_eq(si.dead_lettered, 1);
+	cr_expect_eq(si.completed, 0);
+	cr_expect_eq(si.held, 0, "the dead letter's slot is released");
+	shmbus_dead_letter_t dl[4];
+	int n = shmbus_dlq_list(bus, dl, 4);
+	cr_assert_eq(n, 1, "dlq_list = %d (%s)", n, shmbus_errmsg());
+	cr_expect_eq(dl[0].reason, SHMBUS_DEAD_FAILED);
+	cr_expect_eq(dl[0].attempts, 4);
+	cr_expect_eq(dl[0].last_error, -EIO);
+	cr_expect_eq(dl[0].sub, shmbus_sub_id(sub));
+	cr_expect_eq(tc_payload_u32(dl[0].event), 7);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, event_max_retries_wins_and_a_late_success_completes)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct retry_ctx c = {.fail_first = 2};
+	/* the subscription would allow none; the event asks for 5 */
+	shmbus_handler_opts_t o = {.handler = retry_handler, .arg = &c, .max_retries = 0, .retry_base_ns = TC_MS_NS};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "eventually", .max_retries = 5};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	run_until(d, &c.runs, 3, 10000);
+	run_for(d, 50);
+	cr_expect_eq(atomic_load(&c.runs), 3);
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	cr_expect_eq(si.completed, 1);
+	cr_expect_eq(si.failed, 2);
+	cr_expect_eq(si.retried, 2);
+	cr_expect_eq(si.dead_lettered, 0);
+	cr_expect_eq(si.retrying, 0);
+	cr_expect_eq(shmbus_dlq_list(bus, NULL, 0), 0);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, expired_events_go_to_dead_letters_unhandled)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	/* expired before delivery */
+	shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "stale", .ttl_ns = TC_MS_NS};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	/* expires while it waits for a retry */
+	shmbus_msg_t m2 = {.type = SHMBUS_COMMAND, .name = "short", .ttl_ns = 300 * TC_MS_NS, .max_retries = 50};
+	tc_sleep_ms(20);
+	cr_assert_eq(shmbus_publish(pub, &m2, NULL), 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct retry_ctx c = {.fail_first = -1};
+	shmbus_handler_opts_t o = {.handler = retry_handler, .arg = &c, .retry_base_ns = 40 * TC_MS_NS};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	uint64_t end = tc_now_ns() + 10 * TC_SEC_NS;
+	while (sub_info(bus, sub).dead_lettered < 2 && tc_now_ns() < end)
+		shmbus_dispatcher_run_once(d, 50 * (int64_t)TC_MS_NS);
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	cr_expect_eq(si.dead_lettered, 2);
+	cr_expect_eq(si.expired, 2);
+	cr_expect_geq(atomic_load(&c.runs), 1, "the live one ran");
+	cr_expect_lt(atomic_load(&c.runs), 50, "and stopped when it expired");
+	shmbus_dead_letter_t dl[4];
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 4), 2);
+	cr_expect_eq(dl[0].reason, SHMBUS_DEAD_EXPIRED);
+	cr_expect_eq(dl[0].attempts, 0, "the stale one never ran");
+	cr_expect_str_eq(shmbus_event_name(dl[0].event), "stale");
+	cr_expect_eq(dl[1].reason, SHMBUS_DEAD_EXPIRED);
+	cr_expect_geq(dl[1].attempts, 1);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------ concurrency */
+
+struct conc_ctx {
+	atomic_int in_flight, max_seen, done;
+	int sleep_ms;
+	uint32_t slow_value; /* this one sleeps 20x */
+};
+
+static int conc_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct conc_ctx *c = arg;
+	int now = atomic_fetch_add(&c->in_flight, 1) + 1;
+	int m = atomic_load(&c->max_seen);
+	while (now > m && !atomic_compare_exchange_weak(&c->max_seen, &m, now))
+		;
+	tc_sleep_ms((unsigned)(tc_payload_u32(ev) == c->slow_value ? c->sleep_ms * 20 : c->sleep_ms));
+	atomic_fetch_sub(&c->in_flight, 1);
+	atomic_fetch_add(&c->done, 1);
+	return 0;
+}
+
+Test(dispatch, concurrency_limit_holds_under_a_burst)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(8);
+	struct conc_ctx c = {.sleep_ms = 3, .slow_value = UINT32_MAX};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = conc_handler, .arg = &c, .concurrency = 3}), 0);
+	for (uint32_t i = 0; i < 120; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "burst", SHMBUS_PRIORITY_NORMAL, i), 0);
+	run_until(d, &c.done, 120, 20000);
+	cr_expect_eq(atomic_load(&c.done), 120);
+	cr_expect_leq(atomic_load(&c.max_seen), 3, "limit exceeded: %d at once", atomic_load(&c.max_seen));
+	cr_expect_geq(atomic_load(&c.max_seen), 2, "handlers never overlapped");
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, release_advances_only_over_contiguous_completions)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(4);
+	struct conc_ctx c = {.sleep_ms = 15, .slow_value = 0}; /* the first is slow */
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = conc_handler, .arg = &c, .concurrency = 4}), 0);
+	for (uint32_t i = 0; i < 4; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "ordered", SHMBUS_PRIORITY_NORMAL, i), 0);
+	run_until(d, &c.done, 3, 10000); /* 1..3 finish while 0 still runs */
+	cr_assert_eq(atomic_load(&c.done), 3);
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	for (int i = 0; i < 100 && si.completed < 3; i++) { /* their results reach the loop */
+		shmbus_dispatcher_run_once(d, 10 * (int64_t)TC_MS_NS);
+		si = sub_info(bus, sub);
+	}
+	cr_expect_eq(si.completed, 3);
+	cr_expect_eq(si.held, 4, "done events wait for the first: %llu held", (unsigned long long)si.held);
+	cr_expect_eq(si.processing, 1);
+	run_until(d, &c.done, 4, 10000);
+	shmbus_dispatcher_run_once(d, 0);
+	si = sub_info(bus, sub);
+	cr_expect_eq(si.held, 0, "all released once the first is done");
+	cr_expect_eq(si.processing, 0);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------ request/response */
+
+static int responder_handler(const shmbus_event_t *ev, void *arg)
+{
+	shmbus_pub_t *pub = arg;
+	if (strcmp(shmbus_event_name(ev), "slow") == 0)
+		tc_sleep_ms(400);
+	char data[64];
+	snprintf(data, sizeof data, "{\"echo\":%u}", tc_payload_u32(ev));
+	return shmbus_publish_response(pub, ev, data, true, NULL);
+}
+
+static int responder_main(void *arg)
+{
+	int stop_after_ms = *(int *)arg;
+	shmbus_bus_t *bus;
+	shmbus_sub_t *sub;
+	shmbus_filter_t *parts[2], *f;
+	const char *me[] = {"responder"};
+	shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_QUERY), &parts[0]);
+	shmbus_filter_targets(me, 1, &parts[1]);
+	shmbus_filter_all(parts, 2, &f);
+	shmbus_sub_opts_t o = {.subscriber_id = "responder", .filter = f};
+	int rc = tc_child_subscribe(&o, &bus, &sub);
+	shmbus_filter_free(f);
+	if (rc)
+		return rc;
+	shmbus_pub_t *pub;
+	if (shmbus_pub_open(bus, &(shmbus_pub_opts_t){.source = "responder"}, &pub) < 0)
+		return CHILD_FAIL("pub_open: %s", shmbus_errmsg());
+	shmbus_dispatcher_t *d;
+	if (shmbus_dispatcher_open(NULL, &d) < 0)
+		return CHILD_FAIL("dispatcher_open: %s", shmbus_errmsg());
+	if (shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = responder_handler, .arg = pub}) < 0)
+		return CHILD_FAIL("add: %s", shmbus_errmsg());
+	uint64_t end = tc_now_ns() + (uint64_t)stop_after_ms * TC_MS_NS;
+	while (tc_now_ns() < end)
+		shmbus_dispatcher_run_once(d, 50 * (int64_t)TC_MS_NS);
+	shmbus_dispatcher_close(d);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+static shmbus_msg_t query_msg(const char *name, const uint32_t *value)
+{
+	return (shmbus_msg_t){.type = SHMBUS_QUERY, .name = name, .target = "responder", .payload = value, .payload_len = 4};
+}
+
+/* Wait until the responder's subscription exists. */
+static void wait_for_responder(shmbus_bus_t *bus)
+{
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	while (shmbus_list_subscriptions(bus, "responder", NULL, 0) < 1 && tc_now_ns() < end)
+		tc_sleep_ms(5);
+	cr_assert_eq(shmbus_list_subscriptions(bus, "responder", NULL, 0), 1, "responder never subscribed");
+}
+
+Test(dispatch, request_response_across_processes_with_timeout_and_late_reply)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	int life_ms = 3000;
+	pid_t pid = tc_fork(responder_main, &life_ms);
+	wait_for_responder(bus);
+	shmbus_requester_t *r;
+	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0, "%s", shmbus_errmsg());
+
+	uint32_t v = 41;
+	shmbus_msg_t q = query_msg("fast", &v);
+	shmbus_event_t *resp = NULL;
+	int rc = shmbus_request(r, &q, 2 * (int64_t)TC_SEC_NS, &resp);
+	cr_assert_eq(rc, 0, "request = %d (%s)", rc, shmbus_errmsg());
+	cr_expect_eq(shmbus_event_type(resp), SHMBUS_RESPONSE);
+	size_t len;
+	const char *data = shmbus_event_payload(resp, &len);
+	cr_expect(len == 11 && memcmp(data, "{\"echo\":41}", 11) == 0, "data %.*s", (int)len, data);
+	cr_expect(shmbus_event_flags(resp) & SHMBUS_FLAG_SUCCESS);
+	shmbus_event_free(resp);
+
+	/* the slow one times out; its response arrives later and is counted */
+	v = 1;
+	q = query_msg("slow", &v);
+	rc = shmbus_request(r, &q, 100 * (int64_t)TC_MS_NS, &resp);
+	cr_expect_eq(rc, -ETIMEDOUT);
+	v = 2;
+	q = query_msg("fast", &v);
+	rc = shmbus_request(r, &q, 2 * (int64_t)TC_SEC_NS, &resp);
+	cr_assert_eq(rc, 0, "request after a timeout = %d (%s)", rc, shmbus_errmsg());
+	data = shmbus_event_payload(resp, &len);
+	cr_expect(len == 10 && memcmp(data, "{\"echo\":2}", 10) == 0, "the late reply was not taken for this one");
+	shmbus_event_free(resp);
+	cr_expect_eq(shmbus_requester_late(r), 1);
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_expect_eq(mt.late_responses, 1);
+	shmbus_requester_close(r);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "responder %s", tc_status_str(st));
+	shmbus_close(bus);
+}
+
+struct async_ctx {
+	atomic_int calls;
+	int ok, timeouts;
+	uint32_t echoed;
+};
+
+static void on_response(const shmbus_event_t *resp, int status, void *arg)
+{
+	struct async_ctx *c = arg;
+	if (status == 0) {
+		c->ok++;
+		size_t len;
+		const char *p = shmbus_event_payload(resp, &len);
+		sscanf(p, "{\"echo\":%u}", &c->echoed);
+	} else if (status == -ETIMEDOUT) {
+		c->timeouts++;
+	}
+	atomic_fetch_add(&c->calls, 1);
+}
+
+Test(dispatch, async_request_through_the_dispatcher)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	int life_ms = 3000;
+	pid_t pid = tc_fork(responder_main, &life_ms);
+	wait_for_responder(bus);
+	shmbus_requester_t *r;
+	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct async_ctx c = {0};
+	uint32_t v = 9;
+	shmbus_msg_t q = query_msg("fast", &v);
+	cr_assert_eq(shmbus_request_async(r, d, &q, 2 * (int64_t)TC_SEC_NS, on_response, &c, NULL), 0, "%s",
+		     shmbus_errmsg());
+	/* nobody answers this one */
+	shmbus_msg_t lost = {.type = SHMBUS_QUERY, .name = "nobody", .target = "nobody-here"};
+	cr_assert_eq(shmbus_request_async(r, d, &lost, 150 * (int64_t)TC_MS_NS, on_response, &c, NULL), 0);
+	run_until(d, &c.calls, 2, 5000);
+	cr_expect_eq(c.ok, 1);
+	cr_expect_eq(c.echoed, 9);
+	cr_expect_eq(c.timeouts, 1);
+	shmbus_event_t *resp;
+	cr_expect_eq(shmbus_request(r, &q, 0, &resp), -EBUSY, "a bound requester refuses blocking calls");
+	shmbus_requester_close(r);
+	shmbus_dispatcher_close(d);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------- event loops, fds */
+
+static int publish_50(void *arg)
+{
+	(void)arg;
+	tc_sleep_ms(50);
+	return tc_child_publish_n(SHMBUS_NOTIFICATION, "ep", 50, (int64_t)TC_SEC_NS);
+}
+
+static int count_handler(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	atomic_fetch_add((atomic_int *)arg, 1);
+	return 0;
+}
+
+struct pipe_ctx {
+	int calls;
+	uint32_t revents;
+	char got;
+};
+
+static void on_pipe(int fd, uint32_t revents, void *arg)
+{
+	struct pipe_ctx *p = arg;
+	p->calls++;
+	p->revents |= revents;
+	if (revents & POLLIN)
+		(void)!read(fd, &p->got, 1);
+}
+
+Test(dispatch, dispatcher_fd_drives_an_epoll_loop)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	atomic_int n = 0;
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = count_handler, .arg = &n}), 0);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	struct pipe_ctx pc = {0};
+	cr_assert_eq(shmbus_dispatcher_add_fd(d, p[0], POLLIN, on_pipe, &pc), 0);
+	/* arm everything, then sleep in our own epoll only */
+	cr_assert_geq(shmbus_dispatcher_run_once(d, 0), 0);
+	int ep = epoll_create1(0);
+	struct epoll_event ev = {.events = EPOLLIN};
+	cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, shmbus_dispatcher_fd(d), &ev), 0);
+	pid_t pid = tc_fork(publish_50, NULL);
+	cr_assert_eq(write(p[1], "x", 1), 1);
+	uint64_t end = tc_now_ns() + 10 * TC_SEC_NS;
+	int wakeups = 0;
+	while ((atomic_load(&n) < 50 || pc.calls < 1) && tc_now_ns() < end) {
+		struct epoll_event out;
+		if (epoll_wait(ep, &out, 1, 2000) == 1) {
+			wakeups++;
+			cr_assert_geq(shmbus_dispatcher_run_once(d, 0), 0);
+		}
+	}
+	cr_expect_eq(atomic_load(&n), 50);
+	cr_expect_eq(pc.calls, 1);
+	cr_expect(pc.revents & POLLIN);
+	cr_expect_eq(pc.got, 'x');
+	cr_expect_gt(wakeups, 0);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	close(ep);
+	cr_expect_eq(shmbus_dispatcher_remove_fd(d, p[0]), 0);
+	close(p[0]);
+	close(p[1]);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, fd_closed_while_registered_is_reported_not_hung)
+{
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	struct pipe_ctx pc = {0};
+	cr_assert_eq(shmbus_dispatcher_add_fd(d, p[0], POLLIN, on_pipe, &pc), 0);
+	shmbus_dispatcher_run_once(d, 0);
+	close(p[0]);
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	while (!(pc.revents & POLLNVAL) && tc_now_ns() < end)
+		shmbus_dispatcher_run_once(d, 100 * (int64_t)TC_MS_NS);
+	cr_expect(pc.revents & POLLNVAL, "closed fd reported: revents %#x", pc.revents);
+	cr_expect_eq(shmbus_dispatcher_remove_fd(d, p[0]), -ENOENT, "and unregistered");
+	close(p[1]);
+	shmbus_dispatcher_close(d);
+}
+
+static shmbus_dispatcher_t *signal_target;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	shmbus_dispatcher_stop(signal_target);
+}
+
+Test(dispatch, stop_from_a_signal_handler_ends_run)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	atomic_int n = 0;
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = count_handler, .arg = &n}), 0);
+	signal_target = d;
+	struct sigaction sa = {.sa_handler = on_alarm};
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(1);
+	cr_expect_eq(shmbus_dispatcher_run(d), 0);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, idle_dispatcher_on_100_subscriptions_sleeps)
+{
+	shmbus_config_t cfg = {.max_subscribers = 128, .reclaim_timeout_ns = TC_SEC_NS};
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *subs[100];
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	atomic_int n = 0;
+	for (int i = 0; i < 100; i++) {
+		subs[i] = tc_sub(bus, NULL);
+		cr_assert_eq(shmbus_dispatcher_add(d, subs[i], &(shmbus_handler_opts_t){.handler = count_handler, .arg = &n}), 0);
+	}
+	shmbus_dispatcher_run_once(d, 0);
+	/* idle: turns are bounded by the once-a-second sweep, not by polling */
+	int turns = 0;
+	uint64_t end = tc_now_ns() + 1500 * TC_MS_NS;
+	while (tc_now_ns() < end) {
+		shmbus_dispatcher_run_once(d, (int64_t)(end - tc_now_ns()));
+		turns++;
+	}
+	cr_expect_leq(turns, 6, "%d turns in 1.5 s idle", turns);
+	/* and one event wakes all hundred */
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "all", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	run_until(d, &n, 100, 5000);
+	cr_expect_eq(atomic_load(&n), 100);
+	shmbus_dispatcher_close(d);
+	for (int i = 0; i < 100; i++)
+		shmbus_sub_close(subs[i]);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ----------------------------------------------------------- bad input */
+
+static int nop_handler(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	(void)arg;
+	return 0;
+}
+
+static void nop_fd(int fd, uint32_t revents, void *arg)
+{
+	(void)fd;
+	(void)revents;
+	(void)arg;
+}
+
+Test(dispatch, bad_arguments_get_clear_errors)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0), *dw = open_dispatcher(2);
+	shmbus_dispatcher_t *x;
+	cr_expect_eq(shmbus_dispatcher_open(&(shmbus_dispatcher_opts_t){.workers = 100000}, &x), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){0}), -EINVAL, "null handler");
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = nop_handler, .concurrency = -1}), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_add(dw, sub, &(shmbus_handler_opts_t){.handler = nop_handler, .concurrency = 1 << 30}), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = nop_handler, .concurrency = 2}), -EINVAL,
+		     "concurrency without workers");
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = nop_handler, .max_retries = -3}), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = nop_handler}), 0);
+	cr_expect_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = nop_handler}), -EEXIST);
+	cr_expect_eq(shmbus_dispatcher_remove(dw, sub), -ENOENT);
+	cr_expect_eq(shmbus_dispatcher_add_fd(d, 12345, POLLIN, nop_fd, NULL), -EBADF);
+	cr_expect_eq(shmbus_dispatcher_add_fd(d, 0, 0, nop_fd, NULL), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_add_fd(d, 0, POLLIN, NULL, NULL), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_remove_fd(d, 0), -ENOENT);
+	cr_expect_eq(shmbus_dispatcher_run_once(NULL, 0), -EINVAL);
+	cr_expect_eq(shmbus_dispatcher_remove(d, sub), 0);
+	shmbus_dispatcher_close(d);
+	shmbus_dispatcher_close(dw);
+	shmbus_dispatcher_close(NULL);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------- crashing handler */
+
+struct crash_shared {
+	atomic_int handled[64];
+};
+
+static int abort_on_first(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	(void)arg;
+	abort();
+}
+
+static int group_crasher(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus;
+	shmbus_sub_t *sub;
+	shmbus_sub_opts_t o = {.subscriber_id = "crasher", .group = "workers"};
+	int rc = tc_child_subscribe(&o, &bus, &sub);
+	if (rc)
+		return rc;
+	shmbus_dispatcher_t *d;
+	if (shmbus_dispatcher_open(NULL, &d) < 0 ||
+	    shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = abort_on_first}) < 0)
+		return CHILD_FAIL("dispatcher: %s", shmbus_errmsg());
+	for (;;)
+		shmbus_dispatcher_run_once(d, -1);
+}
+
+struct mark_ctx {
+	atomic_int n;
+	uint8_t seen[64];
+	int redelivered;
+	shmbus_sub_t *sub;
+};
+
+static int mark_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct mark_ctx *c = arg;
+	uint32_t v = tc_payload_u32(ev);
+	if (v < 64)
+		c->seen[v]++;
+	c->redelivered += shmbus_redelivered(c->sub, ev);
+	atomic_fetch_add(&c->n, 1);
+	return 0;
+}
+
+Test(dispatch, handler_that_aborts_is_a_dead_consumer_and_its_event_is_redelivered)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_opts_t o = {.subscriber_id = "survivor", .group = "workers"};
+	shmbus_sub_t *sub;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	pid_t pid = tc_fork(group_crasher, NULL);
+	/* wait for the crasher to join the group */
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	shmbus_sub_info_t si;
+	do {
+		tc_sleep_ms(5);
+		si = sub_info(bus, sub);
+	} while (si.consumers < 2 && tc_now_ns() < end);
+	cr_assert_eq(si.consumers, 2);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t i = 0; i < 20; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, i), 0);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "crasher %s", tc_status_str(st));
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct mark_ctx c = {.sub = sub};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = mark_handler, .arg = &c}), 0);
+	run_until(d, &c.n, 20, 10000);
+	cr_expect_eq(atomic_load(&c.n), 20, "every job handled once the crasher is reclaimed");
+	for (int i = 0; i < 20; i++)
+		cr_expect_eq(c.seen[i], 1, "job %d handled %u times", i, c.seen[i]);
+	cr_expect_geq(c.redelivered, 1, "the one the crasher held comes back flagged");
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
