@@ -519,9 +519,11 @@ SHMBUS_API int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, 
 	if (conc > 1 && !d->workers)
 		return shmbus__fail(EINVAL, "concurrency %d needs worker threads (shmbus_dispatcher_opts_t.workers)",
 				    (int)conc);
-	if (opts->max_retries < 0 || opts->max_retries > 255)
-		return shmbus__fail(EINVAL, "max_retries %d: must be 0..255", (int)opts->max_retries);
-	int32_t retries = opts->max_retries ? opts->max_retries : DEFAULT_MAX_RETRIES;
+	if (opts->max_retries < SHMBUS_NO_RETRY || opts->max_retries > 255)
+		return shmbus__fail(EINVAL, "max_retries %d: must be 0..255 or SHMBUS_NO_RETRY", (int)opts->max_retries);
+	int32_t retries = opts->max_retries == SHMBUS_NO_RETRY ? 0
+			  : opts->max_retries		 ? opts->max_retries
+							 : DEFAULT_MAX_RETRIES;
 	uint64_t base = opts->retry_base_ns ? opts->retry_base_ns : DEFAULT_RETRY_BASE_NS;
 	uint64_t max = opts->retry_max_ns ? opts->retry_max_ns : DEFAULT_RETRY_MAX_NS;
 	if (max < base)
@@ -532,10 +534,7 @@ SHMBUS_API int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, 
 int dispatch_add_internal(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h, void *arg)
 {
 	/* replies are never retried: a response nobody takes is late */
-	int rc = add_sub(d, sub, h, arg, 1, 0, DEFAULT_RETRY_BASE_NS, DEFAULT_RETRY_MAX_NS);
-	if (rc == 0)
-		find_sub(d, sub)->max_retries = 0;
-	return rc;
+	return add_sub(d, sub, h, arg, 1, 0, DEFAULT_RETRY_BASE_NS, DEFAULT_RETRY_MAX_NS);
 }
 
 int dispatch_timer(shmbus_dispatcher_t *d, uint64_t deadline, timer_fire_fn fire, void *obj, uint64_t gen)

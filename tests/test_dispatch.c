@@ -206,7 +206,7 @@ Test(dispatch, event_max_retries_wins_and_a_late_success_completes)
 	shmbus_dispatcher_t *d = open_dispatcher(0);
 	struct retry_ctx c = {.fail_first = 2};
 	/* the subscription would allow none; the event asks for 5 */
-	shmbus_handler_opts_t o = {.handler = retry_handler, .arg = &c, .max_retries = 0, .retry_base_ns = TC_MS_NS};
+	shmbus_handler_opts_t o = {.handler = retry_handler, .arg = &c, .max_retries = SHMBUS_NO_RETRY, .retry_base_ns = TC_MS_NS};
 	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
 	shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "eventually", .max_retries = 5};
 	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
@@ -762,5 +762,98 @@ Test(dispatch, handler_that_aborts_is_a_dead_consumer_and_its_event_is_redeliver
 	shmbus_dispatcher_close(d);
 	shmbus_sub_close(sub);
 	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------- shmbus sub --exec */
+
+static const char *cli_path(void)
+{
+	const char *p = getenv("SHMBUS_CLI");
+	if (!p)
+		cr_skip_test("SHMBUS_CLI not set (tools not built)");
+	return p;
+}
+
+static int publish_ok_and_bad(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open: %s", shmbus_errmsg());
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	while (shmbus_list_subscriptions(bus, "execer", NULL, 0) < 1 && tc_now_ns() < end)
+		tc_sleep_ms(5);
+	shmbus_pub_t *pub;
+	if (shmbus_pub_open(bus, NULL, &pub) < 0)
+		return CHILD_FAIL("pub_open: %s", shmbus_errmsg());
+	shmbus_msg_t ok = {.type = SHMBUS_COMMAND, .name = "ok"}, bad = {.type = SHMBUS_COMMAND, .name = "bad"};
+	if (shmbus_publish(pub, &ok, NULL) < 0 || shmbus_publish(pub, &bad, NULL) < 0)
+		return CHILD_FAIL("publish: %s", shmbus_errmsg());
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+Test(dispatch, cli_sub_exec_runs_a_command_per_event_and_retries_failures)
+{
+	const char *cli = cli_path();
+	shmbus_bus_t *bus = tc_create(NULL);
+	char log[128], cmd[512];
+	snprintf(log, sizeof log, "/tmp/shmbus-test-%d-exec.log", (int)getpid());
+	tc_track_file(log);
+	unlink(log);
+	snprintf(cmd, sizeof cmd,
+		 "read line; case \"$line\" in *'\"event_name\":\"'$SHMBUS_EVENT_NAME'\"'*) ;; *) exit 3;; esac; "
+		 "echo \"$SHMBUS_EVENT_NAME $SHMBUS_ATTEMPT\" >> %s; [ \"$SHMBUS_EVENT_NAME\" = ok ]",
+		 log);
+	pid_t pid = tc_fork(publish_ok_and_bad, NULL);
+	char *argv[] = {(char *)cli, "sub", tc_bus, "--id", "execer", "--exec", cmd, "--max-retries", "2",
+			"--retry-base", "20ms", "--count", "2", "--timeout", "20s", NULL};
+	struct tc_run_result r;
+	cr_assert_eq(tc_run(argv, 30000, &r), 0);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "sub --exec %s: %s", tc_status_str(r.status), r.err);
+	tc_run_free(&r);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	FILE *f = fopen(log, "r");
+	cr_assert(f, "the command never ran");
+	char lines[8][64] = {{0}};
+	int n = 0;
+	while (n < 8 && fgets(lines[n], sizeof lines[n], f))
+		n++;
+	fclose(f);
+	cr_assert_eq(n, 4, "ok once, bad three times (1 + 2 retries): %d runs", n);
+	cr_expect_str_eq(lines[0], "ok 1\n");
+	cr_expect_str_eq(lines[1], "bad 1\n");
+	cr_expect_str_eq(lines[2], "bad 2\n");
+	cr_expect_str_eq(lines[3], "bad 3\n");
+	unlink(log);
+	shmbus_close(bus);
+}
+
+Test(dispatch, cli_sub_exec_options_are_checked)
+{
+	const char *cli = cli_path();
+	shmbus_bus_t *bus = tc_create(NULL);
+	const char *bad[][8] = {
+		{"sub", tc_bus, "--exec", "true", "--concurrency", "-1", NULL},
+		{"sub", tc_bus, "--exec", "true", "--concurrency", "0", NULL},
+		{"sub", tc_bus, "--exec", "true", "--concurrency", "100000", NULL},
+		{"sub", tc_bus, "--exec", "true", "--max-retries", "300", NULL},
+		{"sub", tc_bus, "--max-retries", "2", NULL},
+		{"sub", tc_bus, "--exec", "", NULL},
+		{"sub", tc_bus, "--exec", "true", "--json", NULL},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char *argv[10] = {(char *)cli};
+		for (int k = 0; bad[i][k]; k++)
+			argv[k + 1] = (char *)bad[i][k];
+		struct tc_run_result r;
+		cr_assert_eq(tc_run(argv, 10000, &r), 0);
+		cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 2, "case %zu: %s, stderr %s", i,
+			  tc_status_str(r.status), r.err);
+		tc_run_free(&r);
+	}
 	shmbus_close(bus);
 }

@@ -22,6 +22,7 @@
 #include "cli_util.h"
 #include "event_json.h"
 #include "shmbus.h"
+#include "sub_exec.h"
 
 #define MAX_DATA_FILE (1u << 30)
 
@@ -76,6 +77,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "           [--type T,..] [--name N,..] [--source S,..] [--target T,..]\n"
 				 "           [--min-priority P] [--pattern REGEX] [--count N]\n"
 				 "           [--timeout DURATION] [--json]\n"
+				 "           [--exec CMD [--concurrency N] [--max-retries N] [--retry-base DURATION]]\n"
 				 "  stat NAME [--json | --prometheus] [--watch SECONDS]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
@@ -322,7 +324,10 @@ static json_t *metrics_json(const shmbus_metrics_t *m)
 			ju(m->demotions), "reclaims", ju(m->reclaims), "aborted_claims", ju(m->aborted_claims),
 			"recovered_events", ju(m->recovered_events), "redelivered", ju(m->redelivered), "ring_slots",
 			ju(m->ring_slots), "ring_used", ju(m->ring_used), "members", ju(m->members), "subscriptions",
-			ju(m->subscriptions), "next_seq", ju(m->next_seq), NULL);
+			ju(m->subscriptions), "next_seq", ju(m->next_seq), "processing", ju(m->processing), "retrying",
+			ju(m->retrying), "completed", ju(m->completed), "failed", ju(m->failed), "retried",
+			ju(m->retried), "dead_lettered", ju(m->dead_lettered), "expired", ju(m->expired),
+			"late_responses", ju(m->late_responses), NULL);
 }
 
 /* One subscription's identity and counters as a JSON object. */
@@ -334,7 +339,10 @@ static json_t *sub_json(const shmbus_sub_info_t *s)
 			json_boolean(s->paused), "demoted", json_boolean(s->demoted), "consumers", ju(s->consumers),
 			"queue_depth", ju(s->queue_depth), "held", ju(s->held), "routed", ju(s->routed), "delivered",
 			ju(s->delivered), "filtered", ju(s->filtered), "lagged", ju(s->lagged), "demotions",
-			ju(s->demotions), "redelivered", ju(s->redelivered), "revoked", ju(s->revoked), NULL);
+			ju(s->demotions), "redelivered", ju(s->redelivered), "revoked", ju(s->revoked), "processing",
+			ju(s->processing), "retrying", ju(s->retrying), "completed", ju(s->completed), "failed",
+			ju(s->failed), "retried", ju(s->retried), "dead_lettered", ju(s->dead_lettered), "expired",
+			ju(s->expired), "late_responses", ju(s->late_responses), NULL);
 }
 
 /* One member (attached process) as a JSON object. */
@@ -552,6 +560,14 @@ static void print_prometheus(const char *name, const struct snapshot *s)
 		{"members", "gauge", "Attached members.", m->members},
 		{"subscriptions", "gauge", "Subscriptions.", m->subscriptions},
 		{"next_seq", "gauge", "Next bus sequence number.", m->next_seq},
+		{"handlers_processing", "gauge", "Dispatcher handlers running now.", m->processing},
+		{"events_retrying", "gauge", "Events waiting for a handler retry.", m->retrying},
+		{"handled_total", "counter", "Handler runs that succeeded.", m->completed},
+		{"handler_failures_total", "counter", "Handler runs that failed.", m->failed},
+		{"retries_total", "counter", "Handler runs that were retries.", m->retried},
+		{"dead_lettered_total", "counter", "Events sent to the dead-letter queue.", m->dead_lettered},
+		{"expired_total", "counter", "Events dead-lettered because they expired.", m->expired},
+		{"late_responses_total", "counter", "Responses that came after their request gave up.", m->late_responses},
 	};
 	for (size_t i = 0; i < sizeof bm / sizeof bm[0]; i++)
 		prom_metric(bm[i].name, bm[i].type, bm[i].help, bus, bm[i].v);
@@ -565,14 +581,23 @@ static void print_prometheus(const char *name, const struct snapshot *s)
 		{"subscription_demotions_total", "counter", "Times demoted."},
 		{"subscription_redelivered_total", "counter", "Events redelivered."},
 		{"subscription_revoked_total", "counter", "Held events revoked."},
+		{"subscription_processing", "gauge", "Handlers running now."},
+		{"subscription_retrying", "gauge", "Events waiting for a retry."},
+		{"subscription_handled_total", "counter", "Handler runs that succeeded."},
+		{"subscription_handler_failures_total", "counter", "Handler runs that failed."},
+		{"subscription_retries_total", "counter", "Handler runs that were retries."},
+		{"subscription_dead_lettered_total", "counter", "Events dead-lettered."},
+		{"subscription_expired_total", "counter", "Events dead-lettered because they expired."},
 	};
 	for (size_t k = 0; k < sizeof sub_metrics / sizeof sub_metrics[0]; k++) {
 		printf("# HELP shmbus_%s %s\n# TYPE shmbus_%s %s\n", sub_metrics[k][0], sub_metrics[k][2],
 		       sub_metrics[k][0], sub_metrics[k][1]);
 		for (size_t i = 0; i < s->sub_count; i++) {
 			const shmbus_sub_info_t *si = &s->subs[i];
-			uint64_t v[] = {si->queue_depth, si->held,	si->routed,	 si->delivered, si->filtered,
-					si->lagged,	 si->demotions, si->redelivered, si->revoked};
+			uint64_t v[] = {si->queue_depth, si->held,	   si->routed,	  si->delivered,
+					si->filtered,	 si->lagged,	   si->demotions, si->redelivered,
+					si->revoked,	 si->processing,   si->retrying,  si->completed,
+					si->failed,	 si->retried,	   si->dead_lettered, si->expired};
 			char sid[2 * SHMBUS_ID_MAX + 2];
 			prom_escape(si->subscriber_id, sid, sizeof sid);
 			printf("shmbus_%s{%s,subscription=\"%llu\",subscriber=\"%s\"} %llu\n", sub_metrics[k][0], bus,
@@ -595,6 +620,11 @@ static void print_stat(const char *name, const struct snapshot *s)
 	       (unsigned long long)m->recovered_events, (unsigned long long)m->redelivered);
 	printf("  ring %llu/%llu used, members=%u subscriptions=%u next_seq=%llu\n", (unsigned long long)m->ring_used,
 	       (unsigned long long)m->ring_slots, m->members, m->subscriptions, (unsigned long long)m->next_seq);
+	printf("  handlers: processing=%llu retrying=%llu completed=%llu failed=%llu retried=%llu dead_lettered=%llu "
+	       "expired=%llu late_responses=%llu\n",
+	       (unsigned long long)m->processing, (unsigned long long)m->retrying, (unsigned long long)m->completed,
+	       (unsigned long long)m->failed, (unsigned long long)m->retried, (unsigned long long)m->dead_lettered,
+	       (unsigned long long)m->expired, (unsigned long long)m->late_responses);
 	for (size_t i = 0; i < s->sub_count; i++)
 		print_sub_line(&s->subs[i]);
 }
@@ -836,6 +866,9 @@ enum {
 	O_MINPRIO,
 	O_PATTERN,
 	O_JSON,
+	O_EXEC,
+	O_CONCURRENCY,
+	O_RETRY_BASE,
 };
 
 /* The numeric options of `pub` (durations, counts, confidence). 0 or exit code. */
@@ -1044,6 +1077,7 @@ struct sub_args {
 	bool has_timeout;
 	uint64_t timeout_ns;
 	bool json;
+	struct sub_exec_args exec;
 };
 
 /* A filter built from a comma list of strings (names, sources, targets). */
@@ -1128,6 +1162,30 @@ static int add_filter_option(struct sub_args *a, int c, const char *arg)
 	return 0;
 }
 
+/* The numbers of `sub --exec`. 0 or exit code. */
+static int take_exec_option(struct sub_args *a, int c, const char *arg)
+{
+	uint32_t v;
+	switch (c) {
+	case O_CONCURRENCY:
+		if (cli_parse_u32(arg, 1, SHMBUS_MAX_HELD, &v) < 0)
+			return usage_error("sub", "--concurrency must be in [1, %d], not '%s'", SHMBUS_MAX_HELD, arg);
+		a->exec.concurrency = (int32_t)v;
+		return 0;
+	case O_MAXRET:
+		if (cli_parse_u32(arg, 0, 255, &v) < 0)
+			return usage_error("sub", "--max-retries must be in [0, 255], not '%s'", arg);
+		a->exec.max_retries = v ? (int32_t)v : SHMBUS_NO_RETRY;
+		return 0;
+	case O_RETRY_BASE:
+		if (cli_parse_duration(arg, &a->exec.retry_base_ns) < 0 || a->exec.retry_base_ns == 0)
+			return usage_error("sub", "--retry-base: '%s' is not a positive duration (e.g. 100ms)", arg);
+		return 0;
+	default:
+		return add_filter_option(a, c, arg);
+	}
+}
+
 /* One option of `sub` into the subscription options. 0 or exit code. */
 static int take_sub_option(struct sub_args *a, int c, const char *arg)
 {
@@ -1162,8 +1220,13 @@ static int take_sub_option(struct sub_args *a, int c, const char *arg)
 			return usage_error("sub", "--timeout: '%s' is not a duration (e.g. 500ms, 2s)", arg);
 		a->has_timeout = true;
 		return 0;
+	case O_EXEC:
+		if (!*arg)
+			return usage_error("sub", "--exec needs a command");
+		a->exec.cmd = arg;
+		return 0;
 	default:
-		return add_filter_option(a, c, arg);
+		return take_exec_option(a, c, arg);
 	}
 }
 
@@ -1263,6 +1326,10 @@ static const struct option sub_opts[] = {
 	{"count", required_argument, NULL, O_COUNT},
 	{"timeout", required_argument, NULL, O_TIMEOUT},
 	{"json", no_argument, NULL, O_JSON},
+	{"exec", required_argument, NULL, O_EXEC},
+	{"concurrency", required_argument, NULL, O_CONCURRENCY},
+	{"max-retries", required_argument, NULL, O_MAXRET},
+	{"retry-base", required_argument, NULL, O_RETRY_BASE},
 	{NULL, 0, NULL, 0},
 };
 
@@ -1291,7 +1358,14 @@ static int subscribe_and_receive(const char *name, struct sub_args *a)
 		return rc;
 	}
 	install_stop_handlers();
-	rc = receive_loop(sub, a);
+	if (a->exec.cmd) {
+		a->exec.count = a->count;
+		a->exec.has_timeout = a->has_timeout;
+		a->exec.timeout_ns = a->timeout_ns;
+		rc = sub_exec_run(sub, &a->exec, &stop_requested);
+	} else {
+		rc = receive_loop(sub, a);
+	}
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 	return rc;
@@ -1306,6 +1380,10 @@ static int cmd_sub(int argc, char **argv)
 		rc = (c == '?' || c == ':') ? bad_option("sub", c, argv) : take_sub_option(&a, c, optarg);
 	if (rc == 0 && a.opts.durable && !a.opts.subscriber_id && !a.opts.group)
 		rc = usage_error("sub", "--durable needs --id or --group: that is its key");
+	if (rc == 0 && !a.exec.cmd && (a.exec.concurrency || a.exec.max_retries || a.exec.retry_base_ns))
+		rc = usage_error("sub", "--concurrency, --max-retries and --retry-base go with --exec");
+	if (rc == 0 && a.exec.cmd && a.json)
+		rc = usage_error("sub", "--json and --exec exclude each other (the command gets the JSON)");
 	if (rc == 0)
 		rc = want_positionals("sub", argc, argv, 1);
 	if (rc == 0)
@@ -1331,7 +1409,7 @@ static const struct command commands[] = {
 	{"sub", cmd_sub,
 	 "NAME [--id SUBSCRIBER] [--durable] [--group G] [--policy block|lag] [--type T,..] [--name N,..] "
 	 "[--source S,..] [--target T,..] [--min-priority P] [--pattern REGEX] [--count N] [--timeout DURATION] "
-	 "[--json]"},
+	 "[--json | --exec CMD [--concurrency N] [--max-retries N] [--retry-base DURATION]]"},
 	{"stat", cmd_stat, "NAME [--json | --prometheus] [--watch SECONDS]"},
 };
 

@@ -584,13 +584,16 @@ const char *shmbus_backend_name(shmbus_backend_t b); /* "io_uring", "fallback" *
  * it fires. Owned by the dispatcher. */
 int shmbus_dispatcher_fd(const shmbus_dispatcher_t *d);
 
+#define SHMBUS_NO_RETRY (-1)
+
 typedef struct {
 	shmbus_handler_t handler; /* required */
 	void *arg;
 	int32_t concurrency;	  /* handlers running at once (1); above 1
 				     needs workers; at most SHMBUS_MAX_HELD */
 	int32_t max_retries;	  /* retries of an event whose own max_retries
-				     is 0 (3); 0 = no retry; at most 255 */
+				     is 0: 0 means 3, SHMBUS_NO_RETRY none,
+				     at most 255 */
 	uint64_t retry_base_ns;	  /* first back-off (100 ms); doubles per retry */
 	uint64_t retry_max_ns;	  /* back-off ceiling (30 s) */
 } shmbus_handler_opts_t;
