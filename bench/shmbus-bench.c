@@ -91,8 +91,13 @@ enum {
 	MODE_ALL = 0x1fu,
 };
 
+/* Not a wait mode of the library: events handled by a dispatcher
+ * (shmbus_dispatcher_t) sleeping in its backend, handler to handler. */
+#define WAIT_DISPATCH ((shmbus_wait_t)3)
 #define WAIT_BIT(w) (1u << (w))
-#define WAIT_ALL (WAIT_BIT(SHMBUS_WAIT_SPIN) | WAIT_BIT(SHMBUS_WAIT_BLOCK) | WAIT_BIT(SHMBUS_WAIT_ADAPTIVE))
+#define WAIT_ALL                                                                                                   \
+	(WAIT_BIT(SHMBUS_WAIT_SPIN) | WAIT_BIT(SHMBUS_WAIT_BLOCK) | WAIT_BIT(SHMBUS_WAIT_ADAPTIVE) |                \
+	 WAIT_BIT(WAIT_DISPATCH))
 
 struct opts {
 	unsigned modes;
@@ -352,6 +357,8 @@ static uint64_t percentile(const uint64_t *sorted, size_t n, unsigned permille)
 
 static const char *wait_name(shmbus_wait_t w)
 {
+	if (w == WAIT_DISPATCH)
+		return "dispatch";
 	switch (w) {
 	case SHMBUS_WAIT_SPIN:
 		return "spin";
@@ -677,6 +684,8 @@ static int peer_subscribe(struct peer *p, const char *label, const char *listen,
 			return r;
 	}
 	*what = "shmbus_subscribe";
+	if (wait == WAIT_DISPATCH) /* the dispatcher waits, not shmbus_wait */
+		wait = SHMBUS_WAIT_BLOCK;
 	r = shmbus_subscribe(p->bus, &(shmbus_sub_opts_t){.subscriber_id = label, .wait = wait, .filter = filter},
 			     &p->sub);
 	shmbus_filter_free(filter);
@@ -885,6 +894,92 @@ static shmbus_msg_t make_msg(const char *name, const void *payload, size_t len)
 	return (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = name, .payload = payload, .payload_len = len};
 }
 
+/* --wait dispatch: both ends handle events in a dispatcher's handler. */
+struct dispatch_end {
+	struct peer *p;
+	shmbus_msg_t reply; /* the pong, for B */
+	uint64_t sum;	    /* payload bytes read */
+	long handled;
+	int err;
+};
+
+static int pong_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct dispatch_end *e = arg;
+	size_t n;
+	const uint8_t *data = shmbus_event_payload(ev, &n);
+	e->sum += byte_sum(data, n);
+	int r = shmbus_publish(e->p->pub, &e->reply, NULL);
+	if (r < 0)
+		e->err = r;
+	e->handled++;
+	return 0; /* released by the dispatcher after we return */
+}
+
+static int ping_handler(const shmbus_event_t *ev, void *arg)
+{
+	struct dispatch_end *e = arg;
+	size_t n;
+	const uint8_t *data = shmbus_event_payload(ev, &n);
+	e->sum += byte_sum(data, n);
+	if (n != e->reply.payload_len || strcmp(shmbus_event_name(ev), "pong") != 0)
+		e->err = -EPROTO;
+	e->handled++;
+	return 0;
+}
+
+/* A dispatcher serving p's subscription with handler h; 0 or -errno. */
+static int dispatch_open(struct peer *p, shmbus_handler_t h, struct dispatch_end *e, shmbus_dispatcher_t **d)
+{
+	int r = shmbus_dispatcher_open(NULL, d);
+	if (r < 0)
+		return r;
+	e->p = p;
+	r = shmbus_dispatcher_add(*d, p->sub, &(shmbus_handler_opts_t){.handler = h, .arg = e});
+	if (r < 0)
+		shmbus_dispatcher_close(*d);
+	return r;
+}
+
+/* Run d until e has handled `want` events in all; -ETIMEDOUT if nothing
+ * comes for WAIT_TIMEOUT_NS. */
+static int dispatch_until(shmbus_dispatcher_t *d, struct dispatch_end *e, long want)
+{
+	uint64_t give_up = 0;
+	while (e->handled < want && !e->err) {
+		int r = shmbus_dispatcher_run_once(d, WAIT_TIMEOUT_NS);
+		if (r < 0 && r != -EINTR)
+			return r;
+		if (r > 0) {
+			give_up = 0;
+		} else if (!give_up) {
+			give_up = now_ns() + WAIT_TIMEOUT_NS;
+		} else if (now_ns() > give_up) {
+			return -ETIMEDOUT;
+		}
+	}
+	return e->err;
+}
+
+static int pong_dispatch(struct ctl *ctl, const struct pp_arg *a, struct peer *p, const uint8_t *buf)
+{
+	struct dispatch_end e = {.reply = make_msg("pong", buf, a->payload)};
+	shmbus_dispatcher_t *d;
+	int r = dispatch_open(p, pong_handler, &e, &d);
+	if (r < 0) {
+		child_fail(ctl, "pong: dispatcher", r);
+		return r;
+	}
+	signal_ready(ctl);
+	uint64_t sw0 = sleeps_so_far();
+	if ((r = dispatch_until(d, &e, a->total)) < 0)
+		child_fail(ctl, "pong: dispatcher run", r);
+	ctl->out[0].sum += e.sum;
+	ctl->out[0].sleeps = sleeps_so_far() - sw0;
+	shmbus_dispatcher_close(d);
+	return r;
+}
+
 /* B: answer every ping with a pong, then release the ping (after the
  * publish, so the release is off the round trip's critical path). */
 static int pong_child(struct ctl *ctl, int idx, const void *varg)
@@ -907,6 +1002,12 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
 		child_fail(ctl, what, r);
 		free(buf);
 		return -1;
+	}
+	if (a->wait == WAIT_DISPATCH) {
+		r = pong_dispatch(ctl, a, &p, buf);
+		peer_close(&p);
+		free(buf);
+		return r < 0 ? -1 : 0;
 	}
 	signal_ready(ctl);
 	uint64_t sw0 = sleeps_so_far();
@@ -938,9 +1039,45 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
  * publishes, both routings, both wake-ups (in the given wait mode) and
  * reading the answer's payload. The pong is checked and released outside
  * the timed window. */
+/* ping_loop for --wait dispatch: the round trip ends in our handler. */
+static int ping_dispatch(struct session *s, struct peer *p, const struct pp_arg *a, long warmup, uint64_t *samples,
+			 const uint8_t *buf, uint64_t *sleeps)
+{
+	struct dispatch_end e = {.reply = make_msg("ping", buf, a->payload)};
+	shmbus_dispatcher_t *d;
+	int r = dispatch_open(p, ping_handler, &e, &d);
+	if (r < 0) {
+		warnx("ping: dispatcher: %s (%s)", strerror(-r), shmbus_errmsg());
+		return -1;
+	}
+	uint64_t sw0 = sleeps_so_far();
+	for (long i = 0; i < a->total && r == 0; i++) {
+		uint64_t t0 = ticks();
+		if ((r = shmbus_publish(p->pub, &e.reply, NULL)) < 0)
+			break;
+		r = dispatch_until(d, &e, i + 1);
+		uint64_t t1 = ticks();
+		if (i >= warmup)
+			samples[i - warmup] = t1 - t0;
+	}
+	*sleeps = sleeps_so_far() - sw0;
+	shmbus_dispatcher_close(d);
+	if (r < 0) {
+		warnx("ping: %s (%s)%s", strerror(-r), shmbus_errmsg(), session_kids_alive(s) ? "" : "; partner died");
+		return -1;
+	}
+	if (e.sum != (uint64_t)a->total * byte_sum(buf, a->payload)) {
+		warnx("ping: payload sum %" PRIu64 " is wrong", e.sum);
+		return -1;
+	}
+	return 0;
+}
+
 static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, long warmup, uint64_t *samples,
 		     const uint8_t *buf, uint64_t *sleeps)
 {
+	if (a->wait == WAIT_DISPATCH)
+		return ping_dispatch(s, p, a, warmup, samples, buf, sleeps);
 	uint64_t sw0 = sleeps_so_far();
 	const size_t len = a->payload;
 	shmbus_msg_t msg = make_msg("ping", buf, len);
@@ -1209,6 +1346,60 @@ struct idle_arg {
 	double seconds;
 };
 
+#define IDLE_DISPATCH_SUBS 100
+
+static int idle_handler(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	(*(uint64_t *)arg)++;
+	return 0;
+}
+
+/* One dispatcher serving IDLE_DISPATCH_SUBS subscriptions, for a->seconds. */
+static int idle_dispatch_child(struct ctl *ctl, int idx, const struct idle_arg *a)
+{
+	const char *what = "shmbus_open";
+	shmbus_sub_t *subs[IDLE_DISPATCH_SUBS] = {0};
+	shmbus_dispatcher_t *d = NULL;
+	shmbus_bus_t *bus;
+	uint64_t got = 0;
+	int r = shmbus_open(g_bus_name, &(shmbus_open_opts_t){.label = "bench-idle-dispatch"}, &bus);
+	if (r == 0 && (what = "shmbus_dispatcher_open", r = shmbus_dispatcher_open(NULL, &d)) == 0) {
+		for (int i = 0; r == 0 && i < IDLE_DISPATCH_SUBS; i++) {
+			what = "shmbus_subscribe";
+			r = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "bench-idle"}, &subs[i]);
+			if (r == 0) {
+				what = "shmbus_dispatcher_add";
+				r = shmbus_dispatcher_add(d, subs[i], &(shmbus_handler_opts_t){.handler = idle_handler, .arg = &got});
+			}
+		}
+	}
+	if (r < 0) {
+		child_fail(ctl, what, r);
+	} else {
+		shmbus_dispatcher_run_once(d, 0); /* arm every wait before the clock starts */
+		signal_ready(ctl);
+		await_go(ctl);
+		struct rusage ru0, ru1;
+		uint64_t t0 = now_ns(), end = t0 + (uint64_t)(a->seconds * 1e9);
+		getrusage(RUSAGE_SELF, &ru0);
+		for (uint64_t t = t0; t < end; t = now_ns())
+			shmbus_dispatcher_run_once(d, (int64_t)(end - t));
+		getrusage(RUSAGE_SELF, &ru1);
+		double cpu_us = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) * 1e6 +
+				(double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) +
+				(double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) * 1e6 +
+				(double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec);
+		ctl->out[idx].cpu_percent = cpu_us * 1e3 / (double)(now_ns() - t0) * 100.0;
+		ctl->out[idx].count = got;
+	}
+	shmbus_dispatcher_close(d);
+	for (int i = 0; i < IDLE_DISPATCH_SUBS; i++)
+		shmbus_sub_close(subs[i]);
+	shmbus_close(bus);
+	return r < 0 ? -1 : 0;
+}
+
 /* Wait for events that never come; report own CPU time over wall time
  * (getrusage of this whole process, library threads included). */
 static int idle_child(struct ctl *ctl, int idx, const void *varg)
@@ -1219,6 +1410,8 @@ static int idle_child(struct ctl *ctl, int idx, const void *varg)
 	struct rusage ru0, ru1;
 	int r;
 
+	if (a->wait[idx] == WAIT_DISPATCH)
+		return idle_dispatch_child(ctl, idx, a);
 	r = peer_attach(&p, "bench-idle", &what);
 	if (r == 0)
 		r = peer_subscribe(&p, "bench-idle", NULL, a->wait[idx], &what);
@@ -1259,7 +1452,7 @@ static int idle_child(struct ctl *ctl, int idx, const void *varg)
 static int run_idle(struct result **res, int n)
 {
 	struct idle_arg a = {.seconds = g_opt.idle_seconds};
-	shmbus_config_t cfg = {0};
+	shmbus_config_t cfg = {.max_subscribers = IDLE_DISPATCH_SUBS + MAX_KIDS};
 	struct session s;
 	bool ok = true;
 
@@ -1330,8 +1523,9 @@ static void plan_cases(void)
 		add_case(CASE_FLOOR_FUTEX, rtt_iters,
 			 add_result("floor-futex", "pingpong", SHMBUS_WAIT_BLOCK, 0, 0, HAS_RTT), NULL);
 	if (g_opt.modes & MODE_PINGPONG) {
-		static const shmbus_wait_t order[] = {SHMBUS_WAIT_SPIN, SHMBUS_WAIT_BLOCK, SHMBUS_WAIT_ADAPTIVE};
-		for (int i = 0; i < 3; i++) {
+		static const shmbus_wait_t order[] = {SHMBUS_WAIT_SPIN, SHMBUS_WAIT_BLOCK, SHMBUS_WAIT_ADAPTIVE,
+						      WAIT_DISPATCH};
+		for (int i = 0; i < 4; i++) {
 			if (!(w & WAIT_BIT(order[i])))
 				continue;
 			struct result *r = add_result("shmbus", "pingpong", order[i], g_opt.payload, 0,
@@ -1370,6 +1564,10 @@ static void plan_cases(void)
 			r[n++] = add_result("shmbus", "idle", SHMBUS_WAIT_BLOCK, 0, 0, HAS_CPU);
 		if (n)
 			add_case(CASE_IDLE, 0, r[0], r[1]);
+		/* the dispatcher's idle cost is measured on its own, over
+		 * IDLE_DISPATCH_SUBS subscriptions */
+		if (!g_opt.wait_given || (w & WAIT_BIT(WAIT_DISPATCH)))
+			add_case(CASE_IDLE, 0, add_result("shmbus", "idle", WAIT_DISPATCH, 0, 0, HAS_CPU), NULL);
 	}
 }
 
@@ -1497,6 +1695,7 @@ static void print_targets(void)
 	struct result *sspin = find_result("shmbus", "pingpong", SHMBUS_WAIT_SPIN, pl, 0);
 	struct result *sblock = find_result("shmbus", "pingpong", SHMBUS_WAIT_BLOCK, pl, 0);
 	struct result *sadapt = find_result("shmbus", "pingpong", SHMBUS_WAIT_ADAPTIVE, pl, 0);
+	struct result *sdisp = find_result("shmbus", "pingpong", WAIT_DISPATCH, pl, 0);
 	struct result *fspin = find_result("floor-spin", "pingpong", SHMBUS_WAIT_SPIN, 0, 0);
 	struct result *ffutex = find_result("floor-futex", "pingpong", SHMBUS_WAIT_BLOCK, 0, 0);
 
@@ -1513,6 +1712,7 @@ static void print_targets(void)
 		printf("  %-44s %8.2f   (floor-futex %.2f): block mode does not sleep at once\n",
 		       "shmbus block sleeps per round trip", sblock->median[ST_SLEEPS], ffutex->median[ST_SLEEPS]);
 	print_ratio("shmbus adaptive p50 / shmbus spin p50", sadapt, sspin, 1.5, NULL);
+	print_ratio("shmbus dispatch p50 / shmbus block p50", sdisp, sblock, 1.3, NULL);
 
 	for (int i = 0; i < g_nresults; i++) {
 		const struct result *r = &g_results[i];
@@ -1521,7 +1721,10 @@ static void print_targets(void)
 			       r->median[ST_EPS] / 1e6, r->median[ST_EPS] >= 15e6 ? "ok" : "MISSED");
 		if (strcmp(r->bench, "idle") == 0) {
 			char label[64];
-			snprintf(label, sizeof label, "idle %s subscriber cpu %%", wait_name(r->wait));
+			if (r->wait == WAIT_DISPATCH)
+				snprintf(label, sizeof label, "idle dispatcher (%d subs) cpu %%", IDLE_DISPATCH_SUBS);
+			else
+				snprintf(label, sizeof label, "idle %s subscriber cpu %%", wait_name(r->wait));
 			printf("  %-44s %8.4f   (target < 0.1 %%)  %s\n", label, r->median[ST_CPU],
 			       r->median[ST_CPU] < 0.1 ? "ok" : "MISSED");
 		}
@@ -1547,7 +1750,7 @@ static void print_human(void)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|all]\n"
+		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|dispatch|all]\n"
 		"                    [--payload B] [--batch N] [--warmup N] [--idle-seconds S]\n"
 		"                    [--cpu-a N --cpu-b N]\n"
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
@@ -1605,6 +1808,8 @@ static unsigned parse_wait(const char *s)
 		return WAIT_BIT(SHMBUS_WAIT_BLOCK);
 	if (s && strcmp(s, "adaptive") == 0)
 		return WAIT_BIT(SHMBUS_WAIT_ADAPTIVE);
+	if (s && strcmp(s, "dispatch") == 0)
+		return WAIT_BIT(WAIT_DISPATCH);
 	if (s && strcmp(s, "all") == 0)
 		return WAIT_ALL;
 	usage_error("bad value for --wait: '%s'", s ? s : "");
@@ -1690,7 +1895,7 @@ int main(int argc, char **argv)
 	if ((g_opt.modes & MODE_PINGPONG) && g_opt.wait_given) {
 		if (!(g_opt.waits & (WAIT_BIT(SHMBUS_WAIT_SPIN) | WAIT_BIT(SHMBUS_WAIT_ADAPTIVE))))
 			g_opt.modes &= ~(unsigned)MODE_FLOOR_SPIN;
-		if (!(g_opt.waits & WAIT_BIT(SHMBUS_WAIT_BLOCK)))
+		if (!(g_opt.waits & (WAIT_BIT(SHMBUS_WAIT_BLOCK) | WAIT_BIT(WAIT_DISPATCH))))
 			g_opt.modes &= ~(unsigned)MODE_FLOOR_FUTEX;
 	}
 	install_cleanup();

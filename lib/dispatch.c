@@ -141,11 +141,18 @@ SHMBUS_API shmbus_backend_t shmbus_dispatcher_backend(const shmbus_dispatcher_t 
 	return d ? d->backend : 0;
 }
 
-SHMBUS_API int shmbus_dispatcher_fd(const shmbus_dispatcher_t *d)
+SHMBUS_API int shmbus_dispatcher_fd(shmbus_dispatcher_t *d)
 {
 	if (!d)
 		return shmbus__fail(EINVAL, "dispatcher is NULL");
-	return d->w->ops->fd(d->w);
+	int fd = d->w->ops->fd(d->w);
+	if (fd < 0)
+		return shmbus__fail(-fd, "cannot set up the dispatcher's fd: %s", strerror(-fd));
+	if (!d->fd_exported) {
+		d->fd_exported = true;
+		d->w->ops->flush(d->w); /* what is armed already must reach the kernel */
+	}
+	return fd;
 }
 
 SHMBUS_API void shmbus_dispatcher_stop(shmbus_dispatcher_t *d)
@@ -608,7 +615,7 @@ SHMBUS_API int shmbus_dispatcher_add_fd(shmbus_dispatcher_t *d, int fd, uint32_t
 		return shmbus__fail(EINVAL, "events must be POLLIN, POLLOUT and/or POLLPRI");
 	if (fd < 0 || fcntl(fd, F_GETFD) < 0)
 		return shmbus__fail(EBADF, "fd %d is not open", fd);
-	if (fd == d->kick_fd || fd == d->w->ops->fd(d->w))
+	if (fd == d->kick_fd || (d->fd_exported && fd == d->w->ops->fd(d->w)))
 		return shmbus__fail(EINVAL, "fd %d is the dispatcher's own", fd);
 	if (find_fd(d, fd))
 		return shmbus__fail(EEXIST, "fd %d is registered already", fd);
@@ -820,11 +827,13 @@ static int turn(shmbus_dispatcher_t *d, int64_t timeout_ns, bool *stopped)
 	work(d);
 	arm_kick(d);
 	d->w->ops->set_timer(d->w, timers_next(&d->timers));
-	if (has_work(d))
-		kick(d); /* an outer event loop must come back for the rest */
-	/* hand what we armed to the kernel now: an outer loop sleeps on our
-	 * fd, not in our wait */
-	d->w->ops->flush(d->w);
+	if (d->fd_exported) {
+		/* an outer loop sleeps on our fd, not in our wait: what we armed
+		 * goes to the kernel now, and work left makes the fd readable */
+		if (has_work(d))
+			kick(d);
+		d->w->ops->flush(d->w);
+	}
 	if (take_stop(d)) {
 		*stopped = true;
 		return shmbus__fail(EINTR, "dispatcher stopped");

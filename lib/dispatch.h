@@ -132,6 +132,7 @@ struct shmbus_dispatcher {
 	uint32_t kick_gen;
 	int stop;	   /* set by stop(), atomically */
 	bool in_handler;   /* inline handler on this thread: no reentry */
+	bool fd_exported;  /* shmbus_dispatcher_fd was called: keep it true */
 	bool ticking;	   /* the periodic sweep timer is armed */
 	uint64_t tick_gen;
 	struct pool *pool;

@@ -34,7 +34,9 @@ struct dwait;
 struct dwait_ops {
 	const char *name;
 	void (*close)(struct dwait *w);
-	int (*fd)(const struct dwait *w);
+	/* The pollable fd. Asking for it may cost the backend something per
+	 * wait from then on (io_uring: an eventfd raised by every completion). */
+	int (*fd)(struct dwait *w);
 	int (*arm_futex)(struct dwait *w, uint32_t *word, uint32_t val, uint64_t token);
 	int (*arm_fd)(struct dwait *w, int fd, uint32_t events, uint64_t token);
 	/* Forget the wait with this token (futex or fd); fd is the fd it

@@ -168,9 +168,9 @@ static void f_close(struct dwait *w)
 	free(f);
 }
 
-static int f_fd(const struct dwait *w)
+static int f_fd(struct dwait *w)
 {
-	return ((const struct fwait *)w)->epfd;
+	return ((struct fwait *)w)->epfd;
 }
 
 static int start_waiter(struct fwait *f, unsigned t)

@@ -41,6 +41,7 @@ struct uwait {
 	struct dwait base;
 	struct io_uring ring;
 	int efd;
+	bool efd_registered; /* only once someone asked for our fd */
 	uint64_t timer_deadline; /* UINT64_MAX: none armed */
 	uint64_t timer_gen;
 	struct __kernel_timespec timer_ts;
@@ -64,9 +65,20 @@ static void u_close(struct dwait *w)
 	free(u);
 }
 
-static int u_fd(const struct dwait *w)
+static int u_fd(struct dwait *w)
 {
-	return ((const struct uwait *)w)->efd;
+	struct uwait *u = (struct uwait *)w;
+	if (!u->efd_registered) {
+		int rc = io_uring_register_eventfd(&u->ring, u->efd);
+		if (rc < 0)
+			return rc;
+		u->efd_registered = true;
+		if (io_uring_cq_ready(&u->ring)) { /* already pending: say so */
+			uint64_t one = 1;
+			(void)!write(u->efd, &one, sizeof one);
+		}
+	}
+	return u->efd;
 }
 
 static int u_arm_futex(struct dwait *w, uint32_t *word, uint32_t val, uint64_t token)
@@ -139,8 +151,10 @@ static int u_wait(struct dwait *w, int64_t timeout_ns, struct dwait_done *out, i
 	struct uwait *u = (struct uwait *)w;
 	uint64_t drained;
 	/* reset the readiness of our fd before looking, so a completion
-	 * posted after the look raises it again */
-	(void)!read(u->efd, &drained, sizeof drained);
+	 * posted after the look raises it again (a syscall per wait, paid
+	 * only by those who watch the fd) */
+	if (u->efd_registered)
+		(void)!read(u->efd, &drained, sizeof drained);
 	int rc;
 	if (io_uring_cq_ready(&u->ring) || timeout_ns == 0) {
 		rc = io_uring_submit(&u->ring);
@@ -181,7 +195,7 @@ static int u_wait(struct dwait *w, int64_t timeout_ns, struct dwait_done *out, i
 		out[n++].res = cqe->res == -EAGAIN ? 0 : cqe->res;
 	}
 	io_uring_cq_advance(&u->ring, seen);
-	if (io_uring_cq_ready(&u->ring)) { /* more than cap: keep the fd hot */
+	if (u->efd_registered && io_uring_cq_ready(&u->ring)) { /* more than cap: keep the fd hot */
 		uint64_t one = 1;
 		(void)!write(u->efd, &one, sizeof one);
 	}
@@ -239,10 +253,6 @@ int dwait_uring_open(struct dwait **out)
 	u->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (u->efd < 0) {
 		rc = -errno;
-		goto fail_ring;
-	}
-	if ((rc = io_uring_register_eventfd(&u->ring, u->efd)) < 0) {
-		close(u->efd);
 		goto fail_ring;
 	}
 	u->timer_deadline = UINT64_MAX;

@@ -581,8 +581,9 @@ const char *shmbus_backend_name(shmbus_backend_t b); /* "io_uring", "fallback" *
 
 /* An fd that is readable while the dispatcher has work: add it to an
  * epoll/libuv/asyncio loop and call shmbus_dispatcher_run_once(d, 0) when
- * it fires. Owned by the dispatcher. */
-int shmbus_dispatcher_fd(const shmbus_dispatcher_t *d);
+ * it fires. Owned by the dispatcher. A dispatcher whose fd was never asked
+ * for skips the work of keeping it true (a syscall or two per turn). */
+int shmbus_dispatcher_fd(shmbus_dispatcher_t *d);
 
 #define SHMBUS_NO_RETRY (-1)
 
