@@ -306,8 +306,10 @@ static int f_wait(struct dwait *w, int64_t timeout_ns, struct dwait_done *out, i
 		out[n].token = f->done[take++];
 		out[n++].res = 0;
 	}
-	memmove(f->done, f->done + take, (f->ndone - take) * sizeof *f->done);
-	f->ndone -= take;
+	if (take) {
+		memmove(f->done, f->done + take, (f->ndone - take) * sizeof *f->done);
+		f->ndone -= take;
+	}
 	if (f->ndone) {
 		uint64_t one = 1;
 		(void)!write(f->efd, &one, sizeof one);
