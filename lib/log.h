@@ -110,7 +110,9 @@ struct log_state {
 	struct log_reader reader;
 	char **damage;
 	size_t ndamage;
-	struct shmbus_pub *pub; /* for directed deliveries */
+	pthread_mutex_t pub_lock; /* the publisher below is one thread's at a time */
+	struct shmbus_pub *pub;	  /* for directed deliveries */
+	pthread_mutex_t dlq_lock; /* with the dead-letter log's OFD lock */
 	struct log_map {
 		void *base;
 		size_t len;

@@ -144,6 +144,8 @@ struct log_state *log_state_get(shmbus_bus_t *bus)
 		struct log_state *st = calloc(1, sizeof *st);
 		if (st) {
 			pthread_mutex_init(&st->lock, NULL);
+			pthread_mutex_init(&st->pub_lock, NULL);
+			pthread_mutex_init(&st->dlq_lock, NULL);
 			bus->log = st;
 		}
 	}
@@ -172,6 +174,8 @@ void log_state_free(shmbus_bus_t *bus)
 		free(st->damage[i]);
 	free(st->damage);
 	pthread_mutex_destroy(&st->lock);
+	pthread_mutex_destroy(&st->pub_lock);
+	pthread_mutex_destroy(&st->dlq_lock);
 	free(st);
 	bus->log = NULL;
 }

@@ -315,10 +315,14 @@ SHMBUS_API int64_t shmbus_log_scan(shmbus_bus_t *bus, const shmbus_query_t *q, s
 	uint64_t ei;
 	int64_t count = 0;
 	scan_start(r, q, &si, &ei);
+	/* only what the log held when the scan began: a replay that
+	 * republishes must not meet its own copies */
+	size_t nsegs = r->nsegs;
+	uint64_t last_n = nsegs ? seg_nrec(&r->segs[nsegs - 1]) : 0;
 	bool stop = false;
-	for (; si < r->nsegs && !stop; si++, ei = 0) {
+	for (; si < nsegs && !stop; si++, ei = 0) {
 		struct log_seg *s = &r->segs[si];
-		uint64_t n = seg_nrec(s);
+		uint64_t n = si + 1 == nsegs ? last_n : seg_nrec(s);
 		for (; ei < n; ei++) {
 			const struct log_time_entry *t = log_seg_time(s, ei);
 			if (q->until_ns && t->time_max > q->until_ns + LOG_TIME_SLACK_NS) {

@@ -343,9 +343,11 @@ SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_
 	r->w.retain_bytes = opts->retain_bytes;
 	r->w.retain_ns = opts->retain_ns;
 	log_sync_init(&r->sync);
-	/* read before subscribing: an event claimed before we subscribed is
-	 * still recorded from the ring if it is there */
+	/* A new log starts with the oldest event still in the ring: read
+	 * before subscribing, so what was published before anyone recorded is
+	 * copied from the ring as far as it is still there. */
 	uint64_t claim0 = at_load_acquire_u64(&bus->hdr->claim_pos);
+	claim0 = claim0 > bus->nslots ? claim0 - bus->nslots : 0;
 	shmbus_sub_opts_t so = {.subscriber_id = RECORDER_ID,
 				.durable = true,
 				.policy = SHMBUS_POLICY_BLOCK,

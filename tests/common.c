@@ -7,6 +7,9 @@
 #include <criterion/hooks.h>
 
 #include <dirent.h>
+#include <ftw.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -107,6 +110,41 @@ void tc_cleanup_run(void)
 			unlinkat(dirfd(d), de->d_name, 0);
 	}
 	closedir(d);
+	/* log roots of this run (tc_log_root), even of tests that crashed */
+	char root[PATH_MAX];
+	plen = snprintf(prefix, sizeof prefix, "shmbus-logtest-%lu-", tc_run_pid());
+	if (!(d = opendir("/tmp")))
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, (size_t)plen) == 0) {
+			snprintf(root, sizeof root, "/tmp/%s", de->d_name);
+			tc_remove_tree(root);
+		}
+	}
+	closedir(d);
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	chmod(path, 0700); /* a test may have made it read-only */
+	return remove(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+void tc_remove_tree(const char *path)
+{
+	chmod(path, 0700);
+	nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *tc_log_root(void)
+{
+	static char root[PATH_MAX];
+	snprintf(root, sizeof root, "/tmp/shmbus-logtest-%lu-%s", tc_run_pid(), tc_bus);
+	setenv("SHMBUS_LOG_DIR", root, 1);
+	return root;
 }
 
 ReportHook(PRE_ALL)(struct criterion_test_set *set)
