@@ -15,6 +15,7 @@
 
 #include "internal.h"
 #include "liveness.h"
+#include "log.h"
 
 uint64_t now_mono_ns(void)
 {
@@ -285,6 +286,7 @@ SHMBUS_API void shmbus_close(shmbus_bus_t *bus)
 	if (!bus)
 		return;
 	open_list_remove(bus);
+	log_state_free(bus); /* the recorder and replay publisher close first */
 	if (!bus->orphaned && bus->member != UINT32_MAX) {
 		while (bus->subs_open)
 			shmbus_sub_close(bus->subs_open);

@@ -1,10 +1,24 @@
-/* TEMPORARY: the interface agreed with the log branch. */
+/*
+ * dlq.h - appending to a bus's dead-letter log (lib-internal; the
+ * dispatcher calls it).
+ */
 #ifndef SHMBUS_LIB_DLQ_H
 #define SHMBUS_LIB_DLQ_H
-#include "shmbus.h"
+
+#include "internal.h"
+
 struct dlq_entry_in {
-	shmbus_sub_id_t sub; const char *subscriber_id; const char *group;
+	shmbus_sub_id_t sub; const char *subscriber_id; const char *group; /* NULL ok */
 	shmbus_dead_reason_t reason; uint32_t attempts; int32_t last_error;
 };
+
+/*
+ * Append one dead letter for event ev (ev points at a valid event in the
+ * ring or a copy). Safe from several processes and threads at once: the
+ * append is serialised by a mutex and an OFD lock on the file, and synced
+ * to disk before it returns. Subscriber ids and groups longer than
+ * SHMBUS_ID_MAX are cut. 0 or -errno (message names the file).
+ */
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in);
+
 #endif

@@ -58,6 +58,7 @@ struct shmbus_bus {
 	struct shmbus_pub *pubs_open;
 	struct shmbus_sub *subs_open;
 	struct shmbus_bus *next_open;
+	struct log_state *log; /* log.h: readers, dead-letter maps, recorder */
 };
 
 /* Everything that can be derived from a slot index or a sub index. */

@@ -59,6 +59,7 @@ enum { SEG_STR_NAME, SEG_STR_SOURCE, SEG_STR_TARGET, SEG_STR_CONVERSATION, SEG_S
 #define SEG_EVF_MOBILE_METERED 0x0020u
 #define SEG_EVF_REDELIVERED 0x0040u	 /* never stored: reported to a consumer */
 #define SEG_EVF_HAS_CONFIDENCE 0x0080u
+#define SEG_EVF_DIRECTED 0x0100u	 /* library: delivered to one subscription (replay, dead-letter retry); the recorder skips it */
 #define SEG_EVF_USER_MASK 0x003Fu /* flags a publisher may set */
 
 struct seg_event {

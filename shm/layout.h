@@ -26,10 +26,12 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 1u
+#define SEG_LAYOUT_VERSION 2u
 #define SEG_HEADER_SIZE 4096u
 #define SEG_NAME_MAX 64u /* bus name length, without NUL */
 #define SEG_ID_MAX 63u	 /* subscriber id / group / label length */
+
+#define SEG_LOG_DIR_MAX 1024u /* log root path, NUL included */
 
 #define SEG_STATE_INIT 0u
 #define SEG_STATE_READY 1u
@@ -112,7 +114,14 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *   704  retired subscription totals: routed, delivered, filtered, lagged,
  *        redelivered
  *   752  locked_take      seg_take_intent of the subscription-table lock holder
- *   768  reserved to 3072
+ *   768  log line: log_next u64 (position after the last event the
+ *        recorder wrote), log_durable u64 (positions below it are on disk
+ *        at the recorder's sync level), log_futex u32 (durability waiters
+ *        sleep on it), log_waiters u32 (flag), log_sync u32 (default sync
+ *        level, shmbus_sync_t), log_dir_set u32 (1 once log_dir is written,
+ *        release), log_recorder_pid u32 (informational)
+ *   1024 log_dir[1024]    log root directory ("" = the default root)
+ *   2048 reserved to 3072
  *   3072 retired dispatch totals: completed, failed, retried,
  *        dead_lettered, expired, late_responses
  *   3120 reserved to 4096
@@ -177,7 +186,19 @@ struct seg_header {
 	 * finishes the work of a holder that died. */
 	uint64_t pad_take;
 	struct seg_take_intent locked_take;
-	uint8_t reserved1[3072 - 768];
+	/* 768: the recorder's progress; publishers that wait for durability
+	 * sleep on log_futex (same flag-then-futex protocol as space_futex). */
+	uint64_t log_next;
+	uint64_t log_durable;
+	uint32_t log_futex;
+	uint32_t log_waiters;
+	uint32_t log_sync;
+	uint32_t log_dir_set;
+	uint32_t log_recorder_pid;
+	uint8_t reserved1[1024 - 804];
+	/* 1024: where the log lives, set at most once (shmbus_log_configure) */
+	char log_dir[SEG_LOG_DIR_MAX];
+	uint8_t reserved2[3072 - 2048];
 	/* 3072: dispatch counters of removed subscriptions */
 	uint64_t retired_completed;
 	uint64_t retired_failed;
@@ -224,6 +245,14 @@ _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "reti
 _Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");
 _Static_assert(offsetof(struct seg_header, retired_redelivered) == 736, "retired_redelivered");
 _Static_assert(offsetof(struct seg_header, locked_take) == 752, "locked_take");
+_Static_assert(offsetof(struct seg_header, log_next) == 768, "log_next");
+_Static_assert(offsetof(struct seg_header, log_durable) == 776, "log_durable");
+_Static_assert(offsetof(struct seg_header, log_futex) == 784, "log_futex");
+_Static_assert(offsetof(struct seg_header, log_waiters) == 788, "log_waiters");
+_Static_assert(offsetof(struct seg_header, log_sync) == 792, "log_sync");
+_Static_assert(offsetof(struct seg_header, log_dir_set) == 796, "log_dir_set");
+_Static_assert(offsetof(struct seg_header, log_recorder_pid) == 800, "log_recorder_pid");
+_Static_assert(offsetof(struct seg_header, log_dir) == 1024, "log_dir");
 _Static_assert(offsetof(struct seg_header, retired_completed) == 3072, "retired_completed");
 _Static_assert(offsetof(struct seg_header, retired_late_responses) == 3112, "retired_late_responses");
 _Static_assert(sizeof(struct seg_header) == SEG_HEADER_SIZE, "seg_header size");
@@ -654,6 +683,7 @@ static inline uint64_t seg_cell_index(uint64_t pos, uint64_t cap) { return pos &
 #define SEG_LOCK_INIT 0ull	    /* held while a creator initialises */
 #define SEG_LOCK_RECLAIM 1ull	    /* held by whoever reclaims dead members */
 #define SEG_LOCK_SUBS 2ull	    /* held while the subscription table changes */
+#define SEG_LOCK_RECORDER 3ull	    /* held by the bus's one recorder */
 #define SEG_LOCK_MEMBER_BASE 16ull  /* + member index: that member is alive */
 
 /* Size of every region for a given config, and the layout hash input. */

@@ -7,6 +7,9 @@
 #include <criterion/hooks.h>
 
 #include <dirent.h>
+#include <ftw.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -81,6 +84,9 @@ void tc_init(void)
 	tracked_files_n = 0;
 	tc_name(tc_bus, criterion_current_test ? criterion_current_test->name : "anon");
 	shmbus_unlink(tc_bus);
+	/* every bus of the test keeps its logs (dead letters included) under
+	 * a root the run removes, never under the shared default root */
+	tc_log_root();
 }
 
 void tc_fini(void)
@@ -92,6 +98,7 @@ void tc_fini(void)
 		remove(tracked_files[i]);
 	tracked_n = 0;
 	tracked_files_n = 0;
+	tc_remove_tree(tc_log_root());
 }
 
 void tc_cleanup_run(void)
@@ -107,6 +114,41 @@ void tc_cleanup_run(void)
 			unlinkat(dirfd(d), de->d_name, 0);
 	}
 	closedir(d);
+	/* log roots of this run (tc_log_root), even of tests that crashed */
+	char root[PATH_MAX];
+	plen = snprintf(prefix, sizeof prefix, "shmbus-logtest-%lu-", tc_run_pid());
+	if (!(d = opendir("/tmp")))
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, (size_t)plen) == 0) {
+			snprintf(root, sizeof root, "/tmp/%s", de->d_name);
+			tc_remove_tree(root);
+		}
+	}
+	closedir(d);
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	chmod(path, 0700); /* a test may have made it read-only */
+	return remove(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+void tc_remove_tree(const char *path)
+{
+	chmod(path, 0700);
+	nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *tc_log_root(void)
+{
+	static char root[PATH_MAX];
+	snprintf(root, sizeof root, "/tmp/shmbus-logtest-%lu-%s", tc_run_pid(), tc_bus);
+	setenv("SHMBUS_LOG_DIR", root, 1);
+	return root;
 }
 
 ReportHook(PRE_ALL)(struct criterion_test_set *set)

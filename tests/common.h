@@ -36,8 +36,13 @@ void tc_name(char out[SHMBUS_NAME_MAX + 1], const char *suffix);
 void tc_track(const char *bus_name);
 void tc_track_file(const char *path);
 unsigned long tc_run_pid(void);
-/* Remove /dev/shm/shmbus.t<run-pid>_*. */
+/* Remove /dev/shm/shmbus.t<run-pid>_* and /tmp/shmbus-logtest-<run-pid>-*. */
 void tc_cleanup_run(void);
+/* The log root of the running test, /tmp/shmbus-logtest-<run-pid>-<bus>,
+ * exported as SHMBUS_LOG_DIR (call after tc_init). */
+const char *tc_log_root(void);
+/* rm -r, read-only directories included. */
+void tc_remove_tree(const char *path);
 
 /* Small bus for fast tests: 256 slots of 256 bytes, 4 KiB payloads,
  * 16 subscriptions, reclaim 200 ms, stall 500 ms, block 1 s. */

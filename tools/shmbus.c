@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "cmd.h"
 #include "event_json.h"
 #include "shmbus.h"
 #include "sub_exec.h"
@@ -61,10 +62,10 @@ static const struct command *find_command(const char *name);
 static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "\n"
 				 "  create NAME [--slots N] [--slot-size B] [--max-payload B] [--max-subscribers N]\n"
-				 "              [--max-members N] [--mode OCTAL]\n"
+				 "              [--max-members N] [--mode OCTAL] [--log-dir DIR] [--sync none|batch|always]\n"
 				 "  ls [--json]\n"
 				 "  info NAME [--json]\n"
-				 "  rm NAME\n"
+				 "  rm NAME [--keep-log]\n"
 				 "  gc\n"
 				 "  pub NAME --type TYPE --name EVENT [--source ID] [--target ID]\n"
 				 "           [--priority low|normal|high|critical] [--correlation-id UUID]\n"
@@ -79,6 +80,13 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "           [--timeout DURATION] [--json]\n"
 				 "           [--exec CMD [--concurrency N] [--max-retries N] [--retry-base DURATION]]\n"
 				 "  stat NAME [--json | --prometheus] [--watch SECONDS]\n"
+				 "  get NAME EVENT_ID [--json]\n"
+				 "  events NAME [--type T] [--name N] [--source S] [--target T] [--since TIME]\n"
+				 "              [--until TIME] [--limit N] [--json]\n"
+				 "  replay NAME [same criteria] (--to SUBSCRIBER | --republish)\n"
+				 "  dlq NAME ls [--json] | retry EVENT_ID | clear EVENT_ID\n"
+				 "  record NAME [--dir DIR] [--sync none|batch|always] [--segment-size B]\n"
+				 "              [--retain-bytes B] [--retain-age DURATION] [--batch-ms N]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
 				 "1-64 characters of [A-Za-z0-9._-]. B accepts k/M/G (KiB, MiB, GiB).\n"
@@ -87,7 +95,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
 
 /* A usage error of `cmd`: the message, then the command's synopsis. */
-__attribute__((format(printf, 2, 3))) static int usage_error(const char *cmd, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) int usage_error(const char *cmd, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -102,7 +110,7 @@ __attribute__((format(printf, 2, 3))) static int usage_error(const char *cmd, co
 }
 
 /* What getopt_long could not accept: an unknown option or a missing value. */
-static int bad_option(const char *cmd, int c, char **argv)
+int bad_option(const char *cmd, int c, char **argv)
 {
 	const char *arg = argv[optind - 1];
 	if (c == ':')
@@ -114,7 +122,7 @@ static int bad_option(const char *cmd, int c, char **argv)
  * Exactly `n` positional arguments must remain after the options.
  * Returns 0 or a usage error.
  */
-static int want_positionals(const char *cmd, int argc, char **argv, int n)
+int want_positionals(const char *cmd, int argc, char **argv, int n)
 {
 	int have = argc - optind;
 	if (have < n)
@@ -125,7 +133,7 @@ static int want_positionals(const char *cmd, int argc, char **argv, int n)
 }
 
 /* Whether `name` is a valid bus name: 0, or a usage error naming the rule. */
-static int check_bus_name(const char *cmd, const char *name)
+int check_bus_name(const char *cmd, const char *name)
 {
 	int rc = shmbus_name_check(name);
 	if (rc == -ENAMETOOLONG)
@@ -136,7 +144,7 @@ static int check_bus_name(const char *cmd, const char *name)
 }
 
 /* Open bus `name` as member labelled "shmbus <cmd>". 0 or an exit code. */
-static int open_bus(const char *cmd, const char *name, shmbus_bus_t **bus)
+int open_bus(const char *cmd, const char *name, shmbus_bus_t **bus)
 {
 	char label[SHMBUS_ID_MAX + 1];
 	int rc = check_bus_name(cmd, name);
@@ -152,7 +160,7 @@ static int open_bus(const char *cmd, const char *name, shmbus_bus_t **bus)
 
 /* Write a JSON value as one line and drop it; a NULL value means jansson
  * ran out of memory. 0 or an exit code. */
-static int emit_json(const char *cmd, json_t *j)
+int emit_json(const char *cmd, json_t *j)
 {
 	int rc = j ? json_print_line(stdout, j) : -ENOMEM;
 	json_decref(j);
@@ -228,15 +236,26 @@ static int cmd_create(int argc, char **argv)
 		{"max-subscribers", required_argument, NULL, 'S'},
 		{"max-members", required_argument, NULL, 'M'},
 		{"mode", required_argument, NULL, 'o'},
+		{"log-dir", required_argument, NULL, 'L'},
+		{"sync", required_argument, NULL, 'Y'},
 		{NULL, 0, NULL, 0},
 	};
 	shmbus_config_t cfg = {0};
+	shmbus_log_config_t lc = {0};
 	int c, rc;
 	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		if (c == '?' || c == ':')
 			return bad_option("create", c, argv);
-		if ((rc = parse_create_option(c, optarg, &cfg)))
+		if (c == 'L') {
+			if (optarg[0] != '/')
+				return usage_error("create", "--log-dir must be an absolute path, not '%s'", optarg);
+			lc.dir = optarg;
+		} else if (c == 'Y') {
+			if (parse_sync_level(optarg, &lc.sync) < 0)
+				return usage_error("create", "--sync must be none, batch or always, not '%s'", optarg);
+		} else if ((rc = parse_create_option(c, optarg, &cfg))) {
 			return rc;
+		}
 	}
 	if ((rc = want_positionals("create", argc, argv, 1)) || (rc = check_bus_name("create", argv[optind])))
 		return rc;
@@ -248,6 +267,12 @@ static int cmd_create(int argc, char **argv)
 		return usage_error("create", "%s", shmbus_errmsg());
 	if (rc < 0)
 		return cli_lib_error("create", rc);
+	if ((lc.dir || lc.sync) && (rc = shmbus_log_configure(bus, &lc)) < 0) {
+		rc = cli_lib_error("create", rc);
+		shmbus_close(bus);
+		shmbus_unlink(name);
+		return rc;
+	}
 	shmbus_close(bus);
 	return 0;
 }
@@ -709,18 +734,39 @@ static int cmd_stat(int argc, char **argv)
 
 /* ---------------------------------------------------------------- rm, gc */
 
-/* rm NAME: unlink the bus; processes attached keep their mapping. */
+/* rm NAME [--keep-log]: unlink the bus and remove its log directory (its
+ * log belongs to this incarnation only); processes attached keep their
+ * mapping. */
 static int cmd_rm(int argc, char **argv)
 {
-	static const struct option opts[] = {{NULL, 0, NULL, 0}};
+	static const struct option opts[] = {{"keep-log", no_argument, NULL, 'k'}, {NULL, 0, NULL, 0}};
+	bool keep = false;
 	int c, rc;
-	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1)
-		return bad_option("rm", c, argv);
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (c != 'k')
+			return bad_option("rm", c, argv);
+		keep = true;
+	}
 	if ((rc = want_positionals("rm", argc, argv, 1)) || (rc = check_bus_name("rm", argv[optind])))
 		return rc;
+	char dir[4096] = "";
+	shmbus_bus_t *bus;
+	/* the log's place is in the segment: find it before the segment goes */
+	if (!keep && shmbus_open(argv[optind], &(shmbus_open_opts_t){.label = "shmbus rm"}, &bus) == 0) {
+		if (shmbus_log_dir(bus, dir, sizeof dir) < 0)
+			dir[0] = '\0';
+		shmbus_close(bus);
+	}
 	rc = shmbus_unlink(argv[optind]);
 	if (rc < 0)
 		return cli_lib_error("rm", rc);
+	char *slash = strrchr(dir, '/');
+	if (!keep && slash) {
+		*slash = '\0';
+		rc = shmbus_log_remove(argv[optind], dir[0] ? dir : "/");
+		if (rc < 0 && rc != -ENOENT)
+			return cli_lib_error("rm", rc);
+	}
 	return 0;
 }
 
@@ -1397,10 +1443,11 @@ static int cmd_sub(int argc, char **argv)
 
 static const struct command commands[] = {
 	{"create", cmd_create,
-	 "NAME [--slots N] [--slot-size B] [--max-payload B] [--max-subscribers N] [--max-members N] [--mode OCTAL]"},
+	 "NAME [--slots N] [--slot-size B] [--max-payload B] [--max-subscribers N] [--max-members N] [--mode OCTAL] "
+	 "[--log-dir DIR] [--sync none|batch|always]"},
 	{"ls", cmd_ls, "[--json]"},
 	{"info", cmd_info, "NAME [--json]"},
-	{"rm", cmd_rm, "NAME"},
+	{"rm", cmd_rm, "NAME [--keep-log]"},
 	{"gc", cmd_gc, ""},
 	{"pub", cmd_pub,
 	 "NAME --type TYPE --name EVENT [--source ID] [--target ID] [--priority P] [--correlation-id UUID] "
@@ -1411,6 +1458,14 @@ static const struct command commands[] = {
 	 "[--source S,..] [--target T,..] [--min-priority P] [--pattern REGEX] [--count N] [--timeout DURATION] "
 	 "[--json | --exec CMD [--concurrency N] [--max-retries N] [--retry-base DURATION]]"},
 	{"stat", cmd_stat, "NAME [--json | --prometheus] [--watch SECONDS]"},
+	{"get", cmd_get, "NAME EVENT_ID [--json]"},
+	{"events", cmd_events,
+	 "NAME [--type T] [--name N] [--source S] [--target T] [--since TIME] [--until TIME] [--limit N] [--json]"},
+	{"replay", cmd_replay, "NAME [--type T] [--name N] [--source S] [--target T] [--since TIME] [--until TIME] "
+			       "[--limit N] (--to SUBSCRIBER | --republish)"},
+	{"dlq", cmd_dlq, "NAME ls [--json] | retry EVENT_ID | clear EVENT_ID"},
+	{"record", cmd_record, "NAME [--dir DIR] [--sync none|batch|always] [--segment-size B] [--retain-bytes B] "
+			       "[--retain-age DURATION] [--batch-ms N]"},
 };
 
 static const struct command *find_command(const char *name)

@@ -864,26 +864,186 @@ int shmbus_inspect_event(const shmbus_inspect_t *in, size_t i, shmbus_inspect_ev
 #pragma GCC visibility pop
 /* ---- end inspection ---- */
 
-/* ---- dead letters (interface agreed with the log branch; TEMPORARY copy) ---- */
+/* ------------------------------------------ durable log, replay, dead letters */
+/*
+ * The log: checksummed, segmented, append-only files per bus in
+ * <root>/<bus>/ (format in docs/FORMAT.md), written by one recorder per
+ * bus and read in place by everyone. <root> is the bus's configured log
+ * directory (shmbus_log_configure, `shmbus create --log-dir`), else
+ * $SHMBUS_LOG_DIR when the bus was created, else SHMBUS_LOG_ROOT_DEFAULT.
+ */
+#define SHMBUS_LOG_ROOT_DEFAULT "/var/tmp/shmbus"
+#define SHMBUS_FLAG_DIRECTED 0x0100u /* library: delivered to one subscription (replay, dead-letter retry) */
+
 typedef enum {
-	SHMBUS_DEAD_FAILED = 1,
-	SHMBUS_DEAD_EXPIRED = 2,
-	SHMBUS_DEAD_NO_SUBSCRIBER = 3,
+	SHMBUS_SYNC_DEFAULT = 0, /* the bus's setting; batch if none */
+	SHMBUS_SYNC_NONE = 1,	 /* page cache only: survives a process crash, not a power cut */
+	SHMBUS_SYNC_BATCH = 2,	 /* fdatasync every batch_ms, asynchronously */
+	SHMBUS_SYNC_ALWAYS = 3,	 /* fdatasync before an event counts as durable */
+} shmbus_sync_t;
+
+typedef struct {
+	const char *dir;     /* log root; NULL keeps the current one */
+	shmbus_sync_t sync;  /* default sync level of recorders */
+} shmbus_log_config_t;
+
+/* Set the bus's log root (once: -EEXIST if another one is set) and default
+ * sync level. The directory need not exist yet; it must be absolute. */
+int shmbus_log_configure(shmbus_bus_t *bus, const shmbus_log_config_t *cfg);
+/* The bus's log directory, <root>/<bus>. Returns its length or -ENAMETOOLONG. */
+int shmbus_log_dir(const shmbus_bus_t *bus, char *out, size_t cap);
+/* Remove <root>/<name> and everything in it (root NULL: $SHMBUS_LOG_DIR or
+ * the default root). 0, or -ENOENT if there was nothing. */
+int shmbus_log_remove(const char *name, const char *root);
+
+typedef struct {
+	const char *dir;	/* log root for this recorder; NULL: the bus's */
+	shmbus_sync_t sync;	/* 0: the bus's */
+	uint32_t batch_ms;	/* SYNC_BATCH interval (10 ms) */
+	uint64_t segment_bytes; /* roll a segment at this size (64 MiB) */
+	uint32_t index_positions; /* positions per segment index (1 Mi) */
+	uint64_t retain_bytes;	/* delete the oldest segments beyond (0: keep) */
+	uint64_t retain_ns;	/* delete segments whose last event is older (0: keep) */
+	bool no_wait;		/* -EBUSY at once when another recorder runs */
+} shmbus_record_opts_t;
+
+typedef struct shmbus_recorder shmbus_recorder_t;
+
+/*
+ * shmbus_recorder_open - become the bus's recorder: a durable subscription
+ * ("shmbus.recorder") that matches everything. One recorder per bus: this
+ * waits until the current one dies or closes (unless no_wait). It opens or
+ * creates the log, cuts a torn tail, and resumes exactly after the last
+ * complete record. Errors name the file and what is wrong with it.
+ */
+int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_t *opts, shmbus_recorder_t **out);
+/*
+ * shmbus_recorder_run - record until timeout_ns passes (< 0: until
+ * shmbus_recorder_stop) and return how many events were written, or -errno.
+ * Events are written in sequence order, each once.
+ */
+int64_t shmbus_recorder_run(shmbus_recorder_t *rec, int64_t timeout_ns);
+/* Make run return soon; safe from a signal handler or another thread. */
+void shmbus_recorder_stop(shmbus_recorder_t *rec);
+/* Sync what was written, give up the recorder role. NULL-safe. */
+void shmbus_recorder_close(shmbus_recorder_t *rec);
+
+typedef struct {
+	uint64_t recorded;	/* events written by this recorder */
+	uint64_t bytes;		/* record bytes written */
+	uint64_t missed;	/* events gone from the ring before they were recorded */
+	uint64_t syncs;		/* data syncs completed */
+	uint64_t next_seq;	/* position after the last recorded event */
+	uint64_t durable_seq;	/* positions below are durable */
+	uint32_t segments;	/* segments created */
+	bool io_uring;		/* syncs go through io_uring */
+} shmbus_recorder_stats_t;
+void shmbus_recorder_stats(const shmbus_recorder_t *rec, shmbus_recorder_stats_t *out);
+
+/* Wait until the event at seq is durable (the recorder wrote it and synced
+ * it at its sync level). 0, -ETIMEDOUT, -EINTR. */
+int shmbus_wait_durable(shmbus_bus_t *bus, uint64_t seq, int64_t timeout_ns);
+
+/*
+ * Reading the log. Events are returned in place (in a read-only mapping of
+ * the log); they stay valid until shmbus_close and are never released.
+ * Only records whose checksum and event check pass are returned; damage is
+ * reported through shmbus_errmsg and shmbus_log_damage.
+ */
+/* The event with this id: -ENOENT when the log does not hold it (never
+ * recorded, or removed by retention), -EBADMSG when its record is damaged. */
+int shmbus_get_event(shmbus_bus_t *bus, const shmbus_uuid_t *id, const shmbus_event_t **out);
+
+typedef struct {
+	uint32_t types;	   /* SHMBUS_TYPE_BIT mask; 0: any */
+	const char *name;  /* NULL: any */
+	const char *source;
+	const char *target;
+	uint64_t since_ns; /* published at or after (0: the start) */
+	uint64_t until_ns; /* published at or before (0: no end) */
+	uint64_t from_seq; /* sequence at or after */
+	size_t limit;	   /* at most this many (0: no limit) */
+} shmbus_query_t;
+
+/* Call fn for every matching event in sequence order until it returns
+ * false. Returns the number of events passed to fn, or -errno. */
+typedef bool (*shmbus_event_fn)(const shmbus_event_t *ev, void *arg);
+int64_t shmbus_log_scan(shmbus_bus_t *bus, const shmbus_query_t *q, shmbus_event_fn fn, void *arg);
+/* The spec's get_events: up to cap matching events into out. Returns how
+ * many matched (up to q->limit), which may exceed cap. */
+int64_t shmbus_get_events(shmbus_bus_t *bus, const shmbus_query_t *q, const shmbus_event_t **out, size_t cap);
+
+/* Damaged records met since the bus was opened, as one sentence each
+ * naming the file and offset; i in [0, count). NULL past the end. */
+size_t shmbus_log_damage_count(shmbus_bus_t *bus);
+const char *shmbus_log_damage(shmbus_bus_t *bus, size_t i);
+
+/*
+ * Replay: the matching events from the log, in sequence order, either
+ * delivered to subscription `to` only (flagged SHMBUS_FLAG_REPLAYED and
+ * SHMBUS_FLAG_DIRECTED, ids kept) or republished on the bus by pub as new
+ * events (flagged SHMBUS_FLAG_REPLAYED, causation and correlation kept).
+ * Returns the number of events replayed, or -errno.
+ */
+int64_t shmbus_replay_to(shmbus_bus_t *bus, const shmbus_query_t *q, shmbus_sub_id_t to);
+int64_t shmbus_replay_republish(shmbus_pub_t *pub, const shmbus_query_t *q);
+
+/* Subscription id of a live subscription by its subscriber id (or group),
+ * for tools: -ENOENT if none. */
+int shmbus_find_subscription(shmbus_bus_t *bus, const char *subscriber_or_group, shmbus_sub_id_t *out);
+
+/*
+ * Dead letters: an append-only log per bus (<root>/<bus>/dead.log) that
+ * every bus has, configured or not. Entries survive process restarts.
+ */
+typedef enum {
+	SHMBUS_DEAD_FAILED = 1,        /* handler failed after its retries */
+	SHMBUS_DEAD_EXPIRED = 2,       /* expired before it was handled */
+	SHMBUS_DEAD_NO_SUBSCRIBER = 3, /* command/query whose target nobody subscribes to */
 } shmbus_dead_reason_t;
+
 typedef struct {
 	shmbus_uuid_t event_id;
-	shmbus_sub_id_t sub;
+	shmbus_sub_id_t sub;                     /* subscription it was for, 0 = none */
 	char subscriber_id[SHMBUS_ID_MAX + 1];
 	char group[SHMBUS_ID_MAX + 1];
 	shmbus_dead_reason_t reason;
-	uint32_t attempts;
-	int32_t last_error;
-	uint64_t dead_ns;
-	const shmbus_event_t *event;
+	uint32_t attempts;                       /* handler runs */
+	int32_t last_error;                      /* handler's return value or -errno */
+	uint64_t dead_ns;                        /* CLOCK_REALTIME when dead-lettered */
+	const shmbus_event_t *event;             /* in place; valid until shmbus_close */
 } shmbus_dead_letter_t;
+
+/* Live letters (not cleared/retried), oldest first; returns total count, may exceed cap. */
 int shmbus_dlq_list(shmbus_bus_t *bus, shmbus_dead_letter_t *out, size_t cap);
+/* Re-deliver the letter's event to its original subscription (found by id,
+ * else by its subscriber id or group) and tombstone the letter. -ENOENT if
+ * no live letter, -ESRCH if the subscription no longer exists. */
 int shmbus_dlq_retry(shmbus_bus_t *bus, const shmbus_uuid_t *event_id);
+/* Tombstone the live letter of event_id. -ENOENT if none. */
 int shmbus_dlq_clear(shmbus_bus_t *bus, const shmbus_uuid_t *event_id);
+
+/*
+ * Inspecting log files (shm-dump): every record of one file, its index
+ * entries and every damaged spot, never trusting a byte. fn is called for
+ * each item; returns 0, or -errno when the file cannot be read at all.
+ */
+typedef enum {
+	SHMBUS_LOGI_HEADER = 1,	 /* text: the header, described */
+	SHMBUS_LOGI_RECORD = 2,	 /* a valid record: kind, seq, off, event (may be NULL) */
+	SHMBUS_LOGI_DAMAGE = 3,	 /* text: what is wrong at off */
+	SHMBUS_LOGI_INDEX = 4,	 /* text: index summary */
+} shmbus_logi_kind_t;
+typedef struct {
+	shmbus_logi_kind_t kind;
+	uint64_t off;
+	uint64_t seq;
+	uint32_t record_kind;	 /* 1 event, 2 dead letter, 3 tombstone */
+	const shmbus_event_t *event;
+	const shmbus_dead_letter_t *dead; /* for dead letters */
+	const char *text;
+} shmbus_logi_item_t;
+int shmbus_log_inspect_file(const char *path, void (*fn)(const shmbus_logi_item_t *item, void *arg), void *arg);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,84 @@
+/*
+ * log_sync.c - data syncs of the recorder's segment: asynchronous through
+ * io_uring (IORING_OP_FSYNC with DATASYNC) so recording goes on while the
+ * disk works, or a plain fdatasync when io_uring is unavailable (old
+ * kernel, seccomp) or SHMBUS_NO_IO_URING=1.
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log_sync.h"
+
+void log_sync_init(struct log_sync *s)
+{
+	memset(s, 0, sizeof *s);
+	const char *no = getenv("SHMBUS_NO_IO_URING");
+	if (no && no[0] && strcmp(no, "0") != 0)
+		return;
+	struct io_uring *ring = calloc(1, sizeof *ring);
+	if (ring && io_uring_queue_init(4, ring, 0) == 0) {
+		s->ring = ring;
+		return;
+	}
+	free(ring);
+}
+
+void log_sync_fini(struct log_sync *s)
+{
+	if (s->ring) {
+		if (s->inflight) {
+			struct io_uring_cqe *cqe;
+			if (io_uring_wait_cqe(s->ring, &cqe) == 0)
+				io_uring_cqe_seen(s->ring, cqe);
+		}
+		io_uring_queue_exit(s->ring);
+		free(s->ring);
+	}
+	memset(s, 0, sizeof *s);
+}
+
+int log_sync_start(struct log_sync *s, int fd, uint64_t target)
+{
+	if (s->inflight)
+		return 0;
+	if (s->ring) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(s->ring);
+		if (sqe) {
+			io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+			if (io_uring_submit(s->ring) == 1) {
+				s->inflight = true;
+				s->target = target;
+				return 0;
+			}
+		}
+		/* a ring that cannot take an fsync now: do it the plain way */
+	}
+	if (fdatasync(fd) < 0)
+		return -errno;
+	s->done = target;
+	s->syncs++;
+	return 0;
+}
+
+int log_sync_poll(struct log_sync *s, bool wait)
+{
+	if (!s->inflight)
+		return 0;
+	struct io_uring_cqe *cqe;
+	int rc = wait ? io_uring_wait_cqe(s->ring, &cqe) : io_uring_peek_cqe(s->ring, &cqe);
+	if (rc == -EAGAIN || rc == -EINTR)
+		return 0;
+	if (rc < 0)
+		return rc;
+	int res = cqe->res;
+	io_uring_cqe_seen(s->ring, cqe);
+	s->inflight = false;
+	if (res < 0)
+		return res;
+	s->done = s->target;
+	s->syncs++;
+	return 1;
+}

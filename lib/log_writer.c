@@ -1,0 +1,432 @@
+/*
+ * log_writer.c - appending event records to a log directory: creating
+ * segments, recovering the last one after a crash, rolling by size and
+ * index capacity, and retention by size and age.
+ *
+ * Order of stores for one record: the event bytes and the record header
+ * with its checksum, then the index entries (position, time), then the
+ * segment header's tail/records/next_pos (release). A writer killed at any
+ * point leaves at worst a torn record after the last complete one, or
+ * index entries behind the records; log_writer_open repairs both.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log_seg.h"
+
+static uint64_t round_page(uint64_t v) { return (v + 4095) & ~4095ull; }
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+/* Create a file of size bytes with header h, through a temporary name so
+ * a crash never leaves a half-made file under the real one. */
+static int create_file(const char *dir, const char *path, const struct log_file_header *h, uint64_t size)
+{
+	char tmp[PATH_MAX + 8];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	unlink(tmp);
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return shmbus__fail(errno, "log directory '%s': cannot create '%s': %s", dir, tmp, strerror(errno));
+	int e = posix_fallocate(fd, 0, (off_t)size);
+	if (e) {
+		close(fd);
+		unlink(tmp);
+		if (e == ENOSPC)
+			return shmbus__fail(ENOSPC, "log directory '%s' is full: cannot allocate %llu bytes for '%s'", dir,
+					    (unsigned long long)size, path);
+		return shmbus__fail(e, "log directory '%s': cannot allocate '%s': %s", dir, path, strerror(e));
+	}
+	if (pwrite(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h || rename(tmp, path) < 0) {
+		e = errno ? errno : EIO;
+		close(fd);
+		unlink(tmp);
+		return shmbus__fail(e, "log directory '%s': cannot write '%s': %s", dir, path, strerror(e));
+	}
+	close(fd);
+	return 0;
+}
+
+static int create_index(struct log_writer *w, uint64_t first)
+{
+	char path[PATH_MAX];
+	struct log_file_header h;
+	log_seg_path(w->dir, first, "idx", path, sizeof path);
+	unlink(path);
+	log_header_init(&h, LOG_KIND_INDEX, w->incarnation, first, w->bus, w->index_positions, now_real_ns());
+	return create_file(w->dir, path, &h, log_index_size(w->index_positions));
+}
+
+/* A new segment whose first event will be at `first`, big enough for a
+ * record of rec_bytes. */
+static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_bytes)
+{
+	char path[PATH_MAX];
+	struct log_file_header h;
+	int rc;
+	uint64_t size = w->segment_bytes;
+	if (LOG_DATA_OFF + rec_bytes > size)
+		size = round_page(LOG_DATA_OFF + rec_bytes);
+	log_seg_path(w->dir, first, "log", path, sizeof path);
+	if (access(path, F_OK) == 0)
+		return shmbus__fail(EEXIST, "segment '%s' exists already (another writer, or a damaged log)", path);
+	if ((rc = create_index(w, first)) < 0)
+		return rc;
+	log_header_init(&h, LOG_KIND_SEGMENT, w->incarnation, first, w->bus, w->index_positions, now_real_ns());
+	h.next_pos = first;
+	h.time_max = w->time_max;
+	if ((rc = create_file(w->dir, path, &h, size)) < 0)
+		return rc;
+	fsync_dir(w->dir); /* the new names survive a power cut with the data */
+	const char *idx_why;
+	if ((rc = log_seg_open(&w->seg, w->dir, first, true, &idx_why)) < 0)
+		return rc;
+	if (!w->seg.pos) {
+		log_seg_close(&w->seg);
+		return shmbus__fail(EIO, "index of segment '%s' is %s right after creating it", path, idx_why);
+	}
+	w->tail = LOG_DATA_OFF;
+	w->seg.nrec = 0;
+	w->segments_created++;
+	return 0;
+}
+
+/* Delete the oldest sealed segments beyond the size or age budget. */
+static void retain(struct log_writer *w)
+{
+	if (!w->retain_bytes && !w->retain_ns)
+		return;
+	uint64_t *firsts;
+	size_t n;
+	if (log_list_segments(w->dir, &firsts, &n) < 0)
+		return;
+	uint64_t total = 0, now = now_real_ns();
+	struct stat st;
+	char path[PATH_MAX];
+	for (size_t i = 0; i < n; i++) {
+		log_seg_path(w->dir, firsts[i], "log", path, sizeof path);
+		if (stat(path, &st) == 0)
+			total += (uint64_t)st.st_size;
+	}
+	for (size_t i = 0; i + 1 < n && firsts[i] != w->seg.first_seq; i++) {
+		log_seg_path(w->dir, firsts[i], "log", path, sizeof path);
+		struct log_file_header h;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		bool ok = pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h && fstat(fd, &st) == 0;
+		close(fd);
+		if (!ok)
+			continue;
+		bool too_big = w->retain_bytes && total > w->retain_bytes;
+		bool too_old = w->retain_ns && h.time_max && h.time_max + w->retain_ns < now;
+		if (!too_big && !too_old)
+			break; /* oldest first: once one stays, the newer ones do too */
+		char idx[PATH_MAX];
+		log_seg_path(w->dir, firsts[i], "idx", idx, sizeof idx);
+		unlink(idx);
+		if (unlink(path) == 0)
+			total -= (uint64_t)st.st_size;
+	}
+	free(firsts);
+}
+
+static void seal(struct log_writer *w)
+{
+	if (!w->seg.base)
+		return;
+	at_store_release_u32(&w->seg.hdr->sealed, 1);
+	log_seg_close(&w->seg);
+}
+
+uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len, int *rc)
+{
+	uint64_t rs = log_rec_size(len);
+	if (w->seg.base) {
+		bool full = w->tail + rs > w->seg.map_len || w->seg.nrec >= w->seg.cap ||
+			    seq < w->seg.first_seq || seq + slots - w->seg.first_seq > w->seg.cap;
+		if (full) {
+			if (w->sync_on_roll && fdatasync(w->seg.fd) < 0) {
+				*rc = shmbus__fail(errno, "segment '%s': fdatasync: %s", w->seg.path, strerror(errno));
+				return NULL;
+			}
+			seal(w);
+		}
+	}
+	if (!w->seg.base) {
+		if ((*rc = segment_create(w, seq, rs)) < 0)
+			return NULL;
+		retain(w);
+	}
+	return w->seg.base + w->tail + LOG_REC_HDR;
+}
+
+void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len)
+{
+	struct log_seg *s = &w->seg;
+	struct log_record *r = (struct log_record *)(void *)(s->base + w->tail);
+	log_rec_seal(r, len, LOG_REC_EVENT, seq);
+	const struct seg_event *ev = (const struct seg_event *)(const void *)r->body;
+	if (ev->published_ns > w->time_max)
+		w->time_max = ev->published_ns;
+	uint32_t delta = (uint32_t)(seq - s->first_seq);
+	s->pos[delta] = (uint32_t)w->tail;
+	s->time[s->nrec].time_max = w->time_max;
+	s->time[s->nrec].off = (uint32_t)w->tail;
+	s->time[s->nrec].pos_delta = delta;
+	s->nrec++;
+	w->tail += log_rec_size(len);
+	w->next_pos = seq + slots;
+	w->has_records = true;
+	s->hdr->next_pos = w->next_pos;
+	s->hdr->time_max = w->time_max;
+	at_store_release_u64(&s->hdr->tail, w->tail);
+	at_store_release_u64(&s->hdr->records, s->nrec);
+}
+
+int log_writer_sync(struct log_writer *w)
+{
+	if (w->seg.fd >= 0 && w->seg.base && fdatasync(w->seg.fd) < 0)
+		return shmbus__fail(errno, "segment '%s': fdatasync: %s", w->seg.path, strerror(errno));
+	return 0;
+}
+
+/* Zero everything from off to the end of the file: the torn record and
+ * any garbage after it, so nothing there can ever pass for a record. */
+static void cut_tail(struct log_seg *s, uint64_t off)
+{
+	uint64_t len = s->map_len - off;
+	if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+		posix_fallocate(s->fd, (off_t)off, (off_t)len); /* keep the space reserved */
+	else
+		memset(s->base + off, 0, (size_t)len);
+}
+
+/* Rewrite the index of the open segment from its records (the index file
+ * is recreated). Returns where the valid records end and, in *bad_off,
+ * the first damaged record's offset (0: none). */
+static int reindex(struct log_writer *w, uint64_t *end, uint64_t *bad_off, const char **why)
+{
+	uint64_t first = w->seg.first_seq;
+	int rc;
+	munmap(w->seg.idx, w->seg.idx_len);
+	if (w->seg.idx_fd >= 0)
+		close(w->seg.idx_fd);
+	w->seg.idx = NULL;
+	w->seg.idx_fd = -1;
+	w->seg.pos = NULL;
+	w->seg.time = NULL;
+	if ((rc = create_index(w, first)) < 0)
+		return rc;
+	if ((rc = log_seg_build_index(&w->seg, w->index_positions, end, bad_off, why)) < 0)
+		return rc;
+	/* reopen to map the new index writable, then copy the rebuilt table */
+	struct log_seg tmp = w->seg;
+	const char *idx_why;
+	w->seg.own_time = NULL;
+	w->seg.own_pos = NULL;
+	w->seg.base = NULL;
+	w->seg.fd = -1;
+	log_seg_close(&w->seg);
+	if ((rc = log_seg_open(&w->seg, w->dir, first, true, &idx_why)) < 0 || !w->seg.pos) {
+		free(tmp.own_time);
+		free(tmp.own_pos);
+		munmap(tmp.base, tmp.map_len);
+		close(tmp.fd);
+		return rc < 0 ? rc : shmbus__fail(EIO, "index of '%s' is %s after rebuilding it", w->seg.path, idx_why);
+	}
+	memcpy(w->seg.pos, tmp.own_pos, (size_t)w->seg.cap * 4);
+	memcpy(w->seg.time, tmp.own_time, (size_t)tmp.nrec * sizeof *w->seg.time);
+	w->seg.nrec = tmp.nrec;
+	free(tmp.own_time);
+	free(tmp.own_pos);
+	munmap(tmp.base, tmp.map_len);
+	close(tmp.fd);
+	return 0;
+}
+
+/* Where the log ends, from time-table entry i (verified) of s. */
+static void note_last(struct log_writer *w, const struct log_seg *s, uint64_t i, uint32_t slot_size)
+{
+	const struct log_time_entry *t = &s->time[i];
+	const struct log_record *r = (const struct log_record *)(const void *)(s->base + t->off);
+	const struct seg_event *ev = (const struct seg_event *)(const void *)r->body;
+	w->next_pos = r->seq + (ev->size + slot_size - 1) / slot_size;
+	w->time_max = t->time_max;
+	w->has_records = true;
+}
+
+/* Recover the last segment: find the last record the index vouches for,
+ * index what follows it, and cut a torn tail. */
+static int recover(struct log_writer *w, uint32_t slot_size)
+{
+	struct log_seg *s = &w->seg;
+	uint64_t off = LOG_DATA_OFF, bad = 0, k = 0;
+	const char *why = NULL;
+	int rc;
+	if (!s->pos || s->cap != w->index_positions) {
+		if (s->pos && s->cap != w->index_positions)
+			w->index_positions = s->cap; /* keep the segment's own geometry */
+		else if ((rc = reindex(w, &off, &bad, &why)) < 0)
+			return rc;
+		k = s->nrec;
+	}
+	if (s->pos && k == 0) {
+		uint64_t n = at_load_acquire_u64(&s->hdr->records);
+		if (n > s->cap)
+			n = s->cap;
+		uint64_t eoff, eseq;
+		for (k = n; k > 0 && log_seg_entry_ok(s, k - 1, &eoff, &eseq) < 0; k--)
+			;
+		if (k > 0) {
+			const struct log_record *r = (const struct log_record *)(const void *)(s->base + eoff);
+			off = eoff + log_rec_size(r->len);
+		}
+		/* forward: records the index missed (the writer died before
+		 * indexing them) */
+		uint64_t tmax = k ? s->time[k - 1].time_max : w->time_max;
+		for (;;) {
+			rc = log_rec_check(s->base, s->map_len, off, &why);
+			if (rc == 1)
+				break;
+			const struct log_record *r = (const struct log_record *)(const void *)(s->base + off);
+			if (rc < 0 || r->kind != LOG_REC_EVENT || r->seq < s->first_seq ||
+			    r->seq - s->first_seq >= s->cap || k >= s->cap) {
+				bad = off;
+				if (!why || rc == 0)
+					why = "record does not belong in this segment";
+				break;
+			}
+			const struct seg_event *ev = (const struct seg_event *)(const void *)r->body;
+			if (ev->published_ns > tmax)
+				tmax = ev->published_ns;
+			s->pos[r->seq - s->first_seq] = (uint32_t)off;
+			s->time[k].time_max = tmax;
+			s->time[k].off = (uint32_t)off;
+			s->time[k].pos_delta = (uint32_t)(r->seq - s->first_seq);
+			k++;
+			off += log_rec_size(r->len);
+		}
+		s->nrec = k;
+	}
+	uint64_t said_tail = at_load_acquire_u64(&s->hdr->tail);
+	if (bad && said_tail > bad && said_tail <= s->map_len) {
+		/* The header said records continue past the damage: a byte went
+		 * bad in the middle. Keep the segment as it is (the index still
+		 * reaches what follows), write on in a new one. */
+		shmbus__fail(EBADMSG, "segment '%s': damaged record at offset %llu (%s); sealed, new records go to a new segment",
+			     s->path, (unsigned long long)bad, why);
+		w->damaged = true;
+		uint64_t n = at_load_acquire_u64(&s->hdr->records), eoff, eseq;
+		if (n > s->cap)
+			n = s->cap;
+		for (uint64_t i = n; i-- > s->nrec;)
+			if (log_seg_entry_ok(s, i, &eoff, &eseq) == 0) {
+				note_last(w, s, i, slot_size);
+				break;
+			}
+		if (!w->has_records && s->nrec)
+			note_last(w, s, s->nrec - 1, slot_size);
+		seal(w);
+		return 0;
+	}
+	if (bad || off < s->map_len) {
+		if (bad)
+			w->cut_at = bad;
+		cut_tail(s, off);
+		/* forget index entries of records that are gone */
+		uint64_t n = at_load_acquire_u64(&s->hdr->records);
+		for (uint64_t i = s->nrec; i < n && i < s->cap; i++) {
+			if (s->time[i].pos_delta < s->cap && s->pos[s->time[i].pos_delta] == s->time[i].off)
+				s->pos[s->time[i].pos_delta] = 0;
+			memset(&s->time[i], 0, sizeof s->time[i]);
+		}
+	}
+	w->tail = off;
+	if (s->nrec)
+		note_last(w, s, s->nrec - 1, slot_size);
+	s->hdr->next_pos = w->next_pos;
+	at_store_release_u64(&s->hdr->tail, w->tail);
+	at_store_release_u64(&s->hdr->records, s->nrec);
+	if (at_load_acquire_u32(&s->hdr->sealed))
+		seal(w);
+	return 0;
+}
+
+int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint64_t incarnation,
+		    uint32_t slot_size, uint64_t segment_bytes, uint32_t index_positions)
+{
+	int rc;
+	memset(w, 0, sizeof *w);
+	w->seg.fd = w->seg.idx_fd = -1;
+	snprintf(w->dir, sizeof w->dir, "%s", dir);
+	snprintf(w->bus, sizeof w->bus, "%s", bus);
+	w->incarnation = incarnation;
+	w->segment_bytes = segment_bytes ? segment_bytes : LOG_DEFAULT_SEGMENT_BYTES;
+	if (w->segment_bytes < LOG_MIN_SEGMENT_BYTES)
+		w->segment_bytes = LOG_MIN_SEGMENT_BYTES;
+	w->segment_bytes = round_page(w->segment_bytes);
+	if (w->segment_bytes > UINT32_MAX)
+		w->segment_bytes = UINT32_MAX & ~4095ull; /* offsets are u32 */
+	w->index_positions = index_positions ? index_positions : (uint32_t)(w->segment_bytes / 128);
+	if ((rc = log_mkdirs(dir)) < 0)
+		return rc;
+	uint64_t *firsts;
+	size_t n;
+	if ((rc = log_list_segments(dir, &firsts, &n)) < 0)
+		return rc;
+	/* the newest segment with a record decides where the log ends;
+	 * empty ones after it are leftovers of a writer that died at once */
+	while (n > 0) {
+		const char *idx_why;
+		rc = log_seg_open(&w->seg, dir, firsts[n - 1], true, &idx_why);
+		if (rc < 0)
+			break;
+		const struct log_file_header *h = w->seg.hdr;
+		if (h->incarnation != incarnation || strncmp(h->bus, bus, sizeof h->bus) != 0) {
+			rc = shmbus__fail(EPROTO,
+					  "segment '%s' belongs to bus '%.64s' (incarnation %016llx), not to this bus "
+					  "'%s' (%016llx): move the log directory away or remove it",
+					  w->seg.path, h->bus, (unsigned long long)h->incarnation, bus,
+					  (unsigned long long)incarnation);
+			log_seg_close(&w->seg);
+			break;
+		}
+		if ((rc = recover(w, slot_size)) < 0) {
+			log_seg_close(&w->seg);
+			break;
+		}
+		if (w->has_records || w->damaged)
+			break;
+		/* empty: remove it and look at the one before */
+		char path[PATH_MAX];
+		log_seg_close(&w->seg);
+		log_seg_path(dir, firsts[n - 1], "idx", path, sizeof path);
+		unlink(path);
+		log_seg_path(dir, firsts[n - 1], "log", path, sizeof path);
+		unlink(path);
+		n--;
+	}
+	free(firsts);
+	return rc;
+}
+
+void log_writer_close(struct log_writer *w)
+{
+	log_seg_close(&w->seg);
+}

@@ -1,0 +1,576 @@
+/*
+ * test_log.c - the durable log: the recorder killed with SIGKILL at random
+ * points, queries on multi-segment logs, recovery from truncation and
+ * flipped bytes, dead letters across restarts, and bad input (missing,
+ * unusable and full directories, foreign segments, corrupt indexes).
+ *
+ * Every test logs under its own root, /tmp/shmbus-logtest-<run-pid>-<bus>
+ * (SHMBUS_LOG_DIR), removed by .fini and, after a crash, by the run's
+ * POST_ALL hook.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "dlq.h"
+
+static char root[512];
+
+static void log_init(void)
+{
+	tc_init();
+	snprintf(root, sizeof root, "%s", tc_log_root());
+}
+
+static void log_fini(void)
+{
+	tc_remove_tree(root);
+	tc_fini();
+}
+
+TestSuite(log, .init = log_init, .fini = log_fini, .timeout = 60);
+
+/* A bus whose publishers wait long for a missing recorder rather than
+ * demote it: the kill tests restart it within that time. */
+static shmbus_config_t log_cfg(void)
+{
+	shmbus_config_t c = tc_small_cfg();
+	c.slots = 1024;
+	c.block_timeout_ns = 20 * TC_SEC_NS;
+	c.stall_timeout_ns = 20 * TC_SEC_NS;
+	return c;
+}
+
+static void seg_dir(char *out, size_t cap)
+{
+	snprintf(out, cap, "%s/%s", root, tc_bus);
+}
+
+static int recorder_child(void *arg)
+{
+	const shmbus_record_opts_t *o = arg;
+	shmbus_bus_t *bus;
+	shmbus_recorder_t *rec;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open: %s", shmbus_errmsg());
+	if (shmbus_recorder_open(bus, o, &rec) < 0)
+		return CHILD_FAIL("recorder_open: %s", shmbus_errmsg());
+	if (shmbus_recorder_run(rec, -1) < 0)
+		return CHILD_FAIL("run: %s", shmbus_errmsg());
+	return 0;
+}
+
+struct counted {
+	uint32_t next;
+	uint64_t last_seq;
+	bool ordered;
+	uint32_t n;
+};
+
+static bool count_in_order(const shmbus_event_t *ev, void *arg)
+{
+	struct counted *c = arg;
+	uint32_t v = tc_payload_u32(ev);
+	if (v != c->next || (c->n && shmbus_event_seq(ev) <= c->last_seq))
+		c->ordered = false;
+	c->next = v + 1;
+	c->last_seq = shmbus_event_seq(ev);
+	c->n++;
+	return true;
+}
+
+/* Record in process until the last of ids is written (and durable). */
+static shmbus_recorder_t *record_all(shmbus_bus_t *bus, const shmbus_record_opts_t *o, const shmbus_uuid_t *last)
+{
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, o, &rec), 0, "%s", shmbus_errmsg());
+	uint64_t until = shmbus_uuid_seq(last);
+	for (int i = 0; i < 2000; i++) {
+		shmbus_recorder_run(rec, 5 * TC_MS_NS);
+		shmbus_recorder_stats_t s;
+		shmbus_recorder_stats(rec, &s);
+		if (s.next_seq > until && s.durable_seq > until)
+			return rec;
+	}
+	cr_assert_fail("the recorder did not reach sequence %llu", (unsigned long long)until);
+	return NULL;
+}
+
+static void publish_n(shmbus_pub_t *pub, uint32_t n, shmbus_uuid_t *ids)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		shmbus_msg_t m = {.type = i % 3 ? SHMBUS_NOTIFICATION : SHMBUS_COMMAND,
+				  .name = i % 2 ? "odd" : "even",
+				  .priority = i % 5 == 0 ? SHMBUS_PRIORITY_HIGH : SHMBUS_PRIORITY_NORMAL,
+				  .payload = &i,
+				  .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, ids ? &ids[i] : NULL), 0, "publish %u: %s", i, shmbus_errmsg());
+	}
+}
+
+/* 100k events, the recorder killed with SIGKILL at random points and
+ * restarted: every event in the log once, in sequence order. */
+Test(log, recorder_killed_at_random_points_loses_and_repeats_nothing)
+{
+	const uint32_t N = 100000;
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_record_opts_t o = {.sync = SHMBUS_SYNC_NONE, .segment_bytes = 1 << 20};
+	pid_t rec = tc_fork(recorder_child, &o);
+	/* from its first subscription on, the recorder holds events for itself
+	 * (killed or not); before it, there is nothing to record them for */
+	shmbus_sub_id_t rid;
+	for (int i = 0; i < 5000 && shmbus_find_subscription(bus, "shmbus.recorder", &rid) < 0; i++)
+		tc_sleep_ms(1);
+	cr_assert_eq(shmbus_find_subscription(bus, "shmbus.recorder", &rid), 0);
+	shmbus_pub_t *pub = tc_pub(bus, "killer", 20 * (int64_t)TC_SEC_NS);
+	uint64_t rng = tc_mix64((uint64_t)getpid());
+	uint32_t kill_at = 5000 + (uint32_t)(rng % 15000), kills = 0;
+	shmbus_uuid_t last;
+	for (uint32_t i = 0; i < N; i++) {
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION,
+				  .name = "n",
+				  .priority = i % 7 == 0 ? SHMBUS_PRIORITY_CRITICAL : SHMBUS_PRIORITY_NORMAL,
+				  .payload = &i,
+				  .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, &last), 0, "publish %u: %s", i, shmbus_errmsg());
+		if (i == kill_at) {
+			tc_kill9(rec);
+			kills++;
+			rng = tc_mix64(rng);
+			kill_at = i + 5000 + (uint32_t)(rng % 20000);
+			if (rng & 1)
+				tc_sleep_ms(20); /* sometimes let the ring fill while nobody records */
+			rec = tc_fork(recorder_child, &o);
+		}
+	}
+	cr_assert_geq(kills, 3);
+	cr_assert_eq(shmbus_wait_durable(bus, shmbus_uuid_seq(&last), 20 * (int64_t)TC_SEC_NS), 0, "%s", shmbus_errmsg());
+	tc_kill9(rec);
+	struct counted c = {.ordered = true};
+	int64_t got = shmbus_log_scan(bus, NULL, count_in_order, &c);
+	cr_assert_eq(got, N, "%lld events in the log, want %u (last payload %u, damage: %s)", (long long)got, N, c.next - 1,
+		     shmbus_log_damage_count(bus) ? shmbus_log_damage(bus, 0) : "none");
+	cr_assert(c.ordered, "the log is not every event once in sequence order");
+	cr_assert_eq(c.next, N);
+	cr_assert_eq(shmbus_log_damage_count(bus), 0, "%s", shmbus_log_damage(bus, 0));
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(log, get_event_and_time_ranges_on_a_multi_segment_log)
+{
+	const uint32_t N = 6000;
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t *ids = calloc(N, sizeof *ids);
+	uint64_t *when = calloc(N, sizeof *when);
+	shmbus_record_opts_t o = {.sync = SHMBUS_SYNC_BATCH, .segment_bytes = 64 << 10, .batch_ms = 1};
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &o, &rec), 0, "%s", shmbus_errmsg());
+	for (uint32_t i = 0; i < N; i++) {
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = i % 2 ? "odd" : "even", .source = i % 3 ? "a" : "b",
+				  .payload = &i, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, &ids[i]), 0, "%s", shmbus_errmsg());
+		if (i % 64 == 63)
+			shmbus_recorder_run(rec, 0);
+	}
+	shmbus_recorder_close(rec);
+	rec = record_all(bus, &o, &ids[N - 1]);
+	shmbus_recorder_stats_t s;
+	shmbus_recorder_stats(rec, &s);
+	for (uint32_t i = 0; i < N; i++) {
+		const shmbus_event_t *ev;
+		cr_assert_eq(shmbus_get_event(bus, &ids[i], &ev), 0, "get %u: %s", i, shmbus_errmsg());
+		cr_assert_eq(tc_payload_u32(ev), i);
+		when[i] = shmbus_event_published_ns(ev);
+	}
+	char d[1024];
+	seg_dir(d, sizeof d);
+	int segs = 0;
+	{
+		char cmd[1200];
+		snprintf(cmd, sizeof cmd, "ls %s/*.log | wc -l", d);
+		FILE *p = popen(cmd, "r");
+		cr_assert(p && fscanf(p, "%d", &segs) == 1);
+		pclose(p);
+	}
+	cr_assert_gt(segs, 3, "only %d segments", segs);
+	/* time ranges: exactly the events published within them */
+	for (int t = 0; t < 20; t++) {
+		uint32_t a = (uint32_t)(tc_mix64((uint64_t)t * 7 + 1) % N), b = (uint32_t)(tc_mix64((uint64_t)t * 7 + 2) % N);
+		if (a > b) {
+			uint32_t x = a;
+			a = b;
+			b = x;
+		}
+		shmbus_query_t q = {.since_ns = when[a], .until_ns = when[b], .name = t % 2 ? "odd" : NULL};
+		uint32_t want = 0;
+		for (uint32_t i = 0; i < N; i++)
+			want += when[i] >= when[a] && when[i] <= when[b] && (!q.name || i % 2);
+		const shmbus_event_t **out = calloc(N, sizeof *out);
+		int64_t got = shmbus_get_events(bus, &q, out, N);
+		cr_assert_eq(got, want, "range %u..%u: %lld events, want %u", a, b, (long long)got, want);
+		for (int64_t k = 0; k < got; k++) {
+			uint64_t w = shmbus_event_published_ns(out[k]);
+			cr_assert(w >= when[a] && w <= when[b]);
+			cr_assert(k == 0 || tc_payload_u32(out[k]) > tc_payload_u32(out[k - 1]));
+		}
+		free(out);
+	}
+	shmbus_query_t lim = {.source = "b", .limit = 10};
+	const shmbus_event_t *ten[10];
+	cr_assert_eq(shmbus_get_events(bus, &lim, ten, 10), 10);
+	cr_assert_eq(tc_payload_u32(ten[9]), 27);
+	shmbus_uuid_t bogus = ids[0];
+	bogus.bytes[15] ^= 0xFF;
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_get_event(bus, &bogus, &ev), -ENOENT);
+	shmbus_recorder_close(rec);
+	free(ids);
+	free(when);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* A one-segment log of n events; returns the segment's path and the end
+ * offset of every record in ends[]. */
+static void make_log(shmbus_bus_t *bus, uint32_t n, char *path, size_t cap, uint64_t *ends)
+{
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t last;
+	shmbus_record_opts_t o = {.sync = SHMBUS_SYNC_NONE};
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &o, &rec), 0, "%s", shmbus_errmsg());
+	for (uint32_t i = 0; i < n; i++) {
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "x", .payload = &i, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, &last), 0);
+		if (i % 32 == 31)
+			shmbus_recorder_run(rec, 0);
+	}
+	shmbus_recorder_close(rec);
+	rec = record_all(bus, &o, &last);
+	shmbus_recorder_close(rec);
+	shmbus_pub_close(pub);
+	char d[1024];
+	seg_dir(d, sizeof d);
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "ls %s/*.log", d);
+	FILE *p = popen(cmd, "r");
+	cr_assert(p && fgets(path, (int)cap, p));
+	path[strcspn(path, "\n")] = 0;
+	pclose(p);
+	/* record ends, from the events' own sizes: 24-byte header, padded */
+	uint64_t off = 4096;
+	const shmbus_event_t **all = calloc(n, sizeof *all);
+	cr_assert_eq(shmbus_get_events(bus, NULL, all, n), n);
+	for (uint32_t i = 0; i < n; i++) {
+		off += (24 + shmbus_event_size(all[i]) + 7) & ~7ull;
+		ends[i] = off;
+	}
+	free(all);
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	char cmd[2200];
+	snprintf(cmd, sizeof cmd, "cp -f '%s' '%s'", from, to);
+	return system(cmd);
+}
+
+Test(log, truncation_and_flipped_bytes_keep_every_record_before_the_damage)
+{
+	const uint32_t N = 400;
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	char seg[1024], saved[1100], idx[1024], idx_saved[1100];
+	uint64_t *ends = calloc(N, sizeof *ends);
+	make_log(bus, N, seg, sizeof seg, ends);
+	snprintf(saved, sizeof saved, "%s.saved", seg);
+	snprintf(idx, sizeof idx, "%.*s.idx", (int)strlen(seg) - 4, seg);
+	snprintf(idx_saved, sizeof idx_saved, "%s.saved", idx);
+	cr_assert_eq(copy_file(seg, saved), 0);
+	cr_assert_eq(copy_file(idx, idx_saved), 0);
+	uint64_t rng = tc_mix64(42 + (uint64_t)getpid());
+	for (int trial = 0; trial < 16; trial++) {
+		cr_assert_eq(copy_file(saved, seg), 0);
+		cr_assert_eq(copy_file(idx_saved, idx), 0); /* the last recovery rewrote it */
+		rng = tc_mix64(rng);
+		uint64_t at = 4096 + rng % (ends[N - 1] - 4096);
+		bool flip = trial % 2;
+		int fd = open(seg, O_RDWR);
+		cr_assert_geq(fd, 0);
+		if (flip) {
+			uint8_t b;
+			cr_assert_eq(pread(fd, &b, 1, (off_t)at), 1);
+			b ^= (uint8_t)(1u << (rng >> 60 & 7));
+			cr_assert_eq(pwrite(fd, &b, 1, (off_t)at), 1);
+		} else {
+			cr_assert_eq(ftruncate(fd, (off_t)at), 0);
+		}
+		close(fd);
+		/* a fresh handle reads the damaged file */
+		shmbus_bus_t *b2 = tc_open();
+		const shmbus_event_t **all = calloc(N, sizeof *all);
+		int64_t got = shmbus_get_events(b2, NULL, all, N);
+		uint32_t before = 0;
+		while (before < N && ends[before] <= at)
+			before++;
+		if (!flip) {
+			/* a truncated file is not mapped past its end: every complete record */
+			cr_assert_eq(got, before, "truncated at %llu: %lld events, want %u", (unsigned long long)at,
+				     (long long)got, before);
+		} else {
+			/* every record but the damaged one, which is reported */
+			cr_assert(got == N - 1 || got == N, "flip at %llu: %lld events (%s)", (unsigned long long)at, (long long)got,
+				  shmbus_log_damage_count(b2) ? shmbus_log_damage(b2, 0) : "no damage reported");
+			for (int64_t k = 0; k < got && k < before; k++)
+				cr_assert_eq(tc_payload_u32(all[k]), (uint32_t)k);
+			if (got == N - 1)
+				cr_assert_geq(shmbus_log_damage_count(b2), 1);
+		}
+		free(all);
+		shmbus_close(b2);
+		if (!flip && trial < 8) {
+			/* the recorder cuts the torn tail and resumes after the
+			 * last complete record */
+			shmbus_bus_t *b3 = tc_open();
+			shmbus_recorder_t *rec;
+			cr_assert_eq(shmbus_recorder_open(b3, &(shmbus_record_opts_t){.sync = SHMBUS_SYNC_NONE}, &rec), 0,
+				     "%s", shmbus_errmsg());
+			shmbus_recorder_stats_t s;
+			shmbus_recorder_stats(rec, &s);
+			cr_assert_eq(s.next_seq, before ? (uint64_t)before : s.next_seq,
+				     "resumes at %llu, want %u", (unsigned long long)s.next_seq, before);
+			shmbus_recorder_close(rec);
+			shmbus_close(b3);
+		}
+	}
+	unlink(saved);
+	unlink(idx_saved);
+	free(ends);
+	shmbus_close(bus);
+}
+
+static int dlq_child_sub(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus;
+	shmbus_sub_t *sub;
+	shmbus_sub_opts_t o = {.subscriber_id = "worker", .durable = true};
+	return tc_child_subscribe(&o, &bus, &sub); /* and exit: the durable subscription stays */
+}
+
+Test(log, dead_letters_survive_restarts_retry_delivers_clear_removes)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	int st;
+	cr_assert_eq(tc_wait(tc_fork(dlq_child_sub, NULL), 5000, &st), 0);
+	shmbus_sub_id_t sid;
+	cr_assert_eq(shmbus_find_subscription(bus, "worker", &sid), 0);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t ids[3];
+	for (uint32_t i = 0; i < 3; i++) {
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, i), 0);
+		const shmbus_event_t *ev;
+		cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
+		ids[i] = *shmbus_event_id(ev);
+		struct dlq_entry_in in = {.sub = sid, .subscriber_id = "worker", .reason = SHMBUS_DEAD_FAILED,
+					  .attempts = 3 + i, .last_error = -5};
+		cr_assert_eq(dlq_append(bus, ev, &in), 0, "%s", shmbus_errmsg());
+		shmbus_release(sub, ev);
+	}
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	/* a restart: another handle, the same letters */
+	bus = tc_open();
+	shmbus_dead_letter_t dl[8];
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 8), 3);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(memcmp(&dl[i].event_id, &ids[i], 16), 0);
+		cr_assert_eq(dl[i].attempts, 3u + (unsigned)i);
+		cr_assert_eq(dl[i].reason, SHMBUS_DEAD_FAILED);
+		cr_assert_eq(dl[i].last_error, -5);
+		cr_assert_str_eq(dl[i].subscriber_id, "worker");
+		cr_assert_eq(tc_payload_u32(dl[i].event), (uint32_t)i);
+	}
+	/* retry: delivered again to the durable subscription, by id kept */
+	shmbus_sub_t *w = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "worker", .durable = true}, &w), 0);
+	tc_drain(w, NULL, NULL); /* the three originals */
+	cr_assert_eq(shmbus_dlq_retry(bus, &ids[1]), 0, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_wait(w, TC_SEC_NS, &ev), 1);
+	cr_assert_eq(memcmp(shmbus_event_id(ev), &ids[1], 16), 0);
+	cr_assert_eq(tc_payload_u32(ev), 1u);
+	cr_assert(shmbus_event_flags(ev) & SHMBUS_FLAG_DIRECTED);
+	shmbus_release(w, ev);
+	cr_assert_eq(shmbus_dlq_retry(bus, &ids[1]), -ENOENT);
+	cr_assert_eq(shmbus_dlq_clear(bus, &ids[0]), 0);
+	cr_assert_eq(shmbus_dlq_clear(bus, &ids[0]), -ENOENT);
+	shmbus_close(bus);
+	bus = tc_open();
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 8), 1);
+	cr_assert_eq(memcmp(&dl[0].event_id, &ids[2], 16), 0);
+	shmbus_close(bus);
+}
+
+Test(log, replay_to_one_subscription_and_republished)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t ids[50];
+	publish_n(pub, 50, ids);
+	/* nothing recorded yet: the recorder starts after these, from the ring */
+	shmbus_recorder_t *rec = record_all(bus, &(shmbus_record_opts_t){.sync = SHMBUS_SYNC_NONE}, &ids[49]);
+	shmbus_sub_t *a = tc_sub(bus, NULL), *b = tc_sub(bus, NULL);
+	shmbus_query_t q = {.name = "odd"};
+	cr_assert_eq(shmbus_replay_to(bus, &q, shmbus_sub_id(a)), 25, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev;
+	uint64_t seen = 0; /* urgent ones come first: compare as a set */
+	for (uint32_t i = 0; i < 25; i++) {
+		cr_assert_eq(shmbus_wait(a, TC_SEC_NS, &ev), 1);
+		uint32_t v = tc_payload_u32(ev);
+		cr_assert(v % 2 == 1 && v < 50 && !(seen >> v & 1), "replayed %u", v);
+		seen |= 1ull << v;
+		cr_assert(shmbus_event_flags(ev) & SHMBUS_FLAG_REPLAYED);
+		shmbus_release(a, ev);
+	}
+	cr_assert_eq(shmbus_poll(b, &ev), 0, "replay to a reached another subscription");
+	q.limit = 2;
+	cr_assert_eq(shmbus_replay_republish(pub, &q), 2, "%s", shmbus_errmsg());
+	for (uint32_t i = 0; i < 2; i++) {
+		cr_assert_eq(shmbus_wait(b, TC_SEC_NS, &ev), 1);
+		cr_assert_eq(tc_payload_u32(ev), 2 * i + 1); /* 1, 3: neither urgent */
+		cr_assert(shmbus_event_flags(ev) & SHMBUS_FLAG_REPLAYED);
+		cr_assert_eq(memcmp(shmbus_event_correlation_id(ev), &ids[2 * i + 1], 16), 0);
+		shmbus_release(b, ev);
+	}
+	shmbus_recorder_close(rec);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------------------ bad input */
+
+Test(log, unusable_directories_give_clear_errors)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_uuid_t id = {{0}};
+	const shmbus_event_t *ev;
+	/* missing: no log yet */
+	cr_assert_eq(shmbus_get_event(bus, &id, &ev), -ENOENT);
+	cr_assert(strstr(shmbus_errmsg(), root), "%s", shmbus_errmsg());
+	/* not a directory */
+	mkdir(root, 0700);
+	char d[1024];
+	seg_dir(d, sizeof d);
+	FILE *f = fopen(d, "w");
+	cr_assert_not_null(f);
+	fclose(f);
+	shmbus_recorder_t *rec;
+	cr_assert_lt(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec), 0);
+	cr_assert(strstr(shmbus_errmsg(), d), "%s", shmbus_errmsg());
+	unlink(d);
+	/* full: a file size limit makes the segment allocation fail */
+	struct rlimit old, lim = {.rlim_cur = 1 << 16, .rlim_max = RLIM_INFINITY};
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim.rlim_max = old.rlim_max;
+	signal(SIGXFSZ, SIG_IGN);
+	setrlimit(RLIMIT_FSIZE, &lim);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "x", 0, 1), 0);
+	int rc = shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true, .sync = SHMBUS_SYNC_NONE}, &rec);
+	int64_t ran = rc == 0 ? shmbus_recorder_run(rec, 100 * TC_MS_NS) : rc;
+	setrlimit(RLIMIT_FSIZE, &old);
+	cr_assert_lt(ran, 0, "recording into a full directory succeeded");
+	cr_assert(strstr(shmbus_errmsg(), "cannot allocate") || strstr(shmbus_errmsg(), "full"), "%s", shmbus_errmsg());
+	if (rc == 0)
+		shmbus_recorder_close(rec);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(log, foreign_segments_and_versions_are_refused_by_name)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	char seg[1024];
+	uint64_t ends[20];
+	make_log(bus, 20, seg, sizeof seg, ends);
+	/* another version */
+	int fd = open(seg, O_RDWR);
+	uint32_t v = 77, orig;
+	cr_assert_eq(pread(fd, &orig, 4, 8), 4);
+	cr_assert_eq(pwrite(fd, &v, 4, 8), 4);
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec), -EPROTO);
+	cr_assert(strstr(shmbus_errmsg(), seg) && strstr(shmbus_errmsg(), "version"), "%s", shmbus_errmsg());
+	cr_assert_eq(pwrite(fd, &orig, 4, 8), 4);
+	close(fd);
+	/* another bus: the same name created again is another incarnation */
+	shmbus_close(bus);
+	shmbus_unlink(tc_bus);
+	bus = tc_create(&cfg);
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec), -EPROTO);
+	cr_assert(strstr(shmbus_errmsg(), seg) && strstr(shmbus_errmsg(), "belongs to"), "%s", shmbus_errmsg());
+	/* the records stay: nothing was touched */
+	struct stat st;
+	cr_assert_eq(stat(seg, &st), 0);
+	shmbus_close(bus);
+}
+
+Test(log, a_corrupt_index_is_reported_and_rebuilt)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t ids[30];
+	publish_n(pub, 30, ids);
+	shmbus_recorder_t *rec = record_all(bus, &(shmbus_record_opts_t){.sync = SHMBUS_SYNC_NONE}, &ids[29]);
+	shmbus_recorder_close(rec);
+	char idx[1200], d[1024];
+	seg_dir(d, sizeof d);
+	snprintf(idx, sizeof idx, "%s/%020llu.idx", d, (unsigned long long)shmbus_uuid_seq(&ids[0]));
+	int fd = open(idx, O_RDWR);
+	cr_assert_geq(fd, 0, "%s: %s", idx, strerror(errno));
+	uint8_t junk[8192];
+	memset(junk, 0xA5, sizeof junk);
+	cr_assert_eq(pwrite(fd, junk, sizeof junk, 4096), (ssize_t)sizeof junk); /* position table */
+	close(fd);
+	shmbus_bus_t *b2 = tc_open();
+	for (int i = 0; i < 30; i++) {
+		const shmbus_event_t *ev;
+		cr_assert_eq(shmbus_get_event(b2, &ids[i], &ev), 0, "%d: %s", i, shmbus_errmsg());
+		cr_assert_eq(tc_payload_u32(ev), (uint32_t)i);
+	}
+	cr_assert_geq(shmbus_log_damage_count(b2), 1);
+	cr_assert(strstr(shmbus_log_damage(b2, 0), idx) || strstr(shmbus_log_damage(b2, 0), ".log"), "%s",
+		  shmbus_log_damage(b2, 0));
+	shmbus_close(b2);
+	/* a damaged index header: rebuilt by the recorder too */
+	fd = open(idx, O_RDWR);
+	cr_assert_eq(pwrite(fd, junk, 64, 0), 64);
+	close(fd);
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec), 0, "%s", shmbus_errmsg());
+	shmbus_recorder_stats_t s;
+	shmbus_recorder_stats(rec, &s);
+	cr_assert_gt(s.next_seq, shmbus_uuid_seq(&ids[29]));
+	shmbus_recorder_close(rec);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}

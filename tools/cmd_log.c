@@ -1,0 +1,443 @@
+/*
+ * cmd_log.c - `shmbus get`, `events`, `replay`, `dlq` and `record`: the
+ * durable log, replay and dead letters from the command line.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli_util.h"
+#include "cmd.h"
+#include "event_json.h"
+
+enum { L_TYPE = 300, L_NAME, L_SOURCE, L_TARGET, L_SINCE, L_UNTIL, L_LIMIT, L_JSON, L_TO, L_REPUBLISH, L_DIR, L_SYNC,
+       L_SEGMENT, L_RETAIN_BYTES, L_RETAIN_AGE, L_BATCH };
+
+#define CRITERIA_OPTIONS                                                                                        \
+	{"type", required_argument, NULL, L_TYPE}, {"name", required_argument, NULL, L_NAME},                   \
+		{"source", required_argument, NULL, L_SOURCE}, {"target", required_argument, NULL, L_TARGET},   \
+		{"since", required_argument, NULL, L_SINCE}, {"until", required_argument, NULL, L_UNTIL},       \
+		{"limit", required_argument, NULL, L_LIMIT}
+
+/*
+ * A point in time: RFC 3339 UTC ("2026-11-27T10:00:00Z", fractions
+ * allowed), or a duration meaning that long ago ("10m"). 0 or -EINVAL.
+ */
+static int parse_time(const char *s, uint64_t *ns)
+{
+	uint64_t d;
+	struct timespec now;
+	if (cli_parse_duration(s, &d) == 0) {
+		clock_gettime(CLOCK_REALTIME, &now);
+		uint64_t t = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+		*ns = d < t ? t - d : 1;
+		return 0;
+	}
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (!rest)
+		return -EINVAL;
+	uint64_t frac = 0, scale = 1000000000ull;
+	if (*rest == '.') {
+		rest++;
+		while (*rest >= '0' && *rest <= '9') {
+			if (scale > 1) {
+				scale /= 10;
+				frac += (uint64_t)(*rest - '0') * scale;
+			}
+			rest++;
+		}
+	}
+	if (strcmp(rest, "Z") != 0)
+		return -EINVAL;
+	time_t secs = timegm(&tm);
+	if (secs < 0)
+		return -EINVAL;
+	*ns = (uint64_t)secs * 1000000000ull + frac;
+	return 0;
+}
+
+/* One criteria option into q (strings point into argv). 0 or exit code. */
+static int take_criterion(const char *cmd, int c, const char *arg, shmbus_query_t *q)
+{
+	switch (c) {
+	case L_TYPE: {
+		int t = shmbus_type_parse(arg);
+		if (t < 0)
+			return usage_error(cmd, "--type: '%s' is not command|notification|query|response|error", arg);
+		q->types |= SHMBUS_TYPE_BIT(t);
+		return 0;
+	}
+	case L_NAME:
+		q->name = arg;
+		return 0;
+	case L_SOURCE:
+		q->source = arg;
+		return 0;
+	case L_TARGET:
+		q->target = arg;
+		return 0;
+	case L_SINCE:
+	case L_UNTIL: {
+		uint64_t ns;
+		if (parse_time(arg, &ns) < 0)
+			return usage_error(cmd, "%s: '%s' is neither an RFC 3339 UTC time nor a duration ago",
+					   c == L_SINCE ? "--since" : "--until", arg);
+		*(c == L_SINCE ? &q->since_ns : &q->until_ns) = ns;
+		return 0;
+	}
+	case L_LIMIT: {
+		uint64_t n;
+		if (cli_parse_u64(arg, 1, UINT32_MAX, &n) < 0)
+			return usage_error(cmd, "--limit must be a count in [1, 4294967295], not '%s'", arg);
+		q->limit = (size_t)n;
+		return 0;
+	}
+	default:
+		return usage_error(cmd, "unexpected option");
+	}
+}
+
+struct printer {
+	bool json;
+	int rc;
+};
+
+static bool print_one(const shmbus_event_t *ev, void *arg)
+{
+	struct printer *p = arg;
+	shmbus_inspect_event_t v;
+	event_view_from_event(ev, &v);
+	int rc;
+	if (p->json) {
+		json_t *j = event_json(&v);
+		rc = j ? json_print_line(stdout, j) : -ENOMEM;
+		json_decref(j);
+	} else {
+		rc = event_print_line(stdout, &v);
+	}
+	if (rc < 0) {
+		p->rc = rc;
+		return false;
+	}
+	return true;
+}
+
+static int report_damage(shmbus_bus_t *bus)
+{
+	for (size_t i = 0; i < shmbus_log_damage_count(bus); i++)
+		cli_error("log", "%s", shmbus_log_damage(bus, i));
+	return 0;
+}
+
+/* get NAME EVENT_ID [--json]: one event from the log. */
+int cmd_get(int argc, char **argv)
+{
+	static const struct option opts[] = {{"json", no_argument, NULL, L_JSON}, {NULL, 0, NULL, 0}};
+	struct printer p = {0};
+	int c, rc;
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (c != L_JSON)
+			return bad_option("get", c, argv);
+		p.json = true;
+	}
+	if (argc - optind < 2)
+		return usage_error("get", "missing %s", argc - optind ? "event id" : "bus name");
+	if ((rc = want_positionals("get", argc, argv, 2)))
+		return rc;
+	shmbus_uuid_t id;
+	if (shmbus_uuid_parse(argv[optind + 1], &id) < 0)
+		return usage_error("get", "'%s' is not an event id (a UUID)", argv[optind + 1]);
+	shmbus_bus_t *bus;
+	if ((rc = open_bus("get", argv[optind], &bus)))
+		return rc;
+	const shmbus_event_t *ev;
+	rc = shmbus_get_event(bus, &id, &ev);
+	if (rc < 0)
+		rc = cli_lib_error("get", rc);
+	else
+		rc = print_one(ev, &p) ? 0 : EXIT_RUNTIME;
+	shmbus_close(bus);
+	return rc;
+}
+
+static int parse_criteria_cmd(const char *cmd, int argc, char **argv, shmbus_query_t *q, bool *json, const char **to,
+			      bool *republish)
+{
+	static const struct option opts[] = {CRITERIA_OPTIONS,
+					     {"json", no_argument, NULL, L_JSON},
+					     {"to", required_argument, NULL, L_TO},
+					     {"republish", no_argument, NULL, L_REPUBLISH},
+					     {NULL, 0, NULL, 0}};
+	int c, rc;
+	bool replay = strcmp(cmd, "replay") == 0;
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (c == '?' || c == ':')
+			return bad_option(cmd, c, argv);
+		if (c == L_JSON && !replay)
+			*json = true;
+		else if (c == L_TO && replay)
+			*to = optarg;
+		else if (c == L_REPUBLISH && replay)
+			*republish = true;
+		else if (c >= L_TYPE && c <= L_LIMIT) {
+			if ((rc = take_criterion(cmd, c, optarg, q)))
+				return rc;
+		} else
+			return usage_error(cmd, "unknown option %s", argv[optind - 1]);
+	}
+	return want_positionals(cmd, argc, argv, 1);
+}
+
+/* events NAME [criteria] [--json]: matching events from the log. */
+int cmd_events(int argc, char **argv)
+{
+	shmbus_query_t q = {0};
+	struct printer p = {0};
+	int rc = parse_criteria_cmd("events", argc, argv, &q, &p.json, NULL, NULL);
+	if (rc)
+		return rc;
+	shmbus_bus_t *bus;
+	if ((rc = open_bus("events", argv[optind], &bus)))
+		return rc;
+	int64_t n = shmbus_log_scan(bus, &q, print_one, &p);
+	report_damage(bus);
+	rc = n < 0 ? cli_lib_error("events", (int)n) : p.rc < 0 ? EXIT_RUNTIME : 0;
+	shmbus_close(bus);
+	return rc;
+}
+
+/* replay NAME [criteria] (--to SUBSCRIBER | --republish). */
+int cmd_replay(int argc, char **argv)
+{
+	shmbus_query_t q = {0};
+	const char *to = NULL;
+	bool republish = false;
+	int rc = parse_criteria_cmd("replay", argc, argv, &q, NULL, &to, &republish);
+	if (rc)
+		return rc;
+	if (!to == !republish)
+		return usage_error("replay", "give exactly one of --to SUBSCRIBER and --republish");
+	shmbus_bus_t *bus;
+	if ((rc = open_bus("replay", argv[optind], &bus)))
+		return rc;
+	int64_t n;
+	if (to) {
+		shmbus_sub_id_t id;
+		n = shmbus_find_subscription(bus, to, &id);
+		if (n == 0)
+			n = shmbus_replay_to(bus, &q, id);
+	} else {
+		shmbus_pub_t *pub;
+		n = shmbus_pub_open(bus, &(shmbus_pub_opts_t){.source = "shmbus-replay"}, &pub);
+		if (n == 0) {
+			n = shmbus_replay_republish(pub, &q);
+			shmbus_pub_close(pub);
+		}
+	}
+	report_damage(bus);
+	if (n < 0)
+		rc = cli_lib_error("replay", (int)n);
+	else
+		printf("replayed %lld events\n", (long long)n);
+	shmbus_close(bus);
+	return rc;
+}
+
+static const char *reason_name(shmbus_dead_reason_t r)
+{
+	switch (r) {
+	case SHMBUS_DEAD_FAILED:
+		return "failed";
+	case SHMBUS_DEAD_EXPIRED:
+		return "expired";
+	case SHMBUS_DEAD_NO_SUBSCRIBER:
+		return "no_subscriber";
+	default:
+		return "unknown";
+	}
+}
+
+static int dlq_ls(shmbus_bus_t *bus, bool json)
+{
+	int n = shmbus_dlq_list(bus, NULL, 0);
+	if (n < 0)
+		return cli_lib_error("dlq", n);
+	shmbus_dead_letter_t *dl = calloc((size_t)n + 1, sizeof *dl);
+	if (!dl)
+		return cli_lib_error("dlq", -ENOMEM);
+	int got = shmbus_dlq_list(bus, dl, (size_t)n);
+	int rc = got < 0 ? cli_lib_error("dlq", got) : 0;
+	for (int i = 0; rc == 0 && i < got && i < n; i++) {
+		char id[SHMBUS_UUID_STR], when[40];
+		shmbus_uuid_format(&dl[i].event_id, id);
+		event_format_time(dl[i].dead_ns, when);
+		if (json) {
+			shmbus_inspect_event_t v;
+			event_view_from_event(dl[i].event, &v);
+			rc = emit_json("dlq", json_add(json_object(), "event_id", json_string(id), "subscription",
+						       json_integer((json_int_t)dl[i].sub), "subscriber_id",
+						       json_text(dl[i].subscriber_id), "group", json_text(dl[i].group),
+						       "reason", json_string(reason_name(dl[i].reason)), "attempts",
+						       json_integer(dl[i].attempts), "last_error",
+						       json_integer(dl[i].last_error), "dead_at", json_string(when), "event",
+						       event_json(&v), NULL));
+		} else {
+			char sub[80];
+			printf("%s %s %s attempts=%u last_error=%d sub=%s %s\n", id, when, reason_name(dl[i].reason),
+			       dl[i].attempts, dl[i].last_error,
+			       text_safe(dl[i].group[0] ? dl[i].group : dl[i].subscriber_id, sub, sizeof sub),
+			       shmbus_event_name(dl[i].event));
+		}
+	}
+	free(dl);
+	return rc;
+}
+
+/* dlq NAME ls [--json] | retry EVENT_ID | clear EVENT_ID */
+int cmd_dlq(int argc, char **argv)
+{
+	static const struct option opts[] = {{"json", no_argument, NULL, L_JSON}, {NULL, 0, NULL, 0}};
+	bool json = false;
+	int c, rc;
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (c != L_JSON)
+			return bad_option("dlq", c, argv);
+		json = true;
+	}
+	int have = argc - optind;
+	if (have < 2)
+		return usage_error("dlq", "missing %s", have ? "action (ls, retry or clear)" : "bus name");
+	const char *action = argv[optind + 1];
+	bool ls = strcmp(action, "ls") == 0;
+	if (!ls && strcmp(action, "retry") != 0 && strcmp(action, "clear") != 0)
+		return usage_error("dlq", "unknown action '%s' (ls, retry or clear)", action);
+	if (ls && have != 2)
+		return usage_error("dlq", "unexpected argument '%s'", argv[optind + 2]);
+	if (!ls && have != 3)
+		return usage_error("dlq", have < 3 ? "%s needs an event id" : "unexpected argument after %s", action);
+	shmbus_uuid_t id;
+	if (!ls && shmbus_uuid_parse(argv[optind + 2], &id) < 0)
+		return usage_error("dlq", "'%s' is not an event id (a UUID)", argv[optind + 2]);
+	if (!ls && json)
+		return usage_error("dlq", "--json goes with ls");
+	shmbus_bus_t *bus;
+	if ((rc = open_bus("dlq", argv[optind], &bus)))
+		return rc;
+	if (ls)
+		rc = dlq_ls(bus, json);
+	else if ((rc = action[0] == 'r' ? shmbus_dlq_retry(bus, &id) : shmbus_dlq_clear(bus, &id)) < 0)
+		rc = cli_lib_error("dlq", rc);
+	report_damage(bus);
+	shmbus_close(bus);
+	return rc;
+}
+
+static shmbus_recorder_t *volatile recorder;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	shmbus_recorder_stop(recorder);
+}
+
+int parse_sync_level(const char *arg, shmbus_sync_t *out)
+{
+	if (!strcmp(arg, "none"))
+		*out = SHMBUS_SYNC_NONE;
+	else if (!strcmp(arg, "batch"))
+		*out = SHMBUS_SYNC_BATCH;
+	else if (!strcmp(arg, "always"))
+		*out = SHMBUS_SYNC_ALWAYS;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* record NAME [--dir DIR] [--sync none|batch|always] [--segment-size B]
+ * [--retain-bytes B] [--retain-age DURATION] [--batch-ms N]: be the
+ * bus's recorder until SIGINT/SIGTERM. */
+int cmd_record(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"dir", required_argument, NULL, L_DIR},
+		{"sync", required_argument, NULL, L_SYNC},
+		{"segment-size", required_argument, NULL, L_SEGMENT},
+		{"retain-bytes", required_argument, NULL, L_RETAIN_BYTES},
+		{"retain-age", required_argument, NULL, L_RETAIN_AGE},
+		{"batch-ms", required_argument, NULL, L_BATCH},
+		{NULL, 0, NULL, 0},
+	};
+	shmbus_record_opts_t o = {0};
+	uint64_t v;
+	int c, rc;
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		switch (c) {
+		case L_DIR:
+			if (optarg[0] != '/')
+				return usage_error("record", "--dir must be an absolute path, not '%s'", optarg);
+			o.dir = optarg;
+			break;
+		case L_SYNC:
+			if (parse_sync_level(optarg, &o.sync) < 0)
+				return usage_error("record", "--sync must be none, batch or always, not '%s'", optarg);
+			break;
+		case L_SEGMENT:
+			if (cli_parse_size(optarg, 4ull << 30, &v) < 0 || v < (64u << 10))
+				return usage_error("record", "--segment-size must be a size in [64k, 4G], not '%s'", optarg);
+			o.segment_bytes = v;
+			break;
+		case L_RETAIN_BYTES:
+			if (cli_parse_size(optarg, UINT64_MAX >> 1, &v) < 0)
+				return usage_error("record", "--retain-bytes must be a size, not '%s'", optarg);
+			o.retain_bytes = v;
+			break;
+		case L_RETAIN_AGE:
+			if (cli_parse_duration(optarg, &v) < 0)
+				return usage_error("record", "--retain-age must be a duration, not '%s'", optarg);
+			o.retain_ns = v;
+			break;
+		case L_BATCH:
+			if (cli_parse_u64(optarg, 1, 60000, &v) < 0)
+				return usage_error("record", "--batch-ms must be in [1, 60000], not '%s'", optarg);
+			o.batch_ms = (uint32_t)v;
+			break;
+		default:
+			return bad_option("record", c, argv);
+		}
+	}
+	if ((rc = want_positionals("record", argc, argv, 1)))
+		return rc;
+	shmbus_bus_t *bus;
+	if ((rc = open_bus("record", argv[optind], &bus)))
+		return rc;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_stop;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	shmbus_recorder_t *rec;
+	rc = shmbus_recorder_open(bus, &o, &rec);
+	if (rc < 0) {
+		rc = cli_lib_error("record", rc);
+		shmbus_close(bus);
+		return rc;
+	}
+	recorder = rec;
+	int64_t n = shmbus_recorder_run(rec, -1);
+	recorder = NULL;
+	shmbus_recorder_stats_t s;
+	shmbus_recorder_stats(rec, &s);
+	rc = n < 0 ? cli_lib_error("record", (int)n) : 0;
+	shmbus_recorder_close(rec);
+	fprintf(stderr, "shmbus: record: %llu events recorded, %llu missed, next sequence %llu\n",
+		(unsigned long long)s.recorded, (unsigned long long)s.missed, (unsigned long long)s.next_seq);
+	shmbus_close(bus);
+	return rc;
+}
