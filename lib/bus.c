@@ -219,6 +219,7 @@ static void params_from_config(const shmbus_config_t *c, struct seg_params *p)
 	p->block_timeout_ns = c->block_timeout_ns ? c->block_timeout_ns : DEFAULT_BLOCK_TIMEOUT_NS;
 	p->stall_timeout_ns = c->stall_timeout_ns ? c->stall_timeout_ns : DEFAULT_STALL_TIMEOUT_NS;
 	p->reclaim_timeout_ns = c->reclaim_timeout_ns ? c->reclaim_timeout_ns : DEFAULT_RECLAIM_TIMEOUT_NS;
+	p->flags = c->dead_letter_unrouted ? SEG_HDR_DEAD_LETTER_UNROUTED : 0;
 }
 
 SHMBUS_API int shmbus_create(const char *name, const shmbus_config_t *cfg, const shmbus_open_opts_t *opts,
@@ -334,6 +335,7 @@ SHMBUS_API void shmbus_bus_config(const shmbus_bus_t *bus, shmbus_config_t *out)
 	out->block_timeout_ns = h->block_timeout_ns;
 	out->stall_timeout_ns = h->stall_timeout_ns;
 	out->reclaim_timeout_ns = h->reclaim_timeout_ns;
+	out->dead_letter_unrouted = h->flags & SEG_HDR_DEAD_LETTER_UNROUTED;
 }
 
 void bus_track_pub(shmbus_bus_t *bus, shmbus_pub_t *pub, bool add)

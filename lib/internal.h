@@ -127,6 +127,9 @@ struct shmbus_pub {
 	bool claim_open;
 	uint64_t claim_pos;
 	uint32_t claim_slots;
+	/* copies of unmatched commands/queries, dead-lettered after routing */
+	shmbus_event_t **unrouted;
+	size_t nunrouted, unrouted_cap;
 	struct shmbus_pub *next;
 };
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "dlq.h"
 #include "event_encode.h"
 #include "slots.h"
 
@@ -90,6 +91,7 @@ SHMBUS_API void shmbus_pub_close(shmbus_pub_t *pub)
 	}
 	bus_track_pub(bus, pub, false);
 	route_ctx_free(&pub->route);
+	free(pub->unrouted);
 	free(pub);
 }
 
@@ -99,11 +101,48 @@ static uint32_t slots_for(const shmbus_bus_t *bus, uint32_t bytes)
 	return (bytes + size - 1) >> bus->slot_size_shift;
 }
 
+/* A command or query that matched no subscription, on a bus that wants
+ * those dead-lettered: keep a copy (the slot is reusable the moment it is
+ * committed) to append once routing is over. */
+static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev, const uint64_t *hold)
+{
+	if (!(pub->bus->hdr->flags & SEG_HDR_DEAD_LETTER_UNROUTED) ||
+	    (ev->type != SHMBUS_COMMAND && ev->type != SHMBUS_QUERY))
+		return;
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		if (hold[w])
+			return;
+	if (pub->nunrouted == pub->unrouted_cap) {
+		size_t nc = pub->unrouted_cap ? pub->unrouted_cap * 2 : 8;
+		shmbus_event_t **v = realloc(pub->unrouted, nc * sizeof *v);
+		if (!v)
+			return; /* counted nowhere: no memory to say more */
+		pub->unrouted = v;
+		pub->unrouted_cap = nc;
+	}
+	if (shmbus_event_copy((const shmbus_event_t *)(const void *)ev, &pub->unrouted[pub->nunrouted]) == 0)
+		pub->nunrouted++;
+}
+
+/* Append the kept copies to the dead-letter log, outside the routing pass
+ * (an append syncs a file). */
+static void flush_unrouted(shmbus_pub_t *pub)
+{
+	for (size_t i = 0; i < pub->nunrouted; i++) {
+		struct dlq_entry_in in = {.reason = SHMBUS_DEAD_NO_SUBSCRIBER};
+		if (dlq_append(pub->bus, pub->unrouted[i], &in) == 0)
+			at_count_u64(&pub->bus->hdr->retired_dead_lettered, 1);
+		shmbus_event_free(pub->unrouted[i]);
+	}
+	pub->nunrouted = 0;
+}
+
 /* Route and commit one written event; the caller fences and wakes. */
 static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
 {
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
 	route_event(pub, ev, seq, hold, wake);
+	keep_unrouted(pub, ev, hold);
 	/* all four words: an aborted claim may have left bits of a commit
 	 * that never happened */
 	uint64_t *h = bus_slot_holders(pub->bus, seq);
@@ -207,6 +246,8 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	}
 	routing_end(pub, wake);
 	count_published(pub, n, bytes);
+	if (pub->nunrouted)
+		flush_unrouted(pub);
 	rc = (int)n;
 out:
 	if (lay != stack)
@@ -285,6 +326,8 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	commit_one(pub, ev, pub->claim_pos, wake);
 	routing_end(pub, wake);
 	count_published(pub, 1, ev->payload_len);
+	if (pub->nunrouted)
+		flush_unrouted(pub);
 	pub->claim_open = false;
 	claim->priv = NULL;
 	return 0;

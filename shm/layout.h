@@ -27,6 +27,9 @@
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
 #define SEG_LAYOUT_VERSION 2u
+
+/* seg_header.flags */
+#define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
 #define SEG_HEADER_SIZE 4096u
 #define SEG_NAME_MAX 64u /* bus name length, without NUL */
 #define SEG_ID_MAX 63u	 /* subscriber id / group / label length */
@@ -98,7 +101,7 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *   64   max_members      u32   M (and P)
  *   68   queue_capacity   u32   Q per priority class, == N
  *   72   mode             u32   permission bits of the object
- *   76   flags            u32
+ *   76   flags            u32   SEG_HDR_* (set at creation)
  *   80   block_timeout_ns u64   default publisher wait on a `block` sub
  *   88   stall_timeout_ns u64   a `block` sub stuck longer is demoted
  *   96   reclaim_timeout_ns u64 bound on reclaiming a dead member

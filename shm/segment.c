@@ -220,6 +220,7 @@ int seg_create(const char *name, const struct seg_params *p, uint64_t incarnatio
 	h->block_timeout_ns = p->block_timeout_ns;
 	h->stall_timeout_ns = p->stall_timeout_ns;
 	h->reclaim_timeout_ns = p->reclaim_timeout_ns;
+	h->flags = p->flags;
 	h->members_off = m->geo.members_off;
 	h->pubs_off = m->geo.pubs_off;
 	h->subs_off = m->geo.subs_off;

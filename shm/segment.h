@@ -16,6 +16,7 @@
 struct seg_params {
 	uint32_t slot_count, slot_size, max_payload, max_subscribers, max_members, mode;
 	uint64_t block_timeout_ns, stall_timeout_ns, reclaim_timeout_ns;
+	uint32_t flags; /* SEG_HDR_* */
 };
 
 struct seg_map {

@@ -857,3 +857,43 @@ Test(dispatch, cli_sub_exec_options_are_checked)
 	}
 	shmbus_close(bus);
 }
+
+/* --------------------------------------------- unrouted commands and queries */
+
+Test(dispatch, unmatched_commands_and_queries_are_dead_lettered_when_the_bus_asks)
+{
+	shmbus_config_t cfg = {.dead_letter_unrouted = true};
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_config_t got;
+	shmbus_bus_config(bus, &got);
+	cr_expect(got.dead_letter_unrouted);
+	const char *workers[] = {"worker"};
+	shmbus_filter_t *f;
+	cr_assert_eq(shmbus_filter_targets(workers, 1, &f), 0);
+	shmbus_sub_t *sub = tc_sub(bus, f);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_uuid_t lost_id;
+	cr_assert_eq(shmbus_publish_command(pub, "do", NULL, "nobody", &lost_id), 0);
+	cr_assert_eq(shmbus_publish_command(pub, "do", NULL, "worker", NULL), 0);      /* matched */
+	cr_assert_eq(shmbus_publish_notification(pub, "news", NULL, NULL), 0);       /* not a command */
+	shmbus_msg_t batch[2] = {{.type = SHMBUS_QUERY, .name = "q1", .target = "nobody"},
+				 {.type = SHMBUS_QUERY, .name = "q2", .target = "worker"}};
+	cr_assert_eq(shmbus_publish_batch(pub, batch, 2, NULL), 2);
+	shmbus_dead_letter_t dl[8];
+	int n = shmbus_dlq_list(bus, dl, 8);
+	cr_assert_eq(n, 2, "dlq_list = %d (%s)", n, shmbus_errmsg());
+	cr_expect_eq(dl[0].reason, SHMBUS_DEAD_NO_SUBSCRIBER);
+	cr_expect(memcmp(&dl[0].event_id, &lost_id, sizeof lost_id) == 0);
+	cr_expect_eq(dl[0].sub, 0);
+	cr_expect_str_eq(shmbus_event_name(dl[1].event), "q1");
+	cr_expect_eq(tc_drain(sub, NULL, NULL), 2, "the matched ones were delivered");
+	/* a bus that did not ask keeps quiet */
+	shmbus_close(bus);
+	char quiet[SHMBUS_NAME_MAX + 1];
+	tc_name(quiet, "quiet");
+	cr_assert_eq(shmbus_create(quiet, NULL, NULL, &bus), 0);
+	pub = tc_pub(bus, NULL, 0);
+	cr_assert_eq(shmbus_publish_command(pub, "do", NULL, "nobody", NULL), 0);
+	cr_expect_eq(shmbus_dlq_list(bus, NULL, 0), 0);
+	shmbus_close(bus);
+}

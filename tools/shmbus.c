@@ -63,6 +63,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "\n"
 				 "  create NAME [--slots N] [--slot-size B] [--max-payload B] [--max-subscribers N]\n"
 				 "              [--max-members N] [--mode OCTAL] [--log-dir DIR] [--sync none|batch|always]\n"
+				 "              [--dead-letter-unrouted]\n"
 				 "  ls [--json]\n"
 				 "  info NAME [--json]\n"
 				 "  rm NAME [--keep-log]\n"
@@ -218,6 +219,9 @@ static int parse_create_option(int c, const char *arg, shmbus_config_t *cfg)
 		cfg->mode = (uint32_t)m;
 		return 0;
 	}
+	case 'U':
+		cfg->dead_letter_unrouted = true;
+		return 0;
 	default:
 		return usage_error("create", "unexpected option");
 	}
@@ -238,6 +242,7 @@ static int cmd_create(int argc, char **argv)
 		{"mode", required_argument, NULL, 'o'},
 		{"log-dir", required_argument, NULL, 'L'},
 		{"sync", required_argument, NULL, 'Y'},
+		{"dead-letter-unrouted", no_argument, NULL, 'U'},
 		{NULL, 0, NULL, 0},
 	};
 	shmbus_config_t cfg = {0};
@@ -337,7 +342,8 @@ static json_t *config_json(const shmbus_config_t *c)
 	return json_add(json_object(), "slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload", ju(c->max_payload),
 			"max_subscribers", ju(c->max_subscribers), "max_members", ju(c->max_members), "mode",
 			ju(c->mode), "block_timeout_ns", ju(c->block_timeout_ns), "stall_timeout_ns",
-			ju(c->stall_timeout_ns), "reclaim_timeout_ns", ju(c->reclaim_timeout_ns), NULL);
+			ju(c->stall_timeout_ns), "reclaim_timeout_ns", ju(c->reclaim_timeout_ns), "dead_letter_unrouted",
+			json_boolean(c->dead_letter_unrouted), NULL);
 }
 
 /* shmbus_get_metrics as a JSON object (NULL when out of memory). */
@@ -482,9 +488,9 @@ static void print_info(const char *name, const struct snapshot *s)
 	printf("bus %s\n", name);
 	printf("config: slots=%u slot_size=%u max_payload=%u max_subscribers=%u max_members=%u mode=0%o\n", c->slots,
 	       c->slot_size, c->max_payload, c->max_subscribers, c->max_members, c->mode);
-	printf("        block_timeout=%.3fs stall_timeout=%.3fs reclaim_timeout=%.3fs\n",
+	printf("        block_timeout=%.3fs stall_timeout=%.3fs reclaim_timeout=%.3fs%s\n",
 	       (double)c->block_timeout_ns / 1e9, (double)c->stall_timeout_ns / 1e9,
-	       (double)c->reclaim_timeout_ns / 1e9);
+	       (double)c->reclaim_timeout_ns / 1e9, c->dead_letter_unrouted ? " dead_letter_unrouted" : "");
 	printf("ring: %llu/%llu slots in use, next seq %llu, published %llu\n", (unsigned long long)m->ring_used,
 	       (unsigned long long)m->ring_slots, (unsigned long long)m->next_seq, (unsigned long long)m->published);
 	printf("members (%zu):\n", s->member_count);
@@ -1444,7 +1450,7 @@ static int cmd_sub(int argc, char **argv)
 static const struct command commands[] = {
 	{"create", cmd_create,
 	 "NAME [--slots N] [--slot-size B] [--max-payload B] [--max-subscribers N] [--max-members N] [--mode OCTAL] "
-	 "[--log-dir DIR] [--sync none|batch|always]"},
+	 "[--log-dir DIR] [--sync none|batch|always] [--dead-letter-unrouted]"},
 	{"ls", cmd_ls, "[--json]"},
 	{"info", cmd_info, "NAME [--json]"},
 	{"rm", cmd_rm, "NAME [--keep-log]"},

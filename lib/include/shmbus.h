@@ -145,6 +145,9 @@ typedef struct {
 	uint64_t block_timeout_ns;   /* default publisher wait on `block` subs (1 s) */
 	uint64_t stall_timeout_ns;   /* a stuck `block` sub is demoted after (5 s) */
 	uint64_t reclaim_timeout_ns; /* dead members are reclaimed within (1 s) */
+	bool dead_letter_unrouted;   /* a command or query that no subscription
+					matches goes to the dead-letter queue
+					(reason SHMBUS_DEAD_NO_SUBSCRIBER) */
 } shmbus_config_t;
 
 typedef struct {
