@@ -64,6 +64,7 @@
 #include <x86intrin.h>
 #endif
 
+#include "bench_log.h"
 #include "shmbus.h"
 
 #define PROG "shmbus-bench"
@@ -1890,6 +1891,9 @@ static void setup_pinning(void)
 
 int main(int argc, char **argv)
 {
+	/* the durable log's modes live in bench_log.c */
+	if (argc > 1 && (!strcmp(argv[1], "record") || !strcmp(argv[1], "replay") || !strcmp(argv[1], "get")))
+		return bench_log_main(argc, argv);
 	parse_args(argc, argv);
 	/* With ping-pong restricted to some wait modes, only their floors. */
 	if ((g_opt.modes & MODE_PINGPONG) && g_opt.wait_given) {

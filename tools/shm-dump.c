@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "cli_util.h"
+#include "dump_log.h"
 #include "event_json.h"
 #include "shmbus.h"
 
@@ -27,7 +28,8 @@
 #define MAX_EVENTS 1000000u
 
 static const char usage_text[] = "usage: shm-dump NAME|FILE [--json] [--events N]\n"
-				 "  NAME is a bus (/dev/shm/shmbus.NAME); a FILE is a copy of a segment.\n"
+				 "  NAME is a bus (/dev/shm/shmbus.NAME); a FILE is a copy of a segment,\n"
+				 "  or a log file (<seq>.log, <seq>.idx, dead.log): records, index, damage.\n"
 				 "  --events N   show the last N committed events (default 10)\n"
 				 "  --json       one JSON object per line\n"
 				 "Exit status: 0 clean, 1 problems found or unreadable, 2 usage error.\n";
@@ -512,5 +514,7 @@ int main(int argc, char **argv)
 	int rc = parse_args(argc, argv, &o);
 	if (rc)
 		return rc;
+	if (dump_is_log_file(o.target))
+		return dump_log_file(o.target, o.json, o.events);
 	return dump(&o);
 }
