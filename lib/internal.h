@@ -123,6 +123,7 @@ struct shmbus_pub {
 	uint64_t source_hash;
 	size_t source_len;
 	struct route_ctx route;
+	uint64_t ok_from, ok_to; /* positions seen reusable (slots.c) */
 	bool claim_open;
 	uint64_t claim_pos;
 	uint32_t claim_slots;
