@@ -184,6 +184,8 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * empty store buffer; the claim's and the event's stores then reach
 	 * their cache lines together instead of one after the other. */
 	routing_begin(pub);
+	route_prefetch(pub, (unsigned)msgs[0].type,
+		       msgs[0].priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL);
 	if ((rc = slots_claim(pub, (uint32_t)total, urgent, &pos)) < 0) {
 		routing_abort(pub);
 		goto out;

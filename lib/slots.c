@@ -252,16 +252,22 @@ uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq)
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 {
 	/* a descriptor whose slot moved on must not clear a bit of the
-	 * slot's new event; an aborted event holds nothing */
-	if (sub >= SEG_MAX_SUBSCRIBERS || slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
+	 * slot's new event; an aborted event holds nothing. A release almost
+	 * always finds its slot committed: one load, no settling loop. */
+	if (sub >= SEG_MAX_SUBSCRIBERS)
+		return;
+	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, seq));
+	if (c != seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return;
 	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
 	uint64_t old = at_fetch_and_u64_sc(&h[sub / 64], ~bit);
 	if (!(old & bit) || (old & ~bit))
 		return;
 	/* seq_cst loads: two releasers of different words must not both miss
-	 * the other's bit and leave a waiter asleep */
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+	 * the other's bit and leave a waiter asleep. Words past the bus's
+	 * subscriptions are never set by a publisher. */
+	unsigned words = (bus->max_subs + 63) / 64;
+	for (unsigned w = 0; w < words; w++)
 		if (w != sub / 64 && at_load_u64_sc(&h[w]))
 			return;
 	slots_wake_waiters(bus); /* the slot is free */
