@@ -167,6 +167,24 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 		return true; /* no filter: everything */
 	if (count > SEG_FILTER_NODES)
 		return false;
+	/* A filter of one set or one test (the commonest) needs no walk. */
+	if (count == 1 && f->root == 0) {
+		const struct seg_filter_node *n = &f->nodes[0];
+		switch (n->kind) {
+		case SEG_F_TYPES:
+			return (n->arg >> ev->type) & 1;
+		case SEG_F_NAMES:
+			return hash_in(f, n, ev->name_hash);
+		case SEG_F_SOURCES:
+			return hash_in(f, n, ev->source_hash);
+		case SEG_F_TARGETS:
+			return ev->target_hash && hash_in(f, n, ev->target_hash);
+		case SEG_F_MIN_PRIO:
+			return ev->priority >= n->arg;
+		default:
+			break;
+		}
+	}
 	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
 	return eval_node(&e, f->root, 0);
 }
@@ -188,18 +206,20 @@ void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls)
 	uint64_t cand[SEG_MASK_WORDS];
 	for (unsigned w = 0; w < words; w++) {
 		cand[w] = at_load_relaxed_u64(&h->active_mask[w]) & at_load_relaxed_u64(&h->type_mask[type - 1][w]);
-		unsigned c = (unsigned)__builtin_popcountll(cand[w]);
-		if (c > left)
-			return;
-		left -= c;
+		for (uint64_t m = cand[w]; m; m &= m - 1)
+			if (left-- == 0)
+				return;
 	}
 	for (unsigned w = 0; w < words; w++) {
 		for (uint64_t m = cand[w]; m; m &= m - 1) {
 			uint32_t idx = w * 64 + (unsigned)__builtin_ctzll(m);
 			if (idx >= bus->max_subs)
 				return;
-			struct queue_view q = bus_queue(bus, idx, cls);
-			queue_prefetch_push(&q);
+			const struct seg_queue_ends *e = &bus->subs[idx].ends[cls];
+			uint64_t tail = at_load_relaxed_u64((uint64_t *)&e->tail);
+			__builtin_prefetch(&bus->cells[((uint64_t)idx * SEG_QUEUE_CLASSES + cls) * bus->nslots +
+						       seg_cell_index(tail, bus->nslots)],
+					   1);
 		}
 	}
 }
@@ -245,7 +265,8 @@ void route_wake(shmbus_bus_t *bus, uint32_t idx)
 
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
 {
-	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
+	unsigned words = (bus->max_subs + 63) / 64; /* no bit beyond */
+	for (unsigned w = 0; w < words; w++) {
 		uint64_t m = wake[w];
 		while (m) {
 			unsigned bit = (unsigned)__builtin_ctzll(m);

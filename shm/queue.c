@@ -34,11 +34,6 @@ static void help_forward(uint64_t *hint, uint64_t seen)
 	(void)at_cas_u64(hint, &expected, seen + 1);
 }
 
-void queue_prefetch_push(const struct queue_view *q)
-{
-	__builtin_prefetch(cell_at(q, at_load_relaxed_u64(&q->ends->tail)), 1);
-}
-
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 {
 	/* A sane queue needs at most a lap of help to find its tail; more

@@ -33,9 +33,6 @@ struct queue_view {
 /* Reset cells for an empty queue starting at position 0 (creation only). */
 void queue_init(struct queue_view *q);
 
-/* A hint: fetch the cell the next push will most likely fill, for writing. */
-void queue_prefetch_push(const struct queue_view *q);
-
 /* Append desc as member `owner`. 0, -ENOBUFS when the queue is full, or
  * -EBADMSG when its words are corrupt (no free cell after a whole lap). */
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
