@@ -230,9 +230,9 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 {
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
-	int rc = bus_check_usable(sub->bus);
-	if (rc < 0)
-		return rc;
+	int rc;
+	if (sub->bus->orphaned)
+		return bus_check_usable(sub->bus);
 	if (!sub_current(sub))
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)

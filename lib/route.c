@@ -195,8 +195,9 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
  * waiting for it. Only for a few candidates, since a candidate whose
  * filter turns the event down loses the line to us for nothing. */
 #define PREFETCH_CANDIDATES 4
+#define PREFETCH_CELLS 64 /* cells of one candidate, at most */
 
-void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls)
+void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls, uint32_t n)
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
@@ -217,9 +218,10 @@ void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls)
 				return;
 			const struct seg_queue_ends *e = &bus->subs[idx].ends[cls];
 			uint64_t tail = at_load_relaxed_u64((uint64_t *)&e->tail);
-			__builtin_prefetch(&bus->cells[((uint64_t)idx * SEG_QUEUE_CLASSES + cls) * bus->nslots +
-						       seg_cell_index(tail, bus->nslots)],
-					   1);
+			const struct seg_cell *cells = bus->cells + ((uint64_t)idx * SEG_QUEUE_CLASSES + cls) * bus->nslots;
+			/* the lines a batch of n will fill, four cells a line */
+			for (uint32_t k = 0; k < n && k < PREFETCH_CELLS; k += 64 / sizeof(struct seg_cell))
+				__builtin_prefetch(&cells[seg_cell_index(tail + k, bus->nslots)], 1);
 		}
 	}
 }
