@@ -197,10 +197,6 @@ void route_ctx_free(struct route_ctx *ctx);
  * in hold (the slot's holders to be) and in wake (bitmaps of
  * SEG_MASK_WORDS words). */
 void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
-/* Prefetch the queue cells that the next n pushes to the (few)
- * subscriptions that can take an event of this type and class will fill:
- * a hint, before the claim. */
-void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls, uint32_t n);
 /* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
 void route_wake(shmbus_bus_t *bus, uint32_t sub_index);

@@ -156,12 +156,9 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	if (!msgs || n > INT32_MAX)
 		return shmbus__fail(EINVAL, "bad message array");
 	shmbus_bus_t *bus = pub->bus;
-	/* The claim word and the queue cells this call will write were most
-	 * likely written last by other processes: start their transfers now,
-	 * so that they overlap with the layout work below. */
+	/* The claim word was most likely written last by another publisher:
+	 * its transfer overlaps with the layout work below. */
 	__builtin_prefetch(&bus->hdr->claim_pos, 1);
-	route_prefetch(pub, (unsigned)msgs[0].type,
-		       msgs[0].priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL, (uint32_t)n);
 	struct event_layout stack[BATCH_STACK], *lay = n <= BATCH_STACK ? stack : malloc(n * sizeof *lay);
 	if (!lay)
 		return shmbus__fail(ENOMEM, "out of memory");
@@ -195,20 +192,8 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		goto out;
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
-	uint64_t ahead = seq; /* the next event whose lines are fetched */
-	size_t ahead_i = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-		/* Fetch for writing the lines of the events two ahead, whose
-		 * last readers were consumers: their transfers overlap with the
-		 * writing of this one instead of stalling each store. */
-		for (; ahead_i < n && ahead_i <= i + 2; ahead++, ahead_i++) {
-			const uint8_t *a = bus_slot_data(bus, ahead);
-			uint32_t size = lay[ahead_i].size < 256 ? lay[ahead_i].size : 256;
-			for (uint32_t off = 0; off < size; off += 64)
-				__builtin_prefetch(a + off, 1);
-			ahead += slots_for(bus, lay[ahead_i].size) - 1;
-		}
 		shmbus_uuid_t id;
 		uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
 		if (seq != pos) /* later heads of a batch: claimed by us too */

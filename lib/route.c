@@ -189,43 +189,6 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 	return eval_node(&e, f->root, 0);
 }
 
-/* Fetch for writing the next cell of each subscription that can take an
- * event of this type, while the publisher still claims and writes: the
- * push then finds the line its consumer released already here instead of
- * waiting for it. Only for a few candidates, since a candidate whose
- * filter turns the event down loses the line to us for nothing. */
-#define PREFETCH_CANDIDATES 4
-#define PREFETCH_CELLS 64 /* cells of one candidate, at most */
-
-void route_prefetch(shmbus_pub_t *pub, unsigned type, unsigned cls, uint32_t n)
-{
-	shmbus_bus_t *bus = pub->bus;
-	struct seg_header *h = bus->hdr;
-	if (type < 1 || type > SEG_EVENT_TYPES)
-		return;
-	unsigned words = (bus->max_subs + 63) / 64, left = PREFETCH_CANDIDATES;
-	uint64_t cand[SEG_MASK_WORDS];
-	for (unsigned w = 0; w < words; w++) {
-		cand[w] = at_load_relaxed_u64(&h->active_mask[w]) & at_load_relaxed_u64(&h->type_mask[type - 1][w]);
-		for (uint64_t m = cand[w]; m; m &= m - 1)
-			if (left-- == 0)
-				return;
-	}
-	for (unsigned w = 0; w < words; w++) {
-		for (uint64_t m = cand[w]; m; m &= m - 1) {
-			uint32_t idx = w * 64 + (unsigned)__builtin_ctzll(m);
-			if (idx >= bus->max_subs)
-				return;
-			const struct seg_queue_ends *e = &bus->subs[idx].ends[cls];
-			uint64_t tail = at_load_relaxed_u64((uint64_t *)&e->tail);
-			const struct seg_cell *cells = bus->cells + ((uint64_t)idx * SEG_QUEUE_CLASSES + cls) * bus->nslots;
-			/* the lines a batch of n will fill, four cells a line */
-			for (uint32_t k = 0; k < n && k < PREFETCH_CELLS; k += 64 / sizeof(struct seg_cell))
-				__builtin_prefetch(&cells[seg_cell_index(tail + k, bus->nslots)], 1);
-		}
-	}
-}
-
 void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
 	shmbus_bus_t *bus = pub->bus;
