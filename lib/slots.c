@@ -22,10 +22,18 @@ enum range_state { RANGE_FREE, RANGE_TAKEN, RANGE_BUSY, RANGE_FREE_RETRY };
 static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 {
 	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, p));
-	if (seg_ctl_lap(c) == bus_lap(bus, p)) {
+	uint64_t lap = bus_lap(bus, p);
+	if (seg_ctl_lap(c) == lap) {
 		*taken = true;
 		return false;
 	}
+	/* Position p - N is claimed already (it is below claim_pos), but its
+	 * claimer marks the slot only after its CAS: a word of an older lap
+	 * means that mark is still to come, not that the slot is free. (On a
+	 * new segment the all-zero word carries lap 0, the lap before the
+	 * first.) */
+	if (seg_ctl_lap(c) != ((lap - 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1)))
+		return true;
 	uint32_t st = seg_ctl_state(c);
 	if (st == SEG_SLOT_CLAIMED)
 		return true;
