@@ -119,28 +119,48 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 	struct held_desc *ready = sub->ready[cls];
 	sub->ready_head[cls] = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		/* the event's header lines: their misses overlap with the rest */
+		/* the event's lines (a small event's all four): their misses
+		 * overlap with the rest */
 		const uint8_t *ev = bus_slot_data(bus, descs[i] & SEG_DESC_SEQ_MASK);
 		__builtin_prefetch(ev);
 		__builtin_prefetch(ev + 64);
 		__builtin_prefetch(ev + 128);
+		__builtin_prefetch(ev + 192);
 		uint32_t k = held_alloc(sub);
 		at_store_relaxed_u64(&sub->cons->held[k], descs[i] | SEG_DESC_UNSEEN);
 		ready[i].desc = descs[i] | SEG_DESC_UNSEEN;
 		ready[i].k = k;
 	}
 	sub->ready_n[cls] = n;
-	/* held[] before the cells go back, and (seq_cst) before we look at
-	 * whether a removal is sweeping held[] */
+	/* held[] (seq_cst) before we look at whether a removal is sweeping
+	 * held[] */
 	at_fence_seq_cst();
-	queue_release(&q, &sub->cons->take, first, n);
 	if (!sub_current(sub)) {
+		queue_release(&q, &sub->cons->take, first, n);
 		for (uint32_t i = 0; i < n; i++)
 			held_drop(sub, ready[i].k, ready[i].desc);
 		sub->ready_n[cls] = 0;
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	}
+	/* The cells go back once the first event is opened (release_cells):
+	 * the store to their line, which the producer shares, then drains
+	 * while the user reads the event, instead of stalling the locked
+	 * instruction that opens it. Until then the OWNED intent covers them
+	 * and held[] has every descriptor, so a survivor loses nothing. */
+	sub->cells_first = first;
+	sub->cells_n = n;
+	sub->cells_cls = cls;
 	return (int)n;
+}
+
+/* Give back the cells of the last run taken (see take_run). */
+static void release_cells(shmbus_sub_t *sub)
+{
+	if (!sub->cells_n)
+		return;
+	struct queue_view q = bus_queue(sub->bus, sub->index, sub->cells_cls);
+	queue_release(&q, &sub->cons->take, sub->cells_first, sub->cells_n);
+	sub->cells_n = 0;
 }
 
 /* Turn one ready descriptor into a deliverable event, or drop it.
@@ -210,9 +230,9 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 {
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
-	int rc = bus_check_usable(sub->bus);
-	if (rc < 0)
-		return rc;
+	int rc;
+	if (sub->bus->orphaned)
+		return bus_check_usable(sub->bus);
 	if (!sub_current(sub))
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)
@@ -230,6 +250,7 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		if (rc == 0)
 			break;
 		const struct seg_event *e = open_event(sub, &h);
+		release_cells(sub);
 		if (!e)
 			continue;
 		sub->held[sub->nheld].ev = e;
@@ -352,6 +373,7 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 {
 	shmbus_bus_t *bus = sub->bus;
 	bool pushed = false;
+	release_cells(sub);
 	while (sub->nheld)
 		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
 	flush_releases(sub);

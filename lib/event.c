@@ -241,6 +241,10 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	ev->committed = 0;
 	memcpy(ev->len, lay->len, SEG_EVENT_STRINGS);
 	ev->len[SEG_EVENT_STRINGS] = 0;
+	/* Padding before the payload is zeroed so events are reproducible:
+	 * one word that ends at the payload, written before the strings that
+	 * may share it (payload_off >= SEG_EVENT_FIXED + 8: seven NULs at least). */
+	memset((char *)ev + lay->payload_off - 8, 0, 8);
 	char *p = ev->strings;
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++)
 		p = put_str(p, lay->str[k], lay->len[k]);
@@ -248,9 +252,6 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 		p = put_str(p, msg->metadata[i].key, strlen(msg->metadata[i].key));
 		p = put_str(p, msg->metadata[i].value, strlen(msg->metadata[i].value));
 	}
-	/* padding before the payload is zeroed so events are reproducible */
-	while (p < (char *)ev + lay->payload_off)
-		*p++ = '\0';
 }
 
 /* --------------------------------------------------------------- accessors */

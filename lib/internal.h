@@ -124,6 +124,7 @@ struct shmbus_pub {
 	uint64_t source_hash;
 	size_t source_len;
 	struct route_ctx route;
+	uint64_t ok_from, ok_to; /* positions seen reusable (slots.c) */
 	bool claim_open;
 	uint64_t claim_pos;
 	uint32_t claim_slots;
@@ -171,6 +172,8 @@ struct shmbus_sub {
 	uint32_t take_batch;
 	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
 	uint32_t ready_head[SEG_QUEUE_CLASSES], ready_n[SEG_QUEUE_CLASSES];
+	uint64_t cells_first; /* the cells of the last run, not yet released */
+	uint32_t cells_n, cells_cls;
 	struct held_desc releasing[RELEASE_BATCH];
 	uint32_t nreleasing;
 	uint32_t releasing_slots; /* ring slots the batch keeps (lower bound) */

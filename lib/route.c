@@ -167,6 +167,24 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 		return true; /* no filter: everything */
 	if (count > SEG_FILTER_NODES)
 		return false;
+	/* A filter of one set or one test (the commonest) needs no walk. */
+	if (count == 1 && f->root == 0) {
+		const struct seg_filter_node *n = &f->nodes[0];
+		switch (n->kind) {
+		case SEG_F_TYPES:
+			return (n->arg >> ev->type) & 1;
+		case SEG_F_NAMES:
+			return hash_in(f, n, ev->name_hash);
+		case SEG_F_SOURCES:
+			return hash_in(f, n, ev->source_hash);
+		case SEG_F_TARGETS:
+			return ev->target_hash && hash_in(f, n, ev->target_hash);
+		case SEG_F_MIN_PRIO:
+			return ev->priority >= n->arg;
+		default:
+			break;
+		}
+	}
 	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
 	return eval_node(&e, f->root, 0);
 }
@@ -212,7 +230,8 @@ void route_wake(shmbus_bus_t *bus, uint32_t idx)
 
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
 {
-	for (unsigned w = 0; w < SEG_MASK_WORDS; w++) {
+	unsigned words = (bus->max_subs + 63) / 64; /* no bit beyond */
+	for (unsigned w = 0; w < words; w++) {
 		uint64_t m = wake[w];
 		while (m) {
 			unsigned bit = (unsigned)__builtin_ctzll(m);

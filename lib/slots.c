@@ -15,17 +15,25 @@
 #include "futex.h"
 #include "slots.h"
 
-enum range_state { RANGE_FREE, RANGE_TAKEN, RANGE_BUSY };
+enum range_state { RANGE_FREE, RANGE_TAKEN, RANGE_BUSY, RANGE_FREE_RETRY };
 
 /* Whether the slot at position p is in use by an older lap's event that is
  * not released yet; sets *taken if position p was already claimed. */
 static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 {
 	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, p));
-	if (seg_ctl_lap(c) == bus_lap(bus, p)) {
+	uint64_t lap = bus_lap(bus, p);
+	if (seg_ctl_lap(c) == lap) {
 		*taken = true;
 		return false;
 	}
+	/* Position p - N is claimed already (it is below claim_pos), but its
+	 * claimer marks the slot only after its CAS: a word of an older lap
+	 * means that mark is still to come, not that the slot is free. (On a
+	 * new segment the all-zero word carries lap 0, the lap before the
+	 * first.) */
+	if (seg_ctl_lap(c) != ((lap - 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1)))
+		return true;
 	uint32_t st = seg_ctl_state(c);
 	if (st == SEG_SLOT_CLAIMED)
 		return true;
@@ -38,28 +46,49 @@ static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 	return any != 0;
 }
 
-/* Low and normal events leave the last eighth of the ring to high and
- * critical ones: they also need the slot N/8 beyond their claim reusable. */
-static enum range_state range_state(shmbus_bus_t *bus, uint64_t pos, uint32_t n, bool urgent, uint64_t *blocking)
+/* Slots verified beyond what a claim needs. None: verifying ahead in
+ * bursts turns a steady miss per claim into a burst of misses every few
+ * claims, which shows in the latency tail; one new slot per claim (the
+ * headroom's end) overlaps with the claim's other work. */
+#define VERIFY_AHEAD 0u
+
+/*
+ * Whether [pos, pos + n) can be claimed. Low and normal events leave the
+ * last eighth of the ring to high and critical ones: the slots up to N/8
+ * beyond their claim must be reusable too.
+ *
+ * A reusable slot stays reusable until it is claimed, and claiming moves
+ * claim_pos past it; so the publisher keeps the window [ok_from, ok_to) of
+ * positions it saw reusable, and every position of it at or beyond
+ * claim_pos is reusable still. Only the part of the range beyond the window
+ * is read (each slot once per lap, a few ahead of need), and the window is
+ * dropped when claim_pos is outside it.
+ */
+static enum range_state range_state(shmbus_pub_t *pub, uint64_t pos, uint32_t n, bool urgent, uint64_t *blocking)
 {
+	shmbus_bus_t *bus = pub->bus;
+	uint64_t need = pos + n + (urgent ? 0 : bus->nslots / 8 + 1);
+	if (pos < pub->ok_from || pos > pub->ok_to || pub->ok_to - pos > bus->nslots)
+		pub->ok_from = pub->ok_to = pos;
+	if (pub->ok_to >= need)
+		return RANGE_FREE;
+	uint64_t end = need + VERIFY_AHEAD, p = pub->ok_to;
+	for (; p < end; p++) {
+		bool taken = false;
+		bool busy = slot_busy(bus, p, &taken);
+		if (busy || taken)
+			break;
+	}
+	pub->ok_to = p;
+	if (p >= need)
+		return RANGE_FREE;
 	bool taken = false;
-	for (uint32_t k = 0; k < n; k++) {
-		uint64_t p = pos + k;
-		if (slot_busy(bus, p, &taken)) {
-			*blocking = p - bus->nslots;
-			return RANGE_BUSY;
-		}
-		if (taken)
-			return RANGE_TAKEN;
+	if (slot_busy(bus, p, &taken)) {
+		*blocking = p - bus->nslots;
+		return RANGE_BUSY;
 	}
-	if (!urgent) {
-		uint64_t p = pos + n + bus->nslots / 8;
-		if (slot_busy(bus, p, &taken)) {
-			*blocking = p - bus->nslots;
-			return RANGE_BUSY;
-		}
-	}
-	return RANGE_FREE;
+	/* claimed by someone else (claim_pos moved), or freed meanwhile */
+	return taken ? RANGE_TAKEN : RANGE_FREE_RETRY;
 }
 
 /*
@@ -134,8 +163,13 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)bus->hdr->block_timeout_ns};
 	for (;;) {
+		/* for writing: the CAS then needs no second transfer of the line
+		 * another publisher wrote last */
+		__builtin_prefetch(claim, 1);
 		uint64_t pos = at_load_acquire_u64(claim), blocking = 0;
-		switch (range_state(bus, pos, n, urgent, &blocking)) {
+		switch (range_state(pub, pos, n, urgent, &blocking)) {
+		case RANGE_FREE_RETRY:
+			continue;
 		case RANGE_FREE:
 			if (!at_cas_u64(claim, &pos, pos + n))
 				continue;
@@ -227,16 +261,22 @@ uint32_t slot_settle(shmbus_bus_t *bus, uint64_t seq)
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 {
 	/* a descriptor whose slot moved on must not clear a bit of the
-	 * slot's new event; an aborted event holds nothing */
-	if (sub >= SEG_MAX_SUBSCRIBERS || slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
+	 * slot's new event; an aborted event holds nothing. A release almost
+	 * always finds its slot committed: one load, no settling loop. */
+	if (sub >= SEG_MAX_SUBSCRIBERS)
+		return;
+	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, seq));
+	if (c != seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
 		return;
 	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
 	uint64_t old = at_fetch_and_u64_sc(&h[sub / 64], ~bit);
 	if (!(old & bit) || (old & ~bit))
 		return;
 	/* seq_cst loads: two releasers of different words must not both miss
-	 * the other's bit and leave a waiter asleep */
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+	 * the other's bit and leave a waiter asleep. Words past the bus's
+	 * subscriptions are never set by a publisher. */
+	unsigned words = (bus->max_subs + 63) / 64;
+	for (unsigned w = 0; w < words; w++)
 		if (w != sub / 64 && at_load_u64_sc(&h[w]))
 			return;
 	slots_wake_waiters(bus); /* the slot is free */

@@ -41,6 +41,9 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 	for (uint64_t tries = 0; tries < 4 * q->cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&q->ends->tail);
 		struct seg_cell *c = cell_at(q, pos);
+		/* for writing: the CAS then needs no second transfer of a line
+		 * its consumer wrote last */
+		__builtin_prefetch(c, 1);
 		uint64_t turn = at_load_acquire_u64(&c->turn);
 		uint64_t p = pos & SEG_TURN_POS_MASK;
 		if (turn == p) {
