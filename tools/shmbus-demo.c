@@ -8,22 +8,31 @@
  * four agents. Each agent attaches to the bus anew with shmbus_open - the fork
  * rule: a child never uses its parent's handles.
  *
- *   inventory  answers get_stock queries with responses; executes restock
+ *   recorder   records every event into the bus's checksummed log on disk
+ *              (the parent reads it back at the end: get_events, get_event)
+ *   inventory  a dispatcher (io_uring, or its fallback) runs its handler:
+ *              answers get_stock queries with responses; executes restock
  *              commands, announces the change with a stock_changed
  *              notification and acknowledges the command with a response
  *   pricing    follows stock_changed notifications (a name filter) and
  *              publishes price_changed, or an error event when the input is
  *              bad (a sku it has no price for)
  *   orders     runs three small orders as command/query conversations with
- *              correlation and causation ids, waiting at most 5 s for each
- *              correlated response
+ *              correlation and causation ids through a requester, waiting
+ *              at most 5 s for each correlated response, and asks shipping
+ *              to ship two of them
+ *   shipping   a dispatcher with two worker threads handles ship commands;
+ *              its courier fails every first attempt (retried after a
+ *              back-off) and never reaches "nowhere" (dead-lettered after
+ *              its retries)
  *   auditor    attaches to the durable subscription that matches everything
  *              and logs every event in one line
  *
  * Agents report to the parent over one pipe, one write() per line (shorter
  * than PIPE_BUF, so lines of different processes never interleave). The
  * parent narrates what the agents do as it happens, then prints the auditor's
- * log in bus-sequence order, the bus metrics and the output of `shm-dump BUS`
+ * log in bus-sequence order, the log read back from disk, the dead letters,
+ * the bus metrics and the output of `shm-dump BUS`
  * (the binary next to this one), and removes the bus unless --keep.
  *
  * Every wait is bounded, so the demo ends on its own in a few seconds. Exit
@@ -38,6 +47,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -410,17 +420,49 @@ static int inventory_restock(shmbus_pub_t *pub, const shmbus_event_t *cmd, struc
 	return 0;
 }
 
+struct inventory {
+	shmbus_pub_t *pub;
+	shmbus_dispatcher_t *d;
+	struct stock_item stock[3];
+	bool stopped;
+	int result;
+};
+
+/* The inventory's handler: one event, on the dispatcher's thread. */
+static int inventory_handle(const shmbus_event_t *ev, void *arg)
+{
+	struct inventory *inv = arg;
+	const size_t n = sizeof(inv->stock) / sizeof(inv->stock[0]);
+	int step = 0, rc;
+
+	if (is_shutdown_for(ev, "inventory")) {
+		report('L', "command #%" PRIu64 " shutdown: leaving", shmbus_event_seq(ev));
+		inv->stopped = true;
+		shmbus_dispatcher_stop(inv->d);
+	} else if (shmbus_event_type(ev) == SHMBUS_QUERY && strcmp(shmbus_event_name(ev), "get_stock") == 0) {
+		step = inventory_get_stock(inv->pub, ev, inv->stock, n);
+	} else if (shmbus_event_type(ev) == SHMBUS_COMMAND && strcmp(shmbus_event_name(ev), "restock") == 0) {
+		step = inventory_restock(inv->pub, ev, inv->stock, n);
+	} else {
+		rc = shmbus_publish_response(inv->pub, ev, "{\"error\":\"unknown request\"}", false, NULL);
+		step = rc < 0 ? lib_fail("shmbus_publish_response", rc) : 0;
+	}
+	if (step < 0)
+		inv->result = -1;
+	return 0; /* a failed publish is the agent's error, not a reason to redo the request */
+}
+
+/* Inventory is served by a dispatcher: it sleeps in io_uring (or the
+ * fallback) until a request comes, runs the handler, releases the event. */
 static int run_inventory(shmbus_bus_t *bus)
 {
-	struct stock_item stock[] = { { "widget", 3 }, { "gadget", 7 }, { "gizmo", 0 } };
-	const size_t n = sizeof(stock) / sizeof(stock[0]);
+	struct inventory inv = { .stock = { { "widget", 3 }, { "gadget", 7 }, { "gizmo", 0 } } };
 	const uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + AGENT_LIFETIME_NS;
-	shmbus_pub_t *pub = NULL;
 	shmbus_sub_t *sub = NULL;
 	shmbus_filter_t *filter;
 	int rc, result = -1;
 
-	rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){ .source = "inventory" }, &pub);
+	rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){ .source = "inventory" }, &inv.pub);
 	if (rc < 0)
 		return lib_fail("shmbus_pub_open", rc);
 	rc = filter_of(SHMBUS_TYPE_BIT(SHMBUS_COMMAND) | SHMBUS_TYPE_BIT(SHMBUS_QUERY), NULL, "inventory", &filter);
@@ -428,41 +470,36 @@ static int run_inventory(shmbus_bus_t *bus)
 		lib_fail("filter", rc);
 		goto out;
 	}
-	if (subscribe(bus,
-		      &(shmbus_sub_opts_t){ .subscriber_id = "inventory", .policy = SHMBUS_POLICY_BLOCK,
-					    .wait = SHMBUS_WAIT_ADAPTIVE },
-		      filter, &sub) < 0)
+	if (subscribe(bus, &(shmbus_sub_opts_t){ .subscriber_id = "inventory", .policy = SHMBUS_POLICY_BLOCK }, filter,
+		      &sub) < 0)
 		goto out;
-	report('R', "commands and queries targeted at inventory (block policy, adaptive wait); "
-		    "stock widget=3 gadget=7 gizmo=0");
-
-	for (;;) {
-		const shmbus_event_t *ev;
-		bool stop = false;
-		int step = 0;
-
-		if (next_event(sub, deadline, "no shutdown command arrived", &ev) < 0)
-			goto out;
-		if (is_shutdown_for(ev, "inventory")) {
-			report('L', "command #%" PRIu64 " shutdown: leaving", shmbus_event_seq(ev));
-			stop = true;
-		} else if (shmbus_event_type(ev) == SHMBUS_QUERY && strcmp(shmbus_event_name(ev), "get_stock") == 0) {
-			step = inventory_get_stock(pub, ev, stock, n);
-		} else if (shmbus_event_type(ev) == SHMBUS_COMMAND && strcmp(shmbus_event_name(ev), "restock") == 0) {
-			step = inventory_restock(pub, ev, stock, n);
-		} else {
-			rc = shmbus_publish_response(pub, ev, "{\"error\":\"unknown request\"}", false, NULL);
-			step = rc < 0 ? lib_fail("shmbus_publish_response", rc) : 0;
-		}
-		if (release(sub, ev) < 0 || step < 0)
-			goto out;
-		if (stop)
-			break;
+	if ((rc = shmbus_dispatcher_open(NULL, &inv.d)) < 0 ||
+	    (rc = shmbus_dispatcher_add(inv.d, sub, &(shmbus_handler_opts_t){ .handler = inventory_handle, .arg = &inv })) <
+		    0) {
+		lib_fail("dispatcher", rc);
+		goto out;
 	}
-	result = 0;
+	report('R', "commands and queries targeted at inventory, handled by a dispatcher (%s backend); "
+		    "stock widget=3 gadget=7 gizmo=0",
+	       shmbus_backend_name(shmbus_dispatcher_backend(inv.d)));
+	while (!inv.stopped) {
+		uint64_t now = clock_ns(CLOCK_MONOTONIC);
+
+		if (now >= deadline) {
+			report('E', "no shutdown command arrived");
+			goto out;
+		}
+		rc = shmbus_dispatcher_run_once(inv.d, (int64_t)(deadline - now));
+		if (rc < 0 && rc != -EINTR) {
+			lib_fail("shmbus_dispatcher_run_once", rc);
+			goto out;
+		}
+	}
+	result = inv.result;
 out:
+	shmbus_dispatcher_close(inv.d);
 	shmbus_sub_close(sub);
-	shmbus_pub_close(pub);
+	shmbus_pub_close(inv.pub);
 	return result;
 }
 
@@ -581,46 +618,40 @@ struct reply {
 };
 
 /*
- * Waits for the response caused by `request`, which must carry the
- * conversation's correlation id. Other responses are released and noted.
- * Returns 0, or -1 (reported) when none arrived within REPLY_TIMEOUT_NS.
+ * Sends one request through the requester and waits for the response that
+ * names it as its cause; `correlation` (NULL: the request's own id) is the
+ * conversation it belongs to and must come back. Returns 0, or -1 (reported).
  */
-static int await_reply(shmbus_sub_t *sub, const shmbus_uuid_t *request, const shmbus_uuid_t *correlation,
-		       struct reply *r)
+static int ask(shmbus_requester_t *r, shmbus_msg_t *msg, const shmbus_uuid_t *correlation, shmbus_uuid_t *request,
+	       struct reply *out)
 {
 	const uint64_t start = clock_ns(CLOCK_MONOTONIC);
-	char late[96];
+	shmbus_event_t *resp;
+	int rc;
 
-	snprintf(late, sizeof(late), "no response to #%" PRIu64 " within %llu s", id_seq(request),
-		 REPLY_TIMEOUT_NS / NS_PER_S);
-	for (;;) {
-		const shmbus_event_t *ev;
-		bool match;
-
-		if (next_event(sub, start + REPLY_TIMEOUT_NS, late, &ev) < 0)
-			return -1;
-		match = uuid_eq(shmbus_event_causation_id(ev), request);
-		if (match && !uuid_eq(shmbus_event_correlation_id(ev), correlation)) {
-			report('E', "response #%" PRIu64 " to #%" PRIu64 " carries correlation #%" PRIu64
-				    ", expected #%" PRIu64,
-			       shmbus_event_seq(ev), id_seq(request), id_seq(shmbus_event_correlation_id(ev)),
-			       id_seq(correlation));
-			release(sub, ev);
-			return -1;
-		}
-		if (match) {
-			r->id = *shmbus_event_id(ev);
-			r->flags = shmbus_event_flags(ev);
-			r->round_trip_ms = (double)(clock_ns(CLOCK_MONOTONIC) - start) / 1e6;
-			payload_text(ev, r->data, sizeof(r->data));
-		} else {
-			report('L', "response #%" PRIu64 " answers another request; ignored", shmbus_event_seq(ev));
-		}
-		if (release(sub, ev) < 0)
-			return -1;
-		if (match)
-			return 0;
+	msg->content_type = SHMBUS_CONTENT_JSON;
+	msg->payload_len = msg->payload ? strlen((const char *)msg->payload) : 0;
+	msg->correlation_id = correlation;
+	rc = shmbus_request(r, msg, (int64_t)REPLY_TIMEOUT_NS, &resp);
+	if (rc == -ETIMEDOUT) {
+		report('E', "no response to %s within %llu s", msg->name, REPLY_TIMEOUT_NS / NS_PER_S);
+		return -1;
 	}
+	if (rc < 0)
+		return lib_fail("shmbus_request", rc);
+	*request = *shmbus_event_causation_id(resp);
+	if (correlation && !uuid_eq(shmbus_event_correlation_id(resp), correlation)) {
+		report('E', "response #%" PRIu64 " carries correlation #%" PRIu64 ", expected #%" PRIu64,
+		       shmbus_event_seq(resp), id_seq(shmbus_event_correlation_id(resp)), id_seq(correlation));
+		shmbus_event_free(resp);
+		return -1;
+	}
+	out->id = *shmbus_event_id(resp);
+	out->flags = shmbus_event_flags(resp);
+	out->round_trip_ms = (double)(clock_ns(CLOCK_MONOTONIC) - start) / 1e6;
+	payload_text(resp, out->data, sizeof(out->data));
+	shmbus_event_free(resp);
+	return 0;
 }
 
 /* The stock figure of a successful inventory response, or -1 (reported). */
@@ -635,122 +666,265 @@ static long reply_stock(const struct reply *r, const char *what)
 	return stock;
 }
 
+/* Fire-and-forget: ask shipping to ship, in the order's conversation. */
+static int ship(shmbus_pub_t *pub, const char *what, const char *address, const shmbus_uuid_t *order)
+{
+	char params[128];
+	shmbus_uuid_t cmd;
+
+	snprintf(params, sizeof(params), "{\"items\":\"%s\",\"address\":\"%s\"}", what, address);
+	if (publish_json(pub, SHMBUS_COMMAND, "ship", "shipping", SHMBUS_PRIORITY_NORMAL, order, order, params, &cmd) <
+	    0)
+		return -1;
+	report('L', "ship command #%" PRIu64 ": %s to %s", id_seq(&cmd), what, address);
+	return 0;
+}
+
 /*
  * Order 1 is a conversation: a query opens it and its id is the correlation
  * id of everything that follows, each request caused by the answer before.
  */
-static int orders_widgets(shmbus_pub_t *pub, shmbus_sub_t *sub)
+static int orders_widgets(shmbus_requester_t *r, shmbus_pub_t *pub)
 {
 	const long want = 10;
 	shmbus_uuid_t order, cmd, query;
-	struct reply r;
+	struct reply rep;
 	long before, after;
 	char params[64];
-	int rc;
 
-	rc = shmbus_publish_query(pub, "get_stock", "{\"sku\":\"widget\"}", "inventory", &order);
-	if (rc < 0)
-		return lib_fail("shmbus_publish_query", rc);
-	report('L', "order 1: how many widgets? query #%" PRIu64 " opens conversation #%" PRIu64, id_seq(&order),
-	       id_seq(&order));
-	if (await_reply(sub, &order, &order, &r) < 0 || (before = reply_stock(&r, "order 1")) < 0)
+	shmbus_msg_t q = { .type = SHMBUS_QUERY, .name = "get_stock", .target = "inventory",
+			   .payload = "{\"sku\":\"widget\"}" };
+	if (ask(r, &q, NULL, &order, &rep) < 0 || (before = reply_stock(&rep, "order 1")) < 0)
 		return -1;
-	report('L', "order 1: %ld widgets (response #%" PRIu64 ", round trip %.3f ms); %s", before, id_seq(&r.id),
-	       r.round_trip_ms, before < want ? "too few, restocking" : "enough");
+	report('L', "order 1: query #%" PRIu64 " opened conversation #%" PRIu64 ": %ld widgets (response #%" PRIu64
+		    ", round trip %.3f ms); %s",
+	       id_seq(&order), id_seq(&order), before, id_seq(&rep.id), rep.round_trip_ms,
+	       before < want ? "too few, restocking" : "enough");
 
 	snprintf(params, sizeof(params), "{\"sku\":\"widget\",\"qty\":%ld}", want);
-	if (publish_json(pub, SHMBUS_COMMAND, "restock", "inventory", SHMBUS_PRIORITY_NORMAL, &order, &r.id, params,
-			 &cmd) < 0)
+	shmbus_uuid_t cause = rep.id;
+	shmbus_msg_t c = { .type = SHMBUS_COMMAND, .name = "restock", .target = "inventory", .causation_id = &cause,
+			   .payload = params };
+	if (ask(r, &c, &order, &cmd, &rep) < 0 || reply_stock(&rep, "order 1 restock") < 0)
 		return -1;
-	report('L', "order 1: restock command #%" PRIu64 " (caused by #%" PRIu64 ")", id_seq(&cmd), id_seq(&r.id));
-	if (await_reply(sub, &cmd, &order, &r) < 0 || reply_stock(&r, "order 1 restock") < 0)
-		return -1;
-	report('L', "order 1: restock acknowledged by #%" PRIu64 " (round trip %.3f ms)", id_seq(&r.id),
-	       r.round_trip_ms);
+	report('L', "order 1: restock command #%" PRIu64 " (caused by #%" PRIu64 ") acknowledged by #%" PRIu64
+		    " (round trip %.3f ms)",
+	       id_seq(&cmd), id_seq(&cause), id_seq(&rep.id), rep.round_trip_ms);
 
-	if (publish_json(pub, SHMBUS_QUERY, "get_stock", "inventory", SHMBUS_PRIORITY_NORMAL, &order, &r.id,
-			 "{\"sku\":\"widget\"}", &query) < 0)
-		return -1;
-	if (await_reply(sub, &query, &order, &r) < 0 || (after = reply_stock(&r, "order 1 check")) < 0)
+	cause = rep.id;
+	shmbus_msg_t q2 = { .type = SHMBUS_QUERY, .name = "get_stock", .target = "inventory", .causation_id = &cause,
+			    .payload = "{\"sku\":\"widget\"}" };
+	if (ask(r, &q2, &order, &query, &rep) < 0 || (after = reply_stock(&rep, "order 1 check")) < 0)
 		return -1;
 	if (after != before + want) {
 		report('E', "order 1: inventory reports %ld widgets after restocking %ld onto %ld", after, want, before);
 		return -1;
 	}
 	report('L', "order 1: query #%" PRIu64 " confirms %ld widgets (response #%" PRIu64 ")", id_seq(&query), after,
-	       id_seq(&r.id));
-	return 0;
+	       id_seq(&rep.id));
+	return ship(pub, "10 widgets", "12 Main St", &order);
 }
 
 /* Order 2: an urgent restock (high priority: admitted and delivered ahead of
  * normal traffic) of a sku that pricing has no price for. */
-static int orders_gizmos(shmbus_pub_t *pub, shmbus_sub_t *sub)
+static int orders_gizmos(shmbus_requester_t *r, shmbus_pub_t *pub)
 {
 	shmbus_uuid_t cmd;
-	struct reply r;
+	struct reply rep;
 	long stock;
 
-	if (publish_json(pub, SHMBUS_COMMAND, "restock", "inventory", SHMBUS_PRIORITY_HIGH, NULL, NULL,
-			 "{\"sku\":\"gizmo\",\"qty\":4}", &cmd) < 0)
+	shmbus_msg_t c = { .type = SHMBUS_COMMAND, .name = "restock", .target = "inventory",
+			   .priority = SHMBUS_PRIORITY_HIGH, .payload = "{\"sku\":\"gizmo\",\"qty\":4}" };
+	if (ask(r, &c, NULL, &cmd, &rep) < 0 || (stock = reply_stock(&rep, "order 2")) < 0)
 		return -1;
-	report('L', "order 2: urgent restock command #%" PRIu64 " for 4 gizmos (high priority)", id_seq(&cmd));
-	if (await_reply(sub, &cmd, &cmd, &r) < 0 || (stock = reply_stock(&r, "order 2")) < 0)
-		return -1;
-	report('L', "order 2: %ld gizmos now (ack #%" PRIu64 ", round trip %.3f ms)", stock, id_seq(&r.id),
-	       r.round_trip_ms);
-	return 0;
+	report('L', "order 2: urgent restock command #%" PRIu64 " (high priority): %ld gizmos now (ack #%" PRIu64
+		    ", round trip %.3f ms)",
+	       id_seq(&cmd), stock, id_seq(&rep.id), rep.round_trip_ms);
+	/* an address the courier never reaches: retried, then dead-lettered */
+	return ship(pub, "4 gizmos", "nowhere", &cmd);
 }
 
 /* Order 3: a sku nobody stocks; the answer is a response flagged FAILURE. */
-static int orders_unknown(shmbus_pub_t *pub, shmbus_sub_t *sub)
+static int orders_unknown(shmbus_requester_t *r)
 {
 	shmbus_uuid_t query;
-	struct reply r;
-	int rc;
+	struct reply rep;
 
-	rc = shmbus_publish_query(pub, "get_stock", "{\"sku\":\"doohickey\"}", "inventory", &query);
-	if (rc < 0)
-		return lib_fail("shmbus_publish_query", rc);
-	report('L', "order 3: any doohickeys? query #%" PRIu64, id_seq(&query));
-	if (await_reply(sub, &query, &query, &r) < 0)
+	shmbus_msg_t q = { .type = SHMBUS_QUERY, .name = "get_stock", .target = "inventory",
+			   .payload = "{\"sku\":\"doohickey\"}" };
+	if (ask(r, &q, NULL, &query, &rep) < 0)
 		return -1;
-	if (!(r.flags & SHMBUS_FLAG_FAILURE)) {
-		report('E', "order 3: expected a failure response, got %s", r.data);
+	if (!(rep.flags & SHMBUS_FLAG_FAILURE)) {
+		report('E', "order 3: expected a failure response, got %s", rep.data);
 		return -1;
 	}
-	report('L', "order 3: inventory answered failure #%" PRIu64 ": %s", id_seq(&r.id), r.data);
+	report('L', "order 3: any doohickeys? query #%" PRIu64 " -> failure response #%" PRIu64 ": %s",
+	       id_seq(&query), id_seq(&rep.id), rep.data);
 	return 0;
 }
 
 static int run_orders(shmbus_bus_t *bus)
 {
+	shmbus_requester_t *r = NULL;
 	shmbus_pub_t *pub = NULL;
+	int rc, result = -1;
+
+	/* requests and their responses go through a requester (source
+	 * "orders": responses are targeted at it); shipping commands are
+	 * fire-and-forget from a plain publisher */
+	rc = shmbus_requester_open(bus, &(shmbus_pub_opts_t){ .source = "orders" }, &r);
+	if (rc < 0)
+		return lib_fail("shmbus_requester_open", rc);
+	rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){ .source = "orders" }, &pub);
+	if (rc < 0) {
+		lib_fail("shmbus_pub_open", rc);
+		goto out;
+	}
+	report('R', "requests through a requester (responses targeted at orders)");
+	if (orders_widgets(r, pub) < 0 || orders_gizmos(r, pub) < 0 || orders_unknown(r) < 0)
+		goto out;
+	report('L', "all three orders done (%" PRIu64 " late responses)", shmbus_requester_late(r));
+	result = 0;
+out:
+	shmbus_pub_close(pub);
+	shmbus_requester_close(r);
+	return result;
+}
+
+/* ----------------------------------------------------------- agent: shipping */
+
+struct shipping {
+	shmbus_pub_t *pub;
+	shmbus_dispatcher_t *d;
+	_Atomic bool stopped;
+	_Atomic int result;
+};
+
+/*
+ * Ships on a worker thread (two at a time). The courier is flaky: every
+ * first attempt times out (-ETIMEDOUT), so the dispatcher retries after a
+ * back-off; "nowhere" is never reached, so that shipment runs out of
+ * retries and goes to the dead-letter queue.
+ */
+static int shipping_handle(const shmbus_event_t *ev, void *arg)
+{
+	struct shipping *sh = arg;
+	char params[256], items[64], address[64], body[160];
+	unsigned attempt = shmbus_handler_attempt();
+	shmbus_uuid_t id;
+
+	if (is_shutdown_for(ev, "shipping")) {
+		report('L', "command #%" PRIu64 " shutdown: leaving", shmbus_event_seq(ev));
+		atomic_store(&sh->stopped, true);
+		shmbus_dispatcher_stop(sh->d);
+		return 0;
+	}
+	payload_text(ev, params, sizeof(params));
+	if (!json_str(params, "items", items, sizeof(items)) || !json_str(params, "address", address, sizeof(address)))
+		return -EINVAL; /* retried like any failure; ends as a dead letter */
+	if (attempt == 1 || strcmp(address, "nowhere") == 0) {
+		report('L', "ship #%" PRIu64 " %s to %s: attempt %u, courier timed out%s", shmbus_event_seq(ev), items,
+		       address, attempt, attempt > 2 ? " (giving up)" : "; retry after a back-off");
+		return -ETIMEDOUT;
+	}
+	snprintf(body, sizeof(body), "{\"items\":\"%s\",\"address\":\"%s\"}", items, address);
+	if (publish_json(sh->pub, SHMBUS_NOTIFICATION, "shipped", NULL, SHMBUS_PRIORITY_NORMAL,
+			 shmbus_event_correlation_id(ev), shmbus_event_id(ev), body, &id) < 0) {
+		atomic_store(&sh->result, -1);
+		return 0;
+	}
+	report('L', "ship #%" PRIu64 " %s to %s: attempt %u delivered -> shipped #%" PRIu64, shmbus_event_seq(ev), items,
+	       address, attempt, id_seq(&id));
+	return 0;
+}
+
+static int run_shipping(shmbus_bus_t *bus)
+{
+	const uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + AGENT_LIFETIME_NS;
+	struct shipping sh = { 0 };
 	shmbus_sub_t *sub = NULL;
 	shmbus_filter_t *filter;
 	int rc, result = -1;
 
-	rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){ .source = "orders" }, &pub);
+	rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){ .source = "shipping" }, &sh.pub);
 	if (rc < 0)
 		return lib_fail("shmbus_pub_open", rc);
-	rc = filter_of(SHMBUS_TYPE_BIT(SHMBUS_RESPONSE), NULL, "orders", &filter);
+	rc = filter_of(SHMBUS_TYPE_BIT(SHMBUS_COMMAND), NULL, "shipping", &filter);
 	if (rc < 0) {
 		lib_fail("filter", rc);
 		goto out;
 	}
-	if (subscribe(bus,
-		      &(shmbus_sub_opts_t){ .subscriber_id = "orders", .policy = SHMBUS_POLICY_BLOCK,
-					    .wait = SHMBUS_WAIT_ADAPTIVE },
-		      filter, &sub) < 0)
+	/* durable: a shipment handed to shipping survives a shipping crash */
+	if (subscribe(bus, &(shmbus_sub_opts_t){ .subscriber_id = "shipping", .durable = true }, filter, &sub) < 0)
 		goto out;
-	report('R', "responses targeted at orders");
-	if (orders_widgets(pub, sub) < 0 || orders_gizmos(pub, sub) < 0 || orders_unknown(pub, sub) < 0)
+	if ((rc = shmbus_dispatcher_open(&(shmbus_dispatcher_opts_t){ .workers = 2 }, &sh.d)) < 0 ||
+	    (rc = shmbus_dispatcher_add(sh.d, sub,
+					&(shmbus_handler_opts_t){ .handler = shipping_handle, .arg = &sh,
+								  .concurrency = 2, .max_retries = 2,
+								  .retry_base_ns = 20 * NS_PER_MS })) < 0) {
+		lib_fail("dispatcher", rc);
 		goto out;
-	report('L', "all three orders done");
-	result = 0;
+	}
+	report('R', "commands targeted at shipping (durable), 2 handlers at once on worker threads, "
+		    "2 retries with back-off from 20 ms");
+	while (!atomic_load(&sh.stopped)) {
+		uint64_t now = clock_ns(CLOCK_MONOTONIC);
+
+		if (now >= deadline) {
+			report('E', "no shutdown command arrived");
+			goto out;
+		}
+		rc = shmbus_dispatcher_run_once(sh.d, (int64_t)(deadline - now));
+		if (rc < 0 && rc != -EINTR) {
+			lib_fail("shmbus_dispatcher_run_once", rc);
+			goto out;
+		}
+	}
+	result = atomic_load(&sh.result);
 out:
+	shmbus_dispatcher_close(sh.d);
 	shmbus_sub_close(sub);
-	shmbus_pub_close(pub);
+	shmbus_pub_close(sh.pub);
 	return result;
+}
+
+/* ----------------------------------------------------------- agent: recorder */
+
+static shmbus_recorder_t *g_recorder;
+
+static void recorder_on_term(int sig)
+{
+	(void)sig;
+	shmbus_recorder_stop(g_recorder); /* async-signal-safe: one atomic store */
+}
+
+/* The bus's recorder: every event into the checksummed log on disk, until
+ * the parent's SIGTERM at the end. */
+static int run_recorder(shmbus_bus_t *bus)
+{
+	struct sigaction sa = { .sa_handler = recorder_on_term };
+	shmbus_recorder_stats_t st;
+	char dir[PATH_MAX];
+	int64_t n;
+	int rc;
+
+	rc = shmbus_recorder_open(bus, &(shmbus_record_opts_t){ .sync = SHMBUS_SYNC_BATCH, .no_wait = true },
+				  &g_recorder);
+	if (rc < 0)
+		return lib_fail("shmbus_recorder_open", rc);
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	if (shmbus_log_dir(bus, dir, sizeof(dir)) < 0)
+		snprintf(dir, sizeof(dir), "?");
+	report('R', "recording every event to %s (sync batch: fdatasync every 10 ms)", dir);
+	n = shmbus_recorder_run(g_recorder, (int64_t)AGENT_LIFETIME_NS);
+	shmbus_recorder_stats(g_recorder, &st);
+	shmbus_recorder_close(g_recorder);
+	if (n < 0)
+		return lib_fail("shmbus_recorder_run", (int)n);
+	report('L', "recorded %" PRIu64 " events (%" PRIu64 " bytes, %" PRIu64 " syncs, %s); leaving", st.recorded,
+	       st.bytes, st.syncs, st.io_uring ? "io_uring" : "fdatasync");
+	return st.missed ? -1 : 0;
 }
 
 /* ------------------------------------------------------------ agent: auditor */
@@ -840,14 +1014,17 @@ struct agent {
 	unsigned errors;
 };
 
-enum { AG_INVENTORY, AG_PRICING, AG_AUDITOR, AG_ORDERS, AG_COUNT };
+enum { AG_RECORDER, AG_INVENTORY, AG_PRICING, AG_SHIPPING, AG_AUDITOR, AG_ORDERS, AG_COUNT };
 #define AG_BIT(i) (1u << (i))
-#define AG_SERVICES (AG_BIT(AG_INVENTORY) | AG_BIT(AG_PRICING) | AG_BIT(AG_AUDITOR))
+#define AG_SERVICES                                                                                                \
+	(AG_BIT(AG_RECORDER) | AG_BIT(AG_INVENTORY) | AG_BIT(AG_PRICING) | AG_BIT(AG_SHIPPING) | AG_BIT(AG_AUDITOR))
 #define AG_ALL (AG_SERVICES | AG_BIT(AG_ORDERS))
 
 static struct agent g_agents[AG_COUNT] = {
+	[AG_RECORDER] = { .name = "recorder", .run = run_recorder, .pid = -1 },
 	[AG_INVENTORY] = { .name = "inventory", .run = run_inventory, .pid = -1 },
 	[AG_PRICING] = { .name = "pricing", .run = run_pricing, .pid = -1 },
+	[AG_SHIPPING] = { .name = "shipping", .run = run_shipping, .pid = -1 },
 	[AG_AUDITOR] = { .name = "auditor", .run = run_auditor, .pid = -1 },
 	[AG_ORDERS] = { .name = "orders", .run = run_orders, .pid = -1 },
 };
@@ -1180,15 +1357,16 @@ static void print_subscriptions(const struct snapshot *s)
 		printf("  shmbus_list_subscriptions: %s\n", strerror(-s->nsubs));
 		return;
 	}
-	printf("  %-9s %-10s %-8s %-6s %9s %6s %6s %9s %6s\n", "id", "subscriber", "kind", "policy", "consumers",
-	       "queued", "routed", "delivered", "lagged");
+	printf("  %-9s %-16s %-8s %-6s %9s %6s %6s %9s %6s %7s %7s %5s\n", "id", "subscriber", "kind", "policy",
+	       "consumers", "queued", "routed", "delivered", "lagged", "handled", "retried", "dead");
 	for (int i = 0; i < s->nsubs && i < SUBS_SHOWN; i++) {
 		const shmbus_sub_info_t *si = &s->subs[i];
 
-		printf("  %#-9" PRIx64 " %-10s %-8s %-6s %9u %6" PRIu64 " %6" PRIu64 " %9" PRIu64 " %6" PRIu64 "\n",
+		printf("  %#-9" PRIx64 " %-16s %-8s %-6s %9u %6" PRIu64 " %6" PRIu64 " %9" PRIu64 " %6" PRIu64
+		       " %7" PRIu64 " %7" PRIu64 " %5" PRIu64 "\n",
 		       si->id, si->subscriber_id, si->durable ? "durable" : si->group[0] ? "group" : "plain",
 		       si->policy == SHMBUS_POLICY_LAG ? "lag" : "block", si->consumers, si->queue_depth, si->routed,
-		       si->delivered, si->lagged);
+		       si->delivered, si->lagged, si->completed, si->retried, si->dead_lettered);
 	}
 }
 
@@ -1256,6 +1434,10 @@ static int create_bus(const shmbus_config_t *cfg, shmbus_bus_t **bus)
 		if (rc == 0 || rc == -ENOENT)
 			rc = shmbus_create(g_bus_name, cfg, &opts, bus);
 	}
+	/* A new bus: logs left under its name belong to an older incarnation
+	 * (the recorder would refuse them), not to it. */
+	if (rc == 0)
+		shmbus_log_remove(g_bus_name, NULL);
 	if (rc < 0)
 		fprintf(stderr, "shmbus-demo: create %s: %s (%s)\n", g_bus_name, strerror(-rc), shmbus_errmsg());
 	return rc;
@@ -1324,14 +1506,93 @@ static void cleanup(void)
 		g_dump_pid = -1;
 	}
 	stop_agents();
-	if (g_bus_exists && !g_keep)
+	if (g_bus_exists && !g_keep) {
 		shmbus_unlink(g_bus_name);
+		shmbus_log_remove(g_bus_name, NULL);
+	}
 	g_bus_exists = false;
 }
 
 static void on_signal(int sig)
 {
 	g_stop = sig;
+}
+
+/*
+ * Waits (relaying reports) until shipping has settled both shipments - one
+ * delivered, one dead-lettered - with nothing running or waiting for a retry.
+ */
+static bool wait_shipping_settled(shmbus_bus_t *bus)
+{
+	const uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + SHUTDOWN_TIMEOUT_NS;
+
+	while (!g_stop && clock_ns(CLOCK_MONOTONIC) < deadline) {
+		shmbus_sub_info_t si;
+
+		if (shmbus_list_subscriptions(bus, "shipping", &si, 1) == 1 && si.completed + si.dead_lettered >= 2 &&
+		    !si.processing && !si.retrying)
+			return true;
+		pump(0, EXITED, 10 * NS_PER_MS);
+	}
+	fprintf(stderr, "shmbus-demo: shipping did not settle its shipments within %llu s\n",
+		SHUTDOWN_TIMEOUT_NS / NS_PER_S);
+	return false;
+}
+
+/* Reads the event log back from disk: everything the bus published, and
+ * one event found by id. Returns whether the log holds every event. */
+static bool print_from_log(shmbus_bus_t *bus)
+{
+	const shmbus_event_t *evs[64], *got;
+	shmbus_query_t all = { 0 }, shipped = { .name = "shipped" };
+	shmbus_metrics_t m;
+	char id[SHMBUS_UUID_STR];
+	int64_t n = shmbus_get_events(bus, &all, evs, 64);
+
+	printf("\nThe log on disk (shmbus get / shmbus events read the same)\n");
+	if (n < 0 || shmbus_get_metrics(bus, &m) < 0) {
+		printf("  %s\n", shmbus_errmsg());
+		return false;
+	}
+	printf("  get_events(all): %" PRId64 " events, #%" PRIu64 " to #%" PRIu64 ", of %" PRIu64 " published\n", n,
+	       n ? shmbus_event_seq(evs[0]) : 0, n ? shmbus_event_seq(evs[n < 64 ? n - 1 : 63]) : 0, m.published);
+	if (shmbus_get_events(bus, &shipped, evs, 1) == 1 && shmbus_get_event(bus, shmbus_event_id(evs[0]), &got) == 0) {
+		char data[96];
+		shmbus_uuid_format(shmbus_event_id(got), id);
+		payload_text(got, data, sizeof(data));
+		printf("  get_event(%s): #%" PRIu64 " %s %s from %s, caused by #%" PRIu64 ": %s\n", id,
+		       shmbus_event_seq(got), shmbus_type_name(shmbus_event_type(got)), shmbus_event_name(got),
+		       shmbus_event_source(got), id_seq(shmbus_event_causation_id(got)), data);
+	}
+	return (uint64_t)n == m.published;
+}
+
+/* The dead-letter queue: what could not be handled, and why. */
+static void print_dead_letters(shmbus_bus_t *bus)
+{
+	shmbus_dead_letter_t dl[8];
+	char dir[PATH_MAX];
+	int n = shmbus_dlq_list(bus, dl, 8);
+
+	if (shmbus_log_dir(bus, dir, sizeof(dir)) < 0)
+		snprintf(dir, sizeof(dir), "?");
+	printf("\nDead letters (%s/dead.log)\n", dir);
+	if (n < 0) {
+		printf("  shmbus_dlq_list: %s\n", shmbus_errmsg());
+		return;
+	}
+	for (int i = 0; i < n && i < 8; i++) {
+		char data[96];
+
+		payload_text(dl[i].event, data, sizeof(data));
+		printf("  #%-4" PRIu64 " %-8s %-9s for %-9s after %u attempts, last error %s: %s\n",
+		       shmbus_event_seq(dl[i].event), shmbus_event_name(dl[i].event),
+		       dl[i].reason == SHMBUS_DEAD_FAILED ? "failed" : dl[i].reason == SHMBUS_DEAD_EXPIRED ? "expired"
+													 : "unrouted",
+		       dl[i].subscriber_id, dl[i].attempts, strerror(-dl[i].last_error), data);
+	}
+	if (n == 0)
+		printf("  (none)\n");
 }
 
 static int send_shutdown(shmbus_pub_t *pub, const char *agent)
@@ -1350,7 +1611,8 @@ static int send_shutdown(shmbus_pub_t *pub, const char *agent)
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: shmbus-demo [--keep] [BUS]\n"
-		     "Runs inventory, pricing, orders and auditor agents as processes on bus BUS\n"
+		     "Runs recorder, inventory, pricing, shipping, orders and auditor agents as\n"
+		     "processes on bus BUS\n"
 		     "(default \"demo\"), prints what they do, the event log, the metrics and\n"
 		     "`shm-dump BUS`, then removes the bus unless --keep.\n");
 }
@@ -1435,13 +1697,13 @@ int main(int argc, char **argv)
 	g_relay.fd = fds[0];
 
 	printf("\nAgents (time since start, agent, what it did)\n");
-	for (int i = AG_INVENTORY; i <= AG_AUDITOR && ok; i++)
+	for (int i = AG_RECORDER; i <= AG_AUDITOR && ok; i++)
 		ok = spawn(&g_agents[i], fds[0], fds[1]) == 0;
 	if (ok && !(pump(AG_SERVICES, READY, READY_TIMEOUT_NS) && reached(AG_SERVICES, READY))) {
 		fprintf(stderr, "shmbus-demo: agents were not ready within %llu s\n", READY_TIMEOUT_NS / NS_PER_S);
 		ok = false;
 	}
-	for (int i = AG_INVENTORY; i <= AG_AUDITOR && ok; i++)
+	for (int i = AG_RECORDER; i <= AG_AUDITOR && ok; i++)
 		if (g_agents[i].exited) {
 			fprintf(stderr, "shmbus-demo: %s ended before the orders began\n", g_agents[i].name);
 			ok = false;
@@ -1453,15 +1715,29 @@ int main(int argc, char **argv)
 		fprintf(stderr, "shmbus-demo: orders did not finish within %llu s\n", ORDERS_TIMEOUT_NS / NS_PER_S);
 		ok = false;
 	}
-	take_snapshot(bus, &busy);
 	/* Inventory and pricing leave first; the auditor last, so its log
 	 * holds everything they published, its own shutdown command included. */
 	if (!g_stop) {
+		/* shipping finishes its retries first: the last one is due
+		 * within 20 + 40 + 80 ms of the order */
+		if (!wait_shipping_settled(bus))
+			ok = false;
+		take_snapshot(bus, &busy);
 		if (send_shutdown(pub, "inventory") < 0 || send_shutdown(pub, "pricing") < 0 ||
-		    !pump(AG_BIT(AG_INVENTORY) | AG_BIT(AG_PRICING), EXITED, SHUTDOWN_TIMEOUT_NS))
+		    send_shutdown(pub, "shipping") < 0 ||
+		    !pump(AG_BIT(AG_INVENTORY) | AG_BIT(AG_PRICING) | AG_BIT(AG_SHIPPING), EXITED, SHUTDOWN_TIMEOUT_NS))
 			ok = false;
 		if (send_shutdown(pub, "auditor") < 0 || !pump(AG_BIT(AG_AUDITOR), EXITED, SHUTDOWN_TIMEOUT_NS))
 			ok = false;
+		/* the recorder goes last, once everything is on disk */
+		shmbus_metrics_t m;
+		if (shmbus_get_metrics(bus, &m) == 0 && m.next_seq &&
+		    (rc = shmbus_wait_durable(bus, m.next_seq - 1, (int64_t)SHUTDOWN_TIMEOUT_NS)) < 0) {
+			fprintf(stderr, "shmbus-demo: the log did not catch up: %s\n", shmbus_errmsg());
+			ok = false;
+		}
+	} else {
+		take_snapshot(bus, &busy);
 	}
 	stop_agents();
 	relay_until_eof(NS_PER_S);
@@ -1481,8 +1757,11 @@ int main(int argc, char **argv)
 		ok = false;
 	}
 	print_audit_log();
+	if (!print_from_log(bus))
+		ok = false;
+	print_dead_letters(bus);
 	take_snapshot(bus, &done);
-	printf("\nAfter the orders (inventory, pricing and auditor still attached)\n");
+	printf("\nAfter the orders (the services still attached)\n");
 	print_subscriptions(&busy);
 	print_metrics(&busy);
 	printf("\nAfter the agents left (plain subscriptions and their counters went with them)\n");
@@ -1501,6 +1780,7 @@ int main(int argc, char **argv)
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
 	if (!g_keep) {
+		shmbus_log_remove(g_bus_name, NULL);
 		rc = shmbus_unlink(g_bus_name);
 		if (rc < 0) {
 			fprintf(stderr, "shmbus-demo: remove %s: %s (%s)\n", g_bus_name, strerror(-rc), shmbus_errmsg());
