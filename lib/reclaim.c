@@ -77,7 +77,7 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 			at_count_u64(&bus->hdr->recovered_events, 1);
 			return;
 		}
-		at_count_u64(&s->missed, 1);
+		catchup_note_drop(bus, sub, seq, seq + 1, 1);
 	}
 	if (desc & SEG_DESC_HOLDS_REF)
 		slot_release(bus, seq, sub);
@@ -241,6 +241,13 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 			give_back(bus, idx, d, keep);
 			at_store_release_u64(&con->held[k], 0);
 		}
+		/* events it was handed from the log and never released: the
+		 * gap opens again at the lowest (a survivor dying here only
+		 * reopens it twice) */
+		uint64_t low = at_load_acquire_u64(&con->log_low);
+		if (low && keep)
+			catchup_reopen(bus, idx, low - 1);
+		at_store_release_u64(&con->log_low, 0);
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
 		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
@@ -459,11 +466,13 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq ||
 			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
 				continue; /* released, handed out or taken back meanwhile */
+			/* noted before the hold goes: a revoker that dies in between
+			 * leaves a revoked entry, whose bit a survivor only clears */
+			if (!(d & SEG_DESC_RELEASING))
+				catchup_note_drop(bus, idx, seq, seq + 1, 1);
 			if (d & SEG_DESC_HOLDS_REF)
 				slot_release(bus, seq, idx);
 			at_count_u64(&s->revoked, 1);
-			if (!(d & SEG_DESC_RELEASING))
-				at_count_u64(&s->missed, 1);
 		}
 }
 
@@ -489,9 +498,7 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 		}
 		if (!lagging)
 			continue;
-		uint64_t n = sub_drop_queued(bus, i, max_seq, intent);
-		if (n)
-			at_count_u64(&s->missed, n); /* passed over */
+		sub_drop_queued(bus, i, max_seq, intent, true); /* passed over: missed, or a gap */
 		revoke_held(bus, i, max_seq, !culprit);
 	}
 }
