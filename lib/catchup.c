@@ -6,8 +6,8 @@
  * publisher draining it, a stall revoking what its consumer holds, a full
  * queue, a give-back that finds no room) records the dropped sequences as
  * a gap in the subscription's record, before it drops their holds:
- * gap_owed counts them, gap_hi is raised past the highest (atomic max),
- * then gap_lo is lowered to the lowest (atomic min). Nothing is counted
+ * gap_hi is raised past the highest (atomic max), gap_lo lowered to the
+ * lowest (atomic min), then gap_owed counts them. Nothing is counted
  * missed yet.
  *
  * A consumer that polls finds gap_lo set (one relaxed load on a line that
@@ -47,10 +47,12 @@ void catchup_note_drop(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi
 		at_count_u64(&s->missed, n);
 		return;
 	}
-	at_fetch_add_u64(&s->gap_owed, n);
-	at_count_u64(&s->gap_dropped, n);
 	at_fetch_max_u64_sc(&s->gap_hi, hi);
 	at_fetch_min_u64_sc(&s->gap_lo, lo);
+	/* counted last: a gap closing meanwhile may see too little owed,
+	 * which it keeps as a debt, never too much, which it would report */
+	at_fetch_add_u64(&s->gap_owed, n);
+	at_count_u64(&s->gap_dropped, n);
 }
 
 void catchup_reopen(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
@@ -126,11 +128,14 @@ static int next_locked(shmbus_sub_t *sub, struct log_state *st, const struct seg
 			return rc;
 		if (rc == 0) {
 			uint64_t prev = note_low(sub, e->seq);
+			/* served before claimed, for the same reason as a drop is
+			 * counted last: a close meanwhile must not count it missed */
+			at_fetch_add_u64(&s->gap_owed, (uint64_t)-1);
 			if (!at_cas_u64_sc(&s->gap_lo, &lo, e->seq + 1)) {
+				at_fetch_add_u64(&s->gap_owed, 1);
 				at_store_release_u64(&sub->cons->log_low, prev);
 				continue; /* another member took it, or a drop lowered the gap */
 			}
-			at_fetch_add_u64(&s->gap_owed, (uint64_t)-1);
 			at_count_u64(&s->gap_served, 1);
 			if (sub->has_custom && !route_match(bus, &sub->route, sub->index, &s->filter, e, sub->custom)) {
 				at_store_release_u64(&sub->cons->log_low, prev);
