@@ -829,6 +829,10 @@ typedef struct {
 	uint64_t delivered;	 /* retired total plus every active consumer's */
 	uint64_t filtered, missed, dropped_full;
 	uint64_t demotions, redelivered, revoked;
+	bool catchup;		 /* durable: catches up from the log */
+	uint64_t gap_lo, gap_hi; /* pending gap [gap_lo, gap_hi); gap_lo ~0: none */
+	int64_t gap_owed;	 /* dropped, not yet served from the log */
+	uint64_t gap_dropped, gap_served; /* totals */
 	uint32_t consumer_count;
 	shmbus_inspect_consumer_t consumers[SHMBUS_GROUP_MEMBERS_MAX];
 } shmbus_inspect_sub_t;
