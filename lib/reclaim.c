@@ -440,11 +440,16 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
 	return false;
 }
 
-/* Take back held events at or below max_seq from a stalled subscription's
- * consumers. Their release then reports -ESTALE. */
-/* Take back held events at or below max_seq; with unseen_only, only those a
- * consumer took in a run but has not handed to its user yet (nobody reads
- * them, so a lag subscription gives them up like queued ones). */
+/* Held entries a lag subscription gives up like queued events: taken in
+ * a run but not handed to the user yet (nobody reads them), or released
+ * by the user with the hold still batched (nobody needs them; a consumer
+ * that pauses after releasing would otherwise keep up to a batch of slots
+ * until the stall timeout). */
+#define DROPPABLE (SEG_DESC_UNSEEN | SEG_DESC_RELEASING)
+
+/* Take back held events at or below max_seq from a subscription's
+ * consumers; with unseen_only, only the DROPPABLE ones. The release of a
+ * revoked event a user still held reports -ESTALE. */
 static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool unseen_only)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
@@ -453,7 +458,7 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
 			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq ||
-			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
+			    (unseen_only && !(d & DROPPABLE)))
 				continue;
 			/* Mark the entry first, whatever its consumer does to its
 			 * other bits meanwhile, then drop the hold: dying in
@@ -461,10 +466,10 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			 * clears. */
 			uint64_t seq = d & SEG_DESC_SEQ_MASK;
 			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
-			       !(unseen_only && !(d & SEG_DESC_UNSEEN)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
+			       !(unseen_only && !(d & DROPPABLE)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
 				;
 			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq ||
-			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
+			    (unseen_only && !(d & DROPPABLE)))
 				continue; /* released, handed out or taken back meanwhile */
 			/* noted before the hold goes: a revoker that dies in between
 			 * leaves a revoked entry, whose bit a survivor only clears */
