@@ -394,13 +394,16 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 			held_free(sub, k);
 			return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
 		}
+		/* read while the hold is ours: once RELEASING, a lag drain may
+		 * drop it and the slot be reused */
+		uint32_t slots = ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
 		if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 			sub->releasing[sub->nreleasing].k = k;
 			sub->nreleasing++;
-			sub->releasing_slots += ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
+			sub->releasing_slots += slots;
 			/* The batch is bounded in events and in ring space (a
 			 * sixteenth), and cut short when a publisher waits for
 			 * space, so deferring never starves a publisher. */
