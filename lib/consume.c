@@ -24,6 +24,10 @@
 #include "internal.h"
 #include "futex.h"
 
+/* How often a consumer waiting for the recorder to write the rest of its
+ * gap looks again (nothing wakes it when the log grows). */
+#define CATCHUP_POLL_NS 2000000ull
+
 static bool sub_current(const shmbus_sub_t *sub)
 {
 	return at_load_acquire_u32(&sub->rec->state) == SEG_SUB_ACTIVE &&
@@ -237,6 +241,30 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)
 		return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
+	/* A durable subscription that was passed over catches up from the
+	 * log before its queues: one relaxed load while there is no gap. */
+	if (__builtin_expect(at_load_relaxed_u64(&sub->rec->gap_lo) != SEG_GAP_NONE, 0)) {
+		const struct seg_event *e;
+		rc = catchup_next(sub, &e);
+		sub->catchup_wait = rc == -EAGAIN;
+		if (rc == 1) {
+			sub->held[sub->nheld].ev = e;
+			sub->held[sub->nheld].k = HELD_FROM_LOG;
+			sub->held[sub->nheld].seq = e->seq;
+			sub->nheld++;
+			at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
+			*ev = (const shmbus_event_t *)(const void *)e;
+			return 1;
+		}
+		if (rc == -EAGAIN) {
+			/* the rest of the gap is still to be written: the queue
+			 * waits, or it would overtake it */
+			flush_releases(sub);
+			return 0;
+		}
+		if (rc < 0)
+			return rc;
+	}
 	for (;;) {
 		struct held_desc h;
 		/* urgent first: what is buffered, then what is queued */
@@ -282,6 +310,9 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t now, uint64_t deadline, const 
 	if (rc != 0)
 		return rc;
 	uint64_t slice = bus->reclaim_interval_ns;
+	/* nobody wakes a consumer when the recorder moves on: look often */
+	if (sub->catchup_wait && slice > CATCHUP_POLL_NS)
+		slice = CATCHUP_POLL_NS;
 	if (deadline != UINT64_MAX && deadline - now < slice)
 		slice = deadline - now;
 	if (futex_wait_shared(&s->wake_futex, seen, (int64_t)slice) == -EINTR)
@@ -326,6 +357,18 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 	}
 }
 
+/* The lowest sequence of the log events this consumer still holds, for a
+ * survivor should we die (see catchup.c). */
+static void log_low_update(shmbus_sub_t *sub)
+{
+	uint64_t low = 0;
+	for (uint32_t i = 0; i < sub->nheld; i++)
+		if (sub->held[i].k == HELD_FROM_LOG && (!low || sub->held[i].seq + 1 < low))
+			low = sub->held[i].seq + 1;
+	if (sub_current(sub))
+		at_store_release_u64(&sub->cons->log_low, low);
+}
+
 SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 {
 	if (!sub || !ev)
@@ -336,6 +379,11 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		uint32_t k = sub->held[i].k;
 		uint64_t seq = sub->held[i].seq;
 		sub->held[i] = sub->held[--sub->nheld];
+		if (k == HELD_FROM_LOG) {
+			if (!sub->bus->orphaned)
+				log_low_update(sub);
+			return 0; /* in the log's mapping: nothing to give back */
+		}
 		if (sub->bus->orphaned) {
 			held_free(sub, k);
 			return 0;
@@ -346,13 +394,16 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 			held_free(sub, k);
 			return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
 		}
+		/* read while the hold is ours: once RELEASING, a lag drain may
+		 * drop it and the slot be reused */
+		uint32_t slots = ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
 		if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 			sub->releasing[sub->nreleasing].k = k;
 			sub->nreleasing++;
-			sub->releasing_slots += ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
+			sub->releasing_slots += slots;
 			/* The batch is bounded in events and in ring space (a
 			 * sixteenth), and cut short when a publisher waits for
 			 * space, so deferring never starves a publisher. */
@@ -406,7 +457,18 @@ SHMBUS_API bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t
 		return false;
 	for (uint32_t i = 0; i < sub->nheld; i++)
 		if (sub->held[i].ev == ev)
-			return at_load_acquire_u64(&sub->cons->held[sub->held[i].k]) & SEG_DESC_REDELIVERED;
+			return sub->held[i].k != HELD_FROM_LOG &&
+			       (at_load_acquire_u64(&sub->cons->held[sub->held[i].k]) & SEG_DESC_REDELIVERED);
+	return false;
+}
+
+SHMBUS_API bool shmbus_from_log(const shmbus_sub_t *sub, const shmbus_event_t *ev)
+{
+	if (!sub || !ev)
+		return false;
+	for (uint32_t i = 0; i < sub->nheld; i++)
+		if (sub->held[i].ev == ev)
+			return sub->held[i].k == HELD_FROM_LOG;
 	return false;
 }
 

@@ -824,7 +824,8 @@ static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_i
  */
 static void decode_sub_identity(shmbus_inspect_t *in, uint32_t i, const struct seg_sub *s, shmbus_inspect_sub_t *o)
 {
-	const uint32_t known = SEG_SUB_POLICY_LAG | SEG_SUB_DURABLE | SEG_SUB_GROUP | SEG_SUB_PAUSED | SEG_SUB_DEMOTED;
+	const uint32_t known =
+		SEG_SUB_POLICY_LAG | SEG_SUB_DURABLE | SEG_SUB_GROUP | SEG_SUB_PAUSED | SEG_SUB_DEMOTED | SEG_SUB_CATCHUP;
 	o->index = i;
 	o->state = s->state;
 	o->flags = s->flags;
@@ -844,6 +845,8 @@ static void decode_sub_identity(shmbus_inspect_t *in, uint32_t i, const struct s
 		problem(in, "sub[%u]: unknown flag bits 0x%x", i, s->flags & ~known);
 	if (o->grouped != (o->group[0] != '\0'))
 		problem(in, "sub[%u]: group flag and group name disagree", i);
+	if ((s->flags & SEG_SUB_CATCHUP) && !o->durable)
+		problem(in, "sub[%u]: catch-up flag on a subscription that is not durable", i);
 	bool ownerless = o->durable || o->grouped;
 	if (ownerless && s->owner != SEG_SUB_NO_OWNER)
 		problem(in, "sub[%u]: durable/group subscription has an owner (%u)", i, s->owner);
@@ -881,6 +884,12 @@ static void decode_subs(shmbus_inspect_t *in)
 		o->demotions = s->demotions;
 		o->redelivered = s->redelivered;
 		o->revoked = s->revoked;
+		o->catchup = s->flags & SEG_SUB_CATCHUP;
+		o->gap_lo = s->gap_lo;
+		o->gap_hi = s->gap_hi;
+		o->gap_owed = (int64_t)s->gap_owed;
+		o->gap_dropped = s->gap_dropped;
+		o->gap_served = s->gap_served;
 		decode_filter(in, i, &s->filter, o->filter, sizeof o->filter);
 		decode_queue(in, s, o);
 		decode_consumers(in, s, o);

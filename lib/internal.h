@@ -28,6 +28,9 @@
 #define DEFAULT_STALL_TIMEOUT_NS 5000000000ull
 #define DEFAULT_RECLAIM_TIMEOUT_NS 1000000000ull
 #define DEFAULT_SPIN_NS 50000ull
+/* The recorder's durable subscription (recorder.c): the one durable
+ * subscription that does not catch up from the log it writes. */
+#define SUB_RECORDER_ID "shmbus.recorder"
 
 /* errmsg.c: set the thread's message and return -err. */
 int shmbus__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -134,6 +137,10 @@ struct shmbus_pub {
 	struct shmbus_pub *next;
 };
 
+/* held_local.k of an event catch-up served from the log: it holds no
+ * slot and no held[] entry, and releasing it only forgets it. */
+#define HELD_FROM_LOG UINT32_MAX
+
 struct held_local {
 	const void *ev;
 	uint32_t k;
@@ -179,6 +186,7 @@ struct shmbus_sub {
 	uint32_t releasing_slots; /* ring slots the batch keeps (lower bound) */
 	struct custom_pred custom[SEG_FILTER_NODES];
 	bool has_custom;
+	bool catchup_wait; /* the gap reaches past what the recorder wrote */
 	struct route_ctx route; /* for evaluating patterns in the second stage */
 	struct shmbus_sub *next;
 };
@@ -233,8 +241,11 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
 /* Take every queued descriptor of subscription idx whose sequence is at
  * most max_seq and drop its hold; the runs are recorded in intent (the
  * caller's: a publisher's drain record, or the table lock holder's).
- * Returns how many events were dropped. */
-uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent);
+ * With lost, the subscription is passed over (catchup_note_drop, before
+ * the holds go); without, it is going away. Returns how many events were
+ * dropped. */
+uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent,
+			 bool lost);
 void sub_wait_routing_grace(shmbus_bus_t *bus);
 void sub_lock_recover(shmbus_bus_t *bus);
 
@@ -245,6 +256,19 @@ void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx);
  * what it took but never delivered (to the queue if the subscription
  * survives) and release what the user still holds. */
 void consume_detach(shmbus_sub_t *sub, bool survives);
+
+/* catchup.c: events routed to subscription idx in [lo, hi) were dropped,
+ * n of them: a durable subscription records them as a gap to serve from
+ * the log, any other counts them missed. Called before their holds are
+ * dropped. */
+void catchup_note_drop(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi, uint64_t n);
+/* A consumer of subscription idx died holding events from the log from
+ * seq on: the gap opens there again. */
+void catchup_reopen(shmbus_bus_t *bus, uint32_t idx, uint64_t seq);
+/* The next event of sub's pending gap, from the log: 1 and *out, 0 when
+ * no gap is pending, -EAGAIN while the gap waits for the recorder, or
+ * -errno. */
+int catchup_next(shmbus_sub_t *sub, const struct seg_event **out);
 
 /* reclaim.c */
 /* Sweep for dead members if the last sweep is a reclaim interval old. */

@@ -61,6 +61,8 @@ struct log_writer {
 	uint64_t segment_bytes;
 	uint32_t index_positions;
 	uint64_t retain_bytes, retain_ns;
+	bool retain_force;	 /* retention may delete what durable subscriptions need */
+	shmbus_bus_t *spare;	 /* whose durable subscriptions retention spares (NULL: none) */
 	struct log_seg seg;	 /* the open segment (seg.base NULL: none yet) */
 	uint64_t tail;		 /* end of the records of seg */
 	uint64_t next_pos;	 /* position after the last event written */
@@ -102,6 +104,12 @@ int log_reader_refresh(shmbus_bus_t *bus, struct log_reader *r);
 void log_reader_close(struct log_reader *r);
 /* The event at seq: 0, -ENOENT or -EBADMSG (damage recorded). */
 int log_reader_get(shmbus_bus_t *bus, struct log_reader *r, uint64_t seq, const struct seg_event **out);
+/* The first valid event record with a sequence in [from, to) for which
+ * want() is true, in sequence order: 0 and *out, -ENOENT (none, as far
+ * as the log is written), or -errno. Damaged records are reported and
+ * skipped. */
+int log_reader_next(shmbus_bus_t *bus, struct log_reader *r, uint64_t from, uint64_t to,
+		    bool (*want)(const struct seg_event *ev, void *arg), void *arg, const struct seg_event **out);
 
 /* Per-bus state of everything log-related, created on first use and freed
  * by shmbus_close (bus->log). */
@@ -126,6 +134,13 @@ struct log_state *log_state_get(shmbus_bus_t *bus);
 void log_state_free(shmbus_bus_t *bus);
 /* Record a damaged spot (one sentence) and set it as the thread's message. */
 int log_damage(shmbus_bus_t *bus, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* catchup.c: the lowest sequence a durable subscription may still need
+ * from the log (its pending gap, events a consumer was handed from the
+ * log and has not released, what is still in the ring), UINT64_MAX when
+ * none; retention keeps every segment holding a sequence at or above it.
+ * NULL bus: UINT64_MAX. */
+uint64_t log_retain_floor(shmbus_bus_t *bus);
 
 /* deliver.c: put a copy of event ev into the ring for subscription idx
  * (generation gen) only, with extra flags. 0 or -errno (-ESRCH when the

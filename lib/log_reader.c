@@ -94,6 +94,8 @@ int log_reader_refresh(shmbus_bus_t *bus, struct log_reader *r)
 	return 0;
 }
 
+static uint64_t first_at_delta(const struct log_seg *s, uint64_t n, uint64_t d);
+
 /* Index of the last segment whose first_seq <= seq, or -1. */
 static long seg_for_seq(const struct log_reader *r, uint64_t seq)
 {
@@ -167,6 +169,49 @@ int log_reader_get(shmbus_bus_t *bus, struct log_reader *r, uint64_t seq, const 
 	}
 	return shmbus__fail(ENOENT, "the log of bus '%s' holds no event at sequence %llu", bus->name,
 			    (unsigned long long)seq);
+}
+
+/* Whether the reader must list the directory again before it can say
+ * what lies past its last segment: never loaded, empty, or the last
+ * segment sealed (its successor is a file it has not seen). */
+static bool reader_stale(const struct log_reader *r)
+{
+	return !r->loaded || r->nsegs == 0 || at_load_acquire_u32(&r->segs[r->nsegs - 1].hdr->sealed);
+}
+
+int log_reader_next(shmbus_bus_t *bus, struct log_reader *r, uint64_t from, uint64_t to,
+		    bool (*want)(const struct seg_event *ev, void *arg), void *arg, const struct seg_event **out)
+{
+	int rc;
+	if (reader_stale(r) && (rc = log_reader_refresh(bus, r)) < 0)
+		return rc;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		long first = seg_for_seq(r, from);
+		for (size_t si = first < 0 ? 0 : (size_t)first; si < r->nsegs; si++) {
+			struct log_seg *s = &r->segs[si];
+			if (s->first_seq >= to)
+				return -ENOENT;
+			uint64_t n = seg_nrec(s);
+			uint64_t ei = from > s->first_seq ? first_at_delta(s, n, from - s->first_seq) : 0;
+			for (; ei < n; ei++) {
+				const struct log_time_entry *t = log_seg_time(s, ei);
+				uint64_t seq = s->first_seq + t->pos_delta;
+				if (seq >= to)
+					return -ENOENT;
+				const struct seg_event *ev;
+				if (record_at(bus, s, t->off, seq, &ev) != 0)
+					continue; /* damaged: reported, skipped */
+				if (want(ev, arg)) {
+					*out = ev;
+					return 0;
+				}
+			}
+		}
+		/* past the last segment it knows: a newer one may have begun */
+		if (attempt || !reader_stale(r) || (rc = log_reader_refresh(bus, r)) < 0)
+			break;
+	}
+	return -ENOENT;
 }
 
 /* ---------------------------------------------------------------- public */

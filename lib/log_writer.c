@@ -115,7 +115,7 @@ static void retain(struct log_writer *w)
 	size_t n;
 	if (log_list_segments(w->dir, &firsts, &n) < 0)
 		return;
-	uint64_t total = 0, now = now_real_ns();
+	uint64_t total = 0, now = now_real_ns(), floor = log_retain_floor(w->spare);
 	struct stat st;
 	char path[PATH_MAX];
 	for (size_t i = 0; i < n; i++) {
@@ -137,6 +137,8 @@ static void retain(struct log_writer *w)
 		bool too_old = w->retain_ns && h.time_max && h.time_max + w->retain_ns < now;
 		if (!too_big && !too_old)
 			break; /* oldest first: once one stays, the newer ones do too */
+		if (!w->retain_force && firsts[i + 1] > floor)
+			break; /* a durable subscription still needs it */
 		char idx[PATH_MAX];
 		log_seg_path(w->dir, firsts[i], "idx", idx, sizeof idx);
 		unlink(idx);

@@ -77,7 +77,7 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 			at_count_u64(&bus->hdr->recovered_events, 1);
 			return;
 		}
-		at_count_u64(&s->missed, 1);
+		catchup_note_drop(bus, sub, seq, seq + 1, 1);
 	}
 	if (desc & SEG_DESC_HOLDS_REF)
 		slot_release(bus, seq, sub);
@@ -241,6 +241,13 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 			give_back(bus, idx, d, keep);
 			at_store_release_u64(&con->held[k], 0);
 		}
+		/* events it was handed from the log and never released: the
+		 * gap opens again at the lowest (a survivor dying here only
+		 * reopens it twice) */
+		uint64_t low = at_load_acquire_u64(&con->log_low);
+		if (low && keep)
+			catchup_reopen(bus, idx, low - 1);
+		at_store_release_u64(&con->log_low, 0);
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
 		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
@@ -433,11 +440,16 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
 	return false;
 }
 
-/* Take back held events at or below max_seq from a stalled subscription's
- * consumers. Their release then reports -ESTALE. */
-/* Take back held events at or below max_seq; with unseen_only, only those a
- * consumer took in a run but has not handed to its user yet (nobody reads
- * them, so a lag subscription gives them up like queued ones). */
+/* Held entries a lag subscription gives up like queued events: taken in
+ * a run but not handed to the user yet (nobody reads them), or released
+ * by the user with the hold still batched (nobody needs them; a consumer
+ * that pauses after releasing would otherwise keep up to a batch of slots
+ * until the stall timeout). */
+#define DROPPABLE (SEG_DESC_UNSEEN | SEG_DESC_RELEASING)
+
+/* Take back held events at or below max_seq from a subscription's
+ * consumers; with unseen_only, only the DROPPABLE ones. The release of a
+ * revoked event a user still held reports -ESTALE. */
 static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool unseen_only)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
@@ -446,7 +458,7 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
 			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq ||
-			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
+			    (unseen_only && !(d & DROPPABLE)))
 				continue;
 			/* Mark the entry first, whatever its consumer does to its
 			 * other bits meanwhile, then drop the hold: dying in
@@ -454,16 +466,18 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			 * clears. */
 			uint64_t seq = d & SEG_DESC_SEQ_MASK;
 			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
-			       !(unseen_only && !(d & SEG_DESC_UNSEEN)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
+			       !(unseen_only && !(d & DROPPABLE)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
 				;
 			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq ||
-			    (unseen_only && !(d & SEG_DESC_UNSEEN)))
+			    (unseen_only && !(d & DROPPABLE)))
 				continue; /* released, handed out or taken back meanwhile */
+			/* noted before the hold goes: a revoker that dies in between
+			 * leaves a revoked entry, whose bit a survivor only clears */
+			if (!(d & SEG_DESC_RELEASING))
+				catchup_note_drop(bus, idx, seq, seq + 1, 1);
 			if (d & SEG_DESC_HOLDS_REF)
 				slot_release(bus, seq, idx);
 			at_count_u64(&s->revoked, 1);
-			if (!(d & SEG_DESC_RELEASING))
-				at_count_u64(&s->missed, 1);
 		}
 }
 
@@ -489,9 +503,7 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 		}
 		if (!lagging)
 			continue;
-		uint64_t n = sub_drop_queued(bus, i, max_seq, intent);
-		if (n)
-			at_count_u64(&s->missed, n); /* passed over */
+		sub_drop_queued(bus, i, max_seq, intent, true); /* passed over: missed, or a gap */
 		revoke_held(bus, i, max_seq, !culprit);
 	}
 }

@@ -37,7 +37,7 @@
 #include "log.h"
 #include "log_sync.h"
 
-#define RECORDER_ID "shmbus.recorder"
+#define RECORDER_ID SUB_RECORDER_ID
 #define REC_HELD 32 /* descriptors kept while the walk catches up */
 
 struct shmbus_recorder {
@@ -342,6 +342,8 @@ SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_
 	r->w.sync_on_roll = r->level != SHMBUS_SYNC_NONE;
 	r->w.retain_bytes = opts->retain_bytes;
 	r->w.retain_ns = opts->retain_ns;
+	r->w.retain_force = opts->retain_force;
+	r->w.spare = bus;
 	log_sync_init(&r->sync);
 	/* A new log starts with the oldest event still in the ring: read
 	 * before subscribing, so what was published before anyone recorded is

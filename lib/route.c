@@ -215,7 +215,7 @@ void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, ui
 				wake[w] |= 1ull << bit;
 			} else {
 				at_count_u64(&s->dropped_full, 1);
-				at_count_u64(&s->missed, 1);
+				catchup_note_drop(bus, idx, seq, seq + 1, 1);
 			}
 		}
 	}

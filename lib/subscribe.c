@@ -63,13 +63,28 @@ void sub_wait_routing_grace(shmbus_bus_t *bus)
 	}
 }
 
-uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent)
+uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent,
+			 bool lost)
 {
 	uint64_t dropped = 0, descs[64], first;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		uint32_t n;
 		while ((n = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
+			/* the run is noted before its holds go: a dropper that dies
+			 * in between has its run given back by reclaim, so an event
+			 * may come twice (queue and log), never not at all */
+			uint64_t lo = UINT64_MAX, hi = 0, live = 0;
+			for (uint32_t i = 0; i < n && lost; i++) {
+				uint64_t seq = descs[i] & SEG_DESC_SEQ_MASK;
+				if (descs[i] & SEG_DESC_TOMBSTONE)
+					continue;
+				lo = seq < lo ? seq : lo;
+				hi = seq + 1 > hi ? seq + 1 : hi;
+				live++;
+			}
+			if (live)
+				catchup_note_drop(bus, idx, lo, hi, live);
 			for (uint32_t i = 0; i < n; i++) {
 				if (descs[i] & SEG_DESC_TOMBSTONE)
 					continue;
@@ -125,7 +140,7 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	sub_wait_routing_grace(bus);
 	revoke_all_held(bus, idx);
 	/* under the table lock: its holder's intent lives in the header */
-	sub_drop_queued(bus, idx, UINT64_MAX, &bus->hdr->locked_take);
+	sub_drop_queued(bus, idx, UINT64_MAX, &bus->hdr->locked_take, false);
 	metrics_retire_sub(bus, idx);
 	at_fetch_add_u64(&s->generation, 1);
 	at_store_release_u32(&s->flags, 0);
@@ -174,6 +189,7 @@ static int consumer_join(shmbus_bus_t *bus, struct seg_sub *s)
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_FREE)
 			continue;
 		memset(con->held, 0, sizeof con->held);
+		at_store_relaxed_u64(&con->log_low, 0);
 		con->member = bus->member;
 		con->member_gen = bus->member_gen;
 		con->pid = (uint32_t)getpid();
@@ -236,7 +252,11 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	struct seg_sub *s = bus_sub(bus, (uint32_t)idx);
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fetch_add_u64(&s->generation, 1);
-	at_store_release_u32(&s->flags, r->policy_flags | (r->durable ? SEG_SUB_DURABLE : 0) | (r->group ? SEG_SUB_GROUP : 0));
+	/* A durable subscription catches up from the log, except the
+	 * recorder's own: it is what writes the log. */
+	bool catchup = r->durable && strcmp(r->subscriber, SUB_RECORDER_ID) != 0;
+	at_store_release_u32(&s->flags, r->policy_flags | (r->durable ? SEG_SUB_DURABLE : 0) |
+						(r->group ? SEG_SUB_GROUP : 0) | (catchup ? SEG_SUB_CATCHUP : 0));
 	bool plain = !r->durable && !r->group;
 	s->owner = plain ? bus->member : SEG_SUB_NO_OWNER;
 	s->owner_gen_lo = (uint32_t)bus->member_gen;
@@ -258,6 +278,11 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	at_store_relaxed_u64(&s->dead_lettered, 0);
 	at_store_relaxed_u64(&s->expired, 0);
 	at_store_relaxed_u64(&s->late_responses, 0);
+	at_store_relaxed_u64(&s->gap_owed, 0);
+	at_store_relaxed_u64(&s->gap_dropped, 0);
+	at_store_relaxed_u64(&s->gap_served, 0);
+	at_store_relaxed_u64(&s->gap_hi, 0);
+	at_store_release_u64(&s->gap_lo, SEG_GAP_NONE);
 	uint64_t tails = 0;
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, (uint32_t)idx, cls);

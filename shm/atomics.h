@@ -58,6 +58,32 @@ static inline uint64_t at_fetch_and_u64_sc(uint64_t *p, uint64_t v) { return __a
 static inline uint32_t at_load_u32_sc(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint64_t at_load_u64_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 
+/* Sequentially consistent exchange, compare-and-swap, minimum and maximum
+ * of 64-bit words: a catch-up gap (lib/catchup.c) is two words, one lowered
+ * and one raised by droppers, and a consumer closing the gap must see
+ * either a dropper's raise or the dropper must see the closed gap. */
+static inline uint64_t at_exchange_u64_sc(uint64_t *p, uint64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+static inline int at_cas_u64_sc(uint64_t *p, uint64_t *expected, uint64_t desired)
+{
+	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+/* Store min(*p, v); returns the previous value. */
+static inline uint64_t at_fetch_min_u64_sc(uint64_t *p, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+	while (v < cur && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+		;
+	return cur;
+}
+/* Store max(*p, v); returns the previous value. */
+static inline uint64_t at_fetch_max_u64_sc(uint64_t *p, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+	while (v > cur && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+		;
+	return cur;
+}
+
 /* Statistics counters: relaxed, never used to order anything. */
 static inline void at_count_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 

@@ -445,6 +445,9 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  *   44  processing  u32 gauge: handlers of its dispatcher running now
  *   48  retrying    u32 gauge: its events waiting for a retry
  *   52  reserved
+ *   56  log_low     u64 one past the lowest sequence of the events catch-up
+ *                   handed this consumer from the log and it has not
+ *                   released (0: none); a survivor reopens the gap there
  *   64  held[40]    u64
  * The gauges live with the consumer, not the subscription, so that a
  * consumer that dies takes its share with it when its entry is reset.
@@ -462,7 +465,8 @@ struct seg_consumer {
 	uint32_t pid;
 	uint32_t processing;
 	uint32_t retrying;
-	uint8_t reserved1[12];
+	uint32_t reserved1;
+	uint64_t log_low;
 	uint64_t held[SEG_HELD_MAX];
 };
 _Static_assert(offsetof(struct seg_consumer, member) == 4, "consumer.member");
@@ -472,6 +476,7 @@ _Static_assert(offsetof(struct seg_consumer, take) == 24, "consumer.take");
 _Static_assert(offsetof(struct seg_consumer, pid) == 40, "consumer.pid");
 _Static_assert(offsetof(struct seg_consumer, processing) == 44, "consumer.processing");
 _Static_assert(offsetof(struct seg_consumer, retrying) == 48, "consumer.retrying");
+_Static_assert(offsetof(struct seg_consumer, log_low) == 56, "consumer.log_low");
 _Static_assert(offsetof(struct seg_consumer, held) == 64, "consumer.held");
 _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
 
@@ -496,7 +501,19 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *   384   ends[2]      seg_queue_ends (256 bytes)
  *   640   dispatch counters (own line): completed, failed, retried,
  *         dead_lettered, expired, late_responses (see dispatch.c)
- *   704   reserved to 1024
+ *   704   catch-up from the log (own line; durable subscriptions with
+ *         SEG_SUB_CATCHUP only, see lib/catchup.c):
+ *         gap_lo      u64 lowest dropped sequence not yet caught up
+ *                         (~0: no gap); droppers lower it (atomic min),
+ *                         catching consumers raise it (CAS)
+ *         gap_hi      u64 one past the highest sequence ever dropped
+ *                         (atomic max, never lowered)
+ *         gap_owed    u64 dropped minus served from the log, two's
+ *                         complement; what is left when a gap closes
+ *                         is added to missed
+ *         gap_dropped u64 counter: events dropped into gaps
+ *         gap_served  u64 counter: events served from the log
+ *   744   reserved to 1024
  *   1024  filter       seg_filter (2048)
  *   3072  consumers[8] seg_consumer (3072)
  *   6144  reserved to 8192
@@ -510,6 +527,8 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
 #define SEG_SUB_GROUP 0x4u
 #define SEG_SUB_PAUSED 0x8u
 #define SEG_SUB_DEMOTED 0x10u
+#define SEG_SUB_CATCHUP 0x20u /* durable: dropped events are served from the log */
+#define SEG_GAP_NONE UINT64_MAX
 #define SEG_SUB_NO_OWNER 0xFFFFFFFFu
 struct seg_sub {
 	uint32_t state;
@@ -542,7 +561,12 @@ struct seg_sub {
 	uint64_t expired;	 /* dead-lettered because they expired */
 	uint64_t late_responses; /* a requester's reply subscription: too late */
 	uint8_t pad_dispatch[16];
-	uint8_t reserved2[320];
+	uint64_t gap_lo;
+	uint64_t gap_hi;
+	uint64_t gap_owed;
+	uint64_t gap_dropped;
+	uint64_t gap_served;
+	uint8_t reserved2[280];
 	struct seg_filter filter;
 	struct seg_consumer consumers[SEG_CONSUMERS];
 	uint8_t reserved3[2048];
@@ -562,6 +586,11 @@ _Static_assert(offsetof(struct seg_sub, routed_base) == 376, "sub.routed_base");
 _Static_assert(offsetof(struct seg_sub, ends) == 384, "sub.ends");
 _Static_assert(offsetof(struct seg_sub, completed) == 640, "sub.completed");
 _Static_assert(offsetof(struct seg_sub, late_responses) == 680, "sub.late_responses");
+_Static_assert(offsetof(struct seg_sub, gap_lo) == 704, "sub.gap_lo");
+_Static_assert(offsetof(struct seg_sub, gap_hi) == 712, "sub.gap_hi");
+_Static_assert(offsetof(struct seg_sub, gap_owed) == 720, "sub.gap_owed");
+_Static_assert(offsetof(struct seg_sub, gap_dropped) == 728, "sub.gap_dropped");
+_Static_assert(offsetof(struct seg_sub, gap_served) == 736, "sub.gap_served");
 _Static_assert(offsetof(struct seg_sub, filter) == 1024, "sub.filter");
 _Static_assert(offsetof(struct seg_sub, consumers) == 3072, "sub.consumers");
 _Static_assert(sizeof(struct seg_sub) == SEG_SUB_SIZE, "seg_sub size");

@@ -16,7 +16,7 @@
 #include "event_json.h"
 
 enum { L_TYPE = 300, L_NAME, L_SOURCE, L_TARGET, L_SINCE, L_UNTIL, L_LIMIT, L_JSON, L_TO, L_REPUBLISH, L_DIR, L_SYNC,
-       L_SEGMENT, L_RETAIN_BYTES, L_RETAIN_AGE, L_BATCH };
+       L_SEGMENT, L_RETAIN_BYTES, L_RETAIN_AGE, L_RETAIN_FORCE, L_BATCH };
 
 #define CRITERIA_OPTIONS                                                                                        \
 	{"type", required_argument, NULL, L_TYPE}, {"name", required_argument, NULL, L_NAME},                   \
@@ -361,8 +361,8 @@ int parse_sync_level(const char *arg, shmbus_sync_t *out)
 }
 
 /* record NAME [--dir DIR] [--sync none|batch|always] [--segment-size B]
- * [--retain-bytes B] [--retain-age DURATION] [--batch-ms N]: be the
- * bus's recorder until SIGINT/SIGTERM. */
+ * [--retain-bytes B] [--retain-age DURATION] [--retain-force] [--batch-ms N]:
+ * be the bus's recorder until SIGINT/SIGTERM. */
 int cmd_record(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -371,6 +371,7 @@ int cmd_record(int argc, char **argv)
 		{"segment-size", required_argument, NULL, L_SEGMENT},
 		{"retain-bytes", required_argument, NULL, L_RETAIN_BYTES},
 		{"retain-age", required_argument, NULL, L_RETAIN_AGE},
+		{"retain-force", no_argument, NULL, L_RETAIN_FORCE},
 		{"batch-ms", required_argument, NULL, L_BATCH},
 		{NULL, 0, NULL, 0},
 	};
@@ -402,6 +403,9 @@ int cmd_record(int argc, char **argv)
 			if (cli_parse_duration(optarg, &v) < 0)
 				return usage_error("record", "--retain-age must be a duration, not '%s'", optarg);
 			o.retain_ns = v;
+			break;
+		case L_RETAIN_FORCE:
+			o.retain_force = true;
 			break;
 		case L_BATCH:
 			if (cli_parse_u64(optarg, 1, 60000, &v) < 0)

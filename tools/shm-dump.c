@@ -260,7 +260,12 @@ static int sub_json(const shmbus_inspect_sub_t *s)
 		"filter", json_text(s->filter), "queue_depth", ju(s->queue_depth), "queue", queue, "held", ju(s->held),
 		"routed", ju(s->routed), "delivered", ju(s->delivered), "filtered", ju(s->filtered), "missed",
 		ju(s->missed), "dropped_full", ju(s->dropped_full), "demotions", ju(s->demotions), "redelivered",
-		ju(s->redelivered), "revoked", ju(s->revoked), "consumers", consumers_json(s), NULL));
+		ju(s->redelivered), "revoked", ju(s->revoked), "catchup", json_boolean(s->catchup), "gap",
+		s->catchup && s->gap_lo != UINT64_MAX
+			? json_add(json_object(), "lo", ju(s->gap_lo), "hi", ju(s->gap_hi), NULL)
+			: json_null(),
+		"gap_owed", json_integer(s->gap_owed), "gap_dropped", ju(s->gap_dropped), "gap_served",
+		ju(s->gap_served), "consumers", consumers_json(s), NULL));
 }
 
 /*
@@ -285,6 +290,15 @@ static void sub_human(const shmbus_inspect_sub_t *s)
 	       (unsigned long long)s->routed, (unsigned long long)s->delivered, (unsigned long long)s->filtered,
 	       (unsigned long long)s->missed, (unsigned long long)s->dropped_full, (unsigned long long)s->demotions,
 	       (unsigned long long)s->redelivered, (unsigned long long)s->revoked);
+	if (s->catchup) {
+		printf("      catch-up: ");
+		if (s->gap_lo == UINT64_MAX)
+			printf("no gap");
+		else
+			printf("gap %llu..%llu", (unsigned long long)s->gap_lo, (unsigned long long)s->gap_hi);
+		printf(", owed %lld, dropped %llu, served from the log %llu\n", (long long)s->gap_owed,
+		       (unsigned long long)s->gap_dropped, (unsigned long long)s->gap_served);
+	}
 	for (uint32_t i = 0; i < s->consumer_count; i++) {
 		const shmbus_inspect_consumer_t *c = &s->consumers[i];
 		printf("      consumer[%u] member %u pid %u delivered %llu held:", c->index, c->member, c->pid,

@@ -87,7 +87,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "  replay NAME [same criteria] (--to SUBSCRIBER | --republish)\n"
 				 "  dlq NAME ls [--json] | retry EVENT_ID | clear EVENT_ID\n"
 				 "  record NAME [--dir DIR] [--sync none|batch|always] [--segment-size B]\n"
-				 "              [--retain-bytes B] [--retain-age DURATION] [--batch-ms N]\n"
+				 "              [--retain-bytes B] [--retain-age DURATION] [--retain-force] [--batch-ms N]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
 				 "1-64 characters of [A-Za-z0-9._-]. B accepts k/M/G (KiB, MiB, GiB).\n"
@@ -1471,7 +1471,7 @@ static const struct command commands[] = {
 			       "[--limit N] (--to SUBSCRIBER | --republish)"},
 	{"dlq", cmd_dlq, "NAME ls [--json] | retry EVENT_ID | clear EVENT_ID"},
 	{"record", cmd_record, "NAME [--dir DIR] [--sync none|batch|always] [--segment-size B] [--retain-bytes B] "
-			       "[--retain-age DURATION] [--batch-ms N]"},
+			       "[--retain-age DURATION] [--retain-force] [--batch-ms N]"},
 };
 
 static const struct command *find_command(const char *name)

@@ -387,8 +387,19 @@ int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev);
  * the consumer it was first delivered to died holding it. */
 bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t *ev);
 
-/* Events this subscription missed (lag policy or demotion) since the last
- * call; the counter is reset. */
+/* Whether held event ev was served from the log: a durable subscription
+ * that was passed over (lag policy, demotion after a stall, a full queue)
+ * gets the events it lost from the log, in sequence order, before its
+ * queue (see "Catching up from the log" in docs/ARCHITECTURE.md). Such an
+ * event lies in the log's read-only mapping and stays valid until
+ * shmbus_close; shmbus_release accepts it and does nothing else. */
+bool shmbus_from_log(const shmbus_sub_t *sub, const shmbus_event_t *ev);
+
+/* Events this subscription missed since the last call; the counter is
+ * reset. A plain or group subscription misses what it is passed over for
+ * (lag policy or demotion); a durable one misses only what it could not
+ * catch up from the log (retention removed it, no recorder ran, or the
+ * recorder missed it), counted once its catch-up has closed the gap. */
 uint64_t shmbus_take_missed(shmbus_sub_t *sub);
 
 /* Pause (publishers skip the subscription; nothing is queued while paused),
@@ -818,6 +829,10 @@ typedef struct {
 	uint64_t delivered;	 /* retired total plus every active consumer's */
 	uint64_t filtered, missed, dropped_full;
 	uint64_t demotions, redelivered, revoked;
+	bool catchup;		 /* durable: catches up from the log */
+	uint64_t gap_lo, gap_hi; /* pending gap [gap_lo, gap_hi); gap_lo ~0: none */
+	int64_t gap_owed;	 /* dropped, not yet served from the log */
+	uint64_t gap_dropped, gap_served; /* totals */
 	uint32_t consumer_count;
 	shmbus_inspect_consumer_t consumers[SHMBUS_GROUP_MEMBERS_MAX];
 } shmbus_inspect_sub_t;
@@ -907,6 +922,10 @@ typedef struct {
 	uint32_t index_positions; /* positions per segment index (1 Mi) */
 	uint64_t retain_bytes;	/* delete the oldest segments beyond (0: keep) */
 	uint64_t retain_ns;	/* delete segments whose last event is older (0: keep) */
+	bool retain_force;	/* retention deletes even segments a durable
+				   subscription still needs to catch up (it
+				   then counts what it cannot get as missed);
+				   without it they are kept */
 	bool no_wait;		/* -EBUSY at once when another recorder runs */
 } shmbus_record_opts_t;
 

@@ -175,11 +175,13 @@ int main(void)
 	struct consumer all = {.expect = (uint64_t)PUBLISHERS * PER_PUB};
 	struct consumer only_a = {.expect = 0};
 	struct consumer lag = {.expect = 0};
+	struct consumer dlag = {.expect = 0}; /* durable: its gaps close against a log that does not exist */
 	struct consumer group[GROUP_MEMBERS];
 	uint8_t *seen = calloc(PUBLISHERS * PER_PUB, 1);
 	all.sub = subscribe(&(shmbus_sub_opts_t){.subscriber_id = "all", .wait = SHMBUS_WAIT_ADAPTIVE});
 	only_a.sub = subscribe(&(shmbus_sub_opts_t){.subscriber_id = "only-a", .filter = fa, .wait = SHMBUS_WAIT_BLOCK});
 	lag.sub = subscribe(&(shmbus_sub_opts_t){.subscriber_id = "lag", .policy = SHMBUS_POLICY_LAG});
+	dlag.sub = subscribe(&(shmbus_sub_opts_t){.subscriber_id = "dlag", .durable = true, .policy = SHMBUS_POLICY_LAG});
 	for (int i = 0; i < GROUP_MEMBERS; i++) {
 		memset(&group[i], 0, sizeof group[i]);
 		group[i].seen = seen;
@@ -187,11 +189,12 @@ int main(void)
 	}
 	shmbus_filter_free(fa);
 
-	pthread_t tp[PUBLISHERS], tc[4 + GROUP_MEMBERS], tch;
+	pthread_t tp[PUBLISHERS], tc[5 + GROUP_MEMBERS], tch;
 	int nc = 0;
 	pthread_create(&tc[nc++], NULL, consumer, &all);
 	pthread_create(&tc[nc++], NULL, consumer, &only_a);
 	pthread_create(&tc[nc++], NULL, consumer, &lag);
+	pthread_create(&tc[nc++], NULL, consumer, &dlag);
 	for (int i = 0; i < GROUP_MEMBERS; i++)
 		pthread_create(&tc[nc++], NULL, consumer, &group[i]);
 	pthread_create(&tch, NULL, churner, NULL);
@@ -208,6 +211,8 @@ int main(void)
 	check(all.got == total && all.disorder == 0, "plain subscriber: every event, in publisher order");
 	check(only_a.got == a_expected && only_a.disorder == 0, "name filter: exactly the 'a' events, in order");
 	check(lag.got + lag.missed == total, "lag subscriber: received + missed == published");
+	check(dlag.got + dlag.missed == total && dlag.disorder == 0,
+	      "durable lag subscriber without a log: received + missed == published, in order");
 	uint64_t g = 0;
 	int dup = 0;
 	for (int i = 0; i < GROUP_MEMBERS; i++) {
@@ -230,6 +235,7 @@ int main(void)
 	shmbus_sub_close(all.sub);
 	shmbus_sub_close(only_a.sub);
 	shmbus_sub_close(lag.sub);
+	shmbus_sub_close(dlag.sub);
 	for (int i = 0; i < GROUP_MEMBERS; i++)
 		shmbus_sub_close(group[i].sub);
 	free(seen);
