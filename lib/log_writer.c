@@ -3,11 +3,13 @@
  * segments, recovering the last one after a crash, rolling by size and
  * index capacity, and retention by size and age.
  *
- * Order of stores for one record: the event bytes and the record header
- * with its checksum, then the index entries (position, time), then the
- * segment header's tail/records/next_pos (release). A writer killed at any
- * point leaves at worst a torn record after the last complete one, or
- * index entries behind the records; log_writer_open repairs both.
+ * Records are written in batches (log.h). Order of stores: the events of
+ * a run are copied into reserved room; then, record by record, the record
+ * header with its checksum and the index entries (position, time); then,
+ * once per run, the segment header's tail/records/next_pos (release). A
+ * writer killed at any point leaves at worst a torn or unsealed record
+ * after the last complete one, or index entries and header words behind
+ * the records; log_writer_open repairs both.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -157,10 +159,14 @@ static void seal(struct log_writer *w)
 uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len, int *rc)
 {
 	uint64_t rs = log_rec_size(len);
+	*rc = 0;
 	if (w->seg.base) {
-		bool full = w->tail + rs > w->seg.map_len || w->seg.nrec >= w->seg.cap ||
+		bool full = w->wtail + rs > w->seg.map_len || w->seg.nrec + w->pending >= w->seg.cap ||
 			    seq < w->seg.first_seq || seq + slots - w->seg.first_seq > w->seg.cap;
 		if (full) {
+			if (w->pending)
+				return NULL; /* the batch is committed first; the next reserve rolls */
+			log_writer_publish(w);
 			if (w->sync_on_roll && fdatasync(w->seg.fd) < 0) {
 				*rc = shmbus__fail(errno, "segment '%s': fdatasync: %s", w->seg.path, strerror(errno));
 				return NULL;
@@ -171,9 +177,13 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 	if (!w->seg.base) {
 		if ((*rc = segment_create(w, seq, rs)) < 0)
 			return NULL;
+		w->wtail = w->tail;
 		retain(w);
 	}
-	return w->seg.base + w->tail + LOG_REC_HDR;
+	uint8_t *dst = w->seg.base + w->wtail + LOG_REC_HDR;
+	w->wtail += rs;
+	w->pending++;
+	return dst;
 }
 
 void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len)
@@ -190,9 +200,25 @@ void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint3
 	s->time[s->nrec].off = (uint32_t)w->tail;
 	s->time[s->nrec].pos_delta = delta;
 	s->nrec++;
+	w->pending--;
 	w->tail += log_rec_size(len);
 	w->next_pos = seq + slots;
 	w->has_records = true;
+}
+
+void log_writer_discard(struct log_writer *w)
+{
+	if (w->wtail > w->tail)
+		memset(w->seg.base + w->tail, 0, (size_t)(w->wtail - w->tail));
+	w->wtail = w->tail;
+	w->pending = 0;
+}
+
+void log_writer_publish(struct log_writer *w)
+{
+	struct log_seg *s = &w->seg;
+	if (!s->base || at_load_relaxed_u64(&s->hdr->records) == s->nrec)
+		return;
 	s->hdr->next_pos = w->next_pos;
 	s->hdr->time_max = w->time_max;
 	at_store_release_u64(&s->hdr->tail, w->tail);
@@ -423,10 +449,15 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 		n--;
 	}
 	free(firsts);
+	w->wtail = w->tail;
 	return rc;
 }
 
 void log_writer_close(struct log_writer *w)
 {
+	if (w->seg.base) {
+		log_writer_discard(w);
+		log_writer_publish(w);
+	}
 	log_seg_close(&w->seg);
 }
