@@ -65,6 +65,7 @@ struct log_writer {
 	uint64_t tail;		 /* end of the committed records of seg */
 	uint64_t wtail;		 /* end of the batch's reservations (>= tail) */
 	uint32_t pending;	 /* reservations not committed yet */
+	uint64_t pop_data, pop_time, pop_pos; /* prefaulted up to (offsets in seg and its index) */
 	uint64_t next_pos;	 /* position after the last event written */
 	uint64_t time_max;
 	bool has_records;	 /* the log holds at least one event */

@@ -74,6 +74,53 @@ static int create_index(struct log_writer *w, uint64_t first)
 	return create_file(w->dir, path, &h, log_index_size(w->index_positions));
 }
 
+/*
+ * Prefaulting. The first store to each page of a fresh segment would fault
+ * (an unwritten extent: the page is allocated, zeroed, made writable): on
+ * this class of VM about 6.7 us a page, 370 ns for each small record, most
+ * of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
+ * of pages in one call, about five times cheaper a page. Only a short
+ * stretch ahead of the writer is populated, so a sync writes few zero pages
+ * beyond the records and a stall lasts one chunk.
+ */
+#define LOG_POPULATE_CHUNK (256u << 10)
+
+static void populate(uint8_t *base, uint64_t len, uint64_t need, uint64_t *done)
+{
+#ifdef MADV_POPULATE_WRITE
+	if (need <= *done || *done >= len)
+		return;
+	uint64_t from = *done & ~4095ull, to = (need + LOG_POPULATE_CHUNK + 4095) & ~4095ull;
+	if (to > len)
+		to = len;
+	(void)madvise(base + from, (size_t)(to - from), MADV_POPULATE_WRITE); /* a hint: faults do it otherwise */
+	*done = to;
+#else
+	(void)base, (void)len, (void)need, (void)done;
+#endif
+}
+
+/* What is written already is mapped already: populating starts at the
+ * tail (a recovered segment's pages before it may not even be cached). */
+static void populated_to_tail(struct log_writer *w)
+{
+	struct log_seg *s = &w->seg;
+	w->pop_data = w->tail & ~4095ull;
+	w->pop_time = (LOG_HEADER_SIZE + (uint64_t)s->cap * 4 + s->nrec * sizeof(struct log_time_entry)) & ~4095ull;
+	w->pop_pos = (LOG_HEADER_SIZE + (w->next_pos > s->first_seq ? w->next_pos - s->first_seq : 0) * 4) & ~4095ull;
+}
+
+/* Populate what the next records (to data offset end, position delta
+ * pos_end) will touch in the segment and its index. */
+static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
+{
+	struct log_seg *s = &w->seg;
+	populate(s->base, s->map_len, end, &w->pop_data);
+	uint64_t t = LOG_HEADER_SIZE + (uint64_t)s->cap * 4;
+	populate(s->idx, s->idx_len, t + (s->nrec + w->pending + 1) * sizeof(struct log_time_entry), &w->pop_time);
+	populate(s->idx, t, LOG_HEADER_SIZE + pos_end * 4, &w->pop_pos);
+}
+
 /* A new segment whose first event will be at `first`, big enough for a
  * record of rec_bytes. */
 static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_bytes)
@@ -104,6 +151,7 @@ static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_byt
 	}
 	w->tail = LOG_DATA_OFF;
 	w->seg.nrec = 0;
+	populated_to_tail(w);
 	w->segments_created++;
 	return 0;
 }
@@ -180,6 +228,8 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 		w->wtail = w->tail;
 		retain(w);
 	}
+	if (w->wtail + rs > w->pop_data)
+		populate_ahead(w, w->wtail + rs, seq + slots - w->seg.first_seq);
 	uint8_t *dst = w->seg.base + w->wtail + LOG_REC_HDR;
 	w->wtail += rs;
 	w->pending++;
@@ -450,6 +500,8 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 	}
 	free(firsts);
 	w->wtail = w->tail;
+	if (w->seg.base)
+		populated_to_tail(w);
 	return rc;
 }
 
