@@ -14,6 +14,7 @@
 
 #include "internal.h"
 #include "log_format.h"
+#include "log_sync.h"
 
 #define LOG_DEFAULT_SEGMENT_BYTES (64ull << 20)
 #define LOG_MIN_SEGMENT_BYTES (64ull << 10)
@@ -66,6 +67,7 @@ struct log_writer {
 	uint64_t wtail;		 /* end of the batch's reservations (>= tail) */
 	uint32_t pending;	 /* reservations not committed yet */
 	uint64_t pop_data, pop_time, pop_pos; /* prefaulted up to (offsets in seg and its index) */
+	struct log_prefault prefault;	      /* the segment's pages, on an io_uring worker */
 	uint64_t next_pos;	 /* position after the last event written */
 	uint64_t time_max;
 	bool has_records;	 /* the log holds at least one event */

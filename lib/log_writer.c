@@ -79,11 +79,13 @@ static int create_index(struct log_writer *w, uint64_t first)
  * (an unwritten extent: the page is allocated, zeroed, made writable): on
  * this class of VM about 6.7 us a page, 370 ns for each small record, most
  * of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
- * of pages in one call, about five times cheaper a page. Only a short
+ * of pages in one call, about five times cheaper a page; the segment's
+ * pages are populated a chunk ahead on an io_uring worker (log_prefault),
+ * so the zeroing runs beside the recorder, else here. Only a short
  * stretch ahead of the writer is populated, so a sync writes few zero pages
- * beyond the records and a stall lasts one chunk.
+ * beyond the records and a synchronous stall lasts one chunk.
  */
-#define LOG_POPULATE_CHUNK (256u << 10)
+#define LOG_POPULATE_CHUNK (1u << 20)
 
 static void populate(uint8_t *base, uint64_t len, uint64_t need, uint64_t *done)
 {
@@ -100,6 +102,27 @@ static void populate(uint8_t *base, uint64_t len, uint64_t need, uint64_t *done)
 #endif
 }
 
+/* Populate what the next records (to data offset end, position delta
+ * pos_end) will touch in the segment and its index: the segment a chunk
+ * ahead, in the background when it can (a request still running is left
+ * alone: the writer faults if it overtakes it), the index tables, which
+ * grow far slower, here. */
+static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
+{
+	struct log_seg *s = &w->seg;
+	if (w->pop_data < s->map_len && log_prefault_idle(&w->prefault)) {
+		uint64_t from = w->pop_data > end ? w->pop_data : end & ~4095ull;
+		uint64_t to = (from + LOG_POPULATE_CHUNK) < s->map_len ? from + LOG_POPULATE_CHUNK : s->map_len;
+		if (log_prefault_start(&w->prefault, s->base + from, (size_t)(to - from)))
+			w->pop_data = to;
+		else
+			populate(s->base, s->map_len, end, &w->pop_data);
+	}
+	uint64_t t = LOG_HEADER_SIZE + (uint64_t)s->cap * 4;
+	populate(s->idx, s->idx_len, t + (s->nrec + w->pending + 1) * sizeof(struct log_time_entry), &w->pop_time);
+	populate(s->idx, t, LOG_HEADER_SIZE + pos_end * 4, &w->pop_pos);
+}
+
 /* What is written already is mapped already: populating starts at the
  * tail (a recovered segment's pages before it may not even be cached). */
 static void populated_to_tail(struct log_writer *w)
@@ -108,17 +131,6 @@ static void populated_to_tail(struct log_writer *w)
 	w->pop_data = w->tail & ~4095ull;
 	w->pop_time = (LOG_HEADER_SIZE + (uint64_t)s->cap * 4 + s->nrec * sizeof(struct log_time_entry)) & ~4095ull;
 	w->pop_pos = (LOG_HEADER_SIZE + (w->next_pos > s->first_seq ? w->next_pos - s->first_seq : 0) * 4) & ~4095ull;
-}
-
-/* Populate what the next records (to data offset end, position delta
- * pos_end) will touch in the segment and its index. */
-static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
-{
-	struct log_seg *s = &w->seg;
-	populate(s->base, s->map_len, end, &w->pop_data);
-	uint64_t t = LOG_HEADER_SIZE + (uint64_t)s->cap * 4;
-	populate(s->idx, s->idx_len, t + (s->nrec + w->pending + 1) * sizeof(struct log_time_entry), &w->pop_time);
-	populate(s->idx, t, LOG_HEADER_SIZE + pos_end * 4, &w->pop_pos);
 }
 
 /* A new segment whose first event will be at `first`, big enough for a
@@ -228,7 +240,7 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 		w->wtail = w->tail;
 		retain(w);
 	}
-	if (w->wtail + rs > w->pop_data)
+	if (w->wtail + rs + LOG_POPULATE_CHUNK / 2 > w->pop_data)
 		populate_ahead(w, w->wtail + rs, seq + slots - w->seg.first_seq);
 	uint8_t *dst = w->seg.base + w->wtail + LOG_REC_HDR;
 	w->wtail += rs;
@@ -460,6 +472,7 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 	if (w->segment_bytes > UINT32_MAX)
 		w->segment_bytes = UINT32_MAX & ~4095ull; /* offsets are u32 */
 	w->index_positions = index_positions ? index_positions : (uint32_t)(w->segment_bytes / 128);
+	log_prefault_init(&w->prefault);
 	if ((rc = log_mkdirs(dir)) < 0)
 		return rc;
 	uint64_t *firsts;
@@ -507,6 +520,7 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 
 void log_writer_close(struct log_writer *w)
 {
+	log_prefault_fini(&w->prefault);
 	if (w->seg.base) {
 		log_writer_discard(w);
 		log_writer_publish(w);
