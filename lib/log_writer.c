@@ -77,8 +77,8 @@ static int create_index(struct log_writer *w, uint64_t first)
 /*
  * Prefaulting. The first store to each page of a fresh segment would fault
  * (an unwritten extent: the page is allocated, zeroed, made writable): on
- * this class of VM about 6.7 us a page, 370 ns for each small record, most
- * of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
+ * this class of VM up to 6.7 us a page, 370 ns for each small record, up
+ * to half of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
  * of pages in one call, about five times cheaper a page; the segment's
  * pages are populated a chunk ahead on an io_uring worker (log_prefault),
  * so the zeroing runs beside the recorder, else here. Only a short
