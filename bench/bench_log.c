@@ -9,7 +9,8 @@
  *
  * Options: --events N (record/replay: 1000000, get: 1000000; the design
  * target for get is 10M: pass --events 10000000 where the disk allows),
- * --json. Logs go to $SHMBUS_LOG_DIR or /var/tmp/shmbus-bench and are
+ * --runs N (record: N runs, each on a fresh bus with its own baseline,
+ * then the medians), --json. Logs go to $SHMBUS_LOG_DIR or /var/tmp/shmbus-bench and are
  * removed afterwards.
  */
 #include <errno.h>
@@ -134,7 +135,21 @@ static shmbus_bus_t *make_bus(const char *suffix)
 	return bus;
 }
 
-static int bench_record(uint64_t n, bool json)
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof *v, cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One run on a fresh bus: publisher events/s without a recorder, then
+ * with one at sync none and at sync batch (out[0..2]). */
+static int record_run(uint64_t n, bool json, double out[3])
 {
 	shmbus_bus_t *bus = make_bus("rec");
 	if (!bus)
@@ -143,32 +158,66 @@ static int bench_record(uint64_t n, bool json)
 	if (shmbus_pub_open(bus, &(shmbus_pub_opts_t){.timeout_ns = 30000000000ll}, &pub) < 0)
 		return die("pub_open");
 	shmbus_uuid_t last;
-	double off = publish(pub, n, 32, &last), on[2];
+	out[0] = publish(pub, n, 32, &last);
 	const shmbus_sync_t levels[2] = {SHMBUS_SYNC_NONE, SHMBUS_SYNC_BATCH};
 	for (int k = 0; k < 2; k++) {
 		pid_t rec = start_recorder(levels[k]);
 		if (wait_recorder_ready(bus) < 0)
 			return die("recorder did not start");
 		uint64_t t0 = now_ns();
-		on[k] = publish(pub, n, 32, &last);
+		double on = publish(pub, n, 32, &last);
+		if (on < 0)
+			return 1;
 		if (shmbus_wait_durable(bus, shmbus_uuid_seq(&last), 60000000000ll) < 0)
 			return die("wait_durable");
 		double recorded = (double)n * 1e9 / (double)(now_ns() - t0);
-		on[k] = on[k] < recorded ? on[k] : on[k];
+		out[1 + k] = on;
 		if (json)
 			printf("{\"mode\":\"record\",\"sync\":\"%s\",\"events\":%llu,\"publish_per_s\":%.0f,"
 			       "\"recorded_per_s\":%.0f,\"publish_without_recorder_per_s\":%.0f,\"cost_ratio\":%.2f}\n",
-			       k ? "batch" : "none", (unsigned long long)n, on[k], recorded, off, off / on[k]);
+			       k ? "batch" : "none", (unsigned long long)n, on, recorded, out[0], out[0] / on);
 		else
 			printf("record sync=%-5s  publish %10.0f ev/s  recorded(durable) %10.0f ev/s  "
 			       "without recorder %10.0f ev/s  cost %.2fx (target <= 1.5x for none)\n",
-			       k ? "batch" : "none", on[k], recorded, off, off / on[k]);
+			       k ? "batch" : "none", on, recorded, out[0], out[0] / on);
 		kill(rec, SIGTERM);
 		waitpid(rec, NULL, 0);
 	}
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
 	cleanup();
+	return 0;
+}
+
+/* --runs N: N runs, each with its own baseline (the VM's speed drifts
+ * between runs), then the medians; the ratio's median is of the per-run
+ * ratios. */
+static int bench_record(uint64_t n, int runs, bool json)
+{
+	double off[runs], none[runs], batch[runs], rn[runs], rb[runs];
+	for (int i = 0; i < runs; i++) {
+		double v[3];
+		if (record_run(n, json, v))
+			return 1;
+		off[i] = v[0];
+		none[i] = v[1];
+		batch[i] = v[2];
+		rn[i] = v[0] / v[1];
+		rb[i] = v[0] / v[2];
+	}
+	if (runs < 2)
+		return 0;
+	double m_rn = median(rn, runs), m_rb = median(rb, runs);
+	double m_off = median(off, runs), m_none = median(none, runs), m_batch = median(batch, runs);
+	if (json)
+		printf("{\"mode\":\"record-median\",\"runs\":%d,\"events\":%llu,\"publish_without_recorder_per_s\":%.0f,"
+		       "\"publish_sync_none_per_s\":%.0f,\"publish_sync_batch_per_s\":%.0f,\"cost_ratio_none\":%.2f,"
+		       "\"cost_ratio_batch\":%.2f}\n",
+		       runs, (unsigned long long)n, m_off, m_none, m_batch, m_rn, m_rb);
+	else
+		printf("record median of %d runs: without recorder %.0f ev/s, sync none %.0f ev/s, sync batch %.0f ev/s; "
+		       "cost %.2fx none (target <= 1.5x), %.2fx batch\n",
+		       runs, m_off, m_none, m_batch, m_rn, m_rb);
 	return 0;
 }
 
@@ -259,14 +308,17 @@ static int bench_get(uint64_t n, bool json)
 int bench_log_main(int argc, char **argv)
 {
 	uint64_t n = 1000000;
+	int runs = 1;
 	bool json = false;
 	for (int i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = true;
 		else if (!strcmp(argv[i], "--events") && i + 1 < argc)
 			n = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--runs") && i + 1 < argc && atoi(argv[i + 1]) > 0)
+			runs = atoi(argv[++i]);
 		else {
-			fprintf(stderr, "usage: shmbus-bench record|replay|get [--events N] [--json]\n");
+			fprintf(stderr, "usage: shmbus-bench record|replay|get [--events N] [--runs N] [--json]\n");
 			return 2;
 		}
 	}
@@ -276,7 +328,7 @@ int bench_log_main(int argc, char **argv)
 	}
 	atexit(cleanup);
 	if (!strcmp(argv[1], "record"))
-		return bench_record(n, json);
+		return bench_record(n, runs, json);
 	if (!strcmp(argv[1], "replay"))
 		return bench_replay(n, json);
 	return bench_get(n, json);

@@ -1757,7 +1757,10 @@ static void usage(FILE *f)
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
 		"      floor-futex, throughput, idle\n"
 		"--iters N sets the round trips of each ping-pong run (default %ld) and the events\n"
-		"of each throughput run (default %ld for small payloads, %ld above 256 B).\n",
+		"of each throughput run (default %ld for small payloads, %ld above 256 B).\n"
+		"The durable log: " PROG " record|replay|get [--events N] [--runs N] [--json]\n"
+		"(record: publisher events/s without a recorder and with one at sync none and\n"
+		"batch, per run on a fresh bus, and the medians over --runs).\n",
 		DEFAULT_RTT_ITERS, DEFAULT_TP_SMALL_ITERS, DEFAULT_TP_LARGE_ITERS);
 }
 

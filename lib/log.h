@@ -14,6 +14,7 @@
 
 #include "internal.h"
 #include "log_format.h"
+#include "log_sync.h"
 
 #define LOG_DEFAULT_SEGMENT_BYTES (64ull << 20)
 #define LOG_MIN_SEGMENT_BYTES (64ull << 10)
@@ -64,7 +65,11 @@ struct log_writer {
 	bool retain_force;	 /* retention may delete what durable subscriptions need */
 	shmbus_bus_t *spare;	 /* whose durable subscriptions retention spares (NULL: none) */
 	struct log_seg seg;	 /* the open segment (seg.base NULL: none yet) */
-	uint64_t tail;		 /* end of the records of seg */
+	uint64_t tail;		 /* end of the committed records of seg */
+	uint64_t wtail;		 /* end of the batch's reservations (>= tail) */
+	uint32_t pending;	 /* reservations not committed yet */
+	uint64_t pop_data, pop_time, pop_pos; /* prefaulted up to (offsets in seg and its index) */
+	struct log_prefault prefault;	      /* the segment's pages, on an io_uring worker */
 	uint64_t next_pos;	 /* position after the last event written */
 	uint64_t time_max;
 	bool has_records;	 /* the log holds at least one event */
@@ -79,11 +84,30 @@ struct log_writer {
  * file. */
 int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint64_t incarnation,
 		    uint32_t slot_size, uint64_t segment_bytes, uint32_t index_positions);
-/* Room for an event record of len bytes at the tail (rolling first if
- * needed); returns where to copy the event, or NULL with *rc set. */
+/*
+ * Writing is batched: reserve room for a run of records, copy the events
+ * in, then commit the reservations in order (each is sealed with its
+ * checksum and indexed) or discard what is left of them, and publish the
+ * segment header once for the run. A writer that dies in a batch leaves
+ * sealed records the header does not count yet (recovery indexes them)
+ * and unsealed ones whose header is zero or whose checksum fails
+ * (recovery cuts them).
+ *
+ * log_writer_reserve - room for the next record of len bytes after the
+ * batch's reservations, rolling to a new segment first when needed and
+ * nothing is pending. Returns where to copy the event; NULL with *rc = 0
+ * when the open segment cannot take it in this batch (commit or discard
+ * the batch, then reserve again), NULL with *rc = -errno on failure.
+ */
 uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len, int *rc);
-/* Seal the record reserved last (its event copied) and index it. */
+/* Seal the oldest pending reservation (its event copied) and index it. */
 void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len);
+/* Drop every pending reservation and zero its bytes, so nothing after the
+ * last record can pass for one. */
+void log_writer_discard(struct log_writer *w);
+/* Store the segment header's tail, records, next_pos and time_max for
+ * what was committed (release; readers and recovery take them as hints). */
+void log_writer_publish(struct log_writer *w);
 /* fdatasync the open segment (blocking). 0 or -errno. */
 int log_writer_sync(struct log_writer *w);
 void log_writer_close(struct log_writer *w);

@@ -8,35 +8,43 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "log_sync.h"
 
+static struct io_uring *ring_new(void)
+{
+	const char *no = getenv("SHMBUS_NO_IO_URING");
+	if (no && no[0] && strcmp(no, "0") != 0)
+		return NULL;
+	struct io_uring *ring = calloc(1, sizeof *ring);
+	if (ring && io_uring_queue_init(4, ring, 0) == 0)
+		return ring;
+	free(ring);
+	return NULL;
+}
+
+static void ring_free(struct io_uring *ring, bool inflight)
+{
+	if (!ring)
+		return;
+	struct io_uring_cqe *cqe;
+	if (inflight && io_uring_wait_cqe(ring, &cqe) == 0)
+		io_uring_cqe_seen(ring, cqe);
+	io_uring_queue_exit(ring);
+	free(ring);
+}
+
 void log_sync_init(struct log_sync *s)
 {
 	memset(s, 0, sizeof *s);
-	const char *no = getenv("SHMBUS_NO_IO_URING");
-	if (no && no[0] && strcmp(no, "0") != 0)
-		return;
-	struct io_uring *ring = calloc(1, sizeof *ring);
-	if (ring && io_uring_queue_init(4, ring, 0) == 0) {
-		s->ring = ring;
-		return;
-	}
-	free(ring);
+	s->ring = ring_new();
 }
 
 void log_sync_fini(struct log_sync *s)
 {
-	if (s->ring) {
-		if (s->inflight) {
-			struct io_uring_cqe *cqe;
-			if (io_uring_wait_cqe(s->ring, &cqe) == 0)
-				io_uring_cqe_seen(s->ring, cqe);
-		}
-		io_uring_queue_exit(s->ring);
-		free(s->ring);
-	}
+	ring_free(s->ring, s->inflight);
 	memset(s, 0, sizeof *s);
 }
 
@@ -81,4 +89,52 @@ int log_sync_poll(struct log_sync *s, bool wait)
 	s->done = s->target;
 	s->syncs++;
 	return 1;
+}
+
+void log_prefault_init(struct log_prefault *p)
+{
+	memset(p, 0, sizeof *p);
+#ifdef MADV_POPULATE_WRITE
+	struct io_uring_probe *probe;
+	if (!(p->ring = ring_new()))
+		return;
+	probe = io_uring_get_probe_ring(p->ring);
+	bool ok = probe && io_uring_opcode_supported(probe, IORING_OP_MADVISE);
+	io_uring_free_probe(probe);
+	if (!ok) {
+		ring_free(p->ring, false);
+		p->ring = NULL;
+	}
+#endif
+}
+
+void log_prefault_fini(struct log_prefault *p)
+{
+	ring_free(p->ring, p->inflight);
+	memset(p, 0, sizeof *p);
+}
+
+bool log_prefault_idle(struct log_prefault *p)
+{
+	struct io_uring_cqe *cqe;
+	if (p->inflight && io_uring_peek_cqe(p->ring, &cqe) == 0) {
+		io_uring_cqe_seen(p->ring, cqe); /* its result does not matter: a fault does the same */
+		p->inflight = false;
+	}
+	return !p->inflight;
+}
+
+bool log_prefault_start(struct log_prefault *p, void *addr, size_t len)
+{
+#ifdef MADV_POPULATE_WRITE
+	struct io_uring_sqe *sqe;
+	if (!p->ring || p->inflight || !(sqe = io_uring_get_sqe(p->ring)))
+		return false;
+	io_uring_prep_madvise(sqe, addr, (off_t)len, MADV_POPULATE_WRITE);
+	p->inflight = io_uring_submit(p->ring) == 1;
+	return p->inflight;
+#else
+	(void)p, (void)addr, (void)len;
+	return false;
+#endif
 }

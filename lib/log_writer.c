@@ -3,11 +3,13 @@
  * segments, recovering the last one after a crash, rolling by size and
  * index capacity, and retention by size and age.
  *
- * Order of stores for one record: the event bytes and the record header
- * with its checksum, then the index entries (position, time), then the
- * segment header's tail/records/next_pos (release). A writer killed at any
- * point leaves at worst a torn record after the last complete one, or
- * index entries behind the records; log_writer_open repairs both.
+ * Records are written in batches (log.h). Order of stores: the events of
+ * a run are copied into reserved room; then, record by record, the record
+ * header with its checksum and the index entries (position, time); then,
+ * once per run, the segment header's tail/records/next_pos (release). A
+ * writer killed at any point leaves at worst a torn or unsealed record
+ * after the last complete one, or index entries and header words behind
+ * the records; log_writer_open repairs both.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -72,6 +74,65 @@ static int create_index(struct log_writer *w, uint64_t first)
 	return create_file(w->dir, path, &h, log_index_size(w->index_positions));
 }
 
+/*
+ * Prefaulting. The first store to each page of a fresh segment would fault
+ * (an unwritten extent: the page is allocated, zeroed, made writable): on
+ * this class of VM up to 6.7 us a page, 370 ns for each small record, up
+ * to half of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
+ * of pages in one call, about five times cheaper a page; the segment's
+ * pages are populated a chunk ahead on an io_uring worker (log_prefault),
+ * so the zeroing runs beside the recorder, else here. Only a short
+ * stretch ahead of the writer is populated, so a sync writes few zero pages
+ * beyond the records and a synchronous stall lasts one chunk.
+ */
+#define LOG_POPULATE_CHUNK (1u << 20)
+
+static void populate(uint8_t *base, uint64_t len, uint64_t need, uint64_t *done)
+{
+#ifdef MADV_POPULATE_WRITE
+	if (need <= *done || *done >= len)
+		return;
+	uint64_t from = *done & ~4095ull, to = (need + LOG_POPULATE_CHUNK + 4095) & ~4095ull;
+	if (to > len)
+		to = len;
+	(void)madvise(base + from, (size_t)(to - from), MADV_POPULATE_WRITE); /* a hint: faults do it otherwise */
+	*done = to;
+#else
+	(void)base, (void)len, (void)need, (void)done;
+#endif
+}
+
+/* Populate what the next records (to data offset end, position delta
+ * pos_end) will touch in the segment and its index: the segment a chunk
+ * ahead, in the background when it can (a request still running is left
+ * alone: the writer faults if it overtakes it), the index tables, which
+ * grow far slower, here. */
+static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
+{
+	struct log_seg *s = &w->seg;
+	if (w->pop_data < s->map_len && log_prefault_idle(&w->prefault)) {
+		uint64_t from = w->pop_data > end ? w->pop_data : end & ~4095ull;
+		uint64_t to = (from + LOG_POPULATE_CHUNK) < s->map_len ? from + LOG_POPULATE_CHUNK : s->map_len;
+		if (log_prefault_start(&w->prefault, s->base + from, (size_t)(to - from)))
+			w->pop_data = to;
+		else
+			populate(s->base, s->map_len, end, &w->pop_data);
+	}
+	uint64_t t = LOG_HEADER_SIZE + (uint64_t)s->cap * 4;
+	populate(s->idx, s->idx_len, t + (s->nrec + w->pending + 1) * sizeof(struct log_time_entry), &w->pop_time);
+	populate(s->idx, t, LOG_HEADER_SIZE + pos_end * 4, &w->pop_pos);
+}
+
+/* What is written already is mapped already: populating starts at the
+ * tail (a recovered segment's pages before it may not even be cached). */
+static void populated_to_tail(struct log_writer *w)
+{
+	struct log_seg *s = &w->seg;
+	w->pop_data = w->tail & ~4095ull;
+	w->pop_time = (LOG_HEADER_SIZE + (uint64_t)s->cap * 4 + s->nrec * sizeof(struct log_time_entry)) & ~4095ull;
+	w->pop_pos = (LOG_HEADER_SIZE + (w->next_pos > s->first_seq ? w->next_pos - s->first_seq : 0) * 4) & ~4095ull;
+}
+
 /* A new segment whose first event will be at `first`, big enough for a
  * record of rec_bytes. */
 static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_bytes)
@@ -102,6 +163,7 @@ static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_byt
 	}
 	w->tail = LOG_DATA_OFF;
 	w->seg.nrec = 0;
+	populated_to_tail(w);
 	w->segments_created++;
 	return 0;
 }
@@ -159,10 +221,14 @@ static void seal(struct log_writer *w)
 uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len, int *rc)
 {
 	uint64_t rs = log_rec_size(len);
+	*rc = 0;
 	if (w->seg.base) {
-		bool full = w->tail + rs > w->seg.map_len || w->seg.nrec >= w->seg.cap ||
+		bool full = w->wtail + rs > w->seg.map_len || w->seg.nrec + w->pending >= w->seg.cap ||
 			    seq < w->seg.first_seq || seq + slots - w->seg.first_seq > w->seg.cap;
 		if (full) {
+			if (w->pending)
+				return NULL; /* the batch is committed first; the next reserve rolls */
+			log_writer_publish(w);
 			if (w->sync_on_roll && fdatasync(w->seg.fd) < 0) {
 				*rc = shmbus__fail(errno, "segment '%s': fdatasync: %s", w->seg.path, strerror(errno));
 				return NULL;
@@ -173,9 +239,15 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 	if (!w->seg.base) {
 		if ((*rc = segment_create(w, seq, rs)) < 0)
 			return NULL;
+		w->wtail = w->tail;
 		retain(w);
 	}
-	return w->seg.base + w->tail + LOG_REC_HDR;
+	if (w->wtail + rs + LOG_POPULATE_CHUNK / 2 > w->pop_data)
+		populate_ahead(w, w->wtail + rs, seq + slots - w->seg.first_seq);
+	uint8_t *dst = w->seg.base + w->wtail + LOG_REC_HDR;
+	w->wtail += rs;
+	w->pending++;
+	return dst;
 }
 
 void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len)
@@ -192,9 +264,25 @@ void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint3
 	s->time[s->nrec].off = (uint32_t)w->tail;
 	s->time[s->nrec].pos_delta = delta;
 	s->nrec++;
+	w->pending--;
 	w->tail += log_rec_size(len);
 	w->next_pos = seq + slots;
 	w->has_records = true;
+}
+
+void log_writer_discard(struct log_writer *w)
+{
+	if (w->wtail > w->tail)
+		memset(w->seg.base + w->tail, 0, (size_t)(w->wtail - w->tail));
+	w->wtail = w->tail;
+	w->pending = 0;
+}
+
+void log_writer_publish(struct log_writer *w)
+{
+	struct log_seg *s = &w->seg;
+	if (!s->base || at_load_relaxed_u64(&s->hdr->records) == s->nrec)
+		return;
 	s->hdr->next_pos = w->next_pos;
 	s->hdr->time_max = w->time_max;
 	at_store_release_u64(&s->hdr->tail, w->tail);
@@ -386,6 +474,7 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 	if (w->segment_bytes > UINT32_MAX)
 		w->segment_bytes = UINT32_MAX & ~4095ull; /* offsets are u32 */
 	w->index_positions = index_positions ? index_positions : (uint32_t)(w->segment_bytes / 128);
+	log_prefault_init(&w->prefault);
 	if ((rc = log_mkdirs(dir)) < 0)
 		return rc;
 	uint64_t *firsts;
@@ -425,10 +514,18 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 		n--;
 	}
 	free(firsts);
+	w->wtail = w->tail;
+	if (w->seg.base)
+		populated_to_tail(w);
 	return rc;
 }
 
 void log_writer_close(struct log_writer *w)
 {
+	log_prefault_fini(&w->prefault);
+	if (w->seg.base) {
+		log_writer_discard(w);
+		log_writer_publish(w);
+	}
 	log_seg_close(&w->seg);
 }

@@ -38,7 +38,10 @@
 #include "log_sync.h"
 
 #define RECORDER_ID SUB_RECORDER_ID
-#define REC_HELD 32 /* descriptors kept while the walk catches up */
+#define REC_HELD 32	 /* descriptors kept while the walk catches up */
+#define REC_RUN 64	 /* heads copied before one validation */
+#define REC_TAKE 1024	 /* descriptors taken per pass */
+#define REC_BUDGET 4096 /* positions walked per pass */
 
 struct shmbus_recorder {
 	shmbus_bus_t *bus;
@@ -119,46 +122,105 @@ static void lost(shmbus_recorder_t *r, uint64_t p)
 	r->next = p + 1;
 }
 
-/* Copy the COMMITTED event at p (control word c) into the log. 1 when the
- * walk moved, 0 to wait, -errno on a log failure. */
-static int record_one(shmbus_recorder_t *r, uint64_t p, uint64_t c)
+/* One head of a run copied (or, for a DIRECTED copy, looked at) before
+ * the run is validated. */
+struct rec_copy {
+	uint64_t pos, ctl;
+	uint8_t *dst; /* NULL: DIRECTED, not recorded */
+	uint32_t size, slots;
+	bool seq_ok; /* DIRECTED: the ring said its seq is pos */
+};
+
+/*
+ * copy_run - copy the COMMITTED heads from r->next on into reserved log
+ * room, up to REC_RUN of them, stopping before the first head that is not
+ * a plausible COMMITTED event of this lap (walk_step deals with it), at
+ * claim, or where the open segment is full. Nothing read here is trusted
+ * yet: a slot may be reused while it is copied; validate_run decides.
+ * Returns how many heads (0: the walk must step), or -errno.
+ */
+static int copy_run(shmbus_recorder_t *r, uint64_t claim, struct rec_copy *run)
 {
 	shmbus_bus_t *bus = r->bus;
-	const struct seg_event *ev = (const struct seg_event *)(const void *)bus_slot_data(bus, p);
-	uint32_t size = __atomic_load_n(&ev->size, __ATOMIC_RELAXED);
-	if (size < SEG_EVENT_FIXED || size > bus->max_event_bytes) {
-		if (at_load_acquire_u64(bus_slot_ctl(bus, p)) == c)
-			lost(r, p); /* corrupt event in the ring: nothing to record */
-		return 1;
+	uint64_t p = r->next;
+	uint32_t n = 0;
+	if (claim > bus->nslots && p < claim - bus->nslots)
+		return 0; /* a lap behind: walk_step skips to the ring's oldest */
+	while (n < REC_RUN && p < claim) {
+		uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, p));
+		if (seg_ctl_lap(c) != bus_lap(bus, p) || seg_ctl_state(c) != SEG_SLOT_COMMITTED)
+			break;
+		const struct seg_event *ev = (const struct seg_event *)(const void *)bus_slot_data(bus, p);
+		uint32_t size = __atomic_load_n(&ev->size, __ATOMIC_RELAXED);
+		if (size < SEG_EVENT_FIXED || size > bus->max_event_bytes)
+			break;
+		struct rec_copy *e = &run[n];
+		e->pos = p;
+		e->ctl = c;
+		e->size = size;
+		e->slots = log_slots_for(bus, size);
+		e->dst = NULL;
+		if (__atomic_load_n(&ev->flags, __ATOMIC_RELAXED) & SEG_EVF_DIRECTED) {
+			e->seq_ok = __atomic_load_n(&ev->seq, __ATOMIC_RELAXED) == p;
+		} else {
+			int rc;
+			if (!(e->dst = log_writer_reserve(&r->w, p, e->slots, size, &rc))) {
+				if (rc < 0)
+					return rc;
+				break; /* the segment is full: commit this run, roll on the next */
+			}
+			memcpy(e->dst, ev, size);
+		}
+		n++;
+		p += e->slots;
 	}
-	uint32_t slots = log_slots_for(bus, size);
-	int rc;
-	uint8_t *dst = log_writer_reserve(&r->w, p, slots, size, &rc);
-	if (!dst)
-		return rc;
-	memcpy(dst, ev, size);
-	at_fence_seq_cst();
-	bool stable = at_load_acquire_u64(bus_slot_ctl(bus, p)) == c &&
-		      (slot_held_by(bus, p, (uint32_t)(shmbus_sub_id(r->sub) & 0xFFFF)) ||
-		       at_load_acquire_u64(&bus->hdr->claim_pos) <= p + bus->nslots);
-	struct seg_event *copy = (struct seg_event *)(void *)dst;
-	const char *why;
-	if (!stable || copy->seq != p || seg_event_check(copy, size, &why) < 0) {
-		lost(r, p); /* reused under us, or corrupt: the copy is dropped */
-		return 1;
-	}
-	r->skip_old = false;
-	r->next = p + slots;
-	if (copy->flags & SEG_EVF_DIRECTED)
-		return 1; /* a copy for one subscription, not an event of the bus */
-	copy->committed = 1;
-	log_writer_commit(&r->w, p, slots, size);
-	r->stats.recorded++;
-	r->stats.bytes += log_rec_size(size);
-	return 1;
+	return (int)n;
 }
 
-/* One step of the walk at r->next. 1 moved, 0 wait, -errno. */
+/*
+ * validate_run - keep the copies of a run that are the events the walk
+ * saw, in order, up to the first that is not. One fence and one load of
+ * claim_pos serve the whole run (a seqlock read): a copy stands if its
+ * control word is unchanged and either claim_pos has not passed its
+ * position by a lap (nothing of the slot can have been claimed again, since
+ * a claim moves claim_pos before it writes) or our holder bit is still set
+ * (a held slot cannot be reused). The first copy that fails is counted
+ * missed and the rest of the run is dropped unsealed; the walk goes on
+ * after it and copies the rest again.
+ */
+static void validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint32_t n)
+{
+	shmbus_bus_t *bus = r->bus;
+	uint32_t me = (uint32_t)(shmbus_sub_id(r->sub) & 0xFFFF);
+	at_fence_seq_cst();
+	uint64_t claim = at_load_acquire_u64(&bus->hdr->claim_pos);
+	for (uint32_t k = 0; k < n; k++) {
+		const struct rec_copy *e = &run[k];
+		bool stable = at_load_acquire_u64(bus_slot_ctl(bus, e->pos)) == e->ctl &&
+			      (claim <= e->pos + bus->nslots || slot_held_by(bus, e->pos, me));
+		struct seg_event *copy = (struct seg_event *)(void *)e->dst;
+		const char *why;
+		if (!stable || (copy ? copy->size != e->size || copy->seq != e->pos ||
+					       seg_event_check(copy, e->size, &why) < 0
+				     : !e->seq_ok)) {
+			log_writer_discard(&r->w); /* this copy and the ones after it */
+			lost(r, e->pos);	   /* reused under us, or corrupt */
+			break;
+		}
+		r->skip_old = false;
+		r->next = e->pos + e->slots;
+		if (!copy)
+			continue; /* a copy for one subscription, not an event of the bus */
+		copy->committed = 1;
+		log_writer_commit(&r->w, e->pos, e->slots, e->size);
+		r->stats.recorded++;
+		r->stats.bytes += log_rec_size(e->size);
+	}
+	log_writer_publish(&r->w);
+}
+
+/* One step of the walk at r->next, where copy_run stopped. 1 moved, 0
+ * wait, -errno. */
 static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 {
 	shmbus_bus_t *bus = r->bus;
@@ -195,8 +257,18 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 		return 0;
 	}
 	switch (seg_ctl_state(c)) {
-	case SEG_SLOT_COMMITTED:
-		return record_one(r, p, c);
+	case SEG_SLOT_COMMITTED: {
+		/* copy_run stopped here on an implausible size: a corrupt event
+		 * in the ring, nothing to record, if the word still stands */
+		const struct seg_event *ev = (const struct seg_event *)(const void *)bus_slot_data(bus, p);
+		uint32_t size = __atomic_load_n(&ev->size, __ATOMIC_RELAXED);
+		if (size >= SEG_EVENT_FIXED && size <= bus->max_event_bytes)
+			return 0; /* plausible now (it was being reused): look again */
+		if (at_load_acquire_u64(bus_slot_ctl(bus, p)) != c)
+			return 0;
+		lost(r, p);
+		return 1;
+	}
 	case SEG_SLOT_ABORTED:
 		r->skip_old = true;
 		r->next = p + 1;
@@ -206,26 +278,72 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 	}
 }
 
+/* Walk from r->next towards claim, a run at a time, for at most budget
+ * positions. Returns the positions passed (0: waiting on a writer), or
+ * -errno. */
+static int64_t walk(shmbus_recorder_t *r, uint64_t claim, uint64_t budget)
+{
+	struct rec_copy run[REC_RUN];
+	uint64_t from = r->next;
+	while (r->next < claim && r->next - from < budget) {
+		int n = copy_run(r, claim, run);
+		if (n < 0) {
+			log_writer_discard(&r->w);
+			return n;
+		}
+		if (n > 0) {
+			validate_run(r, run, (uint32_t)n);
+			continue;
+		}
+		int rc = walk_step(r, claim);
+		if (rc <= 0) {
+			if (rc < 0)
+				return rc;
+			break;
+		}
+	}
+	return (int64_t)(r->next - from);
+}
+
+/* Release the held descriptors the walk has passed. Newest first: the
+ * subscription finds each one at the end of its own list. The kept ones
+ * are gathered at the end (below what is still to visit), then moved
+ * down in their order. */
 static void release_passed(shmbus_recorder_t *r)
 {
-	uint32_t k = 0;
-	for (uint32_t i = 0; i < r->nheld; i++) {
+	uint32_t w = r->nheld;
+	for (uint32_t i = r->nheld; i-- > 0;)
 		if (shmbus_event_seq(r->held[i]) < r->next)
 			shmbus_release(r->sub, r->held[i]);
 		else
-			r->held[k++] = r->held[i];
-	}
-	r->nheld = k;
+			r->held[--w] = r->held[i];
+	r->nheld -= w;
+	memmove(r->held, r->held + w, r->nheld * sizeof r->held[0]);
 }
 
+/* A descriptor the subscription delivered: released at once if the walk
+ * has passed its event (the usual case: the walk reads the ring directly
+ * and runs ahead of the queue), else held until it does. */
+static void take_one(shmbus_recorder_t *r, const shmbus_event_t *ev)
+{
+	if (shmbus_event_seq(ev) < r->next)
+		shmbus_release(r->sub, ev);
+	else
+		r->held[r->nheld++] = ev;
+}
+
+/* Take what the queues have, up to a bound per call. Returns how many
+ * were taken, or -errno. */
 static int take_descriptors(shmbus_recorder_t *r)
 {
 	const shmbus_event_t *ev;
-	int rc;
-	while (r->nheld < REC_HELD && (rc = shmbus_poll(r->sub, &ev)) == 1)
-		r->held[r->nheld++] = ev;
+	int rc = 0, n = 0;
 	release_passed(r);
-	return rc < 0 ? rc : 0;
+	while (r->nheld < REC_HELD && n < REC_TAKE && (rc = shmbus_poll(r->sub, &ev)) == 1) {
+		take_one(r, ev);
+		n++;
+	}
+	return rc < 0 ? rc : n;
 }
 
 SHMBUS_API int64_t shmbus_recorder_run(shmbus_recorder_t *r, int64_t timeout_ns)
@@ -238,21 +356,16 @@ SHMBUS_API int64_t shmbus_recorder_run(shmbus_recorder_t *r, int64_t timeout_ns)
 	uint64_t start = now_mono_ns(), before = r->stats.recorded;
 	uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
-		if ((rc = take_descriptors(r)) < 0)
-			return rc;
 		uint64_t claim = at_load_acquire_u64(&r->bus->hdr->claim_pos);
-		int moved = 0;
-		for (unsigned budget = 0; budget < 4096 && r->next < claim; budget++) {
-			if ((rc = walk_step(r, claim)) < 0)
-				return rc;
-			if (rc == 0)
-				break;
-			moved++;
-		}
-		release_passed(r);
+		int64_t moved = walk(r, claim, REC_BUDGET);
+		if (moved < 0)
+			return moved;
+		int took = take_descriptors(r);
+		if (took < 0)
+			return took;
 		if ((rc = sync_step(r, false)) < 0)
 			return rc;
-		if (moved)
+		if (moved || took)
 			continue;
 		uint64_t now = now_mono_ns();
 		if (now >= deadline)
@@ -266,7 +379,7 @@ SHMBUS_API int64_t shmbus_recorder_run(shmbus_recorder_t *r, int64_t timeout_ns)
 		if (r->nheld < REC_HELD) {
 			rc = shmbus_wait(r->sub, (int64_t)slice, &ev);
 			if (rc == 1)
-				r->held[r->nheld++] = ev;
+				take_one(r, ev);
 			else if (rc < 0 && rc != -EINTR)
 				return rc;
 		} else {
