@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -36,8 +37,10 @@
 #define DEFAULT_MAX_RETRIES 3
 #define DEFAULT_RETRY_BASE_NS 100000000ull
 #define DEFAULT_RETRY_MAX_NS 30000000000ull
+#define CATCHUP_POLL_NS 2000000ull /* as shmbus_wait: a log being written is polled */
 
 __thread unsigned dispatch_current_attempt;
+__thread shmbus_dispatcher_t *dispatch_current;
 
 /* Tokens: kind in bits 48..55, index in 24..47, generation in 0..23 (the
  * top 16 bits stay clear: backends keep those for themselves). */
@@ -179,22 +182,43 @@ static void count(uint64_t *counter)
 static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason)
 {
 	struct dslot *sl = &ds->win[i];
-	struct seg_sub *rec = ds->sub->rec;
 	struct dlq_entry_in in = {
-		.sub = shmbus_sub_id(ds->sub),
-		.subscriber_id = rec->subscriber,
-		.group = rec->group,
+		.sub = ds->sub_id,
+		.subscriber_id = ds->subscriber,
+		.group = ds->group,
 		.reason = reason,
 		.attempts = sl->attempts,
 		.last_error = sl->last_error,
 	};
 	if (dlq_append(ds->sub->bus, slot_event(sl), &in) == 0) {
-		count(&rec->dead_lettered);
-		if (reason == SHMBUS_DEAD_EXPIRED)
-			count(&rec->expired);
+		if (!ds->shutdown) {
+			count(&ds->sub->rec->dead_lettered);
+			if (reason == SHMBUS_DEAD_EXPIRED)
+				count(&ds->sub->rec->expired);
+		}
+		if (ds->on_dead) {
+			shmbus_dispatcher_t *outer = dispatch_current;
+			dispatch_current = ds->d;
+			ds->on_dead(slot_event(sl), (int)reason, ds->arg);
+			dispatch_current = outer;
+		}
 	}
 	sl->state = DSLOT_DONE;
 	sl->gen++;
+}
+
+/* The consumer gauges and counters, unless the subscription was removed
+ * under us (its record may serve another one by now). */
+static void ds_gauge(struct dsub *ds, uint32_t *g, int delta)
+{
+	if (!ds->shutdown)
+		gauge_add(g, delta);
+}
+
+static void ds_count(struct dsub *ds, uint64_t *counter)
+{
+	if (!ds->shutdown)
+		count(counter);
 }
 
 static bool expired_now(const struct dslot *sl)
@@ -227,6 +251,7 @@ static void arm_retry_timer(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
 	uint64_t when = sl->due < sl->expires_mono ? sl->due : sl->expires_mono;
 	if (timers_add(&d->timers, when, fire_retry, ds, (sl->gen << 8) | i) < 0) {
 		/* no memory for a timer: retry at the next turn instead */
+		ds_gauge(ds, &ds->sub->cons->retrying, -1);
 		sl->state = DSLOT_DUE;
 		ds->due++;
 	}
@@ -247,7 +272,7 @@ static void schedule_retry(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
 	sl->due = now_mono_ns() + backoff_ns(ds, sl->attempts);
 	sl->state = DSLOT_WAITING;
 	sl->gen++;
-	gauge_add(&ds->sub->cons->retrying, 1);
+	ds_gauge(ds, &ds->sub->cons->retrying, 1);
 	arm_retry_timer(d, ds, i);
 }
 
@@ -259,7 +284,7 @@ static void fire_retry(shmbus_dispatcher_t *d, void *obj, uint64_t gen)
 	if (sl->state != DSLOT_WAITING || sl->gen != gen >> 8)
 		return; /* stale */
 	if (expired_now(sl)) {
-		gauge_add(&ds->sub->cons->retrying, -1);
+		ds_gauge(ds, &ds->sub->cons->retrying, -1);
 		dead_letter(ds, i, SHMBUS_DEAD_EXPIRED);
 		advance(d, ds);
 		return;
@@ -269,7 +294,7 @@ static void fire_retry(shmbus_dispatcher_t *d, void *obj, uint64_t gen)
 		arm_retry_timer(d, ds, i);
 		return;
 	}
-	gauge_add(&ds->sub->cons->retrying, -1);
+	ds_gauge(ds, &ds->sub->cons->retrying, -1);
 	if (ds->running < ds->concurrency) {
 		start(d, ds, i);
 	} else {
@@ -285,18 +310,21 @@ static void complete(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i, int rc
 	struct dslot *sl = &ds->win[i];
 	struct seg_sub *rec = ds->sub->rec;
 	ds->running--;
-	gauge_add(&ds->sub->cons->processing, -1);
+	ds_gauge(ds, &ds->sub->cons->processing, -1);
 	d->completed++;
 	if (rc >= 0) {
-		count(&rec->completed);
+		ds_count(ds, &rec->completed);
 		sl->state = DSLOT_DONE;
 		sl->gen++;
 	} else {
-		count(&rec->failed);
+		ds_count(ds, &rec->failed);
 		sl->last_error = rc;
 		unsigned own = shmbus_event_max_retries(slot_event(sl));
 		uint32_t max = own ? own : ds->max_retries;
-		if (sl->attempts > max)
+		if (ds->shutdown) {
+			sl->state = DSLOT_DONE; /* nobody to retry it for */
+			sl->gen++;
+		} else if (sl->attempts > max)
 			dead_letter(ds, i, SHMBUS_DEAD_FAILED);
 		else if (expired_now(sl))
 			dead_letter(ds, i, SHMBUS_DEAD_EXPIRED);
@@ -314,20 +342,20 @@ static void start(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
 	sl->state = DSLOT_RUNNING;
 	sl->gen++;
 	ds->running++;
-	gauge_add(&ds->sub->cons->processing, 1);
+	ds_gauge(ds, &ds->sub->cons->processing, 1);
 	if (sl->attempts > 1)
-		count(&ds->sub->rec->retried);
-	if (d->pool) {
+		ds_count(ds, &ds->sub->rec->retried);
+	if (d->pool && !ds->inline_only) {
 		struct pool_job job = {.ds = ds, .slot = i, .gen = sl->gen};
 		if (pool_submit(d->pool, &job) == 0)
 			return;
 		/* no memory to queue it: run it here rather than lose it */
 	}
-	d->in_handler = true;
+	dispatch_current = d;
 	dispatch_current_attempt = sl->attempts;
 	int rc = ds->handler(slot_event(sl), ds->arg);
 	dispatch_current_attempt = 0;
-	d->in_handler = false;
+	dispatch_current = NULL;
 	complete(d, ds, i, rc);
 }
 
@@ -336,9 +364,11 @@ void dispatch_run_job(struct pool_job *job)
 {
 	struct dsub *ds = job->ds;
 	struct dslot *sl = &ds->win[job->slot];
+	dispatch_current = ds->d;
 	dispatch_current_attempt = sl->attempts;
 	job->rc = ds->handler(slot_event(sl), ds->arg);
 	dispatch_current_attempt = 0;
+	dispatch_current = NULL;
 }
 
 /* Release the window's completed prefix, in delivery order. */
@@ -347,7 +377,9 @@ static void advance(shmbus_dispatcher_t *d, struct dsub *ds)
 	(void)d;
 	while (ds->count && ds->win[ds->head].state == DSLOT_DONE) {
 		struct dslot *sl = &ds->win[ds->head];
-		shmbus_release(ds->sub, sl->ev); /* -ESTALE: revoked; nothing to do */
+		/* -ESTALE (revoked, or the subscription was removed: then the
+		 * library refuses to touch the record) needs nothing more */
+		shmbus_release(ds->sub, sl->ev);
 		shmbus_event_free(sl->copy);
 		sl->copy = NULL;
 		sl->ev = NULL;
@@ -399,7 +431,9 @@ static int arm_sub(shmbus_dispatcher_t *d, struct dsub *ds, const shmbus_event_t
 	int rc = shmbus_poll(ds->sub, ev);
 	if (rc != 0)
 		return rc;
-	ds->arm_gen = (ds->arm_gen + 1) & 0xFFFFFF;
+	/* dispatcher-wide, so a stale completion for a removed subscription
+	 * whose index was reused cannot pass for the new one's */
+	ds->arm_gen = d->arm_seq = (d->arm_seq + 1) & 0xFFFFFF;
 	rc = d->w->ops->arm_futex(d->w, &s->wake_futex, seen, token(KIND_SUB, ds->index, ds->arm_gen));
 	if (rc < 0)
 		return rc;
@@ -409,13 +443,39 @@ static int arm_sub(shmbus_dispatcher_t *d, struct dsub *ds, const shmbus_event_t
 
 static void start_due(shmbus_dispatcher_t *d, struct dsub *ds)
 {
-	for (uint32_t n = 0; n < ds->count && ds->due && can_start(ds); n++) {
-		uint32_t i = (ds->head + n) % DSUB_WINDOW;
-		if (ds->win[i].state == DSLOT_DUE) {
-			ds->due--;
-			start(d, ds, i);
+	/* an inline handler moves head (advance), so look again from the
+	 * new head after each start */
+	while (ds->due && can_start(ds)) {
+		uint32_t n = 0;
+		while (n < ds->count && ds->win[(ds->head + n) % DSUB_WINDOW].state != DSLOT_DUE)
+			n++;
+		if (n == ds->count) {
+			ds->due = 0; /* cannot happen; never spin on it */
+			return;
+		}
+		ds->due--;
+		start(d, ds, (ds->head + n) % DSUB_WINDOW);
+	}
+}
+
+static void fire_ready(shmbus_dispatcher_t *d, void *obj, uint64_t gen);
+
+/* The subscription was removed by someone (-ESHUTDOWN): what it holds is
+ * given up without a count (its record may serve another subscription),
+ * retries are dropped, and it is never pumped again. */
+static void give_up_removed(shmbus_dispatcher_t *d, struct dsub *ds)
+{
+	ds->shutdown = true;
+	ds->ready = false;
+	for (uint32_t n = 0; n < ds->count; n++) {
+		struct dslot *sl = &ds->win[(ds->head + n) % DSUB_WINDOW];
+		if (sl->state == DSLOT_WAITING || sl->state == DSLOT_DUE) {
+			sl->state = DSLOT_DONE;
+			sl->gen++;
 		}
 	}
+	ds->due = 0;
+	advance(d, ds);
 }
 
 /* Take and start what the subscription's limits allow. */
@@ -429,13 +489,18 @@ static void pump(shmbus_dispatcher_t *d, struct dsub *ds)
 			rc = arm_sub(d, ds, &ev);
 		if (rc == 0) {
 			ds->ready = false;
+			/* catching up from a log the recorder is still writing:
+			 * nobody wakes us for that, so look again soon */
+			if (ds->sub->catchup_wait)
+				timers_add(&d->timers, now_mono_ns() + CATCHUP_POLL_NS, fire_ready, ds, 0);
 			return;
 		}
 		if (rc < 0) {
 			/* -ESHUTDOWN: removed by someone; anything else (the bus
 			 * is unusable, the backend refused the wait): stop taking
 			 * until the next sweep looks again */
-			ds->shutdown = rc == -ESHUTDOWN;
+			if (rc == -ESHUTDOWN)
+				give_up_removed(d, ds);
 			ds->ready = false;
 			return;
 		}
@@ -455,6 +520,23 @@ static struct dsub *find_sub(shmbus_dispatcher_t *d, const shmbus_sub_t *sub)
 
 static void fire_tick(shmbus_dispatcher_t *d, void *obj, uint64_t gen);
 
+static void fire_ready(shmbus_dispatcher_t *d, void *obj, uint64_t gen)
+{
+	(void)d;
+	(void)gen;
+	struct dsub *ds = obj;
+	if (!ds->shutdown)
+		ds->ready = true;
+}
+
+/* An outer loop sleeping on our fd must hear about new work now: new
+ * subscriptions, fds and timers only exist in memory until the next turn. */
+static void wake_outer_loop(shmbus_dispatcher_t *d)
+{
+	if (d->fd_exported)
+		kick(d);
+}
+
 static uint64_t tick_interval(const shmbus_dispatcher_t *d)
 {
 	uint64_t t = DEFAULT_RECLAIM_TIMEOUT_NS;
@@ -472,8 +554,8 @@ static void ensure_tick(shmbus_dispatcher_t *d)
 		d->ticking = true;
 }
 
-static int add_sub(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h, void *arg, uint32_t conc,
-		   uint32_t max_retries, uint64_t base, uint64_t max)
+static int add_sub(shmbus_dispatcher_t *d, shmbus_sub_t *sub, const shmbus_handler_opts_t *o, uint32_t conc,
+		   uint32_t max_retries, uint64_t base, uint64_t max, bool inline_only)
 {
 	if (find_sub(d, sub))
 		return shmbus__fail(EEXIST, "subscription is served by this dispatcher already");
@@ -498,8 +580,11 @@ static int add_sub(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h
 		.d = d,
 		.sub = sub,
 		.index = idx,
-		.handler = h,
-		.arg = arg,
+		.handler = o->handler,
+		.arg = o->arg,
+		.on_dead = o->on_dead,
+		.inline_only = inline_only,
+		.sub_id = shmbus_sub_id(sub),
 		.concurrency = conc,
 		.max_retries = max_retries,
 		.retry_base_ns = base,
@@ -507,8 +592,11 @@ static int add_sub(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h
 		.ready = true,
 		.rng = (now_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)ds) | 1,
 	};
+	snprintf(ds->subscriber, sizeof ds->subscriber, "%s", sub->rec->subscriber);
+	snprintf(ds->group, sizeof ds->group, "%s", sub->rec->group);
 	d->subs[idx] = ds;
 	ensure_tick(d);
+	wake_outer_loop(d);
 	return 0;
 }
 
@@ -516,7 +604,7 @@ SHMBUS_API int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, 
 {
 	if (!d || !sub || !opts)
 		return shmbus__fail(EINVAL, "dispatcher, subscription or options is NULL");
-	if (d->in_handler)
+	if (dispatch_current == d)
 		return shmbus__fail(EBUSY, "not from inside a handler");
 	if (!opts->handler)
 		return shmbus__fail(EINVAL, "handler is NULL");
@@ -532,21 +620,69 @@ SHMBUS_API int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, 
 			  : opts->max_retries		 ? opts->max_retries
 							 : DEFAULT_MAX_RETRIES;
 	uint64_t base = opts->retry_base_ns ? opts->retry_base_ns : DEFAULT_RETRY_BASE_NS;
-	uint64_t max = opts->retry_max_ns ? opts->retry_max_ns : DEFAULT_RETRY_MAX_NS;
+	uint64_t max = opts->retry_max_ns ? opts->retry_max_ns : DEFAULT_RETRY_MAX_NS < base ? base : DEFAULT_RETRY_MAX_NS;
 	if (max < base)
 		return shmbus__fail(EINVAL, "retry_max_ns is below retry_base_ns");
-	return add_sub(d, sub, opts->handler, opts->arg, (uint32_t)conc, (uint32_t)retries, base, max);
+	return add_sub(d, sub, opts, (uint32_t)conc, (uint32_t)retries, base, max, false);
 }
 
 int dispatch_add_internal(shmbus_dispatcher_t *d, shmbus_sub_t *sub, shmbus_handler_t h, void *arg)
 {
-	/* replies are never retried: a response nobody takes is late */
-	return add_sub(d, sub, h, arg, 1, 0, DEFAULT_RETRY_BASE_NS, DEFAULT_RETRY_MAX_NS);
+	/* replies are never retried (a response nobody takes is late), and
+	 * run on the dispatcher's thread, where the requester's state lives */
+	shmbus_handler_opts_t o = {.handler = h, .arg = arg};
+	return add_sub(d, sub, &o, 1, 0, DEFAULT_RETRY_BASE_NS, DEFAULT_RETRY_MAX_NS, true);
 }
 
 int dispatch_timer(shmbus_dispatcher_t *d, uint64_t deadline, timer_fire_fn fire, void *obj, uint64_t gen)
 {
-	return timers_add(&d->timers, deadline, fire, obj, gen);
+	int rc = timers_add(&d->timers, deadline, fire, obj, gen);
+	if (rc == 0 && timers_next(&d->timers) == deadline) /* the earliest now */
+		wake_outer_loop(d);
+	return rc;
+}
+
+int dispatch_defer(shmbus_dispatcher_t *d, void (*fn)(void *), void *arg)
+{
+	if (dispatch_current != d) {
+		fn(arg);
+		return 0;
+	}
+	if (d->ndeferred == d->deferred_cap) {
+		size_t nc = d->deferred_cap ? d->deferred_cap * 2 : 8;
+		struct deferred *v = realloc(d->deferred, nc * sizeof *v);
+		if (!v)
+			return -ENOMEM;
+		d->deferred = v;
+		d->deferred_cap = nc;
+	}
+	d->deferred[d->ndeferred++] = (struct deferred){fn, arg};
+	return 0;
+}
+
+static void run_deferred(shmbus_dispatcher_t *d)
+{
+	/* a deferred call may defer again (it runs outside handlers, so it
+	 * would run at once): take the list first */
+	for (size_t i = 0; i < d->ndeferred; i++)
+		d->deferred[i].fn(d->deferred[i].arg);
+	d->ndeferred = 0;
+}
+
+void dispatch_bind_client(shmbus_dispatcher_t *d, struct dispatch_client *c)
+{
+	c->next = d->clients;
+	d->clients = c;
+}
+
+void dispatch_unbind_client(shmbus_dispatcher_t *d, struct dispatch_client *c)
+{
+	for (struct dispatch_client **p = &d->clients; *p; p = &(*p)->next) {
+		if (*p == c) {
+			*p = c->next;
+			return;
+		}
+	}
 }
 
 static void handle_results(shmbus_dispatcher_t *d, bool wait);
@@ -561,8 +697,8 @@ static void drop_sub(shmbus_dispatcher_t *d, struct dsub *ds)
 		uint8_t st = ds->win[i].state;
 		if (st == DSLOT_WAITING || st == DSLOT_DUE) {
 			if (st == DSLOT_WAITING)
-				gauge_add(&ds->sub->cons->retrying, -1);
-			dead_letter(ds, i, SHMBUS_DEAD_FAILED);
+				ds_gauge(ds, &ds->sub->cons->retrying, -1);
+			dead_letter(ds, i, SHMBUS_DEAD_ABANDONED);
 		}
 	}
 	advance(d, ds);
@@ -577,7 +713,7 @@ SHMBUS_API int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *su
 {
 	if (!d || !sub)
 		return shmbus__fail(EINVAL, "dispatcher or subscription is NULL");
-	if (d->in_handler)
+	if (dispatch_current == d)
 		return shmbus__fail(EBUSY, "not from inside a handler");
 	struct dsub *ds = find_sub(d, sub);
 	if (!ds)
@@ -609,7 +745,7 @@ SHMBUS_API int shmbus_dispatcher_add_fd(shmbus_dispatcher_t *d, int fd, uint32_t
 {
 	if (!d || !cb)
 		return shmbus__fail(EINVAL, "dispatcher or callback is NULL");
-	if (d->in_handler)
+	if (dispatch_current == d)
 		return shmbus__fail(EBUSY, "not from inside a handler");
 	if (!events || (events & ~(uint32_t)(POLLIN | POLLOUT | POLLPRI)))
 		return shmbus__fail(EINVAL, "events must be POLLIN, POLLOUT and/or POLLPRI");
@@ -642,6 +778,7 @@ SHMBUS_API int shmbus_dispatcher_add_fd(shmbus_dispatcher_t *d, int fd, uint32_t
 		return shmbus__fail(-rc, "cannot watch fd %d: %s", fd, strerror(-rc));
 	}
 	ensure_tick(d);
+	wake_outer_loop(d);
 	return 0;
 }
 
@@ -736,13 +873,18 @@ static void handle_results(shmbus_dispatcher_t *d, bool wait)
 	if (!d->pool)
 		return;
 	struct pool_job jobs[64];
-	size_t n = pool_collect(d->pool, jobs, 64, wait);
-	for (size_t k = 0; k < n; k++) {
-		struct dsub *ds = jobs[k].ds;
-		struct dslot *sl = &ds->win[jobs[k].slot];
-		if (sl->state == DSLOT_RUNNING && sl->gen == jobs[k].gen)
-			complete(d, ds, jobs[k].slot, jobs[k].rc);
-	}
+	size_t n;
+	/* all of them: the kick that announced them is already drained */
+	do {
+		n = pool_collect(d->pool, jobs, 64, wait);
+		for (size_t k = 0; k < n; k++) {
+			struct dsub *ds = jobs[k].ds;
+			struct dslot *sl = &ds->win[jobs[k].slot];
+			if (sl->state == DSLOT_RUNNING && sl->gen == jobs[k].gen)
+				complete(d, ds, jobs[k].slot, jobs[k].rc);
+		}
+		wait = false;
+	} while (n == 64);
 }
 
 static bool has_work(const shmbus_dispatcher_t *d)
@@ -800,7 +942,7 @@ static bool take_stop(shmbus_dispatcher_t *d)
 static int turn(shmbus_dispatcher_t *d, int64_t timeout_ns, bool *stopped)
 {
 	*stopped = false;
-	if (d->in_handler)
+	if (dispatch_current == d)
 		return shmbus__fail(EBUSY, "not from inside a handler");
 	d->completed = 0;
 	work(d);
@@ -825,6 +967,7 @@ static int turn(shmbus_dispatcher_t *d, int64_t timeout_ns, bool *stopped)
 	for (int i = 0; i < k; i++)
 		on_done(d, &done[i]);
 	work(d);
+	run_deferred(d);
 	arm_kick(d);
 	d->w->ops->set_timer(d->w, timers_next(&d->timers));
 	if (d->fd_exported) {
@@ -869,6 +1012,17 @@ SHMBUS_API void shmbus_dispatcher_close(shmbus_dispatcher_t *d)
 {
 	if (!d)
 		return;
+	if (dispatch_current == d) {
+		/* freeing what the caller's own stack frames use: refuse */
+		shmbus__fail(EBUSY, "shmbus_dispatcher_close from inside one of its handlers is ignored");
+		return;
+	}
+	run_deferred(d);
+	while (d->clients) {
+		struct dispatch_client *c = d->clients;
+		d->clients = c->next;
+		c->unbind(c);
+	}
 	for (uint32_t i = 0; i < d->nsubs; i++)
 		if (d->subs[i])
 			drop_sub(d, d->subs[i]);
@@ -876,6 +1030,7 @@ SHMBUS_API void shmbus_dispatcher_close(shmbus_dispatcher_t *d)
 	d->w->ops->close(d->w);
 	close(d->kick_fd);
 	timers_free(&d->timers);
+	free(d->deferred);
 	free(d->subs);
 	free(d->fds);
 	free(d);

@@ -95,6 +95,12 @@ struct dsub {
 	uint32_t index; /* in d->subs */
 	shmbus_handler_t handler;
 	void *arg;
+	shmbus_dead_fn_t on_dead;
+	bool inline_only; /* internal handlers run on the dispatcher's thread */
+	/* who it is, kept at add time: dead letters written after someone
+	 * removed the subscription must not take the next record's name */
+	shmbus_sub_id_t sub_id;
+	char subscriber[SHMBUS_ID_MAX + 1], group[SHMBUS_ID_MAX + 1];
 	uint32_t concurrency;
 	uint32_t max_retries;
 	uint64_t retry_base_ns, retry_max_ns;
@@ -104,7 +110,8 @@ struct dsub {
 	uint32_t head, count;
 	bool ready;	  /* may have events: pump it */
 	bool armed;	  /* a futex wait is in flight */
-	bool shutdown;	  /* the subscription was removed under us */
+	bool shutdown;	  /* the subscription was removed under us: its record
+			     and counters may serve another one now */
 	uint32_t arm_gen;
 	uint64_t rng;	  /* jitter */
 };
@@ -131,14 +138,38 @@ struct shmbus_dispatcher {
 	bool kick_armed;
 	uint32_t kick_gen;
 	int stop;	   /* set by stop(), atomically */
-	bool in_handler;   /* inline handler on this thread: no reentry */
 	bool fd_exported;  /* shmbus_dispatcher_fd was called: keep it true */
 	bool ticking;	   /* the periodic sweep timer is armed */
 	uint64_t tick_gen;
 	struct pool *pool;
 	uint32_t workers;
 	uint32_t completed; /* handler runs finished in this run_once */
+	uint32_t arm_seq;   /* generations of futex waits, dispatcher-wide */
+	/* work that must wait until no handler of ours is on the stack */
+	struct deferred {
+		void (*fn)(void *arg);
+		void *arg;
+	} *deferred;
+	size_t ndeferred, deferred_cap;
+	/* objects bound to this dispatcher (requesters) to let go of at close */
+	struct dispatch_client *clients;
 };
+
+/* Something bound to a dispatcher that must let go when it closes. */
+struct dispatch_client {
+	void (*unbind)(struct dispatch_client *c);
+	struct dispatch_client *next;
+};
+
+/* The dispatcher whose handler this thread runs now (inline or worker),
+ * NULL outside handlers. */
+extern __thread shmbus_dispatcher_t *dispatch_current;
+
+/* Run fn(arg) at the end of the current turn, once no handler is on the
+ * stack (or at once if none is). 0 or -ENOMEM. */
+int dispatch_defer(shmbus_dispatcher_t *d, void (*fn)(void *), void *arg);
+void dispatch_bind_client(shmbus_dispatcher_t *d, struct dispatch_client *c);
+void dispatch_unbind_client(shmbus_dispatcher_t *d, struct dispatch_client *c);
 
 /* The handler attempt of the job this thread runs (shmbus_handler_attempt). */
 extern __thread unsigned dispatch_current_attempt;

@@ -62,7 +62,6 @@ struct fwait {
 	uint64_t *done;
 	size_t ndone, done_cap;
 	struct waiter waiters[MAX_WAITERS];
-	int launch_err;
 };
 
 struct waiter_arg {
@@ -113,19 +112,21 @@ static void *waiter_main(void *p)
 		}
 		pthread_mutex_unlock(&f->mu);
 		long woke = futex_waitv(v, n);
-		if (woke < 0 && errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT) {
-			pthread_mutex_lock(&f->mu);
-			f->launch_err = -errno;
-			pthread_mutex_unlock(&f->mu);
-			return NULL;
-		}
+		/* Anything but a wake, a changed word or a signal (EFAULT: a word
+		 * unmapped between our snapshot and the call; ENOMEM): report
+		 * every entry of the snapshot as woken, so their owners look and
+		 * re-arm (a disarmed one is skipped below), and pause a little so
+		 * a lasting error cannot spin. */
+		bool all = woke < 0 && errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT;
+		if (all)
+			usleep(1000);
 		pthread_mutex_lock(&f->mu);
 		bool any = false;
 		for (unsigned i = 1; i < n; i++) {
 			struct arm *e = &f->arms[slot[i]];
 			if (!e->used || e->token != tok[i])
-				continue; /* disarmed meanwhile */
-			if ((long)i != woke && at_load_acquire_u32(e->word) == e->val)
+				continue; /* disarmed meanwhile: its word may be gone */
+			if (!all && (long)i != woke && at_load_acquire_u32(e->word) == e->val)
 				continue;
 			if (f->ndone == f->done_cap) {
 				size_t nc = f->done_cap ? f->done_cap * 2 : 64;
@@ -193,7 +194,7 @@ static int f_arm_futex(struct dwait *w, uint32_t *word, uint32_t val, uint64_t t
 {
 	struct fwait *f = (struct fwait *)w;
 	pthread_mutex_lock(&f->mu);
-	int rc = f->launch_err;
+	int rc = 0;
 	size_t i = 0;
 	while (rc == 0 && i < f->cap && f->arms[i].used)
 		i++;
@@ -314,9 +315,8 @@ static int f_wait(struct dwait *w, int64_t timeout_ns, struct dwait_done *out, i
 		uint64_t one = 1;
 		(void)!write(f->efd, &one, sizeof one);
 	}
-	int err = f->launch_err;
 	pthread_mutex_unlock(&f->mu);
-	return n == 0 && err ? err : n;
+	return n;
 }
 
 /* Arming acts at once here (epoll_ctl, the waiter threads' control words). */

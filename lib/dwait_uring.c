@@ -126,16 +126,17 @@ static int u_set_timer(struct dwait *w, uint64_t deadline)
 	struct io_uring_sqe *sqe;
 	if (u->timer_deadline != UINT64_MAX) {
 		if (!(sqe = sqe_get(u)))
-			return -EBUSY;
+			return -EBUSY; /* nothing changed: the next call tries again */
 		io_uring_prep_timeout_remove(sqe, UD_TIMER | u->timer_gen, 0);
 		io_uring_sqe_set_data64(sqe, UD_IGNORE);
+		u->timer_deadline = UINT64_MAX;
 	}
 	u->timer_gen = (u->timer_gen + 1) & ~UD_KIND_MASK;
-	u->timer_deadline = deadline;
 	if (deadline == UINT64_MAX)
 		return 0;
 	if (!(sqe = sqe_get(u)))
-		return -EBUSY;
+		return -EBUSY; /* none armed, and recorded so: the next call arms it */
+	u->timer_deadline = deadline;
 	u->timer_ts.tv_sec = (long long)(deadline / 1000000000ull);
 	u->timer_ts.tv_nsec = (long long)(deadline % 1000000000ull);
 	io_uring_prep_timeout(sqe, &u->timer_ts, 0, IORING_TIMEOUT_ABS);

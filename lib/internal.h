@@ -207,8 +207,9 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 void route_ctx_free(struct route_ctx *ctx);
 /* Queue descriptor seq for every subscription ev matches; sets their bits
  * in hold (the slot's holders to be) and in wake (bitmaps of
- * SEG_MASK_WORDS words). */
-void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
+ * SEG_MASK_WORDS words). Returns how many subscriptions matched, those
+ * whose queue was full included. */
+unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
 void route_wake(shmbus_bus_t *bus, uint32_t sub_index);

@@ -104,14 +104,11 @@ static uint32_t slots_for(const shmbus_bus_t *bus, uint32_t bytes)
 /* A command or query that matched no subscription, on a bus that wants
  * those dead-lettered: keep a copy (the slot is reusable the moment it is
  * committed) to append once routing is over. */
-static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev, const uint64_t *hold)
+static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev)
 {
 	if (!(pub->bus->hdr->flags & SEG_HDR_DEAD_LETTER_UNROUTED) ||
 	    (ev->type != SHMBUS_COMMAND && ev->type != SHMBUS_QUERY))
 		return;
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		if (hold[w])
-			return;
 	if (pub->nunrouted == pub->unrouted_cap) {
 		size_t nc = pub->unrouted_cap ? pub->unrouted_cap * 2 : 8;
 		shmbus_event_t **v = realloc(pub->unrouted, nc * sizeof *v);
@@ -141,8 +138,10 @@ static void flush_unrouted(shmbus_pub_t *pub)
 static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
 {
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
-	route_event(pub, ev, seq, hold, wake);
-	keep_unrouted(pub, ev, hold);
+	/* matched but dropped (a full queue) is counted where it happened,
+	 * and is not "no subscriber" */
+	if (route_event(pub, ev, seq, hold, wake) == 0)
+		keep_unrouted(pub, ev);
 	/* all four words: an aborted claim may have left bits of a commit
 	 * that never happened */
 	uint64_t *h = bus_slot_holders(pub->bus, seq);

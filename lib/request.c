@@ -27,6 +27,7 @@ struct pending {
 };
 
 struct shmbus_requester {
+	struct dispatch_client client; /* first: unbind finds us from it */
 	shmbus_bus_t *bus;
 	shmbus_pub_t *pub;
 	shmbus_sub_t *replies;
@@ -35,6 +36,7 @@ struct shmbus_requester {
 	size_t npend;
 	uint64_t gen_seq;
 	uint64_t late;
+	bool closing;
 };
 
 static unsigned requester_seq;
@@ -81,24 +83,48 @@ fail:
 	return rc;
 }
 
-SHMBUS_API void shmbus_requester_close(shmbus_requester_t *r)
+/* Let go of the dispatcher: stop being served, drop our timers, end the
+ * pending requests with -ECANCELED. Outside any of its handlers. */
+static void unbind(struct dispatch_client *c)
 {
-	if (!r)
+	shmbus_requester_t *r = (shmbus_requester_t *)(void *)c;
+	shmbus_dispatcher_t *d = r->d;
+	if (!d)
 		return;
-	if (r->d) {
-		shmbus_dispatcher_remove(r->d, r->replies);
-		timers_drop(&r->d->timers, r);
-		for (size_t i = 0; i < r->npend; i++) {
-			if (!r->pend[i].gen)
-				continue;
-			r->pend[i].gen = 0;
-			r->pend[i].cb(NULL, -ECANCELED, r->pend[i].arg);
-		}
+	r->d = NULL;
+	dispatch_unbind_client(d, &r->client);
+	shmbus_dispatcher_remove(d, r->replies);
+	timers_drop(&d->timers, r);
+	for (size_t i = 0; i < r->npend; i++) {
+		if (!r->pend[i].gen)
+			continue;
+		r->pend[i].gen = 0;
+		r->pend[i].cb(NULL, -ECANCELED, r->pend[i].arg);
 	}
+}
+
+static void requester_free(void *arg)
+{
+	shmbus_requester_t *r = arg;
+	unbind(&r->client);
 	shmbus_sub_close(r->replies);
 	shmbus_pub_close(r->pub);
 	free(r->pend);
 	free(r);
+}
+
+SHMBUS_API void shmbus_requester_close(shmbus_requester_t *r)
+{
+	if (!r)
+		return;
+	/* From one of the dispatcher's callbacks the dispatcher still uses
+	 * our reply subscription: finish after the callback returns. */
+	if (r->d && !r->closing) {
+		r->closing = true;
+		if (dispatch_defer(r->d, requester_free, r) == 0)
+			return;
+	}
+	requester_free(r);
 }
 
 SHMBUS_API uint64_t shmbus_requester_late(const shmbus_requester_t *r)
@@ -225,6 +251,8 @@ SHMBUS_API int shmbus_request_async(shmbus_requester_t *r, shmbus_dispatcher_t *
 		return shmbus__fail(EINVAL, "requester, dispatcher or callback is NULL");
 	if (timeout_ns < 0)
 		return shmbus__fail(EINVAL, "an asynchronous request needs a timeout");
+	if (r->closing)
+		return shmbus__fail(EBADF, "the requester is closing");
 	if (r->d && r->d != d)
 		return shmbus__fail(EBUSY, "this requester is bound to another dispatcher");
 	int rc;
@@ -232,6 +260,8 @@ SHMBUS_API int shmbus_request_async(shmbus_requester_t *r, shmbus_dispatcher_t *
 		if ((rc = dispatch_add_internal(d, r->replies, on_reply, r)) < 0)
 			return rc;
 		r->d = d;
+		r->client.unbind = unbind;
+		dispatch_bind_client(d, &r->client);
 	}
 	struct pending *p = pending_slot(r);
 	if (!p)

@@ -189,8 +189,9 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 	return eval_node(&e, f->root, 0);
 }
 
-void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
+unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
+	unsigned matched = 0;
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
 	unsigned cls = ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
@@ -209,6 +210,7 @@ void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, ui
 				continue;
 			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
 				continue;
+			matched++;
 			struct queue_view q = bus_queue(bus, idx, cls);
 			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
 				hold[w] |= 1ull << bit;
@@ -219,6 +221,7 @@ void route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, ui
 			}
 		}
 	}
+	return matched;
 }
 
 void route_wake(shmbus_bus_t *bus, uint32_t idx)

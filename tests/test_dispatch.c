@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -895,5 +896,194 @@ Test(dispatch, unmatched_commands_and_queries_are_dead_lettered_when_the_bus_ask
 	pub = tc_pub(bus, NULL, 0);
 	cr_assert_eq(shmbus_publish_command(pub, "do", NULL, "nobody", NULL), 0);
 	cr_expect_eq(shmbus_dlq_list(bus, NULL, 0), 0);
+	shmbus_close(bus);
+}
+
+/* ------------------------------------------------- review regressions */
+
+struct thread_ctx {
+	pthread_t loop;
+	atomic_int calls, off_thread, cancelled;
+	shmbus_requester_t *close_me;
+};
+
+static void on_response_thread(const shmbus_event_t *resp, int status, void *arg)
+{
+	(void)resp;
+	struct thread_ctx *c = arg;
+	if (!pthread_equal(pthread_self(), c->loop))
+		atomic_fetch_add(&c->off_thread, 1);
+	if (status == -ECANCELED)
+		atomic_fetch_add(&c->cancelled, 1);
+	if (c->close_me && status == 0) {
+		shmbus_requester_close(c->close_me); /* from inside its own callback */
+		c->close_me = NULL;
+	}
+	atomic_fetch_add(&c->calls, 1);
+}
+
+Test(dispatch, response_callbacks_run_on_the_dispatcher_thread_even_with_workers)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	int life_ms = 3000;
+	pid_t pid = tc_fork(responder_main, &life_ms);
+	wait_for_responder(bus);
+	shmbus_requester_t *r;
+	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0);
+	shmbus_dispatcher_t *d = open_dispatcher(2);
+	struct thread_ctx c = {.loop = pthread_self()};
+	uint32_t v = 5;
+	shmbus_msg_t q = query_msg("fast", &v);
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(shmbus_request_async(r, d, &q, 2 * (int64_t)TC_SEC_NS, on_response_thread, &c, NULL), 0);
+	run_until(d, &c.calls, 20, 10000);
+	cr_expect_eq(atomic_load(&c.calls), 20);
+	cr_expect_eq(atomic_load(&c.off_thread), 0, "callbacks ran on a worker");
+	/* closing the requester from inside its callback completes after it */
+	c.close_me = r;
+	cr_assert_eq(shmbus_request_async(r, d, &q, 2 * (int64_t)TC_SEC_NS, on_response_thread, &c, NULL), 0);
+	run_until(d, &c.calls, 21, 10000);
+	shmbus_dispatcher_run_once(d, 0);
+	cr_expect_null(c.close_me);
+	/* a requester whose dispatcher closes first is let go, not left dangling */
+	shmbus_requester_t *r2;
+	cr_assert_eq(shmbus_requester_open(bus, NULL, &r2), 0);
+	shmbus_msg_t lost = {.type = SHMBUS_QUERY, .name = "nobody", .target = "nobody-here"};
+	cr_assert_eq(shmbus_request_async(r2, d, &lost, 5 * (int64_t)TC_SEC_NS, on_response_thread, &c, NULL), 0);
+	shmbus_dispatcher_close(d);
+	cr_expect_eq(atomic_load(&c.cancelled), 1, "the pending request ends with -ECANCELED");
+	shmbus_requester_close(r2);
+	int st;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	shmbus_close(bus);
+}
+
+static void on_response_count(const shmbus_event_t *resp, int status, void *arg)
+{
+	(void)resp;
+	if (status == -ETIMEDOUT)
+		atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+Test(dispatch, exported_fd_turns_readable_for_work_added_later)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	int fd = shmbus_dispatcher_fd(d);
+	cr_assert_geq(fd, 0);
+	shmbus_dispatcher_run_once(d, 0);
+	/* a subscription added after the fd was handed out, then an event */
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	atomic_int n = 0;
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = count_handler, .arg = &n}), 0);
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	for (int i = 0; i < 50 && poll(&p, 1, 100) == 1; i++)
+		shmbus_dispatcher_run_once(d, 0); /* whatever the add asked for */
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "late", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	cr_assert_eq(poll(&p, 1, 5000), 1, "the event made the fd readable");
+	shmbus_dispatcher_run_once(d, 0);
+	cr_expect_eq(atomic_load(&n), 1);
+	/* a request timer armed after the fd was handed out */
+	shmbus_requester_t *r;
+	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0);
+	atomic_int timeouts = 0;
+	shmbus_msg_t lost = {.type = SHMBUS_QUERY, .name = "nobody", .target = "nobody-here"};
+	cr_assert_eq(shmbus_request_async(r, d, &lost, 100 * (int64_t)TC_MS_NS, on_response_count, &timeouts, NULL), 0);
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	while (!atomic_load(&timeouts) && tc_now_ns() < end)
+		if (poll(&p, 1, 1000) == 1)
+			shmbus_dispatcher_run_once(d, 0);
+	cr_expect_eq(atomic_load(&timeouts), 1, "the timeout reached the outer loop");
+	shmbus_requester_close(r);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+struct fail_ctx {
+	atomic_int runs, dead;
+};
+
+/* on_dead gets the handler's arg */
+static void on_dead_count(const shmbus_event_t *ev, int reason, void *arg)
+{
+	(void)ev;
+	if (reason == SHMBUS_DEAD_FAILED)
+		atomic_fetch_add(&((struct fail_ctx *)arg)->dead, 1);
+}
+
+static int fail_handler(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	atomic_fetch_add(&((struct fail_ctx *)arg)->runs, 1);
+	return -EIO;
+}
+
+Test(dispatch, subscription_removed_by_someone_else_stops_being_served_and_counts_nothing)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *a = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct fail_ctx c = {0};
+	shmbus_handler_opts_t o = {.handler = fail_handler, .arg = &c, .max_retries = 50,
+				   .retry_base_ns = 10 * TC_MS_NS, .retry_max_ns = 10 * TC_MS_NS, .on_dead = on_dead_count};
+	cr_assert_eq(shmbus_dispatcher_add(d, a, &o), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "x", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	run_until(d, &c.runs, 2, 5000);
+	cr_assert_eq(shmbus_unsubscribe_id(bus, shmbus_sub_id(a)), 0);
+	shmbus_sub_t *b = tc_sub(bus, NULL); /* may take a's record */
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "y", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	run_for(d, 300);
+	int after = atomic_load(&c.runs);
+	run_for(d, 200);
+	cr_expect_eq(atomic_load(&c.runs), after, "the removed subscription is no longer retried");
+	shmbus_sub_info_t si = sub_info(bus, b);
+	cr_expect_eq(si.failed, 0);
+	cr_expect_eq(si.retried, 0);
+	cr_expect_eq(si.retrying, 0);
+	cr_expect_eq(si.dead_lettered, 0);
+	cr_expect_eq(tc_drain(b, NULL, NULL), 1, "b has its own event, untouched");
+	cr_expect_eq(atomic_load(&c.dead), 0);
+	cr_expect_eq(shmbus_dispatcher_remove(d, a), 0);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(a);
+	shmbus_sub_close(b);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+Test(dispatch, on_dead_is_told_and_removal_abandons_waiting_retries)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct fail_ctx c = {0};
+	shmbus_handler_opts_t o = {.handler = fail_handler, .arg = &c, .max_retries = 1,
+				   .retry_base_ns = TC_MS_NS, .on_dead = on_dead_count};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "x", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	run_until(d, &c.dead, 1, 5000);
+	cr_expect_eq(atomic_load(&c.dead), 1);
+	cr_expect_eq(atomic_load(&c.runs), 2);
+	/* one more, removed while it waits for a long retry */
+	cr_assert_eq(shmbus_dispatcher_remove(d, sub), 0);
+	o.retry_base_ns = 10 * TC_SEC_NS;
+	o.max_retries = 5;
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "y", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	run_until(d, &c.runs, 3, 5000);
+	cr_assert_eq(shmbus_dispatcher_remove(d, sub), 0);
+	shmbus_dead_letter_t dl[4];
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 4), 2);
+	cr_expect_eq(dl[1].reason, SHMBUS_DEAD_ABANDONED);
+	cr_expect_eq(dl[1].attempts, 1);
+	cr_expect_eq(sub_info(bus, sub).held, 0);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
 	shmbus_close(bus);
 }

@@ -259,6 +259,8 @@ static const char *reason_name(shmbus_dead_reason_t r)
 		return "expired";
 	case SHMBUS_DEAD_NO_SUBSCRIBER:
 		return "no_subscriber";
+	case SHMBUS_DEAD_ABANDONED:
+		return "abandoned";
 	default:
 		return "unknown";
 	}

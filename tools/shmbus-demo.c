@@ -1587,8 +1587,10 @@ static void print_dead_letters(shmbus_bus_t *bus)
 		payload_text(dl[i].event, data, sizeof(data));
 		printf("  #%-4" PRIu64 " %-8s %-9s for %-9s after %u attempts, last error %s: %s\n",
 		       shmbus_event_seq(dl[i].event), shmbus_event_name(dl[i].event),
-		       dl[i].reason == SHMBUS_DEAD_FAILED ? "failed" : dl[i].reason == SHMBUS_DEAD_EXPIRED ? "expired"
-													 : "unrouted",
+		       dl[i].reason == SHMBUS_DEAD_FAILED	 ? "failed"
+		       : dl[i].reason == SHMBUS_DEAD_EXPIRED	 ? "expired"
+		       : dl[i].reason == SHMBUS_DEAD_ABANDONED ? "abandoned"
+							 : "unrouted",
 		       dl[i].subscriber_id, dl[i].attempts, strerror(-dl[i].last_error), data);
 	}
 	if (n == 0)

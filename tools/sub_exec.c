@@ -27,7 +27,6 @@
 extern char **environ;
 
 #define SLICE_NS 200000000ll /* so a stop signal is seen soon */
-#define DEFAULT_RETRIES 3
 
 struct exec_ctx {
 	const struct sub_exec_args *a;
@@ -93,9 +92,19 @@ static int run_command(const struct sub_exec_args *a, const shmbus_event_t *ev)
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[0], STDIN_FILENO);
+	/* we ignore SIGPIPE (a closed stdout is an error we report); a shell
+	 * pipeline in CMD must not inherit that */
+	posix_spawnattr_t at;
+	sigset_t dfl;
+	posix_spawnattr_init(&at);
+	sigemptyset(&dfl);
+	sigaddset(&dfl, SIGPIPE);
+	posix_spawnattr_setsigdefault(&at, &dfl);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGDEF);
 	char *argv[] = {"sh", "-c", (char *)a->cmd, NULL};
 	pid_t pid;
-	int rc = env ? posix_spawn(&pid, "/bin/sh", &fa, NULL, argv, env) : ENOMEM;
+	int rc = env ? posix_spawn(&pid, "/bin/sh", &fa, &at, argv, env) : ENOMEM;
+	posix_spawnattr_destroy(&at);
 	posix_spawn_file_actions_destroy(&fa);
 	free(env);
 	close(p[0]);
@@ -120,12 +129,17 @@ static int exec_handler(const shmbus_event_t *ev, void *arg)
 {
 	struct exec_ctx *c = arg;
 	int rc = run_command(c->a, ev);
-	unsigned own = shmbus_event_max_retries(ev);
-	int32_t sub_max = c->a->max_retries == SHMBUS_NO_RETRY ? 0 : c->a->max_retries ? c->a->max_retries : DEFAULT_RETRIES;
-	unsigned max = own ? own : (unsigned)sub_max;
-	if (rc == 0 || shmbus_handler_attempt() > max)
+	if (rc == 0)
 		atomic_fetch_add(&c->finished, 1);
 	return rc;
+}
+
+/* Dead-lettered (out of retries, or expired): its handling is over too. */
+static void exec_dead(const shmbus_event_t *ev, int reason, void *arg)
+{
+	(void)ev;
+	(void)reason;
+	atomic_fetch_add(&((struct exec_ctx *)arg)->finished, 1);
 }
 
 int sub_exec_run(shmbus_sub_t *sub, const struct sub_exec_args *a, volatile sig_atomic_t *stop)
@@ -138,6 +152,7 @@ int sub_exec_run(shmbus_sub_t *sub, const struct sub_exec_args *a, volatile sig_
 	struct exec_ctx c = {.a = a};
 	shmbus_handler_opts_t ho = {
 		.handler = exec_handler,
+		.on_dead = exec_dead,
 		.arg = &c,
 		.concurrency = a->concurrency,
 		.max_retries = a->max_retries,

@@ -563,7 +563,10 @@ int shmbus_gc(void);
  *
  * Threads: stop() may be called from any thread and from a signal handler.
  * Every other call is made from the thread that runs the dispatcher, or
- * while it does not run, and never from inside a handler.
+ * while it does not run, and never from inside a handler (such calls fail
+ * with -EBUSY; close is ignored there). A subscription removed by another
+ * process stops being served (what it held is given up uncounted); call
+ * shmbus_dispatcher_remove for it as usual.
  */
 typedef struct shmbus_dispatcher shmbus_dispatcher_t;
 
@@ -586,8 +589,9 @@ typedef struct {
 int shmbus_dispatcher_open(const shmbus_dispatcher_opts_t *opts, shmbus_dispatcher_t **out);
 
 /* Waits for running handlers, dead-letters events that were waiting for a
- * retry (the reason says so), releases the rest. NULL-safe. The
- * subscriptions themselves stay open: they are the caller's. */
+ * retry (reason SHMBUS_DEAD_ABANDONED), releases the rest, and unbinds the
+ * requesters bound to it (their pending requests end with -ECANCELED).
+ * NULL-safe. The subscriptions themselves stay open: they are the caller's. */
 void shmbus_dispatcher_close(shmbus_dispatcher_t *d);
 
 shmbus_backend_t shmbus_dispatcher_backend(const shmbus_dispatcher_t *d);
@@ -601,6 +605,10 @@ int shmbus_dispatcher_fd(shmbus_dispatcher_t *d);
 
 #define SHMBUS_NO_RETRY (-1)
 
+/* Told on the dispatcher's thread after the dispatcher sent an event to the
+ * dead-letter queue; reason is a shmbus_dead_reason_t. */
+typedef void (*shmbus_dead_fn_t)(const shmbus_event_t *ev, int reason, void *arg);
+
 typedef struct {
 	shmbus_handler_t handler; /* required */
 	void *arg;
@@ -610,7 +618,8 @@ typedef struct {
 				     is 0: 0 means 3, SHMBUS_NO_RETRY none,
 				     at most 255 */
 	uint64_t retry_base_ns;	  /* first back-off (100 ms); doubles per retry */
-	uint64_t retry_max_ns;	  /* back-off ceiling (30 s) */
+	uint64_t retry_max_ns;	  /* back-off ceiling (30 s, or retry_base_ns if larger) */
+	shmbus_dead_fn_t on_dead; /* NULL: not told */
 } shmbus_handler_opts_t;
 
 /*
@@ -626,7 +635,10 @@ typedef struct {
 int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, const shmbus_handler_opts_t *opts);
 
 /* Stop serving sub: waits for its running handlers, releases what they
- * completed and dead-letters what waited for a retry. -ENOENT if not added. */
+ * completed and dead-letters what waited for a retry (reason
+ * SHMBUS_DEAD_ABANDONED). -ENOENT if not added. Events the caller still
+ * holds from its own polls count against the subscription's held limit
+ * (SHMBUS_MAX_HELD): release them before adding it. */
 int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *sub);
 
 /* Called on the dispatcher thread with the poll(2) bits that are ready
@@ -684,8 +696,10 @@ void shmbus_requester_close(shmbus_requester_t *r);
  */
 int shmbus_request(shmbus_requester_t *r, const shmbus_msg_t *msg, int64_t timeout_ns, shmbus_event_t **response);
 
-/* status 0 and the response, or -ETIMEDOUT and NULL. Runs on the
- * dispatcher thread; the response is valid during the call. */
+/* status 0 and the response, or -ETIMEDOUT and NULL, or -ECANCELED and NULL
+ * when the requester or its dispatcher closes first. Runs on the dispatcher
+ * thread; the response is valid during the call. The requester may be
+ * closed from inside the callback (the close completes after it returns). */
 typedef void (*shmbus_response_cb_t)(const shmbus_event_t *response, int status, void *arg);
 
 /*
@@ -1022,6 +1036,7 @@ typedef enum {
 	SHMBUS_DEAD_FAILED = 1,        /* handler failed after its retries */
 	SHMBUS_DEAD_EXPIRED = 2,       /* expired before it was handled */
 	SHMBUS_DEAD_NO_SUBSCRIBER = 3, /* command/query whose target nobody subscribes to */
+	SHMBUS_DEAD_ABANDONED = 4,     /* waited for a retry when its dispatcher stopped serving it */
 } shmbus_dead_reason_t;
 
 typedef struct {
