@@ -520,6 +520,58 @@ Test(log, unusable_directories_give_clear_errors)
 	shmbus_close(bus);
 }
 
+/* chattr on the log tree; 0 when it worked (root on a filesystem that has
+ * the immutable flag: ext4, xfs, tmpfs since 6.0). */
+static int set_immutable(const char *dir, bool on)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "chattr -R %ci '%s' 2>/dev/null", on ? '+' : '-', dir);
+	return system(cmd);
+}
+
+Test(log, a_read_only_log_directory_gives_clear_errors_and_keeps_its_records)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "p", 0);
+	shmbus_uuid_t ids[5];
+	for (uint32_t i = 0; i < 5; i++) {
+		uint32_t v = i;
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "ro", .payload = &v, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, &ids[i]), 0);
+	}
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true, .sync = SHMBUS_SYNC_NONE}, &rec), 0,
+		     "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_recorder_run(rec, 0), 5, "%s", shmbus_errmsg());
+	shmbus_recorder_close(rec);
+	char d[1024];
+	seg_dir(d, sizeof d);
+	/* root is not bound by permission bits: the immutable flag stands in
+	 * for a read-only directory (and a read-only mount) */
+	if (set_immutable(d, true) != 0)
+		cr_skip_test("chattr +i is not available here");
+	/* from here until the flag is off again, nothing may abort the test */
+	int rc = shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec);
+	if (rc == 0) {
+		int64_t ran = shmbus_recorder_run(rec, 100 * TC_MS_NS);
+		cr_expect_lt(ran, 0, "recording into a read-only directory succeeded");
+		shmbus_recorder_close(rec);
+	}
+	cr_expect(strstr(shmbus_errmsg(), d) != NULL, "the error names the directory: %s", shmbus_errmsg());
+	/* what is on disk stays readable */
+	int found = 0;
+	for (int i = 0; i < 5; i++) {
+		const shmbus_event_t *ev;
+		if (shmbus_get_event(bus, &ids[i], &ev) == 0 && tc_payload_u32(ev) == (uint32_t)i)
+			found++;
+	}
+	cr_expect_eq(found, 5, "records before the damage are kept: %d of 5 (%s)", found, shmbus_errmsg());
+	set_immutable(d, false);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(log, foreign_segments_and_versions_are_refused_by_name)
 {
 	shmbus_config_t cfg = log_cfg();
