@@ -339,6 +339,12 @@ static int take_descriptors(shmbus_recorder_t *r)
 	const shmbus_event_t *ev;
 	int rc = 0, n = 0;
 	release_passed(r);
+	/* Descriptors of events the walk has passed only keep slots held: drop
+	 * their holds in runs, without delivering them one by one (no seen
+	 * mark, no event check, no held[] entry). The runs go through our own
+	 * take intent, so reclaim finishes them if we die in one. */
+	if (r->next && r->nheld == 0)
+		n = (int)sub_drop_queued(r->bus, r->sub->index, r->next - 1, &r->sub->cons->take, false);
 	while (r->nheld < REC_HELD && n < REC_TAKE && (rc = shmbus_poll(r->sub, &ev)) == 1) {
 		take_one(r, ev);
 		n++;
