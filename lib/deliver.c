@@ -47,7 +47,7 @@ int deliver_to(shmbus_bus_t *bus, uint32_t idx, uint64_t gen, const struct seg_e
 	bool urgent = ev->priority >= SHMBUS_PRIORITY_HIGH;
 	uint64_t pos;
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, n, urgent, &pos)) < 0) {
+	if ((rc = slots_claim(pub, n, n, urgent, &pos)) < 0) {
 		routing_abort(pub);
 		pthread_mutex_unlock(&st->pub_lock);
 		return rc;
@@ -78,6 +78,8 @@ int deliver_to(shmbus_bus_t *bus, uint32_t idx, uint64_t gen, const struct seg_e
 	at_store_release_u64(bus_slot_ctl(bus, pos), seg_ctl_make(bus_lap(bus, pos), SEG_SLOT_COMMITTED, 0));
 	at_store_release_u8(&dst->committed, 1);
 	at_fence_seq_cst();
+	if (!hold[idx / 64])
+		slots_wake_waiters(bus); /* reusable at once (see routing_end) */
 	route_wake_set(bus, wake);
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 	pthread_mutex_unlock(&st->pub_lock);

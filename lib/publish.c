@@ -55,6 +55,7 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		at_store_relaxed_u64(&r->block_waits, 0);
 		at_store_relaxed_u64(&r->block_timeouts, 0);
 		at_store_release_u64(&r->routing, 0);
+		at_store_relaxed_u64(&r->claiming, 0);
 		pub->bus = bus;
 		pub->index = i;
 		pub->rec = r;
@@ -134,8 +135,10 @@ static void flush_unrouted(shmbus_pub_t *pub)
 	pub->nunrouted = 0;
 }
 
-/* Route and commit one written event; the caller fences and wakes. */
-static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
+/* Route and commit one written event; the caller fences and wakes.
+ * Returns whether nobody holds it: the slot is reusable at once, and a
+ * publisher may be waiting for it. */
+static bool commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, uint64_t *wake)
 {
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
 	/* matched but dropped (a full queue) is counted where it happened,
@@ -151,6 +154,7 @@ static void commit_one(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, ui
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */
 	at_store_release_u8(&ev->committed, 1);
+	return !(hold[0] | hold[1] | hold[2] | hold[3]);
 }
 
 /* Only this publisher writes its counters: no locked instruction needed. */
@@ -173,9 +177,15 @@ void routing_abort(shmbus_pub_t *pub)
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
 
-static void routing_end(shmbus_pub_t *pub, const uint64_t *wake)
+/* freed: an event went to nobody. Its slot became reusable without a
+ * release, the only path that wakes publishers waiting for space: a
+ * waiter that saw it CLAIMED (or not yet marked) and sleeps is woken
+ * here, after the fence, instead of a reclaim interval later. */
+static void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed)
 {
 	at_fence_seq_cst();
+	if (freed)
+		slots_wake_waiters(pub->bus);
 	route_wake_set(pub->bus, wake);
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
@@ -200,7 +210,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	struct event_layout stack[BATCH_STACK], *lay = n <= BATCH_STACK ? stack : malloc(n * sizeof *lay);
 	if (!lay)
 		return shmbus__fail(ENOMEM, "out of memory");
-	uint64_t total = 0;
+	uint64_t total = 0, first_slots = 0;
 	bool urgent = false;
 	for (size_t i = 0; i < n; i++) {
 		if (msgs[i].payload_len && !msgs[i].payload) {
@@ -213,6 +223,8 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		if (!msgs[i].source)
 			lay[i].source_hash = pub->source_hash;
 		total += slots_for(bus, lay[i].size);
+		if (i == 0)
+			first_slots = total;
 		urgent |= msgs[i].priority >= SHMBUS_PRIORITY_HIGH;
 	}
 	if (total > bus->nslots / 2) {
@@ -225,28 +237,29 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * empty store buffer; the claim's and the event's stores then reach
 	 * their cache lines together instead of one after the other. */
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, (uint32_t)total, urgent, &pos)) < 0) {
+	if ((rc = slots_claim(pub, (uint32_t)total, (uint32_t)first_slots, urgent, &pos)) < 0) {
 		routing_abort(pub);
 		goto out;
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	bool freed = false;
 	for (size_t i = 0; i < n; i++) {
 		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
 		shmbus_uuid_t id;
 		uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
-		if (seq != pos) /* later heads of a batch: claimed by us too */
-			at_store_release_u64(bus_slot_ctl(bus, seq),
-					     seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_CLAIMED, pub->index + 1));
+		uint32_t slots = slots_for(bus, lay[i].size);
+		if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
+			slots_free_body(bus, seq, slots);
 		event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
 		if (msgs[i].payload_len)
 			memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
-		commit_one(pub, ev, seq, wake);
+		freed |= commit_one(pub, ev, seq, wake);
 		if (ids)
 			ids[i] = id;
 		bytes += msgs[i].payload_len;
-		seq += slots_for(bus, lay[i].size);
+		seq += slots;
 	}
-	routing_end(pub, wake);
+	routing_end(pub, wake, freed);
 	count_published(pub, n, bytes);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
@@ -287,7 +300,7 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 		lay.source_hash = pub->source_hash;
 	uint32_t n = slots_for(bus, lay.size);
 	uint64_t pos;
-	if ((rc = slots_claim(pub, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
+	if ((rc = slots_claim(pub, n, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
 		return rc;
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 	shmbus_uuid_t id;
@@ -325,8 +338,8 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	if (id)
 		memcpy(id, ev->id, sizeof *id);
 	routing_begin(pub);
-	commit_one(pub, ev, pub->claim_pos, wake);
-	routing_end(pub, wake);
+	bool freed = commit_one(pub, ev, pub->claim_pos, wake);
+	routing_end(pub, wake, freed);
 	count_published(pub, 1, ev->payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);

@@ -23,6 +23,7 @@
 #include "internal.h"
 #include "liveness.h"
 #include "futex.h"
+#include "slots.h"
 
 /* Whether member m's process is gone although its lock is held: held
  * through a descriptor a forked child inherited (see layout.h). */
@@ -280,6 +281,12 @@ void reclaim_locked_take(shmbus_bus_t *bus)
  * its publisher (low bits = 1 + pub index while claimed). */
 static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 {
+	/* first what it claimed and never marked, which names nobody */
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		struct seg_pub *r = &bus->pubs[p];
+		if (at_load_acquire_u32(&r->state) && at_load_relaxed_u32(&r->member) == dead)
+			slots_recover_claim(bus, r, dead);
+	}
 	for (uint64_t i = 0; i < bus->nslots; i++) {
 		uint64_t c = at_load_acquire_u64(&bus->slot_ctl[i].ctl);
 		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED)

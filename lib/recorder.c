@@ -16,9 +16,9 @@
  *   CLAIMED head     its publisher is writing: wait (reclaim aborts it if
  *                    the publisher died)
  *   ABORTED head     skip it and the unreached positions of its claim
- *   older lap        a batch's next head not stored yet: wait; after two
- *                    reclaim timeouts without change, a dead publisher's
- *                    unreached heads: skip them
+ *   older lap        claimed but not marked yet: wait; after two reclaim
+ *                    timeouts without change (a dead claimer, whose
+ *                    positions reclaim aborts), skip them
  *   newer lap        overwritten before we got there: missed
  *
  * The descriptors it is delivered only keep the slots held (holder bits)
@@ -243,8 +243,8 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 			r->next = p + 1;
 			return 1;
 		}
-		/* older lap: the next head of a batch being written, or of a
-		 * publisher that died before reaching it */
+		/* older lap: claimed, not marked yet (every head of a batch is
+		 * marked at its claim), or its claimer died in between */
 		uint64_t now = now_mono_ns();
 		if (r->stuck_pos != p) {
 			r->stuck_pos = p;

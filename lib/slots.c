@@ -17,6 +17,12 @@
 
 enum range_state { RANGE_FREE, RANGE_TAKEN, RANGE_BUSY, RANGE_FREE_RETRY };
 
+/* The lap tag before lap (the tag wraps at 44 bits). */
+static uint64_t lap_before(uint64_t lap)
+{
+	return (lap - 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1);
+}
+
 /* Whether the slot at position p is in use by an older lap's event that is
  * not released yet; sets *taken if position p was already claimed. */
 static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
@@ -31,8 +37,9 @@ static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 	 * claimer marks the slot only after its CAS: a word of an older lap
 	 * means that mark is still to come, not that the slot is free. (On a
 	 * new segment the all-zero word carries lap 0, the lap before the
-	 * first.) */
-	if (seg_ctl_lap(c) != ((lap - 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1)))
+	 * first.) A claimer that dies before marking is finished by reclaim
+	 * (slots_recover_claim). */
+	if (seg_ctl_lap(c) != lap_before(lap))
 		return true;
 	uint32_t st = seg_ctl_state(c);
 	if (st == SEG_SLOT_CLAIMED)
@@ -157,7 +164,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	return 0;
 }
 
-int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
+int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
 	uint64_t *claim = &bus->hdr->claim_pos;
@@ -170,16 +177,35 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 		switch (range_state(pub, pos, n, urgent, &blocking)) {
 		case RANGE_FREE_RETRY:
 			continue;
-		case RANGE_FREE:
-			if (!at_cas_u64(claim, &pos, pos + n))
+		case RANGE_FREE: {
+			/* The intent goes first (the CAS orders it): should we die
+			 * between the CAS and the marks below, a survivor finds the
+			 * unmarked slots through it. */
+			struct seg_pub *r = pub->rec;
+			at_store_relaxed_u32(&r->claiming_n, n);
+			at_store_relaxed_u64(&r->claiming, pos + 1);
+			if (!at_cas_u64(claim, &pos, pos + n)) {
+				at_store_relaxed_u64(&r->claiming, 0);
 				continue;
-			at_store_release_u64(bus_slot_ctl(bus, pos),
-					     seg_ctl_make(bus_lap(bus, pos), SEG_SLOT_CLAIMED, pub->index + 1));
-			for (uint32_t k = 1; k < n; k++)
+			}
+			/* Each slot turns from reusable-for-us to busy exactly once,
+			 * here, and never back before its event is done: a slot
+			 * another publisher's claim window holds as reusable must
+			 * stay so. So every head of a batch is CLAIMED now, not when
+			 * the publisher reaches it (a later head left FREE meanwhile
+			 * was claimed a lap ahead while a preempted batch still had
+			 * it to write). The first event's other slots are FREE; a
+			 * later event's turn FREE when its publisher reaches it
+			 * (slots_free_body). */
+			for (uint32_t k = 0; k < n; k++)
 				at_store_release_u64(bus_slot_ctl(bus, pos + k),
-						     seg_ctl_make(bus_lap(bus, pos + k), SEG_SLOT_FREE, 0));
+						     seg_ctl_make(bus_lap(bus, pos + k),
+								  k == 0 || k >= first_slots ? SEG_SLOT_CLAIMED : SEG_SLOT_FREE,
+								  k == 0 || k >= first_slots ? pub->index + 1 : 0));
+			at_store_release_u64(&r->claiming, 0);
 			*pos_out = pos;
 			return 0;
+		}
 		case RANGE_TAKEN:
 			/* A claimer moves claim_pos before it marks the slots, so a
 			 * slot of this lap at an unmoved claim_pos means the header
@@ -197,6 +223,73 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out)
 		}
 		}
 	}
+}
+
+void slots_free_body(shmbus_bus_t *bus, uint64_t head, uint32_t n)
+{
+	for (uint32_t k = 1; k < n; k++)
+		at_store_release_u64(bus_slot_ctl(bus, head + k), seg_ctl_make(bus_lap(bus, head + k), SEG_SLOT_FREE, 0));
+}
+
+/* Whether a publisher of a member other than dead, and alive, may still be
+ * between its claim CAS and marking position x: its intent covers x. */
+static bool live_claim_covers(shmbus_bus_t *bus, uint32_t dead, uint64_t x)
+{
+	for (uint32_t p = 0; p < bus->max_members; p++) {
+		struct seg_pub *r = &bus->pubs[p];
+		uint32_t m = at_load_relaxed_u32(&r->member);
+		if (!at_load_acquire_u32(&r->state) || m == dead)
+			continue;
+		uint64_t from = at_load_acquire_u64(&r->claiming);
+		uint32_t n = at_load_relaxed_u32(&r->claiming_n);
+		if (from && x + 1 >= from && x + 1 - from < n && member_alive(bus, m))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A claimer that died between its claim CAS and its marks left positions
+ * below claim_pos whose words still carry the lap before theirs: busy to
+ * every later claim (slot_busy), for ever. Its intent names the claim.
+ * Each such position that no live publisher's intent covers (a live
+ * claimer marks within instructions and clears its intent only after;
+ * one whose CAS lost clears it at once) is aborted: ABORTED is reusable,
+ * and readers skip it like any aborted claim. The CAS on the word loses to
+ * a mark that comes meanwhile; a live intent that does not settle within
+ * two reclaim timeouts is left alone (a stopped process), never guessed.
+ */
+void slots_recover_claim(shmbus_bus_t *bus, struct seg_pub *r, uint32_t dead)
+{
+	uint64_t from = at_load_acquire_u64(&r->claiming);
+	uint32_t n = at_load_relaxed_u32(&r->claiming_n);
+	/* claim_pos after the intent: a CAS that moved it past a position made
+	 * the intent that covers the position visible */
+	uint64_t claim = at_load_u64_sc(&bus->hdr->claim_pos);
+	bool aborted = false;
+	for (uint64_t x = from - 1; from && n <= bus->nslots / 2 && x < from - 1 + n && x < claim; x++) {
+		uint64_t *ctl = bus_slot_ctl(bus, x), lap = bus_lap(bus, x), deadline = 0;
+		for (;;) {
+			uint64_t c = at_load_acquire_u64(ctl);
+			if (seg_ctl_lap(c) != lap_before(lap))
+				break; /* marked */
+			if (!live_claim_covers(bus, dead, x)) {
+				if (!at_cas_u64(ctl, &c, seg_ctl_make(lap, SEG_SLOT_ABORTED, 0)))
+					continue;
+				aborted = true;
+				break;
+			}
+			uint64_t now = now_mono_ns();
+			if (!deadline)
+				deadline = now + 2 * bus->hdr->reclaim_timeout_ns;
+			else if (now > deadline)
+				break;
+			sched_yield();
+		}
+	}
+	if (aborted)
+		at_count_u64(&bus->hdr->aborted_claims, 1);
+	at_store_release_u64(&r->claiming, 0);
 }
 
 bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub)

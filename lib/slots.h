@@ -14,12 +14,23 @@ struct space_wait {
 };
 
 /*
- * slots_claim - claim n consecutive slot positions for pub. Urgent (high,
- * critical) claims may use the headroom low and normal ones leave. The
- * head slot turns CLAIMED naming the publisher. Waits for space as the
- * publisher's timeout allows: 0, -EAGAIN or -ETIMEDOUT.
+ * slots_claim - claim n consecutive slot positions for pub, the first
+ * first_slots of them for its first event (n for a single event). Urgent
+ * (high, critical) claims may use the headroom low and normal ones leave.
+ * The first event's head turns CLAIMED naming the publisher and its other
+ * slots FREE; every slot after it turns CLAIMED too, and a batch frees the
+ * other slots of each later event with slots_free_body when it reaches it.
+ * Waits for space as the publisher's timeout allows: 0, -EAGAIN or
+ * -ETIMEDOUT.
  */
-int slots_claim(shmbus_pub_t *pub, uint32_t n, bool urgent, uint64_t *pos_out);
+int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out);
+
+/* The slots after the head of an n-slot event of a batch: FREE. */
+void slots_free_body(shmbus_bus_t *bus, uint64_t head, uint32_t n);
+
+/* Finish the claim a dead member's publisher r was making, if it died
+ * between its claim CAS and its marks (reclaim, before abort_claims). */
+void slots_recover_claim(shmbus_bus_t *bus, struct seg_pub *r, uint32_t dead);
 
 /* Wake the publishers waiting for space, if any announced it (cheap when
  * none did). */

@@ -331,9 +331,10 @@ struct seg_pub {
 	char source[64];
 	uint8_t reserved0[48];
 	uint64_t routing;
-	uint64_t reserved1;
+	uint64_t claiming;    /* 1 + the position a claim CAS may be moving claim_pos from; 0: none */
 	struct seg_take_intent drain;
-	uint8_t reserved1b[32];
+	uint32_t claiming_n;  /* slots of that claim */
+	uint8_t reserved1b[28];
 	uint64_t published;
 	uint64_t publish_bytes;
 	uint64_t block_waits;
@@ -345,6 +346,8 @@ _Static_assert(offsetof(struct seg_pub, member_gen) == 8, "pub.member_gen");
 _Static_assert(offsetof(struct seg_pub, source) == 16, "pub.source");
 _Static_assert(offsetof(struct seg_pub, routing) == 128, "pub.routing");
 _Static_assert(offsetof(struct seg_pub, drain) == 144, "pub.drain");
+_Static_assert(offsetof(struct seg_pub, claiming) == 136, "pub.claiming");
+_Static_assert(offsetof(struct seg_pub, claiming_n) == 160, "pub.claiming_n");
 _Static_assert(offsetof(struct seg_pub, published) == 192, "pub.published");
 _Static_assert(offsetof(struct seg_pub, block_timeouts) == 216, "pub.block_timeouts");
 _Static_assert(sizeof(struct seg_pub) == 256, "seg_pub size");

@@ -4,12 +4,18 @@
  */
 #include "common.h"
 #include "event_format.h"
+#include "internal.h"
 
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 TestSuite(unit, .init = tc_init, .fini = tc_fini, .timeout = 60);
 
@@ -641,5 +647,139 @@ Test(unit, filter_limits)
 	cr_expect_eq(shmbus_filter_min_priority((shmbus_priority_t)9, &f), -EINVAL, "priority 9");
 	cr_expect_eq(shmbus_filter_custom(NULL, NULL, &f), -EINVAL, "NULL predicate");
 
+	shmbus_close(bus);
+}
+
+/* --------------------------------------------------------------- claims */
+
+/* Publish urgent events (no headroom) until one fails; no subscription
+ * holds anything, so only a slot that stays busy stops them. */
+static uint32_t publish_until_full(shmbus_pub_t *pub, uint32_t max, int *rc_out)
+{
+	uint32_t n = 0;
+	int rc = 0;
+	while (n < max && (rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "fill", SHMBUS_PRIORITY_HIGH, n)) == 0)
+		n++;
+	*rc_out = rc;
+	return n;
+}
+
+/* What a publisher leaves when it dies between its claim CAS and marking
+ * the slots: claim_pos moved, the words still carry the lap before. */
+static int die_after_claim_cas(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus = NULL;
+	shmbus_pub_t *pub = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0 || shmbus_pub_open(bus, NULL, &pub) < 0)
+		return 1;
+	uint64_t *claim = &bus->hdr->claim_pos, pos = at_load_acquire_u64(claim);
+	at_store_relaxed_u32(&pub->rec->claiming_n, 2);
+	at_store_relaxed_u64(&pub->rec->claiming, pos + 1);
+	if (!at_cas_u64(claim, &pos, pos + 2))
+		return 2;
+	_exit(0); /* no detach: the member dies with its claim unmarked */
+}
+
+Test(unit, claim_unmarked_by_a_dead_publisher_is_aborted)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+	int rc;
+	cr_assert_eq(publish_until_full(pub, 5, &rc), 5);
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(die_after_claim_cas, NULL), 10000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s", tc_status_str(st));
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	/* the dead claim's two positions are aborted, so three laps go through */
+	uint32_t n = publish_until_full(pub, 3 * cfg.slots, &rc);
+	cr_expect_eq(n, 3 * cfg.slots, "publish %u failed: %d (%s)", n, rc, shmbus_errmsg());
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_expect_eq(mt.aborted_claims, 1);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* A batch publisher paused between committing its first event and
+ * starting its second: the ids it returns lie on a page that faults until
+ * the test lets it go. */
+static struct {
+	uint8_t *page;
+	size_t len;
+	int paused[2], resume[2];
+} bp;
+
+static void batch_pause(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	if ((uint8_t *)si->si_addr < bp.page || (uint8_t *)si->si_addr >= bp.page + bp.len) {
+		signal(sig, SIG_DFL); /* a real fault: crash on the retry */
+		return;
+	}
+	char c = 'P';
+	if (write(bp.paused[1], &c, 1) != 1 || read(bp.resume[0], &c, 1) != 1)
+		_exit(3);
+	mprotect(bp.page, bp.len, PROT_READ | PROT_WRITE); /* the copy resumes */
+}
+
+struct batch_arg {
+	shmbus_pub_t *pub;
+	int rc;
+};
+
+static void *batch_thread(void *arg)
+{
+	struct batch_arg *a = arg;
+	static const uint32_t v[2] = {1, 2};
+	shmbus_msg_t m[2] = {
+		{.type = SHMBUS_NOTIFICATION, .name = "batch", .payload = &v[0], .payload_len = sizeof v[0]},
+		{.type = SHMBUS_NOTIFICATION, .name = "batch", .payload = &v[1], .payload_len = sizeof v[1]},
+	};
+	a->rc = shmbus_publish_batch(a->pub, m, 2, (shmbus_uuid_t *)(void *)bp.page);
+	return NULL;
+}
+
+/* Every head of a batch is busy from the claim until it is written: a
+ * later head left reusable was claimed a lap ahead by another publisher's
+ * claim window, and the batch then wrote over that event and wedged the
+ * slot at the older lap. */
+Test(unit, batch_heads_stay_claimed_until_written)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *batcher = tc_pub(bus, "batcher", 0), *other = tc_pub(bus, "other", -1);
+	bp.len = (size_t)sysconf(_SC_PAGESIZE);
+	bp.page = mmap(NULL, bp.len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(bp.page, MAP_FAILED);
+	cr_assert_eq(pipe(bp.paused), 0);
+	cr_assert_eq(pipe(bp.resume), 0);
+	struct sigaction sa = {.sa_sigaction = batch_pause, .sa_flags = SA_SIGINFO};
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
+
+	struct batch_arg a = {.pub = batcher};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, batch_thread, &a), 0);
+	char c = 0;
+	cr_assert_eq(read(bp.paused[0], &c, 1), 1);
+	/* The batch holds positions 0 and 1; event 0 went to nobody, so
+	 * position N may reuse its slot, and N + 1 must wait for event 1. */
+	int rc;
+	uint32_t n = publish_until_full(other, 3 * cfg.slots, &rc);
+	cr_expect_eq(n, cfg.slots - 1, "claimed %u positions past a batch still writing (rc %d)", n, rc);
+	cr_expect_eq(rc, -EAGAIN);
+
+	cr_assert_eq(write(bp.resume[1], "G", 1), 1);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert_eq(a.rc, 2, "batch: %d", a.rc);
+	signal(SIGSEGV, SIG_DFL);
+	/* and nothing stays busy afterwards */
+	n = publish_until_full(other, 3 * cfg.slots, &rc);
+	cr_expect_eq(n, 3 * cfg.slots, "publish %u after the batch: %d (%s)", n, rc, shmbus_errmsg());
+	munmap(bp.page, bp.len);
+	shmbus_pub_close(batcher);
+	shmbus_pub_close(other);
 	shmbus_close(bus);
 }
