@@ -281,6 +281,11 @@ bool member_alive(shmbus_bus_t *bus, uint32_t m);
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
 				bool stalled);
 void reclaim_locked_take(shmbus_bus_t *bus);
+/* A consumer entry about to be freed with its subscription (table lock
+ * held): a take its dead owner left half done is finished first, its
+ * holds dropped - reclaim only visits active entries, so nobody else
+ * would. */
+void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con);
 
 /* uuid.c */
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation);

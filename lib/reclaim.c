@@ -190,6 +190,26 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
+void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
+{
+	if (seg_take_state(at_load_acquire_u32(&con->take.info)) == SEG_TAKE_NONE)
+		return;
+	uint32_t m = con->member;
+	/* alive and still the same attachment: it is mid-take right now and
+	 * finishes (or drops) the run itself when it sees the removal */
+	if (m < bus->max_members && at_load_acquire_u64(&bus->members[m].generation) == con->member_gen &&
+	    member_alive(bus, m))
+		return;
+	uint64_t held[SEG_HELD_MAX];
+	size_t n = 0;
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&con->held[k]);
+		if (d)
+			held[n++] = d;
+	}
+	recover_intent(bus, &con->take, m, false, held, n);
+}
+
 static bool sub_survives(const struct seg_sub *s, uint32_t dead, uint32_t remaining_consumers)
 {
 	uint32_t flags = at_load_acquire_u32((uint32_t *)&s->flags);

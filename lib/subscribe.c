@@ -115,6 +115,8 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 	struct seg_sub *s = bus_sub(bus, idx);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE)
+			reclaim_consumer_take(bus, con);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_u64_sc(&con->held[k]);
 			if (!d)
