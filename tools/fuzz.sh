@@ -10,7 +10,7 @@ if [ ! -d build-fuzz ]; then
   CC=clang meson setup build-fuzz -Dfuzz=true -Db_lundef=false -Dtools=true >/dev/null
 fi
 ninja -C build-fuzz >/dev/null
-for t in event segment cli; do
+for t in event segment cli log; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus/$t/* "$work"/
   echo "fuzzing $t for ${secs}s"
