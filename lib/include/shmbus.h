@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define SHMBUS_VERSION_MAJOR 0
-#define SHMBUS_VERSION_MINOR 1
+#define SHMBUS_VERSION_MINOR 2
 
 /* ---------------------------------------------------------------- limits */
 
