@@ -26,15 +26,15 @@
  * walk resumes after the last complete record, and descriptors of events
  * already in the log are released unread: nothing is written twice.
  *
- * Nothing is lost either, because of one ordering: r->next passes an
- * event only in validate_run, which returns after log_writer_publish has
- * written the run to the file (records are staged in private memory until
- * then, and die with the process). Every release of a hold - release_passed,
- * take_one, sub_drop_queued in take_descriptors, all bounded by r->next -
- * runs after walk() has returned, so a hold is dropped only once its
- * event's bytes are in the page cache, where a kill -9 cannot take them. A
- * failed write puts r->next back to where the written records end
- * (r->written): the holds past it stay, and the run is copied again.
+ * Nothing is lost either, because of one ordering: records are staged in
+ * the log writer's private memory, and die with the process, until
+ * log_writer_publish writes them to the file, at the end of walk(). Every
+ * release of a hold - release_passed, take_one, sub_drop_queued in
+ * take_descriptors, all bounded by r->next - runs after walk() has
+ * returned, so a hold is dropped only once its event's bytes are in the
+ * page cache, where a kill -9 cannot take them. A failed write puts
+ * r->next back to where the written records end (r->written): the holds
+ * past it stay, and those events are copied again.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -210,11 +210,10 @@ static int copy_run(shmbus_recorder_t *r, uint64_t claim, struct rec_copy *run)
  * a claim moves claim_pos before it writes) or our holder bit is still set
  * (a held slot cannot be reused). The first copy that fails is counted
  * missed and the rest of the run is dropped unsealed; the walk goes on
- * after it and copies the rest again. The run is then written to the log
- * (publish) before returning: 0, or -errno with r->next put back to the
- * end of what was written before (the run is dropped, to be copied again).
+ * after it and copies the rest again. The records are sealed in the log
+ * writer's staging copy; walk() writes them.
  */
-static int validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint32_t n)
+static void validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint32_t n)
 {
 	shmbus_bus_t *bus = r->bus;
 	uint32_t me = (uint32_t)(shmbus_sub_id(r->sub) & 0xFFFF);
@@ -242,12 +241,6 @@ static int validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint32
 		r->stats.recorded++;
 		r->stats.bytes += log_rec_size(e->size);
 	}
-	/* before anything can release a hold r->next now passes (see the top) */
-	int rc = log_writer_publish(&r->w);
-	if (rc < 0)
-		return unwrite(r, rc);
-	r->written = r->next;
-	return 0;
 }
 
 /* One step of the walk at r->next, where copy_run stopped. 1 moved, 0
@@ -310,32 +303,35 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 }
 
 /* Walk from r->next towards claim, a run at a time, for at most budget
- * positions. Returns the positions passed (0: waiting on a writer), or
- * -errno. */
+ * positions, then write what it recorded to the log (one pwrite and one
+ * header store for the pass). Returns the positions passed (0: waiting on
+ * a writer), or -errno. */
 static int64_t walk(shmbus_recorder_t *r, uint64_t claim, uint64_t budget)
 {
 	struct rec_copy run[REC_RUN];
 	uint64_t from = r->next;
+	int rc = 0;
 	while (r->next < claim && r->next - from < budget) {
 		int n = copy_run(r, claim, run);
 		if (n < 0) {
 			log_writer_discard(&r->w);
-			return n;
-		}
-		if (n > 0) {
-			int rc = validate_run(r, run, (uint32_t)n);
-			if (rc < 0)
-				return rc;
-			continue;
-		}
-		int rc = walk_step(r, claim);
-		if (rc <= 0) {
-			if (rc < 0)
-				return rc;
+			rc = n;
 			break;
 		}
+		if (n > 0) {
+			validate_run(r, run, (uint32_t)n);
+			continue;
+		}
+		if ((rc = walk_step(r, claim)) <= 0)
+			break;
 	}
-	return (int64_t)(r->next - from);
+	/* Before anything can release a hold r->next now passes (see the top
+	 * of this file): the caller releases only after this returns. */
+	int wrc = log_writer_publish(&r->w);
+	if (wrc < 0)
+		return unwrite(r, wrc);
+	r->written = r->next;
+	return rc < 0 ? rc : (int64_t)(r->next - from);
 }
 
 /* Release the held descriptors the walk has passed. Newest first: the
