@@ -4,12 +4,15 @@
  * index capacity, and retention by size and age.
  *
  * Records are written in batches (log.h). Order of stores: the events of
- * a run are copied into reserved room; then, record by record, the record
- * header with its checksum and the index entries (position, time); then,
- * once per run, the segment header's tail/records/next_pos (release). A
- * writer killed at any point leaves at worst a torn or unsealed record
- * after the last complete one, or index entries and header words behind
- * the records; log_writer_open repairs both.
+ * a batch are copied into reserved room of a private staging copy; then,
+ * record by record, the record header with its checksum there and the
+ * index entries (position, time) in the index mapping; then, once per
+ * publish, a pwrite of the sealed records as whole pages and only after it
+ * the segment header's tail/records/next_pos (release). A writer killed at
+ * any point loses what it had not written, and leaves at worst records the
+ * header does not count, or index entries past the header's count;
+ * log_writer_open repairs both. (A torn pwrite, at a power cut, leaves a
+ * torn record after the last complete one: recovery cuts it.)
  */
 #include <errno.h>
 #include <fcntl.h>
