@@ -65,11 +65,13 @@ struct log_writer {
 	bool retain_force;	 /* retention may delete what durable subscriptions need */
 	shmbus_bus_t *spare;	 /* whose durable subscriptions retention spares (NULL: none) */
 	struct log_seg seg;	 /* the open segment (seg.base NULL: none yet) */
+	uint64_t wrote;		 /* end of the records written to the file (<= tail) */
 	uint64_t tail;		 /* end of the committed records of seg */
 	uint64_t wtail;		 /* end of the batch's reservations (>= tail) */
 	uint32_t pending;	 /* reservations not committed yet */
-	uint64_t pop_data, pop_time, pop_pos; /* prefaulted up to (offsets in seg and its index) */
-	struct log_prefault prefault;	      /* the segment's pages, on an io_uring worker */
+	uint8_t *stage;		 /* file range [stage_off, wtail) of seg, being built (log_writer.c) */
+	uint64_t stage_off, stage_cap;
+	uint64_t pop_time, pop_pos; /* index prefaulted up to (offsets in the index file) */
 	uint64_t next_pos;	 /* position after the last event written */
 	uint64_t time_max;
 	bool has_records;	 /* the log holds at least one event */
@@ -88,10 +90,15 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
  * Writing is batched: reserve room for a run of records, copy the events
  * in, then commit the reservations in order (each is sealed with its
  * checksum and indexed) or discard what is left of them, and publish the
- * segment header once for the run. A writer that dies in a batch leaves
- * sealed records the header does not count yet (recovery indexes them)
- * and unsealed ones whose header is zero or whose checksum fails
- * (recovery cuts them).
+ * run once: its records are written to the file, then the segment header
+ * counts them. Reservations live in a private staging copy, not in the
+ * file: a writer that dies in a batch loses every record it has not
+ * published (or written) yet, as if it had never been reserved; a caller
+ * that must not lose an event (the recorder) keeps whatever lets it
+ * record the event again until publish has returned 0. A writer that dies
+ * between the write and the header leaves records the header does not
+ * count yet (recovery indexes them) and index entries past the header's
+ * count (ignored, overwritten).
  *
  * log_writer_reserve - room for the next record of len bytes after the
  * batch's reservations, rolling to a new segment first when needed and
@@ -102,14 +109,25 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len, int *rc);
 /* Seal the oldest pending reservation (its event copied) and index it. */
 void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len);
-/* Drop every pending reservation and zero its bytes, so nothing after the
- * last record can pass for one. */
+/* Drop every pending reservation (none of it is in the file). */
 void log_writer_discard(struct log_writer *w);
-/* Store the segment header's tail, records, next_pos and time_max for
- * what was committed (release; readers and recovery take them as hints). */
-void log_writer_publish(struct log_writer *w);
+/* Write the committed records not written yet to the file (pwrite of
+ * whole pages, the last one padded with zeros), without counting them in
+ * the header. 0 or -errno (message set; nothing counted, the records stay
+ * staged and the next call writes them again). Part of publish; on its own
+ * only for tests of what a writer dying between the two leaves. */
+int log_writer_write(struct log_writer *w);
+/* log_writer_write, then store the segment header's tail, records,
+ * next_pos and time_max for what was committed (release; readers and
+ * recovery take them as hints). 0 or -errno as log_writer_write: the
+ * header is stored only once the records are written. */
+int log_writer_publish(struct log_writer *w);
 /* fdatasync the open segment (blocking). 0 or -errno. */
 int log_writer_sync(struct log_writer *w);
+/* Forget every record not written yet, as a crash would, and recover the
+ * open segment from the file (log_writer_open again, same settings). 0 or
+ * -errno. For a writer whose write failed. */
+int log_writer_reopen(struct log_writer *w, uint32_t slot_size);
 void log_writer_close(struct log_writer *w);
 
 /*

@@ -8,7 +8,6 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "log_sync.h"
@@ -89,52 +88,4 @@ int log_sync_poll(struct log_sync *s, bool wait)
 	s->done = s->target;
 	s->syncs++;
 	return 1;
-}
-
-void log_prefault_init(struct log_prefault *p)
-{
-	memset(p, 0, sizeof *p);
-#ifdef MADV_POPULATE_WRITE
-	struct io_uring_probe *probe;
-	if (!(p->ring = ring_new()))
-		return;
-	probe = io_uring_get_probe_ring(p->ring);
-	bool ok = probe && io_uring_opcode_supported(probe, IORING_OP_MADVISE);
-	io_uring_free_probe(probe);
-	if (!ok) {
-		ring_free(p->ring, false);
-		p->ring = NULL;
-	}
-#endif
-}
-
-void log_prefault_fini(struct log_prefault *p)
-{
-	ring_free(p->ring, p->inflight);
-	memset(p, 0, sizeof *p);
-}
-
-bool log_prefault_idle(struct log_prefault *p)
-{
-	struct io_uring_cqe *cqe;
-	if (p->inflight && io_uring_peek_cqe(p->ring, &cqe) == 0) {
-		io_uring_cqe_seen(p->ring, cqe); /* its result does not matter: a fault does the same */
-		p->inflight = false;
-	}
-	return !p->inflight;
-}
-
-bool log_prefault_start(struct log_prefault *p, void *addr, size_t len)
-{
-#ifdef MADV_POPULATE_WRITE
-	struct io_uring_sqe *sqe;
-	if (!p->ring || p->inflight || !(sqe = io_uring_get_sqe(p->ring)))
-		return false;
-	io_uring_prep_madvise(sqe, addr, (off_t)len, MADV_POPULATE_WRITE);
-	p->inflight = io_uring_submit(p->ring) == 1;
-	return p->inflight;
-#else
-	(void)p, (void)addr, (void)len;
-	return false;
-#endif
 }

@@ -4,12 +4,15 @@
  * index capacity, and retention by size and age.
  *
  * Records are written in batches (log.h). Order of stores: the events of
- * a run are copied into reserved room; then, record by record, the record
- * header with its checksum and the index entries (position, time); then,
- * once per run, the segment header's tail/records/next_pos (release). A
- * writer killed at any point leaves at worst a torn or unsealed record
- * after the last complete one, or index entries and header words behind
- * the records; log_writer_open repairs both.
+ * a batch are copied into reserved room of a private staging copy; then,
+ * record by record, the record header with its checksum there and the
+ * index entries (position, time) in the index mapping; then, once per
+ * publish, a pwrite of the sealed records as whole pages and only after it
+ * the segment header's tail/records/next_pos (release). A writer killed at
+ * any point loses what it had not written, and leaves at worst records the
+ * header does not count, or index entries past the header's count;
+ * log_writer_open repairs both. (A torn pwrite, at a power cut, leaves a
+ * torn record after the last complete one: recovery cuts it.)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -75,15 +78,66 @@ static int create_index(struct log_writer *w, uint64_t first)
 }
 
 /*
- * Prefaulting. The first store to each page of a fresh segment would fault
- * (an unwritten extent: the page is allocated, zeroed, made writable): on
- * this class of VM up to 6.7 us a page, 370 ns for each small record, up
- * to half of the recorder's time. MADV_POPULATE_WRITE does the same work for a run
- * of pages in one call, about five times cheaper a page; the segment's
- * pages are populated a chunk ahead on an io_uring worker (log_prefault),
- * so the zeroing runs beside the recorder, else here. Only a short
- * stretch ahead of the writer is populated, so a sync writes few zero pages
- * beyond the records and a synchronous stall lasts one chunk.
+ * Staging. Records are not stored through the segment's mapping: the first
+ * store to a page of a fresh (fallocated, unwritten) segment faults and
+ * the kernel zeroes the page before it is written, about a fifth of all
+ * CPU time of a recording bus with two CPUs, whether it is done in the
+ * fault or prefaulted on an io_uring worker. A buffered write that covers
+ * a whole page needs no zeroing. So a batch is built in w->stage, a private
+ * copy of file range [stage_off, wtail) whose start is page-aligned (the
+ * partial page of the written records is kept there as it is in the file),
+ * and publish pwrites the committed records as whole pages, padded with
+ * zeros to the page end: the file is all zeros past the records anyway,
+ * and the next publish rewrites that page from the same copy.
+ *
+ * The staging buffer is as big as the segment (a batch never outgrows its
+ * segment), anonymous and never given back, so its pages are zeroed once
+ * and then reused batch after batch: only [0, one batch) of it is touched.
+ */
+static int stage_fit(struct log_writer *w)
+{
+	uint64_t need = w->seg.map_len;
+	if (need <= w->stage_cap)
+		return 0;
+	void *p = mmap(NULL, (size_t)need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return shmbus__fail(errno, "segment '%s': cannot map a staging buffer of %llu bytes: %s", w->seg.path,
+				    (unsigned long long)need, strerror(errno));
+	if (w->stage)
+		munmap(w->stage, (size_t)w->stage_cap);
+	w->stage = p;
+	w->stage_cap = need;
+	return 0;
+}
+
+/* Start staging at the written tail of the open segment: the staging copy
+ * of its partial page is read from the file (nothing is pending). */
+static int stage_at_tail(struct log_writer *w)
+{
+	int rc = stage_fit(w);
+	if (rc < 0)
+		return rc;
+	w->stage_off = w->tail & ~4095ull;
+	w->wrote = w->tail;
+	w->wtail = w->tail;
+	if (w->tail > w->stage_off)
+		memcpy(w->stage, w->seg.base + w->stage_off, (size_t)(w->tail - w->stage_off));
+	return 0;
+}
+
+static void stage_free(struct log_writer *w)
+{
+	if (w->stage)
+		munmap(w->stage, (size_t)w->stage_cap);
+	w->stage = NULL;
+	w->stage_cap = 0;
+}
+
+/*
+ * Prefaulting the index. Its entries are still stored through its mapping
+ * (they are small and readers ignore entries the header does not count);
+ * MADV_POPULATE_WRITE makes a chunk of its pages ahead of the writer in one
+ * call, several times cheaper a page than faulting them one by one.
  */
 #define LOG_POPULATE_CHUNK (1u << 20)
 
@@ -102,22 +156,11 @@ static void populate(uint8_t *base, uint64_t len, uint64_t need, uint64_t *done)
 #endif
 }
 
-/* Populate what the next records (to data offset end, position delta
- * pos_end) will touch in the segment and its index: the segment a chunk
- * ahead, in the background when it can (a request still running is left
- * alone: the writer faults if it overtakes it), the index tables, which
- * grow far slower, here. */
-static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
+/* Populate the index tables the next record (position delta pos_end)
+ * will touch. */
+static void populate_index(struct log_writer *w, uint64_t pos_end)
 {
 	struct log_seg *s = &w->seg;
-	if (w->pop_data < s->map_len && log_prefault_idle(&w->prefault)) {
-		uint64_t from = w->pop_data > end ? w->pop_data : end & ~4095ull;
-		uint64_t to = (from + LOG_POPULATE_CHUNK) < s->map_len ? from + LOG_POPULATE_CHUNK : s->map_len;
-		if (log_prefault_start(&w->prefault, s->base + from, (size_t)(to - from)))
-			w->pop_data = to;
-		else
-			populate(s->base, s->map_len, end, &w->pop_data);
-	}
 	uint64_t t = LOG_HEADER_SIZE + (uint64_t)s->cap * 4;
 	populate(s->idx, s->idx_len, t + (s->nrec + w->pending + 1) * sizeof(struct log_time_entry), &w->pop_time);
 	populate(s->idx, t, LOG_HEADER_SIZE + pos_end * 4, &w->pop_pos);
@@ -128,7 +171,6 @@ static void populate_ahead(struct log_writer *w, uint64_t end, uint64_t pos_end)
 static void populated_to_tail(struct log_writer *w)
 {
 	struct log_seg *s = &w->seg;
-	w->pop_data = w->tail & ~4095ull;
 	w->pop_time = (LOG_HEADER_SIZE + (uint64_t)s->cap * 4 + s->nrec * sizeof(struct log_time_entry)) & ~4095ull;
 	w->pop_pos = (LOG_HEADER_SIZE + (w->next_pos > s->first_seq ? w->next_pos - s->first_seq : 0) * 4) & ~4095ull;
 }
@@ -163,6 +205,10 @@ static int segment_create(struct log_writer *w, uint64_t first, uint64_t rec_byt
 	}
 	w->tail = LOG_DATA_OFF;
 	w->seg.nrec = 0;
+	if ((rc = stage_at_tail(w)) < 0) {
+		log_seg_close(&w->seg);
+		return rc;
+	}
 	populated_to_tail(w);
 	w->segments_created++;
 	return 0;
@@ -228,7 +274,8 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 		if (full) {
 			if (w->pending)
 				return NULL; /* the batch is committed first; the next reserve rolls */
-			log_writer_publish(w);
+			if ((*rc = log_writer_publish(w)) < 0)
+				return NULL;
 			if (w->sync_on_roll && fdatasync(w->seg.fd) < 0) {
 				*rc = shmbus__fail(errno, "segment '%s': fdatasync: %s", w->seg.path, strerror(errno));
 				return NULL;
@@ -239,25 +286,26 @@ uint8_t *log_writer_reserve(struct log_writer *w, uint64_t seq, uint32_t slots, 
 	if (!w->seg.base) {
 		if ((*rc = segment_create(w, seq, rs)) < 0)
 			return NULL;
-		w->wtail = w->tail;
 		retain(w);
 	}
-	if (w->wtail + rs + LOG_POPULATE_CHUNK / 2 > w->pop_data)
-		populate_ahead(w, w->wtail + rs, seq + slots - w->seg.first_seq);
-	uint8_t *dst = w->seg.base + w->wtail + LOG_REC_HDR;
+	populate_index(w, seq + slots - w->seg.first_seq);
+	uint8_t *rec = w->stage + (w->wtail - w->stage_off); /* commit seals its header and padding */
 	w->wtail += rs;
 	w->pending++;
-	return dst;
+	return rec + LOG_REC_HDR;
 }
 
 void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint32_t len)
 {
 	struct log_seg *s = &w->seg;
-	struct log_record *r = (struct log_record *)(void *)(s->base + w->tail);
+	struct log_record *r = (struct log_record *)(void *)(w->stage + (w->tail - w->stage_off));
 	log_rec_seal(r, len, LOG_REC_EVENT, seq);
 	const struct seg_event *ev = (const struct seg_event *)(const void *)r->body;
 	if (ev->published_ns > w->time_max)
 		w->time_max = ev->published_ns;
+	/* the index may name the record before it is written: readers and
+	 * recovery believe no entry the header does not count, and check the
+	 * record each one names */
 	uint32_t delta = (uint32_t)(seq - s->first_seq);
 	s->pos[delta] = (uint32_t)w->tail;
 	s->time[s->nrec].time_max = w->time_max;
@@ -272,21 +320,59 @@ void log_writer_commit(struct log_writer *w, uint64_t seq, uint32_t slots, uint3
 
 void log_writer_discard(struct log_writer *w)
 {
-	if (w->wtail > w->tail)
-		memset(w->seg.base + w->tail, 0, (size_t)(w->wtail - w->tail));
+	/* nothing of it reached the file: forgetting the reservations is
+	 * enough (publish writes up to tail only, and zeroes past it) */
 	w->wtail = w->tail;
 	w->pending = 0;
 }
 
-void log_writer_publish(struct log_writer *w)
+int log_writer_write(struct log_writer *w)
+{
+	if (!w->seg.base || w->wrote == w->tail)
+		return 0;
+	uint64_t end = round_page(w->tail), len = end - w->stage_off;
+	uint64_t keep = w->tail - w->stage_off;
+	if (end > w->seg.map_len)
+		end = w->seg.map_len, len = end - w->stage_off;
+	memset(w->stage + keep, 0, (size_t)(len - keep)); /* the rest of the last page, zero as in the file */
+	for (uint64_t done = 0; done < len;) {
+		ssize_t n = pwrite(w->seg.fd, w->stage + done, (size_t)(len - done), (off_t)(w->stage_off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return shmbus__fail(n < 0 ? errno : EIO, "segment '%s': cannot write records at offset %llu: %s",
+					    w->seg.path, (unsigned long long)(w->stage_off + done),
+					    strerror(n < 0 ? errno : EIO));
+		done += (uint64_t)n;
+	}
+	w->wrote = w->tail;
+	/* keep the partial last page as the start of the next batch's copy */
+	uint64_t page = w->tail & ~4095ull;
+	if (page > w->stage_off) {
+		if (w->tail > page)
+			memcpy(w->stage, w->stage + (page - w->stage_off), (size_t)(w->tail - page));
+		w->stage_off = page;
+	}
+	return 0;
+}
+
+int log_writer_publish(struct log_writer *w)
 {
 	struct log_seg *s = &w->seg;
-	if (!s->base || at_load_relaxed_u64(&s->hdr->records) == s->nrec)
-		return;
+	int rc;
+	if (!s->base)
+		return 0;
+	if ((rc = log_writer_write(w)) < 0)
+		return rc;
+	if (at_load_relaxed_u64(&s->hdr->records) == s->nrec)
+		return 0;
+	/* only now that the records are in the file (the page cache: they
+	 * outlive this process) may the header count them */
 	s->hdr->next_pos = w->next_pos;
 	s->hdr->time_max = w->time_max;
 	at_store_release_u64(&s->hdr->tail, w->tail);
 	at_store_release_u64(&s->hdr->records, s->nrec);
+	return 0;
 }
 
 int log_writer_sync(struct log_writer *w)
@@ -474,7 +560,6 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 	if (w->segment_bytes > UINT32_MAX)
 		w->segment_bytes = UINT32_MAX & ~4095ull; /* offsets are u32 */
 	w->index_positions = index_positions ? index_positions : (uint32_t)(w->segment_bytes / 128);
-	log_prefault_init(&w->prefault);
 	if ((rc = log_mkdirs(dir)) < 0)
 		return rc;
 	uint64_t *firsts;
@@ -515,17 +600,37 @@ int log_writer_open(struct log_writer *w, const char *dir, const char *bus, uint
 	}
 	free(firsts);
 	w->wtail = w->tail;
-	if (w->seg.base)
-		populated_to_tail(w);
+	if (w->seg.base && rc >= 0) {
+		if ((rc = stage_at_tail(w)) < 0)
+			log_seg_close(&w->seg);
+		else
+			populated_to_tail(w);
+	}
 	return rc;
 }
 
 void log_writer_close(struct log_writer *w)
 {
-	log_prefault_fini(&w->prefault);
 	if (w->seg.base) {
 		log_writer_discard(w);
-		log_writer_publish(w);
+		(void)log_writer_publish(w); /* what fails to be written was never counted */
 	}
 	log_seg_close(&w->seg);
+	stage_free(w);
+}
+
+int log_writer_reopen(struct log_writer *w, uint32_t slot_size)
+{
+	struct log_writer keep = *w;
+	log_seg_close(&w->seg); /* no publish: the header must count nothing more */
+	stage_free(w);
+	int rc = log_writer_open(w, keep.dir, keep.bus, keep.incarnation, slot_size, keep.segment_bytes,
+				 keep.index_positions);
+	w->retain_bytes = keep.retain_bytes;
+	w->retain_ns = keep.retain_ns;
+	w->retain_force = keep.retain_force;
+	w->spare = keep.spare;
+	w->sync_on_roll = keep.sync_on_roll;
+	w->segments_created = keep.segments_created;
+	return rc;
 }

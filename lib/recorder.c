@@ -25,6 +25,16 @@
  * until the walk has passed them; then they are released. On restart the
  * walk resumes after the last complete record, and descriptors of events
  * already in the log are released unread: nothing is written twice.
+ *
+ * Nothing is lost either, because of one ordering: records are staged in
+ * the log writer's private memory, and die with the process, until
+ * log_writer_publish writes them to the file, at the end of walk(). Every
+ * release of a hold - release_passed, take_one, sub_drop_queued in
+ * take_descriptors, all bounded by r->next - runs after walk() has
+ * returned, so a hold is dropped only once its event's bytes are in the
+ * page cache, where a kill -9 cannot take them. A failed write puts
+ * r->next back to where the written records end (r->written): the holds
+ * past it stay, and those events are copied again.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -52,6 +62,7 @@ struct shmbus_recorder {
 	uint64_t batch_ns;
 	int stop;
 	uint64_t next;	       /* next position to record */
+	uint64_t written;      /* r->next when the log writer last wrote what it had */
 	bool skip_old;	       /* past an aborted or lost head: old-lap positions are its leftovers */
 	uint64_t stuck_pos, stuck_since;
 	const shmbus_event_t *held[REC_HELD];
@@ -122,6 +133,19 @@ static void lost(shmbus_recorder_t *r, uint64_t p)
 	r->next = p + 1;
 }
 
+/* The log writer failed to write committed records: forget what it had
+ * not written, as a crash would, and walk on from the end of the log as
+ * the file has it (never before r->written: what lies between was missed
+ * or was not for the log, and its holds are gone). rc returned. */
+static int unwrite(shmbus_recorder_t *r, int rc)
+{
+	int rc2 = log_writer_reopen(&r->w, 1u << r->bus->slot_size_shift);
+	r->next = r->written;
+	if (rc2 == 0 && r->w.has_records && r->w.next_pos > r->next)
+		r->next = r->w.next_pos;
+	return rc2 < 0 ? rc2 : rc;
+}
+
 /* One head of a run copied (or, for a DIRECTED copy, looked at) before
  * the run is validated. */
 struct rec_copy {
@@ -186,7 +210,8 @@ static int copy_run(shmbus_recorder_t *r, uint64_t claim, struct rec_copy *run)
  * a claim moves claim_pos before it writes) or our holder bit is still set
  * (a held slot cannot be reused). The first copy that fails is counted
  * missed and the rest of the run is dropped unsealed; the walk goes on
- * after it and copies the rest again.
+ * after it and copies the rest again. The records are sealed in the log
+ * writer's staging copy; walk() writes them.
  */
 static void validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint32_t n)
 {
@@ -216,7 +241,6 @@ static void validate_run(shmbus_recorder_t *r, const struct rec_copy *run, uint3
 		r->stats.recorded++;
 		r->stats.bytes += log_rec_size(e->size);
 	}
-	log_writer_publish(&r->w);
 }
 
 /* One step of the walk at r->next, where copy_run stopped. 1 moved, 0
@@ -279,30 +303,35 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 }
 
 /* Walk from r->next towards claim, a run at a time, for at most budget
- * positions. Returns the positions passed (0: waiting on a writer), or
- * -errno. */
+ * positions, then write what it recorded to the log (one pwrite and one
+ * header store for the pass). Returns the positions passed (0: waiting on
+ * a writer), or -errno. */
 static int64_t walk(shmbus_recorder_t *r, uint64_t claim, uint64_t budget)
 {
 	struct rec_copy run[REC_RUN];
 	uint64_t from = r->next;
+	int rc = 0;
 	while (r->next < claim && r->next - from < budget) {
 		int n = copy_run(r, claim, run);
 		if (n < 0) {
 			log_writer_discard(&r->w);
-			return n;
+			rc = n;
+			break;
 		}
 		if (n > 0) {
 			validate_run(r, run, (uint32_t)n);
 			continue;
 		}
-		int rc = walk_step(r, claim);
-		if (rc <= 0) {
-			if (rc < 0)
-				return rc;
+		if ((rc = walk_step(r, claim)) <= 0)
 			break;
-		}
 	}
-	return (int64_t)(r->next - from);
+	/* Before anything can release a hold r->next now passes (see the top
+	 * of this file): the caller releases only after this returns. */
+	int wrc = log_writer_publish(&r->w);
+	if (wrc < 0)
+		return unwrite(r, wrc);
+	r->written = r->next;
+	return rc < 0 ? rc : (int64_t)(r->next - from);
 }
 
 /* Release the held descriptors the walk has passed. Newest first: the
@@ -477,6 +506,7 @@ SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_
 	if ((rc = shmbus_subscribe(bus, &so, &r->sub)) < 0)
 		goto fail;
 	r->next = r->w.has_records ? r->w.next_pos : claim0;
+	r->written = r->next;
 	r->durable = r->next; /* what the log holds is as durable as it gets */
 	if (r->level != SHMBUS_SYNC_NONE)
 		log_writer_sync(&r->w);

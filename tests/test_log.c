@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -659,11 +660,12 @@ static void commit_at(struct log_writer *w, shmbus_bus_t *bus, uint64_t seq)
 	log_writer_commit(w, seq, log_slots_for(bus, ev->size), ev->size);
 }
 
-/* The writer as a kill -9 leaves it: mappings gone, nothing published. */
+/* The writer as a kill -9 leaves it: mappings and staging copy gone,
+ * nothing published. */
 static void abandon(struct log_writer *w)
 {
-	log_prefault_fini(&w->prefault);
 	log_seg_close(&w->seg);
+	munmap(w->stage, (size_t)w->stage_cap);
 }
 
 /* Events in the log, in order, checked: how many, and the last payload. */
@@ -683,11 +685,13 @@ static uint32_t scan_count(uint32_t *last_payload)
 }
 
 /* A writer killed inside a batch, at every stage of it: copies reserved
- * and none sealed, some sealed and the header not published, some sealed
- * and the rest discarded, all sealed and the header not published. Each
- * time the next writer keeps exactly the sealed records, resumes after
- * the last one, and what it appends follows without a gap or damage. */
-Test(log, a_writer_killed_inside_a_batch_keeps_exactly_the_sealed_records)
+ * and none sealed, some sealed, some sealed and the rest discarded, all
+ * sealed, all sealed and written to the file but the header not published.
+ * Sealed records live in the writer's staging copy until they are written:
+ * the next writer keeps exactly the written ones (counted by the header or
+ * not), resumes after the last one, and what it appends follows without a
+ * gap or damage. */
+Test(log, a_writer_killed_inside_a_batch_keeps_exactly_the_written_records)
 {
 	const uint32_t B = 8;
 	shmbus_config_t cfg = log_cfg();
@@ -707,29 +711,33 @@ Test(log, a_writer_killed_inside_a_batch_keeps_exactly_the_sealed_records)
 	uint32_t slot = 1u << bus->slot_size_shift, next = 0;
 	struct log_writer w;
 	/* stage: 0 none sealed, 1 three sealed, 2 three sealed and the rest
-	 * discarded, 3 all sealed; each unpublished */
+	 * discarded, 3 all sealed, each unwritten; 4 all sealed and written,
+	 * 5 three sealed and written, the rest reserved; none published */
 	cr_assert_eq(log_writer_open(&w, dir, bus->name, bus->hdr->incarnation, slot, 64 << 10, 0), 0, "%s",
 		     shmbus_errmsg());
-	for (int stage = 0; stage < 4; stage++) {
+	for (int stage = 0; stage < 6; stage++) {
 		/* a complete batch first */
 		for (uint32_t k = 0; k < B; k++)
 			reserve_copy(&w, bus, seqs[next + k]);
 		for (uint32_t k = 0; k < B; k++)
 			commit_at(&w, bus, seqs[next + k]);
-		log_writer_publish(&w);
+		cr_assert_eq(log_writer_publish(&w), 0, "%s", shmbus_errmsg());
 		next += B;
 		/* then the one killed */
 		for (uint32_t k = 0; k < B; k++)
 			reserve_copy(&w, bus, seqs[next + k]);
-		uint32_t sealed = stage == 0 ? 0 : stage == 3 ? B : 3;
+		uint32_t sealed = stage == 0 ? 0 : stage == 3 || stage == 4 ? B : 3;
 		for (uint32_t k = 0; k < sealed; k++)
 			commit_at(&w, bus, seqs[next + k]);
 		if (stage == 2)
 			log_writer_discard(&w);
+		if (stage >= 4) {
+			cr_assert_eq(log_writer_write(&w), 0, "%s", shmbus_errmsg());
+			next += sealed;
+		}
 		abandon(&w);
-		next += sealed;
 		/* the next writer recovers: it resumes right after the last
-		 * sealed record, which readers now see, and nothing else */
+		 * written record, which readers now see, and nothing else */
 		cr_assert_eq(log_writer_open(&w, dir, bus->name, bus->hdr->incarnation, slot, 64 << 10, 0), 0, "%s",
 			     shmbus_errmsg());
 		cr_assert_eq(w.next_pos, seqs[next], "stage %d resumes at %llu, want %llu", stage,
@@ -743,7 +751,7 @@ Test(log, a_writer_killed_inside_a_batch_keeps_exactly_the_sealed_records)
 		reserve_copy(&w, bus, seqs[next + k]);
 	for (uint32_t k = 0; k < B; k++)
 		commit_at(&w, bus, seqs[next + k]);
-	log_writer_publish(&w);
+	cr_assert_eq(log_writer_publish(&w), 0, "%s", shmbus_errmsg());
 	log_writer_close(&w);
 	next += B;
 	uint32_t last;
