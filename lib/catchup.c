@@ -55,6 +55,15 @@ void catchup_note_drop(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi
 	at_count_u64(&s->gap_dropped, n);
 }
 
+void catchup_extend(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	if (lo >= hi || !(at_load_acquire_u32(&s->flags) & SEG_SUB_CATCHUP))
+		return;
+	at_fetch_max_u64_sc(&s->gap_hi, hi);
+	at_fetch_min_u64_sc(&s->gap_lo, lo);
+}
+
 void catchup_reopen(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
 {
 	struct seg_sub *s = bus_sub(bus, idx);

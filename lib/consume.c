@@ -218,10 +218,27 @@ static int next_ready(shmbus_sub_t *sub, unsigned cls, struct held_desc *out)
 		int rc = take_run(sub, cls);
 		if (rc <= 0)
 			return rc;
+		/* A drop that took cells before ours made its gap before its
+		 * take: look at the gap again before delivering past it. */
+		if (at_load_u64_sc(&sub->rec->gap_lo) != SEG_GAP_NONE)
+			return 2;
 	}
 	*out = sub->ready[cls][sub->ready_head[cls]++];
 	sub->ready_n[cls]--;
 	return 1;
+}
+
+/* The lowest sequence taken but not handed out yet, UINT64_MAX if none. */
+static uint64_t ready_low(const shmbus_sub_t *sub)
+{
+	uint64_t low = UINT64_MAX;
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		if (!sub->ready_n[cls])
+			continue;
+		uint64_t seq = sub->ready[cls][sub->ready_head[cls]].desc & SEG_DESC_SEQ_MASK;
+		low = seq < low ? seq : low;
+	}
+	return low;
 }
 
 static bool urgent_waiting(const shmbus_sub_t *sub)
@@ -241,32 +258,34 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)
 		return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
-	/* A durable subscription that was passed over catches up from the
-	 * log before its queues: one relaxed load while there is no gap. */
-	if (__builtin_expect(at_load_relaxed_u64(&sub->rec->gap_lo) != SEG_GAP_NONE, 0)) {
-		const struct seg_event *e;
-		rc = catchup_next(sub, &e);
-		sub->catchup_wait = rc == -EAGAIN;
-		if (rc == 1) {
-			sub->held[sub->nheld].ev = e;
-			sub->held[sub->nheld].k = HELD_FROM_LOG;
-			sub->held[sub->nheld].seq = e->seq;
-			sub->nheld++;
-			at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
-			*ev = (const shmbus_event_t *)(const void *)e;
-			return 1;
-		}
-		if (rc == -EAGAIN) {
-			/* the rest of the gap is still to be written: the queue
-			 * waits, or it would overtake it */
-			flush_releases(sub);
-			return 0;
-		}
-		if (rc < 0)
-			return rc;
-	}
 	for (;;) {
 		struct held_desc h;
+		/* A durable subscription that was passed over catches up from
+		 * the log before its queues (one relaxed load while there is no
+		 * gap), except for what it took before the gap began. */
+		uint64_t gap_lo = at_load_relaxed_u64(&sub->rec->gap_lo);
+		if (__builtin_expect(gap_lo != SEG_GAP_NONE, 0) && ready_low(sub) >= gap_lo) {
+			const struct seg_event *e;
+			rc = catchup_next(sub, &e);
+			sub->catchup_wait = rc == -EAGAIN;
+			if (rc == 1) {
+				sub->held[sub->nheld].ev = e;
+				sub->held[sub->nheld].k = HELD_FROM_LOG;
+				sub->held[sub->nheld].seq = e->seq;
+				sub->nheld++;
+				at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + 1);
+				*ev = (const shmbus_event_t *)(const void *)e;
+				return 1;
+			}
+			if (rc == -EAGAIN) {
+				/* the rest of the gap is still to be written: the queue
+				 * waits, or it would overtake it */
+				flush_releases(sub);
+				return 0;
+			}
+			if (rc < 0)
+				return rc;
+		}
 		/* urgent first: what is buffered, then what is queued */
 		rc = 0;
 		if (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub))
@@ -277,6 +296,8 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 			return rc;
 		if (rc == 0)
 			break;
+		if (rc == 2)
+			continue; /* refilled while a gap appeared: look at it first */
 		const struct seg_event *e = open_event(sub, &h);
 		release_cells(sub);
 		if (!e)

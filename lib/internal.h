@@ -266,6 +266,12 @@ void catchup_note_drop(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi
 /* A consumer of subscription idx died holding events from the log from
  * seq on: the gap opens there again. */
 void catchup_reopen(shmbus_bus_t *bus, uint32_t idx, uint64_t seq);
+/* A drop of sequences in [lo, hi) is about to happen: make the range a gap
+ * now, counting nothing (the drop counts what it really dropped). Done
+ * before the drop takes anything, so a consumer that takes or serves after
+ * it sees the gap first and cannot deliver past it; what the range covers
+ * but was not dropped may come twice. */
+void catchup_extend(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi);
 /* The next event of sub's pending gap, from the log: 1 and *out, 0 when
  * no gap is pending, -EAGAIN while the gap waits for the recorder, or
  * -errno. */

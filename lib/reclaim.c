@@ -492,6 +492,10 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			 * between leaves a revoked entry whose bit a survivor
 			 * clears. */
 			uint64_t seq = d & SEG_DESC_SEQ_MASK;
+			/* the gap first: a consumer whose seen-mark loses to us
+			 * must find it when it looks for its next event */
+			if (!(d & SEG_DESC_RELEASING))
+				catchup_extend(bus, idx, seq, seq + 1);
 			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
 			       !(unseen_only && !(d & DROPPABLE)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
 				;

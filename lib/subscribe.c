@@ -70,6 +70,9 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		uint32_t n;
+		uint64_t head_seq;
+		if (lost && queue_peek_seq(&q, &head_seq) && head_seq <= max_seq)
+			catchup_extend(bus, idx, head_seq, max_seq + 1);
 		while ((n = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
 			/* the run is noted before its holds go: a dropper that dies
 			 * in between has its run given back by reclaim, so an event

@@ -123,6 +123,16 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
 	at_store_release_u32(&intent->info, 0);
 }
 
+bool queue_peek_seq(const struct queue_view *q, uint64_t *seq)
+{
+	uint64_t head = at_load_acquire_u64(&q->ends->head);
+	const struct seg_cell *c = &q->cells[head & (q->cap - 1)];
+	if (at_load_acquire_u64((uint64_t *)&c->turn) != head + 1)
+		return false; /* empty, or being written */
+	*seq = at_load_relaxed_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK;
+	return true;
+}
+
 uint64_t queue_depth(const struct queue_view *q)
 {
 	uint64_t head = at_load_acquire_u64(&q->ends->head);
