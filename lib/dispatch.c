@@ -662,8 +662,8 @@ int dispatch_defer(shmbus_dispatcher_t *d, void (*fn)(void *), void *arg)
 
 static void run_deferred(shmbus_dispatcher_t *d)
 {
-	/* a deferred call may defer again (it runs outside handlers, so it
-	 * would run at once): take the list first */
+	/* no handler of ours is on the stack here, so a deferred call that
+	 * defers again runs at once instead of growing the list under us */
 	for (size_t i = 0; i < d->ndeferred; i++)
 		d->deferred[i].fn(d->deferred[i].arg);
 	d->ndeferred = 0;

@@ -395,12 +395,19 @@ static void wait_for_responder(shmbus_bus_t *bus)
 	cr_assert_eq(shmbus_list_subscriptions(bus, "responder", NULL, 0), 1, "responder never subscribed");
 }
 
+/* A responder process that answers for 3 s, subscribed when this returns. */
+static pid_t start_responder(shmbus_bus_t *bus)
+{
+	int life_ms = 3000; /* the child has its own copy once forked */
+	pid_t pid = tc_fork(responder_main, &life_ms);
+	wait_for_responder(bus);
+	return pid;
+}
+
 Test(dispatch, request_response_across_processes_with_timeout_and_late_reply)
 {
 	shmbus_bus_t *bus = tc_create(NULL);
-	int life_ms = 3000;
-	pid_t pid = tc_fork(responder_main, &life_ms);
-	wait_for_responder(bus);
+	pid_t pid = start_responder(bus);
 	shmbus_requester_t *r;
 	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0, "%s", shmbus_errmsg());
 
@@ -462,9 +469,7 @@ static void on_response(const shmbus_event_t *resp, int status, void *arg)
 Test(dispatch, async_request_through_the_dispatcher)
 {
 	shmbus_bus_t *bus = tc_create(NULL);
-	int life_ms = 3000;
-	pid_t pid = tc_fork(responder_main, &life_ms);
-	wait_for_responder(bus);
+	pid_t pid = start_responder(bus);
 	shmbus_requester_t *r;
 	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0);
 	shmbus_dispatcher_t *d = open_dispatcher(0);
@@ -925,9 +930,7 @@ static void on_response_thread(const shmbus_event_t *resp, int status, void *arg
 Test(dispatch, response_callbacks_run_on_the_dispatcher_thread_even_with_workers)
 {
 	shmbus_bus_t *bus = tc_create(NULL);
-	int life_ms = 3000;
-	pid_t pid = tc_fork(responder_main, &life_ms);
-	wait_for_responder(bus);
+	pid_t pid = start_responder(bus);
 	shmbus_requester_t *r;
 	cr_assert_eq(shmbus_requester_open(bus, NULL, &r), 0);
 	shmbus_dispatcher_t *d = open_dispatcher(2);
