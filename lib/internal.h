@@ -205,11 +205,20 @@ void bus_unlock_subs(shmbus_bus_t *bus);
 bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
 		 const struct seg_event *ev, const struct custom_pred *preds);
 void route_ctx_free(struct route_ctx *ctx);
-/* Queue descriptor seq for every subscription ev matches; sets their bits
- * in hold (the slot's holders to be) and in wake (bitmaps of
- * SEG_MASK_WORDS words). Returns how many subscriptions matched, those
- * whose queue was full included. */
-unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
+/* One event of a routing pass (route_events). */
+struct route_item {
+	const struct seg_event *ev; /* in: the written event */
+	uint64_t seq;		    /* in: its sequence */
+	uint64_t hold[SEG_HOLDER_WORDS]; /* out: the subscriptions it was queued for */
+	bool matched;		    /* out: some filter matched, queue full or not */
+};
+/* Route a publisher's written events: for every subscription, push the
+ * descriptors of the events it matches in one run per queue (in the
+ * events' order), set the bits of those queued in their hold[] (the
+ * slots' holders to be) and of the subscriptions that got any in wake
+ * (SEG_MASK_WORDS words). A descriptor that finds its queue full is
+ * dropped and counted. */
+void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake);
 /* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
 void route_wake(shmbus_bus_t *bus, uint32_t sub_index);

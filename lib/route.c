@@ -189,13 +189,20 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 	return eval_node(&e, f->root, 0);
 }
 
-unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
+static unsigned event_class(const struct seg_event *ev)
 {
-	unsigned matched = 0;
+	return ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
+}
+
+/* Which subscriptions ev matches: their bits in hold[]. */
+static void match_event(shmbus_pub_t *pub, struct route_item *it)
+{
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
-	unsigned cls = ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
+	const struct seg_event *ev = it->ev;
 	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		it->hold[w] = 0;
 	for (unsigned w = 0; w < words; w++) {
 		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
 		while (cand) {
@@ -208,20 +215,69 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
 			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
 				continue;
-			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
-				continue;
-			matched++;
-			struct queue_view q = bus_queue(bus, idx, cls);
-			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
-				hold[w] |= 1ull << bit;
-				wake[w] |= 1ull << bit;
-			} else {
-				at_count_u64(&s->dropped_full, 1);
-				catchup_note_drop(bus, idx, seq, seq + 1, 1);
-			}
+			if (route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
+				it->hold[w] |= 1ull << bit;
 		}
 	}
-	return matched;
+	it->matched = (it->hold[0] | it->hold[1] | it->hold[2] | it->hold[3]) != 0;
+}
+
+/* Push the descriptors of the items subscription idx holds in class cls,
+ * in order, QUEUE_PUSH_MAX at a time; what does not fit is dropped from
+ * hold[] and counted. Returns whether any was pushed. */
+static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, uint32_t idx, unsigned cls)
+{
+	shmbus_bus_t *bus = pub->bus;
+	struct queue_view q = bus_queue(bus, idx, cls);
+	unsigned w = idx / 64;
+	uint64_t bit = 1ull << (idx % 64);
+	uint64_t descs[QUEUE_PUSH_MAX];
+	uint32_t which[QUEUE_PUSH_MAX];
+	bool any = false;
+	size_t i = 0;
+	while (i < n) {
+		uint32_t k = 0;
+		for (; i < n && k < QUEUE_PUSH_MAX; i++) {
+			if ((items[i].hold[w] & bit) && event_class(items[i].ev) == cls) {
+				descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
+				which[k++] = (uint32_t)i;
+			}
+		}
+		uint32_t pushed = k ? queue_push_many(&q, bus->member, descs, k) : 0;
+		any |= pushed > 0;
+		for (uint32_t j = pushed; j < k; j++) {
+			struct route_item *it = &items[which[j]];
+			it->hold[w] &= ~bit;
+			at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+			catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
+		}
+	}
+	return any;
+}
+
+void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
+{
+	uint64_t subs[SEG_HOLDER_WORDS] = {0};
+	bool urgent = false, normal = false;
+	for (size_t i = 0; i < n; i++) {
+		match_event(pub, &items[i]);
+		for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+			subs[w] |= items[i].hold[w];
+		if (items[i].matched)
+			*(event_class(items[i].ev) == SEG_QUEUE_URGENT ? &urgent : &normal) = true;
+	}
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++) {
+		for (uint64_t m = subs[w]; m; m &= m - 1) {
+			uint32_t idx = w * 64 + (unsigned)__builtin_ctzll(m);
+			bool pushed = false;
+			if (urgent)
+				pushed |= push_class(pub, items, n, idx, SEG_QUEUE_URGENT);
+			if (normal)
+				pushed |= push_class(pub, items, n, idx, SEG_QUEUE_NORMAL);
+			if (pushed)
+				wake[w] |= 1ull << (idx % 64);
+		}
+	}
 }
 
 void route_wake(shmbus_bus_t *bus, uint32_t idx)

@@ -71,6 +71,43 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 	return -EBADMSG;
 }
 
+uint32_t queue_push_many(struct queue_view *q, uint32_t owner, const uint64_t *descs, uint32_t n)
+{
+	uint64_t marked[QUEUE_PUSH_MAX];
+	uint32_t done = 0;
+	if (n > QUEUE_PUSH_MAX)
+		n = QUEUE_PUSH_MAX;
+	uint64_t pos = at_load_acquire_u64(&q->ends->tail);
+	for (uint64_t tries = 0; done < n && tries < 4 * q->cap; tries++) {
+		struct seg_cell *c = cell_at(q, pos);
+		uint64_t turn = at_load_acquire_u64(&c->turn);
+		uint64_t p = pos & SEG_TURN_POS_MASK;
+		if (turn == p) {
+			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p))) {
+				pos = at_load_acquire_u64(&q->ends->tail);
+				continue;
+			}
+			at_store_relaxed_u64(&c->desc, descs[done]);
+			marked[done++] = p;
+			/* tail is a hint (see queue_push); the next cell is most
+			 * likely ours too, so try it before reading tail again */
+			if (at_load_relaxed_u64(&q->ends->tail) == pos)
+				at_store_relaxed_u64(&q->ends->tail, pos + 1);
+			pos++;
+			continue;
+		}
+		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
+		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
+			break; /* full: the previous lap is not released yet */
+		help_forward(&q->ends->tail, pos);
+		pos = at_load_acquire_u64(&q->ends->tail);
+	}
+	/* In queue order: a consumer stops at the first cell not FULL. */
+	for (uint32_t i = 0; i < done; i++)
+		at_store_release_u64(&cell_at(q, marked[i])->turn, marked[i] + 1);
+	return done;
+}
+
 static void intent_set(struct seg_take_intent *in, const struct queue_view *q, uint64_t pos, uint32_t n,
 		       uint32_t state)
 {

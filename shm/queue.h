@@ -38,6 +38,18 @@ void queue_init(struct queue_view *q);
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
 
 /*
+ * queue_push_many - append descs[0..n) in order as member `owner`, n at
+ * most QUEUE_PUSH_MAX. The cells are marked one by one, as queue_push
+ * does, but none is made FULL before all are written: a consumer then
+ * takes the run in one go instead of chasing the producer cell by cell
+ * (every shared line would otherwise cross between the cores once per
+ * descriptor, not once per four). Returns how many were appended: all,
+ * or the prefix that fitted before the queue was full (or corrupt).
+ */
+#define QUEUE_PUSH_MAX 64
+uint32_t queue_push_many(struct queue_view *q, uint32_t owner, const uint64_t *descs, uint32_t n);
+
+/*
  * queue_take - take up to max ready descriptors (in queue order) into
  * descs[], recording the run in *intent first. With max_seq below
  * UINT64_MAX, the run stops at the first descriptor whose sequence bits
