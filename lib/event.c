@@ -98,6 +98,7 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 		return shmbus__fail(EINVAL, "message is NULL");
 	lay->lib_flags = 0;
 	lay->source_hash = 0;
+	lay->like_prev = false;
 	if (msg->type < SHMBUS_COMMAND || msg->type > SHMBUS_ERROR)
 		return shmbus__fail(EINVAL, "unknown event type %d", (int)msg->type);
 	if ((unsigned)msg->priority > SHMBUS_PRIORITY_CRITICAL)
@@ -169,6 +170,31 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 	lay->strings_len = (uint32_t)strings;
 	lay->payload_off = (uint32_t)align8(SEG_EVENT_FIXED + strings);
 	lay->size = lay->payload_off + (uint32_t)payload_len;
+	return 0;
+}
+
+bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b)
+{
+	return a->type == b->type && a->name == b->name && a->source == b->source && a->target == b->target &&
+	       a->priority == b->priority && a->correlation_id == b->correlation_id &&
+	       a->causation_id == b->causation_id && a->ttl_ns == b->ttl_ns && a->max_retries == b->max_retries &&
+	       a->retry_count == b->retry_count && a->status == b->status && a->schema_version == b->schema_version &&
+	       a->content_type == b->content_type && a->flags == b->flags && a->conversation_id == b->conversation_id &&
+	       a->user_id == b->user_id && a->intent == b->intent && a->decision_id == b->decision_id &&
+	       a->has_confidence == b->has_confidence &&
+	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0) &&
+	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
+}
+
+int event_layout_like(const struct event_layout *prev, size_t payload_len, uint32_t max_payload,
+		      struct event_layout *lay)
+{
+	if (payload_len > max_payload)
+		return shmbus__fail(EMSGSIZE, "payload of %zu bytes exceeds the bus's max payload of %u", payload_len,
+				    max_payload);
+	*lay = *prev;
+	lay->size = lay->payload_off + (uint32_t)payload_len;
+	lay->like_prev = true;
 	return 0;
 }
 
@@ -252,6 +278,21 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 		p = put_str(p, msg->metadata[i].key, strlen(msg->metadata[i].key));
 		p = put_str(p, msg->metadata[i].value, strlen(msg->metadata[i].value));
 	}
+}
+
+void event_write_like(struct seg_event *ev, const struct seg_event *prev, const struct event_layout *lay,
+		      size_t payload_len, uint64_t seq, const shmbus_uuid_t *id, bool own_correlation)
+{
+	/* the fixed part, the strings and the zeroed padding word: all that
+	 * precedes the payload is the previous event's but for these fields */
+	memcpy(ev, prev, lay->payload_off);
+	ev->size = lay->size;
+	ev->seq = seq;
+	memcpy(ev->id, id, 16);
+	if (own_correlation)
+		memcpy(ev->correlation_id, id, 16);
+	ev->payload_len = (uint32_t)payload_len;
+	ev->committed = 0;
 }
 
 /* --------------------------------------------------------------- accessors */

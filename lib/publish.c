@@ -230,11 +230,18 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			rc = shmbus__fail(EINVAL, "message %zu has a payload length but no payload", i);
 			goto out;
 		}
-		if ((rc = event_layout(&msgs[i], pub->source, pub->source_len, msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
-			goto out;
-		lay[i].lib_flags = lib_flags;
-		if (!msgs[i].source)
-			lay[i].source_hash = pub->source_hash;
+		/* A batch of one kind of message is laid out once. */
+		if (i > 0 && event_same_shape(&msgs[i - 1], &msgs[i])) {
+			if ((rc = event_layout_like(&lay[i - 1], msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
+				goto out;
+		} else {
+			if ((rc = event_layout(&msgs[i], pub->source, pub->source_len, msgs[i].payload_len,
+					       bus->hdr->max_payload, &lay[i])) < 0)
+				goto out;
+			lay[i].lib_flags = lib_flags;
+			if (!msgs[i].source)
+				lay[i].source_hash = pub->source_hash;
+		}
 		total += slots_for(bus, lay[i].size);
 		if (i == 0)
 			first_slots = total;
@@ -271,7 +278,10 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		uint32_t slots = slots_for(bus, lay[i].size);
 		if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
 			slots_free_body(bus, seq, slots);
-		event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
+		if (lay[i].like_prev)
+			event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id, !msgs[i].correlation_id);
+		else
+			event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
 		if (msgs[i].payload_len)
 			memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
 		bytes += msgs[i].payload_len;

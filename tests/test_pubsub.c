@@ -259,6 +259,114 @@ Test(pubsub, batch_publish_delivers_all_in_order)
 	shmbus_close(bus);
 }
 
+/* Everything a subscriber can read of two events but their ids, sequences
+ * and times. */
+static void expect_same_but_identity(const shmbus_event_t *a, const shmbus_event_t *b, unsigned i)
+{
+	cr_expect_eq(shmbus_event_size(a), shmbus_event_size(b), "event %u: size", i);
+	cr_expect_eq(shmbus_event_type(a), shmbus_event_type(b), "event %u: type", i);
+	cr_expect_str_eq(shmbus_event_name(a), shmbus_event_name(b), "event %u: name", i);
+	cr_expect_str_eq(shmbus_event_source(a), shmbus_event_source(b), "event %u: source", i);
+	cr_expect_str_eq(shmbus_event_target(a), shmbus_event_target(b), "event %u: target", i);
+	cr_expect_str_eq(shmbus_event_conversation_id(a), shmbus_event_conversation_id(b), "event %u", i);
+	cr_expect_str_eq(shmbus_event_user_id(a), shmbus_event_user_id(b), "event %u: user", i);
+	cr_expect_str_eq(shmbus_event_intent(a), shmbus_event_intent(b), "event %u: intent", i);
+	cr_expect_str_eq(shmbus_event_decision_id(a), shmbus_event_decision_id(b), "event %u: decision", i);
+	cr_expect_eq(shmbus_event_priority(a), shmbus_event_priority(b), "event %u: priority", i);
+	cr_expect_eq(shmbus_event_status(a), shmbus_event_status(b), "event %u: status", i);
+	cr_expect_eq(shmbus_event_max_retries(a), shmbus_event_max_retries(b), "event %u: max_retries", i);
+	cr_expect_eq(shmbus_event_schema_version(a), shmbus_event_schema_version(b), "event %u: schema", i);
+	cr_expect_eq(shmbus_event_content_type(a), shmbus_event_content_type(b), "event %u: content", i);
+	cr_expect_eq(shmbus_event_flags(a), shmbus_event_flags(b), "event %u: flags", i);
+	cr_expect_eq(shmbus_event_expires_ns(a) - shmbus_event_created_ns(a),
+		     shmbus_event_expires_ns(b) - shmbus_event_created_ns(b), "event %u: ttl", i);
+	float ca = -1, cb = -1;
+	cr_expect_eq(shmbus_event_confidence(a, &ca), shmbus_event_confidence(b, &cb), "event %u: confidence", i);
+	cr_expect_eq(ca, cb, "event %u: confidence", i);
+	cr_expect_eq(shmbus_event_metadata_count(a), shmbus_event_metadata_count(b), "event %u: metadata", i);
+	for (size_t k = 0; k < shmbus_event_metadata_count(a); k++) {
+		const char *ka, *va, *kb, *vb;
+		cr_assert_eq(shmbus_event_metadata(a, k, &ka, &va), 0);
+		cr_assert_eq(shmbus_event_metadata(b, k, &kb, &vb), 0);
+		cr_expect_str_eq(ka, kb, "event %u: metadata key %zu", i, k);
+		cr_expect_str_eq(va, vb, "event %u: metadata value %zu", i, k);
+	}
+	size_t la, lb;
+	const void *pa = shmbus_event_payload(a, &la), *pb = shmbus_event_payload(b, &lb);
+	cr_expect_eq(la, lb, "event %u: payload length", i);
+	cr_expect(la == lb && memcmp(pa, pb, la) == 0, "event %u: payload bytes", i);
+	cr_expect_eq(shmbus_event_check(a, shmbus_event_size(a)), 0, "event %u does not check", i);
+}
+
+/* A batch of one kind of message is laid out once and each event copied
+ * from the one before: every event must still be exactly what publishing
+ * its message alone gives, with its own id (its own correlation id unless
+ * the message names one), whatever the payload sizes and however shapes
+ * alternate. */
+Test(pubsub, batch_of_one_shape_encodes_like_single_publishes)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "shaper", 0);
+
+	static const char big[600] = {[0] = 'x', [599] = 'y'};
+	shmbus_meta_t meta[2] = {{.key = "k1", .value = "v1"}, {.key = "tenant", .value = "blue"}};
+	shmbus_uuid_t corr;
+	shmbus_uuid_parse("0190b6a0-0000-7000-8000-000000000042", &corr);
+	shmbus_msg_t full = {.type = SHMBUS_COMMAND, .name = "ship", .target = "courier",
+			     .priority = SHMBUS_PRIORITY_HIGH, .ttl_ns = 5 * TC_SEC_NS, .max_retries = 3,
+			     .schema_version = 2, .content_type = SHMBUS_CONTENT_TEXT, .conversation_id = "conv-1",
+			     .user_id = "u7", .intent = "deliver", .decision_id = "d9", .has_confidence = true,
+			     .confidence = 0.75f, .metadata = meta, .metadata_count = 2};
+	enum { N = 9 };
+	static const size_t lens[N] = {0, 5, 40, 600, 1, 17, 17, 3, 0};
+	shmbus_msg_t msgs[N];
+	for (unsigned i = 0; i < N; i++) {
+		msgs[i] = full;
+		msgs[i].payload = big;
+		msgs[i].payload_len = lens[i];
+	}
+	msgs[4].name = "other";	      /* a new shape ... */
+	msgs[5].name = "other";	      /* ... copied once ... */
+	msgs[6].name = "other";
+	msgs[6].correlation_id = &corr; /* ... then another, with a correlation id */
+	msgs[7].name = "other";
+	msgs[7].correlation_id = &corr;
+	msgs[8].has_confidence = false; /* and one that differs in a flag only */
+
+	shmbus_uuid_t ids[N];
+	int rc = shmbus_publish_batch(pub, msgs, N, ids);
+	cr_assert_eq(rc, N, "publish_batch = %d (%s)", rc, shmbus_errmsg());
+	for (unsigned i = 0; i < N; i++)
+		cr_assert_eq(shmbus_publish(pub, &msgs[i], NULL), 0, "single %u: %s", i, shmbus_errmsg());
+	const shmbus_event_t *batch[N], *single[N];
+	for (unsigned i = 0; i < N; i++)
+		batch[i] = poll_one(sub);
+	for (unsigned i = 0; i < N; i++)
+		single[i] = poll_one(sub);
+	for (unsigned i = 0; i < N; i++) {
+		expect_same_but_identity(batch[i], single[i], i);
+		cr_expect(uuid_eq(shmbus_event_id(batch[i]), &ids[i]), "event %u: not the id returned", i);
+		for (unsigned j = 0; j < i; j++)
+			cr_expect(!uuid_eq(shmbus_event_id(batch[i]), shmbus_event_id(batch[j])), "ids %u and %u", i, j);
+		const shmbus_uuid_t *want = msgs[i].correlation_id ? &corr : &ids[i];
+		cr_expect(uuid_eq(shmbus_event_correlation_id(batch[i]), want), "event %u: correlation id", i);
+	}
+	for (unsigned i = 0; i < N; i++) {
+		cr_assert_eq(shmbus_release(sub, batch[i]), 0);
+		cr_assert_eq(shmbus_release(sub, single[i]), 0);
+	}
+	/* a payload past the limit is refused in a copied shape too */
+	msgs[1].payload_len = cfg.max_payload + 1;
+	cr_expect_eq(shmbus_publish_batch(pub, msgs, 2, NULL), -EMSGSIZE);
+	expect_empty(sub, "after the refused batch");
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /* ------------------------------------------------------------- the types */
 
 Test(pubsub, convenience_calls_for_the_five_types)
