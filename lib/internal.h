@@ -209,6 +209,7 @@ void route_ctx_free(struct route_ctx *ctx);
 struct route_item {
 	const struct seg_event *ev; /* in: the written event */
 	uint64_t seq;		    /* in: its sequence */
+	bool like_prev;		    /* in: the previous item's type, priority and strings */
 	uint64_t hold[SEG_HOLDER_WORDS]; /* out: the subscriptions it was queued for */
 	bool matched;		    /* out: some filter matched, queue full or not */
 };

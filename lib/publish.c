@@ -287,6 +287,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		bytes += msgs[i].payload_len;
 		rt[i].ev = ev;
 		rt[i].seq = seq;
+		rt[i].like_prev = lay[i].like_prev;
 		seq += slots;
 	}
 	route_written(pub, rt, n, wake);

@@ -260,7 +260,13 @@ void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_
 	uint64_t subs[SEG_HOLDER_WORDS] = {0};
 	bool urgent = false, normal = false;
 	for (size_t i = 0; i < n; i++) {
-		match_event(pub, &items[i]);
+		if (i > 0 && items[i].like_prev) {
+			/* what a filter reads is the previous event's */
+			memcpy(items[i].hold, items[i - 1].hold, sizeof items[i].hold);
+			items[i].matched = items[i - 1].matched;
+		} else {
+			match_event(pub, &items[i]);
+		}
 		for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
 			subs[w] |= items[i].hold[w];
 		if (items[i].matched)
