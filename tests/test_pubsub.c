@@ -367,6 +367,93 @@ Test(pubsub, batch_of_one_shape_encodes_like_single_publishes)
 	shmbus_close(bus);
 }
 
+/* Collect what sub has now: payload values in delivery order. */
+static unsigned collect_u32(shmbus_sub_t *sub, uint32_t *out, unsigned max)
+{
+	unsigned n = 0;
+	const shmbus_event_t *ev;
+	while (n < max && shmbus_poll(sub, &ev) == 1) {
+		out[n++] = tc_payload_u32(ev);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	return n;
+}
+
+/* A batch routes each event by its own fields, whether it is matched
+ * afresh or shares the previous event's shape (and its match): runs of
+ * one name, alternating names and priorities, two queue classes. */
+Test(pubsub, batch_routes_each_event_by_its_own_filter)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	const char *a_name[] = {"alpha"}, *b_name[] = {"beta"};
+	shmbus_filter_t *fa, *fb, *fhigh;
+	cr_assert_eq(shmbus_filter_names(a_name, 1, &fa), 0);
+	cr_assert_eq(shmbus_filter_names(b_name, 1, &fb), 0);
+	cr_assert_eq(shmbus_filter_min_priority(SHMBUS_PRIORITY_HIGH, &fhigh), 0);
+	shmbus_sub_t *sa = tc_sub(bus, fa), *sb = tc_sub(bus, fb), *shigh = tc_sub(bus, fhigh);
+	shmbus_sub_t *all = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+
+	/* runs: aaa b aa bbb a(high) a(high) b(high) a */
+	static const char pattern[] = "aaabaabbbAABa";
+	enum { N = sizeof pattern - 1 };
+	shmbus_msg_t msgs[N];
+	uint32_t vals[N];
+	uint32_t want_a[N], want_b[N], want_high[N];
+	unsigned na = 0, nb = 0, nh = 0;
+	for (uint32_t i = 0; i < N; i++) {
+		char c = pattern[i];
+		bool high = c == 'A' || c == 'B';
+		bool is_a = c == 'a' || c == 'A';
+		vals[i] = i;
+		msgs[i] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = is_a ? "alpha" : "beta",
+					 .priority = high ? SHMBUS_PRIORITY_HIGH : SHMBUS_PRIORITY_NORMAL,
+					 .payload = &vals[i], .payload_len = sizeof vals[i]};
+		if (is_a)
+			want_a[na++] = i;
+		else
+			want_b[nb++] = i;
+		if (high)
+			want_high[nh++] = i;
+	}
+	cr_assert_eq(shmbus_publish_batch(pub, msgs, N, NULL), N, "%s", shmbus_errmsg());
+
+	uint32_t got[N + 1];
+	/* urgent events come first within each subscription; compare as
+	 * sets plus per-class order */
+	struct {
+		shmbus_sub_t *sub;
+		const uint32_t *want;
+		unsigned n;
+		const char *what;
+	} cases[] = {{sa, want_a, na, "alpha"}, {sb, want_b, nb, "beta"}, {shigh, want_high, nh, "high"}};
+	for (unsigned c = 0; c < 3; c++) {
+		unsigned n = collect_u32(cases[c].sub, got, N + 1);
+		cr_expect_eq(n, cases[c].n, "%s: %u events, expected %u", cases[c].what, n, cases[c].n);
+		bool seen[N] = {false};
+		for (unsigned i = 0; i < n && i < N; i++) {
+			cr_assert_lt(got[i], N);
+			seen[got[i]] = true;
+		}
+		for (unsigned i = 0; i < cases[c].n; i++)
+			cr_expect(seen[cases[c].want[i]], "%s: event %u missing", cases[c].what, cases[c].want[i]);
+		for (unsigned i = 1; i < n; i++) {
+			bool hi = pattern[got[i]] < 'a', hi_prev = pattern[got[i - 1]] < 'a';
+			if (hi == hi_prev)
+				cr_expect_gt(got[i], got[i - 1], "%s: %u after %u", cases[c].what, got[i], got[i - 1]);
+		}
+	}
+	cr_expect_eq(collect_u32(all, got, N + 1), N, "the unfiltered subscription");
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sa);
+	shmbus_sub_close(sb);
+	shmbus_sub_close(shigh);
+	shmbus_sub_close(all);
+	shmbus_close(bus);
+}
+
 /* ------------------------------------------------------------- the types */
 
 Test(pubsub, convenience_calls_for_the_five_types)
