@@ -212,10 +212,11 @@ struct route_item {
 	bool like_prev;		    /* in: the previous item's type, priority and strings */
 	uint64_t hold[SEG_HOLDER_WORDS]; /* out: the subscriptions it was queued for */
 	bool matched;		    /* out: some filter matched, queue full or not */
+	uint8_t cls;		    /* out: its queue class (SEG_QUEUE_*) */
 };
-/* Route a publisher's written events: for every subscription, push the
- * descriptors of the events it matches in one run per queue (in the
- * events' order), set the bits of those queued in their hold[] (the
+/* Route a publisher's written events (at most QUEUE_PUSH_MAX): for every
+ * subscription, push the descriptors of the events it matches in one run
+ * per queue (in the events' order), set the bits of those queued in their hold[] (the
  * slots' holders to be) and of the subscriptions that got any in wake
  * (SEG_MASK_WORDS words). A descriptor that finds its queue full is
  * dropped and counted. */

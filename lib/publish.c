@@ -263,38 +263,45 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	bool freed = false;
-	/* Three passes over the batch, not one per event: a consumer that
-	 * keeps up would otherwise take each descriptor the moment it is
-	 * pushed and read the event's lines while they are still being
-	 * committed, and every line would cross between the cores several
-	 * times. Writing all events first, then pushing all descriptors,
-	 * then committing, moves each line about once (twice the batch
-	 * throughput here). Descriptors still precede the commit, as the
-	 * crash protocol needs. */
-	for (size_t i = 0; i < n; i++) {
-		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-		shmbus_uuid_t id;
-		uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
-		uint32_t slots = slots_for(bus, lay[i].size);
-		if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
-			slots_free_body(bus, seq, slots);
-		if (lay[i].like_prev)
-			event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id, !msgs[i].correlation_id);
-		else
-			event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
-		if (msgs[i].payload_len)
-			memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
-		bytes += msgs[i].payload_len;
-		rt[i].ev = ev;
-		rt[i].seq = seq;
-		rt[i].like_prev = lay[i].like_prev;
-		seq += slots;
-	}
-	route_written(pub, rt, n, wake);
-	for (size_t i = 0; i < n; i++) {
-		freed |= commit_routed(pub, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
-		if (ids)
-			memcpy(&ids[i], rt[i].ev->id, sizeof ids[i]);
+	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
+	 * not one event at a time: a consumer that keeps up would otherwise
+	 * take each descriptor the moment it is pushed and read the event's
+	 * lines while they are still being committed, and every line would
+	 * cross between the cores several times. Writing the window's events,
+	 * then pushing their descriptors (one run per queue), then committing
+	 * them moves each line about once. Descriptors still precede the
+	 * commit, as the crash protocol needs; the window bounds how long a
+	 * consumer that took the first descriptor waits for its commit. */
+	for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
+		size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
+		for (size_t i = from; i < to; i++) {
+			struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
+			shmbus_uuid_t id;
+			uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
+			uint32_t slots = slots_for(bus, lay[i].size);
+			if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
+				slots_free_body(bus, seq, slots);
+			/* a copy only of an event of this window: those of earlier
+			 * windows are committed, and may be released and reused */
+			if (lay[i].like_prev && i > from)
+				event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id,
+						 !msgs[i].correlation_id);
+			else
+				event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
+			if (msgs[i].payload_len)
+				memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
+			bytes += msgs[i].payload_len;
+			rt[i] = (struct route_item){.ev = ev, .seq = seq, .like_prev = i > from && lay[i].like_prev};
+			seq += slots;
+		}
+		route_written(pub, rt + from, to - from, wake);
+		for (size_t i = from; i < to; i++) {
+			freed |= commit_routed(pub, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
+			/* from the sequence, not the slot: once committed, the event
+			 * may be released and its slot reused at any moment */
+			if (ids)
+				uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, bus->hdr->incarnation);
+		}
 	}
 	routing_end(pub, wake, freed);
 	count_published(pub, n, bytes);

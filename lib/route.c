@@ -220,6 +220,7 @@ static void match_event(shmbus_pub_t *pub, struct route_item *it)
 		}
 	}
 	it->matched = (it->hold[0] | it->hold[1] | it->hold[2] | it->hold[3]) != 0;
+	it->cls = (uint8_t)event_class(ev);
 }
 
 /* Push the descriptors of the items subscription idx holds in class cls,
@@ -238,7 +239,7 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	while (i < n) {
 		uint32_t k = 0;
 		for (; i < n && k < QUEUE_PUSH_MAX; i++) {
-			if ((items[i].hold[w] & bit) && event_class(items[i].ev) == cls) {
+			if ((items[i].hold[w] & bit) && items[i].cls == cls) {
 				descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
 				which[k++] = (uint32_t)i;
 			}
@@ -264,13 +265,14 @@ void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_
 			/* what a filter reads is the previous event's */
 			memcpy(items[i].hold, items[i - 1].hold, sizeof items[i].hold);
 			items[i].matched = items[i - 1].matched;
+			items[i].cls = items[i - 1].cls;
 		} else {
 			match_event(pub, &items[i]);
 		}
 		for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
 			subs[w] |= items[i].hold[w];
 		if (items[i].matched)
-			*(event_class(items[i].ev) == SEG_QUEUE_URGENT ? &urgent : &normal) = true;
+			*(items[i].cls == SEG_QUEUE_URGENT ? &urgent : &normal) = true;
 	}
 	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++) {
 		for (uint64_t m = subs[w]; m; m &= m - 1) {
