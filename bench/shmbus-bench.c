@@ -20,7 +20,13 @@
  * Throughput: one publisher process, one subscriber process that reads every
  * payload byte (it sums them; the parent checks the sum) and releases each
  * event; after one untimed lap of the ring (page faults, cold caches), timed
- * in the subscriber from its first timed event to its last.
+ * in the subscriber from its first timed event to its last. Each shmbus
+ * throughput run is followed by its floor:
+ *
+ *   floor-ring   a bare single-producer, single-consumer ring of the same
+ *                slot count and size, moving records as long as the shmbus
+ *                events of that run, published and consumed in the same
+ *                batches: the data movement without the protocol.
  *
  * Idle: subscribers that wait (adaptive, block) while nothing is published;
  * their own CPU time over the wall time, from getrusage in the waiting child.
@@ -387,7 +393,7 @@ enum {
 
 /* One line of output: per-run statistics and, at the end, their medians. */
 struct result {
-	const char *system; /* "shmbus", "floor-spin", "floor-futex" */
+	const char *system; /* "shmbus", "floor-spin", "floor-futex", "floor-ring" */
 	const char *bench;  /* "pingpong", "throughput", "idle" */
 	shmbus_wait_t wait;
 	size_t payload;
@@ -396,6 +402,7 @@ struct result {
 	double per_run[MAX_RUNS][NSTAT];
 	int nruns;
 	double median[NSTAT];
+	uint32_t event_bytes; /* throughput: bytes of one shmbus event (floor-ring copies it) */
 };
 
 static struct result g_results[MAX_RESULTS];
@@ -466,6 +473,7 @@ struct child_out {
 	uint64_t last_ns;    /* ... and at the last */
 	double cpu_percent;  /* idle: CPU time / wall time while waiting */
 	uint64_t sleeps;     /* ping-pong: voluntary context switches in the loop */
+	uint32_t event_bytes; /* throughput: shmbus_event_size of the events */
 };
 
 struct ctl {
@@ -1203,6 +1211,8 @@ static int tp_sub_child(struct ctl *ctl, int idx, const void *varg)
 		const uint8_t *data = shmbus_event_payload(ev, &n);
 		if (i >= 0)
 			sum += byte_sum(data, n);
+		if (i == 0)
+			out->event_bytes = (uint32_t)shmbus_event_size(ev);
 		if ((r = shmbus_release(p.sub, ev)) < 0) {
 			child_fail(ctl, "subscriber: shmbus_release", r);
 			break;
@@ -1334,6 +1344,7 @@ static int run_throughput(struct result *res, long count)
 		double *v = res->per_run[res->nruns++];
 		v[ST_EPS] = eps;
 		v[ST_MBPS] = eps * (double)res->payload / 1e6;
+		res->event_bytes = out->event_bytes;
 	}
 	session_unmap(&s);
 	free(buf);
@@ -1480,7 +1491,151 @@ static int run_idle(struct result **res, int n)
 /* --------------------------------------------------------------- cases */
 
 /* What to measure: a case fills one result (two for idle) per run. */
-enum case_kind { CASE_FLOOR_SPIN, CASE_FLOOR_FUTEX, CASE_PINGPONG, CASE_THROUGHPUT, CASE_IDLE };
+/* ------------------------------------------------------- floor: ring */
+
+/*
+ * The throughput floor: the bytes shmbus moves per event, through a ring of
+ * the same geometry, with no protocol at all. A single-producer,
+ * single-consumer ring of the same slot count and slot size as the shmbus
+ * run, in a MAP_SHARED mapping. The writer copies a record as long as the
+ * shmbus event of the same run (a length word, the payload, filler: the
+ * header, strings and padding of an event) and publishes its tail every
+ * `batch` records; the reader sums the payload bytes as the shmbus
+ * subscriber does and publishes its head after each run it read. What is
+ * left between the two figures is shmbus's protocol: claiming, routing,
+ * descriptors, commit marks, holder bits and their release.
+ */
+struct ring_ends {
+	_Alignas(64) _Atomic uint64_t tail;
+	_Alignas(64) _Atomic uint64_t head;
+};
+
+struct ring_arg {
+	long warm, count;
+	uint32_t slots, slot_size, record;
+	size_t payload;
+	struct ring_ends *ends;
+	uint8_t *ring;
+};
+
+static uint8_t *ring_slot(const struct ring_arg *a, uint64_t i)
+{
+	return a->ring + (size_t)(i & (a->slots - 1)) * a->slot_size;
+}
+
+static int ring_reader_child(struct ctl *ctl, int idx, const void *varg)
+{
+	const struct ring_arg *a = varg;
+	struct child_out *out = &ctl->out[idx];
+	uint64_t head = 0, sum = 0, total = (uint64_t)(a->warm + a->count);
+	signal_ready(ctl);
+	while (head < total) {
+		uint64_t tail = atomic_load_explicit(&a->ends->tail, memory_order_acquire);
+		if (tail == head) {
+			cpu_relax(); /* PDEATHSIG ends us if the writer dies */
+			continue;
+		}
+		for (; head < tail; head++) {
+			const uint8_t *slot = ring_slot(a, head);
+			uint64_t len;
+			memcpy(&len, slot, sizeof len);
+			if (head == (uint64_t)a->warm)
+				out->first_ns = now_ns();
+			if (head >= (uint64_t)a->warm)
+				sum += byte_sum(slot + 16, len);
+		}
+		atomic_store_explicit(&a->ends->head, head, memory_order_release);
+	}
+	out->last_ns = now_ns();
+	out->count = (uint64_t)a->count;
+	out->sum = sum;
+	return 0;
+}
+
+/* Write records [from, to) in runs of batch, waiting for room. */
+static int ring_write(struct session *s, const struct ring_arg *a, uint64_t from, uint64_t to, unsigned batch,
+		      const uint8_t *buf)
+{
+	uint64_t head = atomic_load_explicit(&a->ends->head, memory_order_acquire);
+	unsigned spins = 0;
+	for (uint64_t i = from; i < to;) {
+		uint64_t n = to - i < batch ? to - i : batch;
+		while (i + n - head > a->slots) {
+			cpu_relax();
+			head = atomic_load_explicit(&a->ends->head, memory_order_acquire);
+			if (++spins == 1u << 22) {
+				spins = 0;
+				if (!session_kids_alive(s))
+					return -1;
+			}
+		}
+		for (uint64_t k = i; k < i + n; k++) {
+			uint8_t *slot = ring_slot(a, k);
+			uint64_t len = a->payload;
+			memcpy(slot, &len, sizeof len);
+			memcpy(slot + 16, buf, a->payload);
+			memset(slot + 16 + a->payload, 0, a->record - 16 - a->payload);
+		}
+		i += n;
+		atomic_store_explicit(&a->ends->tail, i, memory_order_release);
+	}
+	return 0;
+}
+
+/* One run of the ring floor next to the shmbus run `like` (its event size). */
+static int run_floor_ring(struct result *res, const struct result *like, long count)
+{
+	uint32_t slot_size = slot_size_for(res->payload);
+	struct ring_arg a = {.warm = 0, .count = count, .slot_size = slot_size, .payload = res->payload};
+	a.slots = slots_for_tp(slot_size);
+	a.warm = a.slots;
+	/* as long as the shmbus event; before any shmbus run, its fixed part */
+	uint64_t record = like && like->event_bytes ? like->event_bytes : 16 + res->payload + 160;
+	a.record = (uint32_t)(record < 16 + res->payload ? 16 + res->payload : record > slot_size ? slot_size : record);
+	size_t ring_bytes = (size_t)a.slots * slot_size;
+	void *mem = mmap(NULL, sizeof *a.ends + ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE,
+			 -1, 0);
+	uint8_t *buf = malloc(res->payload ? res->payload : 1);
+	struct session s;
+	if (mem == MAP_FAILED || !buf || session_begin(&s, NULL) < 0) {
+		if (mem != MAP_FAILED)
+			munmap(mem, sizeof *a.ends + ring_bytes);
+		free(buf);
+		return -1;
+	}
+	a.ends = mem;
+	a.ring = (uint8_t *)mem + sizeof *a.ends;
+	fill_payload(buf, res->payload);
+	uint64_t warm = (uint64_t)a.warm, total = warm + (uint64_t)count;
+	bool ok = session_spawn(&s, ring_reader_child, &a, g_opt.cpu_b) == 0 && session_await_ready(&s, 1) == 0 &&
+		  ring_write(&s, &a, 0, warm, res->batch, buf) == 0;
+	/* the timed stream starts on an empty ring, as shmbus's does */
+	while (ok && atomic_load_explicit(&a.ends->head, memory_order_acquire) < warm)
+		if (!session_kids_alive(&s))
+			ok = false;
+	ok = ok && ring_write(&s, &a, warm, total, res->batch, buf) == 0;
+	ok = session_end(&s, ok) == 0;
+	const struct child_out *out = &s.ctl->out[0];
+	if (ok && out->sum != (uint64_t)count * byte_sum(buf, res->payload)) {
+		warnx("floor-ring: reader summed %" PRIu64 ", expected %" PRIu64, out->sum,
+		      (uint64_t)count * byte_sum(buf, res->payload));
+		ok = false;
+	}
+	if (ok) {
+		double secs = (double)(out->last_ns - out->first_ns) / 1e9;
+		double eps = secs > 0 ? (double)(count - 1) / secs : INFINITY;
+		double *v = res->per_run[res->nruns++];
+		v[ST_EPS] = eps;
+		v[ST_MBPS] = eps * (double)res->payload / 1e6;
+		res->event_bytes = a.record;
+	}
+	session_unmap(&s);
+	munmap(mem, sizeof *a.ends + ring_bytes);
+	free(buf);
+	return ok ? 0 : -1;
+}
+
+enum case_kind { CASE_FLOOR_SPIN, CASE_FLOOR_FUTEX, CASE_FLOOR_RING, CASE_PINGPONG, CASE_THROUGHPUT, CASE_IDLE };
 
 struct bench_case {
 	enum case_kind kind;
@@ -1549,11 +1704,16 @@ static void plan_cases(void)
 		for (int i = 0; i < nsizes; i++) {
 			long n = g_opt.iters ? g_opt.iters : tp_default_iters(sizes[i]);
 			unsigned batches[2] = {1, g_opt.batch};
-			for (int b = 0; b < (g_opt.batch > 1 ? 2 : 1); b++)
-				add_case(CASE_THROUGHPUT, n,
-					 add_result("shmbus", "throughput", tw, sizes[i], batches[b],
+			for (int b = 0; b < (g_opt.batch > 1 ? 2 : 1); b++) {
+				struct result *sr = add_result("shmbus", "throughput", tw, sizes[i], batches[b],
+							       HAS_TP | HAS_PAYLOAD | HAS_BATCH);
+				add_case(CASE_THROUGHPUT, n, sr, NULL);
+				/* right after it in every run: the same geometry, no protocol */
+				add_case(CASE_FLOOR_RING, n,
+					 add_result("floor-ring", "throughput", SHMBUS_WAIT_SPIN, sizes[i], batches[b],
 						    HAS_TP | HAS_PAYLOAD | HAS_BATCH),
-					 NULL);
+					 sr);
+			}
 		}
 	}
 	if (g_opt.modes & MODE_IDLE) {
@@ -1583,6 +1743,8 @@ static int run_case(struct bench_case *c)
 		return run_shmbus_pingpong(c->res[0], c->iters, warmup_for(c->iters));
 	case CASE_THROUGHPUT:
 		return run_throughput(c->res[0], c->iters);
+	case CASE_FLOOR_RING:
+		return run_floor_ring(c->res[0], c->res[1], c->iters);
 	case CASE_IDLE:
 		return run_idle(c->res, c->nres);
 	}
@@ -1717,9 +1879,16 @@ static void print_targets(void)
 
 	for (int i = 0; i < g_nresults; i++) {
 		const struct result *r = &g_results[i];
-		if (strcmp(r->bench, "throughput") == 0 && r->payload == 32 && r->batch > 1)
+		if (strcmp(r->system, "shmbus") == 0 && strcmp(r->bench, "throughput") == 0 && r->payload == 32 &&
+		    r->batch > 1) {
 			printf("  %-44s %8.2f M (target >= 15 M events/s)  %s\n", "shmbus 32 B batched events/s",
 			       r->median[ST_EPS] / 1e6, r->median[ST_EPS] >= 15e6 ? "ok" : "MISSED");
+			const struct result *f = find_result("floor-ring", "throughput", SHMBUS_WAIT_SPIN, 32, r->batch);
+			if (f)
+				printf("  %-44s %8.2f   (floor-ring %.2f M events/s of %u-byte records)\n",
+				       "shmbus 32 B batched / floor-ring", r->median[ST_EPS] / f->median[ST_EPS],
+				       f->median[ST_EPS] / 1e6, f->event_bytes);
+		}
 		if (strcmp(r->bench, "idle") == 0) {
 			char label[64];
 			if (r->wait == WAIT_DISPATCH)

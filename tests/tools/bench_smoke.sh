@@ -1,0 +1,24 @@
+#!/bin/sh
+# shmbus-bench end to end with tiny counts: every mode runs, every system
+# (shmbus and its three floors) reports a JSON line with its figures, and
+# the log benches run. Nothing here judges speed: that is the bench's job
+# on a quiet machine, never a test's.
+set -eu
+bench=$1
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+"$bench" all --json --runs 1 --iters 3000 --warmup 200 --idle-seconds 1 >"$out"
+for sys in shmbus floor-spin floor-futex floor-ring; do
+	grep -q "^{\"system\": \"$sys\"" "$out" || { echo "no result from $sys"; cat "$out"; exit 1; }
+done
+# every throughput line has a positive rate, every ping-pong line a p50
+if grep '"bench": "throughput"' "$out" | grep -v '"events_per_s": [1-9]' | grep -q .; then
+	echo "a throughput result without a rate:"; cat "$out"; exit 1
+fi
+if grep '"bench": "pingpong"' "$out" | grep -v '"rtt_p50_ns": [1-9]' | grep -q .; then
+	echo "a ping-pong result without a p50:"; cat "$out"; exit 1
+fi
+[ "$(grep -c '"bench": "throughput"' "$out")" -eq 8 ] || { echo "expected 8 throughput results"; cat "$out"; exit 1; }
+"$bench" record --events 3000 --runs 1 >/dev/null
+echo "bench smoke ok"
