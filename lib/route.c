@@ -256,7 +256,30 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	return any;
 }
 
-void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
+/* One event: its descriptor straight into each matching queue. */
+static void route_one_event(shmbus_pub_t *pub, struct route_item *it, uint64_t *wake)
+{
+	shmbus_bus_t *bus = pub->bus;
+	unsigned words = (bus->max_subs + 63) / 64;
+	match_event(pub, it);
+	for (unsigned w = 0; w < words; w++) {
+		for (uint64_t m = it->hold[w]; m; m &= m - 1) {
+			unsigned bit = (unsigned)__builtin_ctzll(m);
+			uint32_t idx = w * 64 + bit;
+			struct queue_view q = bus_queue(bus, idx, it->cls);
+			if (queue_push(&q, bus->member, it->seq | SEG_DESC_HOLDS_REF) == 0) {
+				wake[w] |= 1ull << bit;
+			} else {
+				it->hold[w] &= ~(1ull << bit);
+				at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+				catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
+			}
+		}
+	}
+}
+
+static __attribute__((noinline)) void route_many(shmbus_pub_t *pub, struct route_item *items, size_t n,
+						  uint64_t *wake)
 {
 	uint64_t subs[SEG_HOLDER_WORDS] = {0};
 	bool urgent = false, normal = false;
@@ -308,4 +331,13 @@ void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
 				route_wake(bus, w * 64 + bit);
 		}
 	}
+}
+
+void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
+{
+	/* one event (every plain publish) needs none of the run machinery */
+	if (n == 1)
+		route_one_event(pub, items, wake);
+	else
+		route_many(pub, items, n, wake);
 }
