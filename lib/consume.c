@@ -247,17 +247,22 @@ static bool urgent_waiting(const shmbus_sub_t *sub)
 	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
 }
 
-SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
+/* What every poll checks first: 0, or -errno. */
+static int poll_usable(shmbus_sub_t *sub)
 {
-	if (!sub || !ev)
-		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
-	int rc;
 	if (sub->bus->orphaned)
 		return bus_check_usable(sub->bus);
 	if (!sub_current(sub))
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	if (sub->nheld >= SEG_HELD_MAX)
 		return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
+	return 0;
+}
+
+/* The next event for a usable subscription (poll_usable): 1, 0, -errno. */
+static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
+{
+	int rc;
 	for (;;) {
 		struct held_desc h;
 		/* A durable subscription that was passed over catches up from
@@ -316,6 +321,28 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 	if (at_load_relaxed_u32(&sub->rec->flags) & SEG_SUB_DEMOTED)
 		at_fetch_and_u32(&sub->rec->flags, ~SEG_SUB_DEMOTED);
 	return 0;
+}
+
+SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
+{
+	if (!sub || !ev)
+		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
+	int rc = poll_usable(sub);
+	return rc < 0 ? rc : poll_next(sub, ev);
+}
+
+SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, int max)
+{
+	if (!sub || !evs || max < 1)
+		return shmbus__fail(EINVAL, "subscription or event array is NULL, or max < 1");
+	int rc = poll_usable(sub), n = 0;
+	if (rc < 0)
+		return rc;
+	/* the subscription's state was checked above; each take checks that
+	 * it still exists (take_run), as a single poll does */
+	while (n < max && sub->nheld < SEG_HELD_MAX && (rc = poll_next(sub, &evs[n])) == 1)
+		n++;
+	return n > 0 || rc >= 0 ? n : rc;
 }
 
 /* Announce sleep, look once more, sleep until woken, the deadline or the
@@ -390,13 +417,12 @@ static void log_low_update(shmbus_sub_t *sub)
 		at_store_release_u64(&sub->cons->log_low, low);
 }
 
-SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
+/* Release held[i]: now drops its hold at once (the caller prefetched its
+ * holder words and has checked that the subscription is current), else
+ * it joins the deferred batch. */
+static int release_held(shmbus_sub_t *sub, uint32_t i, const shmbus_event_t *ev, bool now)
 {
-	if (!sub || !ev)
-		return shmbus__fail(EINVAL, "subscription or event is NULL");
-	for (uint32_t i = sub->nheld; i-- > 0;) {
-		if (sub->held[i].ev != ev)
-			continue;
+	{
 		uint32_t k = sub->held[i].k;
 		uint64_t seq = sub->held[i].seq;
 		sub->held[i] = sub->held[--sub->nheld];
@@ -411,7 +437,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		}
 		/* A removed subscription's record may already serve another: its
 		 * held[] is no longer ours to touch. */
-		if (!sub_current(sub)) {
+		if (!now && !sub_current(sub)) {
 			held_free(sub, k);
 			return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
 		}
@@ -419,6 +445,12 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		 * drop it and the slot be reused */
 		uint32_t slots = ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
 		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
+		if (now && desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq) {
+			/* no RELEASING mark: the hold is dropped right here */
+			return held_drop(sub, k, desc) == 0
+				       ? 0
+				       : shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
+		}
 		if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
 		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
 			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
@@ -438,7 +470,44 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 		held_free(sub, k);
 		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
+}
+
+SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
+{
+	if (!sub || !ev)
+		return shmbus__fail(EINVAL, "subscription or event is NULL");
+	for (uint32_t i = sub->nheld; i-- > 0;)
+		if (sub->held[i].ev == ev)
+			return release_held(sub, i, ev, false);
 	return shmbus__fail(EINVAL, "event is not held by this subscription");
+}
+
+SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *const *evs, int n)
+{
+	if (!sub || (!evs && n > 0) || n < 0)
+		return shmbus__fail(EINVAL, "subscription or event array is NULL, or n < 0");
+	/* A removed subscription's record may already serve another: then
+	 * every event goes the deferred way, which only forgets them. */
+	bool now = !sub->bus->orphaned && sub_current(sub);
+	if (now)
+		for (int j = 0; j < n; j++)
+			if (evs[j])
+				__builtin_prefetch(bus_slot_holders(sub->bus, ((const struct seg_event *)(const void *)evs[j])->seq), 1);
+	int first_err = 0;
+	/* Last first: events taken by shmbus_poll_batch sit at the end of
+	 * held[] in delivery order, so each is found at once and removing it
+	 * moves nothing (release_held fills the gap with the last entry). */
+	for (int j = n; j-- > 0;) {
+		int rc = evs[j] ? -1 : shmbus__fail(EINVAL, "event %d is NULL", j);
+		for (uint32_t i = sub->nheld; rc == -1 && i-- > 0;)
+			if (sub->held[i].ev == evs[j])
+				rc = release_held(sub, i, evs[j], now);
+		if (rc == -1)
+			rc = shmbus__fail(EINVAL, "event %d is not held by this subscription", j);
+		if (rc < 0 && !first_err)
+			first_err = rc;
+	}
+	return first_err;
 }
 
 void consume_detach(shmbus_sub_t *sub, bool survives)

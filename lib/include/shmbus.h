@@ -383,6 +383,24 @@ int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_event_t **ev
  * while held), -EINVAL if it is not held by this subscription. */
 int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev);
 
+/*
+ * shmbus_poll_batch - take up to max events (max >= 1) without waiting, as
+ * max calls of shmbus_poll would, for about the cost of one. Returns how
+ * many were put in evs[0..n) in delivery order (0: none), each held until
+ * released; -errno as shmbus_poll when the first one fails. It stops early
+ * at SHMBUS_MAX_HELD held events (-ENOBUFS only when none could be taken).
+ */
+int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, int max);
+
+/*
+ * shmbus_release_batch - give back n held events at once: their slots'
+ * holds are dropped together, without the per-event deferral of
+ * shmbus_release (cheapest with evs in delivery order, as
+ * shmbus_poll_batch returns them). Returns 0, or the first error of
+ * shmbus_release (the other events are still released).
+ */
+int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *const *evs, int n);
+
 /* Whether held event ev was handed to this subscription again because
  * the consumer it was first delivered to died holding it. */
 bool shmbus_redelivered(const shmbus_sub_t *sub, const shmbus_event_t *ev);
