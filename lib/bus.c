@@ -393,6 +393,21 @@ int bus_lock_subs(shmbus_bus_t *bus)
 	return 0;
 }
 
+int bus_trylock_subs(shmbus_bus_t *bus)
+{
+	/* a thread of ours that holds it (the mutex is not recursive), or
+	 * another description's holder */
+	if (pthread_mutex_trylock(&bus->subs_mutex) != 0)
+		return -EBUSY;
+	if (live_lock(bus->map.fd, SEG_LOCK_SUBS) < 0) {
+		pthread_mutex_unlock(&bus->subs_mutex);
+		return -EBUSY;
+	}
+	subs_lock_depth++;
+	sub_lock_recover(bus);
+	return 0;
+}
+
 void bus_unlock_subs(shmbus_bus_t *bus)
 {
 	subs_lock_depth--;

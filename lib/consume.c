@@ -12,6 +12,13 @@
  * nothing to do, so a consumer touches the slot control words (which
  * publishers write) in bursts rather than once per event.
  *
+ * Dropping a hold: the holder bit of an entry is cleared by whoever wins
+ * the entry, never by two parties. The consumer wins it by a CAS to
+ * DROPPING, the holder of the subscription-table lock (a revoker, a
+ * removal) by a CAS to REVOKED; the winner clears the bit, then stores 0.
+ * An entry lost to a revocation stays allocated here until its revoker
+ * has stored 0 (held_reap): until then it is the revoker's record.
+ *
  * Waiting: spin, block (futex) or adaptive. A sleeper first raises the
  * `sleepers` flag, re-checks its queues, then sleeps on `wake_futex`;
  * a publisher looks at the flag after a fence and, if it can clear it, makes
@@ -55,31 +62,51 @@ static void held_free(shmbus_sub_t *sub, uint32_t k)
 	sub->held_count--;
 }
 
-/* Drop held entry k now: its hold is released unless a demotion or a
- * removal took the entry first. 0, or -ESTALE if it was taken. */
-static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
+/* Entry k, which held desc, was won by the holder of the table lock (cur
+ * is what it holds now). While it carries our sequence marked REVOKED,
+ * its winner has yet to clear the bit and store 0, and the entry is the
+ * record a survivor would finish that from: k stays allocated until then
+ * (held_reap), so no take of ours overwrites it. */
+static void held_lost(shmbus_sub_t *sub, uint32_t k, uint64_t cur, uint64_t desc)
 {
-	int rc = 0;
-	uint64_t cur = at_load_acquire_u64(&sub->cons->held[k]);
-	if ((cur & SEG_DESC_SEQ_MASK) != (desc & SEG_DESC_SEQ_MASK)) {
-		rc = -ESTALE; /* the entry is no longer ours (swept by a removal) */
-	} else if (cur & SEG_DESC_REVOKED) {
-		rc = -ESTALE; /* the revoker dropped the hold */
-		at_cas_u64(&sub->cons->held[k], &cur, 0);
-	} else {
-		/* The hold goes first, the entry second: dying in between leaves
-		 * an entry whose bit is already clear, which a survivor skips. */
-		if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
-			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
-		uint64_t expected = desc;
-		if (!at_cas_u64(&sub->cons->held[k], &expected, 0)) {
-			rc = -ESTALE; /* revoked meanwhile: both cleared the bit */
-			if ((expected & SEG_DESC_SEQ_MASK) == (desc & SEG_DESC_SEQ_MASK))
-				at_cas_u64(&sub->cons->held[k], &expected, 0);
+	if ((cur & SEG_DESC_REVOKED) && (cur & SEG_DESC_SEQ_MASK) == (desc & SEG_DESC_SEQ_MASK))
+		sub->held_revoked |= 1ull << k;
+	else
+		held_free(sub, k);
+}
+
+/* Entries lost to revocations that have finished since: free again. */
+static void held_reap(shmbus_sub_t *sub)
+{
+	for (uint64_t m = sub->held_revoked; m; m &= m - 1) {
+		uint32_t k = (uint32_t)__builtin_ctzll(m);
+		if (!(at_load_acquire_u64(&sub->cons->held[k]) & SEG_DESC_REVOKED)) {
+			sub->held_revoked &= ~(1ull << k);
+			held_free(sub, k);
 		}
 	}
+}
+
+/* Drop held entry k, which holds desc as we last wrote it. The hold is
+ * ours to clear only once we have won the entry (desc -> DROPPING): a
+ * revoker or a removal that marks it REVOKED first clears the bit itself,
+ * and one that comes after finds it DROPPING and leaves it. Then the bit,
+ * then the entry: dying in between leaves a DROPPING entry, whose bit a
+ * survivor clears if it is still set in the entry's lap. Nobody else
+ * writes a DROPPING entry, so 0 is a plain store. 0, or -ESTALE if the
+ * entry was taken from us. */
+static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
+{
+	uint64_t *e = &sub->cons->held[k], cur = desc;
+	if (!at_cas_u64(e, &cur, desc | SEG_DESC_DROPPING)) {
+		held_lost(sub, k, cur, desc);
+		return -ESTALE;
+	}
+	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
+		slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
+	at_store_release_u64(e, 0);
 	held_free(sub, k);
-	return rc;
+	return 0;
 }
 
 /* Drop the holds of every event released since the last batch. The
@@ -110,6 +137,8 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 {
 	shmbus_bus_t *bus = sub->bus;
 	struct queue_view q = bus_queue(bus, sub->index, cls);
+	if (sub->held_revoked)
+		held_reap(sub);
 	uint32_t room = held_free_count(sub);
 	if (room == 0) {
 		flush_releases(sub);
@@ -174,8 +203,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	shmbus_bus_t *bus = sub->bus;
 	uint64_t desc = h->desc;
 	if (desc & SEG_DESC_TOMBSTONE) {
-		at_store_release_u64(&sub->cons->held[h->k], 0);
-		held_free(sub, h->k);
+		held_drop(sub, h->k, desc); /* holds nothing: no bit to clear */
 		return NULL;
 	}
 	/* Seen from now on, before a byte of the slot is read: a congested
@@ -184,7 +212,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	 * goes back flagged redelivered). */
 	uint64_t expected = desc;
 	if (!at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
-		held_drop(sub, h->k, desc); /* revoked meanwhile */
+		held_lost(sub, h->k, expected, desc); /* revoked meanwhile */
 		return NULL;
 	}
 	desc &= ~SEG_DESC_UNSEEN;
@@ -193,8 +221,10 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	if (!(at_load_acquire_u8(&e->committed) && e->seq == seq) && slot_settle(bus, seq) != SEG_SLOT_COMMITTED) {
 		/* aborted by its publisher or a survivor: it holds nothing */
 		uint64_t d = desc;
-		at_cas_u64(&sub->cons->held[h->k], &d, 0);
-		held_free(sub, h->k);
+		if (at_cas_u64(&sub->cons->held[h->k], &d, 0))
+			held_free(sub, h->k);
+		else
+			held_lost(sub, h->k, d, desc);
 		return NULL;
 	}
 	if (seg_event_check_fast(e, bus->max_event_bytes) < 0 || e->seq != seq) {
@@ -465,9 +495,8 @@ static int release_held(shmbus_sub_t *sub, uint32_t i, const shmbus_event_t *ev,
 				flush_releases(sub);
 			return 0;
 		}
-		if (desc & SEG_DESC_REVOKED && (desc & SEG_DESC_SEQ_MASK) == seq)
-			at_cas_u64(&sub->cons->held[k], &desc, 0);
-		held_free(sub, k);
+		/* revoked: its revoker clears the bit and then the entry */
+		held_lost(sub, k, desc, seq);
 		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
 }
@@ -524,8 +553,11 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
 			/* taken, never seen by the user: back to the queue, and only
 			 * then out of held[] (dying in between gives it back twice,
-			 * never loses its hold) */
-			if (survives && !(at_load_acquire_u64(&sub->cons->held[h->k]) & SEG_DESC_REVOKED) &&
+			 * never loses its hold). We hold the table lock, so no
+			 * revoker or removal can win the entry meanwhile; one that
+			 * won it before is done (the lock's recovery finishes one
+			 * that died), and the entry is no longer ours to push. */
+			if (survives && at_load_acquire_u64(&sub->cons->held[h->k]) == h->desc &&
 			    queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
 				uint64_t d = h->desc;
 				at_cas_u64(&sub->cons->held[h->k], &d, 0);

@@ -727,8 +727,14 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 			if (d == 0)
 				continue;
 			oc->held[oc->held_count++] = d;
-			o->held += !(d & SEG_DESC_REVOKED);
-			if (!(d & SEG_DESC_REVOKED) && !(d & SEG_DESC_TOMBSTONE))
+			if ((d & SEG_DESC_REVOKED) || seg_desc_dropping(d)) {
+				/* won by a party clearing its bit (a live one, or one
+				 * that died before its store of 0): mid-way */
+				in->refs_unsure = true;
+				continue;
+			}
+			o->held++;
+			if (!(d & SEG_DESC_TOMBSTONE))
 				check_held(in, o->index, c, d);
 		}
 	}

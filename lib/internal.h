@@ -175,6 +175,7 @@ struct shmbus_sub {
 	uint32_t nheld;	    /* delivered to the user, not released */
 	uint64_t held_used; /* bit k: held[k] is ours */
 	uint32_t held_count; /* bits set in held_used */
+	uint64_t held_revoked; /* bit k: held[k] was revoked, its revoker not done */
 	struct held_local held[SEG_HELD_MAX];
 	uint32_t take_batch;
 	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
@@ -197,6 +198,8 @@ int bus_check_usable(const shmbus_bus_t *bus);
 void bus_track_pub(shmbus_bus_t *bus, shmbus_pub_t *pub, bool add);
 void bus_track_sub(shmbus_bus_t *bus, shmbus_sub_t *sub, bool add);
 int bus_lock_subs(shmbus_bus_t *bus);
+/* The table lock if nobody holds it now: 0, or -EBUSY. */
+int bus_trylock_subs(shmbus_bus_t *bus);
 bool bus_holds_subs_lock(void);
 void bus_unlock_subs(shmbus_bus_t *bus);
 
@@ -234,8 +237,13 @@ void routing_begin(shmbus_pub_t *pub);
 void routing_abort(shmbus_pub_t *pub);
 
 /* slots.c: subscription sub no longer holds the event at seq (its holder
- * bit is cleared; idempotent; a descriptor whose slot moved on is
- * ignored). Wakes publishers waiting for space when the slot frees. */
+ * bit is cleared; a descriptor whose slot moved on is ignored). Wakes
+ * publishers waiting for space when the slot frees. Only the one owner of
+ * the hold may call it (who took its cell, or won its held entry), or a
+ * survivor acting for a dead owner after slot_held_by saw the bit still
+ * set: the lap check before the AND holds only while the bit does, and a
+ * second clearer could let the slot be reused in between, so that the AND
+ * clears the next event's bit. */
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 /* The state of the event at seq once its publisher is done with it (a
  * descriptor can be seen between push and commit): COMMITTED, ABORTED, or
@@ -298,6 +306,14 @@ bool member_alive(shmbus_bus_t *bus, uint32_t m);
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
 				bool stalled);
 void reclaim_locked_take(shmbus_bus_t *bus);
+/* Finish the revocation a holder of the table lock died in (its
+ * locked_revoke), under the lock. */
+void reclaim_locked_revoke(shmbus_bus_t *bus);
+/* Under the table lock, held entry d of subscription sub, whose owner is
+ * dead or gone and which no live party can win any more: clear its hold if
+ * the slot still has it in the entry's lap (the owner may have cleared it
+ * before dying). The caller clears the entry. */
+void reclaim_orphan_hold(shmbus_bus_t *bus, uint32_t sub, uint64_t d);
 /* A consumer entry about to be freed with its subscription (table lock
  * held): a take its dead owner left half done is finished first, its
  * holds dropped - reclaim only visits active entries, so nobody else

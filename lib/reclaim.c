@@ -50,16 +50,30 @@ static unsigned desc_class(shmbus_bus_t *bus, uint64_t seq)
 	return ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
 }
 
+void reclaim_orphan_hold(shmbus_bus_t *bus, uint32_t sub, uint64_t d)
+{
+	uint64_t seq = d & SEG_DESC_SEQ_MASK;
+	/* Nobody else can clear this bit (the entry's winner is dead), so
+	 * while it is set the slot stays in this lap and the release clears
+	 * it alone; once clear it stays clear in this lap. */
+	if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE) && slot_settle(bus, seq) == SEG_SLOT_COMMITTED &&
+	    slot_held_by(bus, seq, sub))
+		slot_release(bus, seq, sub);
+}
+
 /* A descriptor a dead consumer held: back into its subscription's queue if
  * the subscription lives on, else its hold is released. One the consumer
- * had already released, or whose hold is gone, only has its bit cleared. */
+ * had already released, or whose hold is gone, only has its bit cleared.
+ * The caller holds the table lock, so no live party can win the entry. */
 static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 {
 	if (!desc || (desc & SEG_DESC_TOMBSTONE))
 		return;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
-	if (desc & SEG_DESC_REVOKED) { /* its revoker may have died before the bit */
-		slot_release(bus, seq, sub);
+	if (seg_desc_dropping(desc) || (desc & SEG_DESC_REVOKED)) {
+		/* won by the consumer (dropping it) or by a removal, which died
+		 * before its store of 0: whatever is left of the drop */
+		reclaim_orphan_hold(bus, sub, desc);
 		return;
 	}
 	if (slot_settle(bus, seq) != SEG_SLOT_COMMITTED)
@@ -290,6 +304,27 @@ static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
 	}
 }
 
+void reclaim_locked_revoke(shmbus_bus_t *bus)
+{
+	uint64_t w = at_load_acquire_u64(&bus->hdr->locked_revoke);
+	if (!w)
+		return;
+	uint32_t idx = seg_revoke_sub(w), c = seg_revoke_consumer(w), k = seg_revoke_entry(w);
+	if (idx < bus->max_subs && c < SEG_CONSUMERS && k < SEG_HELD_MAX) {
+		uint64_t *e = &bus_sub(bus, idx)->consumers[c].held[k];
+		uint64_t d = at_load_acquire_u64(e);
+		/* Marked: the dead holder won it (nobody else marks while the lock
+		 * is held, and a consumer leaves a REVOKED entry alone) and died
+		 * before its store of 0. Unmarked: it died before its CAS, or lost
+		 * it, or after the store. */
+		if (d & SEG_DESC_REVOKED) {
+			reclaim_orphan_hold(bus, idx, d);
+			at_cas_u64(e, &d, 0);
+		}
+	}
+	at_store_release_u64(&bus->hdr->locked_revoke, 0);
+}
+
 void reclaim_locked_take(shmbus_bus_t *bus)
 {
 	/* The previous holder of the table lock died draining a subscription
@@ -474,42 +509,81 @@ static bool held_by(struct seg_sub *s, uint64_t seq)
  * until the stall timeout). */
 #define DROPPABLE (SEG_DESC_UNSEEN | SEG_DESC_RELEASING)
 
+/* Whether held entry d may be taken back: a hold at or below max_seq
+ * its consumer has not won (DROPPING) and nobody revoked; with
+ * unseen_only, a DROPPABLE one. */
+static bool revocable(uint64_t d, uint64_t max_seq, bool unseen_only)
+{
+	if (!d || (d & (SEG_DESC_REVOKED | SEG_DESC_TOMBSTONE)) || seg_desc_dropping(d) ||
+	    (d & SEG_DESC_SEQ_MASK) > max_seq)
+		return false;
+	return !unseen_only || (d & DROPPABLE);
+}
+
 /* Take back held events at or below max_seq from a subscription's
  * consumers; with unseen_only, only the DROPPABLE ones. The release of a
- * revoked event a user still held reports -ESTALE. */
+ * revoked event a user still held reports -ESTALE.
+ *
+ * A hold is cleared by whoever wins its entry: we mark it REVOKED with a
+ * CAS, its consumer marks it DROPPING with one, and the loser leaves the
+ * bit alone. Revocations run under the table lock, as removals and
+ * reclaims do, so the consumer is our only rival, and the entry we are
+ * revoking is named in locked_revoke: should we die between the CAS and
+ * our store of 0, the next holder of the lock finishes the drop. The lock
+ * is only tried: whoever holds it is busy, and the next round of the
+ * publisher's wait tries again. */
 static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool unseen_only)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
+	uint64_t gen = at_load_acquire_u64(&s->generation);
+	bool locked = false;
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
-			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) > max_seq ||
-			    (unseen_only && !(d & DROPPABLE)))
+			if (!revocable(d, max_seq, unseen_only))
 				continue;
-			/* Mark the entry first, whatever its consumer does to its
-			 * other bits meanwhile, then drop the hold: dying in
-			 * between leaves a revoked entry whose bit a survivor
-			 * clears. */
+			if (!locked) {
+				if (bus_trylock_subs(bus) < 0)
+					return;
+				locked = true;
+				/* removed (and maybe taken again) before we had the lock */
+				if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE ||
+				    at_load_acquire_u64(&s->generation) != gen)
+					goto out;
+				d = at_load_acquire_u64(slot);
+				if (!revocable(d, max_seq, unseen_only))
+					continue;
+			}
 			uint64_t seq = d & SEG_DESC_SEQ_MASK;
 			/* the gap first: a consumer whose seen-mark loses to us
 			 * must find it when it looks for its next event */
 			if (!(d & SEG_DESC_RELEASING))
 				catchup_extend(bus, idx, seq, seq + 1);
-			while (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq &&
-			       !(unseen_only && !(d & DROPPABLE)) && !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
+			at_store_release_u64(&bus->hdr->locked_revoke, seg_revoke_where(idx, c, k));
+			/* whatever the consumer does to its other bits meanwhile */
+			while (revocable(d, max_seq, unseen_only) && (d & SEG_DESC_SEQ_MASK) == seq &&
+			       !at_cas_u64(slot, &d, d | SEG_DESC_REVOKED))
 				;
-			if (!d || (d & SEG_DESC_REVOKED) || (d & SEG_DESC_SEQ_MASK) != seq ||
-			    (unseen_only && !(d & DROPPABLE)))
-				continue; /* released, handed out or taken back meanwhile */
+			if (!revocable(d, max_seq, unseen_only) || (d & SEG_DESC_SEQ_MASK) != seq) {
+				/* dropped, handed out or released meanwhile */
+				at_store_release_u64(&bus->hdr->locked_revoke, 0);
+				continue;
+			}
 			/* noted before the hold goes: a revoker that dies in between
 			 * leaves a revoked entry, whose bit a survivor only clears */
 			if (!(d & SEG_DESC_RELEASING))
 				catchup_note_drop(bus, idx, seq, seq + 1, 1);
 			if (d & SEG_DESC_HOLDS_REF)
 				slot_release(bus, seq, idx);
+			uint64_t r = d | SEG_DESC_REVOKED;
+			at_cas_u64(slot, &r, 0); /* the consumer frees the entry when it sees 0 */
+			at_store_release_u64(&bus->hdr->locked_revoke, 0);
 			at_count_u64(&s->revoked, 1);
 		}
+out:
+	if (locked)
+		bus_unlock_subs(bus);
 }
 
 void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,

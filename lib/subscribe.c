@@ -105,14 +105,46 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
  * drain (its take intent) and a subscription being created or removed. */
 void sub_lock_recover(shmbus_bus_t *bus)
 {
+	reclaim_locked_revoke(bus);
 	reclaim_locked_take(bus);
 	for (uint32_t i = 0; i < bus->max_subs; i++)
 		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_INIT)
 			sub_remove_locked(bus, i);
 }
 
-/* Release what the consumers of a vanishing subscription hold: each hold
- * is dropped before its entry is cleared. */
+/* Whether consumer con's owner lives and is still this attachment. */
+static bool consumer_alive(shmbus_bus_t *bus, const struct seg_consumer *con)
+{
+	uint32_t m = con->member;
+	return m < bus->max_members && at_load_acquire_u64(&bus->members[m].generation) == con->member_gen &&
+	       member_alive(bus, m);
+}
+
+/* A DROPPING entry is its consumer's to finish: it clears the bit, then
+ * stores 0, within a few instructions. Wait for that (at most a reclaim
+ * interval: a stopped process is not waited for) while the consumer
+ * lives; a dead one's drop is finished here. */
+static void wait_dropped(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con, uint64_t *e, uint64_t d)
+{
+	uint64_t deadline = now_mono_ns() + bus->reclaim_interval_ns;
+	while (at_load_acquire_u64(e) == d) {
+		if (!consumer_alive(bus, con)) {
+			reclaim_orphan_hold(bus, idx, d);
+			at_cas_u64(e, &d, 0);
+			return;
+		}
+		if (now_mono_ns() > deadline)
+			return;
+		sched_yield();
+	}
+}
+
+/* Release what the consumers of a vanishing subscription hold. Each
+ * entry is won first (a CAS to REVOKED: the consumer may be dropping the
+ * same hold), then its hold dropped, then the entry cleared; an entry its
+ * consumer won is left to it. A REVOKED entry found here is a removal's
+ * that died (this one runs again from sub_lock_recover): what is left of
+ * its drop is finished. */
 static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
@@ -121,12 +153,23 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE)
 			reclaim_consumer_take(bus, con);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-			uint64_t d = at_load_u64_sc(&con->held[k]);
+			uint64_t *e = &con->held[k];
+			uint64_t d = at_load_u64_sc(e);
+			while (d && !(d & SEG_DESC_REVOKED) && !seg_desc_dropping(d) && !at_cas_u64(e, &d, d | SEG_DESC_REVOKED))
+				;
 			if (!d)
 				continue;
-			if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE))
+			if (seg_desc_dropping(d)) {
+				wait_dropped(bus, idx, con, e, d);
+				continue;
+			}
+			if (d & SEG_DESC_REVOKED) {
+				reclaim_orphan_hold(bus, idx, d);
+			} else if ((d & SEG_DESC_HOLDS_REF) && !(d & SEG_DESC_TOMBSTONE)) {
 				slot_release(bus, d & SEG_DESC_SEQ_MASK, idx);
-			at_cas_u64(&con->held[k], &d, 0);
+			}
+			uint64_t r = d | SEG_DESC_REVOKED;
+			at_cas_u64(e, &r, 0);
 		}
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);

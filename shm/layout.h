@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 2u
+#define SEG_LAYOUT_VERSION 3u
 
 /* seg_header.flags */
 #define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
@@ -116,6 +116,9 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; 
  *        recovered_events, retired publisher totals
  *   704  retired subscription totals: routed, delivered, filtered, lagged,
  *        redelivered
+ *   744  locked_revoke    u64 where the table-lock holder is revoking a held
+ *        entry (1 + (sub << 16 | consumer << 8 | entry); 0: nowhere); a new
+ *        holder that finds it set finishes the revocation of one that died
  *   752  locked_take      seg_take_intent of the subscription-table lock holder
  *   768  log line: log_next u64 (position after the last event the
  *        recorder wrote), log_durable u64 (positions below it are on disk
@@ -184,10 +187,12 @@ struct seg_header {
 	uint64_t retired_filtered;
 	uint64_t retired_lagged;
 	uint64_t retired_redelivered;
-	/* 744: the take intent of whoever holds the subscription-table lock
-	 * (removals drain queues under it); a new holder that finds it set
-	 * finishes the work of a holder that died. */
-	uint64_t pad_take;
+	/* 744: the held entry whose hold the subscription-table lock holder is
+	 * revoking (revocations happen under the lock, see the held entries
+	 * of seg_consumer), and its take intent (removals drain queues under
+	 * it); a new holder that finds either set finishes the work of a
+	 * holder that died. */
+	uint64_t locked_revoke;
 	struct seg_take_intent locked_take;
 	/* 768: the recorder's progress; publishers that wait for durability
 	 * sleep on log_futex (same flag-then-futex protocol as space_futex). */
@@ -247,6 +252,7 @@ _Static_assert(offsetof(struct seg_header, reclaims) == 640, "reclaims");
 _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "retired");
 _Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");
 _Static_assert(offsetof(struct seg_header, retired_redelivered) == 736, "retired_redelivered");
+_Static_assert(offsetof(struct seg_header, locked_revoke) == 744, "locked_revoke");
 _Static_assert(offsetof(struct seg_header, locked_take) == 752, "locked_take");
 _Static_assert(offsetof(struct seg_header, log_next) == 768, "log_next");
 _Static_assert(offsetof(struct seg_header, log_durable) == 776, "log_durable");
@@ -430,14 +436,23 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
 
 /*
  * One consumer attached to a subscription (a process, or one of the members
- * of a group), 384 bytes. held[] records every event delivered and not yet
- * released, so a survivor can give them back when the consumer dies;
- * a held entry is a descriptor (see SEG_DESC_*), 0 when empty, or
- * the descriptor with SEG_DESC_REVOKED after a stalled consumer was demoted
- * (its hold was taken from it; the sequence stays so the bit can be found).
- * A descriptor with
- * SEG_DESC_RELEASING is released by the consumer but its reference not
- * yet dropped (releases are applied in batches).
+ * of a group), 384 bytes. held[] records every event taken and not yet
+ * released, so a survivor can give them back when the consumer dies.
+ * A held entry is 0 when empty, else a descriptor (see SEG_DESC_*) with:
+ *   UNSEEN      taken in a run, not yet handed to the user
+ *   (none)      handed to the user
+ *   RELEASING   released by the user, the hold not yet dropped (releases
+ *               are applied in batches)
+ *   DROPPING    the consumer won the entry and is clearing the holder bit;
+ *               it stores 0 next
+ *   REVOKED     the holder of the subscription-table lock (a revoker, a
+ *               removal) won the entry and is clearing the holder bit; it
+ *               stores 0 next
+ * A holder bit is cleared by exactly one party: whoever moves the entry
+ * from one of the first three states to DROPPING or REVOKED with a CAS.
+ * The marked entry stays until the bit is clear, so a survivor finds a
+ * winner that died in between (its bit, if still set, is then cleared by
+ * the survivor alone).
  *
  *   0   state       u32 FREE / ACTIVE
  *   4   member      u32
@@ -640,6 +655,9 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  *               handed to the user
  *   bit 60      RELEASING (held entries only): released, reference not yet
  *               dropped
+ *   bits 59+60  DROPPING (held entries only; UNSEEN and RELEASING are never
+ *               both set otherwise): the consumer won the entry and clears
+ *               the holder bit
  *   bit 61      HOLDS_REF: the subscription's holder bit of the slot is set for it
  *   bit 62      TOMBSTONE: nothing to deliver (a dead producer's cell)
  *   bit 63      REDELIVERED: handed back after its consumer died
@@ -648,9 +666,20 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
 #define SEG_DESC_REVOKED (1ull << 58)
 #define SEG_DESC_UNSEEN (1ull << 59)
 #define SEG_DESC_RELEASING (1ull << 60)
+#define SEG_DESC_DROPPING (SEG_DESC_UNSEEN | SEG_DESC_RELEASING)
 #define SEG_DESC_HOLDS_REF (1ull << 61)
 #define SEG_DESC_TOMBSTONE (1ull << 62)
 #define SEG_DESC_REDELIVERED (1ull << 63)
+/* A held entry its consumer is dropping (it won it, see seg_consumer). */
+static inline int seg_desc_dropping(uint64_t d) { return (d & SEG_DESC_DROPPING) == SEG_DESC_DROPPING; }
+/* locked_revoke of the header: where, and back. */
+static inline uint64_t seg_revoke_where(uint32_t sub, uint32_t consumer, uint32_t k)
+{
+	return 1 + ((uint64_t)sub << 16 | (uint64_t)(consumer & 0xFF) << 8 | (k & 0xFF));
+}
+static inline uint32_t seg_revoke_sub(uint64_t w) { return (uint32_t)((w - 1) >> 16); }
+static inline uint32_t seg_revoke_consumer(uint64_t w) { return (uint32_t)((w - 1) >> 8) & 0xFF; }
+static inline uint32_t seg_revoke_entry(uint64_t w) { return (uint32_t)(w - 1) & 0xFF; }
 
 /*
  * Slot control word, one u64 per slot:
@@ -665,10 +694,14 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  *
  * Holders: bit s of a slot's holder words is set while subscription s has
  * the event queued or held. The publisher sets them before it commits;
- * whoever drops the event for s (its consumer, a drain, a survivor) clears
- * bit s. Clearing is idempotent, so a process that dies between dropping a
- * descriptor and clearing its bit leaves nothing a survivor could count
- * twice or lose.
+ * whoever drops the event for s (its consumer, a drain, a revoker, a
+ * survivor) clears bit s, and only one party may: the bit of a slot's lap
+ * keeps the slot from being reused, so the check of the lap before the
+ * AND holds until the AND only while nobody else can clear that bit. A
+ * queued descriptor is owned by whoever takes its cell, a held one by
+ * whoever wins its entry (see seg_consumer). A survivor clears the bit of
+ * a dead owner's record only after seeing it still set in the record's
+ * lap, so a record whose bit its owner cleared before dying is skipped.
  *
  * seg_slot_ctl: the control word and the holder words of one slot share a
  * cache line of their own, 64 bytes: the publisher claims and commits, and

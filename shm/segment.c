@@ -96,7 +96,7 @@ uint64_t seg_layout_hash(void)
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
 			 "ctl=%d/%d turn=%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d "
-			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu",
+			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
 			 sizeof(struct seg_member), sizeof(struct seg_pub), offsetof(struct seg_pub, routing),
@@ -111,7 +111,11 @@ uint64_t seg_layout_hash(void)
 			 /* a library that does not record its claims, or keep the
 			 * dispatch counters, must not share a bus with one that does */
 			 offsetof(struct seg_pub, claiming), offsetof(struct seg_sub, completed),
-			 offsetof(struct seg_consumer, processing));
+			 offsetof(struct seg_consumer, processing),
+			 /* nor one whose parties may clear a hold they did not
+			 * win (revocations outside the table lock, a consumer
+			 * that clears its bit before its entry) */
+			 offsetof(struct seg_header, locked_revoke), (unsigned long long)SEG_DESC_DROPPING);
 	return XXH3_64bits(desc, (size_t)n);
 }
 

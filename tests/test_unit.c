@@ -784,6 +784,392 @@ Test(unit, batch_heads_stay_claimed_until_written)
 	shmbus_close(bus);
 }
 
+/* ----------------------------------------------------------- revocation */
+
+/* Two parties paused at the instruction that clears a holder bit: the
+ * slot-control page of each one's own mapping of the bus is read-only, so
+ * its lap check (a load) passes and its AND faults; the handler parks the
+ * thread until the test lets it go. [0] is the consumer's mapping, [1] the
+ * revoker's. */
+static struct {
+	uint8_t *page[2];
+	size_t len;
+	int paused[2][2], resume[2][2];
+} rv;
+
+static void revoke_pause(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	for (int i = 0; i < 2; i++) {
+		uint8_t *a = si->si_addr;
+		if (!rv.page[i] || a < rv.page[i] || a >= rv.page[i] + rv.len)
+			continue;
+		char c = 'P';
+		if (write(rv.paused[i][1], &c, 1) != 1 || read(rv.resume[i][0], &c, 1) != 1)
+			_exit(3);
+		mprotect(rv.page[i], rv.len, PROT_READ | PROT_WRITE); /* the AND runs again */
+		return;
+	}
+	signal(sig, SIG_DFL); /* a real fault: crash on the retry */
+}
+
+struct revoke_party {
+	shmbus_sub_t *sub;   /* the consumer: polls (finds nothing, flushes its release) */
+	shmbus_bus_t *bus;   /* the revoker: relieves congestion at seq */
+	shmbus_pub_t *pub;
+	uint64_t seq;
+	int rc;
+};
+
+static void *consumer_party(void *arg)
+{
+	struct revoke_party *p = arg;
+	const shmbus_event_t *ev;
+	p->rc = shmbus_poll(p->sub, &ev);
+	char c = 'D';
+	if (write(rv.paused[0][1], &c, 1) != 1)
+		_exit(4);
+	return NULL;
+}
+
+static void *revoker_party(void *arg)
+{
+	struct revoke_party *p = arg;
+	reclaim_relieve_congestion(p->bus, &p->pub->rec->drain, p->seq, false);
+	char c = 'D';
+	if (write(rv.paused[1][1], &c, 1) != 1)
+		_exit(4);
+	return NULL;
+}
+
+static uint8_t *ctl_page(shmbus_bus_t *bus, uint64_t seq)
+{
+	uintptr_t a = (uintptr_t)bus_slot_ctl(bus, seq);
+	return (uint8_t *)(a & ~(uintptr_t)(rv.len - 1));
+}
+
+/* A holder bit is cleared by exactly one party. The consumer drops a
+ * released event while a congested publisher revokes it (a lag
+ * subscription's RELEASING entry): the consumer is parked just before its
+ * AND, the revoker runs as far as it can, the consumer finishes, the slot
+ * is reused by a new event for the same subscription, and only then may
+ * the revoker go on. When both cleared the bit (the old protocol: the
+ * revoker marked the entry the consumer had already read, then passed its
+ * lap check), the revoker's AND took the new event's bit and its slot
+ * became reusable while the event was still queued. */
+Test(unit, a_hold_is_cleared_once_when_a_revoker_races_its_consumer)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg); /* consumer and publisher */
+	shmbus_bus_t *rbus = tc_open();	     /* the revoker's own mapping */
+	const char *names[] = {"target"};
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_names(names, 1, &f), 0);
+	shmbus_sub_opts_t so = {.filter = f, .policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0);
+	shmbus_filter_free(f);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0), *rpub = tc_pub(rbus, "revoker", 0);
+
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "target", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	uint64_t x = shmbus_event_seq(ev);
+	cr_assert_eq(shmbus_release(sub, ev), 0); /* RELEASING: the hold waits for the batch */
+	cr_assert(slot_held_by(bus, x, sub->index));
+
+	rv.len = (size_t)sysconf(_SC_PAGESIZE);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(pipe(rv.paused[i]), 0);
+		cr_assert_eq(pipe(rv.resume[i]), 0);
+	}
+	struct sigaction sa = {.sa_sigaction = revoke_pause, .sa_flags = SA_SIGINFO};
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
+
+	/* the consumer drops the hold: parked at its AND */
+	struct revoke_party cp = {.sub = sub}, tp = {.bus = rbus, .pub = rpub, .seq = x};
+	rv.page[0] = ctl_page(bus, x);
+	cr_assert_eq(mprotect(rv.page[0], rv.len, PROT_READ), 0);
+	pthread_t ct, tt;
+	cr_assert_eq(pthread_create(&ct, NULL, consumer_party, &cp), 0);
+	char c = 0;
+	cr_assert_eq(tc_read_byte(rv.paused[0][0], 10000, &c), 0);
+	cr_assert_eq(c, 'P', "the consumer never reached its AND");
+
+	/* the revoker: parked at its AND too if it believes the hold is its
+	 * to clear, else done */
+	rv.page[1] = ctl_page(rbus, x);
+	cr_assert_eq(mprotect(rv.page[1], rv.len, PROT_READ), 0);
+	cr_assert_eq(pthread_create(&tt, NULL, revoker_party, &tp), 0);
+	char r = 0;
+	cr_assert_eq(tc_read_byte(rv.paused[1][0], 10000, &r), 0);
+
+	/* the consumer finishes its drop */
+	cr_assert_eq(write(rv.resume[0][1], "G", 1), 1);
+	cr_assert_eq(tc_read_byte(rv.paused[0][0], 10000, &c), 0);
+	cr_assert_eq(c, 'D');
+	cr_assert_eq(pthread_join(ct, NULL), 0);
+	cr_assert_eq(cp.rc, 0);
+	cr_assert(!slot_held_by(bus, x, sub->index));
+
+	/* the slot comes round again, to the same subscription */
+	uint64_t *claim = &bus->hdr->claim_pos;
+	while (at_load_acquire_u64(claim) < x + cfg.slots)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "filler", SHMBUS_PRIORITY_NORMAL, 0), 0);
+	cr_assert_eq(at_load_acquire_u64(claim), x + cfg.slots);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "target", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	cr_assert(slot_held_by(bus, x + cfg.slots, sub->index));
+
+	if (r == 'P') { /* the revoker goes on */
+		cr_assert_eq(write(rv.resume[1][1], "G", 1), 1);
+		cr_assert_eq(tc_read_byte(rv.paused[1][0], 10000, &r), 0);
+	}
+	cr_assert_eq(r, 'D');
+	cr_assert_eq(pthread_join(tt, NULL), 0);
+	signal(SIGSEGV, SIG_DFL);
+	rv.page[0] = rv.page[1] = NULL;
+
+	cr_expect(slot_held_by(bus, x + cfg.slots, sub->index),
+		  "the new event's holder bit was cleared by the revocation of the old one");
+	cr_expect_eq(at_load_acquire_u64(&sub->rec->revoked), 0, "revoked an entry its consumer had already dropped");
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_expect_eq(shmbus_event_seq(ev), x + cfg.slots);
+	cr_expect_eq(tc_payload_u32(ev), 2);
+	cr_expect_eq(shmbus_release(sub, ev), 0);
+	cr_expect_eq(shmbus_poll(sub, &ev), 0);
+	cr_expect(!slot_held_by(bus, x + cfg.slots, sub->index));
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 2; j++) {
+			close(rv.paused[i][j]);
+			close(rv.resume[i][j]);
+		}
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_pub_close(rpub);
+	shmbus_close(rbus);
+	shmbus_close(bus);
+}
+
+/* The held entry of sub's consumer that holds seq (SEG_HELD_MAX if none). */
+static uint32_t held_index(shmbus_sub_t *sub, uint64_t seq)
+{
+	for (uint32_t k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&sub->cons->held[k]);
+		if (d && (d & SEG_DESC_SEQ_MASK) == seq)
+			return k;
+	}
+	return SEG_HELD_MAX;
+}
+
+/* The other order: the revoker wins the entry and is parked at its AND;
+ * the consumer's drop of the same hold must leave the bit to it, and keep
+ * the entry (the revoker's record until it stores 0) out of its next
+ * takes until then. */
+Test(unit, a_consumer_leaves_a_hold_its_revoker_won)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_bus_t *rbus = tc_open();
+	shmbus_sub_opts_t so = {.policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0), *rpub = tc_pub(rbus, "revoker", 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "target", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	uint64_t x = shmbus_event_seq(ev);
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	uint32_t k = held_index(sub, x);
+	cr_assert_lt(k, SEG_HELD_MAX);
+
+	rv.len = (size_t)sysconf(_SC_PAGESIZE);
+	cr_assert_eq(pipe(rv.paused[1]), 0);
+	cr_assert_eq(pipe(rv.resume[1]), 0);
+	struct sigaction sa = {.sa_sigaction = revoke_pause, .sa_flags = SA_SIGINFO};
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
+	struct revoke_party tp = {.bus = rbus, .pub = rpub, .seq = x};
+	rv.page[1] = ctl_page(rbus, x);
+	cr_assert_eq(mprotect(rv.page[1], rv.len, PROT_READ), 0);
+	pthread_t tt;
+	cr_assert_eq(pthread_create(&tt, NULL, revoker_party, &tp), 0);
+	char r = 0;
+	cr_assert_eq(tc_read_byte(rv.paused[1][0], 10000, &r), 0);
+	cr_assert_eq(r, 'P', "the revoker never reached its AND");
+	uint64_t e = at_load_acquire_u64(&sub->cons->held[k]);
+	cr_expect(e & SEG_DESC_REVOKED, "entry %#llx", (unsigned long long)e);
+	cr_expect_eq(at_load_acquire_u64(&bus->hdr->locked_revoke), seg_revoke_where(sub->index, sub->consumer, k));
+
+	/* the consumer flushes its release: lost, the bit is the revoker's */
+	cr_assert_eq(shmbus_poll(sub, &ev), 0);
+	cr_expect(slot_held_by(bus, x, sub->index), "the consumer cleared a hold its revoker had won");
+	cr_expect_eq(at_load_acquire_u64(&sub->cons->held[k]), e, "the consumer touched the revoker's record");
+	cr_expect(sub->held_revoked & (1ull << k));
+
+	cr_assert_eq(write(rv.resume[1][1], "G", 1), 1);
+	cr_assert_eq(tc_read_byte(rv.paused[1][0], 10000, &r), 0);
+	cr_assert_eq(r, 'D');
+	cr_assert_eq(pthread_join(tt, NULL), 0);
+	signal(SIGSEGV, SIG_DFL);
+	rv.page[1] = NULL;
+	cr_expect(!slot_held_by(bus, x, sub->index));
+	cr_expect_eq(at_load_acquire_u64(&sub->cons->held[k]), 0);
+	cr_expect_eq(at_load_acquire_u64(&bus->hdr->locked_revoke), 0);
+	cr_expect_eq(at_load_acquire_u64(&sub->rec->revoked), 1);
+
+	/* the entry is ours again once the revoker is done */
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "target", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_expect_eq(sub->held_revoked, 0);
+	cr_expect_eq(tc_payload_u32(ev), 2);
+	cr_expect_eq(shmbus_release(sub, ev), 0);
+	for (int j = 0; j < 2; j++) {
+		close(rv.paused[1][j]);
+		close(rv.resume[1][j]);
+	}
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_pub_close(rpub);
+	shmbus_close(rbus);
+	shmbus_close(bus);
+}
+
+struct dying_party {
+	uint32_t sub, consumer, k; /* the entry to win */
+	uint64_t seq;
+	int ready[2]; /* the consumer child: tells it is subscribed, then its sub index */
+};
+
+/* A revoker killed between winning an entry (CAS to REVOKED, under the
+ * table lock, its locked_revoke set) and clearing the bit. */
+static int die_after_revoke_cas(void *arg)
+{
+	struct dying_party *d = arg;
+	shmbus_bus_t *bus = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0 || bus_lock_subs(bus) < 0)
+		return 1;
+	uint64_t *e = &bus_sub(bus, d->sub)->consumers[d->consumer].held[d->k];
+	uint64_t cur = at_load_acquire_u64(e);
+	if ((cur & SEG_DESC_SEQ_MASK) != d->seq || (cur & SEG_DESC_REVOKED))
+		return 2;
+	at_store_release_u64(&bus->hdr->locked_revoke, seg_revoke_where(d->sub, d->consumer, d->k));
+	if (!at_cas_u64(e, &cur, cur | SEG_DESC_REVOKED))
+		return 3;
+	_exit(0); /* the lock goes with us; the bit stays set */
+}
+
+/* Its hold is released by whoever takes the table lock next; its consumer
+ * (alive) reports the event revoked and leaves the entry to that one. */
+Test(unit, a_revocation_its_revoker_died_in_is_finished_under_the_lock)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_opts_t so = {.policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	struct dying_party d = {.sub = sub->index, .consumer = sub->consumer, .seq = shmbus_event_seq(ev)};
+	d.k = held_index(sub, d.seq);
+	cr_assert_lt(d.k, SEG_HELD_MAX);
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(die_after_revoke_cas, &d), 10000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s", tc_status_str(st));
+
+	uint64_t *e = &sub->cons->held[d.k], marked = at_load_acquire_u64(e);
+	cr_assert(marked & SEG_DESC_REVOKED);
+	cr_expect_eq(shmbus_release(sub, ev), -ESTALE);
+	cr_expect_eq(at_load_acquire_u64(e), marked, "the consumer cleared its revoker's record");
+	cr_expect(slot_held_by(bus, d.seq, sub->index));
+
+	cr_assert_geq(shmbus_reclaim(bus), 1); /* takes the table lock */
+	cr_expect(!slot_held_by(bus, d.seq, sub->index), "the dead revoker's hold leaked");
+	cr_expect_eq(at_load_acquire_u64(e), 0);
+	cr_expect_eq(at_load_acquire_u64(&bus->hdr->locked_revoke), 0);
+
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_expect_eq(sub->held_revoked, 0, "the entry stayed lost after its revocation was finished");
+	cr_expect_eq(shmbus_release(sub, ev), 0);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* A consumer killed between winning its entry (DROPPING) and clearing
+ * the bit: the survivor clears it, and does not deliver the event again
+ * (it was released). */
+static int die_while_dropping(void *arg)
+{
+	struct dying_party *d = arg;
+	shmbus_bus_t *bus = NULL;
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t so = {.subscriber_id = "dropper", .durable = true};
+	if (shmbus_open(tc_bus, NULL, &bus) < 0 || shmbus_subscribe(bus, &so, &sub) < 0)
+		return 1;
+	if (tc_write_byte(d->ready[1], 'R') < 0)
+		return 2;
+	const shmbus_event_t *ev;
+	if (shmbus_wait(sub, 10 * (int64_t)TC_SEC_NS, &ev) != 1 || shmbus_release(sub, ev) < 0)
+		return 3;
+	uint32_t k = held_index(sub, shmbus_event_seq(ev));
+	if (k >= SEG_HELD_MAX)
+		return 4;
+	uint64_t cur = at_load_acquire_u64(&sub->cons->held[k]);
+	if (!(cur & SEG_DESC_RELEASING) || !at_cas_u64(&sub->cons->held[k], &cur, cur | SEG_DESC_DROPPING))
+		return 5;
+	_exit(0); /* the bit stays set */
+}
+
+Test(unit, a_hold_its_consumer_died_dropping_is_released_once)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0);
+	struct dying_party d = {0};
+	cr_assert_eq(pipe(d.ready), 0);
+	pid_t pid = tc_fork(die_while_dropping, &d);
+	char c;
+	cr_assert_eq(tc_read_byte(d.ready[0], 10000, &c), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	int st = 0;
+	cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s", tc_status_str(st));
+	close(d.ready[0]);
+	close(d.ready[1]);
+
+	shmbus_sub_opts_t so = {.subscriber_id = "dropper", .durable = true};
+	uint64_t seq = 0;
+	uint32_t idx = SEG_MAX_SUBSCRIBERS;
+	for (uint32_t i = 0; i < bus->max_subs; i++)
+		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_ACTIVE)
+			idx = i;
+	cr_assert_lt(idx, bus->max_subs);
+	for (uint32_t k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t e = at_load_acquire_u64(&bus_sub(bus, idx)->consumers[0].held[k]);
+		if (e) {
+			cr_expect(seg_desc_dropping(e), "entry %#llx", (unsigned long long)e);
+			seq = e & SEG_DESC_SEQ_MASK;
+		}
+	}
+	cr_assert(slot_held_by(bus, seq, idx));
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	cr_expect(!slot_held_by(bus, seq, idx), "the dead consumer's hold leaked");
+	for (uint32_t k = 0; k < SEG_HELD_MAX; k++)
+		cr_expect_eq(at_load_acquire_u64(&bus_sub(bus, idx)->consumers[0].held[k]), 0);
+	/* released before it died: not delivered again */
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0);
+	const shmbus_event_t *ev;
+	cr_expect_eq(shmbus_poll(sub, &ev), 0);
+	cr_expect_eq(shmbus_unsubscribe(sub), 0);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 /* ---------------------------------------------------------------- queue */
 
 /* A private queue of cap cells, as a subscription's would be. */
