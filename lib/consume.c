@@ -452,53 +452,51 @@ static void log_low_update(shmbus_sub_t *sub)
  * it joins the deferred batch. */
 static int release_held(shmbus_sub_t *sub, uint32_t i, const shmbus_event_t *ev, bool now)
 {
-	{
-		uint32_t k = sub->held[i].k;
-		uint64_t seq = sub->held[i].seq;
-		sub->held[i] = sub->held[--sub->nheld];
-		if (k == HELD_FROM_LOG) {
-			if (!sub->bus->orphaned)
-				log_low_update(sub);
-			return 0; /* in the log's mapping: nothing to give back */
-		}
-		if (sub->bus->orphaned) {
-			held_free(sub, k);
-			return 0;
-		}
-		/* A removed subscription's record may already serve another: its
-		 * held[] is no longer ours to touch. */
-		if (!now && !sub_current(sub)) {
-			held_free(sub, k);
-			return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
-		}
-		/* read while the hold is ours: once RELEASING, a lag drain may
-		 * drop it and the slot be reused */
-		uint32_t slots = ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
-		uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
-		if (now && desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq) {
-			/* no RELEASING mark: the hold is dropped right here */
-			return held_drop(sub, k, desc) == 0
-				       ? 0
-				       : shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
-		}
-		if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
-		    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
-			sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
-			sub->releasing[sub->nreleasing].k = k;
-			sub->nreleasing++;
-			sub->releasing_slots += slots;
-			/* The batch is bounded in events and in ring space (a
-			 * sixteenth), and cut short when a publisher waits for
-			 * space, so deferring never starves a publisher. */
-			if (sub->nreleasing == RELEASE_BATCH || sub->releasing_slots >= sub->bus->nslots / 16 ||
-			    at_load_relaxed_u32(&sub->bus->hdr->space_waiters))
-				flush_releases(sub);
-			return 0;
-		}
-		/* revoked: its revoker clears the bit and then the entry */
-		held_lost(sub, k, desc, seq);
-		return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
+	uint32_t k = sub->held[i].k;
+	uint64_t seq = sub->held[i].seq;
+	sub->held[i] = sub->held[--sub->nheld];
+	if (k == HELD_FROM_LOG) {
+		if (!sub->bus->orphaned)
+			log_low_update(sub);
+		return 0; /* in the log's mapping: nothing to give back */
 	}
+	if (sub->bus->orphaned) {
+		held_free(sub, k);
+		return 0;
+	}
+	/* A removed subscription's record may already serve another: its
+	 * held[] is no longer ours to touch. */
+	if (!now && !sub_current(sub)) {
+		held_free(sub, k);
+		return shmbus__fail(ESTALE, "the subscription was removed while the event was held");
+	}
+	/* read while the hold is ours: once RELEASING, a lag drain may
+	 * drop it and the slot be reused */
+	uint32_t slots = ((const struct seg_event *)ev)->size >> sub->bus->slot_size_shift;
+	uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
+	if (now && desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq) {
+		/* no RELEASING mark: the hold is dropped right here */
+		return held_drop(sub, k, desc) == 0
+			       ? 0
+			       : shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
+	}
+	if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
+	    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
+		sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
+		sub->releasing[sub->nreleasing].k = k;
+		sub->nreleasing++;
+		sub->releasing_slots += slots;
+		/* The batch is bounded in events and in ring space (a
+		 * sixteenth), and cut short when a publisher waits for
+		 * space, so deferring never starves a publisher. */
+		if (sub->nreleasing == RELEASE_BATCH || sub->releasing_slots >= sub->bus->nslots / 16 ||
+		    at_load_relaxed_u32(&sub->bus->hdr->space_waiters))
+			flush_releases(sub);
+		return 0;
+	}
+	/* revoked: its revoker clears the bit and then the entry */
+	held_lost(sub, k, desc, seq);
+	return shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 }
 
 SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
