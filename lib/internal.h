@@ -319,6 +319,11 @@ void reclaim_orphan_hold(shmbus_bus_t *bus, uint32_t sub, uint64_t d);
  * holds dropped - reclaim only visits active entries, so nobody else
  * would. */
 void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con);
+/* Turn every cell of subscription record idx's queues that a member no
+ * longer alive left half pushed (WRITING) into a tombstone, whatever the
+ * record's state: a queue must never stay wedged at a dead writer's cell,
+ * even in a record that was removed before the sweep reached the writer. */
+void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx);
 
 /* uuid.c */
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation);

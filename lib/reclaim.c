@@ -234,10 +234,35 @@ static bool sub_survives(const struct seg_sub *s, uint32_t dead, uint32_t remain
 	return s->owner != dead && remaining_consumers > 0;
 }
 
+void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
+{
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		uint64_t seen[(SEG_TURN_OWNER_MASK + 1) / 64] = {0};
+		for (uint64_t i = 0; i < q.cap; i++) {
+			uint64_t turn = at_load_acquire_u64(&q.cells[i].turn);
+			if (!(turn & SEG_TURN_BUSY))
+				continue;
+			uint32_t o = seg_turn_owner(turn);
+			if (seen[o / 64] >> (o % 64) & 1)
+				continue;
+			seen[o / 64] |= 1ull << (o % 64);
+			if (o != bus->member && (o >= bus->max_members || !member_alive(bus, o)))
+				queue_recover_writer(&q, o, SEG_DESC_TOMBSTONE);
+		}
+	}
+}
+
 static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
 	uint32_t state = at_load_acquire_u32(&s->state);
+	/* before anything else, and in a free record too: a removal that ran
+	 * while the dead member still looked alive left its cells as they were */
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		queue_recover_writer(&q, dead, SEG_DESC_TOMBSTONE);
+	}
 	if (state == SEG_SUB_FREE)
 		return;
 	uint64_t held[SEG_CONSUMERS * SEG_HELD_MAX];
@@ -258,10 +283,6 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		}
 	}
 	bool keep = sub_survives(s, dead, remaining);
-	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
-		struct queue_view q = bus_queue(bus, idx, cls);
-		queue_recover_writer(&q, dead, SEG_DESC_TOMBSTONE);
-	}
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)

@@ -186,6 +186,10 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fence_seq_cst();
 	sub_wait_routing_grace(bus);
+	/* No live publisher pushes here any more; a cell one that died left
+	 * half pushed would stop the drain below, and the record's next
+	 * subscription, at that cell for good. */
+	reclaim_dead_writers(bus, idx);
 	revoke_all_held(bus, idx);
 	/* under the table lock: its holder's intent lives in the header */
 	sub_drop_queued(bus, idx, UINT64_MAX, &bus->hdr->locked_take, false);

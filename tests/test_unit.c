@@ -1239,3 +1239,59 @@ Test(unit, queue_push_many_steps_over_a_dead_writers_cell)
 	cr_expect_eq(out[2], 8);
 	cr_expect_eq(out[3], 9);
 }
+
+/* ------------------------------------------- a dead writer's queue cells */
+
+/* A publisher that dies inside a push, into the first subscription record:
+ * the cell at the queue's tail is left WRITING in its name. */
+static int die_inside_push(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus = NULL;
+	shmbus_pub_t *pub = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0 || shmbus_pub_open(bus, NULL, &pub) < 0)
+		return 1;
+	struct queue_view q = bus_queue(bus, 0, SEG_QUEUE_NORMAL);
+	uint64_t pos = at_load_acquire_u64(&q.ends->tail);
+	struct seg_cell *c = &q.cells[seg_cell_index(pos, q.cap)];
+	uint64_t turn = pos;
+	if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(bus->member, pos)))
+		return 2;
+	at_store_relaxed_u64(&q.ends->tail, pos + 1);
+	_exit(0); /* no detach: the member dies with the cell half pushed */
+}
+
+/* The subscription the dead publisher was pushing to is removed before
+ * the reclaim sweep gets to the publisher: the next subscription in that
+ * record must still get every event, and publishers must not wait on a
+ * queue wedged at the dead writer's cell. */
+Test(unit, dead_writers_cell_in_a_removed_subscription_is_recovered)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *first = tc_sub(bus, NULL);
+	cr_assert_eq(first->index, 0, "the test pushes into record 0");
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(die_inside_push, NULL), 10000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %s", tc_status_str(st));
+	shmbus_sub_close(first); /* removed while the dead member is not reclaimed */
+	shmbus_reclaim(bus);
+	shmbus_sub_t *next = tc_sub(bus, NULL);
+	cr_assert_eq(next->index, 0, "the record is reused");
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 2 * (int64_t)TC_SEC_NS);
+	uint32_t got = 0;
+	for (uint32_t i = 0; i < 3 * cfg.slots; i++) {
+		int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after", 0, i);
+		cr_assert_eq(rc, 0, "publish %u: %d (%s)", i, rc, shmbus_errmsg());
+		const shmbus_event_t *ev;
+		while (shmbus_poll(next, &ev) == 1) {
+			cr_assert_eq(tc_payload_u32(ev), got, "event %u out of order", got);
+			got++;
+			cr_assert_eq(shmbus_release(next, ev), 0);
+		}
+	}
+	cr_expect_eq(got, 3 * cfg.slots, "the new subscription got %u of %u", got, 3 * cfg.slots);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(next);
+	shmbus_close(bus);
+}
