@@ -173,6 +173,7 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		for (uint32_t i = 0; i < n; i++)
 			held_drop(sub, ready[i].k, ready[i].desc);
 		sub->ready_n[cls] = 0;
+		sub_consumer_forget(sub); /* the removal left our entry for this */
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	}
 	/* The cells go back once the first event is opened (release_cells):

@@ -710,7 +710,7 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 		const struct seg_consumer *sc = &s->consumers[c];
 		if (sc->state == SEG_CONSUMER_FREE)
 			continue;
-		if (sc->state != SEG_CONSUMER_ACTIVE)
+		if (sc->state != SEG_CONSUMER_ACTIVE && sc->state != SEG_CONSUMER_DETACHED)
 			problem(in, "sub[%u].consumer[%u]: invalid state %u", o->index, c, sc->state);
 		shmbus_inspect_consumer_t *oc = &o->consumers[o->consumer_count++];
 		oc->index = c;

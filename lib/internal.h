@@ -258,6 +258,9 @@ bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 /* subscribe.c: membership of the routing masks. */
 void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
+/* Our consumer entry, left DETACHED by a removal that ran while we were
+ * taking a run: once that run is dropped (no take intent), it is free. */
+void sub_consumer_forget(shmbus_sub_t *sub);
 /* Take every queued descriptor of subscription idx whose sequence is at
  * most max_seq and drop its hold; the runs are recorded in intent (the
  * caller's: a publisher's drain record, or the table lock holder's).

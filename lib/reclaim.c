@@ -131,7 +131,7 @@ static bool live_intent_claims(const struct recover_ctx *r, const struct queue_v
 	const struct seg_sub *s = bus_sub(bus, q->sub);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		const struct seg_consumer *con = &s->consumers[c];
-		if (&con->take == r->self || at_load_acquire_u32((uint32_t *)&con->state) != SEG_CONSUMER_ACTIVE ||
+		if (&con->take == r->self || at_load_acquire_u32((uint32_t *)&con->state) == SEG_CONSUMER_FREE ||
 		    con->member == r->dead)
 			continue;
 		if (intent_claims(&con->take, q, pos, &st)) {
@@ -224,6 +224,30 @@ void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
 	recover_intent(bus, &con->take, m, false, held, n);
 }
 
+/* The entry of a dead consumer whose subscription was removed while it
+ * was taking a run: that run and whatever held[] records go nowhere but
+ * away (the subscription is gone), and the entry is free again. */
+static void reclaim_detached(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con, uint32_t dead)
+{
+	uint64_t held[SEG_HELD_MAX];
+	size_t n = 0;
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&con->held[k]);
+		if (d)
+			held[n++] = d;
+	}
+	recover_intent(bus, &con->take, dead, false, held, n);
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&con->held[k]);
+		if (!d)
+			continue;
+		give_back(bus, idx, d, false);
+		at_store_release_u64(&con->held[k], 0);
+	}
+	at_store_relaxed_u64(&con->delivered, 0);
+	at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
+}
+
 static bool sub_survives(const struct seg_sub *s, uint32_t dead, uint32_t remaining_consumers)
 {
 	uint32_t flags = at_load_acquire_u32((uint32_t *)&s->flags);
@@ -258,11 +282,15 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 	struct seg_sub *s = bus_sub(bus, idx);
 	uint32_t state = at_load_acquire_u32(&s->state);
 	/* before anything else, and in a free record too: a removal that ran
-	 * while the dead member still looked alive left its cells as they were */
+	 * while the dead member still looked alive left its cells as they were,
+	 * and the entries of its consumers that were taking (DETACHED) */
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		queue_recover_writer(&q, dead, SEG_DESC_TOMBSTONE);
 	}
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+		if (at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_DETACHED && s->consumers[c].member == dead)
+			reclaim_detached(bus, idx, &s->consumers[c], dead);
 	if (state == SEG_SUB_FREE)
 		return;
 	uint64_t held[SEG_CONSUMERS * SEG_HELD_MAX];

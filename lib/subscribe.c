@@ -150,7 +150,8 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 	struct seg_sub *s = bus_sub(bus, idx);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
-		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE)
+		uint32_t st = at_load_acquire_u32(&con->state);
+		if (st != SEG_CONSUMER_FREE)
 			reclaim_consumer_take(bus, con);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *e = &con->held[k];
@@ -173,8 +174,25 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 		}
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
-		at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
+		/* A live consumer in the middle of a take (its intent names a
+		 * run the drain could not see) keeps its entry: it drops the run
+		 * when it sees the removal and frees the entry then
+		 * (sub_consumer_forget); should it die first, reclaim finds the
+		 * run through the entry. Freed now, the run would be nobody's. */
+		bool taking = st != SEG_CONSUMER_FREE &&
+			      seg_take_state(at_load_acquire_u32(&con->take.info)) != SEG_TAKE_NONE &&
+			      consumer_alive(bus, con);
+		at_store_release_u32(&con->state, taking ? SEG_CONSUMER_DETACHED : SEG_CONSUMER_FREE);
 	}
+}
+
+void sub_consumer_forget(shmbus_sub_t *sub)
+{
+	struct seg_consumer *con = sub->cons;
+	uint32_t st = SEG_CONSUMER_DETACHED;
+	if (con->member == sub->bus->member && con->member_gen == sub->bus->member_gen &&
+	    seg_take_state(at_load_acquire_u32(&con->take.info)) == SEG_TAKE_NONE)
+		at_cas_u32(&con->state, &st, SEG_CONSUMER_FREE);
 }
 
 /* Tear down subscription idx; the caller holds the table lock. */
@@ -190,9 +208,12 @@ void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 	 * half pushed would stop the drain below, and the record's next
 	 * subscription, at that cell for good. */
 	reclaim_dead_writers(bus, idx);
-	revoke_all_held(bus, idx);
-	/* under the table lock: its holder's intent lives in the header */
+	/* The queues first (under the table lock: its holder's intent lives
+	 * in the header), then the consumers: once drained, nothing is left to
+	 * take, so every run a consumer is still moving into held[] shows in
+	 * its intent (stored before its head CAS) when revoke_all_held looks. */
 	sub_drop_queued(bus, idx, UINT64_MAX, &bus->hdr->locked_take, false);
+	revoke_all_held(bus, idx);
 	metrics_retire_sub(bus, idx);
 	at_fetch_add_u64(&s->generation, 1);
 	at_store_release_u32(&s->flags, 0);
@@ -341,8 +362,10 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		tails += queue_pushed(&q);
 	}
 	at_store_relaxed_u64(&s->routed_base, tails);
+	/* entries a removal left DETACHED stay their consumers' until freed */
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
-		at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
+		if (at_load_acquire_u32(&s->consumers[c].state) != SEG_CONSUMER_DETACHED)
+			at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
 	int c = consumer_join(bus, s);
 	at_store_release_u32(&s->state, SEG_SUB_ACTIVE);
 	install_filter(bus, (uint32_t)idx, &r->filter, false);
@@ -448,6 +471,8 @@ static int sub_detach(shmbus_sub_t *sub, bool remove)
 		at_store_release_u32(&sub->cons->state, SEG_CONSUMER_FREE);
 		if (!survives)
 			sub_remove_locked(bus, sub->index);
+	} else {
+		sub_consumer_forget(sub); /* removed under us while we were taking */
 	}
 	bus_unlock_subs(bus);
 	return 0;

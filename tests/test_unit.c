@@ -1295,3 +1295,74 @@ Test(unit, dead_writers_cell_in_a_removed_subscription_is_recovered)
 	shmbus_sub_close(next);
 	shmbus_close(bus);
 }
+
+/* ------------------------------ a consumer killed mid-take after a removal */
+
+struct midtake {
+	int up[2];   /* child -> parent: the run is taken */
+	uint32_t n;  /* descriptors taken */
+};
+
+/* Join durable subscription "mid", take a run into the consumer's intent
+ * (OWNED, head moved, nothing in held[] yet) and stop there, as a consumer
+ * preempted inside take_run would. */
+static int take_and_stop(void *arg)
+{
+	struct midtake *mt = arg;
+	shmbus_bus_t *bus = NULL;
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "mid", .durable = true};
+	if (shmbus_open(tc_bus, NULL, &bus) < 0 || shmbus_subscribe(bus, &o, &sub) < 0)
+		return 1;
+	struct queue_view q = bus_queue(bus, sub->index, SEG_QUEUE_NORMAL);
+	uint64_t descs[SEG_TAKE_MAX], first;
+	uint32_t n = queue_take(&q, &sub->cons->take, 8, UINT64_MAX, descs, &first);
+	mt->n = n;
+	tc_write_byte(mt->up[1], 'T');
+	for (;;)
+		pause();
+}
+
+/* A removal that finds a live consumer in the middle of a take must leave
+ * its entry for it (DETACHED), not free it: the consumer, killed right
+ * after, leaves a run whose holds only the dead consumer's entry records,
+ * and reclaim must still find and drop them. Before, they leaked: the
+ * run's ring slots were never reusable again. */
+Test(unit, consumer_killed_mid_take_after_a_removal_leaks_nothing)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "mid", .durable = true};
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, -1);
+	for (uint32_t i = 0; i < 5; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "mid", 0, i), 0);
+	struct midtake *mt = tc_shared_alloc(sizeof *mt);
+	cr_assert_eq(pipe(mt->up), 0);
+	pid_t child = tc_fork(take_and_stop, mt);
+	char c = 0;
+	cr_assert_eq(read(mt->up[0], &c, 1), 1);
+	cr_assert_eq(mt->n, 5, "the child took %u", mt->n);
+
+	cr_assert_eq(shmbus_unsubscribe(sub), 0); /* removed under the live taker */
+	tc_kill9(child);
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	shmbus_metrics_t m;
+	cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+	cr_expect_eq(m.ring_used, 0, "%llu ring slots still held by the dead taker's run",
+		     (unsigned long long)m.ring_used);
+	/* and its consumer entry is free for the record's next subscription */
+	shmbus_sub_t *next = tc_sub(bus, NULL);
+	struct seg_sub *s = next->rec;
+	unsigned used = 0;
+	for (unsigned k = 0; k < SEG_CONSUMERS; k++)
+		used += at_load_acquire_u32(&s->consumers[k].state) != SEG_CONSUMER_FREE;
+	cr_expect_eq(used, 1, "%u consumer entries in use, only ours should be", used);
+	close(mt->up[0]);
+	close(mt->up[1]);
+	tc_shared_free(mt, sizeof *mt);
+	shmbus_sub_close(next);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}

@@ -95,12 +95,24 @@ static void *publisher(void *arg)
 static struct target targets[2];
 static shmbus_dispatcher_t *disp;
 
-/* Stops the dispatcher from another thread once everything is handled. */
+/* Whether subscription `name` has counted every event completed: the
+ * dispatcher counts a run once its handler returned and the loop saw it,
+ * a moment after the handler's own count. */
+static int all_completed(const char *name)
+{
+	shmbus_sub_info_t si[4];
+	return shmbus_list_subscriptions(bus, name, si, 4) == 1 && si[0].completed == TOTAL;
+}
+
+/* Stops the dispatcher from another thread once everything is handled and
+ * counted (stopping when the handlers' own counts are complete raced with
+ * the loop's accounting of the last run). */
 static void *stopper(void *arg)
 {
 	(void)arg;
 	for (int i = 0; i < 60000; i++) {
-		if (atomic_load(&targets[0].ok) == TOTAL && atomic_load(&targets[1].ok) == TOTAL)
+		if (atomic_load(&targets[0].ok) == TOTAL && atomic_load(&targets[1].ok) == TOTAL &&
+		    all_completed("a") && all_completed("b"))
 			break;
 		usleep(1000);
 	}
