@@ -217,6 +217,11 @@ struct route_item {
 	bool matched;		    /* out: some filter matched, queue full or not */
 	uint8_t cls;		    /* out: its queue class (SEG_QUEUE_*) */
 };
+/* Route one written event: push descriptor seq to every subscription it
+ * matches, set their bits in hold (the slot's holders to be) and wake
+ * (SEG_MASK_WORDS words). Returns how many matched, full queues included
+ * (those drop the descriptor and count it). */
+unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Route a publisher's written events (at most QUEUE_PUSH_MAX): for every
  * subscription, push the descriptors of the events it matches in one run
  * per queue (in the events' order), set the bits of those queued in their hold[] (the

@@ -263,44 +263,62 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	bool freed = false;
-	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
-	 * not one event at a time: a consumer that keeps up would otherwise
-	 * take each descriptor the moment it is pushed and read the event's
-	 * lines while they are still being committed, and every line would
-	 * cross between the cores several times. Writing the window's events,
-	 * then pushing their descriptors (one run per queue), then committing
-	 * them moves each line about once. Descriptors still precede the
-	 * commit, as the crash protocol needs; the window bounds how long a
-	 * consumer that took the first descriptor waits for its commit. */
-	for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
-		size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
-		for (size_t i = from; i < to; i++) {
-			struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-			shmbus_uuid_t id;
-			uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
-			uint32_t slots = slots_for(bus, lay[i].size);
-			if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
-				slots_free_body(bus, seq, slots);
-			/* a copy only of an event of this window: those of earlier
-			 * windows are committed, and may be released and reused */
-			if (lay[i].like_prev && i > from)
-				event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id,
-						 !msgs[i].correlation_id);
-			else
-				event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
-			if (msgs[i].payload_len)
-				memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
-			bytes += msgs[i].payload_len;
-			rt[i] = (struct route_item){.ev = ev, .seq = seq, .like_prev = i > from && lay[i].like_prev};
-			seq += slots;
-		}
-		route_written(pub, rt + from, to - from, wake);
-		for (size_t i = from; i < to; i++) {
-			freed |= commit_routed(pub, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
-			/* from the sequence, not the slot: once committed, the event
-			 * may be released and its slot reused at any moment */
-			if (ids)
-				uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, bus->hdr->incarnation);
+	if (n == 1) {
+		/* one event: written, routed, committed, none of the batch
+		 * machinery (every instruction here is on a round trip) */
+		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
+		shmbus_uuid_t id;
+		uint64_t hold[SEG_HOLDER_WORDS] = {0};
+		uuid_make_v7(&id, now / 1000000, pos, bus->hdr->incarnation);
+		event_write(ev, &msgs[0], &lay[0], msgs[0].payload_len, pos, &id, now);
+		if (msgs[0].payload_len)
+			memcpy((uint8_t *)ev + lay[0].payload_off, msgs[0].payload, msgs[0].payload_len);
+		if (route_event(pub, ev, pos, hold, wake) == 0)
+			keep_unrouted(pub, ev);
+		freed = commit_routed(pub, ev, pos, hold);
+		if (ids)
+			ids[0] = id;
+		bytes = msgs[0].payload_len;
+	} else {
+		/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
+		 * not one event at a time: a consumer that keeps up would otherwise
+		 * take each descriptor the moment it is pushed and read the event's
+		 * lines while they are still being committed, and every line would
+		 * cross between the cores several times. Writing the window's events,
+		 * then pushing their descriptors (one run per queue), then committing
+		 * them moves each line about once. Descriptors still precede the
+		 * commit, as the crash protocol needs; the window bounds how long a
+		 * consumer that took the first descriptor waits for its commit. */
+		for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
+			size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
+			for (size_t i = from; i < to; i++) {
+				struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
+				shmbus_uuid_t id;
+				uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
+				uint32_t slots = slots_for(bus, lay[i].size);
+				if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
+					slots_free_body(bus, seq, slots);
+				/* a copy only of an event of this window: those of earlier
+				 * windows are committed, and may be released and reused */
+				if (lay[i].like_prev && i > from)
+					event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id,
+							 !msgs[i].correlation_id);
+				else
+					event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
+				if (msgs[i].payload_len)
+					memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
+				bytes += msgs[i].payload_len;
+				rt[i] = (struct route_item){.ev = ev, .seq = seq, .like_prev = i > from && lay[i].like_prev};
+				seq += slots;
+			}
+			route_written(pub, rt + from, to - from, wake);
+			for (size_t i = from; i < to; i++) {
+				freed |= commit_routed(pub, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
+				/* from the sequence, not the slot: once committed, the event
+				 * may be released and its slot reused at any moment */
+				if (ids)
+					uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, bus->hdr->incarnation);
+			}
 		}
 	}
 	routing_end(pub, wake, freed);
@@ -383,10 +401,11 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	ev->published_ns = now_real_ns();
 	if (id)
 		memcpy(id, ev->id, sizeof *id);
-	struct route_item it = {.ev = ev, .seq = pub->claim_pos};
+	uint64_t hold[SEG_HOLDER_WORDS] = {0};
 	routing_begin(pub);
-	route_written(pub, &it, 1, wake);
-	bool freed = commit_routed(pub, ev, pub->claim_pos, it.hold);
+	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
+		keep_unrouted(pub, ev);
+	bool freed = commit_routed(pub, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
 	count_published(pub, 1, ev->payload_len);
 	if (pub->nunrouted)

@@ -256,30 +256,42 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	return any;
 }
 
-/* One event: its descriptor straight into each matching queue. */
-static void route_one_event(shmbus_pub_t *pub, struct route_item *it, uint64_t *wake)
+unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
+	unsigned matched = 0;
 	shmbus_bus_t *bus = pub->bus;
-	unsigned words = (bus->max_subs + 63) / 64;
-	match_event(pub, it);
+	struct seg_header *h = bus->hdr;
+	unsigned cls = event_class(ev);
+	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
 	for (unsigned w = 0; w < words; w++) {
-		for (uint64_t m = it->hold[w]; m; m &= m - 1) {
-			unsigned bit = (unsigned)__builtin_ctzll(m);
+		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
+		while (cand) {
+			unsigned bit = (unsigned)__builtin_ctzll(cand);
+			cand &= cand - 1;
 			uint32_t idx = w * 64 + bit;
-			struct queue_view q = bus_queue(bus, idx, it->cls);
-			if (queue_push(&q, bus->member, it->seq | SEG_DESC_HOLDS_REF) == 0) {
+			if (idx >= bus->max_subs)
+				break;
+			struct seg_sub *s = bus_sub(bus, idx);
+			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
+			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
+				continue;
+			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
+				continue;
+			matched++;
+			struct queue_view q = bus_queue(bus, idx, cls);
+			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
+				hold[w] |= 1ull << bit;
 				wake[w] |= 1ull << bit;
 			} else {
-				it->hold[w] &= ~(1ull << bit);
-				at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
-				catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
+				at_count_u64(&s->dropped_full, 1);
+				catchup_note_drop(bus, idx, seq, seq + 1, 1);
 			}
 		}
 	}
+	return matched;
 }
 
-static __attribute__((noinline)) void route_many(shmbus_pub_t *pub, struct route_item *items, size_t n,
-						  uint64_t *wake)
+void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
 {
 	uint64_t subs[SEG_HOLDER_WORDS] = {0};
 	bool urgent = false, normal = false;
@@ -331,13 +343,4 @@ void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
 				route_wake(bus, w * 64 + bit);
 		}
 	}
-}
-
-void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
-{
-	/* one event (every plain publish) needs none of the run machinery */
-	if (n == 1)
-		route_one_event(pub, items, wake);
-	else
-		route_many(pub, items, n, wake);
 }
