@@ -3,9 +3,10 @@
  * ThreadSanitizer build (Criterion cannot start under TSan, see
  * docs/ARCHITECTURE.md) and for every other build as well.
  *
- * Publishers, plain and group subscribers, a lag subscriber and a thread
- * that keeps subscribing, pausing and unsubscribing all share one bus
- * handle. Checked: every subscriber gets exactly what its filter matches,
+ * Publishers (single events and batches of 1 to 70, whose shapes alternate
+ * and cross the 64-event windows), plain and group subscribers (one of
+ * each taking and releasing batches), a lag subscriber and a thread that
+ * keeps subscribing, pausing and unsubscribing all share one bus handle. Checked: every subscriber gets exactly what its filter matches,
  * each publisher's events in order, group members split the events with
  * no loss or duplicate, and a lag subscriber's received + missed equals
  * what was published. Ends with a "N passed, N failed" line.
@@ -60,15 +61,23 @@ static void *publisher(void *arg)
 		fprintf(stderr, "pub_open: %s\n", shmbus_errmsg());
 		exit(1);
 	}
-	for (uint32_t n = 0; n < PER_PUB; n++) {
-		struct payload p = {.pub = id, .n = n};
-		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = (n % 3 == 0) ? "a" : "b", .payload = &p,
-				  .payload_len = sizeof p};
-		int rc = (n % 7 == 0) ? shmbus_publish_batch(pub, &m, 1, NULL) : shmbus_publish(pub, &m, NULL);
+	struct payload p[70];
+	shmbus_msg_t m[70];
+	for (uint32_t n = 0; n < PER_PUB;) {
+		uint32_t k = (n / 3) % 4 ? 1 : 1 + (n * 7919u) % 70; /* singles, and batches of 1..70 */
+		if (k > PER_PUB - n)
+			k = PER_PUB - n;
+		for (uint32_t j = 0; j < k; j++) {
+			p[j] = (struct payload){.pub = id, .n = n + j};
+			m[j] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = ((n + j) % 3 == 0) ? "a" : "b",
+					      .payload = &p[j], .payload_len = sizeof p[j]};
+		}
+		int rc = k == 1 && n % 2 ? shmbus_publish(pub, &m[0], NULL) : shmbus_publish_batch(pub, m, k, NULL);
 		if (rc < 0) {
 			fprintf(stderr, "publish: %s\n", shmbus_errmsg());
 			exit(1);
 		}
+		n += k;
 	}
 	shmbus_pub_close(pub);
 	atomic_fetch_add(&pubs_done, 1);
@@ -84,13 +93,50 @@ struct consumer {
 	int disorder;
 	uint8_t *seen; /* group: shared bitmap of (pub, n) */
 	int dup;
+	int batched; /* shmbus_poll_batch and shmbus_release_batch */
 };
+
+/* One received event: order (or the group's bitmap) and the count. */
+static void note_event(struct consumer *c, const shmbus_event_t *ev)
+{
+	size_t len;
+	const struct payload *p = shmbus_event_payload(ev, &len);
+	if (len == sizeof *p && p->pub < PUBLISHERS) {
+		if (c->seen) {
+			uint8_t *b = &c->seen[p->pub * PER_PUB + p->n];
+			if (__atomic_exchange_n(b, 1, __ATOMIC_RELAXED))
+				c->dup++;
+		} else if (p->n < c->next[p->pub]) {
+			c->disorder++;
+		}
+		c->next[p->pub] = p->n + 1;
+	}
+	c->got++;
+}
 
 static void *consumer(void *arg)
 {
 	struct consumer *c = arg;
 	const shmbus_event_t *ev;
 	for (;;) {
+		if (c->batched) {
+			const shmbus_event_t *evs[16];
+			int n = shmbus_poll_batch(c->sub, evs, 16);
+			if (n < 0) {
+				fprintf(stderr, "poll_batch: %s\n", shmbus_errmsg());
+				exit(1);
+			}
+			for (int i = 0; i < n; i++)
+				note_event(c, evs[i]);
+			if (n > 0 && shmbus_release_batch(c->sub, evs, n) < 0) {
+				fprintf(stderr, "release_batch: %s\n", shmbus_errmsg());
+				exit(1);
+			}
+			if (c->expect && c->got >= c->expect)
+				break;
+			if (n > 0)
+				continue;
+		}
 		int rc = shmbus_wait(c->sub, 200000000LL, &ev);
 		if (rc < 0) {
 			fprintf(stderr, "wait: %s\n", shmbus_errmsg());
@@ -101,20 +147,8 @@ static void *consumer(void *arg)
 				break;
 			continue;
 		}
-		size_t len;
-		const struct payload *p = shmbus_event_payload(ev, &len);
-		if (len == sizeof *p && p->pub < PUBLISHERS) {
-			if (c->seen) {
-				uint8_t *b = &c->seen[p->pub * PER_PUB + p->n];
-				if (__atomic_exchange_n(b, 1, __ATOMIC_RELAXED))
-					c->dup++;
-			} else if (p->n < c->next[p->pub]) {
-				c->disorder++;
-			}
-			c->next[p->pub] = p->n + 1;
-		}
+		note_event(c, ev);
 		shmbus_release(c->sub, ev);
-		c->got++;
 		if (c->expect && c->got == c->expect)
 			break;
 	}
@@ -172,7 +206,7 @@ int main(void)
 	shmbus_filter_t *fa;
 	const char *a[] = {"a"};
 	shmbus_filter_names(a, 1, &fa);
-	struct consumer all = {.expect = (uint64_t)PUBLISHERS * PER_PUB};
+	struct consumer all = {.expect = (uint64_t)PUBLISHERS * PER_PUB, .batched = 1};
 	struct consumer only_a = {.expect = 0};
 	struct consumer lag = {.expect = 0};
 	struct consumer dlag = {.expect = 0}; /* durable: its gaps close against a log that does not exist */
@@ -185,6 +219,7 @@ int main(void)
 	for (int i = 0; i < GROUP_MEMBERS; i++) {
 		memset(&group[i], 0, sizeof group[i]);
 		group[i].seen = seen;
+		group[i].batched = i == 0;
 		group[i].sub = subscribe(&(shmbus_sub_opts_t){.subscriber_id = "grp", .group = "g", .wait = SHMBUS_WAIT_SPIN});
 	}
 	shmbus_filter_free(fa);
