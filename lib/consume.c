@@ -131,12 +131,18 @@ static void flush_releases(shmbus_sub_t *sub)
 	sub->releasing_slots = 0;
 }
 
+static void release_cells(shmbus_sub_t *sub);
+
 /* Take a run of descriptors from queue class cls into held[] and the
  * local ready list. Returns how many, or -ESHUTDOWN. */
 static int take_run(shmbus_sub_t *sub, unsigned cls)
 {
 	shmbus_bus_t *bus = sub->bus;
 	struct queue_view q = bus_queue(bus, sub->index, cls);
+	/* a run of the other class still unreleased (poll_next turned to the
+	 * catch-up after taking it): its cells go back before the intent
+	 * names the new run, or nobody ever releases them */
+	release_cells(sub);
 	if (sub->held_revoked)
 		held_reap(sub);
 	uint32_t room = held_free_count(sub);
@@ -169,10 +175,13 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 	 * held[] */
 	at_fence_seq_cst();
 	if (!sub_current(sub)) {
-		queue_release(&q, &sub->cons->take, first, n);
+		/* the holds, then the intent: while a removal may still read
+		 * our intent as NONE and free the entry, no hold of the run may
+		 * be left in held[] */
 		for (uint32_t i = 0; i < n; i++)
 			held_drop(sub, ready[i].k, ready[i].desc);
 		sub->ready_n[cls] = 0;
+		queue_release(&q, &sub->cons->take, first, n);
 		sub_consumer_forget(sub); /* the removal left our entry for this */
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	}
@@ -278,13 +287,28 @@ static bool urgent_waiting(const shmbus_sub_t *sub)
 	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
 }
 
+void consume_forget_removed(shmbus_sub_t *sub)
+{
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		for (uint32_t i = 0; i < sub->ready_n[cls]; i++) {
+			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
+			held_drop(sub, h->k, h->desc);
+		}
+		sub->ready_n[cls] = 0;
+	}
+	release_cells(sub);
+	sub_consumer_forget(sub);
+}
+
 /* What every poll checks first: 0, or -errno. */
 static int poll_usable(shmbus_sub_t *sub)
 {
 	if (sub->bus->orphaned)
 		return bus_check_usable(sub->bus);
-	if (!sub_current(sub))
+	if (!sub_current(sub)) {
+		consume_forget_removed(sub);
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
+	}
 	if (sub->nheld >= SEG_HELD_MAX)
 		return shmbus__fail(ENOBUFS, "%d events held: release some first", SEG_HELD_MAX);
 	return 0;

@@ -284,6 +284,9 @@ void metrics_retire_sub(shmbus_bus_t *bus, uint32_t idx);
  * what it took but never delivered (to the queue if the subscription
  * survives) and release what the user still holds. */
 void consume_detach(shmbus_sub_t *sub, bool survives);
+/* Our subscription was removed: drop what the last run left (holds, then
+ * cells and intent) and free our entry if the removal left it DETACHED. */
+void consume_forget_removed(shmbus_sub_t *sub);
 
 /* catchup.c: events routed to subscription idx in [lo, hi) were dropped,
  * n of them: a durable subscription records them as a gap to serve from

@@ -402,12 +402,13 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	if (id)
 		memcpy(id, ev->id, sizeof *id);
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
+	uint32_t payload_len = ev->payload_len; /* once committed, the slot may be reused */
 	routing_begin(pub);
 	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
 	bool freed = commit_routed(pub, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
-	count_published(pub, 1, ev->payload_len);
+	count_published(pub, 1, payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
 	pub->claim_open = false;

@@ -179,9 +179,10 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 		 * when it sees the removal and frees the entry then
 		 * (sub_consumer_forget); should it die first, reclaim finds the
 		 * run through the entry. Freed now, the run would be nobody's. */
+		/* dead or alive: one that died after the sweep above left its
+		 * run here, and only its reclaim (reclaim_detached) finds it */
 		bool taking = st != SEG_CONSUMER_FREE &&
-			      seg_take_state(at_load_acquire_u32(&con->take.info)) != SEG_TAKE_NONE &&
-			      consumer_alive(bus, con);
+			      seg_take_state(at_load_acquire_u32(&con->take.info)) != SEG_TAKE_NONE;
 		at_store_release_u32(&con->state, taking ? SEG_CONSUMER_DETACHED : SEG_CONSUMER_FREE);
 	}
 }
@@ -247,11 +248,18 @@ static int find_keyed(shmbus_bus_t *bus, const char *subscriber, const char *gro
 	return -1;
 }
 
+/* A free record with a consumer entry that is not DETACHED (a removal
+ * may leave all of them to consumers still taking). */
 static int find_free(shmbus_bus_t *bus)
 {
-	for (uint32_t i = 0; i < bus->max_subs; i++)
-		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_FREE)
-			return (int)i;
+	for (uint32_t i = 0; i < bus->max_subs; i++) {
+		struct seg_sub *s = bus_sub(bus, i);
+		if (at_load_acquire_u32(&s->state) != SEG_SUB_FREE)
+			continue;
+		for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+			if (at_load_acquire_u32(&s->consumers[c].state) != SEG_CONSUMER_DETACHED)
+				return (int)i;
+	}
 	return -1;
 }
 
@@ -367,6 +375,11 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		if (at_load_acquire_u32(&s->consumers[c].state) != SEG_CONSUMER_DETACHED)
 			at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
 	int c = consumer_join(bus, s);
+	if (c < 0) {
+		/* every entry went DETACHED since find_free looked: give it up */
+		sub_remove_locked(bus, (uint32_t)idx);
+		return c;
+	}
 	at_store_release_u32(&s->state, SEG_SUB_ACTIVE);
 	install_filter(bus, (uint32_t)idx, &r->filter, false);
 	*idx_out = (uint32_t)idx;
@@ -416,13 +429,17 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 	uint32_t idx = 0;
 	int cons = 0;
 	rc = sub_attach_locked(bus, r, &idx, &cons);
+	/* the generation joined, read while nobody can remove the record: read
+	 * after the unlock it may be that of a later subscription in the
+	 * record, whose consumer entry we would then share */
+	uint64_t gen = rc == 0 ? at_load_acquire_u64(&bus_sub(bus, idx)->generation) : 0;
 	bus_unlock_subs(bus);
 	if (rc < 0)
 		goto out;
 	sub->bus = bus;
 	sub->index = idx;
 	sub->rec = bus_sub(bus, idx);
-	sub->generation = at_load_acquire_u64(&sub->rec->generation);
+	sub->generation = gen;
 	sub->consumer = (uint32_t)cons;
 	sub->cons = &sub->rec->consumers[cons];
 	sub->wait = opts->wait;
@@ -472,7 +489,7 @@ static int sub_detach(shmbus_sub_t *sub, bool remove)
 		if (!survives)
 			sub_remove_locked(bus, sub->index);
 	} else {
-		sub_consumer_forget(sub); /* removed under us while we were taking */
+		consume_forget_removed(sub); /* removed under us while we were taking */
 	}
 	bus_unlock_subs(bus);
 	return 0;

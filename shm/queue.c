@@ -185,9 +185,17 @@ uint64_t queue_pushed(const struct queue_view *q)
 int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombstone)
 {
 	int fixed = 0;
-	for (uint64_t i = 0; i < q->cap; i++) {
-		struct seg_cell *c = &q->cells[i];
+	/* Producers mark cells in position order from the tail, which only
+	 * passes marked cells, and takers take FULL cells from head: a WRITING
+	 * cell lies at or past head and before the first cell not marked in
+	 * its lap. */
+	uint64_t head = at_load_acquire_u64(&q->ends->head);
+	for (uint64_t n = 0; n < q->cap; n++) {
+		uint64_t p = (head + n) & SEG_TURN_POS_MASK;
+		struct seg_cell *c = cell_at(q, p);
 		uint64_t turn = at_load_acquire_u64(&c->turn);
+		if (turn == p)
+			break; /* not marked yet: nothing past it is */
 		if (!(turn & SEG_TURN_BUSY) || seg_turn_owner(turn) != owner)
 			continue;
 		at_store_relaxed_u64(&c->desc, tombstone);
