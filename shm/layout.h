@@ -474,9 +474,10 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
 #define SEG_HELD_MAX 40u
 #define SEG_CONSUMER_FREE 0u
 #define SEG_CONSUMER_ACTIVE 1u
-/* The subscription was removed while this consumer, alive, was taking a
- * run: the entry stays its record until it has dropped that run and frees
- * the entry, or until a survivor reclaims it (see reclaim_sub). */
+/* The subscription was removed while this consumer was taking a run: the
+ * entry stays the run's record until the consumer has dropped the run and
+ * frees the entry, or until a survivor reclaiming it finishes the run (see
+ * reclaim_sub). */
 #define SEG_CONSUMER_DETACHED 2u
 struct seg_consumer {
 	uint32_t state;
