@@ -546,12 +546,16 @@ static bool queue_holds(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
 
 static bool held_by(struct seg_sub *s, uint64_t seq)
 {
-	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		/* a DETACHED entry is a removed subscription's (see revoke_held) */
+		if (at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_DETACHED)
+			continue;
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&s->consumers[c].held[k]);
 			if (d && !(d & SEG_DESC_REVOKED) && (d & SEG_DESC_SEQ_MASK) == seq)
 				return true;
 		}
+	}
 	return false;
 }
 
@@ -590,7 +594,15 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 	struct seg_sub *s = bus_sub(bus, idx);
 	uint64_t gen = at_load_acquire_u64(&s->generation);
 	bool locked = false;
-	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		/* An entry a removal left DETACHED belongs to the subscription
+		 * that was removed, not to this one: its holds were revoked by
+		 * that removal, and what its taker stored since, the taker drops
+		 * as soon as it sees the removal (or reclaim does, should it
+		 * die). Revoked here, they would count as this subscription's
+		 * gap, missed events and stall. */
+		if (at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_DETACHED)
+			continue;
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t *slot = &s->consumers[c].held[k];
 			uint64_t d = at_load_acquire_u64(slot);
@@ -634,6 +646,7 @@ static void revoke_held(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, bool 
 			at_store_release_u64(&bus->hdr->locked_revoke, 0);
 			at_count_u64(&s->revoked, 1);
 		}
+	}
 out:
 	if (locked)
 		bus_unlock_subs(bus);
