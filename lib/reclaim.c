@@ -204,6 +204,21 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
+/* The take a dead consumer left half done, given up (its subscription is
+ * gone): what its intent still names and held[] does not record is
+ * dropped. */
+static void drop_dead_take(shmbus_bus_t *bus, struct seg_consumer *con, uint32_t dead)
+{
+	uint64_t held[SEG_HELD_MAX];
+	size_t n = 0;
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&con->held[k]);
+		if (d)
+			held[n++] = d;
+	}
+	recover_intent(bus, &con->take, dead, false, held, n);
+}
+
 void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
 {
 	if (seg_take_state(at_load_acquire_u32(&con->take.info)) == SEG_TAKE_NONE)
@@ -214,14 +229,7 @@ void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
 	if (m < bus->max_members && at_load_acquire_u64(&bus->members[m].generation) == con->member_gen &&
 	    member_alive(bus, m))
 		return;
-	uint64_t held[SEG_HELD_MAX];
-	size_t n = 0;
-	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-		uint64_t d = at_load_acquire_u64(&con->held[k]);
-		if (d)
-			held[n++] = d;
-	}
-	recover_intent(bus, &con->take, m, false, held, n);
+	drop_dead_take(bus, con, m);
 }
 
 /* The entry of a dead consumer whose subscription was removed while it
@@ -229,14 +237,7 @@ void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
  * away (the subscription is gone), and the entry is free again. */
 static void reclaim_detached(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con, uint32_t dead)
 {
-	uint64_t held[SEG_HELD_MAX];
-	size_t n = 0;
-	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-		uint64_t d = at_load_acquire_u64(&con->held[k]);
-		if (d)
-			held[n++] = d;
-	}
-	recover_intent(bus, &con->take, dead, false, held, n);
+	drop_dead_take(bus, con, dead);
 	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 		uint64_t d = at_load_acquire_u64(&con->held[k]);
 		if (!d)

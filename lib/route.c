@@ -194,15 +194,17 @@ static unsigned event_class(const struct seg_event *ev)
 	return ev->priority >= SHMBUS_PRIORITY_HIGH ? SEG_QUEUE_URGENT : SEG_QUEUE_NORMAL;
 }
 
-/* Which subscriptions ev matches: their bits in hold[]. */
-static void match_event(shmbus_pub_t *pub, struct route_item *it)
+/* Call on_match(ctx, idx, w, bit) for every subscription ev matches
+ * (active, not paused, filter true), in index order. Always inlined with
+ * a constant on_match, so each caller gets its own loop with the action
+ * in it (a single publish pushes as it matches, on a round trip's path). */
+static inline __attribute__((always_inline)) void
+walk_matches(shmbus_pub_t *pub, const struct seg_event *ev, void (*on_match)(void *, uint32_t, unsigned, uint64_t),
+	     void *ctx)
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
-	const struct seg_event *ev = it->ev;
 	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		it->hold[w] = 0;
 	for (unsigned w = 0; w < words; w++) {
 		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
 		while (cand) {
@@ -216,11 +218,25 @@ static void match_event(shmbus_pub_t *pub, struct route_item *it)
 			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
 				continue;
 			if (route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
-				it->hold[w] |= 1ull << bit;
+				on_match(ctx, idx, w, 1ull << bit);
 		}
 	}
+}
+
+static inline __attribute__((always_inline)) void mark_match(void *ctx, uint32_t idx, unsigned w, uint64_t bit)
+{
+	(void)idx;
+	((uint64_t *)ctx)[w] |= bit;
+}
+
+/* Which subscriptions it->ev matches: their bits in it->hold. */
+static void match_event(shmbus_pub_t *pub, struct route_item *it)
+{
+	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
+		it->hold[w] = 0;
+	walk_matches(pub, it->ev, mark_match, it->hold);
 	it->matched = (it->hold[0] | it->hold[1] | it->hold[2] | it->hold[3]) != 0;
-	it->cls = (uint8_t)event_class(ev);
+	it->cls = (uint8_t)event_class(it->ev);
 }
 
 /* Push the descriptors of the items subscription idx holds in class cls,
@@ -256,39 +272,32 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	return any;
 }
 
+struct push_one {
+	shmbus_pub_t *pub;
+	uint64_t seq, *hold, *wake;
+	unsigned cls, matched;
+};
+
+static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t idx, unsigned w, uint64_t bit)
+{
+	struct push_one *p = ctx;
+	shmbus_bus_t *bus = p->pub->bus;
+	struct queue_view q = bus_queue(bus, idx, p->cls);
+	p->matched++;
+	if (queue_push(&q, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
+		p->hold[w] |= bit;
+		p->wake[w] |= bit;
+	} else {
+		at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+		catchup_note_drop(bus, idx, p->seq, p->seq + 1, 1);
+	}
+}
+
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
-	unsigned matched = 0;
-	shmbus_bus_t *bus = pub->bus;
-	struct seg_header *h = bus->hdr;
-	unsigned cls = event_class(ev);
-	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
-	for (unsigned w = 0; w < words; w++) {
-		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
-		while (cand) {
-			unsigned bit = (unsigned)__builtin_ctzll(cand);
-			cand &= cand - 1;
-			uint32_t idx = w * 64 + bit;
-			if (idx >= bus->max_subs)
-				break;
-			struct seg_sub *s = bus_sub(bus, idx);
-			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
-			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
-				continue;
-			if (!route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
-				continue;
-			matched++;
-			struct queue_view q = bus_queue(bus, idx, cls);
-			if (queue_push(&q, bus->member, seq | SEG_DESC_HOLDS_REF) == 0) {
-				hold[w] |= 1ull << bit;
-				wake[w] |= 1ull << bit;
-			} else {
-				at_count_u64(&s->dropped_full, 1);
-				catchup_note_drop(bus, idx, seq, seq + 1, 1);
-			}
-		}
-	}
-	return matched;
+	struct push_one p = {.pub = pub, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
+	walk_matches(pub, ev, push_match, &p);
+	return p.matched;
 }
 
 void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
