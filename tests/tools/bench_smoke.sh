@@ -1,10 +1,11 @@
 #!/bin/sh
 # shmbus-bench end to end with tiny counts: every mode runs, every system
 # (shmbus and its three floors) reports a JSON line with its figures, and
-# the log benches run. Nothing here judges speed: that is the bench's job
-# on a quiet machine, never a test's.
+# the log benches and the per-side cost tool run. Nothing here judges
+# speed: that is the bench's job on a quiet machine, never a test's.
 set -eu
 bench=$1
+cost_bin=$2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
@@ -21,4 +22,9 @@ if grep '"bench": "pingpong"' "$out" | grep -v '"rtt_p50_ns": [1-9]' | grep -q .
 fi
 [ "$(grep -c '"bench": "throughput"' "$out")" -eq 8 ] || { echo "expected 8 throughput results"; cat "$out"; exit 1; }
 "$bench" record --events 3000 --runs 1 >/dev/null
+# the per-side cost tool: both parts run and report
+cost=$("$cost_bin" --events 6400)
+for part in "one-thread: publish" "apart: publish" "apart: consume"; do
+	echo "$cost" | grep -q "^$part [0-9.]* ns/event" || { echo "shmbus-event-cost: no '$part'"; echo "$cost"; exit 1; }
+done
 echo "bench smoke ok"

@@ -1,0 +1,210 @@
+/*
+ * shmbus-event-cost - what one batched event costs each side, measured
+ * apart. shmbus-bench times the stream with both sides running at once;
+ * this splits the cost:
+ *
+ *   one-thread   one thread publishes batches of 64 32-byte events and
+ *                consumes them (shmbus_poll_batch / shmbus_release_batch):
+ *                hot caches, no transfer between cores. Run it under
+ *                `valgrind --tool=callgrind` for instructions per event.
+ *   apart        a publisher process (CPU 1) fills half the ring while the
+ *                subscriber (CPU 0) waits, then the subscriber drains it
+ *                while the publisher waits: each side's cost per event
+ *                with the cache lines coming from the other core, but
+ *                without the two contending.
+ *
+ *   shmbus-event-cost [--events N] [--one-thread]   (default 2000000 events)
+ *
+ * --one-thread skips the second part (for callgrind: instructions per
+ * event = the total over the events, less the set-up of a few thousand).
+ *
+ * Prints ns per event for each side; the bus is unlinked at the end.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <shmbus.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH 64
+#define SLOTS 4096u
+
+static char bus_name[64];
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void die(const char *what, int rc)
+{
+	fprintf(stderr, "shmbus-event-cost: %s: %s (%s)\n", what, strerror(-rc), shmbus_errmsg());
+	shmbus_unlink(bus_name);
+	exit(1);
+}
+
+static void pin(int cpu)
+{
+	cpu_set_t s;
+	CPU_ZERO(&s);
+	CPU_SET(cpu, &s);
+	if (sched_setaffinity(0, sizeof s, &s) < 0)
+		fprintf(stderr, "shmbus-event-cost: cannot pin to CPU %d; figures are unpinned\n", cpu);
+}
+
+static void fill_batch(shmbus_msg_t *m, const uint8_t *payload)
+{
+	for (int j = 0; j < BATCH; j++)
+		m[j] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = "cost", .payload = payload, .payload_len = 32};
+}
+
+/* Publish n events in batches of BATCH. */
+static void publish_n(shmbus_pub_t *pub, const shmbus_msg_t *m, long n)
+{
+	for (long i = 0; i < n; i += BATCH) {
+		int rc = shmbus_publish_batch(pub, m, BATCH, NULL);
+		if (rc < 0)
+			die("publish", rc);
+	}
+}
+
+/* Take and release n events, summing every payload byte. */
+static uint64_t consume_n(shmbus_sub_t *sub, long n)
+{
+	const shmbus_event_t *evs[32];
+	uint64_t sum = 0;
+	for (long got = 0; got < n;) {
+		int k = shmbus_poll_batch(sub, evs, 32);
+		if (k <= 0)
+			die("poll_batch found nothing", k < 0 ? k : -EAGAIN);
+		for (int j = 0; j < k; j++) {
+			size_t len;
+			const uint8_t *p = shmbus_event_payload(evs[j], &len);
+			for (size_t b = 0; b < len; b++)
+				sum += p[b];
+		}
+		int rc = shmbus_release_batch(sub, evs, k);
+		if (rc < 0)
+			die("release_batch", rc);
+		got += k;
+	}
+	return sum;
+}
+
+int main(int argc, char **argv)
+{
+	long events = 2000000;
+	bool one_thread = false;
+	for (int a = 1; a < argc; a++) {
+		if (strcmp(argv[a], "--events") == 0 && a + 1 < argc && atol(argv[a + 1]) >= BATCH) {
+			events = atol(argv[++a]);
+		} else if (strcmp(argv[a], "--one-thread") == 0) {
+			one_thread = true;
+		} else {
+			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread]\n");
+			return 2;
+		}
+	}
+	events -= events % BATCH;
+	snprintf(bus_name, sizeof bus_name, "event-cost-%d", (int)getpid());
+	shmbus_bus_t *bus;
+	shmbus_sub_t *sub;
+	shmbus_pub_t *pub;
+	shmbus_config_t cfg = {.slots = SLOTS, .slot_size = 256, .max_subscribers = 4};
+	int rc;
+	if ((rc = shmbus_create(bus_name, &cfg, NULL, &bus)) < 0)
+		die("create", rc);
+	if ((rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){0}, &sub)) < 0)
+		die("subscribe", rc);
+	if ((rc = shmbus_pub_open(bus, NULL, &pub)) < 0)
+		die("pub_open", rc);
+	uint8_t payload[32];
+	memset(payload, 1, sizeof payload);
+	shmbus_msg_t m[BATCH];
+	fill_batch(m, payload);
+
+	/* one thread */
+	double tp = 0, tc = 0;
+	for (long i = 0; i < events; i += BATCH) {
+		double t0 = now_s();
+		publish_n(pub, m, BATCH);
+		double t1 = now_s();
+		consume_n(sub, BATCH);
+		tc += now_s() - t1;
+		tp += t1 - t0;
+	}
+	printf("one-thread: publish %.1f ns/event, consume %.1f ns/event\n", tp / (double)events * 1e9,
+	       tc / (double)events * 1e9);
+	shmbus_pub_close(pub);
+	if (one_thread) {
+		shmbus_sub_close(sub);
+		shmbus_close(bus);
+		shmbus_unlink(bus_name);
+		return 0;
+	}
+
+	/* apart: half a ring per round, sides taking turns */
+	long per_round = SLOTS / 2 - BATCH, rounds = events / per_round + 1;
+	per_round -= per_round % BATCH;
+	int go[2], done[2];
+	if (pipe(go) < 0 || pipe(done) < 0)
+		die("pipe", -errno);
+	fflush(stdout);
+	pid_t child = fork();
+	if (child < 0)
+		die("fork", -errno);
+	if (child == 0) {
+		pin(1);
+		shmbus_bus_t *b;
+		shmbus_pub_t *p;
+		char c;
+		if ((rc = shmbus_open(bus_name, NULL, &b)) < 0 || (rc = shmbus_pub_open(b, NULL, &p)) < 0)
+			die("child attach", rc);
+		double t = 0;
+		for (long r = 0; r < rounds; r++) {
+			if (read(go[0], &c, 1) != 1)
+				_exit(1);
+			double t0 = now_s();
+			publish_n(p, m, per_round);
+			t += now_s() - t0;
+			if (write(done[1], "d", 1) != 1)
+				_exit(1);
+		}
+		printf("apart: publish %.1f ns/event\n", t / (double)(rounds * per_round) * 1e9);
+		fflush(stdout);
+		shmbus_pub_close(p);
+		shmbus_close(b);
+		_exit(0);
+	}
+	pin(0);
+	double t = 0;
+	uint64_t sum = 0;
+	char c;
+	for (long r = 0; r < rounds; r++) {
+		if (write(go[1], "g", 1) != 1 || read(done[0], &c, 1) != 1)
+			die("child", -EPIPE);
+		double t0 = now_s();
+		sum += consume_n(sub, per_round);
+		t += now_s() - t0;
+	}
+	int st = 0;
+	waitpid(child, &st, 0);
+	printf("apart: consume %.1f ns/event\n", t / (double)(rounds * per_round) * 1e9);
+	int ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && sum == (uint64_t)(rounds * per_round) * 32;
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	shmbus_unlink(bus_name);
+	if (!ok)
+		fprintf(stderr, "shmbus-event-cost: the publisher failed or the payload sums differ\n");
+	return ok ? 0 : 1;
+}
