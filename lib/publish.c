@@ -21,7 +21,6 @@
 
 #define BATCH_STACK 64
 
-
 SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out)
 {
 	int rc = bus_check_usable(bus);

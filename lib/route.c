@@ -8,6 +8,7 @@
  * Everything read from the shared filter is bounds-checked: a corrupt filter
  * makes a subscription match nothing, never a crash.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -239,37 +240,33 @@ static void match_event(shmbus_pub_t *pub, struct route_item *it)
 	it->cls = (uint8_t)event_class(it->ev);
 }
 
-/* Push the descriptors of the items subscription idx holds in class cls,
- * in order, QUEUE_PUSH_MAX at a time; what does not fit is dropped from
- * hold[] and counted. Returns whether any was pushed. */
+/* Push the descriptors of the items (at most QUEUE_PUSH_MAX) subscription
+ * idx holds in class cls as one run, in order; what does not fit is
+ * dropped from hold[] and counted. Returns whether any was pushed. */
 static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, uint32_t idx, unsigned cls)
 {
 	shmbus_bus_t *bus = pub->bus;
-	struct queue_view q = bus_queue(bus, idx, cls);
 	unsigned w = idx / 64;
 	uint64_t bit = 1ull << (idx % 64);
 	uint64_t descs[QUEUE_PUSH_MAX];
-	uint32_t which[QUEUE_PUSH_MAX];
-	bool any = false;
-	size_t i = 0;
-	while (i < n) {
-		uint32_t k = 0;
-		for (; i < n && k < QUEUE_PUSH_MAX; i++) {
-			if ((items[i].hold[w] & bit) && items[i].cls == cls) {
-				descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
-				which[k++] = (uint32_t)i;
-			}
-		}
-		uint32_t pushed = k ? queue_push_many(&q, bus->member, descs, k) : 0;
-		any |= pushed > 0;
-		for (uint32_t j = pushed; j < k; j++) {
-			struct route_item *it = &items[which[j]];
-			it->hold[w] &= ~bit;
-			at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
-			catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
+	uint32_t which[QUEUE_PUSH_MAX], k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if ((items[i].hold[w] & bit) && items[i].cls == cls) {
+			descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
+			which[k++] = (uint32_t)i;
 		}
 	}
-	return any;
+	if (k == 0)
+		return false;
+	struct queue_view q = bus_queue(bus, idx, cls);
+	uint32_t pushed = queue_push_many(&q, bus->member, descs, k);
+	for (uint32_t j = pushed; j < k; j++) {
+		struct route_item *it = &items[which[j]];
+		it->hold[w] &= ~bit;
+		at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+		catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
+	}
+	return pushed > 0;
 }
 
 struct push_one {
@@ -302,6 +299,7 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 
 void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake)
 {
+	assert(n <= QUEUE_PUSH_MAX); /* one window of publish_many */
 	uint64_t subs[SEG_HOLDER_WORDS] = {0};
 	bool urgent = false, normal = false;
 	for (size_t i = 0; i < n; i++) {
