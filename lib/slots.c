@@ -23,6 +23,23 @@ static uint64_t lap_before(uint64_t lap)
 	return (lap - 1) & ((1ull << (64 - SEG_CTL_LAP_SHIFT)) - 1);
 }
 
+/* Whether any subscription holds the slot (its four holder words). */
+static inline bool slot_held(const uint64_t *h)
+{
+	_Static_assert(SEG_HOLDER_WORDS == 4, "slot_held reads four words");
+	return (at_load_acquire_u64(&h[0]) | at_load_acquire_u64(&h[1]) | at_load_acquire_u64(&h[2]) |
+		at_load_acquire_u64(&h[3])) != 0;
+}
+
+/* The end of the run of positions from p (at most end) in p's lap: they
+ * share a lap tag, so a loop over a claim computes its control words once
+ * per run instead of once per slot. */
+static inline uint64_t lap_run_end(const shmbus_bus_t *bus, uint64_t p, uint64_t end)
+{
+	uint64_t next_lap = (p | (bus->nslots - 1)) + 1;
+	return next_lap < end ? next_lap : end;
+}
+
 /* Whether the slot at position p is in use by an older lap's event that is
  * not released yet; sets *taken if position p was already claimed. */
 static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
@@ -46,11 +63,30 @@ static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 		return true;
 	if (st != SEG_SLOT_COMMITTED)
 		return false;
-	const uint64_t *h = bus_slot_holders(bus, p);
-	uint64_t any = 0;
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		any |= at_load_acquire_u64(&h[w]);
-	return any != 0;
+	return slot_held(bus_slot_holders(bus, p));
+}
+
+/*
+ * The first position of [p, end) that may not be reusable, reading each
+ * slot once: the words a reusable slot normally has (the previous lap's
+ * FREE, ABORTED, or COMMITTED with no holder, naming no claimer) are
+ * compared whole, against values computed once per lap, where slot_busy
+ * decodes every word. Whatever else a word says is slot_busy's to judge.
+ */
+static uint64_t reusable_until(shmbus_bus_t *bus, uint64_t p, uint64_t end)
+{
+	while (p < end) {
+		uint64_t stop = lap_run_end(bus, p, end), before = lap_before(bus_lap(bus, p));
+		uint64_t freed = seg_ctl_make(before, SEG_SLOT_FREE, 0), aborted = seg_ctl_make(before, SEG_SLOT_ABORTED, 0);
+		uint64_t committed = seg_ctl_make(before, SEG_SLOT_COMMITTED, 0);
+		struct seg_slot_ctl *s = &bus->slot_ctl[seg_ctl_index(p, bus->nslots)];
+		for (; p < stop; p++, s++) {
+			uint64_t c = at_load_acquire_u64(&s->ctl);
+			if (c == committed ? slot_held(s->holders) : c != freed && c != aborted)
+				return p;
+		}
+	}
+	return p;
 }
 
 /* Slots verified beyond what a claim needs. None: verifying ahead in
@@ -80,11 +116,12 @@ static enum range_state range_state(shmbus_pub_t *pub, uint64_t pos, uint32_t n,
 	if (pub->ok_to >= need)
 		return RANGE_FREE;
 	uint64_t end = need + VERIFY_AHEAD, p = pub->ok_to;
-	for (; p < end; p++) {
+	while ((p = reusable_until(bus, p, end)) < end) {
 		bool taken = false;
 		bool busy = slot_busy(bus, p, &taken);
 		if (busy || taken)
 			break;
+		p++;
 	}
 	pub->ok_to = p;
 	if (p >= need)
@@ -164,6 +201,20 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	return 0;
 }
 
+/* Store the word of state (naming claimer) in the control word of every
+ * position of [p, end), in position order. Inlined: a single publish's
+ * claim marks one slot, on a round trip's path. */
+static inline __attribute__((always_inline)) void mark_slots(shmbus_bus_t *bus, uint64_t p, uint64_t end,
+							     uint32_t state, uint32_t claimer)
+{
+	while (p < end) {
+		uint64_t stop = lap_run_end(bus, p, end), word = seg_ctl_make(bus_lap(bus, p), state, claimer);
+		struct seg_slot_ctl *s = &bus->slot_ctl[seg_ctl_index(p, bus->nslots)];
+		for (; p < stop; p++, s++)
+			at_store_release_u64(&s->ctl, word);
+	}
+}
+
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
@@ -197,11 +248,9 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			 * it to write). The first event's other slots are FREE; a
 			 * later event's turn FREE when its publisher reaches it
 			 * (slots_free_body). */
-			for (uint32_t k = 0; k < n; k++)
-				at_store_release_u64(bus_slot_ctl(bus, pos + k),
-						     seg_ctl_make(bus_lap(bus, pos + k),
-								  k == 0 || k >= first_slots ? SEG_SLOT_CLAIMED : SEG_SLOT_FREE,
-								  k == 0 || k >= first_slots ? pub->index + 1 : 0));
+			mark_slots(bus, pos, pos + 1, SEG_SLOT_CLAIMED, pub->index + 1);
+			mark_slots(bus, pos + 1, pos + first_slots, SEG_SLOT_FREE, 0);
+			mark_slots(bus, pos + first_slots, pos + n, SEG_SLOT_CLAIMED, pub->index + 1);
 			at_store_release_u64(&r->claiming, 0);
 			*pos_out = pos;
 			return 0;
@@ -227,8 +276,7 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 
 void slots_free_body(shmbus_bus_t *bus, uint64_t head, uint32_t n)
 {
-	for (uint32_t k = 1; k < n; k++)
-		at_store_release_u64(bus_slot_ctl(bus, head + k), seg_ctl_make(bus_lap(bus, head + k), SEG_SLOT_FREE, 0));
+	mark_slots(bus, head + 1, head + n, SEG_SLOT_FREE, 0);
 }
 
 /* Whether a publisher of a member other than dead, and alive, may still be
