@@ -98,7 +98,6 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 		return shmbus__fail(EINVAL, "message is NULL");
 	lay->lib_flags = 0;
 	lay->source_hash = 0;
-	lay->like_prev = false;
 	if (msg->type < SHMBUS_COMMAND || msg->type > SHMBUS_ERROR)
 		return shmbus__fail(EINVAL, "unknown event type %d", (int)msg->type);
 	if ((unsigned)msg->priority > SHMBUS_PRIORITY_CRITICAL)
@@ -162,15 +161,19 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 					    SEG_EVENT_META_VALUE_MAX);
 		strings += kl + vl + 2;
 	}
-	if (payload_len > max_payload)
-		return shmbus__fail(EMSGSIZE, "payload of %zu bytes exceeds the bus's max payload of %u", payload_len,
-				    max_payload);
+	if ((rc = event_check_payload(payload_len, max_payload)) < 0)
+		return rc;
 	if (msg->has_confidence && !(msg->confidence >= 0.0f && msg->confidence <= 1.0f))
 		return shmbus__fail(EINVAL, "confidence must be within [0, 1]");
 	lay->strings_len = (uint32_t)strings;
 	lay->payload_off = (uint32_t)align8(SEG_EVENT_FIXED + strings);
-	lay->size = lay->payload_off + (uint32_t)payload_len;
 	return 0;
+}
+
+int event_payload_too_big(size_t payload_len, uint32_t max_payload)
+{
+	return shmbus__fail(EMSGSIZE, "payload of %zu bytes exceeds the bus's max payload of %u", payload_len,
+			    max_payload);
 }
 
 bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b)
@@ -184,18 +187,6 @@ bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b)
 	       a->has_confidence == b->has_confidence &&
 	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0) &&
 	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
-}
-
-int event_layout_like(const struct event_layout *prev, size_t payload_len, uint32_t max_payload,
-		      struct event_layout *lay)
-{
-	if (payload_len > max_payload)
-		return shmbus__fail(EMSGSIZE, "payload of %zu bytes exceeds the bus's max payload of %u", payload_len,
-				    max_payload);
-	*lay = *prev;
-	lay->size = lay->payload_off + (uint32_t)payload_len;
-	lay->like_prev = true;
-	return 0;
 }
 
 /* Copy a short string (at most 255 bytes here) and its NUL. Up to 16
@@ -234,7 +225,7 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 {
 	/* Every byte of the fixed part is assigned (no memset first): the
 	 * slot's cache lines are written once. */
-	ev->size = lay->size;
+	ev->size = event_size(lay, payload_len);
 	ev->format = SEG_EVENT_FORMAT;
 	ev->type = (uint8_t)msg->type;
 	ev->priority = (uint8_t)(msg->priority ? msg->priority : SHMBUS_PRIORITY_NORMAL);
@@ -278,21 +269,6 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 		p = put_str(p, msg->metadata[i].key, strlen(msg->metadata[i].key));
 		p = put_str(p, msg->metadata[i].value, strlen(msg->metadata[i].value));
 	}
-}
-
-void event_write_like(struct seg_event *ev, const struct seg_event *prev, const struct event_layout *lay,
-		      size_t payload_len, uint64_t seq, const shmbus_uuid_t *id, bool own_correlation)
-{
-	/* the fixed part, the strings and the zeroed padding word: all that
-	 * precedes the payload is the previous event's but for these fields */
-	memcpy(ev, prev, lay->payload_off);
-	ev->size = lay->size;
-	ev->seq = seq;
-	memcpy(ev->id, id, 16);
-	if (own_correlation)
-		memcpy(ev->correlation_id, id, 16);
-	ev->payload_len = (uint32_t)payload_len;
-	ev->committed = 0;
 }
 
 /* --------------------------------------------------------------- accessors */

@@ -147,15 +147,19 @@ static void route_written(shmbus_pub_t *pub, struct route_item *items, size_t n,
 
 /* Commit one routed event: holder words, then COMMITTED. Returns whether
  * nobody holds it: the slot is reusable at once, and a publisher may be
- * waiting for it. */
-static bool commit_routed(shmbus_pub_t *pub, struct seg_event *ev, uint64_t seq, const uint64_t *hold)
+ * waiting for it. Inlined: a batch commits each of its events with it. */
+static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bus, struct seg_event *ev, uint64_t seq,
+								const uint64_t *hold)
 {
 	/* all four words: an aborted claim may have left bits of a commit
 	 * that never happened */
-	uint64_t *h = bus_slot_holders(pub->bus, seq);
-	for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
-		at_store_relaxed_u64(&h[w], hold[w]);
-	at_store_release_u64(bus_slot_ctl(pub->bus, seq), seg_ctl_make(bus_lap(pub->bus, seq), SEG_SLOT_COMMITTED, 0));
+	_Static_assert(SEG_HOLDER_WORDS == 4, "commit_routed stores four holder words");
+	uint64_t *h = bus_slot_holders(bus, seq);
+	at_store_relaxed_u64(&h[0], hold[0]);
+	at_store_relaxed_u64(&h[1], hold[1]);
+	at_store_relaxed_u64(&h[2], hold[2]);
+	at_store_relaxed_u64(&h[3], hold[3]);
+	at_store_release_u64(bus_slot_ctl(bus, seq), seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0));
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */
 	at_store_release_u8(&ev->committed, 1);
@@ -195,6 +199,14 @@ static void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed)
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
 
+/* One message of a copy publish: the slots its event takes, and the
+ * index of the lay[] entry of its shape (its own, or that of the first
+ * message of a run of its shape: the others' entries stay unset). */
+struct batch_msg {
+	uint32_t slots;
+	uint32_t shape;
+};
+
 static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids, uint16_t lib_flags)
 {
 	int rc;
@@ -213,38 +225,42 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * its transfer overlaps with the layout work below. */
 	__builtin_prefetch(&bus->hdr->claim_pos, 1);
 	struct event_layout lay_stack[BATCH_STACK], *lay = lay_stack;
+	struct batch_msg bm_stack[BATCH_STACK], *bm = bm_stack;
 	struct route_item rt_stack[BATCH_STACK], *rt = rt_stack;
 	if (n > BATCH_STACK) {
 		lay = malloc(n * sizeof *lay);
+		bm = malloc(n * sizeof *bm);
 		rt = malloc(n * sizeof *rt);
-		if (!lay || !rt) {
+		if (!lay || !bm || !rt) {
 			rc = shmbus__fail(ENOMEM, "out of memory");
 			goto out;
 		}
 	}
-	uint64_t total = 0, first_slots = 0;
+	uint32_t max_payload = bus->hdr->max_payload;
+	uint64_t total = 0;
 	bool urgent = false;
 	for (size_t i = 0; i < n; i++) {
-		if (msgs[i].payload_len && !msgs[i].payload) {
+		const shmbus_msg_t *m = &msgs[i];
+		if (m->payload_len && !m->payload) {
 			rc = shmbus__fail(EINVAL, "message %zu has a payload length but no payload", i);
 			goto out;
 		}
 		/* A batch of one kind of message is laid out once. */
-		if (i > 0 && event_same_shape(&msgs[i - 1], &msgs[i])) {
-			if ((rc = event_layout_like(&lay[i - 1], msgs[i].payload_len, bus->hdr->max_payload, &lay[i])) < 0)
+		if (i > 0 && event_same_shape(m - 1, m)) {
+			if ((rc = event_check_payload(m->payload_len, max_payload)) < 0)
 				goto out;
+			bm[i].shape = bm[i - 1].shape;
 		} else {
-			if ((rc = event_layout(&msgs[i], pub->source, pub->source_len, msgs[i].payload_len,
-					       bus->hdr->max_payload, &lay[i])) < 0)
+			if ((rc = event_layout(m, pub->source, pub->source_len, m->payload_len, max_payload, &lay[i])) < 0)
 				goto out;
 			lay[i].lib_flags = lib_flags;
-			if (!msgs[i].source)
+			if (!m->source)
 				lay[i].source_hash = pub->source_hash;
+			bm[i].shape = (uint32_t)i;
+			urgent |= m->priority >= SHMBUS_PRIORITY_HIGH;
 		}
-		total += slots_for(bus, lay[i].size);
-		if (i == 0)
-			first_slots = total;
-		urgent |= msgs[i].priority >= SHMBUS_PRIORITY_HIGH;
+		bm[i].slots = slots_for(bus, event_size(&lay[bm[i].shape], m->payload_len));
+		total += bm[i].slots;
 	}
 	if (total > bus->nslots / 2) {
 		rc = shmbus__fail(EMSGSIZE, "batch needs %llu slots, more than half the ring (%u)",
@@ -256,11 +272,12 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * empty store buffer; the claim's and the event's stores then reach
 	 * their cache lines together instead of one after the other. */
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, (uint32_t)total, (uint32_t)first_slots, urgent, &pos)) < 0) {
+	if ((rc = slots_claim(pub, (uint32_t)total, bm[0].slots, urgent, &pos)) < 0) {
 		routing_abort(pub);
 		goto out;
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
 	if (n == 1) {
 		/* one event: written, routed, committed, none of the batch
@@ -268,13 +285,12 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 		shmbus_uuid_t id;
 		uint64_t hold[SEG_HOLDER_WORDS] = {0};
-		uuid_make_v7(&id, now / 1000000, pos, bus->hdr->incarnation);
+		uuid_make_v7(&id, now / 1000000, pos, incarnation);
 		event_write(ev, &msgs[0], &lay[0], msgs[0].payload_len, pos, &id, now);
-		if (msgs[0].payload_len)
-			memcpy((uint8_t *)ev + lay[0].payload_off, msgs[0].payload, msgs[0].payload_len);
+		copy_short((uint8_t *)ev + lay[0].payload_off, msgs[0].payload, msgs[0].payload_len);
 		if (route_event(pub, ev, pos, hold, wake) == 0)
 			keep_unrouted(pub, ev);
-		freed = commit_routed(pub, ev, pos, hold);
+		freed = commit_routed(bus, ev, pos, hold);
 		if (ids)
 			ids[0] = id;
 		bytes = msgs[0].payload_len;
@@ -291,32 +307,35 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
 			size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
 			for (size_t i = from; i < to; i++) {
+				const shmbus_msg_t *m = &msgs[i];
 				struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-				shmbus_uuid_t id;
-				uuid_make_v7(&id, now / 1000000, seq, bus->hdr->incarnation);
-				uint32_t slots = slots_for(bus, lay[i].size);
-				if (seq != pos) /* a later event of a batch: its head stays CLAIMED */
-					slots_free_body(bus, seq, slots);
+				const struct event_layout *shape = &lay[bm[i].shape];
+				if (seq != pos && bm[i].slots > 1) /* a later event of a batch: its head stays CLAIMED */
+					slots_free_body(bus, seq, bm[i].slots);
 				/* a copy only of an event of this window: those of earlier
 				 * windows are committed, and may be released and reused */
-				if (lay[i].like_prev && i > from)
-					event_write_like(ev, rt[i - 1].ev, &lay[i], msgs[i].payload_len, seq, &id,
-							 !msgs[i].correlation_id);
-				else
-					event_write(ev, &msgs[i], &lay[i], msgs[i].payload_len, seq, &id, now);
-				if (msgs[i].payload_len)
-					memcpy((uint8_t *)ev + lay[i].payload_off, msgs[i].payload, msgs[i].payload_len);
-				bytes += msgs[i].payload_len;
-				rt[i] = (struct route_item){.ev = ev, .seq = seq, .like_prev = i > from && lay[i].like_prev};
-				seq += slots;
+				bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
+				if (like_prev) {
+					event_write_like(ev, rt[i - 1].ev, shape, m->payload_len, seq, !m->correlation_id);
+				} else {
+					shmbus_uuid_t id;
+					uuid_make_v7(&id, now / 1000000, seq, incarnation);
+					event_write(ev, m, shape, m->payload_len, seq, &id, now);
+				}
+				copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
+				bytes += m->payload_len;
+				rt[i].ev = ev;
+				rt[i].seq = seq;
+				rt[i].like_prev = like_prev;
+				seq += bm[i].slots;
 			}
 			route_written(pub, rt + from, to - from, wake);
 			for (size_t i = from; i < to; i++) {
-				freed |= commit_routed(pub, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
+				freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
 				/* from the sequence, not the slot: once committed, the event
 				 * may be released and its slot reused at any moment */
 				if (ids)
-					uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, bus->hdr->incarnation);
+					uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, incarnation);
 			}
 		}
 	}
@@ -328,6 +347,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 out:
 	if (lay != lay_stack) {
 		free(lay);
+		free(bm);
 		free(rt);
 	}
 	return rc;
@@ -361,7 +381,7 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 		return rc;
 	if (!msg->source)
 		lay.source_hash = pub->source_hash;
-	uint32_t n = slots_for(bus, lay.size);
+	uint32_t n = slots_for(bus, event_size(&lay, payload_len));
 	uint64_t pos;
 	if ((rc = slots_claim(pub, n, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
 		return rc;
@@ -405,7 +425,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	routing_begin(pub);
 	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
-	bool freed = commit_routed(pub, ev, pub->claim_pos, hold);
+	bool freed = commit_routed(bus, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
 	count_published(pub, 1, payload_len);
 	if (pub->nunrouted)

@@ -14,16 +14,14 @@
 #include <string.h>
 
 #include "internal.h"
+#include "event_encode.h"
 
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation)
 {
 	/* two big-endian words: ms(48) ver(4) tag(12) | var(2) seq(62) */
-	uint64_t hi = (unix_ms << 16) | 0x7000 | (incarnation & 0xFFF);
-	uint64_t lo = (2ull << 62) | (seq & ((1ull << 62) - 1));
-	hi = __builtin_bswap64(hi);
-	lo = __builtin_bswap64(lo);
+	uint64_t hi = __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
 	memcpy(out->bytes, &hi, 8);
-	memcpy(out->bytes + 8, &lo, 8);
+	uuid_v7_put_seq(out->bytes + 8, seq);
 }
 
 SHMBUS_API uint64_t shmbus_uuid_seq(const shmbus_uuid_t *id)
