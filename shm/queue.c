@@ -71,8 +71,12 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 	return -EBADMSG;
 }
 
-uint32_t queue_push_many(struct queue_view *q, uint32_t owner, const uint64_t *descs, uint32_t n)
+uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t *descs, uint32_t n)
 {
+	/* A private copy of the view: as far as the compiler knows, every
+	 * store into a cell could change *q_in, which it would then read
+	 * again for each cell. */
+	const struct queue_view view = *q_in, *q = &view;
 	uint64_t marked[QUEUE_PUSH_MAX];
 	uint32_t done = 0;
 	if (n > QUEUE_PUSH_MAX)
