@@ -249,19 +249,22 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	unsigned w = idx / 64;
 	uint64_t bit = 1ull << (idx % 64);
 	uint64_t descs[QUEUE_PUSH_MAX];
-	uint32_t which[QUEUE_PUSH_MAX], k = 0;
+	uint32_t k = 0;
 	for (size_t i = 0; i < n; i++) {
-		if ((items[i].hold[w] & bit) && items[i].cls == cls) {
-			descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
-			which[k++] = (uint32_t)i;
-		}
+		/* written whatever the test says, kept only if it holds: no
+		 * branch to mispredict per item */
+		descs[k] = items[i].seq | SEG_DESC_HOLDS_REF;
+		k += ((items[i].hold[w] & bit) != 0) & (items[i].cls == cls);
 	}
 	if (k == 0)
 		return false;
 	struct queue_view q = bus_queue(bus, idx, cls);
 	uint32_t pushed = queue_push_many(&q, bus->member, descs, k);
-	for (uint32_t j = pushed; j < k; j++) {
-		struct route_item *it = &items[which[j]];
+	/* the items of the descriptors that did not fit (rare): found again */
+	for (size_t i = 0, j = 0; pushed < k && i < n; i++) {
+		struct route_item *it = &items[i];
+		if (!(it->hold[w] & bit) || it->cls != cls || j++ < pushed)
+			continue;
 		it->hold[w] &= ~bit;
 		at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
 		catchup_note_drop(bus, idx, it->seq, it->seq + 1, 1);
@@ -304,13 +307,14 @@ void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_
 	bool urgent = false, normal = false;
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0 && items[i].like_prev) {
-			/* what a filter reads is the previous event's */
+			/* what a filter reads is the previous event's, and so is
+			 * what the match adds to subs and the classes */
 			memcpy(items[i].hold, items[i - 1].hold, sizeof items[i].hold);
 			items[i].matched = items[i - 1].matched;
 			items[i].cls = items[i - 1].cls;
-		} else {
-			match_event(pub, &items[i]);
+			continue;
 		}
+		match_event(pub, &items[i]);
 		for (unsigned w = 0; w < SEG_HOLDER_WORDS; w++)
 			subs[w] |= items[i].hold[w];
 		if (items[i].matched)
