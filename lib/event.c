@@ -176,19 +176,6 @@ int event_payload_too_big(size_t payload_len, uint32_t max_payload)
 			    max_payload);
 }
 
-bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b)
-{
-	return a->type == b->type && a->name == b->name && a->source == b->source && a->target == b->target &&
-	       a->priority == b->priority && a->correlation_id == b->correlation_id &&
-	       a->causation_id == b->causation_id && a->ttl_ns == b->ttl_ns && a->max_retries == b->max_retries &&
-	       a->retry_count == b->retry_count && a->status == b->status && a->schema_version == b->schema_version &&
-	       a->content_type == b->content_type && a->flags == b->flags && a->conversation_id == b->conversation_id &&
-	       a->user_id == b->user_id && a->intent == b->intent && a->decision_id == b->decision_id &&
-	       a->has_confidence == b->has_confidence &&
-	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0) &&
-	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
-}
-
 /* Copy a short string (at most 255 bytes here) and its NUL. Up to 16
  * bytes take two overlapping fixed-size moves that read only [s, s+n):
  * no loop and no call for the names, sources and targets of most events. */

@@ -47,8 +47,20 @@ static inline int event_check_payload(size_t payload_len, uint32_t max_payload)
  * during the call), metadata array and fixed fields. A batch of such
  * messages is laid out and encoded once; each later event is a copy of the
  * one before with its own id, sequence and payload (event_write_like).
+ * Inlined: a batch asks it for every message after the first.
  */
-bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b);
+static inline bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b)
+{
+	return a->type == b->type && a->name == b->name && a->source == b->source && a->target == b->target &&
+	       a->priority == b->priority && a->correlation_id == b->correlation_id &&
+	       a->causation_id == b->causation_id && a->ttl_ns == b->ttl_ns && a->max_retries == b->max_retries &&
+	       a->retry_count == b->retry_count && a->status == b->status && a->schema_version == b->schema_version &&
+	       a->content_type == b->content_type && a->flags == b->flags && a->conversation_id == b->conversation_id &&
+	       a->user_id == b->user_id && a->intent == b->intent && a->decision_id == b->decision_id &&
+	       a->has_confidence == b->has_confidence &&
+	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0) &&
+	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
+}
 
 /* Write everything but the payload bytes; lay is the layout of msg's shape. */
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
