@@ -575,6 +575,29 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 	return shmbus__fail(EINVAL, "event is not held by this subscription");
 }
 
+/*
+ * release_batch's usual case, with the subscription current: held[i] is a
+ * ring event whose entry carries no mark but its hold, so it is dropped
+ * right here (held_drop's steps, without its generality). Returns 0, or
+ * -1 to leave the entry to release_held (from the log, marked, lost to a
+ * revoker, or the CAS lost: held_drop's reading of the new value decides).
+ */
+static int release_plain(shmbus_sub_t *sub, uint32_t i)
+{
+	struct held_local l = sub->held[i];
+	if (l.k == HELD_FROM_LOG)
+		return -1;
+	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
+	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
+		return -1;
+	sub->held[i] = sub->held[--sub->nheld];
+	if (desc & SEG_DESC_HOLDS_REF)
+		slot_release(sub->bus, l.seq, sub->index);
+	at_store_release_u64(e, 0);
+	held_free(sub, l.k);
+	return 0;
+}
+
 SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *const *evs, int n)
 {
 	if (!sub || (!evs && n > 0) || n < 0)
@@ -589,14 +612,18 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	int first_err = 0;
 	/* Last first: events taken by shmbus_poll_batch sit at the end of
 	 * held[] in delivery order, so each is found at once and removing it
-	 * moves nothing (release_held fills the gap with the last entry). */
+	 * moves nothing (the gap is filled with the last entry). */
 	for (int j = n; j-- > 0;) {
-		int rc = evs[j] ? -1 : shmbus__fail(EINVAL, "event %d is NULL", j);
-		for (uint32_t i = sub->nheld; rc == -1 && i-- > 0;)
-			if (sub->held[i].ev == evs[j])
-				rc = release_held(sub, i, evs[j], now);
-		if (rc == -1)
+		uint32_t i = sub->nheld;
+		while (i-- > 0 && sub->held[i].ev != evs[j])
+			;
+		int rc;
+		if (!evs[j])
+			rc = shmbus__fail(EINVAL, "event %d is NULL", j);
+		else if (i == UINT32_MAX)
 			rc = shmbus__fail(EINVAL, "event %d is not held by this subscription", j);
+		else if (!now || (rc = release_plain(sub, i)) == -1)
+			rc = release_held(sub, i, evs[j], now);
 		if (rc < 0 && !first_err)
 			first_err = rc;
 	}
