@@ -386,6 +386,35 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 	return rc < 0 ? rc : poll_next(sub, ev);
 }
 
+/*
+ * Hand out the rest of the run of class cls that poll_next took from, up to
+ * max events, in one loop: what poll_next checks before each event (a gap
+ * to catch up, a more urgent queue) the caller checked once before the
+ * run, and the consumer's delivered count is stored once. Returns how many
+ * were put in evs[].
+ */
+static int open_ready(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **evs, int max)
+{
+	const struct held_desc *ready = &sub->ready[cls][sub->ready_head[cls]];
+	uint32_t avail = sub->ready_n[cls], used = 0;
+	int n = 0;
+	while (used < avail && n < max) {
+		const struct held_desc *h = &ready[used++];
+		const struct seg_event *e = open_event(sub, h);
+		if (!e)
+			continue;
+		struct held_local *l = &sub->held[sub->nheld++];
+		l->ev = e;
+		l->k = h->k;
+		l->seq = h->desc & SEG_DESC_SEQ_MASK;
+		evs[n++] = (const shmbus_event_t *)(const void *)e;
+	}
+	sub->ready_head[cls] += used;
+	sub->ready_n[cls] -= used;
+	at_store_relaxed_u64(&sub->cons->delivered, at_load_relaxed_u64(&sub->cons->delivered) + (uint64_t)n);
+	return n;
+}
+
 SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, int max)
 {
 	if (!sub || !evs || max < 1)
@@ -393,10 +422,22 @@ SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, 
 	int rc = poll_usable(sub), n = 0;
 	if (rc < 0)
 		return rc;
+	if ((uint32_t)max > SEG_HELD_MAX - sub->nheld)
+		max = (int)(SEG_HELD_MAX - sub->nheld);
 	/* the subscription's state was checked above; each take checks that
 	 * it still exists (take_run), as a single poll does */
-	while (n < max && sub->nheld < SEG_HELD_MAX && (rc = poll_next(sub, &evs[n])) == 1)
+	while (n < max && (rc = poll_next(sub, &evs[n])) == 1) {
 		n++;
+		/* The rest of that event's run at once, unless a gap is to be
+		 * caught up first or something more urgent waits: an urgent
+		 * event that comes meanwhile leads the next call's array. */
+		if (at_load_relaxed_u64(&sub->rec->gap_lo) != SEG_GAP_NONE)
+			continue;
+		if (sub->ready_n[SEG_QUEUE_URGENT])
+			n += open_ready(sub, SEG_QUEUE_URGENT, evs + n, max - n);
+		else if (sub->ready_n[SEG_QUEUE_NORMAL] && !urgent_waiting(sub))
+			n += open_ready(sub, SEG_QUEUE_NORMAL, evs + n, max - n);
+	}
 	return n > 0 || rc >= 0 ? n : rc;
 }
 
@@ -534,6 +575,29 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 	return shmbus__fail(EINVAL, "event is not held by this subscription");
 }
 
+/*
+ * release_batch's usual case, with the subscription current: held[i] is a
+ * ring event whose entry carries no mark but its hold, so it is dropped
+ * right here (held_drop's steps, without its generality). Returns 0, or
+ * -1 to leave the entry to release_held (from the log, marked, lost to a
+ * revoker, or the CAS lost: held_drop's reading of the new value decides).
+ */
+static int release_plain(shmbus_sub_t *sub, uint32_t i)
+{
+	struct held_local l = sub->held[i];
+	if (l.k == HELD_FROM_LOG)
+		return -1;
+	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
+	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
+		return -1;
+	sub->held[i] = sub->held[--sub->nheld];
+	if (desc & SEG_DESC_HOLDS_REF)
+		slot_release(sub->bus, l.seq, sub->index);
+	at_store_release_u64(e, 0);
+	held_free(sub, l.k);
+	return 0;
+}
+
 SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *const *evs, int n)
 {
 	if (!sub || (!evs && n > 0) || n < 0)
@@ -548,14 +612,18 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	int first_err = 0;
 	/* Last first: events taken by shmbus_poll_batch sit at the end of
 	 * held[] in delivery order, so each is found at once and removing it
-	 * moves nothing (release_held fills the gap with the last entry). */
+	 * moves nothing (the gap is filled with the last entry). */
 	for (int j = n; j-- > 0;) {
-		int rc = evs[j] ? -1 : shmbus__fail(EINVAL, "event %d is NULL", j);
-		for (uint32_t i = sub->nheld; rc == -1 && i-- > 0;)
-			if (sub->held[i].ev == evs[j])
-				rc = release_held(sub, i, evs[j], now);
-		if (rc == -1)
+		uint32_t i = sub->nheld;
+		while (i-- > 0 && sub->held[i].ev != evs[j])
+			;
+		int rc;
+		if (!evs[j])
+			rc = shmbus__fail(EINVAL, "event %d is NULL", j);
+		else if (i == UINT32_MAX)
 			rc = shmbus__fail(EINVAL, "event %d is not held by this subscription", j);
+		else if (!now || (rc = release_plain(sub, i)) == -1)
+			rc = release_held(sub, i, evs[j], now);
 		if (rc < 0 && !first_err)
 			first_err = rc;
 	}

@@ -116,46 +116,6 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
 	return check(ev, avail, why);
 }
 
-/*
- * The delivery path's check, run on every event a consumer opens: the same
- * acceptance as seg_event_check without the scan for embedded NULs and the
- * metadata parsing. The string lengths are tested as one word: each at
- * most 63 (no byte has bit 6 or 7 set), and their sum with the NULs within
- * the string area; the terminators are then looked up from that snapshot.
- */
-int seg_event_check_fast(const struct seg_event *ev, size_t avail)
-{
-	if (avail < SEG_EVENT_FIXED)
-		return -EBADMSG;
-	uint32_t size = ev->size, strings = ev->strings_len, off = ev->payload_off;
-	uint64_t lens;
-	memcpy(&lens, ev->len, sizeof lens);
-	lens &= 0x00FFFFFFFFFFFFFFull; /* len[7] is reserved */
-	/* byte lanes summed in 16-bit lanes (each <= 4 * 63): no carry */
-	uint64_t pairs = (lens & 0x00FF00FF00FF00FFull) + ((lens >> 8) & 0x00FF00FF00FF00FFull);
-	uint32_t sum = (uint32_t)((pairs * 0x0001000100010001ull) >> 48) + SEG_EVENT_STRINGS;
-	/* off <= size and off >= FIXED + strings also put the string area
-	 * inside the event */
-	if (size - SEG_EVENT_FIXED > avail - SEG_EVENT_FIXED || ev->format != SEG_EVENT_FORMAT ||
-	    (uint8_t)(ev->type - 1) > 4 || (uint8_t)(ev->priority - 1) > 3 || ev->content_type > 2 || ev->status > 6 ||
-	    off % 8 || off < SEG_EVENT_FIXED + strings || off > size || ev->payload_len > size - off ||
-	    ev->meta_count > SEG_EVENT_META_MAX || (lens & 0xC0C0C0C0C0C0C0C0ull) || !(lens & 0xFF) || sum > strings)
-		return -EBADMSG;
-	/* Every string ends where its length says (all inside the area, as
-	 * the sum showed), and with metadata the area ends with a NUL, so no
-	 * walk by seg_event_meta can leave it. */
-	const char *p = ev->strings;
-	unsigned nul = 0;
-#pragma GCC unroll 7
-	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		p += (lens >> (8 * k)) & 0xFF; /* the lengths checked above */
-		nul |= (unsigned char)*p++;
-	}
-	if (ev->meta_count)
-		nul |= (sum >= strings) | (unsigned char)ev->strings[strings - 1];
-	return nul ? -EBADMSG : 0;
-}
-
 int seg_event_meta(const struct seg_event *ev, unsigned i, const char **key, const char **value)
 {
 	if (i >= ev->meta_count)

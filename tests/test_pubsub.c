@@ -916,6 +916,42 @@ Test(pubsub, held_limit_gives_enobufs)
 	shmbus_close(bus);
 }
 
+/* A batch hands out a taken run in one go, but priority still holds at
+ * every run: urgent events queued before the call lead the array, and one
+ * published between two calls leads the next call's array, ahead of the
+ * normal events already taken. */
+Test(pubsub, poll_batch_puts_urgent_events_first)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	const shmbus_event_t *evs[SHMBUS_MAX_HELD];
+
+	for (uint32_t i = 0; i < 20; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "n", SHMBUS_PRIORITY_NORMAL, i), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "u", SHMBUS_PRIORITY_CRITICAL, 100), 0);
+	int n = shmbus_poll_batch(sub, evs, 4);
+	cr_assert_eq(n, 4);
+	cr_expect_eq(tc_payload_u32(evs[0]), 100u, "the critical event leads");
+	for (int i = 1; i < n; i++)
+		cr_expect_eq(tc_payload_u32(evs[i]), (uint32_t)i - 1, "then the normal ones in order");
+	cr_assert_eq(shmbus_release_batch(sub, evs, n), 0);
+
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "u", SHMBUS_PRIORITY_HIGH, 200), 0);
+	n = shmbus_poll_batch(sub, evs, SHMBUS_MAX_HELD);
+	cr_assert_eq(n, 18, "%d events", n);
+	cr_expect_eq(tc_payload_u32(evs[0]), 200u, "the high event leads the next call");
+	for (int i = 1; i < n; i++)
+		cr_expect_eq(tc_payload_u32(evs[i]), (uint32_t)i + 2, "event %d", i);
+	cr_assert_eq(shmbus_release_batch(sub, evs, n), 0);
+	cr_expect_eq(tc_drain(sub, NULL, NULL), 0);
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /* Batches in and out: events come in delivery order, at most max and at
  * most what the held limit leaves; released in a batch, their slots are
  * free again (the ring turns many times over); a bad entry in a release

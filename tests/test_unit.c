@@ -962,6 +962,52 @@ static uint32_t held_index(shmbus_sub_t *sub, uint64_t seq)
 	return SEG_HELD_MAX;
 }
 
+/* A batch release drops the plain holds at once and leaves a revoked one
+ * to the general path: the batch reports -ESTALE for it, releases the
+ * others, and the revoked entry is freed for the next take. */
+Test(unit, release_batch_reports_a_revoked_event_and_releases_the_rest)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_opts_t so = {.policy = SHMBUS_POLICY_LAG};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0);
+	for (uint32_t i = 0; i < 3; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", SHMBUS_PRIORITY_NORMAL, i), 0);
+	const shmbus_event_t *evs[3];
+	cr_assert_eq(shmbus_poll_batch(sub, evs, 3), 3);
+	uint64_t seq[3];
+	for (int i = 0; i < 3; i++)
+		seq[i] = shmbus_event_seq(evs[i]);
+
+	/* a revoker's whole work on the middle one: win the entry, clear the
+	 * bit, free the entry */
+	uint32_t k = held_index(sub, seq[1]);
+	cr_assert_lt(k, SEG_HELD_MAX);
+	uint64_t *e = &sub->cons->held[k], d = at_load_acquire_u64(e);
+	cr_assert(at_cas_u64(e, &d, d | SEG_DESC_REVOKED));
+	slot_release(bus, seq[1], sub->index);
+	d |= SEG_DESC_REVOKED;
+	cr_assert(at_cas_u64(e, &d, 0));
+
+	cr_expect_eq(shmbus_release_batch(sub, evs, 3), -ESTALE);
+	for (int i = 0; i < 3; i++)
+		cr_expect(!slot_held_by(bus, seq[i], sub->index), "event %d still held", i);
+	cr_expect_eq(sub->nheld, 0);
+	cr_expect_eq(sub->held_count, 0, "%u held entries still allocated", sub->held_count);
+	cr_expect_eq(shmbus_release(sub, evs[0]), -EINVAL, "released by the batch");
+
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", SHMBUS_PRIORITY_NORMAL, 3), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_expect_eq(tc_payload_u32(ev), 3u);
+	cr_expect_eq(shmbus_release(sub, ev), 0);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /* The other order: the revoker wins the entry and is parked at its AND;
  * the consumer's drop of the same hold must leave the bit to it, and keep
  * the entry (the revoker's record until it stores 0) out of its next
