@@ -708,7 +708,7 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 {
 	for (uint32_t c = 0; c < SEG_CONSUMERS; c++) {
 		const struct seg_consumer *sc = &s->consumers[c];
-		if (sc->state == SEG_CONSUMER_FREE)
+		if (sc->state == SEG_CONSUMER_FREE || (s->state == SEG_SUB_FREE && sc->state != SEG_CONSUMER_DETACHED))
 			continue;
 		if (sc->state != SEG_CONSUMER_ACTIVE && sc->state != SEG_CONSUMER_DETACHED)
 			problem(in, "sub[%u].consumer[%u]: invalid state %u", o->index, c, sc->state);
@@ -718,6 +718,7 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 		oc->member_gen = sc->member_gen;
 		oc->pid = sc->pid;
 		oc->delivered = sc->delivered;
+		oc->detached = sc->state == SEG_CONSUMER_DETACHED;
 		if (sc->state == SEG_CONSUMER_ACTIVE)
 			o->delivered += sc->delivered;
 		if (sc->member >= in->hdr->max_members)
@@ -860,9 +861,36 @@ static void decode_sub_identity(shmbus_inspect_t *in, uint32_t i, const struct s
 		problem(in, "sub[%u]: owner member %u out of range", i, s->owner);
 }
 
+/* Whether a record has consumer entries a removal left DETACHED. */
+static bool has_detached(const struct seg_sub *s)
+{
+	for (uint32_t c = 0; c < SEG_CONSUMERS; c++)
+		if (s->consumers[c].state == SEG_CONSUMER_DETACHED)
+			return true;
+	return false;
+}
+
+/*
+ * A removed subscription whose record is free but still has DETACHED
+ * consumer entries: their takers have yet to drop what they took before
+ * they saw the removal (or reclaim, for a dead one). Listed with state 0
+ * and only those consumers, so their holds are shown and counted (else the
+ * holder bits they keep would read as leaks); its other fields are stale.
+ */
+static void decode_removed(shmbus_inspect_t *in, uint32_t i, const struct seg_sub *s)
+{
+	shmbus_inspect_sub_t *o = &in->subs[in->sub_count++];
+	o->index = i;
+	o->state = SEG_SUB_FREE;
+	o->id = (s->generation << 16) | i;
+	o->owner = 0xFFFFFFFFu;
+	copy_field(in, o->subscriber_id, sizeof o->subscriber_id, s->subscriber, sizeof s->subscriber, "sub", i);
+	decode_consumers(in, s, o);
+}
+
 /*
  * Every subscription record in use: identity, counters, filter, queues and
- * consumers.
+ * consumers; and removed ones whose consumers still hold what they took.
  */
 static void decode_subs(shmbus_inspect_t *in)
 {
@@ -879,8 +907,11 @@ static void decode_subs(shmbus_inspect_t *in)
 	for (uint32_t i = 0; i < h->max_subscribers; i++) {
 		const struct seg_sub *s =
 			(const struct seg_sub *)(in->bytes + h->subs_off + (uint64_t)i * SEG_SUB_SIZE);
-		if (s->state == SEG_SUB_FREE)
+		if (s->state == SEG_SUB_FREE) {
+			if (has_detached(s))
+				decode_removed(in, i, s);
 			continue;
+		}
 		shmbus_inspect_sub_t *o = &in->subs[in->sub_count++];
 		decode_sub_identity(in, i, s, o);
 		o->delivered = s->delivered_total; /* consumers' shares are added below */

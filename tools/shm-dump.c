@@ -233,7 +233,8 @@ static json_t *consumers_json(const shmbus_inspect_sub_t *s)
 	for (uint32_t i = 0; a && i < s->consumer_count; i++) {
 		const shmbus_inspect_consumer_t *c = &s->consumers[i];
 		json_t *o = json_add(json_object(), "index", ju(c->index), "member", ju(c->member), "pid", ju(c->pid),
-				"delivered", ju(c->delivered), "held", held_json(c), NULL);
+				"delivered", ju(c->delivered), "detached", json_boolean(c->detached), "held",
+				held_json(c), NULL);
 		if (json_array_append_new(a, o) < 0) {
 			json_decref(a);
 			a = NULL;
@@ -251,6 +252,7 @@ static int sub_json(const shmbus_inspect_sub_t *s)
 		json_object(), "kind", json_string("subscription"), "index", ju(s->index), "id", ju(s->id), "state",
 		json_string(s->state == 1   ? "active"
 			    : s->state == 2 ? "init"
+			    : s->state == 0 ? "removed"
 					    : "invalid"),
 		"subscriber_id", json_text(s->subscriber_id), "group", s->group[0] ? json_text(s->group) : json_null(),
 		"durable", json_boolean(s->durable), "policy",
@@ -268,6 +270,23 @@ static int sub_json(const shmbus_inspect_sub_t *s)
 		ju(s->gap_served), "consumers", consumers_json(s), NULL));
 }
 
+/* The consumers of a subscription and what they hold, human form. */
+static void consumers_human(const shmbus_inspect_sub_t *s)
+{
+	for (uint32_t i = 0; i < s->consumer_count; i++) {
+		const shmbus_inspect_consumer_t *c = &s->consumers[i];
+		printf("      consumer[%u]%s member %u pid %u delivered %llu held:", c->index,
+		       c->detached ? " detached" : "", c->member, c->pid, (unsigned long long)c->delivered);
+		for (uint32_t k = 0; k < c->held_count; k++) {
+			if (c->held[k] == ~0ull)
+				printf(" revoked");
+			else
+				printf(" %llu", (unsigned long long)(c->held[k] & ((1ull << 60) - 1)));
+		}
+		printf("%s\n", c->held_count ? "" : " -");
+	}
+}
+
 /*
  * One subscription in the human form: identity, filter, queue, counters,
  * consumers and what they hold.
@@ -275,6 +294,12 @@ static int sub_json(const shmbus_inspect_sub_t *s)
 static void sub_human(const shmbus_inspect_sub_t *s)
 {
 	char sid[SHMBUS_ID_MAX + 1], grp[SHMBUS_ID_MAX + 1], filter[sizeof s->filter];
+	if (s->state == 0) {
+		printf("  [%u] id %llu \"%s\" (removed: its consumers still drop what they took)\n", s->index,
+		       (unsigned long long)s->id, text_safe(s->subscriber_id, sid, sizeof sid));
+		consumers_human(s);
+		return;
+	}
 	printf("  [%u] id %llu \"%s\"%s policy=%s%s%s%s group=%s\n", s->index, (unsigned long long)s->id,
 	       text_safe(s->subscriber_id, sid, sizeof sid), s->state == 1 ? "" : " (not active)",
 	       s->policy == SHMBUS_POLICY_LAG ? "lag" : "block", s->durable ? " durable" : "",
@@ -299,18 +324,7 @@ static void sub_human(const shmbus_inspect_sub_t *s)
 		printf(", owed %lld, dropped %llu, served from the log %llu\n", (long long)s->gap_owed,
 		       (unsigned long long)s->gap_dropped, (unsigned long long)s->gap_served);
 	}
-	for (uint32_t i = 0; i < s->consumer_count; i++) {
-		const shmbus_inspect_consumer_t *c = &s->consumers[i];
-		printf("      consumer[%u] member %u pid %u delivered %llu held:", c->index, c->member, c->pid,
-		       (unsigned long long)c->delivered);
-		for (uint32_t k = 0; k < c->held_count; k++) {
-			if (c->held[k] == ~0ull)
-				printf(" revoked");
-			else
-				printf(" %llu", (unsigned long long)(c->held[k] & ((1ull << 60) - 1)));
-		}
-		printf("%s\n", c->held_count ? "" : " -");
-	}
+	consumers_human(s);
 }
 
 /* Every subscription in use. 0, -EIO or -ENOMEM. */

@@ -838,13 +838,14 @@ typedef struct {
 	uint64_t member_gen;
 	uint32_t pid;
 	uint64_t delivered;
+	bool detached;			/* its subscription was removed; it still drops what it took */
 	uint32_t held_count;		/* entries used in held[] */
 	uint64_t held[SHMBUS_MAX_HELD]; /* raw descriptors (seq in bits 0..59) */
 } shmbus_inspect_consumer_t;
 
 typedef struct {
 	uint32_t index;
-	uint32_t state; /* 1 active, 2 being set up */
+	uint32_t state; /* 1 active, 2 being set up, 0 removed (only its detached consumers are shown) */
 	uint32_t flags; /* raw SEG_SUB_* bits */
 	shmbus_sub_id_t id;
 	uint32_t owner; /* member index, or 0xFFFFFFFF for durable/group */
