@@ -165,11 +165,15 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		__builtin_prefetch(ev + 64);
 		__builtin_prefetch(ev + 128);
 		__builtin_prefetch(ev + 192);
+		/* What the calling poll hands out at once counts as seen from
+		 * here: only the rest waits UNSEEN, revocable, in ready[]. */
+		uint64_t d = descs[i] | (i < sub->hand_now ? 0 : SEG_DESC_UNSEEN);
 		uint32_t k = held_alloc(sub);
-		at_store_relaxed_u64(&sub->cons->held[k], descs[i] | SEG_DESC_UNSEEN);
-		ready[i].desc = descs[i] | SEG_DESC_UNSEEN;
+		at_store_relaxed_u64(&sub->cons->held[k], d);
+		ready[i].desc = d;
 		ready[i].k = k;
 	}
+	sub->hand_now -= n < sub->hand_now ? n : sub->hand_now;
 	sub->ready_n[cls] = n;
 	/* held[] (seq_cst) before we look at whether a removal is sweeping
 	 * held[] */
@@ -219,9 +223,10 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	/* Seen from now on, before a byte of the slot is read: a congested
 	 * publisher revokes only unseen entries of a lag subscription, so the
 	 * slot cannot be reused under us after this (were we to die, the event
-	 * goes back flagged redelivered). */
+	 * goes back flagged redelivered). An entry the poll that took it hands
+	 * out was stored seen (take_run): no locked instruction for it. */
 	uint64_t expected = desc;
-	if (!at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
+	if ((desc & SEG_DESC_UNSEEN) && !at_cas_u64(&sub->cons->held[h->k], &expected, desc & ~SEG_DESC_UNSEEN)) {
 		held_lost(sub, h->k, expected, desc); /* revoked meanwhile */
 		return NULL;
 	}
@@ -383,6 +388,7 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
 	int rc = poll_usable(sub);
+	sub->hand_now = 1;
 	return rc < 0 ? rc : poll_next(sub, ev);
 }
 
@@ -426,7 +432,7 @@ SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, 
 		max = (int)(SEG_HELD_MAX - sub->nheld);
 	/* the subscription's state was checked above; each take checks that
 	 * it still exists (take_run), as a single poll does */
-	while (n < max && (rc = poll_next(sub, &evs[n])) == 1) {
+	while (n < max && (sub->hand_now = (uint32_t)(max - n), rc = poll_next(sub, &evs[n])) == 1) {
 		n++;
 		/* The rest of that event's run at once, unless a gap is to be
 		 * caught up first or something more urgent waits: an urgent

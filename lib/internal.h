@@ -178,6 +178,7 @@ struct shmbus_sub {
 	uint64_t held_revoked; /* bit k: held[k] was revoked, its revoker not done */
 	struct held_local held[SEG_HELD_MAX];
 	uint32_t take_batch;
+	uint32_t hand_now; /* events the poll under way hands out (take_run) */
 	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
 	uint32_t ready_head[SEG_QUEUE_CLASSES], ready_n[SEG_QUEUE_CLASSES];
 	uint64_t cells_first; /* the cells of the last run, not yet released */

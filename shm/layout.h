@@ -439,8 +439,10 @@ _Static_assert(sizeof(struct seg_queue_ends) == 128, "queue ends size");
  * of a group), 384 bytes. held[] records every event taken and not yet
  * released, so a survivor can give them back when the consumer dies.
  * A held entry is 0 when empty, else a descriptor (see SEG_DESC_*) with:
- *   UNSEEN      taken in a run, not yet handed to the user
- *   (none)      handed to the user
+ *   UNSEEN      taken in a run, left for a later poll (the events the
+ *               taking poll hands out at once are stored seen)
+ *   (none)      handed to the user, or being handed out by the poll
+ *               that took it
  *   RELEASING   released by the user, the hold not yet dropped (releases
  *               are applied in batches)
  *   DROPPING    the consumer won the entry and is clearing the holder bit;
@@ -656,8 +658,8 @@ static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_
  *   bits 0..57  seq: the position of the event's first slot
  *   bit 58      REVOKED (held entries only): the hold was taken back from a
  *               stalled consumer
- *   bit 59      UNSEEN (held entries only): taken from the queue, not yet
- *               handed to the user
+ *   bit 59      UNSEEN (held entries only): taken from the queue and left
+ *               for a later poll
  *   bit 60      RELEASING (held entries only): released, reference not yet
  *               dropped
  *   bits 59+60  DROPPING (held entries only; UNSEEN and RELEASING are never
