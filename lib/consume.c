@@ -189,11 +189,10 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		sub_consumer_forget(sub); /* the removal left our entry for this */
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	}
-	/* The cells go back once the first event is opened (release_cells):
-	 * the store to their line, which the producer shares, then drains
-	 * while the user reads the event, instead of stalling the locked
-	 * instruction that opens it. Until then the OWNED intent covers them
-	 * and held[] has every descriptor, so a survivor loses nothing. */
+	/* The cells go back later (release_cells): a group member's once its
+	 * event is opened, a lone consumer's when it next finds nothing or
+	 * takes again (see poll_next). Until then the OWNED intent covers
+	 * them and held[] has every descriptor, so a survivor loses nothing. */
 	sub->cells_first = first;
 	sub->cells_n = n;
 	sub->cells_cls = cls;
@@ -364,7 +363,15 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		if (rc == 2)
 			continue; /* refilled while a gap appeared: look at it first */
 		const struct seg_event *e = open_event(sub, &h);
-		release_cells(sub);
+		/* A group member gives its cell back at once: the other members
+		 * keep taking, and a member busy with its event must not hold a
+		 * cell a lap of the queue comes back to. A lone consumer gives
+		 * the run back when it next finds nothing (or takes again): the
+		 * store to the cells' line, which the producer shares, then
+		 * drains while it waits, not in the reply it is about to publish
+		 * (whose fence would wait for it). */
+		if (sub->take_batch == 1)
+			release_cells(sub);
 		if (!e)
 			continue;
 		sub->held[sub->nheld].ev = e;
@@ -375,8 +382,10 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		*ev = (const shmbus_event_t *)(const void *)e;
 		return 1;
 	}
-	/* Idle: publishers get our released slots now, and a demoted
-	 * subscription that caught up gets its policy back. */
+	/* Idle: the queue gets the last run's cells back and publishers our
+	 * released slots, and a demoted subscription that caught up gets its
+	 * policy back. */
+	release_cells(sub);
 	flush_releases(sub);
 	if (at_load_relaxed_u32(&sub->rec->flags) & SEG_SUB_DEMOTED)
 		at_fetch_and_u32(&sub->rec->flags, ~SEG_SUB_DEMOTED);
