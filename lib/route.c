@@ -160,15 +160,27 @@ static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
 	}
 }
 
-bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
-		 const struct seg_event *ev, const struct custom_pred *preds)
+/* The filter walk of match_filter, for trees it cannot decide at once. */
+static bool match_walk(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
+		       const struct seg_event *ev, const struct custom_pred *preds)
+{
+	if (f->node_count > SEG_FILTER_NODES)
+		return false;
+	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
+	return eval_node(&e, f->root, 0);
+}
+
+/* route_match. Inlined into the publisher's walks: no filter, or one set
+ * or one test (the commonest filters), is decided without a call. */
+static inline __attribute__((always_inline)) bool match_filter(shmbus_bus_t *bus, struct route_ctx *ctx,
+								uint32_t sub_index, const struct seg_filter *f,
+								const struct seg_event *ev,
+								const struct custom_pred *preds)
 {
 	uint16_t count = f->node_count;
 	if (count == 0)
 		return true; /* no filter: everything */
-	if (count > SEG_FILTER_NODES)
-		return false;
-	/* A filter of one set or one test (the commonest) needs no walk. */
+	/* A filter of one set or one test needs no walk. */
 	if (count == 1 && f->root == 0) {
 		const struct seg_filter_node *n = &f->nodes[0];
 		switch (n->kind) {
@@ -186,8 +198,13 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 			break;
 		}
 	}
-	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
-	return eval_node(&e, f->root, 0);
+	return match_walk(bus, ctx, sub_index, f, ev, preds);
+}
+
+bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
+		 const struct seg_event *ev, const struct custom_pred *preds)
+{
+	return match_filter(bus, ctx, sub_index, f, ev, preds);
 }
 
 static unsigned event_class(const struct seg_event *ev)
@@ -218,7 +235,7 @@ walk_matches(shmbus_pub_t *pub, const struct seg_event *ev, void (*on_match)(voi
 			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
 			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
 				continue;
-			if (route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
+			if (match_filter(bus, &pub->route, idx, &s->filter, ev, NULL))
 				on_match(ctx, idx, w, 1ull << bit);
 		}
 	}
@@ -282,9 +299,9 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 {
 	struct push_one *p = ctx;
 	shmbus_bus_t *bus = p->pub->bus;
-	struct queue_view q = bus_queue(bus, idx, p->cls);
 	p->matched++;
-	if (queue_push(&q, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
+	struct queue_view q = bus_queue(bus, idx, p->cls);
+	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
 		p->wake[w] |= bit;
 	} else {
