@@ -174,7 +174,7 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 }
 
 /* Only this publisher writes its counters: no locked instruction needed. */
-static void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
+static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 {
 	struct seg_pub *r = pub->rec;
 	at_store_relaxed_u64(&r->published, at_load_relaxed_u64(&r->published) + n);
@@ -214,8 +214,9 @@ struct batch_msg {
 	uint32_t shape;
 };
 
-/* Whether pub may publish a copy now: 0, or -errno. */
-static int publish_check(const shmbus_pub_t *pub)
+/* Whether pub may publish a copy now: 0, or -errno. Inlined: a single
+ * publish pays for a call to it otherwise. */
+static inline __attribute__((always_inline)) int publish_check(const shmbus_pub_t *pub)
 {
 	int rc;
 	if (!pub)
