@@ -160,9 +160,11 @@ static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
 	}
 }
 
-/* The filter walk of match_filter, for trees it cannot decide at once. */
-static bool match_walk(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
-		       const struct seg_event *ev, const struct custom_pred *preds)
+/* The filter walk of match_filter, for trees it cannot decide at once.
+ * Out of line: inlined, its set-up crowds the registers of every walk. */
+static __attribute__((noinline)) bool match_walk(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index,
+						 const struct seg_filter *f, const struct seg_event *ev,
+						 const struct custom_pred *preds)
 {
 	if (f->node_count > SEG_FILTER_NODES)
 		return false;
@@ -222,9 +224,10 @@ walk_matches(shmbus_pub_t *pub, const struct seg_event *ev, void (*on_match)(voi
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
+	uint64_t *type_mask = h->type_mask[ev->type - 1];
 	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
 	for (unsigned w = 0; w < words; w++) {
-		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
+		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&type_mask[w]);
 		while (cand) {
 			unsigned bit = (unsigned)__builtin_ctzll(cand);
 			cand &= cand - 1;
@@ -290,29 +293,36 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 }
 
 struct push_one {
-	shmbus_pub_t *pub;
+	shmbus_bus_t *bus;
 	uint64_t seq, *hold, *wake;
 	unsigned cls, matched;
 };
 
+/* The descriptor of seq found subscription idx's queue full: dropped,
+ * and counted. Out of line: the push loop then calls nothing normally. */
+static __attribute__((noinline, cold)) void push_dropped(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
+{
+	at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+	catchup_note_drop(bus, idx, seq, seq + 1, 1);
+}
+
 static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t idx, unsigned w, uint64_t bit)
 {
 	struct push_one *p = ctx;
-	shmbus_bus_t *bus = p->pub->bus;
+	shmbus_bus_t *bus = p->bus;
 	p->matched++;
 	struct queue_view q = bus_queue(bus, idx, p->cls);
 	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
 		p->wake[w] |= bit;
 	} else {
-		at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
-		catchup_note_drop(bus, idx, p->seq, p->seq + 1, 1);
+		push_dropped(bus, idx, p->seq);
 	}
 }
 
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
-	struct push_one p = {.pub = pub, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
+	struct push_one p = {.bus = pub->bus, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
 	walk_matches(pub, ev, push_match, &p);
 	return p.matched;
 }
