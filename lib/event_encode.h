@@ -66,6 +66,15 @@ static inline bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
 		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns);
 
+/* Store the first 8 bytes of a UUIDv7 of this millisecond and bus
+ * incarnation (see uuid.c): the same for every event of one clock reading. */
+static inline void uuid_v7_put_time(uint8_t *first8, uint64_t unix_ms, uint64_t incarnation)
+{
+	/* big endian: ms(48) ver(4) tag(12) */
+	uint64_t hi = __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
+	memcpy(first8, &hi, 8);
+}
+
 /* Store the last 8 bytes of the id of the event of sequence seq: the
  * UUIDv7's variant and sequence bits (see uuid.c). The ids of one publish
  * call differ in these bytes only. */

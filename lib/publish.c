@@ -274,8 +274,9 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, hold[SEG_HOLDER_WORDS] = {0};
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
-	shmbus_uuid_t id;
-	uuid_make_v7(&id, now / 1000000, pos, bus->hdr->incarnation);
+	shmbus_uuid_t id; /* uuid_make_v7, inlined */
+	uuid_v7_put_time(id.bytes, now / 1000000, bus->hdr->incarnation);
+	uuid_v7_put_seq(id.bytes + 8, pos);
 	if (cached)
 		event_write_cached(ev, cache, msg, msg->payload_len, pos, &id, now);
 	else
