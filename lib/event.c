@@ -258,6 +258,35 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	}
 }
 
+bool event_cache_meta_same(const shmbus_msg_t *msg, const char *p)
+{
+	if (!msg->metadata)
+		return false;
+	for (size_t i = 0; i < msg->metadata_count; i++) {
+		/* the cached pairs passed event_layout: a key is not empty */
+		size_t kl = strlen(p), vl = strlen(p + kl + 1);
+		if (!msg->metadata[i].key || !msg->metadata[i].value ||
+		    !cached_str_is(msg->metadata[i].key, p, kl) || !cached_str_is(msg->metadata[i].value, p + kl + 1, vl))
+			return false;
+		p += kl + vl + 2;
+	}
+	return true;
+}
+
+bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const struct event_layout *lay)
+{
+	if (lay->payload_off > sizeof c->head)
+		return false;
+	/* Only the bytes before the payload are kept; the fields that
+	 * event_write_cached writes for each event get placeholders. */
+	static const shmbus_uuid_t no_id;
+	event_write(&c->head.ev, msg, lay, 0, 0, &no_id, 0);
+	c->msg = *msg;
+	c->lib_flags = lay->lib_flags;
+	c->valid = true;
+	return true;
+}
+
 /* --------------------------------------------------------------- accessors */
 
 #define EV(e) ((const struct seg_event *)(const void *)(e))

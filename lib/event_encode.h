@@ -66,6 +66,15 @@ static inline bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
 		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns);
 
+/* Store the first 8 bytes of a UUIDv7 of this millisecond and bus
+ * incarnation (see uuid.c): the same for every event of one clock reading. */
+static inline void uuid_v7_put_time(uint8_t *first8, uint64_t unix_ms, uint64_t incarnation)
+{
+	/* big endian: ms(48) ver(4) tag(12) */
+	uint64_t hi = __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
+	memcpy(first8, &hi, 8);
+}
+
 /* Store the last 8 bytes of the id of the event of sequence seq: the
  * UUIDv7's variant and sequence bits (see uuid.c). The ids of one publish
  * call differ in these bytes only. */
@@ -126,6 +135,160 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 		memcpy(ev->correlation_id, ev->id, 16);
 	ev->payload_len = (uint32_t)payload_len;
 	ev->committed = 0;
+}
+
+/*
+ * The last event a publisher encoded for a single publish, in its private
+ * memory: the bytes before the payload and the message they were built
+ * from. The same kind of message published again and again (the usual
+ * case, on every round trip) is then written by copying them
+ * (event_write_cached) instead of being laid out, hashed and encoded
+ * again. Its strings are compared by content, never by address: callers
+ * reuse buffers. It is built only from messages, never read back from the
+ * ring, where a committed event may be released and its slot reused (or
+ * overwritten by a hostile member) at any moment.
+ */
+#define EVENT_CACHE_BYTES 512u /* events with longer string areas are not cached */
+struct event_cache {
+	bool valid;
+	uint16_t lib_flags;
+	/* The message's fields; of its pointers only source is looked at,
+	 * to tell the publisher's own source (NULL) from a given one. */
+	shmbus_msg_t msg;
+	/* the event up to its payload: everything but the fields that
+	 * event_write_cached writes for each event */
+	union {
+		struct seg_event ev;
+		uint64_t bytes[EVENT_CACHE_BYTES / 8];
+	} head;
+};
+
+/* Whether the n bytes at a and b (at most 63) are equal: up to 32 bytes
+ * as at most four word compares that read only [a, a + n) and [b, b + n). */
+static inline __attribute__((always_inline)) bool equal_short(const void *a, const void *b, size_t n)
+{
+	const char *x = a, *y = b;
+	uint64_t p, q, r, s;
+	uint32_t u, v, w, z;
+	if (n > 32)
+		return memcmp(x, y, n) == 0;
+	if (n > 16) {
+		memcpy(&p, x, 8), memcpy(&q, y, 8), memcpy(&r, x + 8, 8), memcpy(&s, y + 8, 8);
+		if ((p ^ q) | (r ^ s))
+			return false;
+		x += n - 16, y += n - 16, n = 16;
+	}
+	if (n >= 8) {
+		memcpy(&p, x, 8), memcpy(&q, y, 8), memcpy(&r, x + n - 8, 8), memcpy(&s, y + n - 8, 8);
+		return !((p ^ q) | (r ^ s));
+	}
+	if (n >= 4) {
+		memcpy(&u, x, 4), memcpy(&v, y, 4), memcpy(&w, x + n - 4, 4), memcpy(&z, y + n - 4, 4);
+		return !((u ^ v) | (w ^ z));
+	}
+	for (size_t i = 0; i < n; i++)
+		if (x[i] != y[i])
+			return false;
+	return true;
+}
+
+/* Whether the string s (NULL counts as "") is the len bytes at cached,
+ * which hold no NUL. The length first: s is read only up to its
+ * terminator or len + 1 bytes, wherever it ends. */
+static inline __attribute__((always_inline)) bool cached_str_is(const char *s, const char *cached, size_t len)
+{
+	if (len == 0)
+		return !s || !s[0];
+	return s && strnlen(s, len + 1) == len && equal_short(s, cached, len);
+}
+
+/* The metadata part of event_cache_hit: msg's pairs (msg->metadata_count,
+ * not 0, is the cached event's) are those at p, the cached event's first
+ * metadata key. */
+bool event_cache_meta_same(const shmbus_msg_t *msg, const char *p);
+
+/*
+ * event_cache_hit - whether msg, published with lib_flags, encodes exactly
+ * as the cached event but for what event_write_cached writes for each
+ * event (size, sequence, ids, times, payload length): the same fixed
+ * fields, and strings of the same bytes. A message that hits has passed
+ * event_layout's checks already (but for its payload length).
+ */
+static inline __attribute__((always_inline)) bool event_cache_hit(const struct event_cache *c, const shmbus_msg_t *msg,
+								 uint16_t lib_flags)
+{
+	const shmbus_msg_t *k = &c->msg;
+	if (!c->valid || msg->type != k->type || msg->priority != k->priority || msg->flags != k->flags ||
+	    lib_flags != c->lib_flags || msg->content_type != k->content_type || msg->status != k->status ||
+	    msg->schema_version != k->schema_version || msg->max_retries != k->max_retries ||
+	    msg->retry_count != k->retry_count || msg->metadata_count != k->metadata_count ||
+	    msg->has_confidence != k->has_confidence ||
+	    (msg->has_confidence && memcmp(&msg->confidence, &k->confidence, sizeof msg->confidence) != 0))
+		return false;
+	const struct seg_event *ev = &c->head.ev;
+	const char *p = ev->strings;
+	if (!cached_str_is(msg->name, p, ev->len[SEG_STR_NAME]))
+		return false;
+	p += ev->len[SEG_STR_NAME] + 1;
+	/* the publisher's source is the cached one only if it was then too
+	 * (a given source of the same bytes encodes the same) */
+	if (msg->source ? !cached_str_is(msg->source, p, ev->len[SEG_STR_SOURCE]) : k->source != NULL)
+		return false;
+	p += ev->len[SEG_STR_SOURCE] + 1;
+	if (!cached_str_is(msg->target, p, ev->len[SEG_STR_TARGET]))
+		return false;
+	p += ev->len[SEG_STR_TARGET] + 1;
+	/* The context strings are usually all absent: one test for the four. */
+	if (!(msg->conversation_id || msg->user_id || msg->intent || msg->decision_id)) {
+		uint32_t lens;
+		memcpy(&lens, &ev->len[SEG_STR_CONVERSATION], 4);
+		if (lens)
+			return false;
+		p += 4;
+	} else {
+		const char *ctx[] = {msg->conversation_id, msg->user_id, msg->intent, msg->decision_id};
+		for (unsigned i = SEG_STR_CONVERSATION; i < SEG_EVENT_STRINGS; i++) {
+			if (!cached_str_is(ctx[i - SEG_STR_CONVERSATION], p, ev->len[i]))
+				return false;
+			p += ev->len[i] + 1;
+		}
+	}
+	return !msg->metadata_count || event_cache_meta_same(msg, p);
+}
+
+/* Remember msg (published with lib_flags, laid out as lay: it passed
+ * event_layout) as the cached event. Returns whether it is cached: not
+ * when its string area is too long for the cache, and then the cache is
+ * left as it was. */
+bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const struct event_layout *lay);
+
+/*
+ * Write ev (everything but the payload bytes) as the cached event with its
+ * own size, sequence, id, correlation and causation ids, times and payload
+ * length; msg hit the cache. Inlined: it is most of what a single publish
+ * costs to write.
+ */
+static inline __attribute__((always_inline)) void event_write_cached(struct seg_event *ev, const struct event_cache *c,
+								    const shmbus_msg_t *msg, size_t payload_len,
+								    uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns)
+{
+	const struct seg_event *t = &c->head.ev;
+	/* the fixed part (a constant size: inline moves), then the strings
+	 * and the zeroed padding word before the payload */
+	memcpy(ev, t, SEG_EVENT_FIXED);
+	copy_short(ev->strings, t->strings, t->payload_off - SEG_EVENT_FIXED);
+	ev->size = t->payload_off + (uint32_t)payload_len;
+	ev->seq = seq;
+	memcpy(ev->id, id, 16);
+	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
+	if (msg->causation_id)
+		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
+	else
+		memset(ev->causation_id, 0, 16);
+	ev->created_ns = now_ns;
+	ev->published_ns = now_ns;
+	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+	ev->payload_len = (uint32_t)payload_len;
 }
 
 #endif

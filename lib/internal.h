@@ -135,6 +135,7 @@ struct shmbus_pub {
 	shmbus_event_t **unrouted;
 	size_t nunrouted, unrouted_cap;
 	struct shmbus_pub *next;
+	struct event_cache *last_event; /* of single publishes (event_encode.h) */
 };
 
 /* held_local.k of an event catch-up served from the log: it holds no

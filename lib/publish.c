@@ -40,8 +40,12 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		snprintf(source, sizeof source, "pid-%d", (int)getpid());
 	}
 	shmbus_pub_t *pub = calloc(1, sizeof *pub);
-	if (!pub)
+	struct event_cache *last_event = calloc(1, sizeof *last_event);
+	if (!pub || !last_event) {
+		free(pub);
+		free(last_event);
 		return shmbus__fail(ENOMEM, "out of memory");
+	}
 	for (uint32_t i = 0; i < bus->max_members; i++) {
 		struct seg_pub *r = &bus->pubs[i];
 		uint32_t expected = 0;
@@ -63,11 +67,13 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		memcpy(pub->source, source, sizeof pub->source);
 		pub->source_len = strlen(source);
 		pub->source_hash = seg_str_hash(source, pub->source_len);
+		pub->last_event = last_event;
 		bus_track_pub(bus, pub, true);
 		*out = pub;
 		return 0;
 	}
 	free(pub);
+	free(last_event);
 	return shmbus__fail(ENOSPC, "bus '%s' has no free publisher entry (max members %u)", bus->name,
 			    bus->max_members);
 }
@@ -93,6 +99,7 @@ SHMBUS_API void shmbus_pub_close(shmbus_pub_t *pub)
 	bus_track_pub(bus, pub, false);
 	route_ctx_free(&pub->route);
 	free(pub->unrouted);
+	free(pub->last_event);
 	free(pub);
 }
 
@@ -167,7 +174,7 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 }
 
 /* Only this publisher writes its counters: no locked instruction needed. */
-static void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
+static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 {
 	struct seg_pub *r = pub->rec;
 	at_store_relaxed_u64(&r->published, at_load_relaxed_u64(&r->published) + n);
@@ -207,7 +214,9 @@ struct batch_msg {
 	uint32_t shape;
 };
 
-static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids, uint16_t lib_flags)
+/* Whether pub may publish a copy now: 0, or -errno. Inlined: a single
+ * publish pays for a call to it otherwise. */
+static inline __attribute__((always_inline)) int publish_check(const shmbus_pub_t *pub)
 {
 	int rc;
 	if (!pub)
@@ -216,10 +225,86 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		return rc;
 	if (pub->claim_open)
 		return shmbus__fail(EBUSY, "a zero-copy claim is open: commit or abort it first");
+	return 0;
+}
+
+/*
+ * publish_one - publish one message (msg not NULL; publish_check passed):
+ * written, routed and committed with none of the batch machinery, since
+ * every instruction here is on a request/response round trip. A message
+ * that encodes as the publisher's last one (the usual case) is written as
+ * a copy of it (event_cache_hit); any other is laid out, and cached for
+ * the next call. Returns 0 or -errno; the id in *id_out if not NULL.
+ */
+static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id_out, uint16_t lib_flags)
+{
+	int rc;
+	shmbus_bus_t *bus = pub->bus;
+	/* The claim word was most likely written last by another publisher:
+	 * its transfer overlaps with the work below. */
+	__builtin_prefetch(&bus->hdr->claim_pos, 1);
+	if (msg->payload_len && !msg->payload)
+		return shmbus__fail(EINVAL, "the message has a payload length but no payload");
+	uint32_t max_payload = bus->hdr->max_payload;
+	struct event_cache *cache = pub->last_event;
+	struct event_layout lay;
+	bool cached = event_cache_hit(cache, msg, lib_flags);
+	if (cached) {
+		if ((rc = event_check_payload(msg->payload_len, max_payload)) < 0)
+			return rc;
+	} else {
+		if ((rc = event_layout(msg, pub->source, pub->source_len, msg->payload_len, max_payload, &lay)) < 0)
+			return rc;
+		lay.lib_flags = lib_flags;
+		if (!msg->source)
+			lay.source_hash = pub->source_hash;
+		cached = event_cache_fill(cache, msg, &lay);
+	}
+	uint32_t head = cached ? cache->head.ev.payload_off : lay.payload_off;
+	uint32_t slots = slots_for(bus, head + (uint32_t)msg->payload_len);
+	if (slots > bus->nslots / 2) /* only with a corrupt max_payload */
+		return shmbus__fail(EMSGSIZE, "the event needs %u slots, more than half the ring (%u)", slots,
+				    bus->nslots / 2);
+	uint64_t pos;
+	/* before the claim, as in publish_many */
+	routing_begin(pub);
+	if ((rc = slots_claim(pub, slots, slots, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0) {
+		routing_abort(pub);
+		return rc;
+	}
+	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, hold[SEG_HOLDER_WORDS] = {0};
+	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
+	shmbus_uuid_t id; /* uuid_make_v7, inlined */
+	uuid_v7_put_time(id.bytes, now / 1000000, bus->hdr->incarnation);
+	uuid_v7_put_seq(id.bytes + 8, pos);
+	if (cached)
+		event_write_cached(ev, cache, msg, msg->payload_len, pos, &id, now);
+	else
+		event_write(ev, msg, &lay, msg->payload_len, pos, &id, now);
+	copy_short((uint8_t *)ev + head, msg->payload, msg->payload_len);
+	if (route_event(pub, ev, pos, hold, wake) == 0)
+		keep_unrouted(pub, ev);
+	bool freed = commit_routed(bus, ev, pos, hold);
+	routing_end(pub, wake, freed);
+	count_published(pub, 1, msg->payload_len);
+	if (pub->nunrouted)
+		flush_unrouted(pub);
+	if (id_out)
+		*id_out = id;
+	return 0;
+}
+
+static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids, uint16_t lib_flags)
+{
+	int rc;
+	if ((rc = publish_check(pub)) < 0)
+		return rc;
 	if (n == 0)
 		return 0;
 	if (!msgs || n > INT32_MAX)
 		return shmbus__fail(EINVAL, "bad message array");
+	if (n == 1)
+		return (rc = publish_one(pub, msgs, ids, lib_flags)) < 0 ? rc : 1;
 	shmbus_bus_t *bus = pub->bus;
 	/* The claim word was most likely written last by another publisher:
 	 * its transfer overlaps with the layout work below. */
@@ -279,64 +364,47 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
-	if (n == 1) {
-		/* one event: written, routed, committed, none of the batch
-		 * machinery (every instruction here is on a round trip) */
-		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
-		shmbus_uuid_t id;
-		uint64_t hold[SEG_HOLDER_WORDS] = {0};
-		uuid_make_v7(&id, now / 1000000, pos, incarnation);
-		event_write(ev, &msgs[0], &lay[0], msgs[0].payload_len, pos, &id, now);
-		copy_short((uint8_t *)ev + lay[0].payload_off, msgs[0].payload, msgs[0].payload_len);
-		if (route_event(pub, ev, pos, hold, wake) == 0)
-			keep_unrouted(pub, ev);
-		freed = commit_routed(bus, ev, pos, hold);
-		if (ids)
-			ids[0] = id;
-		bytes = msgs[0].payload_len;
-	} else {
-		/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
-		 * not one event at a time: a consumer that keeps up would otherwise
-		 * take each descriptor the moment it is pushed and read the event's
-		 * lines while they are still being committed, and every line would
-		 * cross between the cores several times. Writing the window's events,
-		 * then pushing their descriptors (one run per queue), then committing
-		 * them moves each line about once. Descriptors still precede the
-		 * commit, as the crash protocol needs; the window bounds how long a
-		 * consumer that took the first descriptor waits for its commit. */
-		for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
-			size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
-			for (size_t i = from; i < to; i++) {
-				const shmbus_msg_t *m = &msgs[i];
-				struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-				const struct event_layout *shape = &lay[bm[i].shape];
-				if (seq != pos && bm[i].slots > 1) /* a later event of a batch: its head stays CLAIMED */
-					slots_free_body(bus, seq, bm[i].slots);
-				/* a copy only of an event of this window: those of earlier
-				 * windows are committed, and may be released and reused */
-				bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
-				if (like_prev) {
-					event_write_like(ev, rt[i - 1].ev, shape, m->payload_len, seq, !m->correlation_id);
-				} else {
-					shmbus_uuid_t id;
-					uuid_make_v7(&id, now / 1000000, seq, incarnation);
-					event_write(ev, m, shape, m->payload_len, seq, &id, now);
-				}
-				copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
-				bytes += m->payload_len;
-				rt[i].ev = ev;
-				rt[i].seq = seq;
-				rt[i].like_prev = like_prev;
-				seq += bm[i].slots;
+	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
+	 * not one event at a time: a consumer that keeps up would otherwise
+	 * take each descriptor the moment it is pushed and read the event's
+	 * lines while they are still being committed, and every line would
+	 * cross between the cores several times. Writing the window's events,
+	 * then pushing their descriptors (one run per queue), then committing
+	 * them moves each line about once. Descriptors still precede the
+	 * commit, as the crash protocol needs; the window bounds how long a
+	 * consumer that took the first descriptor waits for its commit. */
+	for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
+		size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
+		for (size_t i = from; i < to; i++) {
+			const shmbus_msg_t *m = &msgs[i];
+			struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
+			const struct event_layout *shape = &lay[bm[i].shape];
+			if (seq != pos && bm[i].slots > 1) /* a later event of a batch: its head stays CLAIMED */
+				slots_free_body(bus, seq, bm[i].slots);
+			/* a copy only of an event of this window: those of earlier
+			 * windows are committed, and may be released and reused */
+			bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
+			if (like_prev) {
+				event_write_like(ev, rt[i - 1].ev, shape, m->payload_len, seq, !m->correlation_id);
+			} else {
+				shmbus_uuid_t id;
+				uuid_make_v7(&id, now / 1000000, seq, incarnation);
+				event_write(ev, m, shape, m->payload_len, seq, &id, now);
 			}
-			route_written(pub, rt + from, to - from, wake);
-			for (size_t i = from; i < to; i++) {
-				freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
-				/* from the sequence, not the slot: once committed, the event
-				 * may be released and its slot reused at any moment */
-				if (ids)
-					uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, incarnation);
-			}
+			copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
+			bytes += m->payload_len;
+			rt[i].ev = ev;
+			rt[i].seq = seq;
+			rt[i].like_prev = like_prev;
+			seq += bm[i].slots;
+		}
+		route_written(pub, rt + from, to - from, wake);
+		for (size_t i = from; i < to; i++) {
+			freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
+			/* from the sequence, not the slot: once committed, the event
+			 * may be released and its slot reused at any moment */
+			if (ids)
+				uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, incarnation);
 		}
 	}
 	routing_end(pub, wake, freed);
@@ -355,8 +423,12 @@ out:
 
 SHMBUS_API int shmbus_publish(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id)
 {
-	int rc = publish_many(pub, msg, 1, id, 0);
-	return rc < 0 ? rc : 0;
+	int rc = publish_check(pub);
+	if (rc < 0)
+		return rc;
+	if (!msg)
+		return shmbus__fail(EINVAL, "message is NULL");
+	return publish_one(pub, msg, id, 0);
 }
 
 SHMBUS_API int shmbus_publish_batch(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids)
@@ -497,8 +569,8 @@ SHMBUS_API int shmbus_publish_response(shmbus_pub_t *pub, const shmbus_event_t *
 	m.conversation_id = shmbus_event_conversation_id(query)[0] ? shmbus_event_conversation_id(query) : NULL;
 	m.user_id = shmbus_event_user_id(query)[0] ? shmbus_event_user_id(query) : NULL;
 	m.intent = shmbus_event_intent(query)[0] ? shmbus_event_intent(query) : NULL;
-	int rc = publish_many(pub, &m, 1, id, success ? SEG_EVF_SUCCESS : SEG_EVF_FAILURE);
-	return rc < 0 ? rc : 0;
+	int rc = publish_check(pub);
+	return rc < 0 ? rc : publish_one(pub, &m, id, success ? SEG_EVF_SUCCESS : SEG_EVF_FAILURE);
 }
 
 SHMBUS_API int shmbus_publish_error(shmbus_pub_t *pub, const char *code, const char *message,

@@ -160,15 +160,29 @@ static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
 	}
 }
 
-bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
-		 const struct seg_event *ev, const struct custom_pred *preds)
+/* The filter walk of match_filter, for trees it cannot decide at once.
+ * Out of line: inlined, its set-up crowds the registers of every walk. */
+static __attribute__((noinline)) bool match_walk(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index,
+						 const struct seg_filter *f, const struct seg_event *ev,
+						 const struct custom_pred *preds)
+{
+	if (f->node_count > SEG_FILTER_NODES)
+		return false;
+	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
+	return eval_node(&e, f->root, 0);
+}
+
+/* route_match. Inlined into the publisher's walks: no filter, or one set
+ * or one test (the commonest filters), is decided without a call. */
+static inline __attribute__((always_inline)) bool match_filter(shmbus_bus_t *bus, struct route_ctx *ctx,
+								uint32_t sub_index, const struct seg_filter *f,
+								const struct seg_event *ev,
+								const struct custom_pred *preds)
 {
 	uint16_t count = f->node_count;
 	if (count == 0)
 		return true; /* no filter: everything */
-	if (count > SEG_FILTER_NODES)
-		return false;
-	/* A filter of one set or one test (the commonest) needs no walk. */
+	/* A filter of one set or one test needs no walk. */
 	if (count == 1 && f->root == 0) {
 		const struct seg_filter_node *n = &f->nodes[0];
 		switch (n->kind) {
@@ -186,8 +200,13 @@ bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, c
 			break;
 		}
 	}
-	struct eval e = {.bus = bus, .ctx = ctx, .sub = sub_index, .f = f, .ev = ev, .preds = preds};
-	return eval_node(&e, f->root, 0);
+	return match_walk(bus, ctx, sub_index, f, ev, preds);
+}
+
+bool route_match(shmbus_bus_t *bus, struct route_ctx *ctx, uint32_t sub_index, const struct seg_filter *f,
+		 const struct seg_event *ev, const struct custom_pred *preds)
+{
+	return match_filter(bus, ctx, sub_index, f, ev, preds);
 }
 
 static unsigned event_class(const struct seg_event *ev)
@@ -205,9 +224,10 @@ walk_matches(shmbus_pub_t *pub, const struct seg_event *ev, void (*on_match)(voi
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
+	uint64_t *type_mask = h->type_mask[ev->type - 1];
 	unsigned words = (bus->max_subs + 63) / 64; /* the masks' used words */
 	for (unsigned w = 0; w < words; w++) {
-		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&h->type_mask[ev->type - 1][w]);
+		uint64_t cand = at_load_acquire_u64(&h->active_mask[w]) & at_load_acquire_u64(&type_mask[w]);
 		while (cand) {
 			unsigned bit = (unsigned)__builtin_ctzll(cand);
 			cand &= cand - 1;
@@ -218,7 +238,7 @@ walk_matches(shmbus_pub_t *pub, const struct seg_event *ev, void (*on_match)(voi
 			if ((at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED) ||
 			    at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
 				continue;
-			if (route_match(bus, &pub->route, idx, &s->filter, ev, NULL))
+			if (match_filter(bus, &pub->route, idx, &s->filter, ev, NULL))
 				on_match(ctx, idx, w, 1ull << bit);
 		}
 	}
@@ -273,29 +293,36 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 }
 
 struct push_one {
-	shmbus_pub_t *pub;
+	shmbus_bus_t *bus;
 	uint64_t seq, *hold, *wake;
 	unsigned cls, matched;
 };
 
+/* The descriptor of seq found subscription idx's queue full: dropped,
+ * and counted. Out of line: the push loop then calls nothing normally. */
+static __attribute__((noinline, cold)) void push_dropped(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
+{
+	at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
+	catchup_note_drop(bus, idx, seq, seq + 1, 1);
+}
+
 static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t idx, unsigned w, uint64_t bit)
 {
 	struct push_one *p = ctx;
-	shmbus_bus_t *bus = p->pub->bus;
-	struct queue_view q = bus_queue(bus, idx, p->cls);
+	shmbus_bus_t *bus = p->bus;
 	p->matched++;
-	if (queue_push(&q, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
+	struct queue_view q = bus_queue(bus, idx, p->cls);
+	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
 		p->wake[w] |= bit;
 	} else {
-		at_count_u64(&bus_sub(bus, idx)->dropped_full, 1);
-		catchup_note_drop(bus, idx, p->seq, p->seq + 1, 1);
+		push_dropped(bus, idx, p->seq);
 	}
 }
 
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
-	struct push_one p = {.pub = pub, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
+	struct push_one p = {.bus = pub->bus, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
 	walk_matches(pub, ev, push_match, &p);
 	return p.matched;
 }
@@ -341,17 +368,28 @@ void route_wake(shmbus_bus_t *bus, uint32_t idx)
 	futex_wake_shared(&s->wake_futex, 1 << 30);
 }
 
-void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
+/* route_wake_set once some subscription of the bitmap announced it sleeps. */
+static __attribute__((noinline)) void wake_sleepers(shmbus_bus_t *bus, const uint64_t *wake, unsigned words)
 {
-	unsigned words = (bus->max_subs + 63) / 64; /* no bit beyond */
 	for (unsigned w = 0; w < words; w++) {
-		uint64_t m = wake[w];
-		while (m) {
-			unsigned bit = (unsigned)__builtin_ctzll(m);
-			m &= m - 1;
-			struct seg_sub *s = bus_sub(bus, w * 64 + bit);
+		for (uint64_t m = wake[w]; m; m &= m - 1) {
+			uint32_t idx = w * 64 + (unsigned)__builtin_ctzll(m);
+			struct seg_sub *s = bus_sub(bus, idx);
 			if (at_load_relaxed_u32(&s->sleepers) && at_exchange_u32(&s->sleepers, 0))
-				route_wake(bus, w * 64 + bit);
+				route_wake(bus, idx);
 		}
 	}
+}
+
+void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake)
+{
+	/* Nobody sleeps, mostly: a first look that calls nothing (so it
+	 * saves no registers) finds that out in a few instructions. */
+	unsigned words = (bus->max_subs + 63) / 64; /* no bit beyond */
+	for (unsigned w = 0; w < words; w++)
+		for (uint64_t m = wake[w]; m; m &= m - 1)
+			if (at_load_relaxed_u32(&bus_sub(bus, w * 64 + (unsigned)__builtin_ctzll(m))->sleepers)) {
+				wake_sleepers(bus, wake, words);
+				return;
+			}
 }

@@ -166,6 +166,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	if (!w->started) {
 		w->started = true;
 		w->start_ns = now;
+		w->timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)h->block_timeout_ns;
 		at_count_u64(&pub->rec->block_waits, 1);
 		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, false);
 		return 0;
@@ -202,8 +203,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 }
 
 /* Store the word of state (naming claimer) in the control word of every
- * position of [p, end), in position order. Inlined: a single publish's
- * claim marks one slot, on a round trip's path. */
+ * position of [p, end), in position order. */
 static inline __attribute__((always_inline)) void mark_slots(shmbus_bus_t *bus, uint64_t p, uint64_t end,
 							     uint32_t state, uint32_t claimer)
 {
@@ -219,7 +219,7 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 {
 	shmbus_bus_t *bus = pub->bus;
 	uint64_t *claim = &bus->hdr->claim_pos;
-	struct space_wait w = {.timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)bus->hdr->block_timeout_ns};
+	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
 	for (;;) {
 		/* for writing: the CAS then needs no second transfer of the line
 		 * another publisher wrote last */
@@ -248,9 +248,14 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			 * it to write). The first event's other slots are FREE; a
 			 * later event's turn FREE when its publisher reaches it
 			 * (slots_free_body). */
-			mark_slots(bus, pos, pos + 1, SEG_SLOT_CLAIMED, pub->index + 1);
-			mark_slots(bus, pos + 1, pos + first_slots, SEG_SLOT_FREE, 0);
-			mark_slots(bus, pos + first_slots, pos + n, SEG_SLOT_CLAIMED, pub->index + 1);
+			at_store_release_u64(bus_slot_ctl(bus, pos),
+					     seg_ctl_make(bus_lap(bus, pos), SEG_SLOT_CLAIMED, pub->index + 1));
+			/* the loops only for the events that need them: most
+			 * claims are one single-slot event */
+			if (first_slots > 1)
+				mark_slots(bus, pos + 1, pos + first_slots, SEG_SLOT_FREE, 0);
+			if (n > first_slots)
+				mark_slots(bus, pos + first_slots, pos + n, SEG_SLOT_CLAIMED, pub->index + 1);
 			at_store_release_u64(&r->claiming, 0);
 			*pos_out = pos;
 			return 0;

@@ -19,8 +19,7 @@
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation)
 {
 	/* two big-endian words: ms(48) ver(4) tag(12) | var(2) seq(62) */
-	uint64_t hi = __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
-	memcpy(out->bytes, &hi, 8);
+	uuid_v7_put_time(out->bytes, unix_ms, incarnation);
 	uuid_v7_put_seq(out->bytes + 8, seq);
 }
 

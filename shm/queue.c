@@ -11,8 +11,6 @@
 
 #include <errno.h>
 
-#include "atomics.h"
-
 static struct seg_cell *cell_at(const struct queue_view *q, uint64_t pos)
 {
 	return &q->cells[seg_cell_index(pos, q->cap)];
@@ -28,47 +26,9 @@ void queue_init(struct queue_view *q)
 	at_store_release_u64(&q->ends->head, 0);
 }
 
-static void help_forward(uint64_t *hint, uint64_t seen)
-{
-	uint64_t expected = seen;
-	(void)at_cas_u64(hint, &expected, seen + 1);
-}
-
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc)
 {
-	/* A sane queue needs at most a lap of help to find its tail; more
-	 * means the cells or the tail were overwritten. */
-	for (uint64_t tries = 0; tries < 4 * q->cap; tries++) {
-		uint64_t pos = at_load_acquire_u64(&q->ends->tail);
-		struct seg_cell *c = cell_at(q, pos);
-		/* for writing: the CAS then needs no second transfer of a line
-		 * its consumer wrote last */
-		__builtin_prefetch(c, 1);
-		uint64_t turn = at_load_acquire_u64(&c->turn);
-		uint64_t p = pos & SEG_TURN_POS_MASK;
-		if (turn == p) {
-			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p)))
-				continue;
-			/* tail is a hint: a plain forward store is enough (a racing
-			 * producer that moves it back only costs a later helper a
-			 * step), and saves a locked instruction per push */
-			if (at_load_relaxed_u64(&q->ends->tail) == pos)
-				at_store_relaxed_u64(&q->ends->tail, pos + 1);
-			/* relaxed atomics: a consumer that reads a cell and then
-			 * loses the race for it may read it while we write */
-			at_store_relaxed_u64(&c->desc, desc);
-			at_store_release_u64(&c->turn, p + 1);
-			return 0;
-		}
-		/* Signed distance of the cell's position from ours. */
-		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
-		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
-			return -ENOBUFS; /* previous lap not released yet */
-		/* The cell already serves our position or a later one: the tail
-		 * hint is behind. */
-		help_forward(&q->ends->tail, pos);
-	}
-	return -EBADMSG;
+	return queue_push_cells(q->ends, q->cells, q->cap, owner, desc);
 }
 
 uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t *descs, uint32_t n)
@@ -103,7 +63,7 @@ uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t
 		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
 		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
 			break; /* full: the previous lap is not released yet */
-		help_forward(&q->ends->tail, pos);
+		queue_help_forward(&q->ends->tail, pos);
 		pos = at_load_acquire_u64(&q->ends->tail);
 	}
 	/* In queue order: a consumer stops at the first cell not FULL. */

@@ -16,9 +16,11 @@
 #ifndef SHMBUS_SHM_QUEUE_H
 #define SHMBUS_SHM_QUEUE_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "atomics.h"
 #include "layout.h"
 
 struct queue_view {
@@ -36,6 +38,56 @@ void queue_init(struct queue_view *q);
 /* Append desc as member `owner`. 0, -ENOBUFS when the queue is full, or
  * -EBADMSG when its words are corrupt (no free cell after a whole lap). */
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
+
+/* Move the tail hint one past seen, unless someone moved it already. */
+static inline void queue_help_forward(uint64_t *hint, uint64_t seen)
+{
+	uint64_t expected = seen;
+	(void)at_cas_u64(hint, &expected, seen + 1);
+}
+
+/*
+ * queue_push of the queue whose ends and cap cells are given, inlined: a
+ * single publish pushes with it on a round trip's path, where building a
+ * view and calling would cost a good part of the push.
+ */
+static inline __attribute__((always_inline)) int queue_push_cells(struct seg_queue_ends *ends, struct seg_cell *cells,
+								   uint64_t cap, uint32_t owner, uint64_t desc)
+{
+	/* A sane queue needs at most a lap of help to find its tail; more
+	 * means the cells or the tail were overwritten. */
+	for (uint64_t tries = 0; tries < 4 * cap; tries++) {
+		uint64_t pos = at_load_acquire_u64(&ends->tail);
+		struct seg_cell *c = &cells[seg_cell_index(pos, cap)];
+		/* for writing: the CAS then needs no second transfer of a line
+		 * its consumer wrote last */
+		__builtin_prefetch(c, 1);
+		uint64_t turn = at_load_acquire_u64(&c->turn);
+		uint64_t p = pos & SEG_TURN_POS_MASK;
+		if (turn == p) {
+			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p)))
+				continue;
+			/* tail is a hint: a plain forward store is enough (a racing
+			 * producer that moves it back only costs a later helper a
+			 * step), and saves a locked instruction per push */
+			if (at_load_relaxed_u64(&ends->tail) == pos)
+				at_store_relaxed_u64(&ends->tail, pos + 1);
+			/* relaxed atomics: a consumer that reads a cell and then
+			 * loses the race for it may read it while we write */
+			at_store_relaxed_u64(&c->desc, desc);
+			at_store_release_u64(&c->turn, p + 1);
+			return 0;
+		}
+		/* Signed distance of the cell's position from ours. */
+		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
+		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
+			return -ENOBUFS; /* previous lap not released yet */
+		/* The cell already serves our position or a later one: the tail
+		 * hint is behind. */
+		queue_help_forward(&ends->tail, pos);
+	}
+	return -EBADMSG;
+}
 
 /*
  * queue_push_many - append descs[0..n) in order as member `owner`, n at

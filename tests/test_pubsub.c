@@ -2023,3 +2023,164 @@ Test(pubsub, a_quiet_group_member_does_not_pin_the_queue)
 	shmbus_close(b2);
 	shmbus_close(bus);
 }
+
+/* The single publish that ref (which never caches: a batch lays out its
+ * first message afresh) makes of m: the first event of a batch of two. */
+static const shmbus_event_t *encode_afresh(shmbus_pub_t *ref, shmbus_sub_t *sub, const shmbus_msg_t *m,
+					   const shmbus_event_t **second)
+{
+	shmbus_msg_t two[2] = {*m, *m};
+	cr_assert_eq(shmbus_publish_batch(ref, two, 2, NULL), 2, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev = poll_one(sub);
+	*second = poll_one(sub);
+	return ev;
+}
+
+/* A publisher keeps the encoding of its last single publish and copies it
+ * for a message that encodes the same. Whatever changes between two
+ * publishes (string bytes behind the same pointer, shorter or longer,
+ * fields, metadata, ids behind the same pointer, the response flags), the
+ * event must be exactly what a fresh encoding gives, and be routed by its
+ * new name. */
+Test(pubsub, single_publish_reencodes_whatever_changed_behind_the_same_buffers)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_sub_t *bravo = tc_sub(bus, mk_names("bravo", NULL));
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0), *ref = tc_pub(bus, NULL, 0);
+
+	char name[32] = "alpha", target[32] = "", conv[32] = "conv-1", key[32] = "k", value[64] = "v1";
+	shmbus_meta_t meta[2] = {{.key = key, .value = value}, {.key = "tenant", .value = "blue"}};
+	shmbus_uuid_t corr, caus;
+	shmbus_uuid_parse("0190b6a0-0000-7000-8000-000000000042", &corr);
+	shmbus_uuid_parse("0190b6a0-0000-7000-8000-000000000043", &caus);
+	static const uint8_t payload[40] = {1, 2, 3};
+	/* a ttl, so that the events of two calls compare equal in it */
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = name, .ttl_ns = 2 * TC_SEC_NS, .payload = payload,
+			  .payload_len = 32};
+	enum { STEPS = 22 };
+	for (unsigned step = 0; step < STEPS; step++) {
+		const char *want_name = name;
+		switch (step) {
+		case 0: break;				  /* cached from here on */
+		case 1: break;				  /* the same again: copied */
+		case 2: strcpy(name, "bravo"); break;	  /* new bytes, same length and pointer */
+		case 3: strcpy(name, "brav"); break;	  /* shorter */
+		case 4: strcpy(name, "bravo-charlie"); break; /* longer */
+		case 5: m.target = target; break;	  /* "" encodes as no target */
+		case 6: strcpy(target, "t1"); break;
+		case 7: strcpy(target, "t2"); break;
+		case 8: m.priority = SHMBUS_PRIORITY_HIGH; break;
+		case 9: m.metadata = meta, m.metadata_count = 1; break;
+		case 10: strcpy(value, "v2"); break;
+		case 11: strcpy(key, "kk"); break;
+		case 12: m.metadata_count = 2; break;
+		case 13: m.correlation_id = &corr, m.causation_id = &caus; break;
+		case 14: corr.bytes[15]++, caus.bytes[15]++; break; /* the same pointers */
+		case 15: m.conversation_id = conv; break;
+		case 16: strcpy(conv, "conv-2"); break;
+		case 17: m.has_confidence = true, m.confidence = 0.5f; break;
+		case 18: m.confidence = 0.25f; break;
+		case 19: m.source = "other-src"; break;
+		case 20: m.source = NULL, m.ttl_ns = 3 * TC_SEC_NS; break;
+		case 21: strcpy(name, "bravo"), m.payload_len = 40; break;
+		}
+		shmbus_uuid_t id;
+		cr_assert_eq(shmbus_publish(pub, &m, &id), 0, "step %u: %s", step, shmbus_errmsg());
+		const shmbus_event_t *got = poll_one(sub), *second;
+		const shmbus_event_t *want = encode_afresh(ref, sub, &m, &second);
+		cr_expect_str_eq(shmbus_event_name(got), want_name, "step %u", step);
+		expect_same_but_identity(got, want, step);
+		cr_expect(uuid_eq(shmbus_event_id(got), &id), "step %u: the id returned", step);
+		cr_expect(uuid_eq(shmbus_event_correlation_id(got), m.correlation_id ? &corr : &id), "step %u", step);
+		cr_expect(m.causation_id ? uuid_eq(shmbus_event_causation_id(got), &caus)
+					 : shmbus_uuid_is_nil(shmbus_event_causation_id(got)),
+			  "step %u: causation id", step);
+		cr_assert_eq(shmbus_release(sub, got), 0);
+		cr_assert_eq(shmbus_release(sub, want), 0);
+		cr_assert_eq(shmbus_release(sub, second), 0);
+		/* routed by its own name hash: one event (ours) and the two of ref */
+		const shmbus_event_t *ev;
+		int n = 0;
+		while (shmbus_poll(bravo, &ev) == 1) {
+			cr_expect_str_eq(shmbus_event_name(ev), "bravo", "step %u", step);
+			cr_assert_eq(shmbus_release(bravo, ev), 0);
+			n++;
+		}
+		cr_expect_eq(n, strcmp(name, "bravo") ? 0 : 3, "step %u: %d events for the filter on bravo", step, n);
+	}
+
+	/* the response helper's success and failure flags are part of the shape */
+	shmbus_uuid_t q_id;
+	cr_assert_eq(shmbus_publish_query(ref, "stock.level", NULL, NULL, &q_id), 0);
+	const shmbus_event_t *q = poll_one(sub);
+	for (int i = 0; i < 4; i++) {
+		bool ok = i % 2 == 0;
+		cr_assert_eq(shmbus_publish_response(pub, q, "{}", ok, NULL), 0, "%s", shmbus_errmsg());
+		const shmbus_event_t *r = poll_one(sub);
+		cr_expect_eq(shmbus_event_flags(r) & (SHMBUS_FLAG_SUCCESS | SHMBUS_FLAG_FAILURE),
+			     ok ? SHMBUS_FLAG_SUCCESS : SHMBUS_FLAG_FAILURE, "response %d", i);
+		cr_assert_eq(shmbus_release(sub, r), 0);
+	}
+	cr_assert_eq(shmbus_release(sub, q), 0);
+	expect_empty(sub, "after the responses");
+
+	shmbus_pub_close(pub);
+	shmbus_pub_close(ref);
+	shmbus_sub_close(bravo);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* A message that changed into an invalid one after its encoding was cached
+ * is refused as any other, and the cache still serves the valid one. */
+Test(pubsub, single_publish_refuses_a_cached_message_made_invalid)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	char name[80] = "ping";
+	shmbus_meta_t meta = {.key = "k", .value = "v"};
+	static const uint8_t payload[8];
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = name, .payload = payload, .payload_len = 8};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	memset(name, 'x', 64); /* one byte over the limit, in the same buffer */
+	name[64] = '\0';
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -ENAMETOOLONG);
+	name[0] = '\0';
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "an empty name");
+	strcpy(name, "ping");
+	m.payload_len = cfg.max_payload + 1;
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EMSGSIZE);
+	m.payload_len = 8;
+	m.payload = NULL;
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "a payload length without a payload");
+	m.payload = payload;
+	m.type = (shmbus_type_t)0;
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "no type");
+	m.type = SHMBUS_NOTIFICATION;
+	m.metadata = &meta;
+	m.metadata_count = 1;
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	meta.key = "";
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "an empty metadata key");
+	meta.key = NULL;
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "no metadata key");
+	meta.key = "k";
+	m.metadata = NULL;
+	cr_expect_eq(shmbus_publish(pub, &m, NULL), -EINVAL, "metadata NULL with a count");
+	m.metadata = &meta;
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	for (int i = 0; i < 3; i++) {
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_expect_str_eq(shmbus_event_name(ev), "ping");
+		cr_expect_eq(shmbus_event_metadata_count(ev), (size_t)(i > 0));
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	expect_empty(sub, "after the refused messages");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
