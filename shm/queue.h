@@ -76,6 +76,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			 * loses the race for it may read it while we write */
 			at_store_relaxed_u64(&c->desc, desc);
 			at_store_release_u64(&c->turn, p + 1);
+			at_demote(c); /* for its consumer, which reads it next */
 			return 0;
 		}
 		/* Signed distance of the cell's position from ours. */
