@@ -87,6 +87,8 @@ static void held_reap(shmbus_sub_t *sub)
 	}
 }
 
+static void release_cells(shmbus_sub_t *sub);
+
 /* Drop held entry k, which holds desc as we last wrote it. The hold is
  * ours to clear only once we have won the entry (desc -> DROPPING): a
  * revoker or a removal that marks it REVOKED first clears the bit itself,
@@ -97,6 +99,11 @@ static void held_reap(shmbus_sub_t *sub)
  * entry was taken from us. */
 static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
+	/* A lone consumer's last run keeps its cells until it takes again
+	 * (release_cells), which is safe only while every event of the run is
+	 * held: a queue has as many cells as the ring has slots, so a lap of
+	 * pushes can come back to the run's cells once a hold of ours goes. */
+	release_cells(sub);
 	uint64_t *e = &sub->cons->held[k], cur = desc;
 	if (!at_cas_u64(e, &cur, desc | SEG_DESC_DROPPING)) {
 		held_lost(sub, k, cur, desc);
@@ -114,6 +121,7 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
  * overlap instead of queueing behind each locked decrement. */
 static void flush_releases(shmbus_sub_t *sub)
 {
+	release_cells(sub); /* before any hold goes (see held_drop) */
 	if (sub->nreleasing && !sub_current(sub)) {
 		/* removed meanwhile: the removal dropped these holds, and the
 		 * record's held[] may serve another subscription by now */
@@ -130,8 +138,6 @@ static void flush_releases(shmbus_sub_t *sub)
 	sub->nreleasing = 0;
 	sub->releasing_slots = 0;
 }
-
-static void release_cells(shmbus_sub_t *sub);
 
 /* Take a run of descriptors from queue class cls into held[] and the
  * local ready list. Returns how many, or -ESHUTDOWN. */
@@ -392,13 +398,41 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 	return 0;
 }
 
+/*
+ * After a poll: what take_run stored seen for the poll to hand out but the
+ * poll did not (a more urgent event, a gap to catch up or the end of the
+ * array came first) waits in ready[] like the rest of its run: UNSEEN, so
+ * a lag drain may take it back, and opened by a CAS that fails if anybody
+ * (a stall's revocation, a removal) won the entry meanwhile. Such entries
+ * lead their class's ready list. A failed CAS here leaves the entry to
+ * open_event, whose CAS then fails too and finds out why.
+ */
+static void unsee_rest(shmbus_sub_t *sub)
+{
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct held_desc *h = &sub->ready[cls][sub->ready_head[cls]];
+		for (uint32_t i = 0; i < sub->ready_n[cls] && !(h[i].desc & SEG_DESC_UNSEEN); i++) {
+			uint64_t d = h[i].desc;
+			if (d & SEG_DESC_TOMBSTONE)
+				continue; /* holds nothing: nobody revokes it */
+			h[i].desc = d | SEG_DESC_UNSEEN;
+			at_cas_u64(&sub->cons->held[h[i].k], &d, d | SEG_DESC_UNSEEN);
+		}
+	}
+}
+
 SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
 {
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event pointer is NULL");
 	int rc = poll_usable(sub);
+	if (rc < 0)
+		return rc;
 	sub->hand_now = 1;
-	return rc < 0 ? rc : poll_next(sub, ev);
+	rc = poll_next(sub, ev);
+	sub->hand_now = 0;
+	unsee_rest(sub);
+	return rc;
 }
 
 /*
@@ -453,6 +487,8 @@ SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, 
 		else if (sub->ready_n[SEG_QUEUE_NORMAL] && !urgent_waiting(sub))
 			n += open_ready(sub, SEG_QUEUE_NORMAL, evs + n, max - n);
 	}
+	sub->hand_now = 0;
+	unsee_rest(sub);
 	return n > 0 || rc >= 0 ? n : rc;
 }
 
@@ -584,6 +620,12 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 {
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event is NULL");
+	/* Once the user gives an event back, its slot may be reused and the
+	 * queue come round a lap: the last run's cells go back first (see
+	 * held_drop), even when the subscription was removed meanwhile (its
+	 * record may serve another by now, whose pushes would stop there). */
+	if (!sub->bus->orphaned)
+		release_cells(sub);
 	for (uint32_t i = sub->nheld; i-- > 0;)
 		if (sub->held[i].ev == ev)
 			return release_held(sub, i, ev, false);
@@ -602,6 +644,7 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i)
 	struct held_local l = sub->held[i];
 	if (l.k == HELD_FROM_LOG)
 		return -1;
+	release_cells(sub); /* before the hold goes (see held_drop) */
 	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
 	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
 		return -1;
@@ -620,6 +663,8 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	/* A removed subscription's record may already serve another: then
 	 * every event goes the deferred way, which only forgets them. */
 	bool now = !sub->bus->orphaned && sub_current(sub);
+	if (!sub->bus->orphaned)
+		release_cells(sub); /* see shmbus_release */
 	if (now)
 		for (int j = 0; j < n; j++)
 			if (evs[j])
