@@ -87,8 +87,6 @@ static void held_reap(shmbus_sub_t *sub)
 	}
 }
 
-static void release_cells(shmbus_sub_t *sub);
-
 /* Drop held entry k, which holds desc as we last wrote it. The hold is
  * ours to clear only once we have won the entry (desc -> DROPPING): a
  * revoker or a removal that marks it REVOKED first clears the bit itself,
@@ -99,11 +97,6 @@ static void release_cells(shmbus_sub_t *sub);
  * entry was taken from us. */
 static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
-	/* A lone consumer's last run keeps its cells until it takes again
-	 * (release_cells), which is safe only while every event of the run is
-	 * held: a queue has as many cells as the ring has slots, so a lap of
-	 * pushes can come back to the run's cells once a hold of ours goes. */
-	release_cells(sub);
 	uint64_t *e = &sub->cons->held[k], cur = desc;
 	if (!at_cas_u64(e, &cur, desc | SEG_DESC_DROPPING)) {
 		held_lost(sub, k, cur, desc);
@@ -121,7 +114,6 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
  * overlap instead of queueing behind each locked decrement. */
 static void flush_releases(shmbus_sub_t *sub)
 {
-	release_cells(sub); /* before any hold goes (see held_drop) */
 	if (sub->nreleasing && !sub_current(sub)) {
 		/* removed meanwhile: the removal dropped these holds, and the
 		 * record's held[] may serve another subscription by now */
@@ -138,6 +130,8 @@ static void flush_releases(shmbus_sub_t *sub)
 	sub->nreleasing = 0;
 	sub->releasing_slots = 0;
 }
+
+static void release_cells(shmbus_sub_t *sub);
 
 /* Take a run of descriptors from queue class cls into held[] and the
  * local ready list. Returns how many, or -ESHUTDOWN. */
@@ -195,10 +189,11 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		sub_consumer_forget(sub); /* the removal left our entry for this */
 		return shmbus__fail(ESHUTDOWN, "subscription was removed");
 	}
-	/* The cells go back later (release_cells): a group member's once its
-	 * event is opened, a lone consumer's when it next finds nothing or
-	 * takes again (see poll_next). Until then the OWNED intent covers
-	 * them and held[] has every descriptor, so a survivor loses nothing. */
+	/* The cells go back once the first event is opened (release_cells):
+	 * the store to their line, which the producer shares, then drains
+	 * while the user reads the event, instead of stalling the locked
+	 * instruction that opens it. Until then the OWNED intent covers them
+	 * and held[] has every descriptor, so a survivor loses nothing. */
 	sub->cells_first = first;
 	sub->cells_n = n;
 	sub->cells_cls = cls;
@@ -369,15 +364,7 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		if (rc == 2)
 			continue; /* refilled while a gap appeared: look at it first */
 		const struct seg_event *e = open_event(sub, &h);
-		/* A group member gives its cell back at once: the other members
-		 * keep taking, and a member busy with its event must not hold a
-		 * cell a lap of the queue comes back to. A lone consumer gives
-		 * the run back when it next finds nothing (or takes again): the
-		 * store to the cells' line, which the producer shares, then
-		 * drains while it waits, not in the reply it is about to publish
-		 * (whose fence would wait for it). */
-		if (sub->take_batch == 1)
-			release_cells(sub);
+		release_cells(sub);
 		if (!e)
 			continue;
 		sub->held[sub->nheld].ev = e;
@@ -388,10 +375,8 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		*ev = (const shmbus_event_t *)(const void *)e;
 		return 1;
 	}
-	/* Idle: the queue gets the last run's cells back and publishers our
-	 * released slots, and a demoted subscription that caught up gets its
-	 * policy back. */
-	release_cells(sub);
+	/* Idle: publishers get our released slots now, and a demoted
+	 * subscription that caught up gets its policy back. */
 	flush_releases(sub);
 	if (at_load_relaxed_u32(&sub->rec->flags) & SEG_SUB_DEMOTED)
 		at_fetch_and_u32(&sub->rec->flags, ~SEG_SUB_DEMOTED);
@@ -620,12 +605,6 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 {
 	if (!sub || !ev)
 		return shmbus__fail(EINVAL, "subscription or event is NULL");
-	/* Once the user gives an event back, its slot may be reused and the
-	 * queue come round a lap: the last run's cells go back first (see
-	 * held_drop), even when the subscription was removed meanwhile (its
-	 * record may serve another by now, whose pushes would stop there). */
-	if (!sub->bus->orphaned)
-		release_cells(sub);
 	for (uint32_t i = sub->nheld; i-- > 0;)
 		if (sub->held[i].ev == ev)
 			return release_held(sub, i, ev, false);
@@ -644,7 +623,6 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i)
 	struct held_local l = sub->held[i];
 	if (l.k == HELD_FROM_LOG)
 		return -1;
-	release_cells(sub); /* before the hold goes (see held_drop) */
 	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
 	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
 		return -1;
@@ -663,8 +641,6 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	/* A removed subscription's record may already serve another: then
 	 * every event goes the deferred way, which only forgets them. */
 	bool now = !sub->bus->orphaned && sub_current(sub);
-	if (!sub->bus->orphaned)
-		release_cells(sub); /* see shmbus_release */
 	if (now)
 		for (int j = 0; j < n; j++)
 			if (evs[j])
