@@ -424,8 +424,9 @@ SHMBUS_API int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev)
  * Hand out the rest of the run of class cls that poll_next took from, up to
  * max events, in one loop: what poll_next checks before each event (a gap
  * to catch up, a more urgent queue) the caller checked once before the
- * run, and the consumer's delivered count is stored once. Returns how many
- * were put in evs[].
+ * run; a gap can only appear meanwhile where an entry was revoked, which
+ * its opening finds, and the loop stops there. The consumer's delivered
+ * count is stored once. Returns how many were put in evs[].
  */
 static int open_ready(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **evs, int max)
 {
@@ -435,8 +436,13 @@ static int open_ready(shmbus_sub_t *sub, unsigned cls, const shmbus_event_t **ev
 	while (used < avail && n < max) {
 		const struct held_desc *h = &ready[used++];
 		const struct seg_event *e = open_event(sub, h);
-		if (!e)
+		if (!e) {
+			/* a revocation that took this one made a gap at it: what
+			 * follows waits until poll_next has caught the gap up */
+			if (at_load_relaxed_u64(&sub->rec->gap_lo) != SEG_GAP_NONE)
+				break;
 			continue;
+		}
 		struct held_local *l = &sub->held[sub->nheld++];
 		l->ev = e;
 		l->k = h->k;
