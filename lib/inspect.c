@@ -741,31 +741,45 @@ static void decode_consumers(shmbus_inspect_t *in, const struct seg_sub *s, shmb
 	}
 }
 
+/* What a queued descriptor's slot says of it. */
+enum queued_desc {
+	QUEUED_HOLDS,	/* a committed event of its lap: it counts a reference */
+	QUEUED_PENDING, /* no reference to count, and nothing wrong */
+	QUEUED_BAD,	/* a problem was recorded */
+};
+
 /*
  * A queued descriptor must, like a held one, name a committed event still
- * in the ring (or one whose publisher is still routing it: CLAIMED).
- * Returns whether it is sound.
+ * in the ring, or one whose publisher is still routing it (CLAIMED), or
+ * one whose publisher died before committing it: reclaim turned the slot
+ * ABORTED and left the descriptor for its consumer to drop (see "Crash
+ * recovery" in docs/ARCHITECTURE.md).
  */
-static bool check_queued_desc(shmbus_inspect_t *in, uint32_t sub, unsigned k, uint64_t pos, uint64_t desc)
+static enum queued_desc check_queued_desc(shmbus_inspect_t *in, uint32_t sub, unsigned k, uint64_t pos, uint64_t desc)
 {
 	const struct seg_header *h = in->hdr;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	if (seq >= h->claim_pos || h->claim_pos - seq > h->slot_count) {
 		problem(in, "sub[%u]: queued seq %llu (class %u, position %llu) lies outside the ring", sub,
 			(unsigned long long)seq, k, (unsigned long long)pos);
-		return false;
+		return QUEUED_BAD;
 	}
 	if (!in->ctl_ok)
-		return false;
+		return QUEUED_PENDING;
 	uint64_t ctl = slot_ctl(in, seq);
-	if (seg_ctl_lap(ctl) == seg_lap_of(seq, in->slot_shift) && seg_ctl_state(ctl) == SEG_SLOT_COMMITTED)
-		return true;
-	if (seg_ctl_lap(ctl) == seg_lap_of(seq, in->slot_shift) && seg_ctl_state(ctl) == SEG_SLOT_CLAIMED) {
-		in->refs_unsure = true; /* routed, not yet committed */
-		return false;
+	if (seg_ctl_lap(ctl) == seg_lap_of(seq, in->slot_shift)) {
+		switch (seg_ctl_state(ctl)) {
+		case SEG_SLOT_COMMITTED:
+			return QUEUED_HOLDS;
+		case SEG_SLOT_CLAIMED:
+			in->refs_unsure = true; /* routed, not yet committed */
+			return QUEUED_PENDING;
+		case SEG_SLOT_ABORTED:
+			return QUEUED_PENDING;
+		}
 	}
 	problem(in, "sub[%u]: queued seq %llu is not a committed event of that lap", sub, (unsigned long long)seq);
-	return false;
+	return QUEUED_BAD;
 }
 
 /*
@@ -795,12 +809,11 @@ static void scan_queue(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsi
 			in->refs_unsure = true; /* the count below would be partial */
 			continue;
 		}
-		if (check_queued_desc(in, o->index, k, p, c->desc)) {
-			if (c->desc & SEG_DESC_HOLDS_REF)
-				count_ref(in, c->desc & SEG_DESC_SEQ_MASK);
-		} else {
+		enum queued_desc v = check_queued_desc(in, o->index, k, p, c->desc);
+		if (v == QUEUED_HOLDS && (c->desc & SEG_DESC_HOLDS_REF))
+			count_ref(in, c->desc & SEG_DESC_SEQ_MASK);
+		else if (v == QUEUED_BAD)
 			reported++;
-		}
 	}
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "crash_point.h"
 #include "dlq.h"
 #include "event_encode.h"
 #include "slots.h"
@@ -166,10 +167,13 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 	at_store_relaxed_u64(&h[1], hold[1]);
 	at_store_relaxed_u64(&h[2], hold[2]);
 	at_store_relaxed_u64(&h[3], hold[3]);
+	CRASH_POINT("commit.holders");
 	at_store_release_u64(bus_slot_ctl(bus, seq), seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0));
+	CRASH_POINT("commit.committed");
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */
 	at_store_release_u8(&ev->committed, 1);
+	CRASH_POINT("commit.byte");
 	return !(hold[0] | hold[1] | hold[2] | hold[3]);
 }
 
@@ -185,6 +189,7 @@ void routing_begin(shmbus_pub_t *pub)
 {
 	at_store_relaxed_u64(&pub->rec->routing, pub->rec->routing | 1);
 	at_fence_seq_cst();
+	CRASH_POINT("routing.begun");
 }
 
 /* Not routing after all (the claim failed, or it waits for space). */
@@ -199,10 +204,12 @@ void routing_abort(shmbus_pub_t *pub)
  * here, after the fence, instead of a reclaim interval later. */
 static void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed)
 {
+	CRASH_POINT("end.before_fence");
 	at_fence_seq_cst();
 	if (freed)
 		slots_wake_waiters(pub->bus);
 	route_wake_set(pub->bus, wake);
+	CRASH_POINT("end.woken");
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
 
@@ -282,8 +289,10 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	else
 		event_write(ev, msg, &lay, msg->payload_len, pos, &id, now);
 	copy_short((uint8_t *)ev + head, msg->payload, msg->payload_len);
+	CRASH_POINT("one.written");
 	if (route_event(pub, ev, pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
+	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold);
 	/* its consumers read it next: a round trip is dominated by such
 	 * transfers between cores (at_demote) */
@@ -402,7 +411,9 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			rt[i].like_prev = like_prev;
 			seq += bm[i].slots;
 		}
+		CRASH_POINT("batch.written");
 		route_written(pub, rt + from, to - from, wake);
+		CRASH_POINT("batch.routed");
 		for (size_t i = from; i < to; i++) {
 			freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
 			/* from the sequence, not the slot: once committed, the event
@@ -473,6 +484,7 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 	claim->payload_len = payload_len;
 	claim->seq = pos;
 	claim->priv = pub;
+	CRASH_POINT("reserve.done");
 	return 0;
 }
 
@@ -501,6 +513,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	routing_begin(pub);
 	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
+	CRASH_POINT("zc.routed");
 	bool freed = commit_routed(bus, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
 	count_published(pub, 1, payload_len);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "crash_point.h"
 #include "futex.h"
 
 #define MAX_DEPTH 8
@@ -318,6 +319,7 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 	} else {
 		push_dropped(bus, idx, p->seq);
 	}
+	CRASH_POINT("route.sub_pushed");
 }
 
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
@@ -357,6 +359,7 @@ void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_
 				pushed |= push_class(pub, items, n, idx, SEG_QUEUE_NORMAL);
 			if (pushed)
 				wake[w] |= 1ull << (idx % 64);
+			CRASH_POINT("route.sub_run_pushed");
 		}
 	}
 }

@@ -12,6 +12,7 @@
 #include <sched.h>
 
 #include "internal.h"
+#include "crash_point.h"
 #include "futex.h"
 #include "slots.h"
 
@@ -235,10 +236,12 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			struct seg_pub *r = pub->rec;
 			at_store_relaxed_u32(&r->claiming_n, n);
 			at_store_relaxed_u64(&r->claiming, pos + 1);
+			CRASH_POINT("claim.intent");
 			if (!at_cas_u64(claim, &pos, pos + n)) {
 				at_store_relaxed_u64(&r->claiming, 0);
 				continue;
 			}
+			CRASH_POINT("claim.cas");
 			/* Each slot turns from reusable-for-us to busy exactly once,
 			 * here, and never back before its event is done: a slot
 			 * another publisher's claim window holds as reusable must
@@ -250,12 +253,14 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			 * (slots_free_body). */
 			at_store_release_u64(bus_slot_ctl(bus, pos),
 					     seg_ctl_make(bus_lap(bus, pos), SEG_SLOT_CLAIMED, pub->index + 1));
+			CRASH_POINT("claim.head_marked");
 			/* the loops only for the events that need them: most
 			 * claims are one single-slot event */
 			if (first_slots > 1)
 				mark_slots(bus, pos + 1, pos + first_slots, SEG_SLOT_FREE, 0);
 			if (n > first_slots)
 				mark_slots(bus, pos + first_slots, pos + n, SEG_SLOT_CLAIMED, pub->index + 1);
+			CRASH_POINT("claim.marked");
 			at_store_release_u64(&r->claiming, 0);
 			*pos_out = pos;
 			return 0;

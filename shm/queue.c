@@ -51,8 +51,10 @@ uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t
 				pos = at_load_acquire_u64(&q->ends->tail);
 				continue;
 			}
+			CRASH_POINT("push_many.marked");
 			at_store_relaxed_u64(&c->desc, descs[done]);
 			marked[done++] = p;
+			CRASH_POINT("push_many.desc");
 			/* tail is a hint (see queue_push); the next cell is most
 			 * likely ours too, so try it before reading tail again */
 			if (at_load_relaxed_u64(&q->ends->tail) == pos)
@@ -67,8 +69,10 @@ uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t
 		pos = at_load_acquire_u64(&q->ends->tail);
 	}
 	/* In queue order: a consumer stops at the first cell not FULL. */
-	for (uint32_t i = 0; i < done; i++)
+	for (uint32_t i = 0; i < done; i++) {
 		at_store_release_u64(&cell_at(q, marked[i])->turn, marked[i] + 1);
+		CRASH_POINT("push_many.full");
+	}
 	return done;
 }
 

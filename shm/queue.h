@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "atomics.h"
+#include "crash_point.h"
 #include "layout.h"
 
 struct queue_view {
@@ -67,6 +68,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		if (turn == p) {
 			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p)))
 				continue;
+			CRASH_POINT("push.marked");
 			/* tail is a hint: a plain forward store is enough (a racing
 			 * producer that moves it back only costs a later helper a
 			 * step), and saves a locked instruction per push */
@@ -75,7 +77,9 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			/* relaxed atomics: a consumer that reads a cell and then
 			 * loses the race for it may read it while we write */
 			at_store_relaxed_u64(&c->desc, desc);
+			CRASH_POINT("push.desc");
 			at_store_release_u64(&c->turn, p + 1);
+			CRASH_POINT("push.full");
 			at_demote(c); /* for its consumer, which reads it next */
 			return 0;
 		}

@@ -1,0 +1,547 @@
+/*
+ * test_crash.c - kill -9 of a publisher at every named step of the publish
+ * protocol, and the recovery the crash-recovery contract promises
+ * (docs/ARCHITECTURE.md, "Crash recovery").
+ *
+ * Linked against shmbus_crash, the library with its crash points compiled
+ * in (shm/crash_point.h). Each scenario (single publishes, batches of one
+ * shape, batches of mixed shapes, zero-copy reserve/commit) first runs
+ * once to the end in a child that lists the points it passed and how
+ * often. Then, for every point and for five of its hits (the first, the
+ * last and three between), a child on a fresh bus runs the scenario with
+ * SHMBUS_CRASH_AT set and dies there by SIGKILL. The parent holds four
+ * subscriptions whose filters each take some of the events and not others
+ * (a plain witness of everything but "ghost" events, which go to nobody; a
+ * plain block one on a name; a durable one on a type; a group on priority
+ * or a name pattern). After shmbus_reclaim it checks:
+ *  1. the inspector behind shm-dump finds no problem in the segment, no
+ *     slot still CLAIMED and no publisher entry left;
+ *  2. every subscription received exactly the events it matches among a
+ *     prefix of the child's sequence (the events committed before the
+ *     kill), in order within each priority class, none twice, and the
+ *     prefix covers every publish call that returned;
+ *  3. the bus still works: a new publisher gets more than two laps of the
+ *     ring through to the same subscriptions, which a leaked hold or a
+ *     wedged claimed slot would stop (the stall timeout is out of reach,
+ *     so no demotion hides one).
+ * A failure names the scenario, the point and the hit.
+ */
+#include "common.h"
+#include "crash_point.h"
+
+#include <criterion/criterion.h>
+
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/wait.h>
+
+TestSuite(crash, .init = tc_init, .fini = tc_fini, .timeout = 240);
+
+#define RING_SLOTS 1024u
+#define BIG_PAYLOAD 600u /* several slots of 256 bytes */
+#define POST_EVENTS (2 * RING_SLOTS + RING_SLOTS / 4)
+#define POST_BASE 100000u /* payload indexes of the events after the crash */
+#define RECORD_MAX 4096u
+#define POINTS_MAX 64
+#define FAILED_CASES_MAX 5 /* then the rest of a scenario is skipped */
+
+/* -------------------------------------------------------------- events */
+
+struct ev_spec {
+	const char *name;
+	shmbus_type_t type;
+	shmbus_priority_t prio;
+	size_t payload_len;
+};
+
+/* The k-th kind of event. A ghost is a normal notification that no
+ * filter below takes: it goes to nobody, and its slot is free at commit. */
+static struct ev_spec shape(unsigned k)
+{
+	static const char *const names[] = {"alpha", "beta", "ghost"};
+	struct ev_spec s = {
+		.name = names[k % 3],
+		.type = k % 4 == 1 ? SHMBUS_COMMAND : SHMBUS_NOTIFICATION,
+		.prio = k % 5 == 2 ? SHMBUS_PRIORITY_HIGH : SHMBUS_PRIORITY_NORMAL,
+		.payload_len = k % 7 == 3 ? BIG_PAYLOAD : 4,
+	};
+	if (k % 3 == 2) {
+		s.type = SHMBUS_NOTIFICATION;
+		s.prio = SHMBUS_PRIORITY_NORMAL;
+	}
+	return s;
+}
+
+/* Pairs: the second of each is written from the publisher's cache of its
+ * last single event. */
+static struct ev_spec spec_single(unsigned i) { return shape(i / 2); }
+static struct ev_spec spec_zero_copy(unsigned i) { return shape(i); }
+
+/* One shape per batch of 150 (alpha, beta commands, ghosts), every tenth
+ * event of several slots: event_same_shape only ignores the payload. */
+static struct ev_spec spec_same(unsigned i)
+{
+	struct ev_spec s = shape(i / 150);
+	s.payload_len = i % 10 == 9 ? BIG_PAYLOAD : 4;
+	return s;
+}
+
+/* Runs of three of a shape, high priority among them. */
+static struct ev_spec spec_mixed(unsigned i) { return shape(i / 3); }
+
+static struct ev_spec spec_post(unsigned j) { return shape(j); }
+
+static unsigned ev_class(const struct ev_spec *s) { return s->prio >= SHMBUS_PRIORITY_HIGH; }
+
+/* ------------------------------------------------------------ scenarios */
+
+enum call_kind { CALL_SINGLE, CALL_BATCH, CALL_ZERO_COPY };
+
+struct scenario {
+	const char *name;
+	enum call_kind call;
+	unsigned calls, per_call;
+	struct ev_spec (*spec)(unsigned i);
+	/* points the scenario must pass: a point that went missing from the
+	 * code would otherwise just never be tested */
+	const char *const *must_pass;
+};
+
+static const char *const single_points[] = {
+	"routing.begun", "claim.intent", "claim.cas", "claim.head_marked", "claim.marked", "one.written",
+	"push.marked", "push.desc", "push.full", "route.sub_pushed", "one.routed", "commit.holders",
+	"commit.committed", "commit.byte", "end.before_fence", "end.woken", NULL,
+};
+static const char *const batch_points[] = {
+	"routing.begun", "claim.intent", "claim.cas", "claim.head_marked", "claim.marked", "batch.written",
+	"push_many.marked", "push_many.desc", "push_many.full", "route.sub_run_pushed", "batch.routed",
+	"commit.holders", "commit.committed", "commit.byte", "end.before_fence", "end.woken", NULL,
+};
+static const char *const zero_copy_points[] = {
+	"claim.intent", "claim.cas", "claim.head_marked", "claim.marked", "reserve.done", "routing.begun",
+	"push.marked", "push.desc", "push.full", "route.sub_pushed", "zc.routed", "commit.holders",
+	"commit.committed", "commit.byte", "end.before_fence", "end.woken", NULL,
+};
+
+static const struct scenario single_sc = {"single", CALL_SINGLE, 18, 1, spec_single, single_points};
+/* 150 events: three windows of publish_many (64, 64, 22) */
+static const struct scenario same_sc = {"batch-same", CALL_BATCH, 3, 150, spec_same, batch_points};
+static const struct scenario mixed_sc = {"batch-mixed", CALL_BATCH, 2, 150, spec_mixed, batch_points};
+static const struct scenario zero_copy_sc = {"zero-copy", CALL_ZERO_COPY, 12, 1, spec_zero_copy, zero_copy_points};
+
+/* What the child tells the parent, in memory that survives its death. */
+struct progress {
+	uint32_t started;   /* events of the calls begun: nothing past may be visible */
+	uint32_t completed; /* events of the calls that returned: all must be */
+	size_t npoints;	    /* the dry run's list of points passed */
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+};
+
+struct victim {
+	const struct scenario *sc;
+	const char *crash_at; /* NULL: the dry run */
+	struct progress *prog;
+};
+
+static void fill_msg(shmbus_msg_t *m, uint8_t *buf, struct ev_spec s, uint32_t index)
+{
+	memset(buf, 0xA5, s.payload_len);
+	memcpy(buf, &index, sizeof index);
+	*m = (shmbus_msg_t){.type = s.type, .name = s.name, .priority = s.prio, .payload = buf, .payload_len = s.payload_len};
+}
+
+/* The child: run the scenario, telling the parent before and after each
+ * publish call how far it got. */
+static int run_victim(void *arg)
+{
+	struct victim *v = arg;
+	if (v->crash_at)
+		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_pub_t *pub = NULL;
+	shmbus_pub_opts_t po = {.timeout_ns = 5 * (int64_t)TC_SEC_NS};
+	if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	const struct scenario *sc = v->sc;
+	shmbus_msg_t *msgs = calloc(sc->per_call, sizeof *msgs);
+	uint8_t *bufs = malloc((size_t)sc->per_call * BIG_PAYLOAD);
+	if (!msgs || !bufs)
+		return CHILD_FAIL("out of memory");
+	for (unsigned c = 0; c < sc->calls; c++) {
+		uint32_t first = c * sc->per_call, end = first + sc->per_call;
+		for (unsigned j = 0; j < sc->per_call; j++)
+			fill_msg(&msgs[j], bufs + (size_t)j * BIG_PAYLOAD, sc->spec(first + j), first + j);
+		__atomic_store_n(&v->prog->started, end, __ATOMIC_SEQ_CST);
+		switch (sc->call) {
+		case CALL_SINGLE:
+			rc = shmbus_publish(pub, &msgs[0], NULL);
+			break;
+		case CALL_BATCH:
+			rc = shmbus_publish_batch(pub, msgs, sc->per_call, NULL);
+			break;
+		case CALL_ZERO_COPY: {
+			shmbus_claim_t claim;
+			if ((rc = shmbus_reserve(pub, &msgs[0], msgs[0].payload_len, &claim)) == 0) {
+				memcpy(claim.payload, msgs[0].payload, msgs[0].payload_len);
+				rc = shmbus_commit(pub, &claim, NULL);
+			}
+			break;
+		}
+		}
+		if (rc < 0)
+			return CHILD_FAIL("%s call %u: %d", sc->name, c, rc);
+		__atomic_store_n(&v->prog->completed, end, __ATOMIC_SEQ_CST);
+	}
+	if (!v->crash_at) {
+		const char *ids[POINTS_MAX];
+		size_t n = crash_point_list(ids, v->prog->hits, POINTS_MAX);
+		if (n > POINTS_MAX)
+			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
+		for (size_t i = 0; i < n; i++)
+			snprintf(v->prog->ids[i], sizeof v->prog->ids[i], "%s", ids[i]);
+		v->prog->npoints = n;
+	}
+	free(msgs);
+	free(bufs);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+/* -------------------------------------------------------- the survivors */
+
+struct sink {
+	const char *what;
+	shmbus_sub_t *sub;
+	bool (*takes)(const struct ev_spec *s);
+	uint32_t got[2][RECORD_MAX]; /* payload indexes per priority class, as delivered */
+	unsigned n[2];
+};
+
+static bool takes_witness(const struct ev_spec *s) { return strcmp(s->name, "ghost") != 0; }
+static bool takes_name(const struct ev_spec *s) { return strcmp(s->name, "alpha") == 0; }
+static bool takes_type(const struct ev_spec *s) { return s->type == SHMBUS_COMMAND; }
+static bool takes_prio_or_pattern(const struct ev_spec *s)
+{
+	return s->prio >= SHMBUS_PRIORITY_HIGH || strncmp(s->name, "be", 2) == 0;
+}
+
+enum { WITNESS, PLAIN, DURABLE, GROUP, SINKS };
+
+/* One scenario's bus, subscriptions and the case under way. */
+struct rig {
+	const struct scenario *sc;
+	char label[96]; /* "scenario point:hit" */
+	bool failed;
+	shmbus_bus_t *bus;
+	struct sink sinks[SINKS];
+};
+
+__attribute__((format(printf, 2, 3))) static void case_fail(struct rig *r, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	cr_expect(false, "[%s] %s", r->label, msg);
+	r->failed = true;
+}
+
+static shmbus_config_t crash_cfg(void)
+{
+	shmbus_config_t c = tc_small_cfg();
+	c.slots = RING_SLOTS; /* a batch of 150, big events included, fits in half */
+	c.stall_timeout_ns = 120 * TC_SEC_NS; /* only reclaim may free what the dead publisher left */
+	return c;
+}
+
+static shmbus_filter_t *names_filter(const char *const *names, size_t n)
+{
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_names(names, n, &f), 0);
+	return f;
+}
+
+static void subscribe_sinks(struct rig *r)
+{
+	static const char *const witness_names[] = {"alpha", "beta"}, *const plain_names[] = {"alpha"};
+	shmbus_filter_t *types = NULL, *prio = NULL, *pattern = NULL, *any = NULL;
+	cr_assert_eq(shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_COMMAND), &types), 0);
+	cr_assert_eq(shmbus_filter_min_priority(SHMBUS_PRIORITY_HIGH, &prio), 0);
+	cr_assert_eq(shmbus_filter_pattern("^be", &pattern), 0);
+	cr_assert_eq(shmbus_filter_any((shmbus_filter_t *[]){prio, pattern}, 2, &any), 0);
+	const struct {
+		const char *what;
+		shmbus_filter_t *filter;
+		shmbus_sub_opts_t opts;
+		bool (*takes)(const struct ev_spec *s);
+	} def[SINKS] = {
+		[WITNESS] = {"witness", names_filter(witness_names, 2), {0}, takes_witness},
+		[PLAIN] = {"plain", names_filter(plain_names, 1), {.policy = SHMBUS_POLICY_BLOCK}, takes_name},
+		[DURABLE] = {"durable", types, {.subscriber_id = "crash-durable", .durable = true}, takes_type},
+		[GROUP] = {"group", any, {.group = "crash-group"}, takes_prio_or_pattern},
+	};
+	for (unsigned k = 0; k < SINKS; k++) {
+		struct sink *sk = &r->sinks[k];
+		shmbus_sub_opts_t o = def[k].opts;
+		o.filter = def[k].filter;
+		int rc = shmbus_subscribe(r->bus, &o, &sk->sub);
+		shmbus_filter_free(def[k].filter);
+		cr_assert_eq(rc, 0, "[%s] subscribe %s: %d (%s)", r->label, def[k].what, rc, shmbus_errmsg());
+		sk->what = def[k].what;
+		sk->takes = def[k].takes;
+		sk->n[0] = sk->n[1] = 0;
+	}
+}
+
+/* The event of payload index i: one of the scenario's, or one published
+ * after the crash. */
+static bool spec_of(const struct rig *r, uint32_t i, struct ev_spec *out)
+{
+	if (i < r->sc->calls * r->sc->per_call)
+		*out = r->sc->spec(i);
+	else if (i >= POST_BASE && i - POST_BASE < POST_EVENTS)
+		*out = spec_post(i - POST_BASE);
+	else
+		return false;
+	return true;
+}
+
+/* Take everything queued for sk, recording each event's index in its
+ * class; an event that is none of ours, or not the one its index names,
+ * fails the case. */
+static void sink_drain(struct rig *r, struct sink *sk)
+{
+	for (;;) {
+		const shmbus_event_t *ev = NULL;
+		int rc = shmbus_poll(sk->sub, &ev);
+		cr_assert_geq(rc, 0, "[%s] poll %s: %d (%s)", r->label, sk->what, rc, shmbus_errmsg());
+		if (rc == 0)
+			return;
+		size_t len = 0;
+		const void *payload = shmbus_event_payload(ev, &len);
+		uint32_t i = UINT32_MAX;
+		if (payload && len >= sizeof i)
+			memcpy(&i, payload, sizeof i);
+		struct ev_spec want;
+		if (!spec_of(r, i, &want) || strcmp(want.name, shmbus_event_name(ev)) != 0 ||
+		    want.type != shmbus_event_type(ev) || want.payload_len != len)
+			case_fail(r, "%s got an event that is not ours: index %u, \"%s\", %zu bytes", sk->what, i,
+				  shmbus_event_name(ev), len);
+		else if (!sk->takes(&want))
+			case_fail(r, "%s got event %u, which its filter does not take", sk->what, i);
+		unsigned cls = shmbus_event_priority(ev) >= SHMBUS_PRIORITY_HIGH;
+		if (sk->n[cls] < RECORD_MAX)
+			sk->got[cls][sk->n[cls]++] = i;
+		cr_assert_eq(shmbus_release(sk->sub, ev), 0, "[%s] release %s: %s", r->label, sk->what,
+			     shmbus_errmsg());
+	}
+}
+
+static void drain_all(struct rig *r)
+{
+	for (unsigned k = 0; k < SINKS; k++)
+		sink_drain(r, &r->sinks[k]);
+}
+
+static void forget_all(struct rig *r)
+{
+	for (unsigned k = 0; k < SINKS; k++)
+		r->sinks[k].n[0] = r->sinks[k].n[1] = 0;
+}
+
+/* Whether sk received exactly the events it takes among the count events
+ * of spec from payload index base, in order within each class. */
+static bool sink_check(struct rig *r, const struct sink *sk, uint32_t base, unsigned count,
+		       struct ev_spec (*spec)(unsigned))
+{
+	for (unsigned cls = 0; cls < 2; cls++) {
+		unsigned seen = 0;
+		for (unsigned i = 0; i < count; i++) {
+			struct ev_spec s = spec(i);
+			if (!sk->takes(&s) || ev_class(&s) != cls)
+				continue;
+			if (seen == sk->n[cls]) {
+				case_fail(r, "%s lost event %u (class %u; it got %u of them)", sk->what, base + i, cls,
+					  seen);
+				return false;
+			}
+			if (sk->got[cls][seen] != base + i) {
+				case_fail(r, "%s got event %u where %u was due (class %u, delivery %u)", sk->what,
+					  sk->got[cls][seen], base + i, cls, seen);
+				return false;
+			}
+			seen++;
+		}
+		if (seen < sk->n[cls]) {
+			case_fail(r, "%s got event %u, past the %u it should have had (class %u)", sk->what,
+				  sk->got[cls][seen], seen, cls);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Check 2: the witness tells how many of the child's events were
+ * committed (it takes all but ghosts, which nobody sees); every
+ * subscription must have exactly its share of that prefix, which must
+ * cover the calls that returned and nothing past the calls begun. */
+static void check_prefix(struct rig *r, const struct progress *prog)
+{
+	const struct sink *w = &r->sinks[WITNESS];
+	uint32_t committed = 0;
+	for (unsigned cls = 0; cls < 2; cls++)
+		for (unsigned e = 0; e < w->n[cls]; e++)
+			if (w->got[cls][e] < POST_BASE && w->got[cls][e] + 1 > committed)
+				committed = w->got[cls][e] + 1;
+	if (committed > prog->started)
+		case_fail(r, "event %u was delivered, but only %u were ever published", committed - 1, prog->started);
+	for (uint32_t i = committed; i < prog->completed; i++) {
+		struct ev_spec s = r->sc->spec(i);
+		if (w->takes(&s)) {
+			case_fail(r, "the call publishing event %u returned, but the witness got only %u events", i,
+				  committed);
+			break;
+		}
+	}
+	for (unsigned k = 0; k < SINKS; k++)
+		sink_check(r, &r->sinks[k], 0, committed, r->sc->spec);
+}
+
+/* Check 1, and what the dead publisher must not have left behind: a slot
+ * still CLAIMED, its publisher entry. Nobody publishes while it runs. */
+static void check_inspect(struct rig *r, const char *when)
+{
+	shmbus_inspect_t *in = NULL;
+	int rc = shmbus_inspect_open(tc_bus, &in);
+	if (rc < 0) {
+		case_fail(r, "%s: shmbus_inspect_open: %d", when, rc);
+		return;
+	}
+	size_t n = shmbus_inspect_problem_count(in);
+	for (size_t i = 0; i < n; i++)
+		case_fail(r, "%s: inspector: %s", when, shmbus_inspect_problem(in, i));
+	shmbus_inspect_ring_t ring;
+	if ((rc = shmbus_inspect_ring(in, &ring)) < 0)
+		case_fail(r, "%s: shmbus_inspect_ring: %d", when, rc);
+	else if (ring.claimed)
+		case_fail(r, "%s: %llu slots are still CLAIMED", when, (unsigned long long)ring.claimed);
+	if ((n = shmbus_inspect_pub_count(in)) != 0)
+		case_fail(r, "%s: %zu publisher entries are still in use", when, n);
+	shmbus_inspect_close(in);
+}
+
+/* Check 3: more than two laps of the ring through the same subscriptions.
+ * A slot that stayed held or claimed would stop the publisher (-ETIMEDOUT)
+ * within the lap after it. */
+static void check_two_laps(struct rig *r)
+{
+	shmbus_pub_t *pub = tc_pub(r->bus, "after", 2 * (int64_t)TC_SEC_NS);
+	forget_all(r);
+	uint8_t buf[BIG_PAYLOAD];
+	unsigned j = 0;
+	for (; j < POST_EVENTS; j++) {
+		shmbus_msg_t m;
+		fill_msg(&m, buf, spec_post(j), POST_BASE + j);
+		int rc = shmbus_publish(pub, &m, NULL);
+		if (rc < 0) {
+			case_fail(r, "publish %u of %u after the crash: %d (%s)", j, POST_EVENTS, rc, shmbus_errmsg());
+			break;
+		}
+		if (j % 16 == 15)
+			drain_all(r);
+	}
+	drain_all(r);
+	for (unsigned k = 0; k < SINKS; k++)
+		sink_check(r, &r->sinks[k], POST_BASE, j, spec_post);
+	shmbus_pub_close(pub);
+}
+
+/* One case on a fresh bus: the scenario run to the end (crash_at NULL) or
+ * killed at crash_at, then the three checks. */
+static void run_case(struct rig *r, const char *crash_at, struct progress *prog)
+{
+	snprintf(r->label, sizeof r->label, "%s %s", r->sc->name, crash_at ? crash_at : "dry run");
+	r->failed = false;
+	shmbus_unlink(tc_bus);
+	shmbus_config_t cfg = crash_cfg();
+	r->bus = tc_create(&cfg);
+	subscribe_sinks(r);
+	memset(prog, 0, sizeof *prog);
+	struct victim v = {.sc = r->sc, .crash_at = crash_at, .prog = prog};
+	int st = 0;
+	if (tc_wait(tc_fork(run_victim, &v), 20000, &st) < 0)
+		case_fail(r, "the publisher hung");
+	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+		case_fail(r, "the publisher %s: the crash point was not reached", tc_status_str(st));
+	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		case_fail(r, "the publisher %s", tc_status_str(st));
+	if (!r->failed) {
+		int n = shmbus_reclaim(r->bus);
+		if (n != (crash_at ? 1 : 0))
+			case_fail(r, "shmbus_reclaim found %d dead members", n);
+		check_inspect(r, "after reclaim");
+		drain_all(r);
+		check_prefix(r, prog);
+		check_two_laps(r);
+		check_inspect(r, "after two laps");
+	}
+	for (unsigned k = 0; k < SINKS; k++)
+		shmbus_sub_close(r->sinks[k].sub);
+	shmbus_close(r->bus);
+	shmbus_unlink(tc_bus);
+}
+
+/* The dry run, then every point the scenario passes at five of its hits:
+ * the first, the last, and three between. */
+static void run_scenario(const struct scenario *sc)
+{
+	struct rig *r = calloc(1, sizeof *r);
+	cr_assert_not_null(r);
+	r->sc = sc;
+	struct progress *prog = tc_shared_alloc(sizeof *prog);
+	run_case(r, NULL, prog);
+	cr_assert(!r->failed, "the dry run of %s failed", sc->name);
+	size_t npoints = prog->npoints;
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+	memcpy(ids, prog->ids, sizeof ids);
+	memcpy(hits, prog->hits, sizeof hits);
+	for (const char *const *want = sc->must_pass; *want; want++) {
+		size_t i = 0;
+		while (i < npoints && strcmp(ids[i], *want) != 0)
+			i++;
+		cr_expect_lt(i, npoints, "%s never passes crash point %s", sc->name, *want);
+	}
+	uint64_t start = tc_now_ns();
+	unsigned cases = 0, failed = 0;
+	for (size_t p = 0; p < npoints && failed < FAILED_CASES_MAX; p++) {
+		uint64_t n = hits[p];
+		uint64_t at[] = {1, (n + 3) / 4, (n + 1) / 2, (3 * n + 3) / 4, n};
+		for (unsigned h = 0; h < sizeof at / sizeof at[0] && failed < FAILED_CASES_MAX; h++) {
+			if (h > 0 && at[h] <= at[h - 1])
+				continue;
+			char crash_at[64];
+			snprintf(crash_at, sizeof crash_at, "%s:%llu", ids[p], (unsigned long long)at[h]);
+			run_case(r, crash_at, prog);
+			cases++;
+			failed += r->failed;
+		}
+	}
+	cr_expect_lt(failed, FAILED_CASES_MAX, "%s: stopped after %u failed cases", sc->name, failed);
+	fprintf(stderr, "crash/%s: %zu points, %u cases (%u failed) in %.1f s\n", sc->name, npoints, cases, failed,
+		(double)(tc_now_ns() - start) / 1e9);
+	tc_shared_free(prog, sizeof *prog);
+	free(r);
+}
+
+Test(crash, single_publish) { run_scenario(&single_sc); }
+Test(crash, batch_of_one_shape) { run_scenario(&same_sc); }
+Test(crash, batch_of_mixed_shapes) { run_scenario(&mixed_sc); }
+Test(crash, zero_copy_reserve_commit) { run_scenario(&zero_copy_sc); }
