@@ -294,10 +294,6 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 		keep_unrouted(pub, ev);
 	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold);
-	/* its consumers read it next: a round trip is dominated by such
-	 * transfers between cores (at_demote) */
-	for (uint32_t off = 0; off < head + (uint32_t)msg->payload_len; off += 64)
-		at_demote((const uint8_t *)ev + off);
 	routing_end(pub, wake, freed);
 	count_published(pub, 1, msg->payload_len);
 	if (pub->nunrouted)

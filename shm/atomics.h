@@ -92,23 +92,6 @@ static inline void at_count_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p,
  * then re-checks the queue. Acquire/release alone allows both to miss. */
 static inline void at_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-/*
- * Hint that the cache line holding p is for another core to read next:
- * CLDEMOTE moves it from this core's private caches to the shared last
- * level, so the reader's miss is served there instead of by a snoop of
- * this core. A hint: it orders nothing, and processors without it (and
- * every non-Intel one) execute it as a NOP, its encoding being in the
- * reserved-NOP space.
- */
-static inline void at_demote(const void *p)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__asm__ __volatile__("cldemote %0" : : "m"(*(const char *)p));
-#else
-	(void)p;
-#endif
-}
-
 static inline void at_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -80,7 +80,6 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			CRASH_POINT("push.desc");
 			at_store_release_u64(&c->turn, p + 1);
 			CRASH_POINT("push.full");
-			at_demote(c); /* for its consumer, which reads it next */
 			return 0;
 		}
 		/* Signed distance of the cell's position from ours. */
