@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "crash_point.h"
 #include "futex.h"
 
 /* How often a consumer waiting for the recorder to write the rest of its
@@ -102,9 +103,13 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 		held_lost(sub, k, cur, desc);
 		return -ESTALE;
 	}
-	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE))
+	CRASH_POINT("drop.won");
+	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE)) {
 		slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
+		CRASH_POINT("drop.bit");
+	}
 	at_store_release_u64(e, 0);
+	CRASH_POINT("drop.cleared");
 	held_free(sub, k);
 	return 0;
 }
@@ -125,8 +130,10 @@ static void flush_releases(shmbus_sub_t *sub)
 	}
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
 		__builtin_prefetch(bus_slot_holders(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK), 1);
-	for (uint32_t i = 0; i < sub->nreleasing; i++)
+	for (uint32_t i = 0; i < sub->nreleasing; i++) {
 		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc);
+		CRASH_POINT("flush.dropped");
+	}
 	sub->nreleasing = 0;
 	sub->releasing_slots = 0;
 }
@@ -173,11 +180,13 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		ready[i].desc = d;
 		ready[i].k = k;
 	}
+	CRASH_POINT("take.stored");
 	sub->hand_now -= n < sub->hand_now ? n : sub->hand_now;
 	sub->ready_n[cls] = n;
 	/* held[] (seq_cst) before we look at whether a removal is sweeping
 	 * held[] */
 	at_fence_seq_cst();
+	CRASH_POINT("take.fenced");
 	if (!sub_current(sub)) {
 		/* the holds, then the intent: while a removal may still read
 		 * our intent as NONE and free the entry, no hold of the run may
@@ -207,6 +216,7 @@ static void release_cells(shmbus_sub_t *sub)
 		return;
 	struct queue_view q = bus_queue(sub->bus, sub->index, sub->cells_cls);
 	queue_release(&q, &sub->cons->take, sub->cells_first, sub->cells_n);
+	CRASH_POINT("cells.released");
 	sub->cells_n = 0;
 }
 
@@ -230,6 +240,8 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 		held_lost(sub, h->k, expected, desc); /* revoked meanwhile */
 		return NULL;
 	}
+	if (desc & SEG_DESC_UNSEEN)
+		CRASH_POINT("open.seen");
 	desc &= ~SEG_DESC_UNSEEN;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	const struct seg_event *e = (const struct seg_event *)bus_slot_data(bus, seq);
@@ -590,6 +602,7 @@ static int release_held(shmbus_sub_t *sub, uint32_t i, const shmbus_event_t *ev,
 	}
 	if (desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq &&
 	    at_cas_u64(&sub->cons->held[k], &desc, desc | SEG_DESC_RELEASING)) {
+		CRASH_POINT("release.marked");
 		sub->releasing[sub->nreleasing].desc = desc | SEG_DESC_RELEASING;
 		sub->releasing[sub->nreleasing].k = k;
 		sub->nreleasing++;
@@ -632,10 +645,14 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i)
 	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
 	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
 		return -1;
+	CRASH_POINT("plain.won");
 	sub->held[i] = sub->held[--sub->nheld];
-	if (desc & SEG_DESC_HOLDS_REF)
+	if (desc & SEG_DESC_HOLDS_REF) {
 		slot_release(sub->bus, l.seq, sub->index);
+		CRASH_POINT("plain.bit");
+	}
 	at_store_release_u64(e, 0);
+	CRASH_POINT("plain.cleared");
 	held_free(sub, l.k);
 	return 0;
 }

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* More distinct ids than the publish path has; a new one past it is a
+/* More distinct ids than the publish and consume paths have; a new one past it is a
  * mistake worth stopping for, not a point to skip silently. */
 #define CRASH_IDS_MAX 64
 

@@ -1,6 +1,6 @@
 /*
- * crash_point.h - named points of the publish protocol where the crash
- * tests kill a publisher (tests/test_crash.c).
+ * crash_point.h - named points of the publish and consume protocols where
+ * the crash tests kill a publisher or a consumer (tests/test_crash.c).
  *
  * CRASH_POINT("claim.cas") marks the moment right after a protocol step.
  * In the library as built and installed it is nothing at all: no call, no
@@ -14,7 +14,7 @@
  * The variable is read at a process's first hit, and a forked child starts
  * counting afresh (and reads it again), so a test can set it in the child
  * it forks. The points live here, not in lib/, because shm/ has some (the
- * queue push) and must not include lib/.
+ * queue push and take) and must not include lib/.
  */
 #ifndef SHMBUS_SHM_CRASH_POINT_H
 #define SHMBUS_SHM_CRASH_POINT_H

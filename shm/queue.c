@@ -107,11 +107,14 @@ uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32
 		/* The intent must be visible before head moves: the CAS below
 		 * is a full barrier on x86 and acq_rel elsewhere. */
 		intent_set(intent, q, head, n, SEG_TAKE_PENDING);
+		CRASH_POINT("take.pending");
 		uint64_t expected = head;
 		if (at_cas_u64(&q->ends->head, &expected, head + n)) {
+			CRASH_POINT("take.cas");
 			/* Head could not have passed these cells and come back, so
 			 * the descriptors read above are the ones taken. */
 			at_store_release_u32(&intent->info, seg_take_info(n, q->cls, q->sub, SEG_TAKE_OWNED));
+			CRASH_POINT("take.owned");
 			*first = head;
 			return n;
 		}
