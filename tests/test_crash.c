@@ -1,7 +1,9 @@
 /*
  * test_crash.c - kill -9 of a publisher at every named step of the publish
- * protocol, and the recovery the crash-recovery contract promises
- * (docs/ARCHITECTURE.md, "Crash recovery").
+ * protocol, and of a consumer at every step of taking, opening, releasing
+ * and dropping events (the consumer cases at the end of the file), and the
+ * recovery the crash-recovery contract promises (docs/ARCHITECTURE.md,
+ * "Crash recovery").
  *
  * Linked against shmbus_crash, the library with its crash points compiled
  * in (shm/crash_point.h). Each scenario (single publishes, batches of one
@@ -545,3 +547,372 @@ Test(crash, single_publish) { run_scenario(&single_sc); }
 Test(crash, batch_of_one_shape) { run_scenario(&same_sc); }
 Test(crash, batch_of_mixed_shapes) { run_scenario(&mixed_sc); }
 Test(crash, zero_copy_reserve_commit) { run_scenario(&zero_copy_sc); }
+
+/* ------------------------------------------------------------ consumers */
+
+/*
+ * The consume side: a child consumes from three subscriptions, its own
+ * plain one, a durable one and a group it shares with the parent (which
+ * takes nothing until the child is dead), and is killed at each crash
+ * point of taking, opening, releasing and dropping (lib/consume.c,
+ * queue_take). The parent publishes every event before the child takes
+ * any, so a run's hits are the same every time and each asked hit is
+ * reached. After shmbus_reclaim it checks:
+ *  1. the inspector finds no problem (as above);
+ *  2. the child's plain subscription is gone; on the durable one (through
+ *     a consumer attached after the death) and on the group (through the
+ *     parent's member) every event the child had not finished releasing
+ *     comes exactly once, flagged redelivered if the child had it in
+ *     hand, and no event whose release returned comes again (its hold
+ *     was released or marked RELEASING: reclaim only clears the bit);
+ *  3. more than two laps of the ring go through to the parent's plain,
+ *     durable and group subscriptions, which a leaked hold or a taken,
+ *     never released queue cell would stop.
+ */
+
+#define CONS_EVENTS 120u
+#define CONS_ROUNDS_MAX 1000u /* far more than 120 events need */
+
+enum { C_PLAIN, C_DURABLE, C_GROUP, C_SUBS };
+static const char *const csub_what[C_SUBS] = {"plain", "durable", "group"};
+static const shmbus_sub_opts_t csub_opts[C_SUBS] = {
+	[C_PLAIN] = {.subscriber_id = "ccrash-plain"},
+	[C_DURABLE] = {.subscriber_id = "ccrash-durable", .durable = true},
+	[C_GROUP] = {.subscriber_id = "ccrash-group", .group = "ccrash-group"},
+};
+
+/* How far the child got with each event of each subscription. */
+enum { CS_NONE, CS_HANDED, CS_RELEASING, CS_RELEASED };
+
+struct cprogress {
+	uint32_t ready;	  /* the child has subscribed */
+	uint32_t go;	  /* every event is published */
+	uint32_t strange; /* events the child got twice or that were not ours */
+	uint8_t state[C_SUBS][CONS_EVENTS];
+	size_t npoints;
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+};
+
+struct cvictim {
+	const char *crash_at;
+	struct cprogress *prog;
+};
+
+static uint32_t event_index(const shmbus_event_t *ev)
+{
+	size_t len = 0;
+	const void *payload = shmbus_event_payload(ev, &len);
+	uint32_t i = UINT32_MAX;
+	if (payload && len >= sizeof i)
+		memcpy(&i, payload, sizeof i);
+	return i;
+}
+
+static void cmark(struct cprogress *p, unsigned s, const shmbus_event_t *ev, uint8_t from, uint8_t to)
+{
+	uint32_t i = event_index(ev);
+	if (i >= CONS_EVENTS || p->state[s][i] != from)
+		__atomic_fetch_add(&p->strange, 1, __ATOMIC_SEQ_CST);
+	else
+		__atomic_store_n(&p->state[s][i], to, __ATOMIC_SEQ_CST);
+}
+
+/* One turn on subscription s in the given mode: take a few events (one
+ * poll, a batch of 5 or 9, or three polls) and give them back (one by
+ * one, or in one release_batch). Returns how many, or the child's
+ * failure code as a negative number. */
+static int cturn(struct cprogress *p, shmbus_sub_t *sub, unsigned s, unsigned mode)
+{
+	const shmbus_event_t *evs[9];
+	int n = 0, rc = 0;
+	switch (mode) {
+	case 0:
+		rc = n = shmbus_poll(sub, &evs[0]);
+		break;
+	case 1:
+		rc = n = shmbus_poll_batch(sub, evs, 5);
+		break;
+	case 2:
+		rc = n = shmbus_poll_batch(sub, evs, 9);
+		break;
+	default:
+		while (n < 3 && (rc = shmbus_poll(sub, &evs[n])) == 1)
+			n++;
+		break;
+	}
+	if (rc < 0)
+		return -CHILD_FAIL("%s: poll (mode %u): %d", csub_what[s], mode, rc);
+	for (int j = 0; j < n; j++)
+		cmark(p, s, evs[j], CS_NONE, CS_HANDED);
+	if (mode % 2 == 0) {
+		for (int j = 0; j < n; j++) {
+			cmark(p, s, evs[j], CS_HANDED, CS_RELEASING);
+			if ((rc = shmbus_release(sub, evs[j])) < 0)
+				return -CHILD_FAIL("%s: release: %d", csub_what[s], rc);
+			cmark(p, s, evs[j], CS_RELEASING, CS_RELEASED);
+		}
+	} else if (n > 0) {
+		for (int j = 0; j < n; j++)
+			cmark(p, s, evs[j], CS_HANDED, CS_RELEASING);
+		if ((rc = shmbus_release_batch(sub, evs, n)) < 0)
+			return -CHILD_FAIL("%s: release_batch: %d", csub_what[s], rc);
+		for (int j = 0; j < n; j++)
+			cmark(p, s, evs[j], CS_RELEASING, CS_RELEASED);
+	}
+	return n;
+}
+
+/* The child: subscribe, wait for the events, consume them all in turns of
+ * every mode on each subscription, then detach. */
+static int run_consumer(void *arg)
+{
+	struct cvictim *v = arg;
+	struct cprogress *p = v->prog;
+	if (v->crash_at)
+		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_sub_t *subs[C_SUBS];
+	for (unsigned s = 0; s < C_SUBS; s++)
+		if ((rc = shmbus_subscribe(bus, &csub_opts[s], &subs[s])) < 0)
+			return CHILD_FAIL("subscribe %s: %d (%s)", csub_what[s], rc, shmbus_errmsg());
+	__atomic_store_n(&p->ready, 1, __ATOMIC_SEQ_CST);
+	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+	while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST))
+		if (tc_now_ns() > deadline)
+			return CHILD_FAIL("the parent never published");
+		else
+			tc_sleep_ms(1);
+	bool busy = true;
+	for (unsigned round = 0; busy && round < CONS_ROUNDS_MAX; round++) {
+		busy = false;
+		for (unsigned s = 0; s < C_SUBS; s++) {
+			int n = cturn(p, subs[s], s, (round + s) % 4);
+			if (n < 0)
+				return -n;
+			busy |= n > 0;
+		}
+	}
+	if (!v->crash_at) {
+		const char *ids[POINTS_MAX];
+		size_t n = crash_point_list(ids, p->hits, POINTS_MAX);
+		if (n > POINTS_MAX)
+			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
+		for (size_t i = 0; i < n; i++)
+			snprintf(p->ids[i], sizeof p->ids[i], "%s", ids[i]);
+		p->npoints = n;
+	}
+	for (unsigned s = 0; s < C_SUBS; s++)
+		shmbus_sub_close(subs[s]);
+	shmbus_close(bus);
+	return 0;
+}
+
+/* The parent's subscriptions: a plain witness, the group member, and the
+ * durable consumer attached once the child is dead. */
+enum { P_WITNESS, P_DURABLE, P_GROUP, P_SUBS };
+
+struct crig {
+	struct rig r; /* label, failed, bus */
+	shmbus_sub_t *subs[P_SUBS];
+	uint8_t got[P_SUBS][POST_EVENTS]; /* deliveries per payload index */
+};
+
+/* Take everything queued for the parent's subscription ps, counting each
+ * event by payload index from base (count of them); on the durable and
+ * the group, before the laps, an event the child had in hand must come
+ * flagged redelivered. */
+static void cdrain(struct crig *c, unsigned ps, uint32_t base, uint32_t count, const struct cprogress *p)
+{
+	shmbus_sub_t *sub = c->subs[ps];
+	for (;;) {
+		const shmbus_event_t *ev = NULL;
+		int rc = shmbus_poll(sub, &ev);
+		cr_assert_geq(rc, 0, "[%s] poll %u: %d (%s)", c->r.label, ps, rc, shmbus_errmsg());
+		if (rc == 0)
+			return;
+		uint32_t i = event_index(ev);
+		if (i < base || i - base >= count)
+			case_fail(&c->r, "subscription %u got event %u, none of ours", ps, i);
+		else if (c->got[ps][i - base] < UINT8_MAX && c->got[ps][i - base]++ == 0 && p &&
+			 p->state[ps == P_DURABLE ? C_DURABLE : C_GROUP][i] >= CS_HANDED &&
+			 !shmbus_redelivered(sub, ev))
+			case_fail(&c->r, "subscription %u: event %u, which the child had, is not flagged redelivered",
+				  ps, i);
+		cr_assert_eq(shmbus_release(sub, ev), 0, "[%s] release %u: %s", c->r.label, ps, shmbus_errmsg());
+	}
+}
+
+/* Check 2 for the durable or the group (child subscription s, parent's
+ * ps): what the child did not finish releasing comes once more, nothing
+ * it released comes again. */
+static void ccheck_back(struct crig *c, unsigned s, unsigned ps, const struct cprogress *p)
+{
+	unsigned bad = 0;
+	for (uint32_t i = 0; i < CONS_EVENTS && bad < 3; i++) {
+		uint8_t st = p->state[s][i], n = c->got[ps][i];
+		bool ok = st == CS_RELEASED ? n == 0 : st == CS_RELEASING ? n <= 1 : n == 1;
+		if (!ok) {
+			case_fail(&c->r, "%s: event %u came %u times after the crash; the child had %s it", csub_what[s],
+				  i, n,
+				  st == CS_RELEASED    ? "released"
+				  : st == CS_RELEASING ? "been releasing"
+				  : st == CS_HANDED    ? "in hand"
+						       : "not been handed");
+			bad++;
+		}
+	}
+}
+
+/* Check 3 for the consumer cases: every parent subscription gets each of
+ * more than two laps of events exactly once. */
+static void ccheck_laps(struct crig *c)
+{
+	shmbus_pub_t *pub = tc_pub(c->r.bus, "after", 2 * (int64_t)TC_SEC_NS);
+	memset(c->got, 0, sizeof c->got);
+	uint8_t buf[BIG_PAYLOAD];
+	unsigned j = 0;
+	for (; j < POST_EVENTS; j++) {
+		shmbus_msg_t m;
+		fill_msg(&m, buf, spec_post(j), POST_BASE + j);
+		int rc = shmbus_publish(pub, &m, NULL);
+		if (rc < 0) {
+			case_fail(&c->r, "publish %u of %u after the crash: %d (%s)", j, POST_EVENTS, rc,
+				  shmbus_errmsg());
+			break;
+		}
+		if (j % 16 == 15)
+			for (unsigned ps = 0; ps < P_SUBS; ps++)
+				cdrain(c, ps, POST_BASE, POST_EVENTS, NULL);
+	}
+	for (unsigned ps = 0; ps < P_SUBS; ps++) {
+		cdrain(c, ps, POST_BASE, POST_EVENTS, NULL);
+		for (unsigned i = 0; i < j; i++)
+			if (c->got[ps][i] != 1) {
+				case_fail(&c->r, "subscription %u got event %u of the laps %u times", ps, POST_BASE + i,
+					  c->got[ps][i]);
+				break;
+			}
+	}
+	shmbus_pub_close(pub);
+}
+
+/* One consumer case on a fresh bus: the child consumes to the end
+ * (crash_at NULL) or dies at crash_at, then the three checks. */
+static void run_ccase(struct crig *c, const char *crash_at, struct cprogress *p)
+{
+	struct rig *r = &c->r;
+	snprintf(r->label, sizeof r->label, "consumer %s", crash_at ? crash_at : "dry run");
+	r->failed = false;
+	shmbus_unlink(tc_bus);
+	shmbus_config_t cfg = crash_cfg();
+	r->bus = tc_create(&cfg);
+	memset(c->subs, 0, sizeof c->subs);
+	c->subs[P_WITNESS] = tc_sub(r->bus, NULL);
+	int rc = shmbus_subscribe(r->bus, &csub_opts[C_GROUP], &c->subs[P_GROUP]);
+	cr_assert_eq(rc, 0, "[%s] subscribe group: %d (%s)", r->label, rc, shmbus_errmsg());
+	memset(p, 0, sizeof *p);
+	struct cvictim v = {.crash_at = crash_at, .prog = p};
+	pid_t child = tc_fork(run_consumer, &v);
+	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+	while (!__atomic_load_n(&p->ready, __ATOMIC_SEQ_CST) && tc_now_ns() < deadline)
+		tc_sleep_ms(1);
+	shmbus_pub_t *pub = tc_pub(r->bus, "before", 2 * (int64_t)TC_SEC_NS);
+	uint8_t buf[BIG_PAYLOAD];
+	for (uint32_t i = 0; i < CONS_EVENTS; i++) {
+		shmbus_msg_t m;
+		fill_msg(&m, buf, spec_post(i), i);
+		cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "[%s] publish %u: %s", r->label, i, shmbus_errmsg());
+	}
+	shmbus_pub_close(pub);
+	cr_assert_eq(tc_drain(c->subs[P_WITNESS], NULL, NULL), (int)CONS_EVENTS);
+	__atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
+	int st = 0;
+	if (tc_wait(child, 20000, &st) < 0)
+		case_fail(r, "the consumer hung");
+	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+		case_fail(r, "the consumer %s: the crash point was not reached", tc_status_str(st));
+	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		case_fail(r, "the consumer %s", tc_status_str(st));
+	if (p->strange)
+		case_fail(r, "the child got %u events twice or not of ours", p->strange);
+	if (!r->failed) {
+		int n = shmbus_reclaim(r->bus);
+		if (n != (crash_at ? 1 : 0))
+			case_fail(r, "shmbus_reclaim found %d dead members", n);
+		check_inspect(r, "after reclaim");
+		shmbus_sub_info_t info;
+		if (shmbus_list_subscriptions(r->bus, csub_opts[C_PLAIN].subscriber_id, &info, 1) != 0)
+			case_fail(r, "the dead child's plain subscription is still there");
+		rc = shmbus_subscribe(r->bus, &csub_opts[C_DURABLE], &c->subs[P_DURABLE]);
+		cr_assert_eq(rc, 0, "[%s] subscribe durable: %d (%s)", r->label, rc, shmbus_errmsg());
+		memset(c->got, 0, sizeof c->got);
+		cdrain(c, P_DURABLE, 0, CONS_EVENTS, p);
+		cdrain(c, P_GROUP, 0, CONS_EVENTS, p);
+		cdrain(c, P_WITNESS, 0, 0, NULL);
+		ccheck_back(c, C_DURABLE, P_DURABLE, p);
+		ccheck_back(c, C_GROUP, P_GROUP, p);
+		ccheck_laps(c);
+		check_inspect(r, "after two laps");
+	}
+	for (unsigned ps = 0; ps < P_SUBS; ps++)
+		if (c->subs[ps])
+			shmbus_sub_close(c->subs[ps]);
+	shmbus_close(r->bus);
+	shmbus_unlink(tc_bus);
+}
+
+static const char *const consumer_points[] = {
+	"take.pending", "take.cas", "take.owned", "take.stored", "take.fenced", "open.seen", "cells.released",
+	"release.marked", "drop.won", "drop.bit", "drop.cleared", "plain.won", "plain.bit", "plain.cleared",
+	"flush.dropped", NULL,
+};
+
+/* The dry run (which must pass every consumer point), then each point the
+ * child passes at five of its hits, as run_scenario does. */
+Test(crash, consumer)
+{
+	struct crig *c = calloc(1, sizeof *c);
+	cr_assert_not_null(c);
+	struct cprogress *p = tc_shared_alloc(sizeof *p);
+	run_ccase(c, NULL, p);
+	cr_assert(!c->r.failed, "the dry run of the consumer failed");
+	for (unsigned s = 0; s < C_SUBS; s++)
+		for (uint32_t i = 0; i < CONS_EVENTS; i++)
+			cr_assert_eq(p->state[s][i], CS_RELEASED, "dry run: %s event %u ends in state %u", csub_what[s], i,
+				     p->state[s][i]);
+	size_t npoints = p->npoints;
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+	memcpy(ids, p->ids, sizeof ids);
+	memcpy(hits, p->hits, sizeof hits);
+	for (const char *const *want = consumer_points; *want; want++) {
+		size_t i = 0;
+		while (i < npoints && strcmp(ids[i], *want) != 0)
+			i++;
+		cr_expect_lt(i, npoints, "the consumer never passes crash point %s", *want);
+	}
+	uint64_t start = tc_now_ns();
+	unsigned cases = 0, failed = 0;
+	for (size_t k = 0; k < npoints && failed < FAILED_CASES_MAX; k++) {
+		uint64_t n = hits[k];
+		uint64_t at[] = {1, (n + 3) / 4, (n + 1) / 2, (3 * n + 3) / 4, n};
+		for (unsigned h = 0; h < sizeof at / sizeof at[0] && failed < FAILED_CASES_MAX; h++) {
+			if (h > 0 && at[h] <= at[h - 1])
+				continue;
+			char crash_at[64];
+			snprintf(crash_at, sizeof crash_at, "%s:%llu", ids[k], (unsigned long long)at[h]);
+			run_ccase(c, crash_at, p);
+			cases++;
+			failed += c->r.failed;
+		}
+	}
+	cr_expect_lt(failed, FAILED_CASES_MAX, "consumer: stopped after %u failed cases", failed);
+	fprintf(stderr, "crash/consumer: %zu points, %u cases (%u failed) in %.1f s\n", npoints, cases, failed,
+		(double)(tc_now_ns() - start) / 1e9);
+	tc_shared_free(p, sizeof *p);
+	free(c);
+}
