@@ -127,6 +127,7 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
 		at_store_release_u64(&cell_at(q, p)->turn, p + q->cap);
+		CRASH_POINT("release.cell");
 	}
 	at_store_release_u32(&intent->info, 0);
 }
