@@ -173,7 +173,9 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		__builtin_prefetch(ev + 128);
 		__builtin_prefetch(ev + 192);
 		/* What the calling poll hands out at once counts as seen from
-		 * here: only the rest waits UNSEEN, revocable, in ready[]. */
+		 * here: only the rest waits UNSEEN, revocable, in ready[] (and
+		 * what the poll did not hand out after all, unsee_rest marks
+		 * UNSEEN again before the poll returns). */
 		uint64_t d = descs[i] | (i < sub->hand_now ? 0 : SEG_DESC_UNSEEN);
 		uint32_t k = held_alloc(sub);
 		at_store_relaxed_u64(&sub->cons->held[k], d);
