@@ -33,6 +33,8 @@
 
 #include <criterion/criterion.h>
 
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <string.h>
@@ -609,20 +611,32 @@ static uint32_t event_index(const shmbus_event_t *ev)
 	return i;
 }
 
-static void cmark(struct cprogress *p, unsigned s, const shmbus_event_t *ev, uint8_t from, uint8_t to)
+/* Where a child notes how far it got with each event of one
+ * subscription (a CS_* per payload index), and counts what it should not
+ * have been handed. */
+struct ctrack {
+	uint8_t *state;
+	uint32_t nevents;
+	uint32_t *strange; /* events got twice or not of ours */
+};
+
+static void cmark(const struct ctrack *t, const shmbus_event_t *ev, uint8_t from, uint8_t to)
 {
 	uint32_t i = event_index(ev);
-	if (i >= CONS_EVENTS || p->state[s][i] != from)
-		__atomic_fetch_add(&p->strange, 1, __ATOMIC_SEQ_CST);
+	if (i >= t->nevents || t->state[i] != from)
+		__atomic_fetch_add(t->strange, 1, __ATOMIC_SEQ_CST);
 	else
-		__atomic_store_n(&p->state[s][i], to, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&t->state[i], to, __ATOMIC_SEQ_CST);
 }
 
-/* One turn on subscription s in the given mode: take a few events (one
+/* One turn on a subscription in the given mode: take a few events (one
  * poll, a batch of 5 or 9, or three polls) and give them back (one by
- * one, or in one release_batch). Returns how many, or the child's
- * failure code as a negative number. */
-static int cturn(struct cprogress *p, shmbus_sub_t *sub, unsigned s, unsigned mode)
+ * one, or in one release_batch). With racing, someone else may take the
+ * child's entries meanwhile: an event whose release reports it revoked
+ * (-ESTALE) stays CS_RELEASING, and a removed subscription (-ESHUTDOWN)
+ * ends the turn with that code. Returns how many events were taken, or
+ * the child's failure code as a negative number. */
+static int cturn(const struct ctrack *t, shmbus_sub_t *sub, const char *what, unsigned mode, bool racing)
 {
 	const shmbus_event_t *evs[9];
 	int n = 0, rc = 0;
@@ -641,24 +655,28 @@ static int cturn(struct cprogress *p, shmbus_sub_t *sub, unsigned s, unsigned mo
 			n++;
 		break;
 	}
-	if (rc < 0)
-		return -CHILD_FAIL("%s: poll (mode %u): %d", csub_what[s], mode, rc);
+	if (racing && rc == -ESHUTDOWN && n <= 0)
+		return -ESHUTDOWN;
+	if (rc < 0 && !(racing && rc == -ESHUTDOWN))
+		return -CHILD_FAIL("%s: poll (mode %u): %d", what, mode, rc);
 	for (int j = 0; j < n; j++)
-		cmark(p, s, evs[j], CS_NONE, CS_HANDED);
+		cmark(t, evs[j], CS_NONE, CS_HANDED);
 	if (mode % 2 == 0) {
 		for (int j = 0; j < n; j++) {
-			cmark(p, s, evs[j], CS_HANDED, CS_RELEASING);
-			if ((rc = shmbus_release(sub, evs[j])) < 0)
-				return -CHILD_FAIL("%s: release: %d", csub_what[s], rc);
-			cmark(p, s, evs[j], CS_RELEASING, CS_RELEASED);
+			cmark(t, evs[j], CS_HANDED, CS_RELEASING);
+			rc = shmbus_release(sub, evs[j]);
+			if (rc < 0 && !(racing && rc == -ESTALE))
+				return -CHILD_FAIL("%s: release: %d", what, rc);
+			if (rc == 0)
+				cmark(t, evs[j], CS_RELEASING, CS_RELEASED);
 		}
 	} else if (n > 0) {
 		for (int j = 0; j < n; j++)
-			cmark(p, s, evs[j], CS_HANDED, CS_RELEASING);
-		if ((rc = shmbus_release_batch(sub, evs, n)) < 0)
-			return -CHILD_FAIL("%s: release_batch: %d", csub_what[s], rc);
-		for (int j = 0; j < n; j++)
-			cmark(p, s, evs[j], CS_RELEASING, CS_RELEASED);
+			cmark(t, evs[j], CS_HANDED, CS_RELEASING);
+		if ((rc = shmbus_release_batch(sub, evs, n)) < 0 && !(racing && rc == -ESTALE))
+			return -CHILD_FAIL("%s: release_batch: %d", what, rc);
+		for (int j = 0; j < n && rc == 0; j++)
+			cmark(t, evs[j], CS_RELEASING, CS_RELEASED);
 	}
 	return n;
 }
@@ -690,7 +708,8 @@ static int run_consumer(void *arg)
 	for (unsigned round = 0; busy && round < CONS_ROUNDS_MAX; round++) {
 		busy = false;
 		for (unsigned s = 0; s < C_SUBS; s++) {
-			int n = cturn(p, subs[s], s, (round + s) % 4);
+			struct ctrack t = {p->state[s], CONS_EVENTS, &p->strange};
+			int n = cturn(&t, subs[s], csub_what[s], (round + s) % 4, false);
 			if (n < 0)
 				return -n;
 			busy |= n > 0;
@@ -711,9 +730,11 @@ static int run_consumer(void *arg)
 	return 0;
 }
 
-/* The parent's subscriptions: a plain witness, the group member, and the
- * durable consumer attached once the child is dead. */
-enum { P_WITNESS, P_DURABLE, P_GROUP, P_SUBS };
+/* The parent's subscriptions: a plain witness, the group member, the
+ * durable consumer attached once the child is dead, and the race cases'
+ * new subscription in the record a removal freed. A case leaves those it
+ * does not use NULL. */
+enum { P_WITNESS, P_DURABLE, P_GROUP, P_FRESH, P_SUBS };
 
 struct crig {
 	struct rig r; /* label, failed, bus */
@@ -786,9 +807,12 @@ static void ccheck_laps(struct crig *c)
 		}
 		if (j % 16 == 15)
 			for (unsigned ps = 0; ps < P_SUBS; ps++)
-				cdrain(c, ps, POST_BASE, POST_EVENTS, NULL);
+				if (c->subs[ps])
+					cdrain(c, ps, POST_BASE, POST_EVENTS, NULL);
 	}
 	for (unsigned ps = 0; ps < P_SUBS; ps++) {
+		if (!c->subs[ps])
+			continue;
 		cdrain(c, ps, POST_BASE, POST_EVENTS, NULL);
 		for (unsigned i = 0; i < j; i++)
 			if (c->got[ps][i] != 1) {
@@ -916,3 +940,338 @@ Test(crash, consumer)
 	tc_shared_free(p, sizeof *p);
 	free(c);
 }
+
+/* ------------------------------------------------ consumers raced for */
+
+/*
+ * Two parties that compete with a consumer for its entries while it dies:
+ * a publisher relieving congestion on a lag subscription (drains its
+ * queue, revokes what it took but did not hand out or released with the
+ * hold batched) and a removal by id. The child is killed at the consume
+ * points as above; whoever wins each entry, reclaim must leave no problem
+ * and no hold behind.
+ */
+
+#define RACE_BATCH 16u		 /* events the parent publishes per child turn */
+#define LAG_DRY_EVENTS 1024u	 /* four laps of the lag ring */
+#define LAG_EVENTS POST_EVENTS	 /* the crash runs' bound, nine laps */
+#define RACE_TIMEOUT_NS (50 * TC_MS_NS)
+
+static const shmbus_sub_opts_t lag_opts = {
+	.subscriber_id = "lcrash", .group = "lcrash", .policy = SHMBUS_POLICY_LAG};
+static const shmbus_sub_opts_t removed_opts = {.subscriber_id = "rcrash"};
+static const struct ev_spec race_spec = {"alpha", SHMBUS_NOTIFICATION, SHMBUS_PRIORITY_NORMAL, 4};
+
+struct rprogress {
+	uint32_t ready;	    /* the child has subscribed */
+	uint32_t go;	    /* the parent published what the child starts on */
+	uint32_t started;   /* the child is about to take */
+	uint32_t stop;	    /* nothing more comes */
+	uint32_t published; /* events published so far */
+	uint32_t turns;	    /* turns the child finished */
+	uint32_t strange;
+	shmbus_sub_id_t id;
+	uint8_t state[LAG_EVENTS];
+	size_t npoints;
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+};
+
+struct rvictim {
+	const char *crash_at;
+	struct rprogress *prog;
+	bool removal; /* the removal case; else the lag case */
+};
+
+static bool wait_flag(const uint32_t *flag, uint32_t at_least)
+{
+	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+	while (__atomic_load_n(flag, __ATOMIC_SEQ_CST) < at_least)
+		if (tc_now_ns() > deadline)
+			return false;
+		else
+			sched_yield();
+	return true;
+}
+
+/* The child of both cases. Lag: one turn per RACE_BATCH events
+ * published, one batch behind the parent, so it takes about a third of
+ * what comes and the ring congests while it takes. Removal: turns from
+ * the moment it tells the parent it starts until it finds the
+ * subscription removed. */
+static int run_raced(void *arg)
+{
+	struct rvictim *v = arg;
+	struct rprogress *p = v->prog;
+	if (v->crash_at)
+		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_sub_t *sub = NULL;
+	if ((rc = shmbus_subscribe(bus, v->removal ? &removed_opts : &lag_opts, &sub)) < 0)
+		return CHILD_FAIL("subscribe: %d (%s)", rc, shmbus_errmsg());
+	p->id = shmbus_sub_id(sub);
+	__atomic_store_n(&p->ready, 1, __ATOMIC_SEQ_CST);
+	if (!wait_flag(&p->go, 1))
+		return CHILD_FAIL("the parent never published");
+	struct ctrack t = {p->state, LAG_EVENTS, &p->strange};
+	__atomic_store_n(&p->started, 1, __ATOMIC_SEQ_CST);
+	/* a removal's child may run out of events long before it shows */
+	uint64_t give_up = tc_now_ns() + 10 * TC_SEC_NS;
+	for (unsigned round = 0;; round++) {
+		if (tc_now_ns() > give_up)
+			return CHILD_FAIL("%s", v->removal ? "the removal never showed" : "the parent never stopped");
+		if (!v->removal && !__atomic_load_n(&p->stop, __ATOMIC_SEQ_CST)) {
+			uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+			while (__atomic_load_n(&p->published, __ATOMIC_SEQ_CST) < (round + 1) * RACE_BATCH &&
+			       !__atomic_load_n(&p->stop, __ATOMIC_SEQ_CST))
+				if (tc_now_ns() > deadline)
+					return CHILD_FAIL("the parent stopped publishing");
+				else
+					sched_yield();
+		}
+		bool stop = __atomic_load_n(&p->stop, __ATOMIC_SEQ_CST);
+		int n = cturn(&t, sub, v->removal ? "removed" : "lag", round % 4, v->removal);
+		if (n == -ESHUTDOWN)
+			break;
+		if (n < 0)
+			return -n;
+		__atomic_store_n(&p->turns, round + 1, __ATOMIC_SEQ_CST);
+		if (!v->removal && stop && n == 0)
+			break;
+	}
+	if (!v->crash_at) {
+		const char *ids[POINTS_MAX];
+		size_t n = crash_point_list(ids, p->hits, POINTS_MAX);
+		if (n > POINTS_MAX)
+			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
+		for (size_t i = 0; i < n; i++)
+			snprintf(p->ids[i], sizeof p->ids[i], "%s", ids[i]);
+		p->npoints = n;
+	}
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+/* Whether the child is gone, reaping it (status in *st) if so. */
+static bool child_gone(pid_t child, int *st, bool *reaped)
+{
+	if (!*reaped && waitpid(child, st, WNOHANG) == child)
+		*reaped = true;
+	return *reaped;
+}
+
+/* The lag case's parent: publish in batches of RACE_BATCH, at most one
+ * ahead of the child's turns, until total or the child's death; a
+ * publish may wait for a slot the dead child held in hand, and times out.
+ * Returns how many events were published. */
+static uint32_t lag_publish(struct crig *c, struct rprogress *p, pid_t child, uint32_t total, int *st, bool *reaped)
+{
+	shmbus_pub_t *pub = tc_pub(c->r.bus, "lag", RACE_TIMEOUT_NS);
+	uint8_t buf[sizeof(uint32_t)];
+	uint32_t i = 0;
+	for (uint32_t b = 0; i < total; b++) {
+		while (b >= 2 && __atomic_load_n(&p->turns, __ATOMIC_SEQ_CST) < b - 1 && !child_gone(child, st, reaped))
+			sched_yield();
+		if (child_gone(child, st, reaped))
+			break;
+		for (uint32_t end = i + RACE_BATCH; i < end; i++) {
+			shmbus_msg_t m;
+			fill_msg(&m, buf, race_spec, i);
+			int rc = shmbus_publish(pub, &m, NULL);
+			if (rc == -ETIMEDOUT && child_gone(child, st, reaped))
+				break;
+			cr_assert_eq(rc, 0, "[%s] publish %u: %d (%s)", c->r.label, i, rc, shmbus_errmsg());
+		}
+		__atomic_store_n(&p->published, i, __ATOMIC_SEQ_CST);
+		cdrain(c, P_WITNESS, 0, LAG_EVENTS, NULL);
+	}
+	__atomic_store_n(&p->published, i, __ATOMIC_SEQ_CST);
+	shmbus_pub_close(pub);
+	return i;
+}
+
+/* After reclaim, through the parent's member of the lag group: every
+ * event the child had in hand comes once more flagged redelivered, none
+ * it released comes again, and the group's missed count makes up the
+ * rest: released + delivered again + missed = published. */
+static void lag_account(struct crig *c, const struct rprogress *p, uint32_t published, uint64_t *revoked)
+{
+	shmbus_sub_t *sub = c->subs[P_GROUP];
+	uint8_t *got = c->got[P_GROUP];
+	for (;;) {
+		const shmbus_event_t *ev = NULL;
+		int rc = shmbus_poll(sub, &ev);
+		cr_assert_geq(rc, 0, "[%s] poll group: %d (%s)", c->r.label, rc, shmbus_errmsg());
+		if (rc == 0)
+			break;
+		uint32_t i = event_index(ev);
+		if (i >= published)
+			case_fail(&c->r, "the group got event %u of %u published", i, published);
+		else if (got[i]++ == 0 && p->state[i] == CS_HANDED && !shmbus_redelivered(sub, ev))
+			case_fail(&c->r, "event %u, which the child had in hand, is not flagged redelivered", i);
+		cr_assert_eq(shmbus_release(sub, ev), 0, "[%s] release group: %s", c->r.label, shmbus_errmsg());
+	}
+	uint64_t missed = shmbus_take_missed(sub), finished = 0, again = 0;
+	for (uint32_t i = 0; i < published; i++) {
+		uint8_t st = p->state[i];
+		if (got[i] > 1 || (st == CS_RELEASED && got[i]) || (st == CS_HANDED && !got[i])) {
+			case_fail(&c->r, "event %u came %u times after the crash; the child's state %u", i, got[i], st);
+			return;
+		}
+		finished += st == CS_RELEASED || (st == CS_RELEASING && !got[i]);
+		again += got[i];
+	}
+	if (finished + again + missed != published)
+		case_fail(&c->r, "%llu released + %llu delivered again + %llu missed != %u published",
+			  (unsigned long long)finished, (unsigned long long)again, (unsigned long long)missed, published);
+	shmbus_sub_info_t info;
+	if (shmbus_list_subscriptions(c->r.bus, lag_opts.subscriber_id, &info, 1) == 1)
+		*revoked += info.revoked;
+}
+
+/* One case of either race on a fresh bus. Returns whether the child was
+ * killed (a removal case's child may see the removal before its point,
+ * then it exits and the checks run all the same). */
+static bool run_race_case(struct crig *c, bool removal, const char *crash_at, struct rprogress *p, uint64_t *revoked)
+{
+	struct rig *r = &c->r;
+	snprintf(r->label, sizeof r->label, "%s %s", removal ? "removed" : "lag", crash_at ? crash_at : "dry run");
+	r->failed = false;
+	shmbus_unlink(tc_bus);
+	shmbus_config_t cfg = crash_cfg();
+	if (removal)
+		cfg.max_subscribers = 2; /* the new subscription can only have the freed record */
+	else
+		cfg.slots = RING_SLOTS / 4; /* the laps below are nine of this ring */
+	r->bus = tc_create(&cfg);
+	memset(c->subs, 0, sizeof c->subs);
+	memset(c->got, 0, sizeof c->got);
+	c->subs[P_WITNESS] = tc_sub(r->bus, NULL);
+	if (!removal) {
+		int rc = shmbus_subscribe(r->bus, &lag_opts, &c->subs[P_GROUP]);
+		cr_assert_eq(rc, 0, "[%s] subscribe group: %d (%s)", r->label, rc, shmbus_errmsg());
+	}
+	memset(p, 0, sizeof *p);
+	struct rvictim v = {.crash_at = crash_at, .prog = p, .removal = removal};
+	pid_t child = tc_fork(run_raced, &v);
+	cr_assert(wait_flag(&p->ready, 1), "[%s] the child never subscribed", r->label);
+	int st = 0;
+	bool reaped = false;
+	uint32_t published = 0;
+	if (removal) {
+		shmbus_pub_t *pub = tc_pub(r->bus, "before", 2 * (int64_t)TC_SEC_NS);
+		uint8_t buf[sizeof(uint32_t)];
+		for (; published < CONS_EVENTS; published++) {
+			shmbus_msg_t m;
+			fill_msg(&m, buf, race_spec, published);
+			cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "[%s] publish: %s", r->label, shmbus_errmsg());
+		}
+		shmbus_pub_close(pub);
+		cdrain(c, P_WITNESS, 0, LAG_EVENTS, NULL);
+		__atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
+		/* as the child starts its first take */
+		cr_assert(wait_flag(&p->started, 1), "[%s] the child never started", r->label);
+		int rc = shmbus_unsubscribe_id(r->bus, p->id);
+		if (rc < 0)
+			case_fail(r, "shmbus_unsubscribe_id: %d (%s)", rc, shmbus_errmsg());
+	} else {
+		__atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
+		published = lag_publish(c, p, child, crash_at ? LAG_EVENTS : LAG_DRY_EVENTS, &st, &reaped);
+	}
+	__atomic_store_n(&p->stop, 1, __ATOMIC_SEQ_CST);
+	if (!reaped && tc_wait(child, 20000, &st) < 0)
+		case_fail(r, "the consumer hung");
+	bool killed = WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+	if (!killed && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		case_fail(r, "the consumer %s", tc_status_str(st));
+	else if (crash_at && !killed && !removal)
+		case_fail(r, "the consumer exited: the crash point was not reached");
+	if (p->strange)
+		case_fail(r, "the child got %u events twice or not of ours", p->strange);
+	if (!r->failed) {
+		/* the lag case's parent may have reclaimed the child in a wait */
+		int n = shmbus_reclaim(r->bus);
+		if (n < 0 || n > (int)killed || (removal && n != (int)killed))
+			case_fail(r, "shmbus_reclaim found %d dead members", n);
+		check_inspect(r, "after reclaim");
+		shmbus_sub_info_t info;
+		if (removal) {
+			if (shmbus_list_subscriptions(r->bus, removed_opts.subscriber_id, &info, 1) != 0)
+				case_fail(r, "the removed subscription is still there");
+			int rc = shmbus_subscribe(r->bus, NULL, &c->subs[P_FRESH]);
+			if (rc < 0)
+				case_fail(r, "the removed subscription's record is not reusable: %d (%s)", rc,
+					  shmbus_errmsg());
+		} else {
+			lag_account(c, p, published, revoked);
+		}
+		if (!r->failed) {
+			ccheck_laps(c);
+			check_inspect(r, "after two laps");
+		}
+	}
+	for (unsigned ps = 0; ps < P_SUBS; ps++)
+		if (c->subs[ps])
+			shmbus_sub_close(c->subs[ps]);
+	shmbus_close(r->bus);
+	shmbus_unlink(tc_bus);
+	return killed;
+}
+
+/* The dry run, then the consumer points at a few hits each: for the lag
+ * case the first, a quarter and half of the dry run's (the crash runs go
+ * on longer, so each is reached); for the removal case, which races the
+ * child's first turns, the first three. */
+static void run_race(bool removal)
+{
+	const char *what = removal ? "consumer_removed" : "consumer_lag_revoked";
+	struct crig *c = calloc(1, sizeof *c);
+	cr_assert_not_null(c);
+	struct rprogress *p = tc_shared_alloc(sizeof *p);
+	uint64_t revoked = 0;
+	run_race_case(c, removal, NULL, p, &revoked);
+	cr_assert(!c->r.failed, "the dry run of %s failed", what);
+	size_t npoints = p->npoints;
+	uint64_t hits[POINTS_MAX];
+	memcpy(hits, p->hits, sizeof hits);
+	char ids[POINTS_MAX][48];
+	memcpy(ids, p->ids, sizeof ids);
+	uint64_t start = tc_now_ns();
+	unsigned cases = 0, failed = 0, kills = 0;
+	for (const char *const *id = consumer_points; *id && failed < FAILED_CASES_MAX; id++) {
+		uint64_t n = 3;
+		if (!removal) {
+			size_t k = 0;
+			while (k < npoints && strcmp(ids[k], *id) != 0)
+				k++;
+			if (k == npoints)
+				continue; /* not on the lag path (the child's subscription is a group) */
+			n = hits[k];
+		}
+		uint64_t at[] = {1, removal ? 2 : (n + 3) / 4, removal ? 3 : (n + 1) / 2};
+		for (unsigned h = 0; h < 3 && failed < FAILED_CASES_MAX; h++) {
+			if (h > 0 && at[h] <= at[h - 1])
+				continue;
+			char crash_at[64];
+			snprintf(crash_at, sizeof crash_at, "%s:%llu", *id, (unsigned long long)at[h]);
+			kills += run_race_case(c, removal, crash_at, p, &revoked);
+			cases++;
+			failed += c->r.failed;
+		}
+	}
+	cr_expect_lt(failed, FAILED_CASES_MAX, "%s: stopped after %u failed cases", what, failed);
+	cr_expect_gt(kills, 0, "%s: no child died at its point", what);
+	if (!removal)
+		cr_expect_gt(revoked, 0, "%s: no publisher revoked a held event", what);
+	fprintf(stderr, "crash/%s: %u cases (%u killed, %u failed, %llu revocations) in %.1f s\n", what, cases, kills,
+		failed, (unsigned long long)revoked, (double)(tc_now_ns() - start) / 1e9);
+	tc_shared_free(p, sizeof *p);
+	free(c);
+}
+
+Test(crash, consumer_lag_revoked) { run_race(false); }
+Test(crash, consumer_removed) { run_race(true); }
