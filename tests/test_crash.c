@@ -134,13 +134,19 @@ static const struct scenario same_sc = {"batch-same", CALL_BATCH, 3, 150, spec_s
 static const struct scenario mixed_sc = {"batch-mixed", CALL_BATCH, 2, 150, spec_mixed, batch_points};
 static const struct scenario zero_copy_sc = {"zero-copy", CALL_ZERO_COPY, 12, 1, spec_zero_copy, zero_copy_points};
 
+/* The crash points a dry run passed, with their hit counts, as its child
+ * reports them (record_points) in memory that survives it. */
+struct point_list {
+	size_t n;
+	char ids[POINTS_MAX][48];
+	uint64_t hits[POINTS_MAX];
+};
+
 /* What the child tells the parent, in memory that survives its death. */
 struct progress {
 	uint32_t started;   /* events of the calls begun: nothing past may be visible */
 	uint32_t completed; /* events of the calls that returned: all must be */
-	size_t npoints;	    /* the dry run's list of points passed */
-	char ids[POINTS_MAX][48];
-	uint64_t hits[POINTS_MAX];
+	struct point_list points; /* the dry run's */
 };
 
 struct victim {
@@ -156,17 +162,40 @@ static void fill_msg(shmbus_msg_t *m, uint8_t *buf, struct ev_spec s, uint32_t i
 	*m = (shmbus_msg_t){.type = s.type, .name = s.name, .priority = s.prio, .payload = buf, .payload_len = s.payload_len};
 }
 
+/* A child's start: the crash point it is to die at (none: a dry run) for
+ * the library it calls, and its own handle on the bus. 0 or a child exit
+ * status. */
+static int victim_open(const char *crash_at, shmbus_bus_t **bus)
+{
+	if (crash_at)
+		setenv("SHMBUS_CRASH_AT", crash_at, 1);
+	int rc = shmbus_open(tc_bus, NULL, bus);
+	return rc < 0 ? CHILD_FAIL("open %d", rc) : 0;
+}
+
+/* A dry run's end: the points this process passed, for the parent to
+ * kill the next children at. 0 or a child exit status. */
+static int record_points(struct point_list *pl)
+{
+	const char *ids[POINTS_MAX];
+	size_t n = crash_point_list(ids, pl->hits, POINTS_MAX);
+	if (n > POINTS_MAX)
+		return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
+	for (size_t i = 0; i < n; i++)
+		snprintf(pl->ids[i], sizeof pl->ids[i], "%s", ids[i]);
+	pl->n = n;
+	return 0;
+}
+
 /* The child: run the scenario, telling the parent before and after each
  * publish call how far it got. */
 static int run_victim(void *arg)
 {
 	struct victim *v = arg;
-	if (v->crash_at)
-		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
+	int rc = victim_open(v->crash_at, &bus);
+	if (rc)
+		return rc;
 	shmbus_pub_t *pub = NULL;
 	shmbus_pub_opts_t po = {.timeout_ns = 5 * (int64_t)TC_SEC_NS};
 	if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
@@ -201,15 +230,8 @@ static int run_victim(void *arg)
 			return CHILD_FAIL("%s call %u: %d", sc->name, c, rc);
 		__atomic_store_n(&v->prog->completed, end, __ATOMIC_SEQ_CST);
 	}
-	if (!v->crash_at) {
-		const char *ids[POINTS_MAX];
-		size_t n = crash_point_list(ids, v->prog->hits, POINTS_MAX);
-		if (n > POINTS_MAX)
-			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
-		for (size_t i = 0; i < n; i++)
-			snprintf(v->prog->ids[i], sizeof v->prog->ids[i], "%s", ids[i]);
-		v->prog->npoints = n;
-	}
+	if (!v->crash_at && (rc = record_points(&v->prog->points)))
+		return rc;
 	free(msgs);
 	free(bufs);
 	shmbus_pub_close(pub);
@@ -502,8 +524,62 @@ static void run_case(struct rig *r, const char *crash_at, struct progress *prog)
 	shmbus_unlink(tc_bus);
 }
 
-/* The dry run, then every point the scenario passes at five of its hits:
- * the first, the last, and three between. */
+/* Where id is in pl, or pl->n if the dry run never passed it. */
+static size_t point_find(const struct point_list *pl, const char *id)
+{
+	size_t i = 0;
+	while (i < pl->n && strcmp(pl->ids[i], id) != 0)
+		i++;
+	return i;
+}
+
+/* One crash case of a test: run it with the child killed at crash_at
+ * ("id:hit"); returns whether it failed. */
+typedef bool (*crash_case_fn)(void *ctx, const char *crash_at);
+
+/*
+ * After a dry run that listed pl (copied: the cases reuse the shared
+ * memory it came in), and that must have passed every id in must_pass:
+ * every point at five of its hits (the first, the last, and three
+ * between), one case each, stopping after FAILED_CASES_MAX failed ones.
+ */
+static void run_spread(struct point_list pl, const char *const *must_pass, const char *who, crash_case_fn run,
+		       void *ctx)
+{
+	for (const char *const *want = must_pass; *want; want++)
+		cr_expect_lt(point_find(&pl, *want), pl.n, "%s never passes crash point %s", who, *want);
+	uint64_t start = tc_now_ns();
+	unsigned cases = 0, failed = 0;
+	for (size_t p = 0; p < pl.n && failed < FAILED_CASES_MAX; p++) {
+		uint64_t n = pl.hits[p];
+		uint64_t at[] = {1, (n + 3) / 4, (n + 1) / 2, (3 * n + 3) / 4, n};
+		for (unsigned h = 0; h < sizeof at / sizeof at[0] && failed < FAILED_CASES_MAX; h++) {
+			if (h > 0 && at[h] <= at[h - 1])
+				continue;
+			char crash_at[64];
+			snprintf(crash_at, sizeof crash_at, "%s:%llu", pl.ids[p], (unsigned long long)at[h]);
+			failed += run(ctx, crash_at);
+			cases++;
+		}
+	}
+	cr_expect_lt(failed, FAILED_CASES_MAX, "%s: stopped after %u failed cases", who, failed);
+	fprintf(stderr, "crash/%s: %zu points, %u cases (%u failed) in %.1f s\n", who, pl.n, cases, failed,
+		(double)(tc_now_ns() - start) / 1e9);
+}
+
+struct scenario_ctx {
+	struct rig *r;
+	struct progress *prog;
+};
+
+static bool scenario_case(void *ctx, const char *crash_at)
+{
+	struct scenario_ctx *x = ctx;
+	run_case(x->r, crash_at, x->prog);
+	return x->r->failed;
+}
+
+/* The dry run, then every point the scenario passes at five of its hits. */
 static void run_scenario(const struct scenario *sc)
 {
 	struct rig *r = calloc(1, sizeof *r);
@@ -512,35 +588,8 @@ static void run_scenario(const struct scenario *sc)
 	struct progress *prog = tc_shared_alloc(sizeof *prog);
 	run_case(r, NULL, prog);
 	cr_assert(!r->failed, "the dry run of %s failed", sc->name);
-	size_t npoints = prog->npoints;
-	char ids[POINTS_MAX][48];
-	uint64_t hits[POINTS_MAX];
-	memcpy(ids, prog->ids, sizeof ids);
-	memcpy(hits, prog->hits, sizeof hits);
-	for (const char *const *want = sc->must_pass; *want; want++) {
-		size_t i = 0;
-		while (i < npoints && strcmp(ids[i], *want) != 0)
-			i++;
-		cr_expect_lt(i, npoints, "%s never passes crash point %s", sc->name, *want);
-	}
-	uint64_t start = tc_now_ns();
-	unsigned cases = 0, failed = 0;
-	for (size_t p = 0; p < npoints && failed < FAILED_CASES_MAX; p++) {
-		uint64_t n = hits[p];
-		uint64_t at[] = {1, (n + 3) / 4, (n + 1) / 2, (3 * n + 3) / 4, n};
-		for (unsigned h = 0; h < sizeof at / sizeof at[0] && failed < FAILED_CASES_MAX; h++) {
-			if (h > 0 && at[h] <= at[h - 1])
-				continue;
-			char crash_at[64];
-			snprintf(crash_at, sizeof crash_at, "%s:%llu", ids[p], (unsigned long long)at[h]);
-			run_case(r, crash_at, prog);
-			cases++;
-			failed += r->failed;
-		}
-	}
-	cr_expect_lt(failed, FAILED_CASES_MAX, "%s: stopped after %u failed cases", sc->name, failed);
-	fprintf(stderr, "crash/%s: %zu points, %u cases (%u failed) in %.1f s\n", sc->name, npoints, cases, failed,
-		(double)(tc_now_ns() - start) / 1e9);
+	struct scenario_ctx x = {r, prog};
+	run_spread(prog->points, sc->must_pass, sc->name, scenario_case, &x);
 	tc_shared_free(prog, sizeof *prog);
 	free(r);
 }
@@ -591,9 +640,7 @@ struct cprogress {
 	uint32_t go;	  /* every event is published */
 	uint32_t strange; /* events the child got twice or that were not ours */
 	uint8_t state[C_SUBS][CONS_EVENTS];
-	size_t npoints;
-	char ids[POINTS_MAX][48];
-	uint64_t hits[POINTS_MAX];
+	struct point_list points; /* the dry run's */
 };
 
 struct cvictim {
@@ -687,12 +734,10 @@ static int run_consumer(void *arg)
 {
 	struct cvictim *v = arg;
 	struct cprogress *p = v->prog;
-	if (v->crash_at)
-		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
+	int rc = victim_open(v->crash_at, &bus);
+	if (rc)
+		return rc;
 	shmbus_sub_t *subs[C_SUBS];
 	for (unsigned s = 0; s < C_SUBS; s++)
 		if ((rc = shmbus_subscribe(bus, &csub_opts[s], &subs[s])) < 0)
@@ -715,15 +760,8 @@ static int run_consumer(void *arg)
 			busy |= n > 0;
 		}
 	}
-	if (!v->crash_at) {
-		const char *ids[POINTS_MAX];
-		size_t n = crash_point_list(ids, p->hits, POINTS_MAX);
-		if (n > POINTS_MAX)
-			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
-		for (size_t i = 0; i < n; i++)
-			snprintf(p->ids[i], sizeof p->ids[i], "%s", ids[i]);
-		p->npoints = n;
-	}
+	if (!v->crash_at && (rc = record_points(&p->points)))
+		return rc;
 	for (unsigned s = 0; s < C_SUBS; s++)
 		shmbus_sub_close(subs[s]);
 	shmbus_close(bus);
@@ -897,6 +935,18 @@ static const char *const consumer_points[] = {
 
 /* The dry run (which must pass every consumer point), then each point the
  * child passes at five of its hits, as run_scenario does. */
+struct consumer_ctx {
+	struct crig *c;
+	struct cprogress *p;
+};
+
+static bool consumer_case(void *ctx, const char *crash_at)
+{
+	struct consumer_ctx *x = ctx;
+	run_ccase(x->c, crash_at, x->p);
+	return x->c->r.failed;
+}
+
 Test(crash, consumer)
 {
 	struct crig *c = calloc(1, sizeof *c);
@@ -908,35 +958,8 @@ Test(crash, consumer)
 		for (uint32_t i = 0; i < CONS_EVENTS; i++)
 			cr_assert_eq(p->state[s][i], CS_RELEASED, "dry run: %s event %u ends in state %u", csub_what[s], i,
 				     p->state[s][i]);
-	size_t npoints = p->npoints;
-	char ids[POINTS_MAX][48];
-	uint64_t hits[POINTS_MAX];
-	memcpy(ids, p->ids, sizeof ids);
-	memcpy(hits, p->hits, sizeof hits);
-	for (const char *const *want = consumer_points; *want; want++) {
-		size_t i = 0;
-		while (i < npoints && strcmp(ids[i], *want) != 0)
-			i++;
-		cr_expect_lt(i, npoints, "the consumer never passes crash point %s", *want);
-	}
-	uint64_t start = tc_now_ns();
-	unsigned cases = 0, failed = 0;
-	for (size_t k = 0; k < npoints && failed < FAILED_CASES_MAX; k++) {
-		uint64_t n = hits[k];
-		uint64_t at[] = {1, (n + 3) / 4, (n + 1) / 2, (3 * n + 3) / 4, n};
-		for (unsigned h = 0; h < sizeof at / sizeof at[0] && failed < FAILED_CASES_MAX; h++) {
-			if (h > 0 && at[h] <= at[h - 1])
-				continue;
-			char crash_at[64];
-			snprintf(crash_at, sizeof crash_at, "%s:%llu", ids[k], (unsigned long long)at[h]);
-			run_ccase(c, crash_at, p);
-			cases++;
-			failed += c->r.failed;
-		}
-	}
-	cr_expect_lt(failed, FAILED_CASES_MAX, "consumer: stopped after %u failed cases", failed);
-	fprintf(stderr, "crash/consumer: %zu points, %u cases (%u failed) in %.1f s\n", npoints, cases, failed,
-		(double)(tc_now_ns() - start) / 1e9);
+	struct consumer_ctx x = {c, p};
+	run_spread(p->points, consumer_points, "consumer", consumer_case, &x);
 	tc_shared_free(p, sizeof *p);
 	free(c);
 }
@@ -972,9 +995,7 @@ struct rprogress {
 	uint32_t strange;
 	shmbus_sub_id_t id;
 	uint8_t state[LAG_EVENTS];
-	size_t npoints;
-	char ids[POINTS_MAX][48];
-	uint64_t hits[POINTS_MAX];
+	struct point_list points; /* the dry run's */
 };
 
 struct rvictim {
@@ -1003,12 +1024,10 @@ static int run_raced(void *arg)
 {
 	struct rvictim *v = arg;
 	struct rprogress *p = v->prog;
-	if (v->crash_at)
-		setenv("SHMBUS_CRASH_AT", v->crash_at, 1);
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
+	int rc = victim_open(v->crash_at, &bus);
+	if (rc)
+		return rc;
 	shmbus_sub_t *sub = NULL;
 	if ((rc = shmbus_subscribe(bus, v->removal ? &removed_opts : &lag_opts, &sub)) < 0)
 		return CHILD_FAIL("subscribe: %d (%s)", rc, shmbus_errmsg());
@@ -1042,15 +1061,8 @@ static int run_raced(void *arg)
 		if (!v->removal && stop && n == 0)
 			break;
 	}
-	if (!v->crash_at) {
-		const char *ids[POINTS_MAX];
-		size_t n = crash_point_list(ids, p->hits, POINTS_MAX);
-		if (n > POINTS_MAX)
-			return CHILD_FAIL("%zu crash points, more than %d", n, POINTS_MAX);
-		for (size_t i = 0; i < n; i++)
-			snprintf(p->ids[i], sizeof p->ids[i], "%s", ids[i]);
-		p->npoints = n;
-	}
+	if (!v->crash_at && (rc = record_points(&p->points)))
+		return rc;
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 	return 0;
@@ -1235,22 +1247,16 @@ static void run_race(bool removal)
 	uint64_t revoked = 0;
 	run_race_case(c, removal, NULL, p, &revoked);
 	cr_assert(!c->r.failed, "the dry run of %s failed", what);
-	size_t npoints = p->npoints;
-	uint64_t hits[POINTS_MAX];
-	memcpy(hits, p->hits, sizeof hits);
-	char ids[POINTS_MAX][48];
-	memcpy(ids, p->ids, sizeof ids);
+	struct point_list pl = p->points; /* the cases reuse p */
 	uint64_t start = tc_now_ns();
 	unsigned cases = 0, failed = 0, kills = 0;
 	for (const char *const *id = consumer_points; *id && failed < FAILED_CASES_MAX; id++) {
 		uint64_t n = 3;
 		if (!removal) {
-			size_t k = 0;
-			while (k < npoints && strcmp(ids[k], *id) != 0)
-				k++;
-			if (k == npoints)
+			size_t k = point_find(&pl, *id);
+			if (k == pl.n)
 				continue; /* not on the lag path (the child's subscription is a group) */
-			n = hits[k];
+			n = pl.hits[k];
 		}
 		uint64_t at[] = {1, removal ? 2 : (n + 3) / 4, removal ? 3 : (n + 1) / 2};
 		for (unsigned h = 0; h < 3 && failed < FAILED_CASES_MAX; h++) {
