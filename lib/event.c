@@ -217,15 +217,7 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	ev->type = (uint8_t)msg->type;
 	ev->priority = (uint8_t)(msg->priority ? msg->priority : SHMBUS_PRIORITY_NORMAL);
 	ev->seq = seq;
-	memcpy(ev->id, id, 16);
-	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
-	if (msg->causation_id)
-		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
-	else
-		memset(ev->causation_id, 0, 16);
-	ev->created_ns = now_ns;
-	ev->published_ns = now_ns;
-	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+	event_put_own(ev, msg, id, now_ns);
 	ev->name_hash = seg_str_hash(lay->str[SEG_STR_NAME], lay->len[SEG_STR_NAME]);
 	ev->source_hash = lay->source_hash ? lay->source_hash
 					   : seg_str_hash(lay->str[SEG_STR_SOURCE], lay->len[SEG_STR_SOURCE]);

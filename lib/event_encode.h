@@ -137,6 +137,23 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 	ev->committed = 0;
 }
 
+/* The fields of ev that are each publish's own whatever its shape: id,
+ * correlation id (its own id unless the message names one), causation
+ * id, times, expiry. Shared by event_write and event_write_cached. */
+static inline __attribute__((always_inline)) void event_put_own(struct seg_event *ev, const shmbus_msg_t *msg,
+								const shmbus_uuid_t *id, uint64_t now_ns)
+{
+	memcpy(ev->id, id, 16);
+	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
+	if (msg->causation_id)
+		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
+	else
+		memset(ev->causation_id, 0, 16);
+	ev->created_ns = now_ns;
+	ev->published_ns = now_ns;
+	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+}
+
 /*
  * The last event a publisher encoded for a single publish, in its private
  * memory: the bytes before the payload and the message they were built
@@ -279,15 +296,7 @@ static inline __attribute__((always_inline)) void event_write_cached(struct seg_
 	copy_short(ev->strings, t->strings, t->payload_off - SEG_EVENT_FIXED);
 	ev->size = t->payload_off + (uint32_t)payload_len;
 	ev->seq = seq;
-	memcpy(ev->id, id, 16);
-	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
-	if (msg->causation_id)
-		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
-	else
-		memset(ev->causation_id, 0, 16);
-	ev->created_ns = now_ns;
-	ev->published_ns = now_ns;
-	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+	event_put_own(ev, msg, id, now_ns);
 	ev->payload_len = (uint32_t)payload_len;
 }
 
