@@ -1342,6 +1342,18 @@ static int await_warm_done(struct session *s)
 	return 0;
 }
 
+/* One throughput run's figures from its reader's timestamps: count - 1
+ * intervals between the first event and the last. */
+static void record_rate(struct result *res, const struct child_out *out, long count, uint32_t event_bytes)
+{
+	double secs = (double)(out->last_ns - out->first_ns) / 1e9;
+	double eps = secs > 0 ? (double)(count - 1) / secs : INFINITY;
+	double *v = res->per_run[res->nruns++];
+	v[ST_EPS] = eps;
+	v[ST_MBPS] = eps * (double)res->payload / 1e6;
+	res->event_bytes = event_bytes;
+}
+
 static int run_throughput(struct result *res, long count)
 {
 	struct tp_arg a = {.count = count, .wait = res->wait, .batch = res->batch};
@@ -1390,15 +1402,8 @@ static int run_throughput(struct result *res, long count)
 		      " (expected %" PRIu64 ")", out->count, count, out->sum, expect);
 		ok = false;
 	}
-	if (ok) {
-		/* count - 1 intervals between the first event and the last */
-		double secs = (double)(out->last_ns - out->first_ns) / 1e9;
-		double eps = secs > 0 ? (double)(count - 1) / secs : INFINITY;
-		double *v = res->per_run[res->nruns++];
-		v[ST_EPS] = eps;
-		v[ST_MBPS] = eps * (double)res->payload / 1e6;
-		res->event_bytes = out->event_bytes;
-	}
+	if (ok)
+		record_rate(res, out, count, out->event_bytes);
 	session_unmap(&s);
 	free(buf);
 	return ok ? 0 : -1;
@@ -1674,14 +1679,8 @@ static int run_floor_ring(struct result *res, const struct result *like, long co
 		      (uint64_t)count * byte_sum(buf, res->payload));
 		ok = false;
 	}
-	if (ok) {
-		double secs = (double)(out->last_ns - out->first_ns) / 1e9;
-		double eps = secs > 0 ? (double)(count - 1) / secs : INFINITY;
-		double *v = res->per_run[res->nruns++];
-		v[ST_EPS] = eps;
-		v[ST_MBPS] = eps * (double)res->payload / 1e6;
-		res->event_bytes = a.record;
-	}
+	if (ok)
+		record_rate(res, out, count, a.record);
 	session_unmap(&s);
 	munmap(mem, sizeof *a.ends + ring_bytes);
 	free(buf);
