@@ -321,14 +321,17 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	struct event_layout lay_stack[BATCH_STACK], *lay = lay_stack;
 	struct batch_msg bm_stack[BATCH_STACK], *bm = bm_stack;
 	struct route_item rt_stack[BATCH_STACK], *rt = rt_stack;
+	void *heap = NULL;
 	if (n > BATCH_STACK) {
-		lay = malloc(n * sizeof *lay);
-		bm = malloc(n * sizeof *bm);
-		rt = malloc(n * sizeof *rt);
-		if (!lay || !bm || !rt) {
-			rc = shmbus__fail(ENOMEM, "out of memory");
-			goto out;
-		}
+		/* one allocation for the three arrays, each starting at a
+		 * multiple of the next one's alignment */
+		_Static_assert(sizeof(struct route_item) % _Alignof(struct event_layout) == 0, "rt then lay");
+		_Static_assert(sizeof(struct event_layout) % _Alignof(struct batch_msg) == 0, "lay then bm");
+		if (!(heap = malloc(n * (sizeof *rt + sizeof *lay + sizeof *bm))))
+			return shmbus__fail(ENOMEM, "out of memory");
+		rt = heap;
+		lay = (struct event_layout *)(void *)(rt + n);
+		bm = (struct batch_msg *)(void *)(lay + n);
 	}
 	uint32_t max_payload = bus->hdr->max_payload;
 	uint64_t total = 0;
@@ -424,11 +427,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		flush_unrouted(pub);
 	rc = (int)n;
 out:
-	if (lay != lay_stack) {
-		free(lay);
-		free(bm);
-		free(rt);
-	}
+	free(heap);
 	return rc;
 }
 
