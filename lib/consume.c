@@ -30,6 +30,7 @@
 
 #include "internal.h"
 #include "crash_point.h"
+#include "prefetch.h"
 #include "futex.h"
 
 /* How often a consumer waiting for the recorder to write the rest of its
@@ -129,7 +130,7 @@ static void flush_releases(shmbus_sub_t *sub)
 		return;
 	}
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
-		__builtin_prefetch(bus_slot_holders(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK), 1);
+		at_prefetch_write(bus_slot_holders(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK));
 	for (uint32_t i = 0; i < sub->nreleasing; i++) {
 		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc);
 		CRASH_POINT("flush.dropped");
@@ -669,7 +670,7 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	if (now)
 		for (int j = 0; j < n; j++)
 			if (evs[j])
-				__builtin_prefetch(bus_slot_holders(sub->bus, ((const struct seg_event *)(const void *)evs[j])->seq), 1);
+				at_prefetch_write(bus_slot_holders(sub->bus, ((const struct seg_event *)(const void *)evs[j])->seq));
 	int first_err = 0;
 	/* Last first: events taken by shmbus_poll_batch sit at the end of
 	 * held[] in delivery order, so each is found at once and removing it

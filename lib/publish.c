@@ -18,6 +18,7 @@
 #include "crash_point.h"
 #include "dlq.h"
 #include "event_encode.h"
+#include "prefetch.h"
 #include "slots.h"
 
 #define BATCH_STACK 64
@@ -249,7 +250,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	shmbus_bus_t *bus = pub->bus;
 	/* The claim word was most likely written last by another publisher:
 	 * its transfer overlaps with the work below. */
-	__builtin_prefetch(&bus->hdr->claim_pos, 1);
+	at_prefetch_write(&bus->hdr->claim_pos);
 	if (msg->payload_len && !msg->payload)
 		return shmbus__fail(EINVAL, "the message has a payload length but no payload");
 	uint32_t max_payload = bus->hdr->max_payload;
@@ -317,7 +318,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	shmbus_bus_t *bus = pub->bus;
 	/* The claim word was most likely written last by another publisher:
 	 * its transfer overlaps with the layout work below. */
-	__builtin_prefetch(&bus->hdr->claim_pos, 1);
+	at_prefetch_write(&bus->hdr->claim_pos);
 	struct event_layout lay_stack[BATCH_STACK], *lay = lay_stack;
 	struct batch_msg bm_stack[BATCH_STACK], *bm = bm_stack;
 	struct route_item rt_stack[BATCH_STACK], *rt = rt_stack;

@@ -13,6 +13,7 @@
 
 #include "internal.h"
 #include "crash_point.h"
+#include "prefetch.h"
 #include "futex.h"
 #include "slots.h"
 
@@ -224,7 +225,7 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 	for (;;) {
 		/* for writing: the CAS then needs no second transfer of the line
 		 * another publisher wrote last */
-		__builtin_prefetch(claim, 1);
+		at_prefetch_write(claim);
 		uint64_t pos = at_load_acquire_u64(claim), blocking = 0;
 		switch (range_state(pub, pos, n, urgent, &blocking)) {
 		case RANGE_FREE_RETRY:

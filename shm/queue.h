@@ -60,9 +60,10 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 	for (uint64_t tries = 0; tries < 4 * cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&ends->tail);
 		struct seg_cell *c = &cells[seg_cell_index(pos, cap)];
-		/* for writing: the CAS then needs no second transfer of a line
-		 * its consumer wrote last */
-		__builtin_prefetch(c, 1);
+		/* a read prefetch, deliberately: in a round trip the consumer
+		 * spins on this very cell, and PREFETCHW would pull it away
+		 * only for the spinner to pull it back before our CAS */
+		__builtin_prefetch(c);
 		uint64_t turn = at_load_acquire_u64(&c->turn);
 		uint64_t p = pos & SEG_TURN_POS_MASK;
 		if (turn == p) {
