@@ -997,8 +997,10 @@ static void decode_ring(shmbus_inspect_t *in)
 		uint32_t state = seg_ctl_state(ctl);
 		/* a claimed slot's low bits name its claimer; holders count the
 		 * subscriptions holding a committed one */
+		bool names_claimer = state == SEG_SLOT_CLAIMED || seg_ctl_leased(ctl);
 		uint32_t refs = state == SEG_SLOT_CLAIMED ? seg_ctl_claimer(ctl) : slot_refs(in, i);
 		r->free += state == SEG_SLOT_FREE;
+		r->leased += (uint64_t)seg_ctl_leased(ctl);
 		r->claimed += state == SEG_SLOT_CLAIMED;
 		r->committed += state == SEG_SLOT_COMMITTED;
 		r->aborted += state == SEG_SLOT_ABORTED;
@@ -1008,9 +1010,12 @@ static void decode_ring(shmbus_inspect_t *in)
 		}
 		if (reported >= 8)
 			continue;
-		if (state == SEG_SLOT_CLAIMED && (refs == 0 || refs > h->max_members)) {
-			problem(in, "slot %llu: claimed by publisher %d, out of range", (unsigned long long)i,
-				(int)refs - 1);
+		if (names_claimer && seg_ctl_claimer(ctl) > h->max_members) {
+			problem(in, "slot %llu: %s by publisher %d, out of range", (unsigned long long)i,
+				state == SEG_SLOT_CLAIMED ? "claimed" : "leased", (int)seg_ctl_claimer(ctl) - 1);
+			reported++;
+		} else if (state == SEG_SLOT_CLAIMED && refs == 0) {
+			problem(in, "slot %llu: claimed by publisher -1, out of range", (unsigned long long)i);
 			reported++;
 		} else if (state != SEG_SLOT_CLAIMED && refs > h->max_subscribers) {
 			problem(in, "slot %llu: %u references, more than the %u subscriptions", (unsigned long long)i,

@@ -128,6 +128,15 @@ struct shmbus_pub {
 	size_t source_len;
 	struct route_ctx route;
 	uint64_t ok_from, ok_to; /* positions seen reusable (slots.c) */
+	/* Claim lease (slots.c): [lease_next, lease_end) are LEASED to this
+	 * publisher for its next single-slot events; the next lease is
+	 * lease_len slots long, and after one was taken away none is taken for
+	 * lease_cooldown claims. last_claim_end tells whether another
+	 * publisher claimed since our last claim. */
+	uint64_t lease_next, lease_end, last_claim_end;
+	uint64_t lease_taken_seen; /* rec->lease_taken before the lease */
+	uint32_t lease_len, lease_cooldown;
+	bool lease_ok; /* this process is registered for the taker's fence */
 	bool claim_open;
 	uint64_t claim_pos;
 	uint32_t claim_slots;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "asym_fence.h"
 #include "crash_point.h"
 #include "dlq.h"
 #include "event_encode.h"
@@ -53,6 +54,8 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		uint32_t expected = 0;
 		if (at_load_relaxed_u32(&r->state) != 0 || !at_cas_u32(&r->state, &expected, 1))
 			continue;
+		/* a position a former owner was taking is nothing to us */
+		at_store_relaxed_u64(&r->lease_using, 0);
 		at_store_relaxed_u32(&r->member, bus->member);
 		r->member_gen = bus->member_gen;
 		memcpy(r->source, source, strlen(source) + 1);
@@ -70,6 +73,8 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		pub->source_len = strlen(source);
 		pub->source_hash = seg_str_hash(source, pub->source_len);
 		pub->last_event = last_event;
+		/* claim leases need this process to answer a taker's fence */
+		pub->lease_ok = asym_fence_register() == 0;
 		bus_track_pub(bus, pub, true);
 		*out = pub;
 		return 0;
@@ -249,8 +254,10 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	int rc;
 	shmbus_bus_t *bus = pub->bus;
 	/* The claim word was most likely written last by another publisher:
-	 * its transfer overlaps with the work below. */
-	at_prefetch_write(&bus->hdr->claim_pos);
+	 * its transfer overlaps with the work below (unless the claim comes
+	 * from a lease, and needs no claim word). */
+	if (!slots_lease_ready(pub))
+		at_prefetch_write(&bus->hdr->claim_pos);
 	if (msg->payload_len && !msg->payload)
 		return shmbus__fail(EINVAL, "the message has a payload length but no payload");
 	uint32_t max_payload = bus->hdr->max_payload;

@@ -398,13 +398,16 @@ static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 	}
 	for (uint64_t i = 0; i < bus->nslots; i++) {
 		uint64_t c = at_load_acquire_u64(&bus->slot_ctl[i].ctl);
-		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED)
+		bool leased = seg_ctl_leased(c);
+		if (seg_ctl_state(c) != SEG_SLOT_CLAIMED && !leased)
 			continue;
 		uint32_t p = seg_ctl_claimer(c) - 1;
 		if (p >= bus->max_members || at_load_relaxed_u32(&bus->pubs[p].member) != dead ||
 		    at_load_acquire_u32(&bus->pubs[p].state) == 0)
 			continue;
-		if (at_cas_u64(&bus->slot_ctl[i].ctl, &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)))
+		/* its unused lease positions too (it takes none any more):
+		 * nobody need take them away */
+		if (at_cas_u64(&bus->slot_ctl[i].ctl, &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)) && !leased)
 			at_count_u64(&bus->hdr->aborted_claims, 1);
 	}
 }

@@ -46,6 +46,7 @@
 #include "liveness.h"
 #include "log.h"
 #include "log_sync.h"
+#include "slots.h"
 
 #define RECORDER_ID SUB_RECORDER_ID
 #define REC_HELD 32	 /* descriptors kept while the walk catches up */
@@ -279,6 +280,17 @@ static int walk_step(shmbus_recorder_t *r, uint64_t claim)
 			return 1;
 		}
 		return 0;
+	}
+	if (seg_ctl_leased(c)) {
+		/* an unused position of a publisher's claim lease: it may never
+		 * be used, so take it away rather than wait */
+		if (slots_take_lease(bus, p, c)) {
+			r->skip_old = true;
+			r->next = p + 1;
+			return 1;
+		}
+		/* its publisher has it (look again), or is taking it (wait) */
+		return at_load_acquire_u64(bus_slot_ctl(bus, p)) != c;
 	}
 	switch (seg_ctl_state(c)) {
 	case SEG_SLOT_COMMITTED: {

@@ -7,11 +7,28 @@
  * stays reusable until claimed (references are only ever added by the
  * publisher of the slot's own lap), and claiming moves claim_pos, which
  * makes any competing CAS fail.
+ *
+ * Claim leases. Publishers that take turns (a request and its response,
+ * ping-pong) would pass claim_pos between their cores on every event, and
+ * the locked instruction that claims would wait for whatever the consumer
+ * side left in the store buffer: together a good part of a round trip. So
+ * a publisher that sees others claim between its own single-slot claims
+ * claims several positions at once: the first for the event at hand, the
+ * others LEASED to it (see seg_slot_ctl), each of which a later
+ * single-slot event of it takes with plain stores and loads on its own
+ * lines. Nobody waits for a lease: a claimer a lap later and the recorder
+ * take an unused position away (slots_take_lease), at the price of a
+ * membarrier, and the publisher that then finds its count of positions
+ * taken away changed claims anew. A publisher's events keep the order of their positions, because
+ * any other claim of it first gives its lease up (leaving its positions to
+ * be taken away). A process that cannot register for membarrier never
+ * leases.
  */
 #include <errno.h>
 #include <sched.h>
 
 #include "internal.h"
+#include "asym_fence.h"
 #include "crash_point.h"
 #include "prefetch.h"
 #include "futex.h"
@@ -46,7 +63,9 @@ static inline uint64_t lap_run_end(const shmbus_bus_t *bus, uint64_t p, uint64_t
  * not released yet; sets *taken if position p was already claimed. */
 static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 {
-	uint64_t c = at_load_acquire_u64(bus_slot_ctl(bus, p));
+	uint64_t *ctl = bus_slot_ctl(bus, p);
+again:;
+	uint64_t c = at_load_acquire_u64(ctl);
 	uint64_t lap = bus_lap(bus, p);
 	if (seg_ctl_lap(c) == lap) {
 		*taken = true;
@@ -60,6 +79,15 @@ static bool slot_busy(shmbus_bus_t *bus, uint64_t p, bool *taken)
 	 * (slots_recover_claim). */
 	if (seg_ctl_lap(c) != lap_before(lap))
 		return true;
+	if (seg_ctl_leased(c)) {
+		/* leased a lap ago and never used: take it from its publisher;
+		 * if it is taking the slot itself, it is busy for now */
+		if (slots_take_lease(bus, p - bus->nslots, c))
+			return false;
+		if (at_load_acquire_u64(ctl) != c)
+			goto again;
+		return true;
+	}
 	uint32_t st = seg_ctl_state(c);
 	if (st == SEG_SLOT_CLAIMED)
 		return true;
@@ -217,17 +245,126 @@ static inline __attribute__((always_inline)) void mark_slots(shmbus_bus_t *bus, 
 	}
 }
 
+/* Lease lengths: at most LEASE_MAX positions; after a lease of ours was
+ * taken away, LEASE_COOLDOWN single claims before the next. */
+#define LEASE_MAX 16u
+#define LEASE_COOLDOWN 64u
+
+/*
+ * lease_take - the next position of pub's lease as its claim, if it has
+ * one and nobody took it away (seg_slot_ctl has the protocol; the taker's
+ * side is slots_take_lease). When the word changed, the lease is given up
+ * (its other positions are left to be taken away as well) and leases
+ * pause for a while.
+ */
+static inline bool lease_take(shmbus_pub_t *pub, uint64_t *pos_out)
+{
+	shmbus_bus_t *bus = pub->bus;
+	uint64_t p = pub->lease_next;
+	if (p >= pub->lease_end)
+		return false;
+	uint64_t *ctl = bus_slot_ctl(bus, p), lap = bus_lap(bus, p);
+	struct seg_pub *r = pub->rec;
+	at_store_relaxed_u64(&r->lease_using, p + 1);
+	asym_fence_light(); /* a taker's membarrier is the store-load fence */
+	CRASH_POINT("lease.using");
+	/* our own line, not the slot's: a load of the slot's word would wait
+	 * for a line the consumer side may have pulled away */
+	if (at_load_relaxed_u64(&r->lease_taken) != pub->lease_taken_seen) {
+		at_store_release_u64(&r->lease_using, 0);
+		pub->lease_next = pub->lease_end;
+		pub->lease_len = 1;
+		pub->lease_cooldown = LEASE_COOLDOWN;
+		slots_wake_waiters(bus); /* a taker may wait for our retreat */
+		return false;
+	}
+	at_store_release_u64(ctl, seg_ctl_make(lap, SEG_SLOT_CLAIMED, pub->index + 1));
+	CRASH_POINT("lease.taken");
+	pub->lease_next = ++p;
+	/* the next event's control line, last written by a consumer's
+	 * release a lap ago, is fetched while this one is in flight */
+	if (p < pub->lease_end)
+		at_prefetch_write(bus_slot_ctl(bus, p));
+	*pos_out = p - 1;
+	return true;
+}
+
+/* Whether the publisher of record index o may still be taking position p
+ * of its lease (the taker's side of the handshake, after its fence). */
+static bool lease_in_use(shmbus_bus_t *bus, uint32_t o, uint64_t p)
+{
+	if (o >= bus->max_members)
+		return false;
+	struct seg_pub *r = &bus->pubs[o];
+	return at_load_acquire_u64(&r->lease_using) == p + 1 && at_load_acquire_u32(&r->state) &&
+	       member_alive(bus, at_load_acquire_u32(&r->member));
+}
+
+bool slots_take_lease(shmbus_bus_t *bus, uint64_t p, uint64_t c)
+{
+	uint64_t *ctl = bus_slot_ctl(bus, p), lap = seg_ctl_lap(c);
+	uint32_t claimer = seg_ctl_claimer(c);
+	uint64_t taking = seg_ctl_make(lap, SEG_SLOT_ABORTED, claimer);
+	if (seg_ctl_state(c) == SEG_SLOT_FREE && !at_cas_u64(ctl, &c, taking))
+		return false; /* changed: its publisher took it, or a taker is at it */
+	CRASH_POINT("lease.taking");
+	/* Tell the publisher (each party that finishes a TAKING word does:
+	 * one that died may not have); a count too many only makes it give
+	 * up a lease early. */
+	if (claimer - 1 < bus->max_members)
+		at_fetch_add_u64(&bus->pubs[claimer - 1].lease_taken, 1);
+	/* Without the fence we cannot know that the publisher did not read
+	 * the count before our increment and is about to store CLAIMED. */
+	if (asym_fence_heavy() < 0 || lease_in_use(bus, claimer - 1, p))
+		return false;
+	/* false: another taker finished first, or the publisher's CLAIMED
+	 * landed after our CAS (it read the word before our CAS) */
+	return at_cas_u64(ctl, &taking, seg_ctl_make(lap, SEG_SLOT_ABORTED, 0)) ||
+	       taking == seg_ctl_make(lap, SEG_SLOT_ABORTED, 0);
+}
+
+/*
+ * How many positions a single-slot claim at pos takes, and the length of
+ * the next lease: leases grow (doubling) while other publishers claim
+ * between ours, and shrink while nobody does, when a lease would only add
+ * the marking of positions that claim_pos alone gives as cheaply.
+ */
+static uint32_t lease_size(shmbus_pub_t *pub, uint64_t pos)
+{
+	uint32_t len = pub->lease_len ? pub->lease_len : 1;
+	/* a recorder takes every lease away, each at a membarrier's price */
+	if (!pub->lease_ok || at_load_relaxed_u32(&pub->bus->hdr->log_recorder_pid))
+		return 1;
+	if (pub->lease_cooldown) {
+		pub->lease_cooldown--;
+		return 1;
+	}
+	if (pos != pub->last_claim_end)
+		pub->lease_len = len * 2 < LEASE_MAX ? len * 2 : LEASE_MAX;
+	else
+		pub->lease_len = len > 1 ? len / 2 : 1;
+	return len;
+}
+
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
+	if (n == 1 && lease_take(pub, pos_out))
+		return 0;
+	/* any other claim lies beyond the lease, whose positions this
+	 * publisher must then no longer use */
+	pub->lease_next = pub->lease_end;
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
+	uint32_t want = 0; /* n, or a lease's length for a single slot */
 	for (;;) {
 		/* for writing: the CAS then needs no second transfer of the line
 		 * another publisher wrote last */
 		at_prefetch_write(claim);
 		uint64_t pos = at_load_acquire_u64(claim), blocking = 0;
-		switch (range_state(pub, pos, n, urgent, &blocking)) {
+		if (!want)
+			want = n == 1 ? lease_size(pub, pos) : n;
+		switch (range_state(pub, pos, want, urgent, &blocking)) {
 		case RANGE_FREE_RETRY:
 			continue;
 		case RANGE_FREE: {
@@ -235,10 +372,14 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			 * between the CAS and the marks below, a survivor finds the
 			 * unmarked slots through it. */
 			struct seg_pub *r = pub->rec;
-			at_store_relaxed_u32(&r->claiming_n, n);
+			/* before the lease exists: a taking away counts only if
+			 * it came after this */
+			if (want > n)
+				pub->lease_taken_seen = at_load_acquire_u64(&r->lease_taken);
+			at_store_relaxed_u32(&r->claiming_n, want);
 			at_store_relaxed_u64(&r->claiming, pos + 1);
 			CRASH_POINT("claim.intent");
-			if (!at_cas_u64(claim, &pos, pos + n)) {
+			if (!at_cas_u64(claim, &pos, pos + want)) {
 				at_store_relaxed_u64(&r->claiming, 0);
 				continue;
 			}
@@ -261,8 +402,14 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 				mark_slots(bus, pos + 1, pos + first_slots, SEG_SLOT_FREE, 0);
 			if (n > first_slots)
 				mark_slots(bus, pos + first_slots, pos + n, SEG_SLOT_CLAIMED, pub->index + 1);
+			if (want > n) {
+				mark_slots(bus, pos + n, pos + want, SEG_SLOT_FREE, pub->index + 1); /* LEASED */
+				pub->lease_next = pos + n;
+				pub->lease_end = pos + want;
+			}
 			CRASH_POINT("claim.marked");
 			at_store_release_u64(&r->claiming, 0);
+			pub->last_claim_end = pos + want;
 			*pos_out = pos;
 			return 0;
 		}
@@ -276,6 +423,10 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			at_cpu_relax();
 			continue;
 		case RANGE_BUSY: {
+			if (want > n) { /* no room for a lease: the one slot will do */
+				want = n;
+				continue;
+			}
 			int rc = wait_for_space(pub, blocking, &w);
 			if (rc < 0)
 				return rc;

@@ -20,10 +20,24 @@ struct space_wait {
  * The first event's head turns CLAIMED naming the publisher and its other
  * slots FREE; every slot after it turns CLAIMED too, and a batch frees the
  * other slots of each later event with slots_free_body when it reaches it.
- * Waits for space as the publisher's timeout allows: 0, -EAGAIN or
- * -ETIMEDOUT.
+ * A single-slot claim (n == 1) takes the next position of the publisher's
+ * claim lease if it has one, and may claim a new lease (see slots.c); any
+ * other claim gives the lease up. Waits for space as the publisher's
+ * timeout allows: 0, -EAGAIN or -ETIMEDOUT.
  */
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out);
+
+/* Whether pub's next single-slot claim comes from its lease (no claim_pos
+ * then: callers need not fetch its line). */
+static inline bool slots_lease_ready(const shmbus_pub_t *pub) { return pub->lease_next < pub->lease_end; }
+
+/*
+ * slots_take_lease - take position p, whose control word was c (LEASED or
+ * TAKING, see seg_slot_ctl), from the publisher it was leased to. true:
+ * the slot is ABORTED, naming nobody (reusable, nothing to read); false:
+ * its publisher has it or may be taking it right now (look again later).
+ */
+bool slots_take_lease(shmbus_bus_t *bus, uint64_t p, uint64_t c);
 
 /* The slots after the head of an n-slot event of a batch: FREE. */
 void slots_free_body(shmbus_bus_t *bus, uint64_t head, uint32_t n);

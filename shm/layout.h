@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 3u
+#define SEG_LAYOUT_VERSION 4u
 
 /* seg_header.flags */
 #define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
@@ -323,7 +323,12 @@ _Static_assert(sizeof(struct seg_member) == 256, "seg_member size");
  *   136 reserved
  *   144 drain         seg_take_intent: cells taken while draining `lag`
  *                          subscriptions for space
- *   160 reserved to 192
+ *   160 claiming_n    u32  slots of the claim `claiming` names
+ *   168 lease_using   u64  1 + the LEASED position the publisher is taking
+ *                          (see seg_slot_ctl), 0: none
+ *   176 lease_taken   u64  positions of its leases taken away from it, a
+ *                          count only takers raise (see seg_slot_ctl)
+ *   184 reserved to 192
  *   192 published     u64  counters, written only by the owner
  *   200 publish_bytes u64
  *   208 block_waits   u64
@@ -340,7 +345,10 @@ struct seg_pub {
 	uint64_t claiming;    /* 1 + the position a claim CAS may be moving claim_pos from; 0: none */
 	struct seg_take_intent drain;
 	uint32_t claiming_n;  /* slots of that claim */
-	uint8_t reserved1b[28];
+	uint32_t reserved1b;
+	uint64_t lease_using; /* 1 + the leased position being taken; 0: none */
+	uint64_t lease_taken; /* lease positions taken away from it */
+	uint8_t reserved1c[8];
 	uint64_t published;
 	uint64_t publish_bytes;
 	uint64_t block_waits;
@@ -354,6 +362,8 @@ _Static_assert(offsetof(struct seg_pub, routing) == 128, "pub.routing");
 _Static_assert(offsetof(struct seg_pub, drain) == 144, "pub.drain");
 _Static_assert(offsetof(struct seg_pub, claiming) == 136, "pub.claiming");
 _Static_assert(offsetof(struct seg_pub, claiming_n) == 160, "pub.claiming_n");
+_Static_assert(offsetof(struct seg_pub, lease_using) == 168, "pub.lease_using");
+_Static_assert(offsetof(struct seg_pub, lease_taken) == 176, "pub.lease_taken");
 _Static_assert(offsetof(struct seg_pub, published) == 192, "pub.published");
 _Static_assert(offsetof(struct seg_pub, block_timeouts) == 216, "pub.block_timeouts");
 _Static_assert(sizeof(struct seg_pub) == 256, "seg_pub size");
@@ -690,14 +700,32 @@ static inline uint32_t seg_revoke_entry(uint64_t w) { return (uint32_t)(w - 1) &
 
 /*
  * Slot control word, one u64 per slot:
- *   bits 0..17   while CLAIMED: 1 + index of the claiming seg_pub; else 0
+ *   bits 0..17   while CLAIMED, LEASED or TAKING: 1 + index of the
+ *                claiming seg_pub; else 0
  *   bits 18..19  state: FREE (never used, or continuation of a larger event),
  *                CLAIMED (being written), COMMITTED, ABORTED
  *   bits 20..63  lap tag: 1 + (slot position >> log2(N)), modulo 2^44, so the
  *                all-zero word of a new segment is older than every lap
- * A slot is reusable when FREE, ABORTED, or COMMITTED with no holder (see
- * below). The lap tag tells a reader holding an old descriptor that the
- * slot moved on.
+ * LEASED is FREE naming a publisher: a position claimed ahead of need by
+ * that publisher for a later single-slot event (a claim lease, so that
+ * publishers taking turns do not pass the claim word between them on every
+ * event). Its publisher takes it without a locked instruction and without
+ * reading the slot's line: it stores 1 + the position in its seg_pub's
+ * lease_using, then (compiler barrier only) reads its own lease_taken, and
+ * if that is what it was before the lease was claimed, stores CLAIMED;
+ * else it clears lease_using and claims elsewhere. Anybody who must not
+ * wait for the position (a claimer a lap later, the recorder) takes it
+ * away: a CAS from LEASED to TAKING (ABORTED naming the publisher), an
+ * increment of the publisher's lease_taken, a heavy asymmetric fence
+ * (membarrier, shm/asym_fence.h) that makes the publisher's lease_using
+ * store visible if it came first, then, unless lease_using names the
+ * position while the publisher lives, a CAS from TAKING to ABORTED. Either
+ * the publisher sees the new count, or the taker sees lease_using and
+ * waits for the publisher's CLAIMED or its retreat. Any party may finish a
+ * TAKING word the same way (a taker that died leaves one).
+ * A slot is reusable when FREE (naming nobody), ABORTED (naming nobody),
+ * or COMMITTED with no holder (see below). The lap tag tells a reader
+ * holding an old descriptor that the slot moved on.
  *
  * Holders: bit s of a slot's holder words is set while subscription s has
  * the event queued or held. The publisher sets them before it commits;
@@ -741,8 +769,17 @@ static inline uint64_t seg_ctl_make(uint64_t lap, uint32_t state, uint32_t claim
 }
 static inline uint64_t seg_ctl_lap(uint64_t ctl) { return ctl >> SEG_CTL_LAP_SHIFT; }
 static inline uint32_t seg_ctl_state(uint64_t ctl) { return (uint32_t)((ctl >> SEG_CTL_STATE_SHIFT) & SEG_CTL_STATE_MASK); }
-/* 1 + index of the publisher that claimed a CLAIMED slot; 0 otherwise. */
+/* 1 + index of the publisher that claimed a CLAIMED or LEASED slot; 0
+ * otherwise. */
 static inline uint32_t seg_ctl_claimer(uint64_t ctl) { return (uint32_t)(ctl & SEG_CTL_CLAIMER_MASK); }
+/* Whether the word is LEASED (FREE naming a publisher) or TAKING (ABORTED
+ * naming one): a lease position nobody may reuse or skip before it is
+ * taken from its publisher. */
+static inline int seg_ctl_leased(uint64_t ctl)
+{
+	uint32_t st = seg_ctl_state(ctl);
+	return (st == SEG_SLOT_FREE || st == SEG_SLOT_ABORTED) && seg_ctl_claimer(ctl) != 0;
+}
 /* The lap tag of position pos, truncated to the 44 bits the word keeps. */
 static inline uint64_t seg_lap_of(uint64_t pos, uint32_t slot_shift)
 {

@@ -123,6 +123,10 @@ int tc_patch_segment(const char *name, size_t off, const void *bytes, size_t len
 /* Create the shm object of bus `name` with the given contents. */
 int tc_write_segment(const char *name, const void *bytes, size_t len);
 
+/* Whether publishers of this process can take claim leases (membarrier(2)
+ * is allowed: shmbus_pub_open registers for it). */
+bool tc_leases_available(void);
+
 /* Deterministic PRNG (splitmix64). */
 uint64_t tc_mix64(uint64_t x);
 

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "event_format.h"
 #include "internal.h"
+#include "slots.h"
 
 #include <criterion/criterion.h>
 
@@ -1455,5 +1456,63 @@ Test(unit, inspect_lists_a_removed_subscriptions_detached_consumer)
 	cr_expect_eq(shmbus_release(sub, ev), 0);
 	shmbus_pub_close(pub);
 	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/*
+ * The taker's side of a claim lease against a publisher caught in the
+ * middle of taking the position itself (its lease_using names it): the
+ * taker must leave the word TAKING and report the slot unavailable; when
+ * the publisher retreats the slot is taken away, and when the publisher
+ * stored CLAIMED first, it stays the publisher's. The publisher that comes
+ * back to a lease something was taken from claims anew.
+ */
+Test(unit, a_lease_position_its_publisher_is_taking_is_not_taken_away)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *a = tc_pub(bus, "a", 0), *b = tc_pub(bus, "b", 0);
+	if (!a->lease_ok)
+		cr_skip_test("membarrier is refused here: publishers do not lease");
+	/* turns until A holds at least two leased positions */
+	for (int i = 0; i < 64 && a->lease_next + 1 >= a->lease_end; i++) {
+		cr_assert_eq(tc_publish_u32(a, SHMBUS_NOTIFICATION, "x", SHMBUS_PRIORITY_NORMAL, 0), 0);
+		cr_assert_eq(tc_publish_u32(b, SHMBUS_NOTIFICATION, "x", SHMBUS_PRIORITY_NORMAL, 0), 0);
+	}
+	cr_assert_lt(a->lease_next + 1, a->lease_end, "A holds no lease of two positions");
+	uint64_t p = a->lease_next, q = p + 1, *ctl = bus_slot_ctl(bus, p), lap = bus_lap(bus, p);
+	uint64_t leased = seg_ctl_make(lap, SEG_SLOT_FREE, a->index + 1);
+	uint64_t taking = seg_ctl_make(lap, SEG_SLOT_ABORTED, a->index + 1);
+	cr_assert_eq(at_load_acquire_u64(ctl), leased);
+
+	/* A is between its lease_using store and its CLAIMED store */
+	at_store_release_u64(&a->rec->lease_using, p + 1);
+	cr_expect(!slots_take_lease(bus, p, leased), "took a position its publisher is taking");
+	cr_expect_eq(at_load_acquire_u64(ctl), taking, "the word is not left TAKING");
+	/* ... and it retreats: anybody finishes the taking */
+	at_store_release_u64(&a->rec->lease_using, 0);
+	cr_expect(slots_take_lease(bus, p, taking));
+	cr_expect_eq(at_load_acquire_u64(ctl), seg_ctl_make(lap, SEG_SLOT_ABORTED, 0));
+
+	/* the same at q, but A did not see the count and stored CLAIMED */
+	uint64_t *qctl = bus_slot_ctl(bus, q);
+	uint64_t qleased = seg_ctl_make(bus_lap(bus, q), SEG_SLOT_FREE, a->index + 1);
+	at_store_release_u64(&a->rec->lease_using, q + 1);
+	cr_expect(!slots_take_lease(bus, q, qleased));
+	uint64_t claimed = seg_ctl_make(bus_lap(bus, q), SEG_SLOT_CLAIMED, a->index + 1);
+	at_store_release_u64(qctl, claimed);
+	cr_expect(!slots_take_lease(bus, q, seg_ctl_make(bus_lap(bus, q), SEG_SLOT_ABORTED, a->index + 1)));
+	cr_expect_eq(at_load_acquire_u64(qctl), claimed, "a taker overwrote its publisher's claim");
+	at_store_release_u64(qctl, seg_ctl_make(bus_lap(bus, q), SEG_SLOT_ABORTED, 0)); /* the test's claim, undone */
+
+	/* A's lease had positions taken: it gives it up and claims anew */
+	uint64_t claim = at_load_acquire_u64(&bus->hdr->claim_pos);
+	shmbus_uuid_t id;
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "x"};
+	cr_assert_eq(shmbus_publish(a, &m, &id), 0, "%s", shmbus_errmsg());
+	cr_expect_geq(shmbus_uuid_seq(&id), claim, "A published at %llu, inside its taken lease",
+		      (unsigned long long)shmbus_uuid_seq(&id));
+	shmbus_pub_close(a);
+	shmbus_pub_close(b);
 	shmbus_close(bus);
 }

@@ -358,16 +358,17 @@ static int ring_out(const shmbus_inspect_t *in, bool json)
 	int ok = shmbus_inspect_ring(in, &r) == 0;
 	if (json)
 		return emit(json_add(json_object(), "kind", json_string("ring"), "readable", json_boolean(ok), "slots",
-				ju(r.slots), "free", ju(r.free), "claimed", ju(r.claimed), "committed", ju(r.committed),
+				ju(r.slots), "free", ju(r.free), "leased", ju(r.leased), "claimed", ju(r.claimed), "committed", ju(r.committed),
 				"aborted", ju(r.aborted), "referenced", ju(r.referenced), "refs", ju(r.refs),
 				"claim_pos", ju(r.claim_pos), "events", ju(r.events), NULL));
 	if (!ok) {
 		printf("ring: unreadable\n");
 		return 0;
 	}
-	printf("ring: %llu slots: free=%llu claimed=%llu committed=%llu aborted=%llu; referenced=%llu refs=%llu; "
-	       "claim_pos=%llu; %llu readable events\n",
-	       (unsigned long long)r.slots, (unsigned long long)r.free, (unsigned long long)r.claimed,
+	printf("ring: %llu slots: free=%llu (leased=%llu) claimed=%llu committed=%llu aborted=%llu; referenced=%llu "
+	       "refs=%llu; claim_pos=%llu; %llu readable events\n",
+	       (unsigned long long)r.slots, (unsigned long long)r.free, (unsigned long long)r.leased,
+	       (unsigned long long)r.claimed,
 	       (unsigned long long)r.committed, (unsigned long long)r.aborted, (unsigned long long)r.referenced,
 	       (unsigned long long)r.refs, (unsigned long long)r.claim_pos, (unsigned long long)r.events);
 	return 0;

@@ -877,6 +877,7 @@ int shmbus_inspect_sub(const shmbus_inspect_t *in, size_t i, shmbus_inspect_sub_
 typedef struct {
 	uint64_t slots;
 	uint64_t free, claimed, committed, aborted; /* slot_ctl states */
+	uint64_t leased; /* of those: leased to a publisher, or being taken from one */
 	uint64_t referenced;			   /* slots with refs > 0 */
 	uint64_t refs;				   /* sum of refs */
 	uint64_t claim_pos;
