@@ -1430,3 +1430,54 @@ Test(crash, a_taker_killed_half_way_leaves_a_word_anyone_finishes)
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 }
+
+/* ----------------------------------------------------------- lost wake */
+
+/* The publisher: once the parent sleeps, one event, and death between its
+ * commit and its wake (end.before_fence: the sleeper is never woken). */
+static int wake_victim(void *arg)
+{
+	(void)arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = victim_open("end.before_fence:1", &bus);
+	if (rc)
+		return rc;
+	shmbus_pub_t *pub = NULL;
+	if ((rc = shmbus_pub_open(bus, NULL, &pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	tc_sleep_ms(100); /* the parent is asleep by now */
+	rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "woken", SHMBUS_PRIORITY_NORMAL, 7);
+	return CHILD_FAIL("published (%d) and lived past the wake", rc);
+}
+
+/*
+ * A consumer asleep in a blocking wait while its publisher commits an
+ * event and dies before waking it: the wait still returns the event, at
+ * its next slice (a reclaim interval), not at its timeout. A sleeper's
+ * slice is what bounds a lost wake, and this is its test.
+ */
+Test(crash, a_sleeper_gets_the_event_whose_publisher_died_before_waking_it)
+{
+	shmbus_config_t cfg = tc_small_cfg(); /* reclaim 200 ms: slices of 100 ms */
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_opts_t so = {.wait = SHMBUS_WAIT_BLOCK};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &so, &sub), 0, "%s", shmbus_errmsg());
+	pid_t kid = tc_fork(wake_victim, NULL);
+	const shmbus_event_t *ev = NULL;
+	/* The timeout is far beyond the slice. A wait that relied on the
+	 * wake alone would sleep to its end (and find the event only in its
+	 * last look): not a speed limit, a liveness one, 50 slices wide. */
+	uint64_t t0 = tc_now_ns();
+	int rc = shmbus_wait(sub, 10 * (int64_t)TC_SEC_NS, &ev);
+	uint64_t waited = tc_now_ns() - t0;
+	int st = 0;
+	cr_assert_eq(tc_wait(kid, 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the publisher %s", tc_status_str(st));
+	cr_assert_eq(rc, 1, "the sleeper got nothing (%d)", rc);
+	cr_expect_lt(waited, 5 * TC_SEC_NS, "the sleeper slept %.1f s: only its timeout woke it", (double)waited / 1e9);
+	cr_expect_eq(tc_payload_u32(ev), 7);
+	shmbus_release(sub, ev);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
