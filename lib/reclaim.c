@@ -119,6 +119,10 @@ struct recover_ctx {
 	bool keep;
 	const uint64_t *held; /* the dead consumers' held entries, n of them */
 	size_t n;
+	/* the intent is a dead publisher's drain of a `lag` subscription: its
+	 * run is passed over as the drainer meant to (noted: the drainer
+	 * counted it already), not given back behind newer events */
+	bool drain, noted;
 };
 
 /* Every place a live taker records what it takes. */
@@ -175,6 +179,15 @@ static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
 static void on_recovered(uint64_t desc, void *arg)
 {
 	const struct recover_ctx *r = arg;
+	if (r->drain) {
+		uint64_t seq = desc & SEG_DESC_SEQ_MASK;
+		if (desc & SEG_DESC_TOMBSTONE)
+			return;
+		if (!r->noted && slot_settle(r->bus, seq) == SEG_SLOT_COMMITTED)
+			catchup_note_drop(r->bus, r->sub, seq, seq + 1, 1);
+		reclaim_orphan_hold(r->bus, r->sub, desc);
+		return;
+	}
 	for (size_t i = 0; i < r->n; i++)
 		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN | SEG_DESC_REVOKED)) == desc)
 			return;
@@ -184,7 +197,7 @@ static void on_recovered(uint64_t desc, void *arg)
 
 /* Recover one take intent of a dead taker against its queue. */
 static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32_t dead, bool keep,
-			   const uint64_t *held, size_t n)
+			   const uint64_t *held, size_t n, bool drain)
 {
 	uint32_t info = at_load_acquire_u32(&in->info);
 	if (seg_take_state(info) == SEG_TAKE_NONE)
@@ -200,7 +213,15 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 	if (at_load_acquire_u32(&bus_sub(bus, sub)->state) != SEG_SUB_ACTIVE ||
 	    at_load_acquire_u32(&in->gen) != q.gen)
 		keep = false;
-	struct recover_ctx r = {.bus = bus, .dead = dead, .self = in, .sub = sub, .keep = keep, .held = held, .n = n};
+	struct recover_ctx r = {.bus = bus,
+				.dead = dead,
+				.self = in,
+				.sub = sub,
+				.keep = keep,
+				.held = held,
+				.n = n,
+				.drain = drain && keep,
+				.noted = seg_take_state(info) == SEG_TAKE_NOTED};
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
@@ -216,7 +237,7 @@ static void drop_dead_take(shmbus_bus_t *bus, struct seg_consumer *con, uint32_t
 		if (d)
 			held[n++] = d;
 	}
-	recover_intent(bus, &con->take, dead, false, held, n);
+	recover_intent(bus, &con->take, dead, false, held, n, false);
 }
 
 void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
@@ -320,7 +341,7 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
 			continue;
-		recover_intent(bus, &con->take, dead, keep, held, n);
+		recover_intent(bus, &con->take, dead, keep, held, n, false);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
 			if (!d)
@@ -348,13 +369,19 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		route_wake(bus, idx);
 }
 
-/* What a dead publisher was draining goes back to its queue. */
+/*
+ * What a dead publisher was draining from a `lag` subscription is passed
+ * over, as it meant to: counted missed (or a gap the log fills) unless the
+ * drainer had counted the run (NOTED), and its holds dropped. Giving the
+ * run back would queue it behind events published after it, and the
+ * subscription would see one publisher's events out of order.
+ */
 static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
 {
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
 		if (at_load_acquire_u32(&r->state) && at_load_relaxed_u32(&r->member) == dead)
-			recover_intent(bus, &r->drain, dead, true, NULL, 0);
+			recover_intent(bus, &r->drain, dead, true, NULL, 0, true);
 	}
 }
 
@@ -383,7 +410,7 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 {
 	/* The previous holder of the table lock died draining a subscription
 	 * it was removing: finish dropping those references. */
-	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, false, NULL, 0);
+	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, false, NULL, 0, false);
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names

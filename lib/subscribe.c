@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "crash_point.h"
 
 static void mask_types(shmbus_bus_t *bus, uint32_t idx, uint32_t type_union, bool on)
 {
@@ -74,9 +75,10 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
 		if (lost && queue_peek_seq(&q, &head_seq) && head_seq <= max_seq)
 			catchup_extend(bus, idx, head_seq, max_seq + 1);
 		while ((n = queue_take(&q, intent, 64, max_seq, descs, &first)) > 0) {
-			/* the run is noted before its holds go: a dropper that dies
-			 * in between has its run given back by reclaim, so an event
-			 * may come twice (queue and log), never not at all */
+			/* the run is counted (missed, or a gap the log fills) before
+			 * its holds go, and the intent says so (NOTED): a survivor
+			 * of a dropper that dies in between passes the rest of the
+			 * run over without counting it again (recover_drains) */
 			uint64_t lo = UINT64_MAX, hi = 0, live = 0;
 			for (uint32_t i = 0; i < n && lost; i++) {
 				uint64_t seq = descs[i] & SEG_DESC_SEQ_MASK;
@@ -88,11 +90,15 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
 			}
 			if (live)
 				catchup_note_drop(bus, idx, lo, hi, live);
+			/* counted: a survivor of ours must not count the run again */
+			queue_take_noted(intent);
+			CRASH_POINT("drain.noted");
 			for (uint32_t i = 0; i < n; i++) {
 				if (descs[i] & SEG_DESC_TOMBSTONE)
 					continue;
 				if (descs[i] & SEG_DESC_HOLDS_REF)
 					slot_release(bus, descs[i] & SEG_DESC_SEQ_MASK, idx);
+				CRASH_POINT("drain.released");
 				dropped++;
 			}
 			queue_release(&q, intent, first, n);

@@ -57,7 +57,8 @@
  *   0   pos    u64  first queue position of the range
  *   8   info   u32  bits 0..7 count, bit 8 class, bits 9..17 subscription
  *                   index, bits 18..19 state (NONE, PENDING: head not
- *                   moved yet, OWNED: the range is the taker's)
+ *                   moved yet, OWNED: the range is the taker's, NOTED: a
+ *                   drainer owns it and has counted it passed over)
  *   12  gen    u32  low bits of the subscription's generation: a survivor
  *                   gives nothing back to a record that was removed and
  *                   taken again meanwhile
@@ -65,6 +66,7 @@
 #define SEG_TAKE_NONE 0u
 #define SEG_TAKE_PENDING 1u
 #define SEG_TAKE_OWNED 2u
+#define SEG_TAKE_NOTED 3u
 #define SEG_TAKE_MAX 255u
 struct seg_take_intent {
 	uint64_t pos;

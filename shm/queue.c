@@ -122,6 +122,13 @@ uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32
 	}
 }
 
+void queue_take_noted(struct seg_take_intent *intent)
+{
+	uint32_t info = at_load_relaxed_u32(&intent->info);
+	at_store_release_u32(&intent->info, seg_take_info(seg_take_count(info), seg_take_class(info),
+							  seg_take_sub(info), SEG_TAKE_NOTED));
+}
+
 void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {

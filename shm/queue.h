@@ -117,6 +117,10 @@ uint32_t queue_push_many(struct queue_view *q, uint32_t owner, const uint64_t *d
 uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32_t max, uint64_t max_seq,
 		    uint64_t *descs, uint64_t *first);
 
+/* Mark the range intent records as counted by its taker (NOTED): a drainer
+ * that passes a run over says so before it drops the run's holds. */
+void queue_take_noted(struct seg_take_intent *intent);
+
 /* Release the n cells from first (taken by queue_take) and clear intent. */
 void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n);
 
@@ -135,7 +139,7 @@ uint64_t queue_pushed(const struct queue_view *q);
 int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombstone);
 
 /*
- * Survivor side, for the take intent of a dead consumer: each cell of its
+ * Survivor side, for the take intent of a dead consumer (or drainer): each cell of its
  * run that was taken (below head) and is still unreleased, and that no live
  * taker's intent covers (other_claims), is handed to on_desc() and
  * released. The intent is cleared. Returns the count given.
