@@ -95,6 +95,7 @@ SHMBUS_API void shmbus_pub_close(shmbus_pub_t *pub)
 			shmbus_claim_t c = {.priv = pub};
 			shmbus_abort(pub, &c);
 		}
+		slots_lease_give_up(pub);
 		struct seg_header *h = bus->hdr;
 		struct seg_pub *r = pub->rec;
 		at_count_u64(&h->retired_published, at_load_relaxed_u64(&r->published));

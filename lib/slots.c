@@ -300,25 +300,51 @@ static bool lease_in_use(shmbus_bus_t *bus, uint32_t o, uint64_t p)
 	       member_alive(bus, at_load_acquire_u32(&r->member));
 }
 
+/* Turn the LEASED positions right after p that belong to the same lease
+ * (the same publisher, consecutive) into TAKING, so one fence serves
+ * them all; *n says how many (at most LEASE_MAX - 1). */
+static void take_lease_rest(shmbus_bus_t *bus, uint64_t p, uint32_t claimer, uint32_t *n)
+{
+	*n = 0;
+	for (uint64_t q = p + 1; q < p + LEASE_MAX; q++) {
+		uint64_t lap = bus_lap(bus, q), c = seg_ctl_make(lap, SEG_SLOT_FREE, claimer);
+		if (!at_cas_u64(bus_slot_ctl(bus, q), &c, seg_ctl_make(lap, SEG_SLOT_ABORTED, claimer)))
+			break;
+		(*n)++;
+	}
+}
+
 bool slots_take_lease(shmbus_bus_t *bus, uint64_t p, uint64_t c)
 {
 	uint64_t *ctl = bus_slot_ctl(bus, p), lap = seg_ctl_lap(c);
-	uint32_t claimer = seg_ctl_claimer(c);
+	uint32_t claimer = seg_ctl_claimer(c), rest = 0;
 	uint64_t taking = seg_ctl_make(lap, SEG_SLOT_ABORTED, claimer);
-	if (seg_ctl_state(c) == SEG_SLOT_FREE && !at_cas_u64(ctl, &c, taking))
-		return false; /* changed: its publisher took it, or a taker is at it */
+	if (seg_ctl_state(c) == SEG_SLOT_FREE) {
+		if (!at_cas_u64(ctl, &c, taking))
+			return false; /* changed: its publisher took it, or a taker is at it */
+		take_lease_rest(bus, p, claimer, &rest);
+	}
 	CRASH_POINT("lease.taking");
 	/* Tell the publisher (each party that finishes a TAKING word does:
 	 * one that died may not have); a count too many only makes it give
 	 * up a lease early. */
 	if (claimer - 1 < bus->max_members)
-		at_fetch_add_u64(&bus->pubs[claimer - 1].lease_taken, 1);
+		at_fetch_add_u64(&bus->pubs[claimer - 1].lease_taken, 1 + rest);
 	/* Without the fence we cannot know that the publisher did not read
 	 * the count before our increment and is about to store CLAIMED. */
-	if (asym_fence_heavy() < 0 || lease_in_use(bus, claimer - 1, p))
+	if (asym_fence_heavy() < 0)
+		return false;
+	/* The rest of the lease: finished here, or left TAKING for whoever
+	 * comes next if its publisher is taking one of them. */
+	for (uint64_t q = p + 1; q <= p + rest; q++) {
+		uint64_t t = seg_ctl_make(bus_lap(bus, q), SEG_SLOT_ABORTED, claimer);
+		if (!lease_in_use(bus, claimer - 1, q))
+			at_cas_u64(bus_slot_ctl(bus, q), &t, seg_ctl_make(bus_lap(bus, q), SEG_SLOT_ABORTED, 0));
+	}
+	if (lease_in_use(bus, claimer - 1, p))
 		return false;
 	/* false: another taker finished first, or the publisher's CLAIMED
-	 * landed after our CAS (it read the word before our CAS) */
+	 * landed after our CAS (it read the count before our increment) */
 	return at_cas_u64(ctl, &taking, seg_ctl_make(lap, SEG_SLOT_ABORTED, 0)) ||
 	       taking == seg_ctl_make(lap, SEG_SLOT_ABORTED, 0);
 }
@@ -346,6 +372,19 @@ static uint32_t lease_size(shmbus_pub_t *pub, uint64_t pos)
 	return len;
 }
 
+void slots_lease_give_up(shmbus_pub_t *pub)
+{
+	shmbus_bus_t *bus = pub->bus;
+	/* Not in use by us (one thread per handle), so no fence: a CAS back
+	 * to reusable spares a taker its membarrier; a lost CAS means a taker
+	 * is at it already. */
+	for (uint64_t p = pub->lease_next; p < pub->lease_end; p++) {
+		uint64_t lap = bus_lap(bus, p), c = seg_ctl_make(lap, SEG_SLOT_FREE, pub->index + 1);
+		at_cas_u64(bus_slot_ctl(bus, p), &c, seg_ctl_make(lap, SEG_SLOT_ABORTED, 0));
+	}
+	pub->lease_next = pub->lease_end;
+}
+
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
@@ -353,7 +392,8 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 		return 0;
 	/* any other claim lies beyond the lease, whose positions this
 	 * publisher must then no longer use */
-	pub->lease_next = pub->lease_end;
+	if (pub->lease_next < pub->lease_end)
+		slots_lease_give_up(pub);
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
 	uint32_t want = 0; /* n, or a lease's length for a single slot */

@@ -27,6 +27,10 @@ struct space_wait {
  */
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out);
 
+/* Give up the rest of pub's lease: its positions turn reusable at once
+ * (pub_close, and any claim other than a lease's). */
+void slots_lease_give_up(shmbus_pub_t *pub);
+
 /* Whether pub's next single-slot claim comes from its lease (no claim_pos
  * then: callers need not fetch its line). */
 static inline bool slots_lease_ready(const shmbus_pub_t *pub) { return pub->lease_next < pub->lease_end; }

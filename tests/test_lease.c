@@ -254,6 +254,45 @@ Test(lease, the_recorder_takes_an_idle_lease_away_instead_of_waiting)
 	turns_close(&t);
 }
 
+static uint64_t leased_now(void)
+{
+	shmbus_inspect_t *in = NULL;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0, "%s", shmbus_errmsg());
+	shmbus_inspect_ring_t ring;
+	cr_assert_eq(shmbus_inspect_ring(in, &ring), 0);
+	shmbus_inspect_close(in);
+	return ring.leased;
+}
+
+/* A publisher whose lease ends unused gives its positions back at once,
+ * when it closes and when it claims otherwise (a batch), instead of
+ * leaving them to takers who pay a membarrier for each. */
+Test(lease, a_publisher_gives_its_lease_back_when_it_closes_or_claims_otherwise)
+{
+	if (!tc_leases_available())
+		cr_skip_test("membarrier is refused here: publishers do not lease");
+	shmbus_config_t cfg = tc_small_cfg();
+	struct turns t;
+	turns_open(&t, &cfg, 0, 20);
+	cr_assert_gt(leased_now(), 0, "publishers taking turns hold no lease");
+	shmbus_pub_close(t.b);
+	t.b = NULL;
+	uint8_t buf[2][PAYLOAD];
+	payload_fill(buf[0], 0, 20);
+	payload_fill(buf[1], 0, 21);
+	shmbus_msg_t m[2] = {
+		{.type = SHMBUS_NOTIFICATION, .name = "turn", .payload = buf[0], .payload_len = PAYLOAD},
+		{.type = SHMBUS_NOTIFICATION, .name = "turn", .payload = buf[1], .payload_len = PAYLOAD},
+	};
+	cr_assert_eq(shmbus_publish_batch(t.a, m, 2, NULL), 2, "%s", shmbus_errmsg());
+	cr_expect_eq(leased_now(), 0, "positions still leased after one publisher closed and the other published a batch");
+	cr_assert_geq(tc_drain(t.sub, seen_event, &t.seen), 0);
+	cr_expect(!t.seen.bad, "%s", t.seen.why);
+	cr_expect_eq(t.seen.count[0], 22);
+	expect_clean_inspection(false);
+	turns_close(&t);
+}
+
 /* Several processes publishing in turns on a ring of 64 slots, held full
  * by one subscriber: leases are claimed, used and taken away all the
  * time, by lap claimers that wait for space. */
