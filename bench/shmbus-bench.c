@@ -71,6 +71,7 @@
 #endif
 
 #include "bench_log.h"
+#include "byte_sum.h"
 #include "shmbus.h"
 
 #define PROG "shmbus-bench"
@@ -303,33 +304,6 @@ static int pin_to_cpu(int cpu)
 static long futex_call(_Atomic uint32_t *word, int op, uint32_t val, const struct timespec *ts)
 {
 	return syscall(SYS_futex, (void *)word, op, val, ts, NULL, 0);
-}
-
-/*
- * Sum of all bytes, eight at a time: two bytes per 16-bit lane per word,
- * folded every 128 words before a lane can overflow (128 * 510 < 65536).
- * Fast enough that the subscriber's reading stays off the critical path of
- * the throughput figure while still pulling every byte through the cache.
- */
-static uint64_t byte_sum(const uint8_t *p, size_t n)
-{
-	const uint64_t m = 0x00ff00ff00ff00ffull;
-	uint64_t total = 0;
-	size_t i = 0;
-
-	while (i + 8 <= n) {
-		size_t end = n - i > 1024 ? i + 1024 : n;
-		uint64_t lanes = 0;
-		for (; i + 8 <= end; i += 8) {
-			uint64_t w;
-			memcpy(&w, p + i, 8);
-			lanes += (w & m) + ((w >> 8) & m);
-		}
-		total += (lanes & 0xffff) + ((lanes >> 16) & 0xffff) + ((lanes >> 32) & 0xffff) + (lanes >> 48);
-	}
-	for (; i < n; i++)
-		total += p[i];
-	return total;
 }
 
 static void fill_payload(uint8_t *p, size_t n)
