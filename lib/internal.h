@@ -135,6 +135,7 @@ struct shmbus_pub {
 	 * publisher claimed since our last claim. */
 	uint64_t lease_next, lease_end, last_claim_end;
 	uint64_t lease_taken_seen; /* rec->lease_taken before the lease */
+	uint64_t lease_born;	   /* lease_clock() when it was claimed (slots.c) */
 	uint32_t lease_len, lease_cooldown;
 	bool lease_ok; /* this process is registered for the taker's fence */
 	bool claim_open;

@@ -293,6 +293,30 @@ Test(lease, a_publisher_gives_its_lease_back_when_it_closes_or_claims_otherwise)
 	turns_close(&t);
 }
 
+/* A lease is used for a few milliseconds at most: a publisher that comes
+ * back later claims anew, so event times stay in sequence order within
+ * that (the log's time queries rely on it, within 100 ms). */
+Test(lease, a_lease_older_than_a_few_milliseconds_is_given_up)
+{
+	if (!tc_leases_available())
+		cr_skip_test("membarrier is refused here: publishers do not lease");
+	shmbus_config_t cfg = tc_small_cfg();
+	struct turns t;
+	turns_open(&t, &cfg, 0, 20);
+	cr_assert_gt(leased_now(), 0, "publishers taking turns hold no lease");
+	tc_sleep_ms(50);
+	shmbus_metrics_t m;
+	cr_assert_eq(shmbus_get_metrics(t.bus, &m), 0);
+	shmbus_uuid_t id;
+	cr_assert_eq(publish_as(t.a, 0, 20, &id), 0, "%s", shmbus_errmsg());
+	cr_expect_geq(shmbus_uuid_seq(&id), m.next_seq, "A used position %llu of a 50 ms old lease",
+		      (unsigned long long)shmbus_uuid_seq(&id));
+	cr_assert_geq(tc_drain(t.sub, seen_event, &t.seen), 0);
+	cr_expect(!t.seen.bad, "%s", t.seen.why);
+	expect_clean_inspection(false);
+	turns_close(&t);
+}
+
 /* Several processes publishing in turns on a ring of 64 slots, held full
  * by one subscriber: leases are claimed, used and taken away all the
  * time, by lap claimers that wait for space. */
