@@ -269,9 +269,9 @@ static inline uint64_t lease_clock(void) { return now_mono_ns(); }
 /*
  * lease_take - the next position of pub's lease as its claim, if it has
  * one and nobody took it away (seg_slot_ctl has the protocol; the taker's
- * side is slots_take_lease). When the word changed, the lease is given up
- * (its other positions are left to be taken away as well) and leases
- * pause for a while.
+ * side is slots_take_lease). When a position of the lease was taken away,
+ * the rest is given back and leases pause for a while; a lease older than
+ * LEASE_MAX_AGE is given back too.
  */
 static inline bool lease_take(shmbus_pub_t *pub, uint64_t *pos_out)
 {
@@ -292,7 +292,7 @@ static inline bool lease_take(shmbus_pub_t *pub, uint64_t *pos_out)
 	 * for a line the consumer side may have pulled away */
 	if (at_load_relaxed_u64(&r->lease_taken) != pub->lease_taken_seen) {
 		at_store_release_u64(&r->lease_using, 0);
-		pub->lease_next = pub->lease_end;
+		slots_lease_give_up(pub); /* what the taker left, back at once */
 		pub->lease_len = 1;
 		pub->lease_cooldown = LEASE_COOLDOWN;
 		slots_wake_waiters(bus); /* a taker may wait for our retreat */
