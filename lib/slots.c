@@ -267,8 +267,8 @@ static inline uint64_t lease_clock(void) { return now_mono_ns(); }
 #endif
 
 /*
- * lease_take - the next position of pub's lease as its claim, if it has
- * one and nobody took it away (seg_slot_ctl has the protocol; the taker's
+ * lease_take - the next position of pub's lease (it has one) as its
+ * claim, if nobody took it away (seg_slot_ctl has the protocol; the taker's
  * side is slots_take_lease). When a position of the lease was taken away,
  * the rest is given back and leases pause for a while; a lease older than
  * LEASE_MAX_AGE is given back too.
@@ -276,9 +276,7 @@ static inline uint64_t lease_clock(void) { return now_mono_ns(); }
 static inline bool lease_take(shmbus_pub_t *pub, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
-	uint64_t p = pub->lease_next;
-	if (p >= pub->lease_end)
-		return false;
+	uint64_t p = pub->lease_next; /* below lease_end (the caller saw) */
 	if (lease_clock() - pub->lease_born > LEASE_MAX_AGE) {
 		slots_lease_give_up(pub); /* too old: its positions lie too far back */
 		return false;
@@ -375,9 +373,14 @@ bool slots_take_lease(shmbus_bus_t *bus, uint64_t p, uint64_t c)
  * between ours, and shrink while nobody does, when a lease would only add
  * the marking of positions that claim_pos alone gives as cheaply.
  */
-static uint32_t lease_size(shmbus_pub_t *pub, uint64_t pos)
+static inline uint32_t lease_size(shmbus_pub_t *pub, uint64_t pos)
 {
 	uint32_t len = pub->lease_len ? pub->lease_len : 1;
+	/* alone on the claim word (nobody claimed since our last claim, and
+	 * no lease yet): claim_pos is as cheap as a lease, decided in two
+	 * loads */
+	if (pos == pub->last_claim_end && len == 1)
+		return 1;
 	/* a recorder takes every lease away, each at a membarrier's price */
 	if (!pub->lease_ok || at_load_relaxed_u32(&pub->bus->hdr->log_recorder_pid))
 		return 1;
@@ -408,12 +411,14 @@ void slots_lease_give_up(shmbus_pub_t *pub)
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
-	if (n == 1 && lease_take(pub, pos_out))
-		return 0;
-	/* any other claim lies beyond the lease, whose positions this
-	 * publisher must then no longer use */
-	if (pub->lease_next < pub->lease_end)
-		slots_lease_give_up(pub);
+	if (pub->lease_next < pub->lease_end) {
+		if (n == 1 && lease_take(pub, pos_out))
+			return 0;
+		/* any other claim lies beyond the lease, whose positions this
+		 * publisher must then no longer use */
+		if (pub->lease_next < pub->lease_end)
+			slots_lease_give_up(pub);
+	}
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
 	uint32_t want = 0; /* n, or a lease's length for a single slot */
