@@ -532,7 +532,9 @@ typedef struct {
 	uint64_t processing, retrying;	 /* dispatcher gauges, summed */
 	uint64_t completed, failed, retried, dead_lettered, expired, late_responses;
 	uint32_t members, subscriptions;
-	uint64_t next_seq;
+	uint64_t next_seq; /* the claim position: sequences below it are taken,
+			      or leased to a publisher that may still use one
+			      for its next event (for a few ms at most) */
 } shmbus_metrics_t;
 
 /* The spec's get_metrics: bus-wide counters summed over publishers and
