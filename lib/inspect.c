@@ -495,6 +495,7 @@ static void decode_pubs(shmbus_inspect_t *in)
 		o->publish_bytes = p->publish_bytes;
 		o->block_waits = p->block_waits;
 		o->block_timeouts = p->block_timeouts;
+		o->lease_taken = p->lease_taken;
 		check_member_ref(in, "publisher", i, p->member);
 	}
 }

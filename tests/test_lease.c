@@ -204,6 +204,18 @@ Test(lease, a_claimer_a_lap_later_takes_an_idle_lease_away)
 			cr_assert_geq(tc_drain(t.sub, seen_event, s), 0);
 	}
 	uint64_t b_last = shmbus_uuid_seq(&id);
+	if (tc_leases_available()) { /* shm-dump shows what was taken from A */
+		shmbus_inspect_t *in = NULL;
+		cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0);
+		uint64_t taken = 0;
+		for (size_t i = 0; i < shmbus_inspect_pub_count(in); i++) {
+			shmbus_inspect_pub_t p;
+			if (shmbus_inspect_pub(in, i, &p) == 0 && strcmp(p.source, "a") == 0)
+				taken = p.lease_taken;
+		}
+		shmbus_inspect_close(in);
+		cr_expect_gt(taken, 0, "no position was taken from A's lease");
+	}
 	/* A's lease was taken: it claims anew, after everything B wrote */
 	for (uint32_t i = 20; i < 30; i++) {
 		cr_assert_eq(publish_as(t.a, 0, i, &id), 0, "A %u: %s", i, shmbus_errmsg());

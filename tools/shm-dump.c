@@ -196,15 +196,16 @@ static int pubs_out(const shmbus_inspect_t *in, bool json)
 				     ju(p.member), "source", json_text(p.source), "routing",
 				     json_boolean(p.routing & 1), "published", ju(p.published), "publish_bytes",
 				     ju(p.publish_bytes), "block_waits", ju(p.block_waits), "block_timeouts",
-				     ju(p.block_timeouts), NULL)) < 0)
+				     ju(p.block_timeouts), "lease_taken", ju(p.lease_taken), NULL)) < 0)
 				return -EIO;
 			continue;
 		}
 		printf("  [%u] member %u source \"%s\" published=%llu bytes=%llu block_waits=%llu "
-		       "block_timeouts=%llu%s\n",
+		       "block_timeouts=%llu lease_taken=%llu%s\n",
 		       p.index, p.member, text_safe(p.source, src, sizeof src), (unsigned long long)p.published,
 		       (unsigned long long)p.publish_bytes, (unsigned long long)p.block_waits,
-		       (unsigned long long)p.block_timeouts, (p.routing & 1) ? " (routing now)" : "");
+		       (unsigned long long)p.block_timeouts, (unsigned long long)p.lease_taken,
+		       (p.routing & 1) ? " (routing now)" : "");
 	}
 	return 0;
 }

@@ -828,6 +828,7 @@ typedef struct {
 	char source[SHMBUS_ID_MAX + 1];
 	uint64_t routing; /* odd while it routes an event */
 	uint64_t published, publish_bytes, block_waits, block_timeouts;
+	uint64_t lease_taken; /* positions of its claim leases others took away */
 } shmbus_inspect_pub_t;
 
 /* Publisher entries in use. 0 or -ERANGE. */
