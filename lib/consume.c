@@ -97,22 +97,32 @@ static void held_reap(shmbus_sub_t *sub)
  * survivor clears if it is still set in the entry's lap. Nobody else
  * writes a DROPPING entry, so 0 is a plain store. 0, or -ESTALE if the
  * entry was taken from us. */
+static inline void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc);
+
 static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 {
-	uint64_t *e = &sub->cons->held[k], cur = desc;
-	if (!at_cas_u64(e, &cur, desc | SEG_DESC_DROPPING)) {
+	uint64_t cur = desc;
+	if (!at_cas_u64(&sub->cons->held[k], &cur, desc | SEG_DESC_DROPPING)) {
 		held_lost(sub, k, cur, desc);
 		return -ESTALE;
 	}
 	CRASH_POINT("drop.won");
+	held_drop_won(sub, k, desc);
+	return 0;
+}
+
+/* The rest of a drop once entry k (which held desc) is won, DROPPING: the
+ * hold's bit, then the entry, then our slot for it. Inlined into both its
+ * callers: release_plain runs it for every event of a batch. */
+static inline __attribute__((always_inline)) void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
+{
 	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE)) {
 		slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
 		CRASH_POINT("drop.bit");
 	}
-	at_store_release_u64(e, 0);
+	at_store_release_u64(&sub->cons->held[k], 0);
 	CRASH_POINT("drop.cleared");
 	held_free(sub, k);
-	return 0;
 }
 
 /* Drop the holds of every event released since the last batch. The
@@ -635,9 +645,9 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 
 /*
  * release_batch's usual case, with the subscription current: held[i] is a
- * ring event whose entry carries no mark but its hold, so it is dropped
- * right here (held_drop's steps, without its generality). Returns 0, or
- * -1 to leave the entry to release_held (from the log, marked, lost to a
+ * ring event whose entry carries no mark but its hold, so it is won and
+ * dropped right here, without release_held's cases. Returns 0, or -1 to
+ * leave the entry to release_held (from the log, marked, lost to a
  * revoker, or the CAS lost: held_drop's reading of the new value decides).
  */
 static int release_plain(shmbus_sub_t *sub, uint32_t i)
@@ -650,13 +660,7 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i)
 		return -1;
 	CRASH_POINT("plain.won");
 	sub->held[i] = sub->held[--sub->nheld];
-	if (desc & SEG_DESC_HOLDS_REF) {
-		slot_release(sub->bus, l.seq, sub->index);
-		CRASH_POINT("plain.bit");
-	}
-	at_store_release_u64(e, 0);
-	CRASH_POINT("plain.cleared");
-	held_free(sub, l.k);
+	held_drop_won(sub, l.k, desc);
 	return 0;
 }
 

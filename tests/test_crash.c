@@ -960,8 +960,8 @@ static void run_ccase(struct crig *c, const char *crash_at, struct cprogress *p)
 
 static const char *const consumer_points[] = {
 	"take.pending", "take.cas", "take.owned", "take.stored", "take.fenced", "open.seen", "release.cell",
-	"cells.released", "release.marked", "drop.won", "drop.bit", "drop.cleared", "plain.won", "plain.bit",
-	"plain.cleared", "flush.dropped", NULL,
+	"cells.released", "release.marked", "drop.won", "drop.bit", "drop.cleared", "plain.won",
+	"flush.dropped", NULL,
 };
 
 /* The dry run (which must pass every consumer point), then each point the
