@@ -111,18 +111,23 @@ static bool intent_claims(const struct seg_take_intent *in, const struct queue_v
 	return pos >= first && pos - first < seg_take_count(info); /* the run covers pos */
 }
 
+/* What becomes of the run a dead taker's intent names. */
+enum recover_mode {
+	RECOVER_DROP,	   /* its holds are dropped (the subscription is gone) */
+	RECOVER_REQUEUE,   /* back into the queue, for the next consumer */
+	RECOVER_PASS_OVER, /* a dead drainer's: passed over as it meant to,
+			      counted once, not given back behind newer events */
+};
+
 struct recover_ctx {
 	shmbus_bus_t *bus;
 	uint32_t dead;	      /* member whose intents are being recovered */
 	const struct seg_take_intent *self; /* the intent under recovery */
 	uint32_t sub;
-	bool keep;
+	enum recover_mode mode;
+	bool noted;	      /* PASS_OVER: the drainer counted the run already */
 	const uint64_t *held; /* the dead consumers' held entries, n of them */
 	size_t n;
-	/* the intent is a dead publisher's drain of a `lag` subscription: its
-	 * run is passed over as the drainer meant to (noted: the drainer
-	 * counted it already), not given back behind newer events */
-	bool drain, noted;
 };
 
 /* Every place a live taker records what it takes. */
@@ -179,7 +184,7 @@ static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
 static void on_recovered(uint64_t desc, void *arg)
 {
 	const struct recover_ctx *r = arg;
-	if (r->drain) {
+	if (r->mode == RECOVER_PASS_OVER) {
 		uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 		if (desc & SEG_DESC_TOMBSTONE)
 			return;
@@ -192,12 +197,12 @@ static void on_recovered(uint64_t desc, void *arg)
 		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN | SEG_DESC_REVOKED)) == desc)
 			return;
 	/* taken from its cell, never handed to a user: not a redelivery */
-	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->keep);
+	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->mode == RECOVER_REQUEUE);
 }
 
 /* Recover one take intent of a dead taker against its queue. */
-static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32_t dead, bool keep,
-			   const uint64_t *held, size_t n, bool drain)
+static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32_t dead, enum recover_mode mode,
+			   const uint64_t *held, size_t n)
 {
 	uint32_t info = at_load_acquire_u32(&in->info);
 	if (seg_take_state(info) == SEG_TAKE_NONE)
@@ -212,16 +217,15 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 	 * the run was taken: then nothing goes back to it, holds are dropped. */
 	if (at_load_acquire_u32(&bus_sub(bus, sub)->state) != SEG_SUB_ACTIVE ||
 	    at_load_acquire_u32(&in->gen) != q.gen)
-		keep = false;
+		mode = RECOVER_DROP;
 	struct recover_ctx r = {.bus = bus,
 				.dead = dead,
 				.self = in,
 				.sub = sub,
-				.keep = keep,
+				.mode = mode,
+				.noted = seg_take_state(info) == SEG_TAKE_NOTED,
 				.held = held,
-				.n = n,
-				.drain = drain && keep,
-				.noted = seg_take_state(info) == SEG_TAKE_NOTED};
+				.n = n};
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
@@ -237,7 +241,7 @@ static void drop_dead_take(shmbus_bus_t *bus, struct seg_consumer *con, uint32_t
 		if (d)
 			held[n++] = d;
 	}
-	recover_intent(bus, &con->take, dead, false, held, n, false);
+	recover_intent(bus, &con->take, dead, RECOVER_DROP, held, n);
 }
 
 void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
@@ -341,7 +345,7 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
 			continue;
-		recover_intent(bus, &con->take, dead, keep, held, n, false);
+		recover_intent(bus, &con->take, dead, keep ? RECOVER_REQUEUE : RECOVER_DROP, held, n);
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
 			if (!d)
@@ -381,7 +385,7 @@ static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
 		if (at_load_acquire_u32(&r->state) && at_load_relaxed_u32(&r->member) == dead)
-			recover_intent(bus, &r->drain, dead, true, NULL, 0, true);
+			recover_intent(bus, &r->drain, dead, RECOVER_PASS_OVER, NULL, 0);
 	}
 }
 
@@ -410,7 +414,7 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 {
 	/* The previous holder of the table lock died draining a subscription
 	 * it was removing: finish dropping those references. */
-	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, false, NULL, 0, false);
+	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, RECOVER_DROP, NULL, 0);
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names
