@@ -487,6 +487,29 @@ static void check_inspect(struct rig *r, const char *when)
 	shmbus_inspect_close(in);
 }
 
+/* A victim's end, as its case expects: killed at its crash point, or (a
+ * dry run, crash_at NULL) exited cleanly; anything else fails the case. */
+static void check_victim_end(struct rig *r, const char *who, pid_t child, const char *crash_at)
+{
+	int st = 0;
+	if (tc_wait(child, 20000, &st) < 0)
+		case_fail(r, "the %s hung", who);
+	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+		case_fail(r, "the %s %s: the crash point was not reached", who, tc_status_str(st));
+	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		case_fail(r, "the %s %s", who, tc_status_str(st));
+}
+
+/* Reclaim, which must find the victim dead (none after a dry run), then
+ * check 1. */
+static void reclaim_and_inspect(struct rig *r, const char *crash_at)
+{
+	int n = shmbus_reclaim(r->bus);
+	if (n != (crash_at ? 1 : 0))
+		case_fail(r, "shmbus_reclaim found %d dead members", n);
+	check_inspect(r, "after reclaim");
+}
+
 /* Check 3: more than two laps of the ring through the same subscriptions.
  * A slot that stayed held or claimed would stop the publisher (-ETIMEDOUT)
  * within the lap after it. */
@@ -525,18 +548,9 @@ static void run_case(struct rig *r, const char *crash_at, struct progress *prog)
 	subscribe_sinks(r);
 	memset(prog, 0, sizeof *prog);
 	struct victim v = {.sc = r->sc, .crash_at = crash_at, .prog = prog};
-	int st = 0;
-	if (tc_wait(tc_fork(run_victim, &v), 20000, &st) < 0)
-		case_fail(r, "the publisher hung");
-	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
-		case_fail(r, "the publisher %s: the crash point was not reached", tc_status_str(st));
-	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		case_fail(r, "the publisher %s", tc_status_str(st));
+	check_victim_end(r, "publisher", tc_fork(run_victim, &v), crash_at);
 	if (!r->failed) {
-		int n = shmbus_reclaim(r->bus);
-		if (n != (crash_at ? 1 : 0))
-			case_fail(r, "shmbus_reclaim found %d dead members", n);
-		check_inspect(r, "after reclaim");
+		reclaim_and_inspect(r, crash_at);
 		drain_all(r);
 		check_prefix(r, prog);
 		check_two_laps(r);
@@ -923,20 +937,11 @@ static void run_ccase(struct crig *c, const char *crash_at, struct cprogress *p)
 	shmbus_pub_close(pub);
 	cr_assert_eq(tc_drain(c->subs[P_WITNESS], NULL, NULL), (int)CONS_EVENTS);
 	__atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
-	int st = 0;
-	if (tc_wait(child, 20000, &st) < 0)
-		case_fail(r, "the consumer hung");
-	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
-		case_fail(r, "the consumer %s: the crash point was not reached", tc_status_str(st));
-	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		case_fail(r, "the consumer %s", tc_status_str(st));
+	check_victim_end(r, "consumer", child, crash_at);
 	if (p->strange)
 		case_fail(r, "the child got %u events twice or not of ours", p->strange);
 	if (!r->failed) {
-		int n = shmbus_reclaim(r->bus);
-		if (n != (crash_at ? 1 : 0))
-			case_fail(r, "shmbus_reclaim found %d dead members", n);
-		check_inspect(r, "after reclaim");
+		reclaim_and_inspect(r, crash_at);
 		shmbus_sub_info_t info;
 		if (shmbus_list_subscriptions(r->bus, csub_opts[C_PLAIN].subscriber_id, &info, 1) != 0)
 			case_fail(r, "the dead child's plain subscription is still there");
@@ -1520,58 +1525,27 @@ static int drain_victim(void *arg)
 	return 0;
 }
 
-struct drain_rig {
-	char label[96];
-	bool failed;
-	shmbus_sub_t *sub[2]; /* a plain lag subscription and a durable one */
-};
-
-__attribute__((format(printf, 2, 3))) static void drain_fail(struct drain_rig *r, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	cr_expect(false, "[%s] %s", r->label, msg);
-	r->failed = true;
-}
-
-/* Everything sub k has queued now: indexes from base on, each above the
- * one before and below end. Returns how many, or -1 (reported). */
-static int drain_take_all(struct drain_rig *r, unsigned k, uint32_t base, uint32_t end)
+/* Everything subscription sub (number k of the case) has queued now:
+ * indexes from base on, each above the one before and below end. Returns
+ * how many, or -1 (reported). */
+static int drain_take_all(struct rig *r, shmbus_sub_t *sub, unsigned k, uint32_t base, uint32_t end)
 {
 	const shmbus_event_t *ev;
 	int n = 0, rc;
 	uint32_t next = base;
-	while ((rc = shmbus_poll(r->sub[k], &ev)) == 1) {
+	while ((rc = shmbus_poll(sub, &ev)) == 1) {
 		uint32_t v = tc_payload_u32(ev);
-		shmbus_release(r->sub[k], ev);
+		shmbus_release(sub, ev);
 		if (v < next || v >= end) {
-			drain_fail(r, "sub %u: event %u after %u (events up to %u)", k, v, next, end);
+			case_fail(r, "sub %u: event %u after %u (events up to %u)", k, v, next, end);
 			return -1;
 		}
 		next = v + 1;
 		n++;
 	}
 	if (rc < 0)
-		drain_fail(r, "sub %u: poll %d", k, rc);
+		case_fail(r, "sub %u: poll %d", k, rc);
 	return rc < 0 ? -1 : n;
-}
-
-static void drain_check_inspect(struct drain_rig *r, const char *when)
-{
-	shmbus_inspect_t *in = NULL;
-	if (shmbus_inspect_open(tc_bus, &in) < 0) {
-		drain_fail(r, "%s: shmbus_inspect_open failed", when);
-		return;
-	}
-	for (size_t i = 0; i < shmbus_inspect_problem_count(in); i++)
-		drain_fail(r, "%s: inspector: %s", when, shmbus_inspect_problem(in, i));
-	shmbus_inspect_ring_t ring;
-	if (shmbus_inspect_ring(in, &ring) == 0 && ring.claimed)
-		drain_fail(r, "%s: %llu slots still CLAIMED", when, (unsigned long long)ring.claimed);
-	shmbus_inspect_close(in);
 }
 
 /*
@@ -1586,54 +1560,47 @@ static void drain_check_inspect(struct drain_rig *r, const char *when)
 static bool drain_case(void *ctx, const char *crash_at)
 {
 	struct drain_progress *prog = ctx;
-	struct drain_rig rig = {0}, *r = &rig;
+	struct rig rig = {0}, *r = &rig;
 	snprintf(r->label, sizeof r->label, "lag-drain %s", crash_at ? crash_at : "dry run");
 	shmbus_unlink(tc_bus);
 	shmbus_config_t cfg = tc_small_cfg();
 	cfg.slots = DRAIN_SLOTS;
 	cfg.stall_timeout_ns = 120 * TC_SEC_NS;
-	shmbus_bus_t *bus = tc_create(&cfg);
+	r->bus = tc_create(&cfg);
+	/* a plain lag subscription and a durable one */
+	shmbus_sub_t *subs[2];
 	shmbus_sub_opts_t plain = {.policy = SHMBUS_POLICY_LAG};
 	shmbus_sub_opts_t durable = {.policy = SHMBUS_POLICY_LAG, .durable = true, .subscriber_id = "keeper"};
-	cr_assert_eq(shmbus_subscribe(bus, &plain, &r->sub[0]), 0);
-	cr_assert_eq(shmbus_subscribe(bus, &durable, &r->sub[1]), 0);
+	cr_assert_eq(shmbus_subscribe(r->bus, &plain, &subs[0]), 0);
+	cr_assert_eq(shmbus_subscribe(r->bus, &durable, &subs[1]), 0);
 	memset(prog, 0, sizeof *prog);
 	void *args[2] = {prog, (void *)crash_at};
-	int st = 0;
-	if (tc_wait(tc_fork(drain_victim, args), 20000, &st) < 0)
-		drain_fail(r, "the publisher hung");
-	else if (crash_at && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
-		drain_fail(r, "the publisher %s: the crash point was not reached", tc_status_str(st));
-	else if (!crash_at && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		drain_fail(r, "the publisher %s", tc_status_str(st));
+	check_victim_end(r, "publisher", tc_fork(drain_victim, args), crash_at);
 	if (!r->failed) {
-		int n = shmbus_reclaim(bus);
-		if (n != (crash_at ? 1 : 0))
-			drain_fail(r, "shmbus_reclaim found %d dead members", n);
-		drain_check_inspect(r, "after reclaim");
+		reclaim_and_inspect(r, crash_at);
 		for (unsigned k = 0; k < 2 && !r->failed; k++) {
-			int got = drain_take_all(r, k, 0, prog->started);
-			uint64_t missed = shmbus_take_missed(r->sub[k]);
+			int got = drain_take_all(r, subs[k], k, 0, prog->started);
+			uint64_t missed = shmbus_take_missed(subs[k]);
 			if (got >= 0 && (got + missed < prog->completed || got + missed > prog->started))
-				drain_fail(r, "sub %u: received %d and missed %llu, of %u to %u published", k, got,
-					   (unsigned long long)missed, prog->completed, prog->started);
+				case_fail(r, "sub %u: received %d and missed %llu, of %u to %u published", k, got,
+					  (unsigned long long)missed, prog->completed, prog->started);
 		}
 	}
 	if (!r->failed) { /* two more laps, drained as they go */
-		shmbus_pub_t *pub = tc_pub(bus, "after", 2 * (int64_t)TC_SEC_NS);
+		shmbus_pub_t *pub = tc_pub(r->bus, "after", 2 * (int64_t)TC_SEC_NS);
 		for (uint32_t j = 0; j < 2 * DRAIN_SLOTS + DRAIN_SLOTS / 4 && !r->failed; j++) {
 			int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "n", SHMBUS_PRIORITY_NORMAL, POST_BASE + j);
 			if (rc < 0)
-				drain_fail(r, "publish %u after the crash: %d (%s)", j, rc, shmbus_errmsg());
+				case_fail(r, "publish %u after the crash: %d (%s)", j, rc, shmbus_errmsg());
 		}
-		for (unsigned k = 0; k < 2 && !r->failed; k++)
-			drain_take_all(r, k, POST_BASE, POST_BASE + 3 * DRAIN_SLOTS);
-		drain_check_inspect(r, "after two laps");
 		shmbus_pub_close(pub);
+		for (unsigned k = 0; k < 2 && !r->failed; k++)
+			drain_take_all(r, subs[k], k, POST_BASE, POST_BASE + 3 * DRAIN_SLOTS);
+		check_inspect(r, "after two laps");
 	}
-	shmbus_unsubscribe(r->sub[1]);
-	shmbus_sub_close(r->sub[0]);
-	shmbus_close(bus);
+	shmbus_unsubscribe(subs[1]);
+	shmbus_sub_close(subs[0]);
+	shmbus_close(r->bus);
 	shmbus_unlink(tc_bus);
 	return r->failed;
 }
