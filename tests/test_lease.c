@@ -164,6 +164,44 @@ static void turns_close(struct turns *t)
 	shmbus_close(t->bus);
 }
 
+/* What the inspector behind shm-dump says now: slots leased, and how
+ * many positions were taken from the leases of the publisher named
+ * source. */
+static uint64_t leased_now(void)
+{
+	shmbus_inspect_t *in = NULL;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0, "%s", shmbus_errmsg());
+	shmbus_inspect_ring_t ring;
+	cr_assert_eq(shmbus_inspect_ring(in, &ring), 0);
+	shmbus_inspect_close(in);
+	return ring.leased;
+}
+
+static uint64_t lease_taken_from(const char *source)
+{
+	shmbus_inspect_t *in = NULL;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0, "%s", shmbus_errmsg());
+	uint64_t taken = 0;
+	for (size_t i = 0; i < shmbus_inspect_pub_count(in); i++) {
+		shmbus_inspect_pub_t p;
+		if (shmbus_inspect_pub(in, i, &p) == 0 && strcmp(p.source, source) == 0)
+			taken = p.lease_taken;
+	}
+	shmbus_inspect_close(in);
+	return taken;
+}
+
+/* turns_open on the small bus, for a test of what leases do: skipped
+ * where publishers cannot lease, and it asserts that they do. */
+static void turns_open_leasing(struct turns *t)
+{
+	if (!tc_leases_available())
+		cr_skip_test("membarrier is refused here: publishers do not lease");
+	shmbus_config_t cfg = tc_small_cfg();
+	turns_open(t, &cfg, 0, 20);
+	cr_assert_gt(leased_now(), 0, "publishers taking turns hold no lease");
+}
+
 /* ---------------------------------------------------------------- tests */
 
 Test(lease, publishers_taking_turns_lease_positions_and_keep_their_order)
@@ -204,18 +242,8 @@ Test(lease, a_claimer_a_lap_later_takes_an_idle_lease_away)
 			cr_assert_geq(tc_drain(t.sub, seen_event, s), 0);
 	}
 	uint64_t b_last = shmbus_uuid_seq(&id);
-	if (tc_leases_available()) { /* shm-dump shows what was taken from A */
-		shmbus_inspect_t *in = NULL;
-		cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0);
-		uint64_t taken = 0;
-		for (size_t i = 0; i < shmbus_inspect_pub_count(in); i++) {
-			shmbus_inspect_pub_t p;
-			if (shmbus_inspect_pub(in, i, &p) == 0 && strcmp(p.source, "a") == 0)
-				taken = p.lease_taken;
-		}
-		shmbus_inspect_close(in);
-		cr_expect_gt(taken, 0, "no position was taken from A's lease");
-	}
+	if (tc_leases_available()) /* shm-dump shows what was taken from A */
+		cr_expect_gt(lease_taken_from("a"), 0, "no position was taken from A's lease");
 	/* A's lease was taken: it claims anew, after everything B wrote */
 	for (uint32_t i = 20; i < 30; i++) {
 		cr_assert_eq(publish_as(t.a, 0, i, &id), 0, "A %u: %s", i, shmbus_errmsg());
@@ -266,27 +294,14 @@ Test(lease, the_recorder_takes_an_idle_lease_away_instead_of_waiting)
 	turns_close(&t);
 }
 
-static uint64_t leased_now(void)
-{
-	shmbus_inspect_t *in = NULL;
-	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0, "%s", shmbus_errmsg());
-	shmbus_inspect_ring_t ring;
-	cr_assert_eq(shmbus_inspect_ring(in, &ring), 0);
-	shmbus_inspect_close(in);
-	return ring.leased;
-}
 
 /* A publisher whose lease ends unused gives its positions back at once,
  * when it closes and when it claims otherwise (a batch), instead of
  * leaving them to takers who pay a membarrier for each. */
 Test(lease, a_publisher_gives_its_lease_back_when_it_closes_or_claims_otherwise)
 {
-	if (!tc_leases_available())
-		cr_skip_test("membarrier is refused here: publishers do not lease");
-	shmbus_config_t cfg = tc_small_cfg();
 	struct turns t;
-	turns_open(&t, &cfg, 0, 20);
-	cr_assert_gt(leased_now(), 0, "publishers taking turns hold no lease");
+	turns_open_leasing(&t);
 	shmbus_pub_close(t.b);
 	t.b = NULL;
 	uint8_t buf[2][PAYLOAD];
@@ -310,12 +325,8 @@ Test(lease, a_publisher_gives_its_lease_back_when_it_closes_or_claims_otherwise)
  * that (the log's time queries rely on it, within 100 ms). */
 Test(lease, a_lease_older_than_a_few_milliseconds_is_given_up)
 {
-	if (!tc_leases_available())
-		cr_skip_test("membarrier is refused here: publishers do not lease");
-	shmbus_config_t cfg = tc_small_cfg();
 	struct turns t;
-	turns_open(&t, &cfg, 0, 20);
-	cr_assert_gt(leased_now(), 0, "publishers taking turns hold no lease");
+	turns_open_leasing(&t);
 	tc_sleep_ms(50);
 	shmbus_metrics_t m;
 	cr_assert_eq(shmbus_get_metrics(t.bus, &m), 0);
