@@ -13,10 +13,17 @@
  *                with the cache lines coming from the other core, but
  *                without the two contending.
  *
- *   shmbus-event-cost [--events N] [--one-thread]   (default 2000000 events)
+ *   single       (--single, instead of the two above) one thread
+ *                publishes each event alone (shmbus_publish), waits for it
+ *                (shmbus_wait) and releases it (shmbus_release): the calls
+ *                of a request/response round trip, without the transfers.
+ *
+ *   shmbus-event-cost [--events N] [--one-thread | --single]   (default 2000000 events)
  *
  * --one-thread skips the second part (for callgrind: instructions per
- * event = the total over the events, less the set-up of a few thousand).
+ * event = the total over the events, less the set-up of a few thousand;
+ * with --single, callgrind_annotate --inclusive=yes gives each call's
+ * count over the events).
  *
  * Prints ns per event for each side; the bus is unlinked at the end.
  */
@@ -102,17 +109,39 @@ static uint64_t consume_n(shmbus_sub_t *sub, long n)
 	return sum;
 }
 
+/* Publish, wait for and release n events one at a time. */
+static uint64_t single_n(shmbus_pub_t *pub, shmbus_sub_t *sub, const shmbus_msg_t *m, long n)
+{
+	uint64_t sum = 0;
+	for (long i = 0; i < n; i++) {
+		const shmbus_event_t *ev;
+		int rc;
+		if ((rc = shmbus_publish(pub, m, NULL)) < 0)
+			die("publish", rc);
+		if ((rc = shmbus_wait(sub, -1, &ev)) != 1)
+			die("wait", rc < 0 ? rc : -EAGAIN);
+		size_t len;
+		const uint8_t *p = shmbus_event_payload(ev, &len);
+		sum += byte_sum(p, len);
+		if ((rc = shmbus_release(sub, ev)) < 0)
+			die("release", rc);
+	}
+	return sum;
+}
+
 int main(int argc, char **argv)
 {
 	long events = 2000000;
-	bool one_thread = false;
+	bool one_thread = false, single = false;
 	for (int a = 1; a < argc; a++) {
 		if (strcmp(argv[a], "--events") == 0 && a + 1 < argc && atol(argv[a + 1]) >= BATCH) {
 			events = atol(argv[++a]);
 		} else if (strcmp(argv[a], "--one-thread") == 0) {
 			one_thread = true;
+		} else if (strcmp(argv[a], "--single") == 0) {
+			single = true;
 		} else {
-			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread]\n");
+			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread | --single]\n");
 			return 2;
 		}
 	}
@@ -133,6 +162,17 @@ int main(int argc, char **argv)
 	memset(payload, 1, sizeof payload);
 	shmbus_msg_t m[BATCH];
 	fill_batch(m, payload);
+
+	if (single) {
+		double t0 = now_s();
+		single_n(pub, sub, &m[0], events);
+		printf("single: publish, wait and release %.1f ns/event\n", (now_s() - t0) / (double)events * 1e9);
+		shmbus_pub_close(pub);
+		shmbus_sub_close(sub);
+		shmbus_close(bus);
+		shmbus_unlink(bus_name);
+		return 0;
+	}
 
 	/* one thread */
 	double tp = 0, tc = 0;

@@ -6,6 +6,7 @@
 set -eu
 bench=$1
 cost_bin=$2
+ab=$3
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
@@ -26,5 +27,14 @@ fi
 cost=$("$cost_bin" --events 6400)
 for part in "one-thread: publish" "apart: publish" "apart: consume"; do
 	echo "$cost" | grep -q "^$part [0-9.]* ns/event" || { echo "shmbus-event-cost: no '$part'"; echo "$cost"; exit 1; }
+done
+single=$("$cost_bin" --single --events 6400)
+echo "$single" | grep -q "^single: publish, wait and release [0-9.]* ns/event" ||
+	{ echo "shmbus-event-cost --single: no figure"; echo "$single"; exit 1; }
+# the A/B script, the build against itself: a median for each side
+abo=$("$ab" "$bench" "$bench" 1)
+for side in A B; do
+	echo "$abo" | grep -q "^$side  runs 1  shmbus p50 median [1-9][0-9]* ns  ratio to the floor median [0-9.]*$" ||
+		{ echo "ab-pingpong.sh: no figure for $side"; echo "$abo"; exit 1; }
 done
 echo "bench smoke ok"
