@@ -773,6 +773,18 @@ static int cturn(const struct ctrack *t, shmbus_sub_t *sub, const char *what, un
 	return n;
 }
 
+/* Wait (10 s at most) until the other process raised *flag to at_least. */
+static bool wait_flag(const uint32_t *flag, uint32_t at_least)
+{
+	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
+	while (__atomic_load_n(flag, __ATOMIC_SEQ_CST) < at_least)
+		if (tc_now_ns() > deadline)
+			return false;
+		else
+			sched_yield();
+	return true;
+}
+
 /* The child: subscribe, wait for the events, consume them all in turns of
  * every mode on each subscription, then detach. */
 static int run_consumer(void *arg)
@@ -788,12 +800,8 @@ static int run_consumer(void *arg)
 		if ((rc = shmbus_subscribe(bus, &csub_opts[s], &subs[s])) < 0)
 			return CHILD_FAIL("subscribe %s: %d (%s)", csub_what[s], rc, shmbus_errmsg());
 	__atomic_store_n(&p->ready, 1, __ATOMIC_SEQ_CST);
-	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
-	while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST))
-		if (tc_now_ns() > deadline)
-			return CHILD_FAIL("the parent never published");
-		else
-			tc_sleep_ms(1);
+	if (!wait_flag(&p->go, 1))
+		return CHILD_FAIL("the parent never published");
 	bool busy = true;
 	for (unsigned round = 0; busy && round < CONS_ROUNDS_MAX; round++) {
 		busy = false;
@@ -924,9 +932,7 @@ static void run_ccase(struct crig *c, const char *crash_at, struct cprogress *p)
 	memset(p, 0, sizeof *p);
 	struct cvictim v = {.crash_at = crash_at, .prog = p};
 	pid_t child = tc_fork(run_consumer, &v);
-	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
-	while (!__atomic_load_n(&p->ready, __ATOMIC_SEQ_CST) && tc_now_ns() < deadline)
-		tc_sleep_ms(1);
+	(void)wait_flag(&p->ready, 1); /* a child that never subscribes fails its end's check */
 	shmbus_pub_t *pub = tc_pub(r->bus, "before", 2 * (int64_t)TC_SEC_NS);
 	uint8_t buf[BIG_PAYLOAD];
 	for (uint32_t i = 0; i < CONS_EVENTS; i++) {
@@ -1039,17 +1045,6 @@ struct rvictim {
 	struct rprogress *prog;
 	bool removal; /* the removal case; else the lag case */
 };
-
-static bool wait_flag(const uint32_t *flag, uint32_t at_least)
-{
-	uint64_t deadline = tc_now_ns() + 10 * TC_SEC_NS;
-	while (__atomic_load_n(flag, __ATOMIC_SEQ_CST) < at_least)
-		if (tc_now_ns() > deadline)
-			return false;
-		else
-			sched_yield();
-	return true;
-}
 
 /* The child of both cases. Lag: one turn per RACE_BATCH events
  * published, one batch behind the parent, so it takes about a third of
