@@ -32,6 +32,8 @@ struct dlq_file {
 	uint8_t *base; /* read-only map of size bytes (NULL when empty) */
 	uint64_t size;
 	uint64_t end;  /* after the last valid record */
+	dev_t dev;     /* which file: a log removed and made again is */
+	ino_t ino;     /* walked from its start */
 };
 
 static void dlq_close(struct dlq_file *f)
@@ -83,6 +85,8 @@ static int dlq_open_locked(shmbus_bus_t *bus, struct dlq_file *f, bool create)
 	if (fstat(f->fd, &st) < 0)
 		return shmbus__fail(errno, "dead-letter log '%s': %s", f->path, strerror(errno));
 	f->size = (uint64_t)st.st_size;
+	f->dev = st.st_dev;
+	f->ino = st.st_ino;
 	struct log_file_header h;
 	if (f->size == 0 && create) {
 		log_header_init(&h, LOG_KIND_DEAD, bus->hdr->incarnation, 0, bus->name, 0, now_real_ns());
@@ -108,13 +112,14 @@ static int dlq_open_locked(shmbus_bus_t *bus, struct dlq_file *f, bool create)
 	return 0;
 }
 
-/* Walk every valid record, resynchronising after damage. fn may be NULL.
- * Sets f->end after the last valid record. */
-static void dlq_walk(shmbus_bus_t *bus, struct dlq_file *f, void (*fn)(const struct log_record *r, void *arg),
-		     void *arg)
+/* Walk every valid record from offset `from` (a record boundary),
+ * resynchronising after damage. fn may be NULL. Sets f->end after the
+ * last valid record. */
+static void dlq_walk_from(shmbus_bus_t *bus, struct dlq_file *f, uint64_t from,
+			  void (*fn)(const struct log_record *r, void *arg), void *arg)
 {
-	uint64_t off = LOG_DATA_OFF;
-	f->end = LOG_DATA_OFF;
+	uint64_t off = from;
+	f->end = from;
 	while (off < f->size) {
 		const char *why = NULL;
 		int rc = log_rec_check(f->base, f->size, off, &why);
@@ -146,9 +151,39 @@ static void dlq_walk(shmbus_bus_t *bus, struct dlq_file *f, void (*fn)(const str
 	}
 }
 
-/* Append one record (body of len bytes, kind, seq) at f->end and sync. */
-static int dlq_write(struct dlq_file *f, uint16_t kind, uint64_t seq, const void *body, uint32_t len,
-		     const void *body2, uint32_t len2)
+static void dlq_walk(shmbus_bus_t *bus, struct dlq_file *f, void (*fn)(const struct log_record *r, void *arg),
+		     void *arg)
+{
+	dlq_walk_from(bus, f, LOG_DATA_OFF, fn, arg);
+}
+
+/* Set f->end for an append. The records before where this process last
+ * saw the end of this very file were valid then and are never rewritten
+ * (records are only appended; a failed append cuts back to its own
+ * start), so only what other processes added since is walked: an append
+ * used to walk, and checksum, the whole log, a cost that grew with every
+ * letter ever written. A file that is not the one seen (removed and made
+ * again) or shorter than the end seen is walked from its start. */
+static void dlq_find_end(shmbus_bus_t *bus, const struct log_state *st, struct dlq_file *f)
+{
+	const struct dlq_seen *seen = &st->dlq_seen;
+	if (seen->end >= LOG_DATA_OFF && seen->end <= f->size && seen->dev == f->dev && seen->ino == f->ino)
+		dlq_walk_from(bus, f, seen->end, NULL, NULL);
+	else
+		dlq_walk(bus, f, NULL, NULL);
+}
+
+/* Remember where f's valid records end now (see dlq_find_end). */
+static void dlq_note_end(struct log_state *st, const struct dlq_file *f)
+{
+	st->dlq_seen = (struct dlq_seen){.dev = f->dev, .ino = f->ino, .end = f->end};
+}
+
+/* Write one record (body, then body2: len + len2 bytes, kind, seq) at
+ * f->end and move f->end past it, without a sync (dlq_commit). A record
+ * that could not be written whole is cut off again. */
+static int dlq_put(struct dlq_file *f, uint16_t kind, uint64_t seq, const void *body, uint32_t len,
+		   const void *body2, uint32_t len2)
 {
 	uint64_t size = log_rec_size(len + len2);
 	uint8_t *buf = calloc(1, (size_t)size);
@@ -168,25 +203,45 @@ static int dlq_write(struct dlq_file *f, uint16_t kind, uint64_t seq, const void
 			(void)0;
 		return shmbus__fail(e, "dead-letter log '%s': cannot append: %s", f->path, strerror(e));
 	}
-	uint64_t tail = f->end + size;
-	if (pwrite(f->fd, &tail, sizeof tail, offsetof(struct log_file_header, tail)) != (ssize_t)sizeof tail ||
-	    fdatasync(f->fd) < 0)
-		return shmbus__fail(errno, "dead-letter log '%s': cannot sync: %s", f->path, strerror(errno));
-	f->end = tail;
+	f->end += size;
 	return 0;
 }
 
-int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in)
+/* Store the header's tail (f->end) and sync what dlq_put wrote: one sync
+ * for however many records. */
+static int dlq_commit(struct dlq_file *f)
 {
-	int rc = bus_check_usable(bus);
-	if (rc < 0)
-		return rc;
-	if (!ev || !in)
-		return shmbus__fail(EINVAL, "event or entry is NULL");
-	const struct seg_event *e = (const struct seg_event *)(const void *)ev;
+	uint64_t tail = f->end;
+	if (pwrite(f->fd, &tail, sizeof tail, offsetof(struct log_file_header, tail)) != (ssize_t)sizeof tail ||
+	    fdatasync(f->fd) < 0)
+		return shmbus__fail(errno, "dead-letter log '%s': cannot sync: %s", f->path, strerror(errno));
+	return 0;
+}
+
+/* Append one record and sync it. */
+static int dlq_write(struct dlq_file *f, uint16_t kind, uint64_t seq, const void *body, uint32_t len,
+		     const void *body2, uint32_t len2)
+{
+	int rc = dlq_put(f, kind, seq, body, len, body2, len2);
+	return rc < 0 ? rc : dlq_commit(f);
+}
+
+/* The body of ev's DEAD record in *buf (grown as needed): the letter,
+ * then a copy of the event without its delivery-time bits. Its length,
+ * or -errno (an event that is not valid is not written). */
+static int64_t letter_body(const struct seg_event *e, const struct dlq_entry_in *in, uint8_t **buf, size_t *cap)
+{
 	const char *why;
 	if (seg_event_check(e, e->size, &why) < 0)
 		return shmbus__fail(EBADMSG, "dead letter: the event is not valid: %s", why);
+	size_t len = sizeof(struct log_dead) + e->size;
+	if (len > *cap) {
+		uint8_t *nb = realloc(*buf, len);
+		if (!nb)
+			return shmbus__fail(ENOMEM, "out of memory");
+		*buf = nb;
+		*cap = len;
+	}
 	struct log_dead d;
 	memset(&d, 0, sizeof d);
 	memcpy(d.event_id, e->id, sizeof d.event_id);
@@ -197,32 +252,65 @@ int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_ent
 	d.last_error = in->last_error;
 	snprintf(d.subscriber, sizeof d.subscriber, "%s", in->subscriber_id ? in->subscriber_id : "");
 	snprintf(d.group, sizeof d.group, "%s", in->group ? in->group : "");
+	struct seg_event head;
+	memcpy(&head, e, sizeof head);
+	head.committed = 1;
+	head.flags &= (uint16_t)~(SEG_EVF_REDELIVERED | SEG_EVF_DIRECTED);
+	memcpy(*buf, &d, sizeof d);
+	memcpy(*buf + sizeof d, &head, sizeof head);
+	memcpy(*buf + sizeof d + sizeof head, (const uint8_t *)e + sizeof head, e->size - sizeof head);
+	return (int64_t)len;
+}
+
+int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t n, const struct dlq_entry_in *in)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0)
+		return rc;
+	if ((!evs && n) || !in || n > INT32_MAX)
+		return shmbus__fail(EINVAL, "events or entry is NULL");
+	for (size_t i = 0; i < n; i++)
+		if (!evs[i])
+			return shmbus__fail(EINVAL, "event %zu is NULL", i);
 	struct log_state *st = log_state_get(bus);
 	if (!st)
 		return -ENOMEM;
+	uint8_t *body = NULL;
+	size_t cap = 0;
+	int written = 0;
 	pthread_mutex_lock(&st->dlq_lock);
 	struct dlq_file f;
 	if ((rc = dlq_open_locked(bus, &f, true)) == 0) {
-		dlq_walk(bus, &f, NULL, NULL);
-		/* the copy carries no delivery-time bits */
-		struct seg_event head;
-		memcpy(&head, e, sizeof head);
-		head.committed = 1;
-		head.flags &= (uint16_t)~(SEG_EVF_REDELIVERED | SEG_EVF_DIRECTED);
-		uint8_t *body = malloc(sizeof d + e->size);
-		if (!body) {
-			rc = shmbus__fail(ENOMEM, "out of memory");
-		} else {
-			memcpy(body, &d, sizeof d);
-			memcpy(body + sizeof d, &head, sizeof head);
-			memcpy(body + sizeof d + sizeof head, (const uint8_t *)e + sizeof head, e->size - sizeof head);
-			rc = dlq_write(&f, LOG_REC_DEAD, e->seq, body, (uint32_t)(sizeof d + e->size), NULL, 0);
-			free(body);
+		dlq_find_end(bus, st, &f);
+		int err = 0;
+		for (size_t i = 0; i < n; i++) {
+			const struct seg_event *e = (const struct seg_event *)(const void *)evs[i];
+			int64_t len = letter_body(e, in, &body, &cap);
+			if (len < 0 || (len = dlq_put(&f, LOG_REC_DEAD, e->seq, body, (uint32_t)len, NULL, 0)) < 0) {
+				err = (int)len;
+				if (len != -EBADMSG)
+					break; /* the file or memory failed: the rest would too */
+				continue;
+			}
+			written++;
 		}
+		/* what was written is synced, even after a failure */
+		if (written && (rc = dlq_commit(&f)) < 0)
+			written = 0;
+		else
+			rc = err;
+		dlq_note_end(st, &f);
 	}
 	dlq_close(&f);
 	pthread_mutex_unlock(&st->dlq_lock);
-	return rc;
+	free(body);
+	return written ? written : rc;
+}
+
+int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in)
+{
+	int rc = dlq_append_many(bus, &ev, 1, in);
+	return rc < 0 ? rc : 0;
 }
 
 /* ------------------------------------------------------------ live set */
@@ -389,6 +477,7 @@ static int retire(shmbus_bus_t *bus, const shmbus_uuid_t *event_id, uint32_t act
 				memcpy(t.event_id, event_id->bytes, 16);
 				rc = dlq_write(&f, LOG_REC_TOMB, 0, &t, sizeof t, NULL, 0);
 			}
+			dlq_note_end(st, &f);
 		}
 	}
 	free(l.recs);

@@ -16,9 +16,18 @@ struct dlq_entry_in {
  * Append one dead letter for event ev (ev points at a valid event in the
  * ring or a copy). Safe from several processes and threads at once: the
  * append is serialised by a mutex and an OFD lock on the file, and synced
- * to disk before it returns. Subscriber ids and groups longer than
+ * to disk before it returns. It walks only the records other processes
+ * added since this one last appended, not the whole log. Subscriber ids and groups longer than
  * SHMBUS_ID_MAX are cut. 0 or -errno (message names the file).
  */
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in);
+
+/*
+ * Append a dead letter for each of evs[0..n), all with the same entry, as
+ * dlq_append does but under one lock and with one sync for them all (the
+ * unrouted events of a batch). An event that is not valid is skipped.
+ * Returns how many were appended and synced, or -errno when none was.
+ */
+int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t n, const struct dlq_entry_in *in);
 
 #endif

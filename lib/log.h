@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "internal.h"
 #include "log_format.h"
@@ -163,6 +164,14 @@ struct log_state {
 	pthread_mutex_t pub_lock; /* the publisher below is one thread's at a time */
 	struct shmbus_pub *pub;	  /* for directed deliveries */
 	pthread_mutex_t dlq_lock; /* with the dead-letter log's OFD lock */
+	/* Where this process last saw the dead-letter log's valid records
+	 * end, and which file that was (dlq.c): an append walks only what
+	 * was added since, not the whole log. Under dlq_lock; end 0 = unknown. */
+	struct dlq_seen {
+		dev_t dev;
+		ino_t ino;
+		uint64_t end;
+	} dlq_seen;
 	struct log_map {
 		void *base;
 		size_t len;

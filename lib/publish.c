@@ -138,15 +138,15 @@ static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev)
 }
 
 /* Append the kept copies to the dead-letter log, outside the routing pass
- * (an append syncs a file). */
+ * (an append syncs a file): one append, and one sync, for them all. */
 static void flush_unrouted(shmbus_pub_t *pub)
 {
-	for (size_t i = 0; i < pub->nunrouted; i++) {
-		struct dlq_entry_in in = {.reason = SHMBUS_DEAD_NO_SUBSCRIBER};
-		if (dlq_append(pub->bus, pub->unrouted[i], &in) == 0)
-			at_count_u64(&pub->bus->hdr->retired_dead_lettered, 1);
+	struct dlq_entry_in in = {.reason = SHMBUS_DEAD_NO_SUBSCRIBER};
+	int n = dlq_append_many(pub->bus, (const shmbus_event_t *const *)pub->unrouted, pub->nunrouted, &in);
+	if (n > 0)
+		at_count_u64(&pub->bus->hdr->retired_dead_lettered, (uint64_t)n);
+	for (size_t i = 0; i < pub->nunrouted; i++)
 		shmbus_event_free(pub->unrouted[i]);
-	}
 	pub->nunrouted = 0;
 }
 

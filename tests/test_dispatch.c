@@ -893,6 +893,21 @@ Test(dispatch, unmatched_commands_and_queries_are_dead_lettered_when_the_bus_ask
 	cr_expect_eq(dl[0].sub, 0);
 	cr_expect_str_eq(shmbus_event_name(dl[1].event), "q1");
 	cr_expect_eq(tc_drain(sub, NULL, NULL), 2, "the matched ones were delivered");
+	/* a batch's unrouted events go to the log together (one append, one
+	 * sync), in publish order, and are all counted */
+	shmbus_msg_t lost[4] = {{.type = SHMBUS_QUERY, .name = "q3", .target = "nobody"},
+				{.type = SHMBUS_NOTIFICATION, .name = "n4"},
+				{.type = SHMBUS_COMMAND, .name = "c5", .target = "nobody"},
+				{.type = SHMBUS_COMMAND, .name = "c6", .target = "elsewhere"}};
+	cr_assert_eq(shmbus_publish_batch(pub, lost, 4, NULL), 4);
+	n = shmbus_dlq_list(bus, dl, 8);
+	cr_assert_eq(n, 5, "dlq_list = %d (%s)", n, shmbus_errmsg());
+	cr_expect_str_eq(shmbus_event_name(dl[2].event), "q3");
+	cr_expect_str_eq(shmbus_event_name(dl[3].event), "c5");
+	cr_expect_str_eq(shmbus_event_name(dl[4].event), "c6");
+	shmbus_metrics_t m;
+	cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+	cr_expect_eq(m.dead_lettered, 5, "dead_lettered = %llu", (unsigned long long)m.dead_lettered);
 	/* a bus that did not ask keeps quiet */
 	shmbus_close(bus);
 	char quiet[SHMBUS_NAME_MAX + 1];

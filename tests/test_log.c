@@ -443,6 +443,93 @@ Test(log, dead_letters_survive_restarts_retry_delivers_clear_removes)
 	shmbus_close(bus);
 }
 
+struct dlq_append_arg {
+	const shmbus_event_t *ev;
+	uint32_t first_attempt, n;
+};
+
+/* Dead-letter a->ev a->n times, the attempts counting from first_attempt,
+ * with one append each, from this process's own handle. */
+static int dlq_append_n(shmbus_bus_t *bus, const struct dlq_append_arg *a)
+{
+	for (uint32_t i = 0; i < a->n; i++) {
+		struct dlq_entry_in in = {.reason = SHMBUS_DEAD_FAILED, .attempts = a->first_attempt + i};
+		if (dlq_append(bus, a->ev, &in) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int dlq_child_append(void *arg)
+{
+	shmbus_bus_t *bus;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open: %s", shmbus_errmsg());
+	if (dlq_append_n(bus, arg) < 0)
+		return CHILD_FAIL("dlq_append: %s", shmbus_errmsg());
+	shmbus_close(bus);
+	return 0;
+}
+
+/* The attempts of the live letters, in log order, as "1 2 3". */
+static void letter_attempts(shmbus_bus_t *bus, char *out, size_t cap)
+{
+	shmbus_dead_letter_t dl[16];
+	int n = shmbus_dlq_list(bus, dl, 16);
+	cr_assert_geq(n, 0, "%s", shmbus_errmsg());
+	size_t len = 0;
+	out[0] = '\0';
+	for (int i = 0; i < n && i < 16 && len < cap; i++)
+		len += (size_t)snprintf(out + len, cap - len, "%s%u", i ? " " : "", dl[i].attempts);
+}
+
+/* An append walks only what other processes added since this process's
+ * last one (dlq_find_end): its next record must still land after theirs,
+ * and a log removed and made again (on the same inode, as like as not)
+ * must be walked from its start. */
+Test(log, dead_letters_of_two_processes_and_a_remade_log_land_after_the_last_record)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, 7), 0);
+	const shmbus_event_t *ev;
+	shmbus_event_t *copy;
+	cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
+	cr_assert_eq(shmbus_event_copy(ev, &copy), 0);
+	shmbus_release(sub, ev);
+
+	cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy, 1, 1}), 0, "%s", shmbus_errmsg());
+	struct dlq_append_arg other = {copy, 2, 2};
+	int st;
+	cr_assert_eq(tc_wait(tc_fork(dlq_child_append, &other), 5000, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: %s", tc_status_str(st));
+	cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy, 4, 1}), 0, "%s", shmbus_errmsg());
+	char got[128];
+	letter_attempts(bus, got, sizeof got);
+	cr_expect_str_eq(got, "1 2 3 4", "letters in the log: %s", got);
+
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	cr_assert_gt(shmbus_log_dir(bus, dir, sizeof dir), 0);
+	snprintf(path, sizeof path, "%s/dead.log", dir);
+	struct stat four;
+	cr_assert_eq(stat(path, &four), 0);
+	off_t record = (four.st_size - LOG_DATA_OFF) / 4;
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy, 5, 1}), 0, "%s", shmbus_errmsg());
+	struct stat one;
+	cr_assert_eq(stat(path, &one), 0);
+	cr_expect_eq(one.st_size, LOG_DATA_OFF + record, "a remade log of one letter has %lld bytes, not %lld",
+		     (long long)one.st_size, (long long)(LOG_DATA_OFF + record));
+	letter_attempts(bus, got, sizeof got);
+	cr_expect_str_eq(got, "5", "letters in the remade log: %s", got);
+	shmbus_event_free(copy);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(log, replay_to_one_subscription_and_republished)
 {
 	shmbus_config_t cfg = log_cfg();
