@@ -7,6 +7,7 @@ set -eu
 bench=$1
 cost_bin=$2
 ab=$3
+dlq_cost=$4
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
@@ -37,4 +38,8 @@ for side in A B; do
 	echo "$abo" | grep -q "^$side  runs 1  shmbus p50 median [1-9][0-9]* ns  ratio to the floor median [0-9.]*$" ||
 		{ echo "ab-pingpong.sh: no figure for $side"; echo "$abo"; exit 1; }
 done
+# the dead-letter append cost: a median for each tenth, in a log of its own
+dlq=$("$dlq_cost" --letters 200)
+[ "$(echo "$dlq" | grep -c '^letters [0-9]*\.\.[0-9]*: median append [0-9.]* us$')" -eq 10 ] ||
+	{ echo "shmbus-dlq-cost: not ten medians"; echo "$dlq"; exit 1; }
 echo "bench smoke ok"
