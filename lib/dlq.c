@@ -32,8 +32,11 @@ struct dlq_file {
 	uint8_t *base; /* read-only map of size bytes (NULL when empty) */
 	uint64_t size;
 	uint64_t end;  /* after the last valid record */
-	dev_t dev;     /* which file: a log removed and made again is */
-	ino_t ino;     /* walked from its start */
+	uint64_t last, last_sum; /* that record's offset (0: none) and checksum */
+	/* which file (see dlq_find_end) */
+	dev_t dev;
+	ino_t ino;
+	uint64_t header_sum;
 };
 
 static void dlq_close(struct dlq_file *f)
@@ -100,6 +103,7 @@ static int dlq_open_locked(shmbus_bus_t *bus, struct dlq_file *f, bool create)
 	const char *why;
 	if ((rc = log_header_check(&h, f->size, LOG_KIND_DEAD, &why)) < 0)
 		return shmbus__fail(-rc, "dead-letter log '%s': %s", f->path, why);
+	f->header_sum = h.header_sum;
 	if (h.incarnation != bus->hdr->incarnation || strncmp(h.bus, bus->name, sizeof h.bus) != 0)
 		return shmbus__fail(EPROTO,
 				    "dead-letter log '%s' belongs to another bus or an earlier bus '%s' "
@@ -114,7 +118,7 @@ static int dlq_open_locked(shmbus_bus_t *bus, struct dlq_file *f, bool create)
 
 /* Walk every valid record from offset `from` (a record boundary),
  * resynchronising after damage. fn may be NULL. Sets f->end after the
- * last valid record. */
+ * last valid record, and f->last to that record if the walk met one. */
 static void dlq_walk_from(shmbus_bus_t *bus, struct dlq_file *f, uint64_t from,
 			  void (*fn)(const struct log_record *r, void *arg), void *arg)
 {
@@ -128,6 +132,8 @@ static void dlq_walk_from(shmbus_bus_t *bus, struct dlq_file *f, uint64_t from,
 			if (r->kind != LOG_REC_EVENT) {
 				if (fn)
 					fn(r, arg);
+				f->last = off;
+				f->last_sum = r->checksum;
 				off += log_rec_size(r->len);
 				f->end = off;
 				continue;
@@ -154,29 +160,48 @@ static void dlq_walk_from(shmbus_bus_t *bus, struct dlq_file *f, uint64_t from,
 static void dlq_walk(shmbus_bus_t *bus, struct dlq_file *f, void (*fn)(const struct log_record *r, void *arg),
 		     void *arg)
 {
+	f->last = 0;
 	dlq_walk_from(bus, f, LOG_DATA_OFF, fn, arg);
 }
 
-/* Set f->end for an append. The records before where this process last
+/* Set f->end for an append. The records before where this handle last
  * saw the end of this very file were valid then and are never rewritten
  * (records are only appended; a failed append cuts back to its own
  * start), so only what other processes added since is walked: an append
  * used to walk, and checksum, the whole log, a cost that grew with every
- * letter ever written. A file that is not the one seen (removed and made
- * again) or shorter than the end seen is walked from its start. */
+ * letter ever written. "This very file" is checked three ways: its device
+ * and inode (not removed and made again), its header (not emptied and
+ * given a new one), and the record that ended where we saw the end, still
+ * there whole with the same checksum (not cut back by hand and grown
+ * again by others, which would leave that offset inside their records).
+ * Otherwise the file is walked from its start. */
 static void dlq_find_end(shmbus_bus_t *bus, const struct log_state *st, struct dlq_file *f)
 {
 	const struct dlq_seen *seen = &st->dlq_seen;
-	if (seen->end >= LOG_DATA_OFF && seen->end <= f->size && seen->dev == f->dev && seen->ino == f->ino)
-		dlq_walk_from(bus, f, seen->end, NULL, NULL);
-	else
+	bool same = seen->end >= LOG_DATA_OFF && seen->end <= f->size && seen->dev == f->dev &&
+		    seen->ino == f->ino && seen->header_sum == f->header_sum && f->base;
+	if (same && seen->last) {
+		const char *why;
+		const struct log_record *r = (const struct log_record *)(const void *)(f->base + seen->last);
+		same = seen->last < seen->end && log_rec_check(f->base, f->size, seen->last, &why) == 0 &&
+		       r->checksum == seen->last_sum && seen->last + log_rec_size(r->len) == seen->end;
+	} else if (same) {
+		same = seen->end == LOG_DATA_OFF; /* no record then: walk them all */
+	}
+	if (!same) {
 		dlq_walk(bus, f, NULL, NULL);
+		return;
+	}
+	f->last = seen->last;
+	f->last_sum = seen->last_sum;
+	dlq_walk_from(bus, f, seen->end, NULL, NULL);
 }
 
 /* Remember where f's valid records end now (see dlq_find_end). */
 static void dlq_note_end(struct log_state *st, const struct dlq_file *f)
 {
-	st->dlq_seen = (struct dlq_seen){.dev = f->dev, .ino = f->ino, .end = f->end};
+	st->dlq_seen = (struct dlq_seen){.dev = f->dev, .ino = f->ino, .header_sum = f->header_sum,
+					 .end = f->end, .last = f->last, .last_sum = f->last_sum};
 }
 
 /* Write one record (body, then body2: len + len2 bytes, kind, seq) at
@@ -194,6 +219,7 @@ static int dlq_put(struct dlq_file *f, uint16_t kind, uint64_t seq, const void *
 	if (len2)
 		memcpy(r->body + len, body2, len2);
 	log_rec_seal(r, len + len2, kind, seq);
+	uint64_t sum = r->checksum;
 	ssize_t w = pwrite(f->fd, buf, (size_t)size, (off_t)f->end);
 	free(buf);
 	if (w != (ssize_t)size) {
@@ -203,6 +229,8 @@ static int dlq_put(struct dlq_file *f, uint16_t kind, uint64_t seq, const void *
 			(void)0;
 		return shmbus__fail(e, "dead-letter log '%s': cannot append: %s", f->path, strerror(e));
 	}
+	f->last = f->end;
+	f->last_sum = sum;
 	f->end += size;
 	return 0;
 }
@@ -267,8 +295,12 @@ int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t 
 	int rc = bus_check_usable(bus);
 	if (rc < 0)
 		return rc;
-	if ((!evs && n) || !in || n > INT32_MAX)
+	if ((!evs && n) || !in)
 		return shmbus__fail(EINVAL, "events or entry is NULL");
+	if (n > INT32_MAX)
+		return shmbus__fail(EINVAL, "too many events (%zu) for one append", n);
+	if (n == 0)
+		return 0;
 	for (size_t i = 0; i < n; i++)
 		if (!evs[i])
 			return shmbus__fail(EINVAL, "event %zu is NULL", i);

@@ -17,7 +17,7 @@ struct dlq_entry_in {
  * ring or a copy). Safe from several processes and threads at once: the
  * append is serialised by a mutex and an OFD lock on the file, and synced
  * to disk before it returns. It walks only the records other processes
- * added since this one last appended, not the whole log. Subscriber ids and groups longer than
+ * added since this handle last appended, not the whole log. Subscriber ids and groups longer than
  * SHMBUS_ID_MAX are cut. 0 or -errno (message names the file).
  */
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in);

@@ -164,13 +164,16 @@ struct log_state {
 	pthread_mutex_t pub_lock; /* the publisher below is one thread's at a time */
 	struct shmbus_pub *pub;	  /* for directed deliveries */
 	pthread_mutex_t dlq_lock; /* with the dead-letter log's OFD lock */
-	/* Where this process last saw the dead-letter log's valid records
-	 * end, and which file that was (dlq.c): an append walks only what
-	 * was added since, not the whole log. Under dlq_lock; end 0 = unknown. */
+	/* Where this handle last saw the dead-letter log's valid records
+	 * end, which file that was, and the record that ended there (dlq.c):
+	 * an append walks only what was added since, not the whole log.
+	 * Under dlq_lock; end 0 = unknown. */
 	struct dlq_seen {
 		dev_t dev;
 		ino_t ino;
+		uint64_t header_sum;
 		uint64_t end;
+		uint64_t last, last_sum; /* the last record's offset (0: none) and checksum */
 	} dlq_seen;
 	struct log_map {
 		void *base;

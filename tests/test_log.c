@@ -485,8 +485,8 @@ static void letter_attempts(shmbus_bus_t *bus, char *out, size_t cap)
 
 /* An append walks only what other processes added since this process's
  * last one (dlq_find_end): its next record must still land after theirs,
- * and a log removed and made again (on the same inode, as like as not)
- * must be walked from its start. */
+ * and a log removed and made again (on a new inode or, on some file
+ * systems, the same one) must be walked from its start. */
 Test(log, dead_letters_of_two_processes_and_a_remade_log_land_after_the_last_record)
 {
 	shmbus_config_t cfg = log_cfg();
@@ -525,6 +525,58 @@ Test(log, dead_letters_of_two_processes_and_a_remade_log_land_after_the_last_rec
 	letter_attempts(bus, got, sizeof got);
 	cr_expect_str_eq(got, "5", "letters in the remade log: %s", got);
 	shmbus_event_free(copy);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* A log cut back by hand (`: > dead.log`) and grown again by another
+ * process past where this process saw its end: that offset now lies
+ * inside the other's records, and an append from there would write over
+ * one of them. The append must notice and walk from the start. */
+Test(log, a_dead_letter_log_cut_back_and_grown_again_by_another_is_walked_from_its_start)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	static uint8_t big[1000];
+	shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "job", .payload = big, .payload_len = sizeof big};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, 7), 0);
+	shmbus_event_t *copy[2];
+	for (int i = 0; i < 2; i++) {
+		const shmbus_event_t *ev;
+		cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
+		cr_assert_eq(shmbus_event_copy(ev, &copy[i]), 0);
+		shmbus_release(sub, ev);
+	}
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	cr_assert_gt(shmbus_log_dir(bus, dir, sizeof dir), 0);
+	snprintf(path, sizeof path, "%s/dead.log", dir);
+
+	/* cut to its header (kept), then to nothing (a new header comes) */
+	const off_t cuts[] = {LOG_DATA_OFF, 0};
+	for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+		cr_assert(c == 0 || unlink(path) == 0); /* each cut starts from an empty log */
+		cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy[0], 1, 1}), 0, "%s", shmbus_errmsg());
+		struct stat seen;
+		cr_assert_eq(stat(path, &seen), 0);
+		cr_assert_eq(truncate(path, cuts[c]), 0);
+		struct dlq_append_arg other = {copy[1], 2, 4};
+		int st;
+		cr_assert_eq(tc_wait(tc_fork(dlq_child_append, &other), 5000, &st), 0);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: %s", tc_status_str(st));
+		struct stat grown;
+		cr_assert_eq(stat(path, &grown), 0);
+		cr_assert_gt(grown.st_size, seen.st_size, "the other letters must reach past the end this process saw");
+		cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy[1], 6, 1}), 0, "%s", shmbus_errmsg());
+		char got[128];
+		letter_attempts(bus, got, sizeof got);
+		cr_expect_str_eq(got, "2 3 4 5 6", "cut to %lld bytes: letters in the log: %s", (long long)cuts[c], got);
+	}
+	for (int i = 0; i < 2; i++)
+		shmbus_event_free(copy[i]);
 	shmbus_sub_close(sub);
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
