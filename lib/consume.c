@@ -311,10 +311,21 @@ static uint64_t ready_low(const shmbus_sub_t *sub)
 	return low;
 }
 
+static bool queue_waiting(const struct seg_queue_ends *e)
+{
+	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
+}
+
 static bool urgent_waiting(const shmbus_sub_t *sub)
 {
-	const struct seg_queue_ends *e = &sub->rec->ends[SEG_QUEUE_URGENT];
-	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
+	return queue_waiting(&sub->rec->ends[SEG_QUEUE_URGENT]);
+}
+
+/* What survivors gave back from a dead consumer waits. Its ends are written
+ * only then, so between deaths the two loads hit this core's cache. */
+static bool redeliver_waiting(const shmbus_sub_t *sub)
+{
+	return queue_waiting(&sub->rec->redeliver_ends);
 }
 
 void consume_forget_removed(shmbus_sub_t *sub)
@@ -376,9 +387,14 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 			if (rc < 0)
 				return rc;
 		}
-		/* urgent first: what is buffered, then what is queued */
+		/* What a dead consumer left comes first: it is older than
+		 * everything queued (per publisher and class), so serving it
+		 * first keeps each publisher's order. Then urgent, then normal:
+		 * what is buffered, then what is queued. */
 		rc = 0;
-		if (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub))
+		if (__builtin_expect(sub->ready_n[SEG_QUEUE_REDELIVER] || redeliver_waiting(sub), 0))
+			rc = next_ready(sub, SEG_QUEUE_REDELIVER, &h);
+		if (rc == 0 && (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub)))
 			rc = next_ready(sub, SEG_QUEUE_URGENT, &h);
 		if (rc == 0)
 			rc = next_ready(sub, SEG_QUEUE_NORMAL, &h);
@@ -498,7 +514,11 @@ SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, 
 		 * event that comes meanwhile leads the next call's array. */
 		if (at_load_relaxed_u64(&sub->rec->gap_lo) != SEG_GAP_NONE)
 			continue;
-		if (sub->ready_n[SEG_QUEUE_URGENT])
+		if (sub->ready_n[SEG_QUEUE_REDELIVER])
+			n += open_ready(sub, SEG_QUEUE_REDELIVER, evs + n, max - n);
+		else if (redeliver_waiting(sub))
+			continue;
+		else if (sub->ready_n[SEG_QUEUE_URGENT])
 			n += open_ready(sub, SEG_QUEUE_URGENT, evs + n, max - n);
 		else if (sub->ready_n[SEG_QUEUE_NORMAL] && !urgent_waiting(sub))
 			n += open_ready(sub, SEG_QUEUE_NORMAL, evs + n, max - n);
@@ -704,18 +724,21 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 	while (sub->nheld)
 		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
 	flush_releases(sub);
-	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
-		struct queue_view q = bus_queue(bus, sub->index, cls);
+	/* what was given back to us first: it is the oldest (redeliver_push) */
+	static const unsigned order[] = {SEG_QUEUE_REDELIVER, SEG_QUEUE_URGENT, SEG_QUEUE_NORMAL};
+	_Static_assert(sizeof order / sizeof order[0] == SEG_QUEUE_CLASSES, "every queue");
+	for (unsigned o = 0; o < SEG_QUEUE_CLASSES; o++) {
+		unsigned cls = order[o];
 		for (uint32_t i = 0; i < sub->ready_n[cls]; i++) {
 			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
-			/* taken, never seen by the user: back to the queue, and only
+			/* taken, never seen by the user: given back, and only
 			 * then out of held[] (dying in between gives it back twice,
 			 * never loses its hold). We hold the table lock, so no
 			 * revoker or removal can win the entry meanwhile; one that
 			 * won it before is done (the lock's recovery finishes one
 			 * that died), and the entry is no longer ours to push. */
 			if (survives && at_load_acquire_u64(&sub->cons->held[h->k]) == h->desc &&
-			    queue_push(&q, bus->member, h->desc & ~SEG_DESC_UNSEEN) == 0) {
+			    redeliver_push(bus, sub->index, h->desc & ~SEG_DESC_UNSEEN) == 0) {
 				uint64_t d = h->desc;
 				at_cas_u64(&sub->cons->held[h->k], &d, 0);
 				held_free(sub, h->k);

@@ -368,7 +368,7 @@ static void check_regions(shmbus_inspect_t *in)
 		{"members", h->members_off, m * sizeof(struct seg_member), REGION_ALIGN, &in->members_ok},
 		{"publishers", h->pubs_off, m * sizeof(struct seg_pub), REGION_ALIGN, &in->pubs_ok},
 		{"subscriptions", h->subs_off, s * SEG_SUB_SIZE, REGION_ALIGN, &in->subs_ok},
-		{"queue cells", h->cells_off, s * SEG_QUEUE_CLASSES * n * sizeof(struct seg_cell), REGION_ALIGN,
+		{"queue cells", h->cells_off, s * SEG_QUEUE_CELL_CLASSES * n * sizeof(struct seg_cell), REGION_ALIGN,
 		 &in->cells_ok},
 		{"slot control", h->slot_ctl_off, n * sizeof(struct seg_slot_ctl), REGION_ALIGN, &in->ctl_ok},
 		{"data", h->data_off, n * h->slot_size, PAGE_ALIGN, &in->data_ok},
@@ -789,14 +789,20 @@ static enum queued_desc check_queued_desc(shmbus_inspect_t *in, uint32_t sub, un
  * taker at work (then reference counts cannot be compared exactly). The
  * hints may lag, never lead, so this lap covers every queued cell.
  */
-static void scan_queue(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsigned k)
+static void scan_queue(shmbus_inspect_t *in, const struct seg_sub *s, const shmbus_inspect_sub_t *o, unsigned k)
 {
 	const struct seg_header *h = in->hdr;
 	uint64_t q = h->queue_capacity;
-	if (!in->cells_ok)
-		return;
-	const struct seg_cell *cells =
-		(const struct seg_cell *)(in->bytes + h->cells_off) + ((uint64_t)o->index * SEG_QUEUE_CLASSES + k) * q;
+	const struct seg_cell *cells;
+	if (k == SEG_QUEUE_REDELIVER) {
+		q = SEG_REDELIVER_CELLS; /* in the record itself, checked with it */
+		cells = s->redeliver_cells;
+	} else {
+		if (!in->cells_ok)
+			return;
+		cells = (const struct seg_cell *)(in->bytes + h->cells_off) +
+			((uint64_t)o->index * SEG_QUEUE_CELL_CLASSES + k) * q;
+	}
 	unsigned reported = 0;
 	for (uint64_t p = o->head[k]; p < o->head[k] + q; p++) {
 		const struct seg_cell *c = &cells[seg_cell_index(p, q)];
@@ -821,21 +827,25 @@ static void scan_queue(shmbus_inspect_t *in, const shmbus_inspect_sub_t *o, unsi
 /* Queue ends of one class: tail never behind head, never a ring ahead. */
 static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_inspect_sub_t *o)
 {
+	_Static_assert(SEG_QUEUE_CLASSES == sizeof o->head / sizeof o->head[0], "one head per queue");
 	for (unsigned k = 0; k < SEG_QUEUE_CLASSES; k++) {
-		o->head[k] = s->ends[k].head;
-		o->tail[k] = s->ends[k].tail;
-		o->routed += o->tail[k];
+		const struct seg_queue_ends *e = seg_sub_ends_const(s, k);
+		uint64_t cap = k == SEG_QUEUE_REDELIVER ? SEG_REDELIVER_CELLS : in->hdr->queue_capacity;
+		o->head[k] = e->head;
+		o->tail[k] = e->tail;
+		if (k != SEG_QUEUE_REDELIVER)
+			o->routed += o->tail[k]; /* survivors' give-backs are not routings */
 		if (o->tail[k] < o->head[k]) {
 			problem(in, "sub[%u]: queue class %u tail %llu is behind head %llu", o->index, k,
 				(unsigned long long)o->tail[k], (unsigned long long)o->head[k]);
 			continue;
 		}
 		uint64_t depth = o->tail[k] - o->head[k];
-		if (depth > in->hdr->queue_capacity)
-			problem(in, "sub[%u]: queue class %u holds %llu, more than its capacity %u", o->index, k,
-				(unsigned long long)depth, in->hdr->queue_capacity);
+		if (depth > cap)
+			problem(in, "sub[%u]: queue class %u holds %llu, more than its capacity %llu", o->index, k,
+				(unsigned long long)depth, (unsigned long long)cap);
 		o->queue_depth += depth;
-		scan_queue(in, o, k);
+		scan_queue(in, s, o, k);
 	}
 }
 

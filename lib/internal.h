@@ -82,10 +82,12 @@ static inline uint64_t *bus_slot_holders(const shmbus_bus_t *b, uint64_t pos)
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
 static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
 {
+	bool redeliver = cls == SEG_QUEUE_REDELIVER;
 	struct queue_view q = {
-		.ends = &b->subs[sub].ends[cls],
-		.cells = b->cells + ((uint64_t)sub * SEG_QUEUE_CLASSES + cls) * b->nslots,
-		.cap = b->nslots,
+		.ends = seg_sub_ends(&b->subs[sub], cls),
+		.cells = redeliver ? b->subs[sub].redeliver_cells
+				   : b->cells + ((uint64_t)sub * SEG_QUEUE_CELL_CLASSES + cls) * b->nslots,
+		.cap = redeliver ? SEG_REDELIVER_CELLS : b->nslots,
 		.sub = sub,
 		.cls = cls,
 		.gen = (uint32_t)at_load_relaxed_u64(&b->subs[sub].generation),
@@ -233,6 +235,18 @@ struct route_item {
  * matches, set their bits in hold (the slot's holders to be) and wake
  * (SEG_MASK_WORDS words). Returns how many matched, full queues included
  * (those drop the descriptor and count it). */
+/*
+ * redeliver_push - give desc back to subscription sub: into its redelivery
+ * queue, which consumers serve before the others, so what a departed
+ * consumer took and did not finish reaches the next one before anything
+ * queued after it (pushed oldest first, each publisher's order holds).
+ * When more than SEG_REDELIVER_CELLS wait there, to the tail of the
+ * event's own queue instead, after newer events. The caller holds the
+ * subscription-table lock: one pusher at a time. 0 or -ENOBUFS/-EBADMSG
+ * (both queues full or corrupt). reclaim.c.
+ */
+int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc);
+
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Route a publisher's written events (at most QUEUE_PUSH_MAX): for every
  * subscription, push the descriptors of the events it matches in one run

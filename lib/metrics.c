@@ -24,7 +24,8 @@ static void sub_info(shmbus_bus_t *bus, uint32_t idx, shmbus_sub_info_t *o)
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		o->queue_depth += queue_depth(&q);
-		o->routed += queue_pushed(&q);
+		if (cls != SEG_QUEUE_REDELIVER) /* survivors' give-backs are not routings */
+			o->routed += queue_pushed(&q);
 	}
 	/* queue positions carry on across reuses of the record */
 	o->routed -= at_load_relaxed_u64(&s->routed_base);

@@ -61,10 +61,22 @@ void reclaim_orphan_hold(shmbus_bus_t *bus, uint32_t sub, uint64_t d)
 		slot_release(bus, seq, sub);
 }
 
-/* A descriptor a dead consumer held: back into its subscription's queue if
- * the subscription lives on, else its hold is released. One the consumer
- * had already released, or whose hold is gone, only has its bit cleared.
- * The caller holds the table lock, so no live party can win the entry. */
+int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc)
+{
+	struct queue_view q = bus_queue(bus, sub, SEG_QUEUE_REDELIVER);
+	int rc = queue_push(&q, bus->member, desc);
+	if (rc < 0) {
+		struct queue_view tail = bus_queue(bus, sub, desc_class(bus, desc & SEG_DESC_SEQ_MASK));
+		rc = queue_push(&tail, bus->member, desc);
+	}
+	return rc;
+}
+
+/* A descriptor a dead consumer held: back into its subscription's
+ * redelivery queue if the subscription lives on, else its hold is
+ * released. One the consumer had already released, or whose hold is gone,
+ * only has its bit cleared. The caller holds the table lock, so no live
+ * party can win the entry (see redeliver_push). */
 static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 {
 	if (!desc || (desc & SEG_DESC_TOMBSTONE))
@@ -82,12 +94,11 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 		return; /* dropped already (its dropper died after the bit) */
 	struct seg_sub *s = bus_sub(bus, sub);
 	if (keep && !(desc & SEG_DESC_RELEASING)) {
-		struct queue_view q = bus_queue(bus, sub, desc_class(bus, seq));
 		/* an event the dead consumer never looked at is not redelivered,
 		 * merely delivered */
 		bool seen = !(desc & SEG_DESC_UNSEEN);
 		uint64_t back = (desc & ~SEG_DESC_UNSEEN) | (seen ? SEG_DESC_REDELIVERED : 0);
-		if (queue_push(&q, bus->member, back) == 0) {
+		if (redeliver_push(bus, sub, back) == 0) {
 			at_count_u64(&s->redelivered, seen);
 			at_count_u64(&bus->hdr->recovered_events, 1);
 			return;
@@ -345,16 +356,31 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
 			continue;
-		recover_intent(bus, &con->take, dead, keep ? RECOVER_REQUEUE : RECOVER_DROP, held, n);
+		/* What it held goes back oldest first, then the run it was
+		 * taking, which is newer than all it held: the redelivery
+		 * queue then has them in each publisher's order (give_back).
+		 * The entries are cleared only after both: a survivor that dies
+		 * in between leaves them for the next one (which gives some
+		 * back twice, as a survivor dying between a give-back and its
+		 * clearing always did), and the next one's run recovery still
+		 * finds the run's descriptors that were copied to held[]. */
+		uint64_t mine[SEG_HELD_MAX];
+		size_t m = 0;
 		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
 			uint64_t d = at_load_acquire_u64(&con->held[k]);
 			if (!d)
 				continue;
-			/* given back before the entry is cleared: a survivor that
-			 * dies in between leaves the entry for the next one */
-			give_back(bus, idx, d, keep);
-			at_store_release_u64(&con->held[k], 0);
+			size_t i = m++;
+			for (; i > 0 && (mine[i - 1] & SEG_DESC_SEQ_MASK) > (d & SEG_DESC_SEQ_MASK); i--)
+				mine[i] = mine[i - 1];
+			mine[i] = d;
 		}
+		for (size_t i = 0; i < m; i++)
+			give_back(bus, idx, mine[i], keep);
+		recover_intent(bus, &con->take, dead, keep ? RECOVER_REQUEUE : RECOVER_DROP, held, n);
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++)
+			if (at_load_relaxed_u64(&con->held[k]))
+				at_store_release_u64(&con->held[k], 0);
 		/* events it was handed from the log and never released: the
 		 * gap opens again at the lowest (a survivor dying here only
 		 * reopens it twice) */

@@ -371,7 +371,7 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 	at_store_relaxed_u64(&s->gap_hi, 0);
 	at_store_release_u64(&s->gap_lo, SEG_GAP_NONE);
 	uint64_t tails = 0;
-	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+	for (unsigned cls = 0; cls < SEG_QUEUE_CELL_CLASSES; cls++) { /* what publishers push to */
 		struct queue_view q = bus_queue(bus, (uint32_t)idx, cls);
 		tails += queue_pushed(&q);
 	}
@@ -430,6 +430,13 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 		goto out;
 	r->has_filter = opts->filter != NULL;
 	sub->has_custom = r->filter.flags & SEG_FILTER_HAS_CUSTOM;
+	/* Joining a subscription that outlives its consumers: what a departed
+	 * one took and did not finish goes back first (into the redelivery
+	 * queue, served before the rest), so a durable subscriber restarted
+	 * after a crash gets its events in order instead of what was queued
+	 * meanwhile first. A sweep costs a lock test per member. */
+	if (r->durable || r->group)
+		(void)shmbus_reclaim(bus);
 	if ((rc = bus_lock_subs(bus)) < 0)
 		goto out;
 	uint32_t idx = 0;

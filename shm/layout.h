@@ -11,7 +11,10 @@
  *   members_off       seg_member[M]          M * 256
  *   pubs_off          seg_pub[P]             P * 256          (P == M)
  *   subs_off          seg_sub[S]             S * SEG_SUB_SIZE
- *   cells_off         queue cells            S * 2 * Q * 16   (Q == slot_count)
+ *   cells_off         queue cells            S * 2 * Q * 16   (Q == slot_count;
+ *                                                              the redelivery
+ *                                                              queue's cells are
+ *                                                              in its seg_sub)
  *   slot_ctl_off      seg_slot_ctl[N]        N * 64           (one line per slot)
  *   data_off          event slots            N * slot_size    (page aligned;
  *                                                              mapped twice)
@@ -26,7 +29,7 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 4u
+#define SEG_LAYOUT_VERSION 5u
 
 /* seg_header.flags */
 #define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
@@ -77,12 +80,12 @@ _Static_assert(offsetof(struct seg_take_intent, info) == 8, "take.info");
 _Static_assert(sizeof(struct seg_take_intent) == 16, "take size");
 static inline uint32_t seg_take_info(uint32_t count, uint32_t cls, uint32_t sub, uint32_t state)
 {
-	return (count & 0xFF) | (cls & 1) << 8 | (sub & 0x1FF) << 9 | (state & 3) << 18;
+	return (count & 0xFF) | (cls & 3) << 8 | (sub & 0x1FF) << 10 | (state & 3) << 19;
 }
 static inline uint32_t seg_take_count(uint32_t info) { return info & 0xFF; }
-static inline uint32_t seg_take_class(uint32_t info) { return (info >> 8) & 1; }
-static inline uint32_t seg_take_sub(uint32_t info) { return (info >> 9) & 0x1FF; }
-static inline uint32_t seg_take_state(uint32_t info) { return (info >> 18) & 3; }
+static inline uint32_t seg_take_class(uint32_t info) { return (info >> 8) & 3; }
+static inline uint32_t seg_take_sub(uint32_t info) { return (info >> 10) & 0x1FF; }
+static inline uint32_t seg_take_state(uint32_t info) { return (info >> 19) & 3; }
 
 /*
  * seg_header: offset 0, 4096 bytes. Written by the creator, then published
@@ -428,15 +431,41 @@ _Static_assert(offsetof(struct seg_filter, text) == 784, "filter.text");
 _Static_assert(sizeof(struct seg_filter) == 2048, "seg_filter size");
 
 /*
- * Queue head/tail of one priority class of a subscription; the cells live in
- * the cells region. Two classes per subscription: 0 = urgent (high and
- * critical), 1 = normal (low and normal); consumers drain class 0 first.
- * tail and head are hints that anyone may advance (the cells' turn words are
- * the truth), each alone on its line.
+ * Queue cell, 16 bytes: a turn word and a descriptor.
+ *
+ * turn encodes who may touch the cell next, for queue position p at index
+ * p & (Q-1):
+ *   p                  EMPTY: a producer at position p may take it
+ *   BUSY|o|p           a producer (member o) is writing the descriptor
+ *   p + 1              FULL: a consumer may take it by moving head past p
+ *   p + Q              released by the consumer that took it: EMPTY for
+ *                      position p + Q
+ * The owner o lets a survivor finish the push of a member that died inside
+ * it; a consumer that dies between moving head and releasing is found
+ * through its seg_take_intent.
+ */
+struct seg_cell {
+	uint64_t turn;
+	uint64_t desc;
+};
+_Static_assert(sizeof(struct seg_cell) == 16, "seg_cell size");
+
+/*
+ * Queue head/tail of one queue of a subscription; tail and head are hints
+ * that anyone may advance (the cells' turn words are the truth), each alone
+ * on its line. Three queues per subscription:
+ *   0 urgent (high and critical events), Q cells in the cells region;
+ *   1 normal (low and normal events), Q cells in the cells region;
+ *   2 redelivery: what survivors give back from a dead consumer, in
+ *     sequence order, SEG_REDELIVER_CELLS cells in the seg_sub itself.
+ * Consumers serve 2, then 0, then 1. Publishers push to 0 and 1 only.
  */
 #define SEG_QUEUE_URGENT 0u
 #define SEG_QUEUE_NORMAL 1u
-#define SEG_QUEUE_CLASSES 2u
+#define SEG_QUEUE_REDELIVER 2u
+#define SEG_QUEUE_CLASSES 3u	  /* all queues of a subscription */
+#define SEG_QUEUE_CELL_CLASSES 2u /* the queues whose cells are in the cells region */
+#define SEG_REDELIVER_CELLS 512u
 struct seg_queue_ends {
 	uint64_t tail;
 	uint8_t pad0[56];
@@ -535,7 +564,7 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *   320   counters (own lines): delivered_total, filtered, missed,
  *         dropped_full, demotions, redelivered, revoked, routed_base
  *         (the queue positions carry on across reuses of the record)
- *   384   ends[2]      seg_queue_ends (256 bytes)
+ *   384   ends[2]      seg_queue_ends (256 bytes): urgent, normal
  *   640   dispatch counters (own line): completed, failed, retried,
  *         dead_lettered, expired, late_responses (see dispatch.c)
  *   704   catch-up from the log (own line; durable subscriptions with
@@ -553,9 +582,11 @@ _Static_assert(sizeof(struct seg_consumer) == 384, "seg_consumer size");
  *   744   reserved to 1024
  *   1024  filter       seg_filter (2048)
  *   3072  consumers[8] seg_consumer (3072)
- *   6144  reserved to 8192
+ *   6144  redeliver_ends seg_queue_ends: the redelivery queue (class 2)
+ *   6272  reserved to 8192
+ *   8192  redeliver_cells[512] seg_cell: its cells
  */
-#define SEG_SUB_SIZE 8192u
+#define SEG_SUB_SIZE 16384u
 #define SEG_SUB_FREE 0u
 #define SEG_SUB_ACTIVE 1u
 #define SEG_SUB_INIT 2u
@@ -590,7 +621,7 @@ struct seg_sub {
 	uint64_t redelivered;
 	uint64_t revoked;
 	uint64_t routed_base; /* queue tails when the record was taken */
-	struct seg_queue_ends ends[SEG_QUEUE_CLASSES];
+	struct seg_queue_ends ends[SEG_QUEUE_CELL_CLASSES];
 	uint64_t completed;	 /* handler runs that succeeded */
 	uint64_t failed;	 /* handler runs that failed */
 	uint64_t retried;	 /* runs that were retries */
@@ -606,7 +637,9 @@ struct seg_sub {
 	uint8_t reserved2[280];
 	struct seg_filter filter;
 	struct seg_consumer consumers[SEG_CONSUMERS];
-	uint8_t reserved3[2048];
+	struct seg_queue_ends redeliver_ends;
+	uint8_t reserved3[8192 - 6272];
+	struct seg_cell redeliver_cells[SEG_REDELIVER_CELLS];
 };
 _Static_assert(offsetof(struct seg_sub, flags) == 4, "sub.flags");
 _Static_assert(offsetof(struct seg_sub, generation) == 8, "sub.generation");
@@ -630,27 +663,20 @@ _Static_assert(offsetof(struct seg_sub, gap_dropped) == 728, "sub.gap_dropped");
 _Static_assert(offsetof(struct seg_sub, gap_served) == 736, "sub.gap_served");
 _Static_assert(offsetof(struct seg_sub, filter) == 1024, "sub.filter");
 _Static_assert(offsetof(struct seg_sub, consumers) == 3072, "sub.consumers");
+_Static_assert(offsetof(struct seg_sub, redeliver_ends) == 6144, "sub.redeliver_ends");
+_Static_assert(offsetof(struct seg_sub, redeliver_cells) == 8192, "sub.redeliver_cells");
 _Static_assert(sizeof(struct seg_sub) == SEG_SUB_SIZE, "seg_sub size");
 
-/*
- * Queue cell, 16 bytes: a turn word and a descriptor.
- *
- * turn encodes who may touch the cell next, for queue position p at index
- * p & (Q-1):
- *   p                  EMPTY: a producer at position p may take it
- *   BUSY|o|p           a producer (member o) is writing the descriptor
- *   p + 1              FULL: a consumer may take it by moving head past p
- *   p + Q              released by the consumer that took it: EMPTY for
- *                      position p + Q
- * The owner o lets a survivor finish the push of a member that died inside
- * it; a consumer that dies between moving head and releasing is found
- * through its seg_take_intent.
- */
-struct seg_cell {
-	uint64_t turn;
-	uint64_t desc;
-};
-_Static_assert(sizeof(struct seg_cell) == 16, "seg_cell size");
+/* The ends of queue cls (SEG_QUEUE_*) of subscription record s. */
+static inline struct seg_queue_ends *seg_sub_ends(struct seg_sub *s, unsigned cls)
+{
+	return cls == SEG_QUEUE_REDELIVER ? &s->redeliver_ends : &s->ends[cls];
+}
+static inline const struct seg_queue_ends *seg_sub_ends_const(const struct seg_sub *s, unsigned cls)
+{
+	return cls == SEG_QUEUE_REDELIVER ? &s->redeliver_ends : &s->ends[cls];
+}
+
 
 #define SEG_TURN_BUSY (1ull << 63)
 #define SEG_TURN_OWNER_SHIFT 54

@@ -82,7 +82,7 @@ int seg_geometry(const struct seg_params *p, struct seg_geometry *g, const char 
 	g->pubs_off = g->members_off + (uint64_t)p->max_members * sizeof(struct seg_member);
 	g->subs_off = align_up(g->pubs_off + (uint64_t)p->max_members * sizeof(struct seg_pub), PAGE);
 	g->cells_off = g->subs_off + (uint64_t)p->max_subscribers * SEG_SUB_SIZE;
-	g->slot_ctl_off = g->cells_off + (uint64_t)p->max_subscribers * SEG_QUEUE_CLASSES * p->slot_count * sizeof(struct seg_cell);
+	g->slot_ctl_off = g->cells_off + (uint64_t)p->max_subscribers * SEG_QUEUE_CELL_CLASSES * p->slot_count * sizeof(struct seg_cell);
 	g->data_off = align_up(g->slot_ctl_off + (uint64_t)p->slot_count * sizeof(struct seg_slot_ctl), PAGE);
 	g->data_size = data_size;
 	g->total_size = g->data_off + data_size;
@@ -91,12 +91,12 @@ int seg_geometry(const struct seg_params *p, struct seg_geometry *g, const char 
 
 uint64_t seg_layout_hash(void)
 {
-	char desc[512];
+	char desc[768];
 	int n = snprintf(desc, sizeof desc,
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
 			 "ctl=%d/%d turn=%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d "
-			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx",
+			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx redeliver=%zu/%u/%d",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
 			 sizeof(struct seg_member), sizeof(struct seg_pub), offsetof(struct seg_pub, routing),
@@ -115,7 +115,12 @@ uint64_t seg_layout_hash(void)
 			 /* nor one whose parties may clear a hold they did not
 			 * win (revocations outside the table lock, a consumer
 			 * that clears its bit before its entry) */
-			 offsetof(struct seg_header, locked_revoke), (unsigned long long)SEG_DESC_DROPPING);
+			 offsetof(struct seg_header, locked_revoke), (unsigned long long)SEG_DESC_DROPPING,
+			 /* nor one that gives a dead consumer's events back to the
+			 * tail of their queue with one that serves them first */
+			 offsetof(struct seg_sub, redeliver_ends), SEG_REDELIVER_CELLS, SEG_QUEUE_CLASSES);
+	if (n < 0 || (size_t)n >= sizeof desc)
+		n = (int)sizeof desc - 1; /* never: the description fits */
 	return XXH3_64bits(desc, (size_t)n);
 }
 
@@ -164,11 +169,13 @@ static void init_regions(struct seg_map *m, const struct seg_params *p)
 	for (uint32_t s = 0; s < p->max_subscribers; s++) {
 		struct seg_sub *sub = (struct seg_sub *)(base + m->geo.subs_off + (uint64_t)s * SEG_SUB_SIZE);
 		for (unsigned k = 0; k < SEG_QUEUE_CLASSES; k++) {
+			bool redeliver = k == SEG_QUEUE_REDELIVER;
 			struct queue_view q = {
-				.ends = &sub->ends[k],
-				.cells = (struct seg_cell *)(base + m->geo.cells_off) +
-					 ((uint64_t)s * SEG_QUEUE_CLASSES + k) * p->slot_count,
-				.cap = p->slot_count,
+				.ends = seg_sub_ends(sub, k),
+				.cells = redeliver ? sub->redeliver_cells
+						   : (struct seg_cell *)(base + m->geo.cells_off) +
+							     ((uint64_t)s * SEG_QUEUE_CELL_CLASSES + k) * p->slot_count,
+				.cap = redeliver ? SEG_REDELIVER_CELLS : p->slot_count,
 			};
 			queue_init(&q);
 		}

@@ -831,12 +831,23 @@ struct crig {
 	struct rig r; /* label, failed, bus */
 	shmbus_sub_t *subs[P_SUBS];
 	uint8_t got[P_SUBS][POST_EVENTS]; /* deliveries per payload index */
+	int64_t last[P_SUBS][2];	  /* payload index that came last, per class (-1: none) */
 };
+
+/* Forget what came (before each drain phase). */
+static void cforget(struct crig *c)
+{
+	memset(c->got, 0, sizeof c->got);
+	for (unsigned ps = 0; ps < P_SUBS; ps++)
+		c->last[ps][0] = c->last[ps][1] = -1;
+}
 
 /* Take everything queued for the parent's subscription ps, counting each
  * event by payload index from base (count of them); on the durable and
  * the group, before the laps, an event the child had in hand must come
- * flagged redelivered. */
+ * flagged redelivered. First arrivals come in publish order within each
+ * priority class: what the dead child took comes back first (the
+ * redelivery queue), and the parent drains only after the reclaim. */
 static void cdrain(struct crig *c, unsigned ps, uint32_t base, uint32_t count, const struct cprogress *p)
 {
 	shmbus_sub_t *sub = c->subs[ps];
@@ -847,6 +858,13 @@ static void cdrain(struct crig *c, unsigned ps, uint32_t base, uint32_t count, c
 		if (rc == 0)
 			return;
 		uint32_t i = event_index(ev);
+		unsigned urgent = shmbus_event_priority(ev) >= SHMBUS_PRIORITY_HIGH;
+		if (i >= base && i - base < count && c->got[ps][i - base] == 0) {
+			if ((int64_t)i < c->last[ps][urgent])
+				case_fail(&c->r, "subscription %u: event %u came after event %lld of its class", ps, i,
+					  (long long)c->last[ps][urgent]);
+			c->last[ps][urgent] = i;
+		}
 		if (i < base || i - base >= count)
 			case_fail(&c->r, "subscription %u got event %u, none of ours", ps, i);
 		else if (c->got[ps][i - base] < UINT8_MAX && c->got[ps][i - base]++ == 0 && p &&
@@ -884,7 +902,7 @@ static void ccheck_back(struct crig *c, unsigned s, unsigned ps, const struct cp
 static void ccheck_laps(struct crig *c)
 {
 	shmbus_pub_t *pub = tc_pub(c->r.bus, "after", 2 * (int64_t)TC_SEC_NS);
-	memset(c->got, 0, sizeof c->got);
+	cforget(c);
 	uint8_t buf[BIG_PAYLOAD];
 	unsigned j = 0;
 	for (; j < POST_EVENTS; j++) {
@@ -953,7 +971,7 @@ static void run_ccase(struct crig *c, const char *crash_at, struct cprogress *p)
 			case_fail(r, "the dead child's plain subscription is still there");
 		rc = shmbus_subscribe(r->bus, &csub_opts[C_DURABLE], &c->subs[P_DURABLE]);
 		cr_assert_eq(rc, 0, "[%s] subscribe durable: %d (%s)", r->label, rc, shmbus_errmsg());
-		memset(c->got, 0, sizeof c->got);
+		cforget(c);
 		cdrain(c, P_DURABLE, 0, CONS_EVENTS, p);
 		cdrain(c, P_GROUP, 0, CONS_EVENTS, p);
 		cdrain(c, P_WITNESS, 0, 0, NULL);
@@ -1192,7 +1210,7 @@ static bool run_race_case(struct crig *c, bool removal, const char *crash_at, st
 		cfg.slots = RING_SLOTS / 4; /* the laps below are nine of this ring */
 	r->bus = tc_create(&cfg);
 	memset(c->subs, 0, sizeof c->subs);
-	memset(c->got, 0, sizeof c->got);
+	cforget(c);
 	c->subs[P_WITNESS] = tc_sub(r->bus, NULL);
 	if (!removal) {
 		int rc = shmbus_subscribe(r->bus, &lag_opts, &c->subs[P_GROUP]);

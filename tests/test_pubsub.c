@@ -1836,6 +1836,42 @@ Test(pubsub, unlinked_bus_keeps_working_for_those_attached)
 	shmbus_close(bus);
 }
 
+/* A durable subscriber that closes with events it took but never saw (the
+ * rest of a run) gives them back; the next consumer gets them before what
+ * was queued behind them, and before what came while nobody listened:
+ * one publisher's events stay in order across the hand-over. */
+Test(pubsub, events_a_closing_durable_consumer_took_come_back_first_in_order)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_sub_opts_t o = {.subscriber_id = "ledger", .durable = true};
+	shmbus_sub_t *s1 = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &s1), 0, "%s", shmbus_errmsg());
+	for (uint32_t i = 0; i < 40; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "entry", 0, i), 0);
+	/* one poll takes a run (more than the one it hands out) */
+	const shmbus_event_t *ev = poll_one(s1);
+	cr_assert_eq(tc_payload_u32(ev), 0);
+	cr_assert_eq(shmbus_release(s1, ev), 0);
+	shmbus_sub_close(s1);
+	for (uint32_t i = 40; i < 50; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "entry", 0, i), 0);
+
+	shmbus_sub_t *s2 = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &s2), 0, "%s", shmbus_errmsg());
+	for (uint32_t i = 1; i < 50; i++) {
+		ev = poll_one(s2);
+		cr_assert_eq(tc_payload_u32(ev), i, "after the hand-over: got %u, want %u", tc_payload_u32(ev), i);
+		cr_assert_not(shmbus_redelivered(s2, ev), "event %u was never handed out: not a redelivery", i);
+		cr_assert_eq(shmbus_release(s2, ev), 0);
+	}
+	cr_assert_eq(shmbus_poll(s2, &ev), 0, "nothing more");
+	shmbus_sub_close(s2);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(pubsub, durable_lag_subscription_counts_what_it_missed_offline)
 {
 	shmbus_config_t cfg = tc_small_cfg();

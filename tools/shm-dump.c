@@ -248,7 +248,8 @@ static json_t *consumers_json(const shmbus_inspect_sub_t *s)
 static int sub_json(const shmbus_inspect_sub_t *s)
 {
 	json_t *queue = json_add(json_object(), "urgent_head", ju(s->head[0]), "urgent_tail", ju(s->tail[0]), "normal_head",
-			    ju(s->head[1]), "normal_tail", ju(s->tail[1]), NULL);
+			    ju(s->head[1]), "normal_tail", ju(s->tail[1]), "redelivery_head", ju(s->head[2]),
+			    "redelivery_tail", ju(s->tail[2]), NULL);
 	return emit(json_add(
 		json_object(), "kind", json_string("subscription"), "index", ju(s->index), "id", ju(s->id), "state",
 		json_string(s->state == 1   ? "active"
@@ -307,9 +308,10 @@ static void sub_human(const shmbus_inspect_sub_t *s)
 	       s->paused ? " paused" : "", s->demoted ? " demoted" : "",
 	       s->group[0] ? text_safe(s->group, grp, sizeof grp) : "-");
 	printf("      filter: %s\n", text_safe(s->filter, filter, sizeof filter));
-	printf("      queue: depth %llu (urgent %llu..%llu, normal %llu..%llu), held %llu\n",
+	printf("      queue: depth %llu (urgent %llu..%llu, normal %llu..%llu, redelivery %llu..%llu), held %llu\n",
 	       (unsigned long long)s->queue_depth, (unsigned long long)s->head[0], (unsigned long long)s->tail[0],
-	       (unsigned long long)s->head[1], (unsigned long long)s->tail[1], (unsigned long long)s->held);
+	       (unsigned long long)s->head[1], (unsigned long long)s->tail[1], (unsigned long long)s->head[2],
+	       (unsigned long long)s->tail[2], (unsigned long long)s->held);
 	printf("      routed=%llu delivered=%llu filtered=%llu missed=%llu dropped_full=%llu demotions=%llu "
 	       "redelivered=%llu "
 	       "revoked=%llu\n",

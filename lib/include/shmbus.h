@@ -858,10 +858,10 @@ typedef struct {
 	bool durable, paused, demoted, grouped;
 	shmbus_policy_t policy;
 	char filter[1024];	 /* decoded, e.g. all(types(command),name~"^a") */
-	uint64_t head[2], tail[2]; /* per class: 0 urgent, 1 normal */
-	uint64_t queue_depth;	 /* sum of tail - head over the classes */
+	uint64_t head[3], tail[3]; /* per queue: 0 urgent, 1 normal, 2 redelivery */
+	uint64_t queue_depth;	 /* sum of tail - head over the queues */
 	uint64_t held;		 /* held entries over all consumers, revoked ones not counted */
-	uint64_t routed;	 /* descriptors ever queued (sum of tails) */
+	uint64_t routed;	 /* descriptors ever queued by publishers (sum of tails 0 and 1) */
 	uint64_t delivered;	 /* retired total plus every active consumer's */
 	uint64_t filtered, missed, dropped_full;
 	uint64_t demotions, redelivered, revoked;
