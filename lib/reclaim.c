@@ -219,7 +219,9 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 	if (seg_take_state(info) == SEG_TAKE_NONE)
 		return;
 	uint32_t sub = seg_take_sub(info);
-	if (sub >= bus->max_subs) {
+	/* two class bits name three queues: the fourth value, like a
+	 * subscription out of range, is a corrupt word, never an index */
+	if (sub >= bus->max_subs || seg_take_class(info) >= SEG_QUEUE_CLASSES) {
 		at_store_release_u32(&in->info, 0);
 		return;
 	}
