@@ -328,6 +328,16 @@ static bool redeliver_waiting(const shmbus_sub_t *sub)
 	return queue_waiting(&sub->rec->redeliver_ends);
 }
 
+/* With a gap open, what was taken below it goes first, then the gap (from
+ * the log), then the rest: a redelivered event at or above the gap waits
+ * while another class still has one below it. */
+static bool redeliver_past_gap(const shmbus_sub_t *sub, uint64_t gap_lo)
+{
+	const unsigned r = SEG_QUEUE_REDELIVER;
+	return gap_lo != SEG_GAP_NONE && sub->ready_n[r] &&
+	       (sub->ready[r][sub->ready_head[r]].desc & SEG_DESC_SEQ_MASK) >= gap_lo;
+}
+
 void consume_forget_removed(shmbus_sub_t *sub)
 {
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
@@ -392,7 +402,8 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		 * first keeps each publisher's order. Then urgent, then normal:
 		 * what is buffered, then what is queued. */
 		rc = 0;
-		if (__builtin_expect(sub->ready_n[SEG_QUEUE_REDELIVER] || redeliver_waiting(sub), 0))
+		if (__builtin_expect(sub->ready_n[SEG_QUEUE_REDELIVER] || redeliver_waiting(sub), 0) &&
+		    !redeliver_past_gap(sub, gap_lo))
 			rc = next_ready(sub, SEG_QUEUE_REDELIVER, &h);
 		if (rc == 0 && (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub)))
 			rc = next_ready(sub, SEG_QUEUE_URGENT, &h);
@@ -724,8 +735,12 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 	while (sub->nheld)
 		shmbus_release(sub, sub->held[sub->nheld - 1].ev);
 	flush_releases(sub);
-	/* what was given back to us first: it is the oldest (redeliver_push) */
+	/* What was given back to us first: it is the oldest (redeliver_push).
+	 * It goes behind whatever waits in the redelivery queue now, which
+	 * is newer than it: a consumer that leaves while more is waiting
+	 * there than its run took puts its share after the rest. */
 	static const unsigned order[] = {SEG_QUEUE_REDELIVER, SEG_QUEUE_URGENT, SEG_QUEUE_NORMAL};
+	bool to_tail = false;
 	_Static_assert(sizeof order / sizeof order[0] == SEG_QUEUE_CLASSES, "every queue");
 	for (unsigned o = 0; o < SEG_QUEUE_CLASSES; o++) {
 		unsigned cls = order[o];
@@ -738,7 +753,7 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 			 * won it before is done (the lock's recovery finishes one
 			 * that died), and the entry is no longer ours to push. */
 			if (survives && at_load_acquire_u64(&sub->cons->held[h->k]) == h->desc &&
-			    redeliver_push(bus, sub->index, h->desc & ~SEG_DESC_UNSEEN) == 0) {
+			    redeliver_push(bus, sub->index, h->desc & ~SEG_DESC_UNSEEN, cls, &to_tail) == 0) {
 				uint64_t d = h->desc;
 				at_cas_u64(&sub->cons->held[h->k], &d, 0);
 				held_free(sub, h->k);

@@ -80,14 +80,30 @@ static inline uint64_t *bus_slot_holders(const shmbus_bus_t *b, uint64_t pos)
 	return b->slot_ctl[seg_ctl_index(pos, b->nslots)].holders;
 }
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
+/* The urgent or normal queue (cls 0 or 1) of subscription sub, the ones
+ * publishers push to: no test for the redelivery queue on their path. */
+static inline struct queue_view bus_class_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
+{
+	struct queue_view q = {
+		.ends = &b->subs[sub].ends[cls],
+		.cells = b->cells + ((uint64_t)sub * SEG_QUEUE_CELL_CLASSES + cls) * b->nslots,
+		.cap = b->nslots,
+		.sub = sub,
+		.cls = cls,
+		.gen = (uint32_t)at_load_relaxed_u64(&b->subs[sub].generation),
+	};
+	return q;
+}
+
+/* Any queue of subscription sub: urgent, normal or redelivery. */
 static inline struct queue_view bus_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
 {
-	bool redeliver = cls == SEG_QUEUE_REDELIVER;
+	if (cls != SEG_QUEUE_REDELIVER)
+		return bus_class_queue(b, sub, cls);
 	struct queue_view q = {
-		.ends = seg_sub_ends(&b->subs[sub], cls),
-		.cells = redeliver ? b->subs[sub].redeliver_cells
-				   : b->cells + ((uint64_t)sub * SEG_QUEUE_CELL_CLASSES + cls) * b->nslots,
-		.cap = redeliver ? SEG_REDELIVER_CELLS : b->nslots,
+		.ends = &b->subs[sub].redeliver_ends,
+		.cells = b->subs[sub].redeliver_cells,
+		.cap = SEG_REDELIVER_CELLS,
 		.sub = sub,
 		.cls = cls,
 		.gen = (uint32_t)at_load_relaxed_u64(&b->subs[sub].generation),
@@ -241,11 +257,15 @@ struct route_item {
  * consumer took and did not finish reaches the next one before anything
  * queued after it (pushed oldest first, each publisher's order holds).
  * When more than SEG_REDELIVER_CELLS wait there, to the tail of the
- * event's own queue instead, after newer events. The caller holds the
- * subscription-table lock: one pusher at a time. 0 or -ENOBUFS/-EBADMSG
- * (both queues full or corrupt). reclaim.c.
+ * event's own queue instead, after newer events, and *to_tail is set so
+ * the rest of the same give-back follows it there (a cell freed meanwhile
+ * would otherwise let a later event overtake an earlier one). cls is the
+ * event's queue class when the caller knows it (its slot may not be
+ * committed yet), SEG_QUEUE_REDELIVER to read it from the event. The
+ * caller holds the subscription-table lock: one pusher at a time. 0 or
+ * -ENOBUFS/-EBADMSG (both queues full or corrupt). reclaim.c.
  */
-int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc);
+int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, unsigned cls, bool *to_tail);
 
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Route a publisher's written events (at most QUEUE_PUSH_MAX): for every

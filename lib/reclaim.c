@@ -61,15 +61,19 @@ void reclaim_orphan_hold(shmbus_bus_t *bus, uint32_t sub, uint64_t d)
 		slot_release(bus, seq, sub);
 }
 
-int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc)
+int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, unsigned cls, bool *to_tail)
 {
-	struct queue_view q = bus_queue(bus, sub, SEG_QUEUE_REDELIVER);
-	int rc = queue_push(&q, bus->member, desc);
-	if (rc < 0) {
-		struct queue_view tail = bus_queue(bus, sub, desc_class(bus, desc & SEG_DESC_SEQ_MASK));
-		rc = queue_push(&tail, bus->member, desc);
+	if (!*to_tail) {
+		struct queue_view q = bus_queue(bus, sub, SEG_QUEUE_REDELIVER);
+		int rc = queue_push(&q, bus->member, desc);
+		if (rc == 0)
+			return 0;
+		*to_tail = true;
 	}
-	return rc;
+	if (cls >= SEG_QUEUE_CELL_CLASSES)
+		cls = desc_class(bus, desc & SEG_DESC_SEQ_MASK);
+	struct queue_view tail = bus_queue(bus, sub, cls);
+	return queue_push(&tail, bus->member, desc);
 }
 
 /* A descriptor a dead consumer held: back into its subscription's
@@ -77,7 +81,7 @@ int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc)
  * released. One the consumer had already released, or whose hold is gone,
  * only has its bit cleared. The caller holds the table lock, so no live
  * party can win the entry (see redeliver_push). */
-static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
+static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep, bool *to_tail)
 {
 	if (!desc || (desc & SEG_DESC_TOMBSTONE))
 		return;
@@ -98,7 +102,7 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep)
 		 * merely delivered */
 		bool seen = !(desc & SEG_DESC_UNSEEN);
 		uint64_t back = (desc & ~SEG_DESC_UNSEEN) | (seen ? SEG_DESC_REDELIVERED : 0);
-		if (redeliver_push(bus, sub, back) == 0) {
+		if (redeliver_push(bus, sub, back, SEG_QUEUE_REDELIVER, to_tail) == 0) {
 			at_count_u64(&s->redelivered, seen);
 			at_count_u64(&bus->hdr->recovered_events, 1);
 			return;
@@ -126,6 +130,8 @@ static bool intent_claims(const struct seg_take_intent *in, const struct queue_v
 enum recover_mode {
 	RECOVER_DROP,	   /* its holds are dropped (the subscription is gone) */
 	RECOVER_REQUEUE,   /* back into the queue, for the next consumer */
+	RECOVER_TO_HELD,   /* into free held[] entries of the dead consumer, to be
+			      given back with what it held, in sequence order */
 	RECOVER_PASS_OVER, /* a dead drainer's: passed over as it meant to,
 			      counted once, not given back behind newer events */
 };
@@ -139,6 +145,8 @@ struct recover_ctx {
 	bool noted;	      /* PASS_OVER: the drainer counted the run already */
 	const uint64_t *held; /* the dead consumers' held entries, n of them */
 	size_t n;
+	struct seg_consumer *con; /* TO_HELD: the dead consumer */
+	bool to_tail;		  /* REQUEUE: the redelivery queue was full */
 };
 
 /* Every place a live taker records what it takes. */
@@ -194,7 +202,7 @@ static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
  * held[] entry (it died between the two), give it back. */
 static void on_recovered(uint64_t desc, void *arg)
 {
-	const struct recover_ctx *r = arg;
+	struct recover_ctx *r = arg;
 	if (r->mode == RECOVER_PASS_OVER) {
 		uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 		if (desc & SEG_DESC_TOMBSTONE)
@@ -208,12 +216,25 @@ static void on_recovered(uint64_t desc, void *arg)
 		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN | SEG_DESC_REVOKED)) == desc)
 			return;
 	/* taken from its cell, never handed to a user: not a redelivery */
-	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->mode == RECOVER_REQUEUE);
+	if (r->mode == RECOVER_TO_HELD && (desc & SEG_DESC_TOMBSTONE))
+		return; /* holds nothing, delivers nothing */
+	if (r->mode == RECOVER_TO_HELD) {
+		/* Stored before its cell is released (by our caller): a survivor
+		 * of ours finds it in held[] and only releases the cell. There
+		 * is room: a consumer takes no more than it has free entries. */
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			if (at_load_relaxed_u64(&r->con->held[k]) == 0) {
+				at_store_release_u64(&r->con->held[k], desc | SEG_DESC_UNSEEN);
+				return;
+			}
+		}
+	}
+	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->mode != RECOVER_DROP, &r->to_tail);
 }
 
 /* Recover one take intent of a dead taker against its queue. */
 static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32_t dead, enum recover_mode mode,
-			   const uint64_t *held, size_t n)
+			   const uint64_t *held, size_t n, struct seg_consumer *con)
 {
 	uint32_t info = at_load_acquire_u32(&in->info);
 	if (seg_take_state(info) == SEG_TAKE_NONE)
@@ -238,7 +259,8 @@ static void recover_intent(shmbus_bus_t *bus, struct seg_take_intent *in, uint32
 				.mode = mode,
 				.noted = seg_take_state(info) == SEG_TAKE_NOTED,
 				.held = held,
-				.n = n};
+				.n = n,
+				.con = con};
 	queue_recover_take(&q, in, other_claims, on_recovered, &r);
 }
 
@@ -254,7 +276,7 @@ static void drop_dead_take(shmbus_bus_t *bus, struct seg_consumer *con, uint32_t
 		if (d)
 			held[n++] = d;
 	}
-	recover_intent(bus, &con->take, dead, RECOVER_DROP, held, n);
+	recover_intent(bus, &con->take, dead, RECOVER_DROP, held, n, con);
 }
 
 void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
@@ -280,7 +302,7 @@ static void reclaim_detached(shmbus_bus_t *bus, uint32_t idx, struct seg_consume
 		uint64_t d = at_load_acquire_u64(&con->held[k]);
 		if (!d)
 			continue;
-		give_back(bus, idx, d, false);
+		give_back(bus, idx, d, false, &(bool){false});
 		at_store_release_u64(&con->held[k], 0);
 	}
 	at_store_relaxed_u64(&con->delivered, 0);
@@ -320,6 +342,55 @@ void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
 	}
 }
 
+/*
+ * What dead member `dead` took from subscription idx (which lives on) goes
+ * back oldest first, across all its consumer entries there, so the
+ * redelivery queue holds each publisher's events in order:
+ *   1. each entry's half-done run moves into free held[] entries of that
+ *      entry (stored before its cell is released, so a survivor of ours
+ *      finds it there and only releases the cell);
+ *   2. all the entries are sorted by sequence and given back one by one,
+ *      each cleared right after its give-back: a survivor dying in between
+ *      gives that one back twice, as before.
+ * A run is not always newer than what its taker held: one taken from the
+ * redelivery queue is older. held[] is the entries collected before
+ * (n of them), which run recovery skips.
+ */
+static void give_back_all(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, const uint64_t *held, size_t n)
+{
+	struct seg_sub *s = bus_sub(bus, idx);
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE && con->member == dead)
+			recover_intent(bus, &con->take, dead, RECOVER_TO_HELD, held, n, con);
+	}
+	struct entry {
+		uint64_t desc;
+		uint64_t *word;
+	} all[SEG_CONSUMERS * SEG_HELD_MAX];
+	size_t m = 0;
+	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
+		struct seg_consumer *con = &s->consumers[c];
+		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
+			continue;
+		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+			uint64_t d = at_load_acquire_u64(&con->held[k]);
+			if (!d)
+				continue;
+			size_t i = m++;
+			for (; i > 0 && (all[i - 1].desc & SEG_DESC_SEQ_MASK) > (d & SEG_DESC_SEQ_MASK); i--)
+				all[i] = all[i - 1];
+			all[i] = (struct entry){d, &con->held[k]};
+		}
+	}
+	bool to_tail = false; /* once one falls back to its queue's tail, all do */
+	for (size_t i = 0; i < m; i++) {
+		give_back(bus, idx, all[i].desc, true, &to_tail);
+		CRASH_POINT("reclaim.given");
+		at_store_release_u64(all[i].word, 0);
+	}
+}
+
 static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
@@ -354,35 +425,24 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
 		}
 	}
 	bool keep = sub_survives(s, dead, remaining);
+	if (keep)
+		give_back_all(bus, idx, dead, held, n);
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
 		if (at_load_acquire_u32(&con->state) != SEG_CONSUMER_ACTIVE || con->member != dead)
 			continue;
-		/* What it held goes back oldest first, then the run it was
-		 * taking, which is newer than all it held: the redelivery
-		 * queue then has them in each publisher's order (give_back).
-		 * The entries are cleared only after both: a survivor that dies
-		 * in between leaves them for the next one (which gives some
-		 * back twice, as a survivor dying between a give-back and its
-		 * clearing always did), and the next one's run recovery still
-		 * finds the run's descriptors that were copied to held[]. */
-		uint64_t mine[SEG_HELD_MAX];
-		size_t m = 0;
-		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-			uint64_t d = at_load_acquire_u64(&con->held[k]);
-			if (!d)
-				continue;
-			size_t i = m++;
-			for (; i > 0 && (mine[i - 1] & SEG_DESC_SEQ_MASK) > (d & SEG_DESC_SEQ_MASK); i--)
-				mine[i] = mine[i - 1];
-			mine[i] = d;
-		}
-		for (size_t i = 0; i < m; i++)
-			give_back(bus, idx, mine[i], keep);
-		recover_intent(bus, &con->take, dead, keep ? RECOVER_REQUEUE : RECOVER_DROP, held, n);
-		for (unsigned k = 0; k < SEG_HELD_MAX; k++)
-			if (at_load_relaxed_u64(&con->held[k]))
+		if (!keep) {
+			recover_intent(bus, &con->take, dead, RECOVER_DROP, held, n, con);
+			for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+				uint64_t d = at_load_acquire_u64(&con->held[k]);
+				if (!d)
+					continue;
+				/* released before the entry is cleared: a survivor that
+				 * dies in between leaves the entry for the next one */
+				give_back(bus, idx, d, false, &(bool){false});
 				at_store_release_u64(&con->held[k], 0);
+			}
+		}
 		/* events it was handed from the log and never released: the
 		 * gap opens again at the lowest (a survivor dying here only
 		 * reopens it twice) */
@@ -413,7 +473,7 @@ static void recover_drains(shmbus_bus_t *bus, uint32_t dead)
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
 		if (at_load_acquire_u32(&r->state) && at_load_relaxed_u32(&r->member) == dead)
-			recover_intent(bus, &r->drain, dead, RECOVER_PASS_OVER, NULL, 0);
+			recover_intent(bus, &r->drain, dead, RECOVER_PASS_OVER, NULL, 0, NULL);
 	}
 }
 
@@ -442,7 +502,7 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 {
 	/* The previous holder of the table lock died draining a subscription
 	 * it was removing: finish dropping those references. */
-	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, RECOVER_DROP, NULL, 0);
+	recover_intent(bus, &bus->hdr->locked_take, SEG_MAX_MEMBERS, RECOVER_DROP, NULL, 0, NULL);
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names

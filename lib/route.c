@@ -279,7 +279,7 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 	}
 	if (k == 0)
 		return false;
-	struct queue_view q = bus_queue(bus, idx, cls);
+	struct queue_view q = bus_class_queue(bus, idx, cls);
 	uint32_t pushed = queue_push_many(&q, bus->member, descs, k);
 	/* the items of the descriptors that did not fit (rare): found again */
 	for (size_t i = 0, j = 0; pushed < k && i < n; i++) {
@@ -312,7 +312,7 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 	struct push_one *p = ctx;
 	shmbus_bus_t *bus = p->bus;
 	p->matched++;
-	struct queue_view q = bus_queue(bus, idx, p->cls);
+	struct queue_view q = bus_class_queue(bus, idx, p->cls);
 	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
 		p->wake[w] |= bit;

@@ -430,12 +430,15 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 		goto out;
 	r->has_filter = opts->filter != NULL;
 	sub->has_custom = r->filter.flags & SEG_FILTER_HAS_CUSTOM;
-	/* Joining a subscription that outlives its consumers: what a departed
-	 * one took and did not finish goes back first (into the redelivery
-	 * queue, served before the rest), so a durable subscriber restarted
-	 * after a crash gets its events in order instead of what was queued
-	 * meanwhile first. A sweep costs a lock test per member. */
-	if (r->durable || r->group)
+	/* Joining a durable subscription: what a departed consumer took and
+	 * did not finish goes back first (into the redelivery queue, served
+	 * before the rest), so a subscriber restarted after a crash gets its
+	 * events in order instead of what was queued meanwhile first. A sweep
+	 * costs a lock test per member; one already running elsewhere is not
+	 * waited for. Not for a group that is not durable: a sweep that found
+	 * its last consumer dead would remove it before we join, where a
+	 * join before the sweep keeps it. */
+	if (r->durable)
 		(void)shmbus_reclaim(bus);
 	if ((rc = bus_lock_subs(bus)) < 0)
 		goto out;

@@ -1630,3 +1630,162 @@ Test(crash, a_publisher_draining_lag_subscriptions)
 	run_spread(copy.points, drain_points, "lag-drain", drain_case, prog);
 	tc_shared_free(prog, sizeof *prog);
 }
+
+/* --------------------------------------------------------- redelivery */
+
+/* Durable "rd": subscribe, tell the parent ('R'), take `hold` events on
+ * go ('G' on fd `go`) and keep them, tell the parent ('H'), hang. */
+struct rd_child {
+	int up, go;
+	unsigned hold;
+	const char *crash_at; /* the last take of a second round dies here */
+};
+
+static int rd_holder(void *arg)
+{
+	const struct rd_child *k = arg;
+	if (k->crash_at)
+		setenv("SHMBUS_CRASH_AT", k->crash_at, 1);
+	shmbus_bus_t *bus = NULL;
+	shmbus_sub_t *sub = NULL;
+	shmbus_sub_opts_t o = {.subscriber_id = "rd", .durable = true};
+	int rc = tc_child_subscribe(&o, &bus, &sub);
+	if (rc)
+		return rc;
+	tc_write_byte(k->up, 'R');
+	char c;
+	for (int round = 0; round < (k->crash_at ? 2 : 1); round++) {
+		if (tc_read_byte(k->go, 10000, &c) != 0)
+			return CHILD_FAIL("no go");
+		const shmbus_event_t *ev;
+		unsigned got = 0;
+		for (int tries = 0; round == 0 && got < k->hold && tries < 100; tries++)
+			got += shmbus_wait(sub, 100 * (int64_t)TC_MS_NS, &ev) == 1;
+		if (round == 0 && got < k->hold)
+			return CHILD_FAIL("held %u of %u", got, k->hold);
+		for (int tries = 0; round == 1 && tries < 100; tries++)
+			(void)shmbus_wait(sub, 10 * (int64_t)TC_MS_NS, &ev); /* dies taking */
+		tc_write_byte(k->up, round == 0 ? 'H' : 'X');
+	}
+	for (;;)
+		pause();
+}
+
+/* What the durable subscription "rd" delivers now, as "0 1 2", each
+ * event released; dups counts events that came more than once. */
+static void rd_drain(shmbus_bus_t *bus, char *out, size_t cap, unsigned *dups)
+{
+	shmbus_sub_opts_t o = {.subscriber_id = "rd", .durable = true};
+	shmbus_sub_t *sub = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev;
+	uint8_t seen[64] = {0};
+	size_t len = 0;
+	out[0] = '\0';
+	*dups = 0;
+	while (shmbus_poll(sub, &ev) == 1) {
+		uint32_t v = tc_payload_u32(ev);
+		if (v < 64 && seen[v]++)
+			(*dups)++;
+		else if (len < cap)
+			len += (size_t)snprintf(out + len, cap - len, "%s%u", len ? " " : "", v);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	shmbus_sub_close(sub);
+}
+
+static int rd_reclaimer(void *arg)
+{
+	shmbus_bus_t *bus = NULL;
+	int rc = victim_open(arg, &bus);
+	if (rc)
+		return rc;
+	(void)shmbus_reclaim(bus);
+	return CHILD_FAIL("not killed at %s", (const char *)arg);
+}
+
+/* A survivor killed between two give-backs of a dead consumer's events
+ * (reclaim.given: after a push, before clearing its entry) leaves one
+ * event to be given back twice, never more: entries are cleared one by
+ * one. The next survivor finishes; first arrivals stay in order. */
+Test(crash, a_survivor_killed_between_give_backs_gives_one_event_back_twice_at_most)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	int up[2], go[2];
+	cr_assert_eq(pipe(up), 0);
+	cr_assert_eq(pipe(go), 0);
+	struct rd_child k = {.up = up[1], .go = go[0], .hold = 5};
+	pid_t holder = tc_fork(rd_holder, &k);
+	char c;
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	for (uint32_t i = 0; i < 8; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+	tc_write_byte(go[1], 'G');
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	cr_assert_eq(c, 'H');
+	tc_kill9(holder);
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(rd_reclaimer, "reclaim.given:3"), 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the survivor %s", tc_status_str(st));
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	char got[256];
+	unsigned dups;
+	rd_drain(bus, got, sizeof got, &dups);
+	cr_expect_str_eq(got, "0 1 2 3 4 5 6 7");
+	cr_expect_leq(dups, 1, "%u events came twice after one survivor died", dups);
+	close(up[0]), close(up[1]), close(go[0]), close(go[1]);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* Two consumers of one durable subscription: D holds 0-4, C holds 5-9. D
+ * dies; its events go to the redelivery queue; C starts taking them and
+ * dies after its head CAS (take.owned), before they reach its held[]. The
+ * run C was taking is older than what C held, so reclaim must not put it
+ * after them: the next consumer gets 0..11 in order. */
+Test(crash, a_run_taken_from_the_redelivery_queue_goes_back_before_newer_holds)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	int up[2], go_d[2], go_c[2];
+	cr_assert_eq(pipe(up), 0);
+	cr_assert_eq(pipe(go_d), 0);
+	cr_assert_eq(pipe(go_c), 0);
+	struct rd_child d = {.up = up[1], .go = go_d[0], .hold = 5};
+	struct rd_child cc = {.up = up[1], .go = go_c[0], .hold = 5, .crash_at = "take.owned:2"};
+	char c;
+	pid_t dp = tc_fork(rd_holder, &d);
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	pid_t cp = tc_fork(rd_holder, &cc);
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	for (uint32_t i = 0; i < 5; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+	tc_write_byte(go_d[1], 'G');
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	cr_assert_eq(c, 'H');
+	for (uint32_t i = 5; i < 10; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+	tc_write_byte(go_c[1], 'G');
+	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	cr_assert_eq(c, 'H');
+	tc_kill9(dp);
+	int st = 0;
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	tc_write_byte(go_c[1], 'G'); /* C takes from the redelivery queue and dies */
+	cr_assert_eq(tc_wait(cp, 10000, &st), 0, "C hung");
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "C %s", tc_status_str(st));
+	cr_assert_geq(shmbus_reclaim(bus), 1);
+	for (uint32_t i = 10; i < 12; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+	char got[256];
+	unsigned dups;
+	rd_drain(bus, got, sizeof got, &dups);
+	cr_expect_str_eq(got, "0 1 2 3 4 5 6 7 8 9 10 11");
+	cr_expect_eq(dups, 0);
+	close(up[0]), close(up[1]), close(go_d[0]), close(go_d[1]), close(go_c[0]), close(go_c[1]);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
