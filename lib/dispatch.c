@@ -176,21 +176,13 @@ static void count(uint64_t *counter)
 	at_count_u64(counter, 1);
 }
 
-/* Hand slot i to the dead-letter queue; it is done with either way (a
- * dead-letter queue that cannot take it has no better fallback than the
- * release that follows; the failure is counted as a plain failure). */
-static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason)
+/* Slot i's letter was written (or could not be: a dead-letter queue that
+ * cannot take it has no better fallback than the release that follows; the
+ * failure is counted as a plain failure). Either way it is done with. */
+static void letter_done(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason, bool written)
 {
 	struct dslot *sl = &ds->win[i];
-	struct dlq_entry_in in = {
-		.sub = ds->sub_id,
-		.subscriber_id = ds->subscriber,
-		.group = ds->group,
-		.reason = reason,
-		.attempts = sl->attempts,
-		.last_error = sl->last_error,
-	};
-	if (dlq_append(ds->sub->bus, slot_event(sl), &in) == 0) {
+	if (written) {
 		if (!ds->shutdown) {
 			count(&ds->sub->rec->dead_lettered);
 			if (reason == SHMBUS_DEAD_EXPIRED)
@@ -205,6 +197,101 @@ static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason
 	}
 	sl->state = DSLOT_DONE;
 	sl->gen++;
+}
+
+static void letter_entry(const struct dsub *ds, const struct dslot *sl, shmbus_dead_reason_t reason,
+			 struct dlq_entry_in *in)
+{
+	*in = (struct dlq_entry_in){
+		.sub = ds->sub_id,
+		.subscriber_id = ds->subscriber,
+		.group = ds->group,
+		.reason = reason,
+		.attempts = sl->attempts,
+		.last_error = sl->last_error,
+	};
+}
+
+/* Hand slot i to the dead-letter queue. Its letter is written at the end
+ * of the turn with the turn's others (flush_dead_letters): a burst of
+ * failures costs one append and one sync, not a sync each, and the slot
+ * stays in the window (DYING: not released) until then. Without memory to
+ * note it, it is written at once. */
+static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason)
+{
+	shmbus_dispatcher_t *d = ds->d;
+	struct dslot *sl = &ds->win[i];
+	if (d->ndying == d->dying_cap) {
+		size_t nc = d->dying_cap ? 2 * d->dying_cap : 16;
+		struct dying *v = realloc(d->dying, nc * sizeof *v);
+		if (!v) {
+			struct dlq_entry_in in;
+			letter_entry(ds, sl, reason, &in);
+			letter_done(ds, i, reason, dlq_append(ds->sub->bus, slot_event(sl), &in) == 0);
+			return;
+		}
+		d->dying = v;
+		d->dying_cap = nc;
+	}
+	d->dying[d->ndying++] = (struct dying){.ds = ds, .slot = i, .reason = reason};
+	sl->state = DSLOT_DYING;
+	sl->gen++;
+}
+
+/*
+ * Write the letters dead_letter noted, one append (and one sync) per bus,
+ * then finish each slot (counters, on_dead) and release what the windows
+ * can now let go of, in delivery order. Runs at the end of every piece of
+ * work of a turn, and before a subscription is dropped.
+ */
+static void flush_dead_letters(shmbus_dispatcher_t *d)
+{
+	while (d->ndying) {
+		shmbus_bus_t *bus = d->dying[0].ds->sub->bus;
+		size_t m = 0;
+		for (size_t k = 0; k < d->ndying; k++)
+			m += d->dying[k].ds->sub->bus == bus;
+		struct dlq_letter *letters = calloc(m, sizeof *letters);
+		struct dlq_entry_in *ins = calloc(m, sizeof *ins);
+		if (letters && ins) {
+			size_t j = 0;
+			for (size_t k = 0; k < d->ndying; k++) {
+				const struct dying *y = &d->dying[k];
+				if (y->ds->sub->bus != bus)
+					continue;
+				const struct dslot *sl = &y->ds->win[y->slot];
+				letter_entry(y->ds, sl, y->reason, &ins[j]);
+				letters[j] = (struct dlq_letter){.ev = slot_event(sl), .in = &ins[j]};
+				j++;
+			}
+			(void)dlq_append_letters(bus, letters, m);
+		}
+		/* finish this bus's slots and keep the others' */
+		size_t kept = 0, j = 0;
+		for (size_t k = 0; k < d->ndying; k++) {
+			struct dying y = d->dying[k];
+			if (y.ds->sub->bus != bus) {
+				d->dying[kept++] = y;
+				continue;
+			}
+			bool written;
+			if (letters && ins) {
+				written = letters[j++].rc == 0;
+			} else { /* no memory to batch: one by one */
+				struct dlq_entry_in in;
+				letter_entry(y.ds, &y.ds->win[y.slot], y.reason, &in);
+				written = dlq_append(bus, slot_event(&y.ds->win[y.slot]), &in) == 0;
+			}
+			letter_done(y.ds, y.slot, y.reason, written);
+		}
+		d->ndying = kept;
+		free(letters);
+		free(ins);
+		/* release, in delivery order, what the letters held back */
+		for (uint32_t x = 0; x < d->nsubs; x++)
+			if (d->subs[x] && d->subs[x]->sub->bus == bus)
+				advance(d, d->subs[x]);
+	}
 }
 
 /* The consumer gauges and counters, unless the subscription was removed
@@ -701,6 +788,7 @@ static void drop_sub(shmbus_dispatcher_t *d, struct dsub *ds)
 			dead_letter(ds, i, SHMBUS_DEAD_ABANDONED);
 		}
 	}
+	flush_dead_letters(d); /* before ds goes: the letters point into it */
 	advance(d, ds);
 	if (ds->armed)
 		d->w->ops->disarm(d->w, token(KIND_SUB, ds->index, ds->arm_gen), -1);
@@ -906,6 +994,7 @@ static void work(shmbus_dispatcher_t *d)
 		if (ds && ((ds->ready && can_take(ds)) || (ds->due && can_start(ds))))
 			pump(d, ds);
 	}
+	flush_dead_letters(d);
 }
 
 static void on_done(shmbus_dispatcher_t *d, const struct dwait_done *c)
@@ -1031,6 +1120,7 @@ SHMBUS_API void shmbus_dispatcher_close(shmbus_dispatcher_t *d)
 	close(d->kick_fd);
 	timers_free(&d->timers);
 	free(d->deferred);
+	free(d->dying);
 	free(d->subs);
 	free(d->fds);
 	free(d);

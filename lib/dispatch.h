@@ -73,6 +73,8 @@ enum dslot_state {
 	DSLOT_WAITING = 2, /* failed; its retry is due at `due` */
 	DSLOT_DUE = 3,	   /* its retry is due, waiting for a free handler */
 	DSLOT_DONE = 4,	   /* handled, or dead-lettered: may be released */
+	DSLOT_DYING = 5,   /* to be dead-lettered: its letter is written, with the
+			      turn's others, at the end of the turn (flush_dead_letters) */
 };
 
 /* One event of a subscription's window, from delivery to release. */
@@ -153,6 +155,14 @@ struct shmbus_dispatcher {
 	size_t ndeferred, deferred_cap;
 	/* objects bound to this dispatcher (requesters) to let go of at close */
 	struct dispatch_client *clients;
+	/* slots to dead-letter at the end of the turn, one append and one
+	 * sync for all of them (dispatch.c, flush_dead_letters) */
+	struct dying {
+		struct dsub *ds;
+		uint32_t slot;
+		shmbus_dead_reason_t reason;
+	} *dying;
+	size_t ndying, dying_cap;
 };
 
 /* Something bound to a dispatcher that must let go when it closes. */

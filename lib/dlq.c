@@ -290,20 +290,22 @@ static int64_t letter_body(const struct seg_event *e, const struct dlq_entry_in 
 	return (int64_t)len;
 }
 
-int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t n, const struct dlq_entry_in *in)
+int dlq_append_letters(shmbus_bus_t *bus, struct dlq_letter *letters, size_t n)
 {
 	int rc = bus_check_usable(bus);
 	if (rc < 0)
 		return rc;
-	if ((!evs && n) || !in)
-		return shmbus__fail(EINVAL, "events or entry is NULL");
+	if (!letters && n)
+		return shmbus__fail(EINVAL, "letters is NULL");
 	if (n > INT32_MAX)
-		return shmbus__fail(EINVAL, "too many events (%zu) for one append", n);
+		return shmbus__fail(EINVAL, "too many letters (%zu) for one append", n);
 	if (n == 0)
 		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (!evs[i])
-			return shmbus__fail(EINVAL, "event %zu is NULL", i);
+	for (size_t i = 0; i < n; i++) {
+		if (!letters[i].ev || !letters[i].in)
+			return shmbus__fail(EINVAL, "letter %zu has no event or entry", i);
+		letters[i].rc = 0;
+	}
 	struct log_state *st = log_state_get(bus);
 	if (!st)
 		return -ENOMEM;
@@ -314,35 +316,52 @@ int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t 
 	struct dlq_file f;
 	if ((rc = dlq_open_locked(bus, &f, true)) == 0) {
 		dlq_find_end(bus, st, &f);
-		int err = 0;
-		for (size_t i = 0; i < n; i++) {
-			const struct seg_event *e = (const struct seg_event *)(const void *)evs[i];
-			int64_t len = letter_body(e, in, &body, &cap);
-			if (len < 0 || (len = dlq_put(&f, LOG_REC_DEAD, e->seq, body, (uint32_t)len, NULL, 0)) < 0) {
-				err = (int)len;
-				if (len != -EBADMSG)
-					break; /* the file or memory failed: the rest would too */
-				continue;
-			}
-			written++;
+		size_t i = 0;
+		for (; i < n; i++) {
+			const struct seg_event *e = (const struct seg_event *)(const void *)letters[i].ev;
+			int64_t len = letter_body(e, letters[i].in, &body, &cap);
+			if (len >= 0)
+				len = dlq_put(&f, LOG_REC_DEAD, e->seq, body, (uint32_t)len, NULL, 0);
+			letters[i].rc = len < 0 ? (int)len : 0;
+			if (len >= 0)
+				written++;
+			else if (len != -EBADMSG)
+				break; /* the file or memory failed: the rest would too */
 		}
-		/* what was written is synced, even after a failure */
-		if (written && (rc = dlq_commit(&f)) < 0)
+		for (size_t j = i + (i < n); j < n; j++)
+			letters[j].rc = letters[i].rc;
+		/* what was written is synced, even after a failure; it counts
+		 * as written only once synced */
+		if (written && (rc = dlq_commit(&f)) < 0) {
+			for (size_t j = 0; j < n; j++)
+				if (letters[j].rc == 0)
+					letters[j].rc = rc;
 			written = 0;
-		else
-			rc = err;
+		}
 		dlq_note_end(st, &f);
 	}
+	if (rc < 0 && written == 0)
+		for (size_t j = 0; j < n; j++)
+			if (letters[j].rc == 0)
+				letters[j].rc = rc;
 	dlq_close(&f);
 	pthread_mutex_unlock(&st->dlq_lock);
 	free(body);
-	return written ? written : rc;
+	if (written)
+		return written;
+	for (size_t j = 0; j < n; j++)
+		if (letters[j].rc < 0)
+			return letters[j].rc;
+	return rc;
 }
 
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in)
 {
-	int rc = dlq_append_many(bus, &ev, 1, in);
-	return rc < 0 ? rc : 0;
+	struct dlq_letter l = {.ev = ev, .in = in};
+	if (!ev || !in)
+		return shmbus__fail(EINVAL, "event or entry is NULL");
+	int rc = dlq_append_letters(bus, &l, 1);
+	return rc < 0 ? rc : l.rc;
 }
 
 /* ------------------------------------------------------------ live set */

@@ -22,12 +22,21 @@ struct dlq_entry_in {
  */
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in);
 
+/* One letter of dlq_append_letters: the event, its entry, and (out) 0 once
+ * written and synced, or -errno (-EBADMSG: the event is not valid). */
+struct dlq_letter {
+	const shmbus_event_t *ev;
+	const struct dlq_entry_in *in;
+	int rc;
+};
+
 /*
- * Append a dead letter for each of evs[0..n), all with the same entry, as
- * dlq_append does but under one lock and with one sync for them all (the
- * unrouted events of a batch). An event that is not valid is skipped.
- * Returns how many were appended and synced, or -errno when none was.
+ * Append the n letters as dlq_append does, but under one lock and with one
+ * sync for them all: a batch's unrouted events, a dispatch round's failed
+ * ones. An event that is not valid is skipped; after a write that fails,
+ * the rest are not tried. Each letter's rc says what became of it. Returns
+ * how many were written and synced, or -errno when none was.
  */
-int dlq_append_many(shmbus_bus_t *bus, const shmbus_event_t *const *evs, size_t n, const struct dlq_entry_in *in);
+int dlq_append_letters(shmbus_bus_t *bus, struct dlq_letter *letters, size_t n);
 
 #endif

@@ -142,9 +142,19 @@ static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev)
 static void flush_unrouted(shmbus_pub_t *pub)
 {
 	struct dlq_entry_in in = {.reason = SHMBUS_DEAD_NO_SUBSCRIBER};
-	int n = dlq_append_many(pub->bus, (const shmbus_event_t *const *)pub->unrouted, pub->nunrouted, &in);
-	if (n > 0)
-		at_count_u64(&pub->bus->hdr->retired_dead_lettered, (uint64_t)n);
+	struct dlq_letter *letters = calloc(pub->nunrouted, sizeof *letters);
+	if (letters) {
+		for (size_t i = 0; i < pub->nunrouted; i++)
+			letters[i] = (struct dlq_letter){.ev = pub->unrouted[i], .in = &in};
+		int n = dlq_append_letters(pub->bus, letters, pub->nunrouted);
+		if (n > 0)
+			at_count_u64(&pub->bus->hdr->retired_dead_lettered, (uint64_t)n);
+		free(letters);
+	} else {
+		for (size_t i = 0; i < pub->nunrouted; i++) /* one by one: no memory to batch */
+			if (dlq_append(pub->bus, pub->unrouted[i], &in) == 0)
+				at_count_u64(&pub->bus->hdr->retired_dead_lettered, 1);
+	}
 	for (size_t i = 0; i < pub->nunrouted; i++)
 		shmbus_event_free(pub->unrouted[i]);
 	pub->nunrouted = 0;

@@ -1105,3 +1105,60 @@ Test(dispatch, on_dead_is_told_and_removal_abandons_waiting_retries)
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
 }
+
+struct burst {
+	atomic_int dead;
+	int letters_at_first; /* letters in the log when on_dead first ran */
+	uint32_t order[64];
+	shmbus_bus_t *bus;
+};
+
+static void on_dead_burst(const shmbus_event_t *ev, int reason, void *arg)
+{
+	struct burst *b = arg;
+	int k = atomic_fetch_add(&b->dead, 1);
+	if (k == 0)
+		b->letters_at_first = shmbus_dlq_list(b->bus, NULL, 0);
+	if (k < 64)
+		b->order[k] = reason == SHMBUS_DEAD_EXPIRED ? tc_payload_u32(ev) : UINT32_MAX;
+}
+
+/* Thirty events that expired before they were handled, taken in one turn:
+ * their letters are written together (one append, one sync), so when
+ * on_dead first hears of one, all thirty are in the log; and they are
+ * written, told and released in delivery order. */
+Test(dispatch, a_burst_of_dead_letters_is_written_together_in_delivery_order)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t i = 0; i < 30; i++) {
+		shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "burst", .ttl_ns = 1, .payload = &i, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
+	}
+	tc_sleep_ms(2); /* all expired */
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	struct burst b = {.bus = bus};
+	shmbus_handler_opts_t o = {.handler = fail_handler, .arg = &b, .on_dead = on_dead_burst};
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &o), 0);
+	run_until(d, &b.dead, 30, 5000);
+	cr_assert_eq(atomic_load(&b.dead), 30);
+	cr_expect_eq(b.letters_at_first, 30, "when on_dead first ran the log held %d letters, not all 30 of the turn",
+		     b.letters_at_first);
+	for (uint32_t i = 0; i < 30; i++)
+		cr_expect_eq(b.order[i], i, "on_dead call %u was for event %u", i, b.order[i]);
+	shmbus_dead_letter_t dl[32];
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 32), 30);
+	for (uint32_t i = 0; i < 30; i++) {
+		cr_expect_eq(dl[i].reason, SHMBUS_DEAD_EXPIRED);
+		cr_expect_eq(tc_payload_u32(dl[i].event), i, "letter %u is for event %u", i, tc_payload_u32(dl[i].event));
+	}
+	shmbus_sub_info_t si = sub_info(bus, sub);
+	cr_expect_eq(si.held, 0, "every event released after its letter");
+	cr_expect_eq(si.dead_lettered, 30);
+	cr_expect_eq(si.expired, 30);
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
