@@ -42,4 +42,6 @@ done
 dlq=$("$dlq_cost" --letters 200)
 [ "$(echo "$dlq" | grep -c '^letters [0-9]*\.\.[0-9]*: median append [0-9.]* us$')" -eq 10 ] ||
 	{ echo "shmbus-dlq-cost: not ten medians"; echo "$dlq"; exit 1; }
+echo "$dlq" | grep -q '^dispatcher: 200 expired events dead-lettered, [0-9.]* us per letter$' ||
+	{ echo "shmbus-dlq-cost: no dispatcher figure"; echo "$dlq"; exit 1; }
 echo "bench smoke ok"
