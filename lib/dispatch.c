@@ -233,6 +233,11 @@ static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason
 		d->dying = v;
 		d->dying_cap = nc;
 	}
+	/* the letter is written later in the turn: from a private copy, not
+	 * from the ring, where a revocation could take the slot meanwhile
+	 * (without memory for one, the ring's bytes are still held by us) */
+	if (!sl->copy)
+		(void)shmbus_event_copy(sl->ev, &sl->copy);
 	d->dying[d->ndying++] = (struct dying){.ds = ds, .slot = i, .reason = reason};
 	sl->state = DSLOT_DYING;
 	sl->gen++;
@@ -244,39 +249,74 @@ static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason
  * can now let go of, in delivery order. Runs at the end of every piece of
  * work of a turn, and before a subscription is dropped.
  */
+/* Without memory to batch: the first n noted letters one append each, in
+ * the order noted; then what they held back is released. */
+static void letters_one_by_one(shmbus_dispatcher_t *d, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		struct dying y = d->dying[k];
+		struct dlq_entry_in in;
+		letter_entry(y.ds, &y.ds->win[y.slot], y.reason, &in);
+		letter_done(y.ds, y.slot, y.reason,
+			    dlq_append(y.ds->sub->bus, slot_event(&y.ds->win[y.slot]), &in) == 0);
+	}
+	memmove(d->dying, d->dying + n, (d->ndying - n) * sizeof *d->dying);
+	d->ndying -= n;
+	for (uint32_t x = 0; x < d->nsubs; x++)
+		if (d->subs[x])
+			advance(d, d->subs[x]);
+}
+
 static void flush_dead_letters(shmbus_dispatcher_t *d)
 {
+	if (d->flushing)
+		return; /* never re-entered: remove, close and run_once refuse */
+	d->flushing = true;
 	while (d->ndying) {
+		/* the entries there now: an on_dead callback may note more
+		 * (they wait for the next round of this loop) */
+		size_t n0 = d->ndying;
 		shmbus_bus_t *bus = d->dying[0].ds->sub->bus;
-		size_t m = 0;
-		for (size_t k = 0; k < d->ndying; k++)
-			m += d->dying[k].ds->sub->bus == bus;
+		/* this bus's entries, by subscription and then window position
+		 * (delivery order): workers finish out of order */
+		size_t m = 0, *pick = malloc(n0 * sizeof *pick);
+		if (!pick) {
+			letters_one_by_one(d, n0);
+			continue;
+		}
+		for (size_t k = 0; k < n0; k++) {
+			const struct dying *y = &d->dying[k];
+			if (y->ds->sub->bus != bus)
+				continue;
+			uint64_t key = (uint64_t)y->ds->index << 32 | (y->slot + DSUB_WINDOW - y->ds->head) % DSUB_WINDOW;
+			size_t at = m++;
+			for (; at > 0; at--) {
+				const struct dying *z = &d->dying[pick[at - 1]];
+				if (((uint64_t)z->ds->index << 32 | (z->slot + DSUB_WINDOW - z->ds->head) % DSUB_WINDOW) <= key)
+					break;
+				pick[at] = pick[at - 1];
+			}
+			pick[at] = k;
+		}
 		struct dlq_letter *letters = calloc(m, sizeof *letters);
 		struct dlq_entry_in *ins = calloc(m, sizeof *ins);
 		if (letters && ins) {
-			size_t j = 0;
-			for (size_t k = 0; k < d->ndying; k++) {
-				const struct dying *y = &d->dying[k];
-				if (y->ds->sub->bus != bus)
-					continue;
+			for (size_t j = 0; j < m; j++) {
+				const struct dying *y = &d->dying[pick[j]];
 				const struct dslot *sl = &y->ds->win[y->slot];
 				letter_entry(y->ds, sl, y->reason, &ins[j]);
 				letters[j] = (struct dlq_letter){.ev = slot_event(sl), .in = &ins[j]};
-				j++;
 			}
-			(void)dlq_append_letters(bus, letters, m);
+			int r = dlq_append_letters(bus, letters, m);
+			for (size_t j = 0; r < 0 && j < m; j++) /* nothing was written */
+				if (letters[j].rc == 0)
+					letters[j].rc = r;
 		}
-		/* finish this bus's slots and keep the others' */
-		size_t kept = 0, j = 0;
-		for (size_t k = 0; k < d->ndying; k++) {
-			struct dying y = d->dying[k];
-			if (y.ds->sub->bus != bus) {
-				d->dying[kept++] = y;
-				continue;
-			}
+		for (size_t j = 0; j < m; j++) {
+			struct dying y = d->dying[pick[j]];
 			bool written;
 			if (letters && ins) {
-				written = letters[j++].rc == 0;
+				written = letters[j].rc == 0;
 			} else { /* no memory to batch: one by one */
 				struct dlq_entry_in in;
 				letter_entry(y.ds, &y.ds->win[y.slot], y.reason, &in);
@@ -284,7 +324,13 @@ static void flush_dead_letters(shmbus_dispatcher_t *d)
 			}
 			letter_done(y.ds, y.slot, y.reason, written);
 		}
+		/* keep the other buses' entries and those noted meanwhile */
+		size_t kept = 0;
+		for (size_t k = 0; k < d->ndying; k++)
+			if (k >= n0 || d->dying[k].ds->sub->bus != bus)
+				d->dying[kept++] = d->dying[k];
 		d->ndying = kept;
+		free(pick);
 		free(letters);
 		free(ins);
 		/* release, in delivery order, what the letters held back */
@@ -292,6 +338,7 @@ static void flush_dead_letters(shmbus_dispatcher_t *d)
 			if (d->subs[x] && d->subs[x]->sub->bus == bus)
 				advance(d, d->subs[x]);
 	}
+	d->flushing = false;
 }
 
 /* The consumer gauges and counters, unless the subscription was removed
@@ -438,11 +485,15 @@ static void start(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i)
 			return;
 		/* no memory to queue it: run it here rather than lose it */
 	}
+	/* restored, not cleared: a handler may run another dispatcher's turn,
+	 * and its end must not lift this one's guard for our caller */
+	shmbus_dispatcher_t *outer = dispatch_current;
+	unsigned outer_attempt = dispatch_current_attempt;
 	dispatch_current = d;
 	dispatch_current_attempt = sl->attempts;
 	int rc = ds->handler(slot_event(sl), ds->arg);
-	dispatch_current_attempt = 0;
-	dispatch_current = NULL;
+	dispatch_current_attempt = outer_attempt;
+	dispatch_current = outer;
 	complete(d, ds, i, rc);
 }
 
@@ -451,11 +502,13 @@ void dispatch_run_job(struct pool_job *job)
 {
 	struct dsub *ds = job->ds;
 	struct dslot *sl = &ds->win[job->slot];
+	shmbus_dispatcher_t *outer = dispatch_current;
+	unsigned outer_attempt = dispatch_current_attempt;
 	dispatch_current = ds->d;
 	dispatch_current_attempt = sl->attempts;
 	job->rc = ds->handler(slot_event(sl), ds->arg);
-	dispatch_current_attempt = 0;
-	dispatch_current = NULL;
+	dispatch_current_attempt = outer_attempt;
+	dispatch_current = outer;
 }
 
 /* Release the window's completed prefix, in delivery order. */
@@ -801,8 +854,8 @@ SHMBUS_API int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *su
 {
 	if (!d || !sub)
 		return shmbus__fail(EINVAL, "dispatcher or subscription is NULL");
-	if (dispatch_current == d)
-		return shmbus__fail(EBUSY, "not from inside a handler");
+	if (dispatch_current == d || d->flushing)
+		return shmbus__fail(EBUSY, "not from inside a handler or an on_dead callback");
 	struct dsub *ds = find_sub(d, sub);
 	if (!ds)
 		return shmbus__fail(ENOENT, "subscription is not served by this dispatcher");
@@ -1031,8 +1084,8 @@ static bool take_stop(shmbus_dispatcher_t *d)
 static int turn(shmbus_dispatcher_t *d, int64_t timeout_ns, bool *stopped)
 {
 	*stopped = false;
-	if (dispatch_current == d)
-		return shmbus__fail(EBUSY, "not from inside a handler");
+	if (dispatch_current == d || d->flushing)
+		return shmbus__fail(EBUSY, "not from inside a handler or an on_dead callback");
 	d->completed = 0;
 	work(d);
 	int64_t t = timeout_ns;
@@ -1101,7 +1154,7 @@ SHMBUS_API void shmbus_dispatcher_close(shmbus_dispatcher_t *d)
 {
 	if (!d)
 		return;
-	if (dispatch_current == d) {
+	if (dispatch_current == d || d->flushing) {
 		/* freeing what the caller's own stack frames use: refuse */
 		shmbus__fail(EBUSY, "shmbus_dispatcher_close from inside one of its handlers is ignored");
 		return;

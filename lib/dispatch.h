@@ -163,6 +163,7 @@ struct shmbus_dispatcher {
 		shmbus_dead_reason_t reason;
 	} *dying;
 	size_t ndying, dying_cap;
+	bool flushing; /* flush_dead_letters runs (its on_dead callbacks) */
 };
 
 /* Something bound to a dispatcher that must let go when it closes. */

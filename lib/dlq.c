@@ -290,25 +290,33 @@ static int64_t letter_body(const struct seg_event *e, const struct dlq_entry_in 
 	return (int64_t)len;
 }
 
+/* Every letter's result is rc (a failure before any was tried). */
+static int letters_fail(struct dlq_letter *letters, size_t n, int rc)
+{
+	for (size_t i = 0; i < n; i++)
+		letters[i].rc = rc;
+	return rc;
+}
+
 int dlq_append_letters(shmbus_bus_t *bus, struct dlq_letter *letters, size_t n)
 {
+	if (!letters)
+		return n ? shmbus__fail(EINVAL, "letters is NULL") : 0;
 	int rc = bus_check_usable(bus);
 	if (rc < 0)
-		return rc;
-	if (!letters && n)
-		return shmbus__fail(EINVAL, "letters is NULL");
+		return letters_fail(letters, n, rc);
 	if (n > INT32_MAX)
-		return shmbus__fail(EINVAL, "too many letters (%zu) for one append", n);
+		return letters_fail(letters, n, shmbus__fail(EINVAL, "too many letters (%zu) for one append", n));
 	if (n == 0)
 		return 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++)
 		if (!letters[i].ev || !letters[i].in)
-			return shmbus__fail(EINVAL, "letter %zu has no event or entry", i);
+			return letters_fail(letters, n, shmbus__fail(EINVAL, "letter %zu has no event or entry", i));
+	for (size_t i = 0; i < n; i++)
 		letters[i].rc = 0;
-	}
 	struct log_state *st = log_state_get(bus);
 	if (!st)
-		return -ENOMEM;
+		return letters_fail(letters, n, -ENOMEM);
 	uint8_t *body = NULL;
 	size_t cap = 0;
 	int written = 0;
@@ -349,10 +357,12 @@ int dlq_append_letters(shmbus_bus_t *bus, struct dlq_letter *letters, size_t n)
 	free(body);
 	if (written)
 		return written;
+	if (rc < 0)
+		return rc; /* the file (open, sync) failed */
 	for (size_t j = 0; j < n; j++)
 		if (letters[j].rc < 0)
 			return letters[j].rc;
-	return rc;
+	return 0;
 }
 
 int dlq_append(shmbus_bus_t *bus, const shmbus_event_t *ev, const struct dlq_entry_in *in)

@@ -1162,3 +1162,70 @@ Test(dispatch, a_burst_of_dead_letters_is_written_together_in_delivery_order)
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
 }
+
+struct nested {
+	shmbus_dispatcher_t *d1, *d2;
+	shmbus_sub_t *a;
+	atomic_int dead, b_runs;
+	int rc_in_b, rc_after;
+};
+
+static int nested_b_handler(const shmbus_event_t *ev, void *arg)
+{
+	(void)ev;
+	struct nested *n = arg;
+	n->rc_in_b = shmbus_dispatcher_remove(n->d1, n->a); /* d1 is writing letters */
+	atomic_fetch_add(&n->b_runs, 1);
+	return 0;
+}
+
+static void nested_on_dead(const shmbus_event_t *ev, int reason, void *arg)
+{
+	(void)ev;
+	(void)reason;
+	struct nested *n = arg;
+	(void)shmbus_dispatcher_run_once(n->d2, 0);
+	n->rc_after = shmbus_dispatcher_remove(n->d1, n->a); /* still inside d1's callback */
+	atomic_fetch_add(&n->dead, 1);
+}
+
+/* An on_dead callback that runs another dispatcher's turn, whose handler
+ * tries to remove the first dispatcher's subscription: refused while the
+ * first writes its letters (the removal would free what it iterates), and
+ * still refused in the callback after the inner turn ended. */
+Test(dispatch, a_removal_from_inside_on_dead_is_refused_even_through_another_dispatcher)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	const char *an[] = {"for.a"}, *bn[] = {"for.b"};
+	shmbus_filter_t *fa, *fb;
+	cr_assert_eq(shmbus_filter_names(an, 1, &fa), 0);
+	cr_assert_eq(shmbus_filter_names(bn, 1, &fb), 0);
+	struct nested n = {0};
+	n.a = tc_sub(bus, fa); /* takes the filter */
+	shmbus_sub_t *b = tc_sub(bus, fb);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	uint32_t v = 1;
+	shmbus_msg_t ma = {.type = SHMBUS_COMMAND, .name = "for.a", .ttl_ns = 1, .payload = &v, .payload_len = 4};
+	cr_assert_eq(shmbus_publish(pub, &ma, NULL), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "for.b", SHMBUS_PRIORITY_NORMAL, 2), 0);
+	tc_sleep_ms(2);
+	n.d1 = open_dispatcher(0);
+	n.d2 = open_dispatcher(0);
+	cr_assert_eq(shmbus_dispatcher_add(n.d2, b, &(shmbus_handler_opts_t){.handler = nested_b_handler, .arg = &n}), 0);
+	cr_assert_eq(shmbus_dispatcher_add(n.d1, n.a,
+					   &(shmbus_handler_opts_t){.handler = fail_handler, .arg = &n,
+								    .on_dead = nested_on_dead}),
+		     0);
+	run_until(n.d1, &n.dead, 1, 5000);
+	cr_assert_eq(atomic_load(&n.dead), 1);
+	cr_assert_eq(atomic_load(&n.b_runs), 1, "the inner turn ran b's handler");
+	cr_expect_eq(n.rc_in_b, -EBUSY, "removal through the inner turn: %d", n.rc_in_b);
+	cr_expect_eq(n.rc_after, -EBUSY, "removal in the callback after the inner turn: %d", n.rc_after);
+	cr_expect_eq(shmbus_dispatcher_remove(n.d1, n.a), 0, "and allowed once the turn is over");
+	shmbus_dispatcher_close(n.d1);
+	shmbus_dispatcher_close(n.d2);
+	shmbus_sub_close(n.a);
+	shmbus_sub_close(b);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}

@@ -582,6 +582,37 @@ Test(log, a_dead_letter_log_cut_back_and_grown_again_by_another_is_walked_from_i
 	shmbus_close(bus);
 }
 
+/* Every letter says what became of it, also when the append fails before
+ * it tries any: a caller that tells on_dead by the letter's result must
+ * never hear "written" of a letter that is not in the log. */
+Test(log, a_failed_dead_letter_append_fails_every_letter)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, 7), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
+	struct dlq_entry_in in = {.reason = SHMBUS_DEAD_FAILED};
+	/* a letter without an entry: nothing is written, both letters fail */
+	struct dlq_letter l[2] = {{.ev = ev, .in = &in, .rc = 0}, {.ev = ev, .in = NULL, .rc = 0}};
+	cr_expect_eq(dlq_append_letters(bus, l, 2), -EINVAL);
+	cr_expect_lt(l[0].rc, 0, "letter 0 says %d though nothing was written", l[0].rc);
+	cr_expect_lt(l[1].rc, 0);
+	cr_expect_eq(shmbus_dlq_list(bus, NULL, 0), 0);
+	/* both valid: both written, in order */
+	l[1].in = &in;
+	cr_expect_eq(dlq_append_letters(bus, l, 2), 2, "%s", shmbus_errmsg());
+	cr_expect_eq(l[0].rc, 0);
+	cr_expect_eq(l[1].rc, 0);
+	cr_expect_eq(shmbus_dlq_list(bus, NULL, 0), 2);
+	shmbus_release(sub, ev);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(log, replay_to_one_subscription_and_republished)
 {
 	shmbus_config_t cfg = log_cfg();
