@@ -391,10 +391,14 @@ static void give_back_all(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, const 
 	}
 }
 
-static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead)
+static void tombstone_aborted(shmbus_bus_t *bus, uint32_t idx);
+
+static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, bool aborted)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
 	uint32_t state = at_load_acquire_u32(&s->state);
+	if (aborted && state == SEG_SUB_ACTIVE)
+		tombstone_aborted(bus, idx);
 	/* before anything else, and in a free record too: a removal that ran
 	 * while the dead member still looked alive left its cells as they were,
 	 * and the entries of its consumers that were taking (DETACHED) */
@@ -507,8 +511,10 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names
  * its publisher (low bits = 1 + pub index while claimed). */
-static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
+/* Returns how many event claims (not unused lease positions) it aborted. */
+static uint32_t abort_claims(shmbus_bus_t *bus, uint32_t dead)
 {
+	uint32_t aborted = 0;
 	/* first what it claimed and never marked, which names nobody */
 	for (uint32_t p = 0; p < bus->max_members; p++) {
 		struct seg_pub *r = &bus->pubs[p];
@@ -526,8 +532,46 @@ static void abort_claims(shmbus_bus_t *bus, uint32_t dead)
 			continue;
 		/* its unused lease positions too (it takes none any more):
 		 * nobody need take them away */
-		if (at_cas_u64(&bus->slot_ctl[i].ctl, &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)) && !leased)
+		if (at_cas_u64(&bus->slot_ctl[i].ctl, &c, seg_ctl_make(seg_ctl_lap(c), SEG_SLOT_ABORTED, 0)) && !leased) {
 			at_count_u64(&bus->hdr->aborted_claims, 1);
+			aborted++;
+		}
+	}
+	return aborted;
+}
+
+/*
+ * The descriptors a dead publisher pushed for claims reclaim just aborted
+ * are of no use to anybody: each still queued for subscription idx becomes
+ * a TOMBSTONE, which consumers skip like any other. Left as they were, they
+ * waited for a consumer to find the slot ABORTED, and a queue nobody took
+ * from for a lap kept a descriptor of a slot that had moved on, which
+ * shm-dump could not tell from a lost hold. A CAS on the descriptor: the
+ * cell may be taken, released and pushed again meanwhile (a new
+ * descriptor is never equal: its sequence is another lap's). The caller
+ * holds the table lock (the record stays what it is).
+ */
+static void tombstone_aborted(shmbus_bus_t *bus, uint32_t idx)
+{
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
+		struct queue_view q = bus_queue(bus, idx, cls);
+		uint64_t head = at_load_acquire_u64(&q.ends->head), tail = at_load_acquire_u64(&q.ends->tail);
+		for (uint64_t p = head; p - head < q.cap; p++) {
+			struct seg_cell *c = &q.cells[seg_cell_index(p, q.cap)];
+			uint64_t turn = at_load_acquire_u64(&c->turn);
+			if (turn != ((p + 1) & SEG_TURN_POS_MASK)) {
+				if (p >= tail)
+					break; /* the end of what is queued (tail is only a hint) */
+				continue;
+			}
+			uint64_t d = at_load_relaxed_u64(&c->desc);
+			if (d & SEG_DESC_TOMBSTONE)
+				continue;
+			uint64_t seq = d & SEG_DESC_SEQ_MASK;
+			if (at_load_acquire_u64(bus_slot_ctl(bus, seq)) ==
+			    seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_ABORTED, 0))
+				(void)at_cas_u64(&c->desc, &d, SEG_DESC_TOMBSTONE);
+		}
 	}
 }
 
@@ -562,7 +606,7 @@ void reclaim_member(shmbus_bus_t *bus, uint32_t m)
 	if (!self && live_lock(bus->map.fd, SEG_LOCK_MEMBER_BASE + m) < 0 && !member_pid_gone(bus, m))
 		return; /* someone else took it meanwhile */
 	at_store_release_u32(&mem->state, SEG_MEMBER_RECLAIMING);
-	abort_claims(bus, m);
+	bool aborted = abort_claims(bus, m) > 0;
 	if (bus_lock_subs(bus) < 0) {
 		/* never touch the table without its lock: the member stays
 		 * RECLAIMING, and the next sweep finishes it */
@@ -572,7 +616,7 @@ void reclaim_member(shmbus_bus_t *bus, uint32_t m)
 	}
 	recover_drains(bus, m);
 	for (uint32_t s = 0; s < bus->max_subs; s++)
-		reclaim_sub(bus, s, m);
+		reclaim_sub(bus, s, m, aborted);
 	bus_unlock_subs(bus);
 	retire_pubs(bus, m);
 	if (!self)
