@@ -396,6 +396,9 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 			}
 			if (rc < 0)
 				return rc;
+			/* the catch-up closed the gap (or moved it): what follows
+			 * looks at it as it is now */
+			gap_lo = at_load_relaxed_u64(&sub->rec->gap_lo);
 		}
 		/* What a dead consumer left comes first: it is older than
 		 * everything queued (per publisher and class), so serving it
@@ -752,7 +755,8 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 			 * revoker or removal can win the entry meanwhile; one that
 			 * won it before is done (the lock's recovery finishes one
 			 * that died), and the entry is no longer ours to push. */
-			if (survives && at_load_acquire_u64(&sub->cons->held[h->k]) == h->desc &&
+			if (survives && !(h->desc & SEG_DESC_TOMBSTONE) &&
+			    at_load_acquire_u64(&sub->cons->held[h->k]) == h->desc &&
 			    redeliver_push(bus, sub->index, h->desc & ~SEG_DESC_UNSEEN, cls, &to_tail) == 0) {
 				uint64_t d = h->desc;
 				at_cas_u64(&sub->cons->held[h->k], &d, 0);

@@ -129,7 +129,6 @@ static bool intent_claims(const struct seg_take_intent *in, const struct queue_v
 /* What becomes of the run a dead taker's intent names. */
 enum recover_mode {
 	RECOVER_DROP,	   /* its holds are dropped (the subscription is gone) */
-	RECOVER_REQUEUE,   /* back into the queue, for the next consumer */
 	RECOVER_TO_HELD,   /* into free held[] entries of the dead consumer, to be
 			      given back with what it held, in sequence order */
 	RECOVER_PASS_OVER, /* a dead drainer's: passed over as it meant to,
@@ -146,7 +145,7 @@ struct recover_ctx {
 	const uint64_t *held; /* the dead consumers' held entries, n of them */
 	size_t n;
 	struct seg_consumer *con; /* TO_HELD: the dead consumer */
-	bool to_tail;		  /* REQUEUE: the redelivery queue was full */
+	bool to_tail;		  /* TO_HELD without room: the redelivery queue was full */
 };
 
 /* Every place a live taker records what it takes. */
@@ -356,14 +355,46 @@ void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
  * redelivery queue is older. held[] is the entries collected before
  * (n of them), which run recovery skips.
  */
+/*
+ * What still waits in subscription idx's redelivery queue is newer than a
+ * run the dead consumer took from its front, and would stay ahead of it:
+ * as many of those as con (a dead consumer entry) has free held[] entries
+ * for are taken into them, to be sorted and given back with the rest. The
+ * take goes through con's own intent, so a survivor of ours finds the
+ * run there (RECOVER_TO_HELD) or in held[]. More than fit stay in front,
+ * out of order with what is given back (a limit, documented).
+ */
+static void adopt_waiting(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con)
+{
+	struct queue_view q = bus_queue(bus, idx, SEG_QUEUE_REDELIVER);
+	uint32_t room = 0;
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++)
+		room += at_load_relaxed_u64(&con->held[k]) == 0;
+	uint64_t descs[SEG_HELD_MAX], first;
+	uint32_t n = room ? queue_take(&q, &con->take, room, UINT64_MAX, descs, &first) : 0;
+	for (uint32_t i = 0, k = 0; i < n; i++) {
+		while (at_load_relaxed_u64(&con->held[k]) != 0)
+			k++;
+		/* UNSEEN: a give-back keeps the REDELIVERED bit it has and adds none */
+		at_store_release_u64(&con->held[k], descs[i] | SEG_DESC_UNSEEN);
+	}
+	if (n)
+		queue_release(&q, &con->take, first, n);
+}
+
 static void give_back_all(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, const uint64_t *held, size_t n)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
+	struct seg_consumer *spare = NULL;
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++) {
 		struct seg_consumer *con = &s->consumers[c];
-		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE && con->member == dead)
+		if (at_load_acquire_u32(&con->state) == SEG_CONSUMER_ACTIVE && con->member == dead) {
 			recover_intent(bus, &con->take, dead, RECOVER_TO_HELD, held, n, con);
+			spare = spare ? spare : con;
+		}
 	}
+	if (spare)
+		adopt_waiting(bus, idx, spare);
 	struct entry {
 		uint64_t desc;
 		uint64_t *word;
@@ -560,7 +591,7 @@ static void tombstone_aborted(shmbus_bus_t *bus, uint32_t idx)
 			struct seg_cell *c = &q.cells[seg_cell_index(p, q.cap)];
 			uint64_t turn = at_load_acquire_u64(&c->turn);
 			if (turn != ((p + 1) & SEG_TURN_POS_MASK)) {
-				if (p >= tail)
+				if (p >= tail && p >= (tail = at_load_acquire_u64(&q.ends->tail)))
 					break; /* the end of what is queued (tail is only a hint) */
 				continue;
 			}

@@ -142,11 +142,18 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
 bool queue_peek_seq(const struct queue_view *q, uint64_t *seq)
 {
 	uint64_t head = at_load_acquire_u64(&q->ends->head);
-	const struct seg_cell *c = &q->cells[head & (q->cap - 1)];
-	if (at_load_acquire_u64((uint64_t *)&c->turn) != head + 1)
-		return false; /* empty, or being written */
-	*seq = at_load_relaxed_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK;
-	return true;
+	/* past tombstones: they carry no sequence (their bits read 0) */
+	for (uint64_t p = head; p - head < q->cap; p++) {
+		const struct seg_cell *c = &q->cells[p & (q->cap - 1)];
+		if (at_load_acquire_u64((uint64_t *)&c->turn) != p + 1)
+			return false; /* empty, or being written */
+		uint64_t d = at_load_relaxed_u64((uint64_t *)&c->desc);
+		if (d & SEG_DESC_TOMBSTONE)
+			continue;
+		*seq = d & SEG_DESC_SEQ_MASK;
+		return true;
+	}
+	return false;
 }
 
 uint64_t queue_depth(const struct queue_view *q)

@@ -126,8 +126,9 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
 
 /* Descriptors queued and not yet taken (a snapshot). */
 uint64_t queue_depth(const struct queue_view *q);
-/* The sequence of the descriptor at the head, if one is there now (a hint:
- * another taker may move the head at once). */
+/* The sequence of the first descriptor from the head that is not a
+ * tombstone, if one is there now (a hint: another taker may move the head
+ * at once). */
 bool queue_peek_seq(const struct queue_view *q, uint64_t *seq);
 /* Descriptors ever pushed (the tail position). */
 uint64_t queue_pushed(const struct queue_view *q);
