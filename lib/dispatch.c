@@ -212,6 +212,14 @@ static void letter_entry(const struct dsub *ds, const struct dslot *sl, shmbus_d
 	};
 }
 
+/* Slot i's letter written at once, alone (no memory to batch it). */
+static void letter_now(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason)
+{
+	struct dlq_entry_in in;
+	letter_entry(ds, &ds->win[i], reason, &in);
+	letter_done(ds, i, reason, dlq_append(ds->sub->bus, slot_event(&ds->win[i]), &in) == 0);
+}
+
 /* Hand slot i to the dead-letter queue. Its letter is written at the end
  * of the turn with the turn's others (flush_dead_letters): a burst of
  * failures costs one append and one sync, not a sync each, and the slot
@@ -225,9 +233,7 @@ static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason
 		size_t nc = d->dying_cap ? 2 * d->dying_cap : 16;
 		struct dying *v = realloc(d->dying, nc * sizeof *v);
 		if (!v) {
-			struct dlq_entry_in in;
-			letter_entry(ds, sl, reason, &in);
-			letter_done(ds, i, reason, dlq_append(ds->sub->bus, slot_event(sl), &in) == 0);
+			letter_now(ds, i, reason);
 			return;
 		}
 		d->dying = v;
@@ -243,23 +249,12 @@ static void dead_letter(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason
 	sl->gen++;
 }
 
-/*
- * Write the letters dead_letter noted, one append (and one sync) per bus,
- * then finish each slot (counters, on_dead) and release what the windows
- * can now let go of, in delivery order. Runs at the end of every piece of
- * work of a turn, and before a subscription is dropped.
- */
 /* Without memory to batch: the first n noted letters one append each, in
  * the order noted; then what they held back is released. */
 static void letters_one_by_one(shmbus_dispatcher_t *d, size_t n)
 {
-	for (size_t k = 0; k < n; k++) {
-		struct dying y = d->dying[k];
-		struct dlq_entry_in in;
-		letter_entry(y.ds, &y.ds->win[y.slot], y.reason, &in);
-		letter_done(y.ds, y.slot, y.reason,
-			    dlq_append(y.ds->sub->bus, slot_event(&y.ds->win[y.slot]), &in) == 0);
-	}
+	for (size_t k = 0; k < n; k++)
+		letter_now(d->dying[k].ds, d->dying[k].slot, d->dying[k].reason);
 	memmove(d->dying, d->dying + n, (d->ndying - n) * sizeof *d->dying);
 	d->ndying -= n;
 	for (uint32_t x = 0; x < d->nsubs; x++)
@@ -267,6 +262,19 @@ static void letters_one_by_one(shmbus_dispatcher_t *d, size_t n)
 			advance(d, d->subs[x]);
 }
 
+/* Where a noted letter goes in its bus's batch: by subscription, then by
+ * window position (delivery order; workers finish out of order). */
+static uint64_t dying_key(const struct dying *y)
+{
+	return (uint64_t)y->ds->index << 32 | (y->slot + DSUB_WINDOW - y->ds->head) % DSUB_WINDOW;
+}
+
+/*
+ * Write the letters dead_letter noted, one append (and one sync) per bus,
+ * then finish each slot (counters, on_dead) and release what the windows
+ * can now let go of, in delivery order. Runs at the end of every piece of
+ * work of a turn, and before a subscription is dropped.
+ */
 static void flush_dead_letters(shmbus_dispatcher_t *d)
 {
 	if (d->flushing)
@@ -288,14 +296,10 @@ static void flush_dead_letters(shmbus_dispatcher_t *d)
 			const struct dying *y = &d->dying[k];
 			if (y->ds->sub->bus != bus)
 				continue;
-			uint64_t key = (uint64_t)y->ds->index << 32 | (y->slot + DSUB_WINDOW - y->ds->head) % DSUB_WINDOW;
+			uint64_t key = dying_key(y);
 			size_t at = m++;
-			for (; at > 0; at--) {
-				const struct dying *z = &d->dying[pick[at - 1]];
-				if (((uint64_t)z->ds->index << 32 | (z->slot + DSUB_WINDOW - z->ds->head) % DSUB_WINDOW) <= key)
-					break;
+			for (; at > 0 && dying_key(&d->dying[pick[at - 1]]) > key; at--)
 				pick[at] = pick[at - 1];
-			}
 			pick[at] = k;
 		}
 		struct dlq_letter *letters = calloc(m, sizeof *letters);
@@ -313,16 +317,11 @@ static void flush_dead_letters(shmbus_dispatcher_t *d)
 					letters[j].rc = r;
 		}
 		for (size_t j = 0; j < m; j++) {
-			struct dying y = d->dying[pick[j]];
-			bool written;
-			if (letters && ins) {
-				written = letters[j].rc == 0;
-			} else { /* no memory to batch: one by one */
-				struct dlq_entry_in in;
-				letter_entry(y.ds, &y.ds->win[y.slot], y.reason, &in);
-				written = dlq_append(bus, slot_event(&y.ds->win[y.slot]), &in) == 0;
-			}
-			letter_done(y.ds, y.slot, y.reason, written);
+			struct dying y = d->dying[pick[j]]; /* a copy: on_dead may note more */
+			if (letters && ins)
+				letter_done(y.ds, y.slot, y.reason, letters[j].rc == 0);
+			else
+				letter_now(y.ds, y.slot, y.reason); /* no memory to batch */
 		}
 		/* keep the other buses' entries and those noted meanwhile */
 		size_t kept = 0;

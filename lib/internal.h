@@ -251,22 +251,6 @@ struct route_item {
  * matches, set their bits in hold (the slot's holders to be) and wake
  * (SEG_MASK_WORDS words). Returns how many matched, full queues included
  * (those drop the descriptor and count it). */
-/*
- * redeliver_push - give desc back to subscription sub: into its redelivery
- * queue, which consumers serve before the others, so what a departed
- * consumer took and did not finish reaches the next one before anything
- * queued after it (pushed oldest first, each publisher's order holds).
- * When more than SEG_REDELIVER_CELLS wait there, to the tail of the
- * event's own queue instead, after newer events, and *to_tail is set so
- * the rest of the same give-back follows it there (a cell freed meanwhile
- * would otherwise let a later event overtake an earlier one). cls is the
- * event's queue class when the caller knows it (its slot may not be
- * committed yet), SEG_QUEUE_REDELIVER to read it from the event. The
- * caller holds the subscription-table lock: one pusher at a time. 0 or
- * -ENOBUFS/-EBADMSG (both queues full or corrupt). reclaim.c.
- */
-int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, unsigned cls, bool *to_tail);
-
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake);
 /* Route a publisher's written events (at most QUEUE_PUSH_MAX): for every
  * subscription, push the descriptors of the events it matches in one run
@@ -354,6 +338,22 @@ void catchup_extend(shmbus_bus_t *bus, uint32_t idx, uint64_t lo, uint64_t hi);
 int catchup_next(shmbus_sub_t *sub, const struct seg_event **out);
 
 /* reclaim.c */
+/*
+ * redeliver_push - give desc back to subscription sub: into its redelivery
+ * queue, which consumers serve before the others, so what a departed
+ * consumer took and did not finish reaches the next one before anything
+ * queued after it (pushed oldest first, each publisher's order holds).
+ * When more than SEG_REDELIVER_CELLS wait there, to the tail of the
+ * event's own queue instead, after newer events, and *to_tail is set so
+ * the rest of the same give-back follows it there (a cell freed meanwhile
+ * would otherwise let a later event overtake an earlier one). cls is the
+ * event's queue class when the caller knows it (its slot may not be
+ * committed yet), SEG_QUEUE_REDELIVER to read it from the event. The
+ * caller holds the subscription-table lock: one pusher at a time. 0 or
+ * -ENOBUFS/-EBADMSG (both queues full or corrupt).
+ */
+int redeliver_push(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, unsigned cls, bool *to_tail);
+
 /* Sweep for dead members if the last sweep is a reclaim interval old. */
 int reclaim_if_due(shmbus_bus_t *bus);
 int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now_mono);

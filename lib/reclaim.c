@@ -113,6 +113,21 @@ static void give_back(shmbus_bus_t *bus, uint32_t sub, uint64_t desc, bool keep,
 		slot_release(bus, seq, sub);
 }
 
+/* Every hold of con (a dead consumer's entry) of subscription idx, which
+ * is gone or goes: released, each entry cleared after its hold (a survivor
+ * dying in between leaves the entry for the next one). */
+static void drop_held(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con)
+{
+	bool unused = false; /* nothing is pushed */
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		uint64_t d = at_load_acquire_u64(&con->held[k]);
+		if (!d)
+			continue;
+		give_back(bus, idx, d, false, &unused);
+		at_store_release_u64(&con->held[k], 0);
+	}
+}
+
 /* ------------------------------------------------ take intents of the dead */
 
 static bool intent_claims(const struct seg_take_intent *in, const struct queue_view *q, uint64_t pos,
@@ -197,6 +212,19 @@ static bool other_claims(const struct queue_view *q, uint64_t pos, void *arg)
 	return false;
 }
 
+/* Store d into the first free held[] entry of con (a dead consumer's; the
+ * caller holds the table lock). false when none is free. */
+static bool held_store_free(struct seg_consumer *con, uint64_t d)
+{
+	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
+		if (at_load_relaxed_u64(&con->held[k]) == 0) {
+			at_store_release_u64(&con->held[k], d);
+			return true;
+		}
+	}
+	return false;
+}
+
 /* A cell the dead taker had taken: unless its descriptor already reached a
  * held[] entry (it died between the two), give it back. */
 static void on_recovered(uint64_t desc, void *arg)
@@ -215,19 +243,13 @@ static void on_recovered(uint64_t desc, void *arg)
 		if ((r->held[i] & ~(SEG_DESC_RELEASING | SEG_DESC_UNSEEN | SEG_DESC_REVOKED)) == desc)
 			return;
 	/* taken from its cell, never handed to a user: not a redelivery */
-	if (r->mode == RECOVER_TO_HELD && (desc & SEG_DESC_TOMBSTONE))
-		return; /* holds nothing, delivers nothing */
-	if (r->mode == RECOVER_TO_HELD) {
-		/* Stored before its cell is released (by our caller): a survivor
-		 * of ours finds it in held[] and only releases the cell. There
-		 * is room: a consumer takes no more than it has free entries. */
-		for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-			if (at_load_relaxed_u64(&r->con->held[k]) == 0) {
-				at_store_release_u64(&r->con->held[k], desc | SEG_DESC_UNSEEN);
-				return;
-			}
-		}
-	}
+	/* TO_HELD: stored before its cell is released (by our caller), so a
+	 * survivor of ours finds it in held[] and only releases the cell.
+	 * There is room: a consumer takes no more than it has free entries.
+	 * A tombstone holds and delivers nothing. */
+	if (r->mode == RECOVER_TO_HELD &&
+	    ((desc & SEG_DESC_TOMBSTONE) || held_store_free(r->con, desc | SEG_DESC_UNSEEN)))
+		return;
 	give_back(r->bus, r->sub, desc | SEG_DESC_UNSEEN, r->mode != RECOVER_DROP, &r->to_tail);
 }
 
@@ -297,13 +319,7 @@ void reclaim_consumer_take(shmbus_bus_t *bus, struct seg_consumer *con)
 static void reclaim_detached(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *con, uint32_t dead)
 {
 	drop_dead_take(bus, con, dead);
-	for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-		uint64_t d = at_load_acquire_u64(&con->held[k]);
-		if (!d)
-			continue;
-		give_back(bus, idx, d, false, &(bool){false});
-		at_store_release_u64(&con->held[k], 0);
-	}
+	drop_held(bus, idx, con);
 	at_store_relaxed_u64(&con->delivered, 0);
 	at_store_release_u32(&con->state, SEG_CONSUMER_FREE);
 }
@@ -342,20 +358,6 @@ void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
 }
 
 /*
- * What dead member `dead` took from subscription idx (which lives on) goes
- * back oldest first, across all its consumer entries there, so the
- * redelivery queue holds each publisher's events in order:
- *   1. each entry's half-done run moves into free held[] entries of that
- *      entry (stored before its cell is released, so a survivor of ours
- *      finds it there and only releases the cell);
- *   2. all the entries are sorted by sequence and given back one by one,
- *      each cleared right after its give-back: a survivor dying in between
- *      gives that one back twice, as before.
- * A run is not always newer than what its taker held: one taken from the
- * redelivery queue is older. held[] is the entries collected before
- * (n of them), which run recovery skips.
- */
-/*
  * What still waits in subscription idx's redelivery queue is newer than a
  * run the dead consumer took from its front, and would stay ahead of it:
  * as many of those as con (a dead consumer entry) has free held[] entries
@@ -372,16 +374,28 @@ static void adopt_waiting(shmbus_bus_t *bus, uint32_t idx, struct seg_consumer *
 		room += at_load_relaxed_u64(&con->held[k]) == 0;
 	uint64_t descs[SEG_HELD_MAX], first;
 	uint32_t n = room ? queue_take(&q, &con->take, room, UINT64_MAX, descs, &first) : 0;
-	for (uint32_t i = 0, k = 0; i < n; i++) {
-		while (at_load_relaxed_u64(&con->held[k]) != 0)
-			k++;
-		/* UNSEEN: a give-back keeps the REDELIVERED bit it has and adds none */
-		at_store_release_u64(&con->held[k], descs[i] | SEG_DESC_UNSEEN);
-	}
+	/* UNSEEN: a give-back keeps the REDELIVERED bit it has and adds none */
+	for (uint32_t i = 0; i < n; i++)
+		(void)held_store_free(con, descs[i] | SEG_DESC_UNSEEN); /* room was counted */
 	if (n)
 		queue_release(&q, &con->take, first, n);
 }
 
+/*
+ * What dead member `dead` took from subscription idx (which lives on) goes
+ * back oldest first, across all its consumer entries there, so the
+ * redelivery queue holds each publisher's events in order:
+ *   1. each entry's half-done run moves into free held[] entries of that
+ *      entry (stored before its cell is released, so a survivor of ours
+ *      finds it there and only releases the cell), and what waits in the
+ *      redelivery queue is taken in too (adopt_waiting);
+ *   2. all the entries are sorted by sequence and given back one by one,
+ *      each cleared right after its give-back: a survivor dying in between
+ *      gives that one back twice, as before.
+ * A run is not always newer than what its taker held: one taken from the
+ * redelivery queue is older. held[] is the entries collected before
+ * (n of them), which run recovery skips.
+ */
 static void give_back_all(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, const uint64_t *held, size_t n)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
@@ -468,15 +482,7 @@ static void reclaim_sub(shmbus_bus_t *bus, uint32_t idx, uint32_t dead, bool abo
 			continue;
 		if (!keep) {
 			recover_intent(bus, &con->take, dead, RECOVER_DROP, held, n, con);
-			for (unsigned k = 0; k < SEG_HELD_MAX; k++) {
-				uint64_t d = at_load_acquire_u64(&con->held[k]);
-				if (!d)
-					continue;
-				/* released before the entry is cleared: a survivor that
-				 * dies in between leaves the entry for the next one */
-				give_back(bus, idx, d, false, &(bool){false});
-				at_store_release_u64(&con->held[k], 0);
-			}
+			drop_held(bus, idx, con);
 		}
 		/* events it was handed from the log and never released: the
 		 * gap opens again at the lowest (a survivor dying here only
@@ -541,8 +547,8 @@ void reclaim_locked_take(shmbus_bus_t *bus)
 }
 
 /* Abort every claim of a dead member's publishers: a CLAIMED slot names
- * its publisher (low bits = 1 + pub index while claimed). */
-/* Returns how many event claims (not unused lease positions) it aborted. */
+ * its publisher (low bits = 1 + pub index while claimed). Returns how many
+ * event claims (not unused lease positions) it aborted. */
 static uint32_t abort_claims(shmbus_bus_t *bus, uint32_t dead)
 {
 	uint32_t aborted = 0;
