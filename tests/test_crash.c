@@ -1705,40 +1705,91 @@ static int rd_reclaimer(void *arg)
 	return CHILD_FAIL("not killed at %s", (const char *)arg);
 }
 
+/* The redelivery cases' bus, publisher and rd_holder children: one pipe
+ * up from all of them, one go pipe each. */
+#define RD_KIDS 3
+struct rd_rig {
+	shmbus_bus_t *bus;
+	shmbus_pub_t *pub;
+	int up[2];
+	int go[RD_KIDS][2];
+	struct rd_child kid[RD_KIDS];
+	unsigned n;
+};
+
+static void rd_open(struct rd_rig *r)
+{
+	*r = (struct rd_rig){0};
+	shmbus_config_t cfg = tc_small_cfg();
+	r->bus = tc_create(&cfg);
+	r->pub = tc_pub(r->bus, NULL, 0);
+	cr_assert_eq(pipe(r->up), 0);
+}
+
+/* Start an rd_holder that takes `hold` events when told (rd_hold); the
+ * take after that dies at crash_at, if given. Returns its pid, once it
+ * has subscribed. */
+static pid_t rd_spawn(struct rd_rig *r, unsigned hold, const char *crash_at)
+{
+	cr_assert_lt(r->n, RD_KIDS);
+	int *go = r->go[r->n];
+	cr_assert_eq(pipe(go), 0);
+	r->kid[r->n] = (struct rd_child){.up = r->up[1], .go = go[0], .hold = hold, .crash_at = crash_at};
+	pid_t p = tc_fork(rd_holder, &r->kid[r->n++]);
+	char c;
+	cr_assert_eq(tc_read_byte(r->up[0], 5000, &c), 0);
+	cr_assert_eq(c, 'R');
+	return p;
+}
+
+/* Tell child i to go on; with `held`, wait until it holds its events. */
+static void rd_go(struct rd_rig *r, unsigned i, bool held)
+{
+	tc_write_byte(r->go[i][1], 'G');
+	char c;
+	if (held) {
+		cr_assert_eq(tc_read_byte(r->up[0], 5000, &c), 0);
+		cr_assert_eq(c, 'H');
+	}
+}
+
+static void rd_publish(struct rd_rig *r, uint32_t from, uint32_t to)
+{
+	for (uint32_t i = from; i < to; i++)
+		cr_assert_eq(tc_publish_u32(r->pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+}
+
+static void rd_close(struct rd_rig *r)
+{
+	close(r->up[0]), close(r->up[1]);
+	for (unsigned i = 0; i < r->n; i++)
+		close(r->go[i][0]), close(r->go[i][1]);
+	shmbus_pub_close(r->pub);
+	shmbus_close(r->bus);
+}
+
 /* A survivor killed between two give-backs of a dead consumer's events
  * (reclaim.given: after a push, before clearing its entry) leaves one
  * event to be given back twice, never more: entries are cleared one by
  * one. The next survivor finishes; first arrivals stay in order. */
 Test(crash, a_survivor_killed_between_give_backs_gives_one_event_back_twice_at_most)
 {
-	shmbus_config_t cfg = tc_small_cfg();
-	shmbus_bus_t *bus = tc_create(&cfg);
-	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
-	int up[2], go[2];
-	cr_assert_eq(pipe(up), 0);
-	cr_assert_eq(pipe(go), 0);
-	struct rd_child k = {.up = up[1], .go = go[0], .hold = 5};
-	pid_t holder = tc_fork(rd_holder, &k);
-	char c;
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	for (uint32_t i = 0; i < 8; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
-	tc_write_byte(go[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	cr_assert_eq(c, 'H');
+	struct rd_rig r;
+	rd_open(&r);
+	pid_t holder = rd_spawn(&r, 5, NULL);
+	rd_publish(&r, 0, 8);
+	rd_go(&r, 0, true);
 	tc_kill9(holder);
 	int st = 0;
 	cr_assert_eq(tc_wait(tc_fork(rd_reclaimer, "reclaim.given:3"), 10000, &st), 0);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the survivor %s", tc_status_str(st));
-	cr_assert_geq(shmbus_reclaim(bus), 1);
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
 	char got[256];
 	unsigned dups;
-	rd_drain(bus, got, sizeof got, &dups);
+	rd_drain(r.bus, got, sizeof got, &dups);
 	cr_expect_str_eq(got, "0 1 2 3 4 5 6 7");
 	cr_expect_leq(dups, 1, "%u events came twice after one survivor died", dups);
-	close(up[0]), close(up[1]), close(go[0]), close(go[1]);
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
+	rd_close(&r);
 }
 
 /* Two consumers of one durable subscription: D holds 0-4, C holds 5-9. D
@@ -1748,47 +1799,28 @@ Test(crash, a_survivor_killed_between_give_backs_gives_one_event_back_twice_at_m
  * after them: the next consumer gets 0..11 in order. */
 Test(crash, a_run_taken_from_the_redelivery_queue_goes_back_before_newer_holds)
 {
-	shmbus_config_t cfg = tc_small_cfg();
-	shmbus_bus_t *bus = tc_create(&cfg);
-	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
-	int up[2], go_d[2], go_c[2];
-	cr_assert_eq(pipe(up), 0);
-	cr_assert_eq(pipe(go_d), 0);
-	cr_assert_eq(pipe(go_c), 0);
-	struct rd_child d = {.up = up[1], .go = go_d[0], .hold = 5};
-	struct rd_child cc = {.up = up[1], .go = go_c[0], .hold = 5, .crash_at = "take.owned:2"};
-	char c;
-	pid_t dp = tc_fork(rd_holder, &d);
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	pid_t cp = tc_fork(rd_holder, &cc);
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	for (uint32_t i = 0; i < 5; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
-	tc_write_byte(go_d[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	cr_assert_eq(c, 'H');
-	for (uint32_t i = 5; i < 10; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
-	tc_write_byte(go_c[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	cr_assert_eq(c, 'H');
+	struct rd_rig r;
+	rd_open(&r);
+	pid_t dp = rd_spawn(&r, 5, NULL);
+	pid_t cp = rd_spawn(&r, 5, "take.owned:2");
+	rd_publish(&r, 0, 5);
+	rd_go(&r, 0, true);
+	rd_publish(&r, 5, 10);
+	rd_go(&r, 1, true);
 	tc_kill9(dp);
 	int st = 0;
-	cr_assert_geq(shmbus_reclaim(bus), 1);
-	tc_write_byte(go_c[1], 'G'); /* C takes from the redelivery queue and dies */
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	rd_go(&r, 1, false); /* C takes from the redelivery queue and dies */
 	cr_assert_eq(tc_wait(cp, 10000, &st), 0, "C hung");
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "C %s", tc_status_str(st));
-	cr_assert_geq(shmbus_reclaim(bus), 1);
-	for (uint32_t i = 10; i < 12; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	rd_publish(&r, 10, 12);
 	char got[256];
 	unsigned dups;
-	rd_drain(bus, got, sizeof got, &dups);
+	rd_drain(r.bus, got, sizeof got, &dups);
 	cr_expect_str_eq(got, "0 1 2 3 4 5 6 7 8 9 10 11");
 	cr_expect_eq(dups, 0);
-	close(up[0]), close(up[1]), close(go_d[0]), close(go_d[1]), close(go_c[0]), close(go_c[1]);
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
+	rd_close(&r);
 }
 
 /* ----------------------------------------------- a half-pushed leftover */
@@ -1854,39 +1886,28 @@ Test(crash, a_dead_publishers_half_pushed_event_leaves_no_descriptor_behind_a_la
  * the catch-up closes it at once). Found by review. */
 Test(crash, a_gap_closed_inside_a_poll_does_not_let_newer_events_pass_redelivered_ones)
 {
-	shmbus_config_t cfg = tc_small_cfg();
-	shmbus_bus_t *bus = tc_create(&cfg);
-	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
-	int up[2], go[2];
-	cr_assert_eq(pipe(up), 0);
-	cr_assert_eq(pipe(go), 0);
-	struct rd_child k = {.up = up[1], .go = go[0], .hold = 20};
-	char c;
-	pid_t p = tc_fork(rd_holder, &k);
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	for (uint32_t i = 0; i < 40; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
-	tc_write_byte(go[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
+	struct rd_rig r;
+	rd_open(&r);
+	pid_t p = rd_spawn(&r, 20, NULL);
+	rd_publish(&r, 0, 40);
+	rd_go(&r, 0, true);
 	tc_kill9(p);
-	cr_assert_geq(shmbus_reclaim(bus), 1);
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
 	shmbus_sub_opts_t o = {.subscriber_id = "rd", .durable = true};
 	shmbus_sub_t *sub = NULL;
-	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
+	cr_assert_eq(shmbus_subscribe(r.bus, &o, &sub), 0);
 	const shmbus_event_t *ev;
 	cr_assert_eq(shmbus_poll(sub, &ev), 1);
 	cr_expect_eq(tc_payload_u32(ev), 0);
 	cr_assert_eq(shmbus_release(sub, ev), 0);
-	struct seg_sub *s = bus_sub(bus, sub->index);
+	struct seg_sub *s = bus_sub(r.bus, sub->index);
 	at_fetch_or_u32(&s->flags, SEG_SUB_CATCHUP);
 	at_store_release_u64(&s->gap_hi, 1);
 	at_store_release_u64(&s->gap_lo, 0);
 	cr_assert_eq(shmbus_poll(sub, &ev), 1);
 	cr_expect_eq(tc_payload_u32(ev), 1, "after 0 came %u", tc_payload_u32(ev));
-	close(up[0]), close(up[1]), close(go[0]), close(go[1]);
 	shmbus_sub_close(sub);
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
+	rd_close(&r);
 }
 
 static int record_all_child(void *arg)
@@ -1967,39 +1988,22 @@ Test(crash, a_tombstone_at_the_head_of_a_drained_queue_opens_no_gap_at_zero)
  * gives back, so C3 gets 0..39 in order. Found by review. */
 Test(crash, a_consumer_that_dies_on_redelivered_events_keeps_them_ahead_of_the_rest)
 {
-	shmbus_config_t cfg = tc_small_cfg();
-	shmbus_bus_t *bus = tc_create(&cfg);
-	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
-	int up[2], go1[2], go2[2];
-	cr_assert_eq(pipe(up), 0);
-	cr_assert_eq(pipe(go1), 0);
-	cr_assert_eq(pipe(go2), 0);
-	struct rd_child k1 = {.up = up[1], .go = go1[0], .hold = 20};
-	char c;
-	pid_t p1 = tc_fork(rd_holder, &k1);
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	for (uint32_t i = 0; i < 40; i++)
-		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "e", 0, i), 0);
-	tc_write_byte(go1[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	cr_assert_eq(c, 'H');
+	struct rd_rig r;
+	rd_open(&r);
+	pid_t p1 = rd_spawn(&r, 20, NULL);
+	rd_publish(&r, 0, 40);
+	rd_go(&r, 0, true);
 	tc_kill9(p1);
-	cr_assert_geq(shmbus_reclaim(bus), 1);
-	struct rd_child k2 = {.up = up[1], .go = go2[0], .hold = 1};
-	pid_t p2 = tc_fork(rd_holder, &k2);
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	tc_write_byte(go2[1], 'G');
-	cr_assert_eq(tc_read_byte(up[0], 5000, &c), 0);
-	cr_assert_eq(c, 'H');
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	pid_t p2 = rd_spawn(&r, 1, NULL);
+	rd_go(&r, 1, true);
 	tc_kill9(p2);
-	cr_assert_geq(shmbus_reclaim(bus), 1);
+	cr_assert_geq(shmbus_reclaim(r.bus), 1);
 	char got[512];
 	unsigned dups;
-	rd_drain(bus, got, sizeof got, &dups);
+	rd_drain(r.bus, got, sizeof got, &dups);
 	cr_expect_str_eq(got, "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 "
 			      "33 34 35 36 37 38 39");
 	cr_expect_eq(dups, 0);
-	close(up[0]), close(up[1]), close(go1[0]), close(go1[1]), close(go2[0]), close(go2[1]);
-	shmbus_pub_close(pub);
-	shmbus_close(bus);
+	rd_close(&r);
 }
