@@ -483,6 +483,25 @@ static void letter_attempts(shmbus_bus_t *bus, char *out, size_t cap)
 		len += (size_t)snprintf(out + len, cap - len, "%s%u", i ? " " : "", dl[i].attempts);
 }
 
+/* The next event sub gets, as a private copy (the slot is released). */
+static shmbus_event_t *take_copy(shmbus_sub_t *sub)
+{
+	const shmbus_event_t *ev;
+	shmbus_event_t *copy;
+	cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
+	cr_assert_eq(shmbus_event_copy(ev, &copy), 0);
+	shmbus_release(sub, ev);
+	return copy;
+}
+
+/* The path of bus's dead-letter log. */
+static void dead_log_path(shmbus_bus_t *bus, char *path, size_t cap)
+{
+	char dir[PATH_MAX];
+	cr_assert_gt(shmbus_log_dir(bus, dir, sizeof dir), 0);
+	snprintf(path, cap, "%s/dead.log", dir);
+}
+
 /* An append walks only what other processes added since this process's
  * last one (dlq_find_end): its next record must still land after theirs,
  * and a log removed and made again (on a new inode or, on some file
@@ -494,11 +513,7 @@ Test(log, dead_letters_of_two_processes_and_a_remade_log_land_after_the_last_rec
 	shmbus_sub_t *sub = tc_sub(bus, NULL);
 	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
 	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, 7), 0);
-	const shmbus_event_t *ev;
-	shmbus_event_t *copy;
-	cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
-	cr_assert_eq(shmbus_event_copy(ev, &copy), 0);
-	shmbus_release(sub, ev);
+	shmbus_event_t *copy = take_copy(sub);
 
 	cr_assert_eq(dlq_append_n(bus, &(struct dlq_append_arg){copy, 1, 1}), 0, "%s", shmbus_errmsg());
 	struct dlq_append_arg other = {copy, 2, 2};
@@ -510,9 +525,8 @@ Test(log, dead_letters_of_two_processes_and_a_remade_log_land_after_the_last_rec
 	letter_attempts(bus, got, sizeof got);
 	cr_expect_str_eq(got, "1 2 3 4", "letters in the log: %s", got);
 
-	char dir[PATH_MAX], path[PATH_MAX + 16];
-	cr_assert_gt(shmbus_log_dir(bus, dir, sizeof dir), 0);
-	snprintf(path, sizeof path, "%s/dead.log", dir);
+	char path[PATH_MAX + 16];
+	dead_log_path(bus, path, sizeof path);
 	struct stat four;
 	cr_assert_eq(stat(path, &four), 0);
 	off_t record = (four.st_size - LOG_DATA_OFF) / 4;
@@ -545,15 +559,10 @@ Test(log, a_dead_letter_log_cut_back_and_grown_again_by_another_is_walked_from_i
 	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
 	cr_assert_eq(tc_publish_u32(pub, SHMBUS_COMMAND, "job", SHMBUS_PRIORITY_NORMAL, 7), 0);
 	shmbus_event_t *copy[2];
-	for (int i = 0; i < 2; i++) {
-		const shmbus_event_t *ev;
-		cr_assert_eq(shmbus_wait(sub, TC_SEC_NS, &ev), 1);
-		cr_assert_eq(shmbus_event_copy(ev, &copy[i]), 0);
-		shmbus_release(sub, ev);
-	}
-	char dir[PATH_MAX], path[PATH_MAX + 16];
-	cr_assert_gt(shmbus_log_dir(bus, dir, sizeof dir), 0);
-	snprintf(path, sizeof path, "%s/dead.log", dir);
+	copy[0] = take_copy(sub); /* the big one: in two statements, in this order */
+	copy[1] = take_copy(sub);
+	char path[PATH_MAX + 16];
+	dead_log_path(bus, path, sizeof path);
 
 	/* cut to its header (kept), then to nothing (a new header comes) */
 	const off_t cuts[] = {LOG_DATA_OFF, 0};
