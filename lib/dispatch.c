@@ -277,8 +277,8 @@ static uint64_t dying_key(const struct dying *y)
  */
 static void flush_dead_letters(shmbus_dispatcher_t *d)
 {
-	if (d->flushing)
-		return; /* never re-entered: remove, close and run_once refuse */
+	if (!d->ndying || d->flushing)
+		return; /* nothing noted (every turn), or re-entered: remove, close and run_once refuse */
 	d->flushing = true;
 	while (d->ndying) {
 		/* the entries there now: an on_dead callback may note more
