@@ -395,6 +395,11 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
+	union {
+		struct seg_event ev;
+		uint64_t bytes[EVENT_CACHE_BYTES / 8];
+	} tmpl; /* the bytes before the payload of a run of one shape */
+	const struct seg_event *like = NULL;
 	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
 	 * not one event at a time: a consumer that keeps up would otherwise
 	 * take each descriptor the moment it is pushed and read the event's
@@ -416,11 +421,23 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			 * windows are committed, and may be released and reused */
 			bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
 			if (like_prev) {
-				event_write_like(ev, rt[i - 1].ev, shape, m->payload_len, seq, !m->correlation_id);
+				event_write_like(ev, like, shape, m->payload_len, seq, !m->correlation_id);
 			} else {
 				shmbus_uuid_t id;
 				uuid_make_v7(&id, now / 1000000, seq, incarnation);
-				event_write(ev, m, shape, m->payload_len, seq, &id, now);
+				/* The events that follow in its shape copy the bytes
+				 * before the payload from private memory: read back
+				 * from the ring, they would wait for the lines this
+				 * store sends for (see event_write_like). */
+				bool followed = i + 1 < to && bm[i + 1].shape == bm[i].shape;
+				if (followed && shape->payload_off <= sizeof tmpl) {
+					event_write(&tmpl.ev, m, shape, m->payload_len, seq, &id, now);
+					event_write_like(ev, &tmpl.ev, shape, m->payload_len, seq, !m->correlation_id);
+					like = &tmpl.ev;
+				} else {
+					event_write(ev, m, shape, m->payload_len, seq, &id, now);
+					like = ev;
+				}
 			}
 			copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
 			bytes += m->payload_len;
