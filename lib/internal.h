@@ -217,6 +217,7 @@ struct shmbus_sub {
 	uint32_t releasing_slots; /* ring slots the batch keeps (lower bound) */
 	struct custom_pred custom[SEG_FILTER_NODES];
 	bool has_custom;
+	struct seg_event_shape checked; /* header words of the last event opened (seg_event_check_same_shape) */
 	bool catchup_wait; /* the gap reaches past what the recorder wrote */
 	struct route_ctx route; /* for evaluating patterns in the second stage */
 	struct shmbus_sub *next;
