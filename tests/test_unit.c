@@ -313,6 +313,16 @@ Test(unit, event_check_rejects_mutations)
 		cr_expect_eq(rc, -EBADMSG, "%s: seg_event_check accepted it", cases[i].what);
 		if (rc == -EBADMSG && why == NULL)
 			cr_expect_fail("%s: seg_event_check gave no reason", cases[i].what);
+		/* the delivery path's checks: fresh, and after an event of the
+		 * original's shape passed (at the same length, as a consumer's
+		 * ring slots are) */
+		cr_expect_eq(seg_event_check_fast((const struct seg_event *)copy, len), -EBADMSG,
+			     "%s: seg_event_check_fast accepted it", cases[i].what);
+		struct seg_event_shape last = {0};
+		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)c.buf, c.len, &last), 0);
+		if (len == c.len)
+			cr_expect_eq(seg_event_check_same_shape((const struct seg_event *)copy, len, &last), -EBADMSG,
+				     "%s: seg_event_check_same_shape accepted it after the original", cases[i].what);
 	}
 	free(copy);
 	free(c.buf);
@@ -336,6 +346,13 @@ Test(unit, event_check_survives_random_corruption)
 		size_t len = (tc_mix64(seed++) % 8 == 0) ? (size_t)(tc_mix64(seed++) % (c.len + 1)) : c.len;
 		int rc = shmbus_event_check(copy, len);
 		cr_assert(rc == 0 || rc == -EBADMSG, "iteration %u: unexpected %d", iter, rc);
+		/* The remembered-shape check decides as the fast one does,
+		 * whether the header words match the original's or not. */
+		struct seg_event_shape last = {0};
+		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)c.buf, c.len, &last), 0);
+		int fast = seg_event_check_fast((const struct seg_event *)copy, c.len);
+		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)copy, c.len, &last), fast,
+			     "iteration %u: the remembered shape decided otherwise", iter);
 		if (rc == 0) {
 			accepted++;
 			/* An accepted event is internally consistent. */

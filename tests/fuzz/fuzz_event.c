@@ -5,7 +5,8 @@
  * can be read through the public accessors without touching a byte outside
  * the buffer (AddressSanitizer watches). The same holds for the cheaper
  * check events get on delivery (seg_event_check_fast), which skips the
- * embedded-NUL and metadata scans.
+ * embedded-NUL and metadata scans, and its remembered-shape form
+ * (seg_event_check_same_shape) must decide as it does.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,6 +30,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * encoder never leaves.) */
 	int full = shmbus_event_check(buf, size) == 0;
 	int fast = seg_event_check_fast((const struct seg_event *)(void *)buf, size) == 0;
+	/* A consumer's remembered-shape check decides as the fast one does,
+	 * the first time (the full path) and again (the remembered one). */
+	struct seg_event_shape last = {0};
+	for (int round = 0; round < 2; round++)
+		if ((seg_event_check_same_shape((const struct seg_event *)(void *)buf, size, &last) == 0) != fast)
+			abort();
 	if (full || fast) {
 		const shmbus_event_t *ev = (const shmbus_event_t *)(void *)buf;
 		size_t len = 0, acc = 0;
