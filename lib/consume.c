@@ -284,12 +284,6 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 		at_count_u64(&sub->rec->filtered, 1);
 		return NULL;
 	}
-	/* The slot's control line, for the release's AND: fetched now, while
-	 * the user reads the event, so the locked instruction finds it here.
-	 * The commit is behind us (we read it), and the publisher writes the
-	 * line again only a lap later. */
-	if (desc & SEG_DESC_HOLDS_REF)
-		at_prefetch_write(bus_slot_holders(bus, seq));
 	return e;
 }
 
