@@ -146,8 +146,12 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why);
  * of that shape (seg_event_check_same_shape): a run of one kind of event,
  * the usual case, then costs a third of the full check.
  */
+/* The words are taken apart by shifts, in memory order. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the header words are read little-endian");
+
 struct seg_event_shape {
 	uint64_t w[5];
+	size_t avail; /* seg_event_check_same_shape: the bytes the words were tested against */
 	/* seg_event_check_same_shape: where the strings' terminators lie
 	 * in the string area, and whether the area's last byte is one too */
 	uint16_t nul_at[SEG_EVENT_STRINGS + 1];
@@ -263,8 +267,9 @@ static inline int seg_event_check_fast(const struct seg_event *ev, size_t avail)
 
 /*
  * seg_event_check_same_shape - seg_event_check_fast for a consumer that
- * remembers, in *last, the header words of the last event it accepted at
- * this `avail` (zeroed at first: no event has size 0). An event with the
+ * remembers, in *last, the header words of the last event it accepted and
+ * the `avail` it was tested against (zeroed at first: no event has size
+ * 0). An event with the
  * same words passes the structural tests as that one did, so only its
  * terminators are tested: a run of one kind of event, the usual case, then
  * costs a third of the full check. Otherwise the full check runs and, on
@@ -275,7 +280,7 @@ static inline int seg_event_check_same_shape(const struct seg_event *ev, size_t 
 	if (avail < SEG_EVENT_FIXED)
 		return -EBADMSG;
 	struct seg_event_shape w;
-	if (!seg_event_shape_read(ev, last, &w)) {
+	if (!seg_event_shape_read(ev, last, &w) || last->avail != avail) {
 		int rc = seg_event_check_shape(&w, avail);
 		if (rc < 0 || (rc = seg_event_check_shape_terminators(ev, &w)) < 0)
 			return rc;
@@ -289,6 +294,7 @@ static inline int seg_event_check_same_shape(const struct seg_event *ev, size_t 
 		/* with metadata, the area's last byte; else the name's
 		 * terminator again */
 		w.nul_at[SEG_EVENT_STRINGS] = (uint8_t)(w.w[3] >> 48) ? (uint16_t)(((w.w[3] >> 32) & 0xFFFF) - 1) : w.nul_at[0];
+		w.avail = avail;
 		*last = w;
 		return 0;
 	}
