@@ -119,6 +119,13 @@ static uint64_t reusable_until(shmbus_bus_t *bus, uint64_t p, uint64_t end)
 	return p;
 }
 
+/* How far beyond the slot it waits for a publisher that found the ring
+ * full waits to see reusable (wait_for_space_once): a sixteenth of the
+ * ring, so the claims after the wait find room without one. A claim needs
+ * at most half the ring plus the eighth of headroom, so the stretch's end
+ * stays within the lap before the claim position. */
+#define SPACE_STRETCH(bus) ((uint64_t)(bus)->nslots / 16)
+
 /* Slots verified beyond what a claim needs. None: verifying ahead in
  * bursts turns a steady miss per claim into a burst of misses every few
  * claims, which shows in the latency tail; one new slot per claim (the
@@ -212,9 +219,25 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	if (stalled || w->rounds % 64 == 0)
 		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, stalled);
 	reclaim_if_due(bus);
-	if (w->rounds++ < 64) {
-		for (int i = 0; i < 64; i++)
-			at_cpu_relax();
+	if (w->rounds < 64) {
+		/* Spin until a stretch of slots beyond the blocking one is
+		 * reusable, looking only at the stretch's far end: its line is
+		 * one the consumers reach later. Looking at the blocking slot
+		 * itself (range_state, after each round) takes from them the
+		 * line they are about to release; under a steady full ring that
+		 * happened for every batch, slowed the consumers and kept the
+		 * ring full. With the stretch free, the claims that follow find
+		 * their slots reusable without waiting. When the far end is
+		 * free already (released out of order), the blocking slot is
+		 * looked at after every round, as before; and at once when
+		 * another publisher claimed meanwhile (the far end may be its
+		 * slot now: never free this lap). */
+		do {
+			w->rounds++;
+			for (int i = 0; i < 64; i++)
+				at_cpu_relax();
+		} while (w->rounds < 64 && w->ahead && reusable_until(bus, w->ahead, w->ahead + 1) == w->ahead &&
+			 at_load_relaxed_u64(&h->claim_pos) == w->claim_seen);
 		return 0;
 	}
 	uint64_t slice = bus->reclaim_interval_ns;
@@ -494,6 +517,8 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 				want = n;
 				continue;
 			}
+			w.ahead = blocking + bus->nslots + SPACE_STRETCH(bus);
+			w.claim_seen = pos;
 			int rc = wait_for_space(pub, blocking, &w);
 			if (rc < 0)
 				return rc;
