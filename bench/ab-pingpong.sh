@@ -13,8 +13,8 @@
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
 a=$1 b=$2 rounds=${3:-20} wait=${4:-spin}
-floor=floor-spin
-[ "$wait" = spin ] || floor=floor-futex
+floor="floor-spin"
+[ "$wait" = spin ] || floor="floor-futex"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for ((i = 0; i < rounds; i++)); do
