@@ -361,7 +361,12 @@ int reclaim_if_due_at(shmbus_bus_t *bus, uint64_t now_mono);
 int reclaim_for_join(shmbus_bus_t *bus);
 void reclaim_member(shmbus_bus_t *bus, uint32_t m);
 bool member_alive(shmbus_bus_t *bus, uint32_t m);
-void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
+/* A publisher waits for the slot of blocking_seq: drain the `lag` and
+ * demoted subscriptions up to a quarter of the ring beyond it (and, once
+ * stalled, demote the `block` ones that hold it). Returns whether there was
+ * any such subscription to drain, that is whether looking again may find
+ * room at once. */
+bool reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
 				bool stalled);
 void reclaim_locked_take(shmbus_bus_t *bus);
 /* Finish the revocation a holder of the table lock died in (its

@@ -856,12 +856,13 @@ out:
 		bus_unlock_subs(bus);
 }
 
-void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
+bool reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *intent, uint64_t blocking_seq,
 				bool stalled)
 {
 	/* Free the oldest quarter of the ring in one go, so a lagging reader
 	 * is not drained one slot per publish. */
 	uint64_t max_seq = blocking_seq + bus->nslots / 4;
+	bool relieved = false;
 	for (uint32_t i = 0; i < bus->max_subs; i++) {
 		struct seg_sub *s = bus_sub(bus, i);
 		if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
@@ -880,5 +881,7 @@ void reclaim_relieve_congestion(shmbus_bus_t *bus, struct seg_take_intent *inten
 			continue;
 		sub_drop_queued(bus, i, max_seq, intent, true); /* passed over: missed, or a gap */
 		revoke_held(bus, i, max_seq, !culprit);
+		relieved = true;
 	}
+	return relieved;
 }

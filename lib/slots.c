@@ -200,13 +200,18 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_header *h = bus->hdr;
 	uint64_t now = now_mono_ns();
+	bool just_relieved = false;
 	if (!w->started) {
 		w->started = true;
 		w->start_ns = now;
 		w->timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)h->block_timeout_ns;
 		at_count_u64(&pub->rec->block_waits, 1);
-		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, false);
-		return 0;
+		/* Nothing drained (no `lag` subscription) means the slot is as
+		 * busy as a moment ago: a blocking wait goes on to spin rather
+		 * than look at its line again at once. */
+		if (reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, false) || pub->timeout_ns < 0)
+			return 0;
+		just_relieved = true;
 	}
 	if (pub->timeout_ns < 0 || now - w->start_ns >= (uint64_t)w->timeout_ns) {
 		at_count_u64(&pub->rec->block_timeouts, 1);
@@ -216,7 +221,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 				    (double)w->timeout_ns / 1e9);
 	}
 	bool stalled = now - w->start_ns >= h->stall_timeout_ns;
-	if (stalled || w->rounds % 64 == 0)
+	if (stalled || (w->rounds % 64 == 0 && !just_relieved))
 		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, stalled);
 	reclaim_if_due(bus);
 	if (w->rounds < 64) {
