@@ -23,6 +23,11 @@ if grep '"bench": "pingpong"' "$out" | grep -v '"rtt_p50_ns": [1-9]' | grep -q .
 	echo "a ping-pong result without a p50:"; cat "$out"; exit 1
 fi
 [ "$(grep -c '"bench": "throughput"' "$out")" -eq 8 ] || { echo "expected 8 throughput results"; cat "$out"; exit 1; }
+# several publishers to one subscriber: every event arrives (the bench
+# checks the count and the byte sum) and the results say how many sent
+"$bench" throughput --json --runs 1 --iters 3000 --payload 32 --publishers 3 >"$out"
+[ "$(grep -c '"system": "shmbus", "bench": "throughput".*"publishers": 3, "events_per_s": [1-9]' "$out")" -eq 2 ] ||
+	{ echo "throughput --publishers 3: expected 2 results of 3 publishers with a rate"; cat "$out"; exit 1; }
 "$bench" record --events 3000 --runs 1 >/dev/null
 # the per-side cost tool: both parts run and report
 cost=$("$cost_bin" --events 6400)
