@@ -141,46 +141,29 @@ int seg_event_check(const struct seg_event *ev, size_t avail, const char **why);
  * The header words seg_event_check_fast's structural tests read: bytes
  * 0..8 (size, format, type, priority) and 112..144 (payload length through
  * the string lengths). Two events with the same words pass or fail those
- * tests alike, so a consumer that remembers the words of the last event it
- * accepted (seg_event_shape_of) tests only the terminators of the next one
- * of that shape (seg_event_check_same_shape): a run of one kind of event,
- * the usual case, then costs a third of the full check.
+ * tests alike and have their terminators in the same places, so a consumer
+ * that remembers the words of the last event it accepted tests only the
+ * terminators of the next one of that shape (seg_event_check_same_shape):
+ * a run of one kind of event, the usual case, then costs a third of the
+ * full check. The words are taken apart by shifts, in memory order.
  */
-/* The words are taken apart by shifts, in memory order. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the header words are read little-endian");
 
 struct seg_event_shape {
 	uint64_t w[5];
-	size_t avail; /* seg_event_check_same_shape: the bytes the words were tested against */
-	/* seg_event_check_same_shape: where the strings' terminators lie
-	 * in the string area, and whether the area's last byte is one too */
+	size_t avail; /* the bytes the words were tested against (0: none yet) */
+	/* where the strings' terminators lie in the string area, then the
+	 * area's last byte with metadata (else the name's terminator again) */
 	uint16_t nul_at[SEG_EVENT_STRINGS + 1];
 };
 
-static inline void seg_event_shape_of(const struct seg_event *ev, struct seg_event_shape *s)
+/* Read ev's header words into w: the snapshot every later test uses (the
+ * bytes may change under a reader). */
+static inline void seg_event_shape_of(const struct seg_event *ev, struct seg_event_shape *w)
 {
 	const char *b = (const char *)ev;
-	memcpy(&s->w[0], b, 8);
-	memcpy(&s->w[1], b + 112, 32);
-}
-
-/* Whether ev's header words are s's; *w gets the words read (the snapshot
- * later tests must use: the bytes may change under a reader). A zeroed s
- * (size 0: no event that passed) matches nothing. */
-static inline bool seg_event_shape_read(const struct seg_event *ev, const struct seg_event_shape *s,
-					struct seg_event_shape *w)
-{
-	seg_event_shape_of(ev, w);
-	return (uint32_t)s->w[0] != 0 && !((w->w[0] ^ s->w[0]) | (w->w[1] ^ s->w[1]) | (w->w[2] ^ s->w[2]) | (w->w[3] ^ s->w[3]) |
-		 (w->w[4] ^ s->w[4]));
-}
-
-/* The string lengths as one word (len[7], reserved, masked off). */
-static inline uint64_t seg_event_lens(const struct seg_event *ev)
-{
-	uint64_t lens;
-	memcpy(&lens, ev->len, sizeof lens);
-	return lens & 0x00FFFFFFFFFFFFFFull;
+	memcpy(&w->w[0], b, 8);
+	memcpy(&w->w[1], b + 112, 32);
 }
 
 /* The lengths and their NULs: at most the string area's size for an event
@@ -191,35 +174,16 @@ static inline uint32_t seg_event_strings_sum(uint64_t lens)
 	return (uint32_t)((pairs * 0x0001000100010001ull) >> 48) + SEG_EVENT_STRINGS;
 }
 
-/* The terminator tests, from a snapshot of the header (lens, strings_len,
- * meta_count) that passed the structural ones: every string ends where its
- * length says (all inside the area, as the sum showed), and with metadata
- * the area ends with a NUL, so no walk by seg_event_meta can leave it.
- * 0 or -EBADMSG. */
-static inline int seg_event_check_terminators(const struct seg_event *ev, uint64_t lens, uint32_t strings,
-					      uint8_t meta_count)
-{
-	const char *p = ev->strings;
-	unsigned nul = 0;
-#pragma GCC unroll 7
-	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		p += (lens >> (8 * k)) & 0xFF;
-		nul |= (unsigned char)*p++;
-	}
-	if (meta_count)
-		nul |= (seg_event_strings_sum(lens) >= strings) | (unsigned char)ev->strings[strings - 1];
-	return nul ? -EBADMSG : 0;
-}
-
 /*
  * seg_event_check_shape - the structural tests of the delivery path's
- * check, on a snapshot of the header words (seg_event_shape_of): the
- * size, format and enums, the payload and string area bounds, and the
- * string lengths as one word (each at most 63: no byte has bit 6 or 7 set;
- * their sum with the NULs within the string area). Words in memory order
- * on a little-endian machine. 0 or -EBADMSG.
+ * check, on the snapshot w: the size, format and enums, the payload and
+ * string area bounds, and the string lengths as one word (each at most 63:
+ * no byte has bit 6 or 7 set; their sum with the NULs within the string
+ * area, and with metadata short of its end, whose last byte must then be
+ * a NUL of its own). On success it fills in w->nul_at and w->avail.
+ * 0 or -EBADMSG.
  */
-static inline int seg_event_check_shape(const struct seg_event_shape *w, size_t avail)
+static inline int seg_event_check_shape(struct seg_event_shape *w, size_t avail)
 {
 	uint32_t size = (uint32_t)w->w[0], payload_len = (uint32_t)w->w[1], off = (uint32_t)w->w[3];
 	uint32_t strings = (uint32_t)(w->w[3] >> 32) & 0xFFFF;
@@ -228,6 +192,7 @@ static inline int seg_event_check_shape(const struct seg_event_shape *w, size_t 
 	uint8_t status = (uint8_t)(w->w[2] >> 16), content_type = (uint8_t)(w->w[2] >> 40);
 	uint8_t meta_count = (uint8_t)(w->w[3] >> 48);
 	uint64_t lens = w->w[4] & 0x00FFFFFFFFFFFFFFull; /* len[7] is reserved */
+	uint32_t sum = seg_event_strings_sum(lens);
 	_Static_assert(SEG_EVENT_FORMAT < 256, "format fits its low byte");
 	/* off <= size and off >= FIXED + strings also put the string area
 	 * inside the event */
@@ -235,25 +200,37 @@ static inline int seg_event_check_shape(const struct seg_event_shape *w, size_t 
 	    format_lo != SEG_EVENT_FORMAT || format_hi || (uint8_t)(type - 1) > 4 || (uint8_t)(priority - 1) > 3 ||
 	    content_type > 2 || status > 6 || off % 8 || off < SEG_EVENT_FIXED + strings || off > size ||
 	    payload_len > size - off || meta_count > SEG_EVENT_META_MAX || (lens & 0xC0C0C0C0C0C0C0C0ull) ||
-	    !(lens & 0xFF) || seg_event_strings_sum(lens) > strings)
+	    !(lens & 0xFF) || sum > strings || (meta_count && sum >= strings))
 		return -EBADMSG;
+	unsigned at = 0;
+	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
+		at += (unsigned)(lens >> (8 * k)) & 0xFF;
+		w->nul_at[k] = (uint16_t)at++;
+	}
+	w->nul_at[SEG_EVENT_STRINGS] = meta_count ? (uint16_t)(strings - 1) : w->nul_at[0];
+	w->avail = avail;
 	return 0;
 }
 
-/* The terminator tests of an event whose snapshot w passed
- * seg_event_check_shape. */
-static inline int seg_event_check_shape_terminators(const struct seg_event *ev, const struct seg_event_shape *w)
+/* The terminator tests of an event whose shape w passed
+ * seg_event_check_shape: every string ends where its length says (all
+ * inside the area, as the sum showed), and with metadata the area ends
+ * with a NUL, so no walk by seg_event_meta can leave it. 0 or -EBADMSG. */
+static inline int seg_event_check_terminators(const struct seg_event *ev, const struct seg_event_shape *w)
 {
-	return seg_event_check_terminators(ev, w->w[4] & 0x00FFFFFFFFFFFFFFull, (uint32_t)(w->w[3] >> 32) & 0xFFFF,
-					   (uint8_t)(w->w[3] >> 48));
+	unsigned nul = 0;
+#pragma GCC unroll 8
+	for (unsigned k = 0; k <= SEG_EVENT_STRINGS; k++)
+		nul |= (unsigned char)ev->strings[w->nul_at[k]];
+	return nul ? -EBADMSG : 0;
 }
 
 /*
  * seg_event_check_fast - the delivery path's check: the same acceptance
  * as seg_event_check without the scan for embedded NULs and the metadata
- * parsing. The header is read once (the bytes may change under a reader:
- * every test uses that snapshot), tested (seg_event_check_shape), and the
- * terminators are then looked up from the snapshot's lengths.
+ * parsing. The header is read once (seg_event_shape_of), tested
+ * (seg_event_check_shape), and the terminators are looked up where the
+ * snapshot's lengths put them.
  */
 static inline int seg_event_check_fast(const struct seg_event *ev, size_t avail)
 {
@@ -262,49 +239,32 @@ static inline int seg_event_check_fast(const struct seg_event *ev, size_t avail)
 	struct seg_event_shape w;
 	seg_event_shape_of(ev, &w);
 	int rc = seg_event_check_shape(&w, avail);
-	return rc < 0 ? rc : seg_event_check_shape_terminators(ev, &w);
+	return rc < 0 ? rc : seg_event_check_terminators(ev, &w);
 }
 
 /*
  * seg_event_check_same_shape - seg_event_check_fast for a consumer that
- * remembers, in *last, the header words of the last event it accepted and
- * the `avail` it was tested against (zeroed at first: no event has size
- * 0). An event with the
- * same words passes the structural tests as that one did, so only its
- * terminators are tested: a run of one kind of event, the usual case, then
- * costs a third of the full check. Otherwise the full check runs and, on
- * success, *last becomes the words it tested. 0 or -EBADMSG.
+ * remembers, in *last, the shape of the last event it accepted (zeroed at
+ * first: avail 0 matches no call). An event with the same words at the
+ * same avail passed the structural tests as that one did, so only its
+ * terminators are looked up; otherwise the structural tests run and, on
+ * success, *last becomes the shape they tested. 0 or -EBADMSG.
  */
 static inline int seg_event_check_same_shape(const struct seg_event *ev, size_t avail, struct seg_event_shape *last)
 {
 	if (avail < SEG_EVENT_FIXED)
 		return -EBADMSG;
 	struct seg_event_shape w;
-	if (!seg_event_shape_read(ev, last, &w) || last->avail != avail) {
+	seg_event_shape_of(ev, &w);
+	if (last->avail != avail || ((w.w[0] ^ last->w[0]) | (w.w[1] ^ last->w[1]) | (w.w[2] ^ last->w[2]) |
+				     (w.w[3] ^ last->w[3]) | (w.w[4] ^ last->w[4]))) {
 		int rc = seg_event_check_shape(&w, avail);
-		if (rc < 0 || (rc = seg_event_check_shape_terminators(ev, &w)) < 0)
+		if (rc < 0 || (rc = seg_event_check_terminators(ev, &w)) < 0)
 			return rc;
-		/* the terminators' places, from the snapshot's lengths (all
-		 * within the area, as its tests showed) */
-		unsigned at = 0;
-		for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-			at += (unsigned)(w.w[4] >> (8 * k)) & 0xFF;
-			w.nul_at[k] = (uint16_t)at++;
-		}
-		/* with metadata, the area's last byte; else the name's
-		 * terminator again */
-		w.nul_at[SEG_EVENT_STRINGS] = (uint8_t)(w.w[3] >> 48) ? (uint16_t)(((w.w[3] >> 32) & 0xFFFF) - 1) : w.nul_at[0];
-		w.avail = avail;
 		*last = w;
 		return 0;
 	}
-	/* the same words: the same places (the sum-below-the-area test of
-	 * the metadata case is a structural one, passed with them) */
-	unsigned nul = 0;
-#pragma GCC unroll 8
-	for (unsigned k = 0; k <= SEG_EVENT_STRINGS; k++)
-		nul |= (unsigned char)ev->strings[last->nul_at[k]];
-	return nul ? -EBADMSG : 0;
+	return seg_event_check_terminators(ev, last);
 }
 
 /* Pointer to string k (SEG_STR_*) of a checked event; never NULL. */
