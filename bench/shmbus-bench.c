@@ -686,6 +686,17 @@ static int peer_publisher(struct peer *p, const char *label, const char **what)
 	return shmbus_pub_open(p->bus, &(shmbus_pub_opts_t){.source = label, .timeout_ns = WAIT_TIMEOUT_NS}, &p->pub);
 }
 
+/* A publishing end only: attached and publishing, or closed again. */
+static int peer_open_publisher(struct peer *p, const char *label, const char **what)
+{
+	int r = peer_attach(p, label, what);
+	if (r == 0)
+		r = peer_publisher(p, label, what);
+	if (r < 0)
+		peer_close(p);
+	return r;
+}
+
 /* A conversation end: subscribed to `listen` in mode `wait`, publishing. */
 static int peer_open_both(struct peer *p, const char *label, const char *listen, shmbus_wait_t wait,
 			  const char **what)
@@ -1274,11 +1285,8 @@ static int tp_pub_child(struct ctl *ctl, int idx, const void *varg)
 	const struct tp_arg *a = varg;
 	const char *what;
 	struct peer p;
-	int r = peer_attach(&p, "bench-tp-pub", &what);
-	if (r == 0)
-		r = peer_publisher(&p, "bench-tp-pub", &what);
+	int r = peer_open_publisher(&p, "bench-tp-pub", &what);
 	if (r < 0) {
-		peer_close(&p);
 		child_fail(ctl, what, r);
 		return -1;
 	}
@@ -1400,9 +1408,7 @@ static int run_throughput(struct result *res, long count)
 	for (unsigned k = 0; ok && k < kids; k++)
 		ok = session_spawn(&s, tp_pub_child, &a, -1) == 0;
 	if (ok) {
-		r = peer_attach(&p, "bench-tp-pub", &what);
-		if (r == 0)
-			r = peer_publisher(&p, "bench-tp-pub", &what);
+		r = peer_open_publisher(&p, "bench-tp-pub", &what);
 		if (r < 0) {
 			warnx("%s: %s (%s)", what, strerror(-r), shmbus_errmsg());
 			ok = false;
