@@ -138,22 +138,20 @@ static void keep_unrouted(shmbus_pub_t *pub, const struct seg_event *ev)
 }
 
 /* Append the kept copies to the dead-letter log, outside the routing pass
- * (an append syncs a file): one append, and one sync, for them all. */
+ * (an append syncs a file): one append, and one sync, for each 64 of them
+ * (letters on the stack, no allocation). */
 static void flush_unrouted(shmbus_pub_t *pub)
 {
+	enum { CHUNK = 64 };
 	struct dlq_entry_in in = {.reason = SHMBUS_DEAD_NO_SUBSCRIBER};
-	struct dlq_letter *letters = calloc(pub->nunrouted, sizeof *letters);
-	if (letters) {
-		for (size_t i = 0; i < pub->nunrouted; i++)
-			letters[i] = (struct dlq_letter){.ev = pub->unrouted[i], .in = &in};
-		int n = dlq_append_letters(pub->bus, letters, pub->nunrouted);
+	struct dlq_letter letters[CHUNK];
+	for (size_t from = 0; from < pub->nunrouted; from += CHUNK) {
+		size_t k = pub->nunrouted - from < CHUNK ? pub->nunrouted - from : CHUNK;
+		for (size_t i = 0; i < k; i++)
+			letters[i] = (struct dlq_letter){.ev = pub->unrouted[from + i], .in = &in};
+		int n = dlq_append_letters(pub->bus, letters, k);
 		if (n > 0)
 			at_count_u64(&pub->bus->hdr->retired_dead_lettered, (uint64_t)n);
-		free(letters);
-	} else {
-		for (size_t i = 0; i < pub->nunrouted; i++) /* one by one: no memory to batch */
-			if (dlq_append(pub->bus, pub->unrouted[i], &in) == 0)
-				at_count_u64(&pub->bus->hdr->retired_dead_lettered, 1);
 	}
 	for (size_t i = 0; i < pub->nunrouted; i++)
 		shmbus_event_free(pub->unrouted[i]);
