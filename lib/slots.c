@@ -241,7 +241,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 			w->rounds++;
 			for (int i = 0; i < 64; i++)
 				at_cpu_relax();
-		} while (w->rounds < 64 && w->ahead && reusable_until(bus, w->ahead, w->ahead + 1) == w->ahead &&
+		} while (w->rounds < 64 && reusable_until(bus, w->ahead, w->ahead + 1) == w->ahead &&
 			 at_load_relaxed_u64(&h->claim_pos) == w->claim_seen &&
 			 now_mono_ns() - w->start_ns < (uint64_t)w->timeout_ns); /* a short timeout is kept */
 		return 0;

@@ -11,7 +11,7 @@ struct space_wait {
 	uint64_t start_ns;
 	int64_t timeout_ns;
 	uint32_t rounds;
-	uint64_t ahead;	     /* the position whose reuse a spinning waiter watches (wait_for_space_once) */
+	uint64_t ahead;	     /* the position whose reuse a spinning waiter watches (wait_for_space_once; set by the caller) */
 	uint64_t claim_seen; /* the claim position when the wait began: it stops the watch when it moves */
 };
 
