@@ -358,7 +358,12 @@ static const char *wait_name(shmbus_wait_t w)
 
 /* ST_SLEEPS: voluntary context switches of both processes per round trip
  * (human output only: it shows whether a wait mode really sleeps). */
-enum { ST_P50, ST_P99, ST_P999, ST_MAX, ST_EPS, ST_MBPS, ST_CPU, ST_SLEEPS, NSTAT };
+enum {
+	ST_P50, ST_P99, ST_P999, ST_MAX, ST_EPS, ST_MBPS, ST_CPU, ST_SLEEPS,
+	/* a batched shmbus throughput run: where each side's time went */
+	ST_SUB_POLL, ST_SUB_RELEASE, ST_SUB_IDLE, ST_PUB_NS, ST_SPACE_WAITS,
+	NSTAT
+};
 
 enum {
 	HAS_PAYLOAD = 1u << 0,
@@ -367,6 +372,7 @@ enum {
 	HAS_TP = 1u << 3,
 	HAS_CPU = 1u << 4,
 	HAS_PUBLISHERS = 1u << 5, /* a shmbus throughput run of several publishers */
+	HAS_SPLIT = 1u << 6,	  /* a batched shmbus throughput run: ST_SUB_* and ST_PUB_NS */
 };
 
 /* One line of output: per-run statistics and, at the end, their medians. */
@@ -453,6 +459,10 @@ struct child_out {
 	double cpu_percent;  /* idle: CPU time / wall time while waiting */
 	uint64_t sleeps;     /* ping-pong: voluntary context switches in the loop */
 	uint32_t event_bytes; /* throughput: shmbus_event_size of the events */
+	/* batched throughput, timed stream: ticks() in the subscriber's calls
+	 * that handed out events (poll), in its releases, and in the polls
+	 * and waits that found nothing (idle) */
+	uint64_t poll_ticks, release_ticks, idle_ticks;
 };
 
 struct ctl {
@@ -1182,12 +1192,20 @@ static int tp_consume_batches(struct ctl *ctl, struct peer *p, const struct tp_a
 		long left = a->count - i < max ? a->count - i : max;
 		if (i < 0 && -i < left)
 			left = -i; /* the warm-up lap ends on its own */
+		/* Three timestamps a call of up to 40 events: about 2 ns an event
+		 * (rdtscp) added to the subscriber's side. */
+		uint64_t t0 = ticks();
 		int n = shmbus_poll_batch(p->sub, evs, (int)left);
+		uint64_t t1 = ticks();
+		bool idle = n == 0;
 		if (n == 0) {
 			/* nothing queued: wait for one through the wait path */
 			if ((n = next_event(p->sub, &evs[0])) == 0)
 				n = 1;
+			t1 = ticks();
 		}
+		if (i >= 0)
+			*(idle ? &out->idle_ticks : &out->poll_ticks) += t1 - t0;
 		if (n < 0) {
 			child_fail(ctl, "subscriber: shmbus_poll_batch", n);
 			return n;
@@ -1202,7 +1220,10 @@ static int tp_consume_batches(struct ctl *ctl, struct peer *p, const struct tp_a
 			if (i + k == 0)
 				out->event_bytes = (uint32_t)shmbus_event_size(evs[k]);
 		}
+		uint64_t t2 = ticks();
 		int r = shmbus_release_batch(p->sub, evs, n);
+		if (i >= 0)
+			out->release_ticks += ticks() - t2;
 		if (r < 0) {
 			child_fail(ctl, "subscriber: shmbus_release_batch", r);
 			return r;
@@ -1371,6 +1392,24 @@ static void record_rate(struct result *res, const struct child_out *out, long co
 	res->event_bytes = event_bytes;
 }
 
+/* Where a batched run's time went, per event of the timed stream: the
+ * subscriber's polls that handed out events and its releases, the share
+ * of the stream it found nothing to take, and the pinned publisher's time
+ * in its publish calls (waits for space included) with the count of those
+ * waits (bus-wide). Whichever side is near 1e9 / events_per_s ns an event
+ * is the one that limits the run. */
+static void record_split(struct result *res, const struct child_out *out, long count, double pub_ns_per_event,
+			 uint64_t space_waits)
+{
+	double *v = res->per_run[res->nruns - 1];
+	double total = (double)(out->poll_ticks + out->release_ticks + out->idle_ticks);
+	v[ST_SUB_POLL] = (double)out->poll_ticks * g_ns_per_tick / (double)count;
+	v[ST_SUB_RELEASE] = (double)out->release_ticks * g_ns_per_tick / (double)count;
+	v[ST_SUB_IDLE] = total > 0 ? 100.0 * (double)out->idle_ticks / total : 0;
+	v[ST_PUB_NS] = pub_ns_per_event;
+	v[ST_SPACE_WAITS] = (double)space_waits;
+}
+
 static int run_throughput(struct result *res, long count)
 {
 	struct tp_arg a = {.count = count, .wait = res->wait, .batch = res->batch};
@@ -1418,7 +1457,11 @@ static int run_throughput(struct result *res, long count)
 	     await_warm_done(&s) == 0;
 	if (ok)
 		atomic_store_explicit(&s.ctl->go, 1, memory_order_release);
-	ok = ok && tp_publish(&p, own, res->payload, res->batch, buf) == 0;
+	shmbus_metrics_t m0 = {0}, m1 = {0};
+	uint64_t pub_ns = now_ns();
+	ok = ok && shmbus_get_metrics(p.bus, &m0) == 0 && tp_publish(&p, own, res->payload, res->batch, buf) == 0 &&
+	     shmbus_get_metrics(p.bus, &m1) == 0;
+	pub_ns = now_ns() - pub_ns;
 	peer_close(&p);
 	ok = session_end(&s, ok) == 0;
 
@@ -1429,8 +1472,11 @@ static int run_throughput(struct result *res, long count)
 		      " (expected %" PRIu64 ")", out->count, count, out->sum, expect);
 		ok = false;
 	}
-	if (ok)
+	if (ok) {
 		record_rate(res, out, count, out->event_bytes);
+		if (res->has & HAS_SPLIT)
+			record_split(res, out, count, (double)pub_ns / (double)own, m1.block_waits - m0.block_waits);
+	}
 	session_unmap(&s);
 	free(buf);
 	return ok ? 0 : -1;
@@ -1786,7 +1832,8 @@ static void plan_cases(void)
 			for (int b = 0; b < (g_opt.batch > 1 ? 2 : 1); b++) {
 				struct result *sr = add_result("shmbus", "throughput", tw, sizes[i], batches[b],
 							       HAS_TP | HAS_PAYLOAD | HAS_BATCH |
-								       (g_opt.publishers > 1 ? HAS_PUBLISHERS : 0));
+								       (g_opt.publishers > 1 ? HAS_PUBLISHERS : 0) |
+								       (batches[b] > 1 ? HAS_SPLIT : 0));
 				sr->publishers = g_opt.publishers;
 				add_case(CASE_THROUGHPUT, n, sr, NULL);
 				/* right after it in every run: the same geometry, no protocol */
@@ -1859,6 +1906,12 @@ static void report_progress(const struct bench_case *c, int run)
 				v[ST_EPS] / 1e6, v[ST_MBPS]);
 		else
 			fprintf(stderr, "  run %d: %-34s cpu %.4f %%\n", run + 1, name, v[ST_CPU]);
+		if ((r->has & HAS_SPLIT) && c->kind == CASE_THROUGHPUT)
+			fprintf(stderr,
+				"         subscriber %.0f ns/event (poll %.0f, release %.0f), idle %.1f %%;"
+				" publisher %.0f ns/event in publish calls, %.0f waits for space\n",
+				v[ST_SUB_POLL] + v[ST_SUB_RELEASE], v[ST_SUB_POLL], v[ST_SUB_RELEASE], v[ST_SUB_IDLE],
+				v[ST_PUB_NS], v[ST_SPACE_WAITS]);
 	}
 }
 
@@ -1901,6 +1954,10 @@ static void print_json(const struct result *r)
 		printf(", \"events_per_s\": %.0f, \"mb_per_s\": %.1f", m[ST_EPS], m[ST_MBPS]);
 	if (r->has & HAS_CPU)
 		printf(", \"cpu_percent\": %.4f", m[ST_CPU]);
+	if (r->has & HAS_SPLIT)
+		printf(", \"sub_poll_ns\": %.1f, \"sub_release_ns\": %.1f, \"sub_idle_percent\": %.1f, "
+		       "\"pub_ns\": %.1f, \"space_waits\": %.0f",
+		       m[ST_SUB_POLL], m[ST_SUB_RELEASE], m[ST_SUB_IDLE], m[ST_PUB_NS], m[ST_SPACE_WAITS]);
 	printf("}\n");
 }
 
@@ -1977,6 +2034,12 @@ static void print_targets(void)
 				printf("  %-44s %8.2f   (floor-ring %.2f M events/s of %u-byte records)\n",
 				       "shmbus 32 B batched / floor-ring", r->median[ST_EPS] / f->median[ST_EPS],
 				       f->median[ST_EPS] / 1e6, f->event_bytes);
+			if (r->has & HAS_SPLIT)
+				printf("    where it went: subscriber %.0f ns/event (poll %.0f, release %.0f), idle %.1f %%;\n"
+				       "    publisher %.0f ns/event in publish calls, %.0f waits for space a run\n",
+				       r->median[ST_SUB_POLL] + r->median[ST_SUB_RELEASE], r->median[ST_SUB_POLL],
+				       r->median[ST_SUB_RELEASE], r->median[ST_SUB_IDLE], r->median[ST_PUB_NS],
+				       r->median[ST_SPACE_WAITS]);
 		}
 		if (strcmp(r->bench, "idle") == 0) {
 			char label[64];

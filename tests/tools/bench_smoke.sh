@@ -23,6 +23,13 @@ if grep '"bench": "pingpong"' "$out" | grep -v '"rtt_p50_ns": [1-9]' | grep -q .
 	echo "a ping-pong result without a p50:"; cat "$out"; exit 1
 fi
 [ "$(grep -c '"bench": "throughput"' "$out")" -eq 8 ] || { echo "expected 8 throughput results"; cat "$out"; exit 1; }
+# the batched shmbus runs (32 B and 1 KiB) say where their time went
+split='"sub_poll_ns": [0-9.]*, "sub_release_ns": [0-9.]*, "sub_idle_percent": [0-9.]*, "pub_ns": [1-9][0-9.]*, "space_waits": [0-9]*}$'
+[ "$(grep '"system": "shmbus", "bench": "throughput"' "$out" | grep -v '"batch": 1,' | grep -c "$split")" -eq 2 ] ||
+	{ echo "expected the time split on both batched shmbus throughput results"; cat "$out"; exit 1; }
+if grep '"batch": 1,' "$out" | grep -q '"pub_ns"'; then
+	echo "a time split on a single-publish result:"; cat "$out"; exit 1
+fi
 # several publishers to one subscriber: every event arrives (the bench
 # checks the count and the byte sum) and the results say how many sent
 "$bench" throughput --json --runs 1 --iters 3000 --payload 32 --publishers 3 >"$out"
