@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "slots.h"
 #include "crash_point.h"
 #include "prefetch.h"
 #include "futex.h"
@@ -96,10 +97,11 @@ static void held_reap(shmbus_sub_t *sub)
  * then the entry: dying in between leaves a DROPPING entry, whose bit a
  * survivor clears if it is still set in the entry's lap. Nobody else
  * writes a DROPPING entry, so 0 is a plain store. 0, or -ESTALE if the
- * entry was taken from us. */
-static inline void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc);
+ * entry was taken from us. wake_owed: NULL, or (for an event the user was
+ * handed, so seen COMMITTED) see held_drop_won. */
+static inline void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc, bool *wake_owed);
 
-static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
+static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc, bool *wake_owed)
 {
 	uint64_t cur = desc;
 	if (!at_cas_u64(&sub->cons->held[k], &cur, desc | SEG_DESC_DROPPING)) {
@@ -107,22 +109,39 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
 		return -ESTALE;
 	}
 	CRASH_POINT("drop.won");
-	held_drop_won(sub, k, desc);
+	held_drop_won(sub, k, desc, wake_owed);
 	return 0;
 }
 
 /* The rest of a drop once entry k (which held desc) is won, DROPPING: the
  * hold's bit, then the entry, then our slot for it. Inlined into both its
- * callers: release_plain runs it for every event of a batch. */
-static inline __attribute__((always_inline)) void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc)
+ * callers: release_plain runs it for every event of a batch. With
+ * wake_owed, the event was opened (seen COMMITTED in its lap) and the bit
+ * may be cleared by slot_release_alone: *wake_owed is set when the caller
+ * owes the fenced wake-up check (wake_space_waiters) for it. */
+static inline __attribute__((always_inline)) void held_drop_won(shmbus_sub_t *sub, uint32_t k, uint64_t desc,
+								bool *wake_owed)
 {
 	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE)) {
-		slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
+		if (!wake_owed)
+			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
+		else if (slot_release_alone(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index))
+			*wake_owed = true;
 		CRASH_POINT("drop.bit");
 	}
 	at_store_release_u64(&sub->cons->held[k], 0);
 	CRASH_POINT("drop.cleared");
 	held_free(sub, k);
+}
+
+/* After holds dropped with slot_release_alone freed slots: the full fence
+ * orders their plain stores before the look at space_waiters (the store
+ * and load of the space wake protocol, see slots.c), then waiting
+ * publishers are woken. Once per batch of drops, not per hold. */
+static void wake_space_waiters(shmbus_sub_t *sub)
+{
+	at_fence_seq_cst();
+	slots_wake_waiters(sub->bus);
 }
 
 /* Drop the holds of every event released since the last batch. The
@@ -141,12 +160,17 @@ static void flush_releases(shmbus_sub_t *sub)
 	}
 	for (uint32_t i = 0; i < sub->nreleasing; i++)
 		at_prefetch_write(bus_slot_holders(sub->bus, sub->releasing[i].desc & SEG_DESC_SEQ_MASK));
+	bool wake_owed = false;
 	for (uint32_t i = 0; i < sub->nreleasing; i++) {
-		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc);
+		/* released by the user, so opened: a lone bit may be cleared
+		 * plainly */
+		held_drop(sub, sub->releasing[i].k, sub->releasing[i].desc, &wake_owed);
 		CRASH_POINT("flush.dropped");
 	}
 	sub->nreleasing = 0;
 	sub->releasing_slots = 0;
+	if (wake_owed)
+		wake_space_waiters(sub);
 }
 
 static void release_cells(shmbus_sub_t *sub);
@@ -168,8 +192,15 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		flush_releases(sub);
 		room = held_free_count(sub);
 	}
-	uint32_t max = room < sub->take_batch ? room : sub->take_batch;
-	uint64_t descs[TAKE_BATCH], first;
+	/* A batch poll that will hand out more than a run at once takes them
+	 * as one run: every take costs a head CAS, a fence and a release of
+	 * the cells whatever its length, and what it takes is handed out, not
+	 * left UNSEEN. Not in a group, whose members share the work. */
+	uint32_t want = sub->take_batch;
+	if (want > 1 && sub->hand_now > want)
+		want = sub->hand_now;
+	uint32_t max = room < want ? room : want;
+	uint64_t descs[SEG_HELD_MAX], first;
 	uint32_t n = max ? queue_take(&q, &sub->cons->take, max, UINT64_MAX, descs, &first) : 0;
 	if (n == 0)
 		return 0;
@@ -212,7 +243,7 @@ static int take_run(shmbus_sub_t *sub, unsigned cls)
 		 * our intent as NONE and free the entry, no hold of the run may
 		 * be left in held[] */
 		for (uint32_t i = 0; i < n; i++)
-			held_drop(sub, ready[i].k, ready[i].desc);
+			held_drop(sub, ready[i].k, ready[i].desc, NULL);
 		sub->ready_n[cls] = 0;
 		queue_release(&q, &sub->cons->take, first, n);
 		sub_consumer_forget(sub); /* the removal left our entry for this */
@@ -247,7 +278,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 	shmbus_bus_t *bus = sub->bus;
 	uint64_t desc = h->desc;
 	if (desc & SEG_DESC_TOMBSTONE) {
-		held_drop(sub, h->k, desc); /* holds nothing: no bit to clear */
+		held_drop(sub, h->k, desc, NULL); /* holds nothing: no bit to clear */
 		return NULL;
 	}
 	/* Seen from now on, before a byte of the slot is read: a congested
@@ -275,12 +306,12 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 		return NULL;
 	}
 	if (seg_event_check_same_shape(e, bus->max_event_bytes, &sub->checked) < 0 || e->seq != seq) {
-		held_drop(sub, h->k, desc);
+		held_drop(sub, h->k, desc, NULL);
 		at_count_u64(&sub->rec->missed, 1);
 		return NULL; /* corrupt bytes are never handed out */
 	}
 	if (sub->has_custom && !route_match(bus, &sub->route, sub->index, &sub->rec->filter, e, sub->custom)) {
-		held_drop(sub, h->k, desc);
+		held_drop(sub, h->k, desc, NULL);
 		at_count_u64(&sub->rec->filtered, 1);
 		return NULL;
 	}
@@ -350,7 +381,7 @@ void consume_forget_removed(shmbus_sub_t *sub)
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		for (uint32_t i = 0; i < sub->ready_n[cls]; i++) {
 			const struct held_desc *h = &sub->ready[cls][sub->ready_head[cls] + i];
-			held_drop(sub, h->k, h->desc);
+			held_drop(sub, h->k, h->desc, NULL);
 		}
 		sub->ready_n[cls] = 0;
 	}
@@ -650,7 +681,7 @@ static int release_held(shmbus_sub_t *sub, uint32_t i, const shmbus_event_t *ev,
 	uint64_t desc = at_load_acquire_u64(&sub->cons->held[k]);
 	if (now && desc && !(desc & SEG_DESC_REVOKED) && (desc & SEG_DESC_SEQ_MASK) == seq) {
 		/* no RELEASING mark: the hold is dropped right here */
-		return held_drop(sub, k, desc) == 0
+		return held_drop(sub, k, desc, NULL) == 0
 			       ? 0
 			       : shmbus__fail(ESTALE, "event was revoked while held (subscription was demoted or removed)");
 	}
@@ -691,7 +722,7 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
  * leave the entry to release_held (from the log, marked, lost to a
  * revoker, or the CAS lost: held_drop's reading of the new value decides).
  */
-static int release_plain(shmbus_sub_t *sub, uint32_t i)
+static int release_plain(shmbus_sub_t *sub, uint32_t i, bool *wake_owed)
 {
 	struct held_local l = sub->held[i];
 	if (l.k == HELD_FROM_LOG)
@@ -701,7 +732,7 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i)
 		return -1;
 	CRASH_POINT("plain.won");
 	sub->held[i] = sub->held[--sub->nheld];
-	held_drop_won(sub, l.k, desc);
+	held_drop_won(sub, l.k, desc, wake_owed);
 	return 0;
 }
 
@@ -717,6 +748,7 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 			if (evs[j])
 				at_prefetch_write(bus_slot_holders(sub->bus, ((const struct seg_event *)(const void *)evs[j])->seq));
 	int first_err = 0;
+	bool wake_owed = false;
 	/* Last first: events taken by shmbus_poll_batch sit at the end of
 	 * held[] in delivery order, so each is found at once and removing it
 	 * moves nothing (the gap is filled with the last entry). */
@@ -729,11 +761,13 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 			rc = shmbus__fail(EINVAL, "event %d is NULL", j);
 		else if (i == UINT32_MAX)
 			rc = shmbus__fail(EINVAL, "event %d is not held by this subscription", j);
-		else if (!now || (rc = release_plain(sub, i)) == -1)
+		else if (!now || (rc = release_plain(sub, i, &wake_owed)) == -1)
 			rc = release_held(sub, i, evs[j], now);
 		if (rc < 0 && !first_err)
 			first_err = rc;
 	}
+	if (wake_owed)
+		wake_space_waiters(sub);
 	return first_err;
 }
 
@@ -771,7 +805,7 @@ void consume_detach(shmbus_sub_t *sub, bool survives)
 				pushed = true;
 				continue;
 			}
-			held_drop(sub, h->k, h->desc);
+			held_drop(sub, h->k, h->desc, NULL);
 		}
 		sub->ready_n[cls] = 0;
 	}

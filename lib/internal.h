@@ -281,6 +281,15 @@ void routing_abort(shmbus_pub_t *pub);
  * second clearer could let the slot be reused in between, so that the AND
  * clears the next event's bit. */
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
+/* slot_release for a consumer that won the held entry of an event it
+ * opened (so saw COMMITTED in the descriptor's lap). When the bit is the
+ * only one set, on a bus of at most 64 subscriptions, it is cleared with
+ * a plain release store instead of a locked AND (a tenth of a batched
+ * event's cost to its subscriber) and true is returned: the slot is free
+ * and the caller owes publishers the wake-up check, after a full fence
+ * (at_fence_seq_cst, then slots_wake_waiters), once for all the holds it
+ * drops in one go. Else it is slot_release, which did its own check. */
+bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 /* The state of the event at seq once its publisher is done with it (a
  * descriptor can be seen between push and commit): COMMITTED, ABORTED, or
  * FREE when the slot moved on. Waits while CLAIMED for as long as the

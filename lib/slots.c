@@ -683,6 +683,26 @@ void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	slots_wake_waiters(bus); /* the slot is free */
 }
 
+bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
+{
+	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
+	/* The bit alone in the bus's only holder word: nobody else writes the
+	 * word until the slot is reused. Publishers set bits only in a new
+	 * lap, which our bit forbids; every other bit's clearer has cleared
+	 * it, and one clearer per hold means nobody clears it again (an AND
+	 * of a clear bit would change nothing anyway). */
+	if (bus->max_subs <= 64 && sub < 64 &&
+	    at_load_acquire_u64(bus_slot_ctl(bus, seq)) == seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) &&
+	    at_load_relaxed_u64(&h[0]) == bit) {
+		/* release: our reads of the event come before a publisher
+		 * that sees the slot free writes it */
+		at_store_release_u64(&h[0], 0);
+		return true;
+	}
+	slot_release(bus, seq, sub);
+	return false;
+}
+
 void slots_wake_waiters(shmbus_bus_t *bus)
 {
 	/* A waiting publisher raised the flag; whoever clears it wakes them
