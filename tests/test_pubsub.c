@@ -11,8 +11,11 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1156,6 +1159,117 @@ Test(pubsub, block_subscriber_backpressure)
 	shmbus_pub_close(patient);
 	shmbus_pub_close(now);
 	shmbus_sub_close(slow);
+	shmbus_close(bus);
+}
+
+/* A publisher that sleeps for space (its thread id, and its result). */
+struct space_sleeper {
+	shmbus_pub_t *pub;
+	_Atomic pid_t tid;
+	_Atomic bool done;
+	int rc;
+};
+
+static void *publish_when_space(void *arg)
+{
+	struct space_sleeper *s = arg;
+	atomic_store(&s->tid, (pid_t)syscall(SYS_gettid));
+	s->rc = tc_publish_u32(s->pub, SHMBUS_NOTIFICATION, "late", 0, 77777);
+	atomic_store(&s->done, true);
+	return NULL;
+}
+
+/* Whether thread tid of this process sleeps (state S in its stat line). */
+static bool thread_sleeps(pid_t tid)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	bool ok = fgets(line, sizeof line, f) != NULL;
+	fclose(f);
+	const char *end = ok ? strrchr(line, ')') : NULL; /* the name may hold anything */
+	return end && end[1] == ' ' && end[2] == 'S';
+}
+
+/*
+ * Batch releases clear a holder bit that is alone in its word with a plain
+ * store and look for publishers waiting for space once per batch. A
+ * publisher asleep on a full ring must be woken by them: with the reclaim
+ * interval and every timeout at ten minutes nothing else wakes it, so a
+ * lost wake-up hangs this test until the suite's timeout fails it. Two
+ * subscriptions hold every event: the first one's releases leave the
+ * other bit set (the locked AND, nothing freed), the second's free the
+ * slots with the plain store.
+ */
+Test(pubsub, a_batch_release_wakes_a_publisher_asleep_for_space)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.stall_timeout_ns = 600 * TC_SEC_NS;
+	cfg.reclaim_timeout_ns = 600 * TC_SEC_NS;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *first = tc_sub(bus, NULL), *second = tc_sub(bus, NULL);
+	shmbus_pub_t *fill = tc_pub(bus, NULL, -1);
+	uint32_t n = 0;
+	while (tc_publish_u32(fill, SHMBUS_NOTIFICATION, "fill", 0, n) == 0)
+		n++;
+	cr_assert_gt(n, 0);
+	shmbus_metrics_t m;
+	cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+	uint64_t waits = m.block_waits;
+
+	struct space_sleeper s = {.pub = tc_pub(bus, NULL, 600 * (int64_t)TC_SEC_NS)};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, publish_when_space, &s), 0);
+	/* asleep: it counted its wait, spun its rounds and sleeps on the futex */
+	for (;;) {
+		cr_assert(!atomic_load(&s.done), "the publisher did not wait for space: %d", s.rc);
+		cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+		pid_t tid = atomic_load(&s.tid);
+		if (tid && m.block_waits > waits && thread_sleeps(tid))
+			break;
+		tc_sleep_ms(1);
+	}
+
+	const shmbus_event_t *evs[SHMBUS_MAX_HELD];
+	shmbus_sub_t *subs[2] = {first, second};
+	for (int k = 0; k < 2; k++) {
+		uint32_t got = 0;
+		int r;
+		/* no further than the fill: the woken publisher's event follows */
+		while (got < n) {
+			int want = n - got < SHMBUS_MAX_HELD ? (int)(n - got) : SHMBUS_MAX_HELD;
+			if ((r = shmbus_poll_batch(subs[k], evs, want)) <= 0)
+				break;
+			for (int i = 0; i < r; i++)
+				cr_assert_eq(tc_payload_u32(evs[i]), got + (uint32_t)i, "subscription %d: event %u", k, got + i);
+			got += (uint32_t)r;
+			cr_assert_eq(shmbus_release_batch(subs[k], evs, r), 0, "%s", shmbus_errmsg());
+		}
+		cr_assert_eq(got, n, "subscription %d took %u of %u", k, got, n);
+		if (k == 0) {
+			/* the other subscription still holds every slot */
+			cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+			cr_assert_geq(m.ring_used, n, "%llu slots in use after one of two subscriptions released %u",
+				      (unsigned long long)m.ring_used, n);
+		}
+	}
+	cr_assert_eq(pthread_join(th, NULL), 0);
+	cr_assert_eq(s.rc, 0, "the sleeping publisher: %d (%s)", s.rc, shmbus_errmsg());
+	for (int k = 0; k < 2; k++) {
+		const shmbus_event_t *ev = poll_one(subs[k]);
+		cr_expect_eq(tc_payload_u32(ev), 77777);
+		cr_assert_eq(shmbus_release_batch(subs[k], &ev, 1), 0); /* at once, not deferred */
+	}
+	/* and the released slots are reusable: nothing is held any more */
+	cr_assert_eq(shmbus_get_metrics(bus, &m), 0);
+	cr_expect_eq(m.ring_used, 0, "%llu slots still in use", (unsigned long long)m.ring_used);
+
+	shmbus_pub_close(s.pub);
+	shmbus_pub_close(fill);
+	shmbus_sub_close(second);
+	shmbus_sub_close(first);
 	shmbus_close(bus);
 }
 
