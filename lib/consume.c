@@ -1,8 +1,9 @@
 /*
  * consume.c - taking events in place, waiting for them, giving them back.
  *
- * Taking: a run of descriptors (TAKE_BATCH, or 1 in a group so members
- * share the work) moves from the subscription's queue into this consumer's
+ * Taking: a run of descriptors (TAKE_BATCH, or what a batch poll hands out
+ * when that is more, or 1 in a group so members share the work) moves from
+ * the subscription's queue into this consumer's
  * held[] in shared memory before the cells are released, so a survivor can
  * always find them if we die. Each event is then read where it lies in the
  * ring, after its commit mark is seen and its bytes pass seg_event_check.
@@ -16,6 +17,9 @@
  * the entry, never by two parties. The consumer wins it by a CAS to
  * DROPPING, the holder of the subscription-table lock (a revoker, a
  * removal) by a CAS to REVOKED; the winner clears the bit, then stores 0.
+ * A consumer clears a bit that is alone in the word with a plain store,
+ * and then owes waiting publishers one fenced look per batch of drops
+ * (slot_release_alone, wake_space_waiters).
  * An entry lost to a revocation stays allocated here until its revoker
  * has stored 0 (held_reap): until then it is the revoker's record.
  *
