@@ -693,9 +693,15 @@ bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	 * of a clear bit would change nothing anyway). */
 	if (bus->max_subs <= 64 && sub < 64 &&
 	    at_load_acquire_u64(bus_slot_ctl(bus, seq)) == seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) &&
-	    at_load_relaxed_u64(&h[0]) == bit) {
+	    at_load_acquire_u64(&h[0]) == bit) {
 		/* release: our reads of the event come before a publisher
-		 * that sees the slot free writes it */
+		 * that sees the slot free writes it. The load above is an
+		 * acquire so that the other subscriptions' reads do too: a
+		 * plain store is not part of their AND's release sequence, so
+		 * the publisher's acquire of our 0 orders their reads only
+		 * through our acquire of their AND's result (ThreadSanitizer
+		 * reported the race with a relaxed load; x86 orders it
+		 * either way, the C memory model does not). */
 		at_store_release_u64(&h[0], 0);
 		return true;
 	}
