@@ -127,7 +127,12 @@ static inline __attribute__((always_inline)) void held_drop_won(shmbus_sub_t *su
 								bool *wake_owed)
 {
 	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE)) {
-		if (!wake_owed)
+		/* Not a redelivered one: a survivor that died while giving an
+		 * event back can leave two holds of one event (two records for
+		 * one bit), and a plain store racing the other's drop could wipe
+		 * the bits of the slot's next lap; every such copy is marked
+		 * REDELIVERED, and the locked AND clears only our own bit. */
+		if (!wake_owed || (desc & SEG_DESC_REDELIVERED))
 			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
 		else if (slot_release_alone(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index))
 			*wake_owed = true;
