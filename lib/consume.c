@@ -127,12 +127,14 @@ static inline __attribute__((always_inline)) void held_drop_won(shmbus_sub_t *su
 								bool *wake_owed)
 {
 	if ((desc & SEG_DESC_HOLDS_REF) && !(desc & SEG_DESC_TOMBSTONE)) {
-		/* Not a redelivered one: a survivor that died while giving an
-		 * event back can leave two holds of one event (two records for
-		 * one bit), and a plain store racing the other's drop could wipe
-		 * the bits of the slot's next lap; every such copy is marked
-		 * REDELIVERED, and the locked AND clears only our own bit. */
-		if (!wake_owed || (desc & SEG_DESC_REDELIVERED))
+		/* Only for a plain subscription's one consumer: in a durable or
+		 * group subscription a survivor that died while giving an event
+		 * back can leave two holds of it (two records for one bit), held
+		 * by two consumers at once, and a plain store racing the other's
+		 * drop could wipe the bits of the slot's next lap, where the
+		 * locked AND clears only our own bit. A plain subscription has
+		 * one consumer and nothing is given back to it. */
+		if (!wake_owed || !sub->sole_consumer)
 			slot_release(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index);
 		else if (slot_release_alone(sub->bus, desc & SEG_DESC_SEQ_MASK, sub->index))
 			*wake_owed = true;

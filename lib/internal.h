@@ -207,6 +207,10 @@ struct shmbus_sub {
 	uint64_t held_revoked; /* bit k: held[k] was revoked, its revoker not done */
 	struct held_local held[SEG_HELD_MAX];
 	uint32_t take_batch;
+	/* neither durable nor a group: its only consumer is this handle, and
+	 * nothing is ever given back to it, so no event has two holds here
+	 * and a lone holder bit may be cleared with a plain store */
+	bool sole_consumer;
 	uint32_t hand_now; /* events the poll under way hands out (take_run) */
 	struct held_desc ready[SEG_QUEUE_CLASSES][SEG_HELD_MAX];
 	uint32_t ready_head[SEG_QUEUE_CLASSES], ready_n[SEG_QUEUE_CLASSES];
@@ -281,8 +285,9 @@ void routing_abort(shmbus_pub_t *pub);
  * second clearer could let the slot be reused in between, so that the AND
  * clears the next event's bit. */
 void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
-/* slot_release for a consumer that won the held entry of an event it
- * opened (so saw COMMITTED in the descriptor's lap). When the bit is the
+/* slot_release for the sole consumer of a plain subscription (no event
+ * has two holds there) that won the held entry of an event it opened (so
+ * saw COMMITTED in the descriptor's lap). When the bit is the
  * only one set, on a bus of at most 64 subscriptions, it is cleared with
  * a plain release store instead of a locked AND (a tenth of a batched
  * event's cost to its subscriber) and true is returned: the slot is free

@@ -461,6 +461,7 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 	sub->wait = opts->wait;
 	sub->spin_ns = opts->spin_ns ? opts->spin_ns : DEFAULT_SPIN_NS;
 	sub->take_batch = opts->group ? 1 : TAKE_BATCH;
+	sub->sole_consumer = !opts->group && !opts->durable;
 	bus_track_sub(bus, sub, true);
 	*out = sub;
 	sub = NULL;
