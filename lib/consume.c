@@ -3,10 +3,10 @@
  *
  * Taking: a run of descriptors (TAKE_BATCH, or what a batch poll hands out
  * when that is more, or 1 in a group so members share the work) moves from
- * the subscription's queue into this consumer's
- * held[] in shared memory before the cells are released, so a survivor can
- * always find them if we die. Each event is then read where it lies in the
- * ring, after its commit mark is seen and its bytes pass seg_event_check.
+ * the subscription's queue into this consumer's held[] in shared memory
+ * before the cells are released, so a survivor can always find them if we
+ * die. Each event is then read where it lies in the ring, after its commit
+ * mark is seen and its bytes pass seg_event_check.
  *
  * Releasing: shmbus_release marks the held entry RELEASING; the holds
  * are dropped RELEASE_BATCH at a time, or whenever the consumer finds

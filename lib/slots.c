@@ -691,7 +691,7 @@ bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	 * lap, which our bit forbids; every other bit's clearer has cleared
 	 * it, and one clearer per hold means nobody clears it again (an AND
 	 * of a clear bit would change nothing anyway). */
-	if (bus->max_subs <= 64 && sub < 64 &&
+	if (bus->max_subs <= 64 && /* so sub < 64: its bit is in word 0 */
 	    at_load_acquire_u64(bus_slot_ctl(bus, seq)) == seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) &&
 	    at_load_acquire_u64(&h[0]) == bit) {
 		/* release: our reads of the event come before a publisher
