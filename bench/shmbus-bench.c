@@ -1394,7 +1394,7 @@ static void record_rate(struct result *res, const struct child_out *out, long co
 
 /* Where a batched run's time went, per event of the timed stream: the
  * subscriber's polls that handed out events and its releases, the share
- * of the stream it found nothing to take, and the pinned publisher's time
+ * of its time in those calls that found nothing, and the pinned publisher's time
  * in its publish calls (waits for space included) with the count of those
  * waits (bus-wide). Whichever side is near 1e9 / events_per_s ns an event
  * is the one that limits the run. */
@@ -1458,10 +1458,13 @@ static int run_throughput(struct result *res, long count)
 	if (ok)
 		atomic_store_explicit(&s.ctl->go, 1, memory_order_release);
 	shmbus_metrics_t m0 = {0}, m1 = {0};
-	uint64_t pub_ns = now_ns();
-	ok = ok && shmbus_get_metrics(p.bus, &m0) == 0 && tp_publish(&p, own, res->payload, res->batch, buf) == 0 &&
-	     shmbus_get_metrics(p.bus, &m1) == 0;
-	pub_ns = now_ns() - pub_ns;
+	uint64_t pub_ns = 0;
+	if (ok && (ok = shmbus_get_metrics(p.bus, &m0) == 0)) {
+		pub_ns = now_ns();
+		ok = tp_publish(&p, own, res->payload, res->batch, buf) == 0;
+		pub_ns = now_ns() - pub_ns;
+		ok = ok && shmbus_get_metrics(p.bus, &m1) == 0;
+	}
 	peer_close(&p);
 	ok = session_end(&s, ok) == 0;
 
@@ -1890,6 +1893,17 @@ static void describe(const struct result *r, char *buf, size_t len)
 		snprintf(buf + n, len - (size_t)n, " %u publishers", r->publishers);
 }
 
+/* Where a batched run's time went (v: its statistics, or their medians),
+ * after `indent`, on two lines when `split`. */
+static void print_split(FILE *f, const char *indent, const double *v, bool split)
+{
+	fprintf(f,
+		"%ssubscriber %.0f ns/event (poll %.0f, release %.0f), idle %.1f %%;%s%s"
+		"publisher %.0f ns/event in publish calls, %.0f waits for space\n",
+		indent, v[ST_SUB_POLL] + v[ST_SUB_RELEASE], v[ST_SUB_POLL], v[ST_SUB_RELEASE], v[ST_SUB_IDLE],
+		split ? "\n" : " ", split ? indent : "", v[ST_PUB_NS], v[ST_SPACE_WAITS]);
+}
+
 /* One line per finished run on stderr, so a long run shows progress. */
 static void report_progress(const struct bench_case *c, int run)
 {
@@ -1907,11 +1921,7 @@ static void report_progress(const struct bench_case *c, int run)
 		else
 			fprintf(stderr, "  run %d: %-34s cpu %.4f %%\n", run + 1, name, v[ST_CPU]);
 		if ((r->has & HAS_SPLIT) && c->kind == CASE_THROUGHPUT)
-			fprintf(stderr,
-				"         subscriber %.0f ns/event (poll %.0f, release %.0f), idle %.1f %%;"
-				" publisher %.0f ns/event in publish calls, %.0f waits for space\n",
-				v[ST_SUB_POLL] + v[ST_SUB_RELEASE], v[ST_SUB_POLL], v[ST_SUB_RELEASE], v[ST_SUB_IDLE],
-				v[ST_PUB_NS], v[ST_SPACE_WAITS]);
+			print_split(stderr, "         ", v, false);
 	}
 }
 
@@ -2034,12 +2044,10 @@ static void print_targets(void)
 				printf("  %-44s %8.2f   (floor-ring %.2f M events/s of %u-byte records)\n",
 				       "shmbus 32 B batched / floor-ring", r->median[ST_EPS] / f->median[ST_EPS],
 				       f->median[ST_EPS] / 1e6, f->event_bytes);
-			if (r->has & HAS_SPLIT)
-				printf("    where it went: subscriber %.0f ns/event (poll %.0f, release %.0f), idle %.1f %%;\n"
-				       "    publisher %.0f ns/event in publish calls, %.0f waits for space a run\n",
-				       r->median[ST_SUB_POLL] + r->median[ST_SUB_RELEASE], r->median[ST_SUB_POLL],
-				       r->median[ST_SUB_RELEASE], r->median[ST_SUB_IDLE], r->median[ST_PUB_NS],
-				       r->median[ST_SPACE_WAITS]);
+			if (r->has & HAS_SPLIT) {
+				printf("    where it went (medians; waits for space: per run):\n");
+				print_split(stdout, "    ", r->median, true);
+			}
 		}
 		if (strcmp(r->bench, "idle") == 0) {
 			char label[64];
