@@ -1753,6 +1753,13 @@ static void rd_go(struct rd_rig *r, unsigned i, bool held)
 	}
 }
 
+/* kill -9 child p (a holder), and a survivor's reclaim finds it dead. */
+static void rd_kill(struct rd_rig *r, pid_t p)
+{
+	tc_kill9(p);
+	cr_assert_geq(shmbus_reclaim(r->bus), 1);
+}
+
 static void rd_publish(struct rd_rig *r, uint32_t from, uint32_t to)
 {
 	for (uint32_t i = from; i < to; i++)
@@ -1807,9 +1814,8 @@ Test(crash, a_run_taken_from_the_redelivery_queue_goes_back_before_newer_holds)
 	rd_go(&r, 0, true);
 	rd_publish(&r, 5, 10);
 	rd_go(&r, 1, true);
-	tc_kill9(dp);
+	rd_kill(&r, dp);
 	int st = 0;
-	cr_assert_geq(shmbus_reclaim(r.bus), 1);
 	rd_go(&r, 1, false); /* C takes from the redelivery queue and dies */
 	cr_assert_eq(tc_wait(cp, 10000, &st), 0, "C hung");
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "C %s", tc_status_str(st));
@@ -1891,8 +1897,7 @@ Test(crash, a_gap_closed_inside_a_poll_does_not_let_newer_events_pass_redelivere
 	pid_t p = rd_spawn(&r, 20, NULL);
 	rd_publish(&r, 0, 40);
 	rd_go(&r, 0, true);
-	tc_kill9(p);
-	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	rd_kill(&r, p);
 	shmbus_sub_opts_t o = {.subscriber_id = "rd", .durable = true};
 	shmbus_sub_t *sub = NULL;
 	cr_assert_eq(shmbus_subscribe(r.bus, &o, &sub), 0);
@@ -1993,12 +1998,10 @@ Test(crash, a_consumer_that_dies_on_redelivered_events_keeps_them_ahead_of_the_r
 	pid_t p1 = rd_spawn(&r, 20, NULL);
 	rd_publish(&r, 0, 40);
 	rd_go(&r, 0, true);
-	tc_kill9(p1);
-	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	rd_kill(&r, p1);
 	pid_t p2 = rd_spawn(&r, 1, NULL);
 	rd_go(&r, 1, true);
-	tc_kill9(p2);
-	cr_assert_geq(shmbus_reclaim(r.bus), 1);
+	rd_kill(&r, p2);
 	char got[512];
 	unsigned dups;
 	rd_drain(r.bus, got, sizeof got, &dups);
