@@ -9,7 +9,9 @@
  *   floor-spin   two counters on their own cache lines in a MAP_SHARED
  *                mapping; each side spins (with pause) on the other's line.
  *                Nothing can deliver a message between two cores faster, so
- *                it is the floor for shmbus in spin mode.
+ *                it is the floor for shmbus in spin mode. Measured in blocks
+ *                taking turns with shmbus's spin round trips, in the same
+ *                processes, when both are measured (floor_block_after).
  *   floor-futex  the same with a FUTEX_WAIT/FUTEX_WAKE on shared (not
  *                private) futex words: sleeping and being woken by the
  *                kernel, the floor for shmbus in block mode.
@@ -84,6 +86,9 @@
 #define SETUP_TIMEOUT_NS (10LL * 1000000000LL)
 
 #define DEFAULT_RTT_ITERS 100000L
+/* Floor-spin round trips per block inside the shmbus spin ping-pong: a few
+ * hundred microseconds of each, taking turns (floor_block_after). */
+#define FLOOR_BLOCK 1000L
 #define DEFAULT_TP_SMALL_ITERS 5000000L
 #define DEFAULT_TP_LARGE_ITERS 1000000L
 #define DEFAULT_BATCH 64
@@ -752,6 +757,8 @@ struct pp_arg {
 	long total; /* warm-up + measured round trips */
 	shmbus_wait_t wait;
 	size_t payload;
+	long warmup;	  /* shmbus ping-pong: the round trips not measured */
+	long floor_block; /* > 0: floor-spin round trips taking turns with them */
 };
 
 /*
@@ -783,6 +790,46 @@ static int floor_spin_child(struct ctl *ctl, int idx, const void *varg)
 		atomic_store_explicit(&ctl->spin_pong, (uint64_t)i, memory_order_release);
 	}
 	ctl->out[0].sleeps = sleeps_so_far() - sw0;
+	return 0;
+}
+
+/*
+ * The spin floor measured inside a shmbus spin ping-pong: after every
+ * floor_block measured shmbus round trips, both processes run floor_block
+ * floor round trips on the session's floor words, then go back to shmbus.
+ * Measured apart, the floor ran in a different second than shmbus, and on
+ * this kind of machine (virtual CPUs the host moves about) one second's
+ * cache-line transfer can cost a quarter more or less than the next: the
+ * ratio moved with it. Taking turns every millisecond or so, both see the
+ * same machine.
+ */
+static bool floor_block_after(const struct pp_arg *a, long i)
+{
+	long measured = i + 1 - a->warmup;
+	return a->floor_block > 0 && measured > 0 && measured % a->floor_block == 0;
+}
+
+/* B's side of one floor block; *n counts the floor round trips so far. */
+static void floor_answer_block(struct ctl *ctl, long block, long *n)
+{
+	for (long j = 0; j < block; j++) {
+		++*n;
+		spin_until(NULL, &ctl->spin_ping, (uint64_t)*n); /* PDEATHSIG ends us if A dies */
+		atomic_store_explicit(&ctl->spin_pong, (uint64_t)*n, memory_order_release);
+	}
+}
+
+/* A's side: block round trips, timed into samples[]. 0, or -1 if B died. */
+static int floor_ping_block(struct session *s, long block, long *n, uint64_t *samples)
+{
+	for (long j = 0; j < block; j++) {
+		++*n;
+		uint64_t t0 = ticks();
+		atomic_store_explicit(&s->ctl->spin_ping, (uint64_t)*n, memory_order_release);
+		if (spin_until(s, &s->ctl->spin_pong, (uint64_t)*n) < 0)
+			return -1;
+		samples[j] = ticks() - t0;
+	}
 	return 0;
 }
 
@@ -1020,6 +1067,7 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
 	}
 	signal_ready(ctl);
 	uint64_t sw0 = sleeps_so_far();
+	long floor_n = 0;
 	for (long i = 0; i < a->total; i++) {
 		const shmbus_event_t *ev;
 		size_t n;
@@ -1037,6 +1085,8 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
 			child_fail(ctl, "pong: shmbus_release", r);
 			break;
 		}
+		if (floor_block_after(a, i))
+			floor_answer_block(ctl, a->floor_block, &floor_n);
 	}
 	ctl->out[0].sleeps = sleeps_so_far() - sw0;
 	peer_close(&p);
@@ -1082,8 +1132,10 @@ static int ping_dispatch(struct session *s, struct peer *p, const struct pp_arg 
 	return 0;
 }
 
+/* A's loop. With a->floor_block, the floor blocks' samples go to
+ * floor_samples (*nfloor of them). */
 static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, long warmup, uint64_t *samples,
-		     const uint8_t *buf, uint64_t *sleeps)
+		     const uint8_t *buf, uint64_t *sleeps, uint64_t *floor_samples, size_t *nfloor)
 {
 	if (a->wait == WAIT_DISPATCH)
 		return ping_dispatch(s, p, a, warmup, samples, buf, sleeps);
@@ -1091,6 +1143,7 @@ static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, 
 	const size_t len = a->payload;
 	shmbus_msg_t msg = make_msg("ping", buf, len);
 	uint64_t sink = 0;
+	long floor_n = 0;
 
 	for (long i = 0; i < a->total; i++) {
 		const shmbus_event_t *ev;
@@ -1120,6 +1173,13 @@ static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, 
 		}
 		if (i >= warmup)
 			samples[i - warmup] = t1 - t0;
+		if (floor_block_after(a, i)) {
+			if (floor_ping_block(s, a->floor_block, &floor_n, floor_samples + *nfloor) < 0) {
+				warnx("ping: floor block: partner died");
+				return -1;
+			}
+			*nfloor += (size_t)a->floor_block;
+		}
 	}
 	*sleeps = sleeps_so_far() - sw0;
 	uint64_t expect = (uint64_t)a->total * byte_sum(buf, len);
@@ -1130,11 +1190,20 @@ static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, 
 	return 0;
 }
 
-static int run_shmbus_pingpong(struct result *res, long iters, long warmup)
+/*
+ * One shmbus ping-pong run in res's wait mode. With floor (spin only), the
+ * spin floor is measured in the same run, in blocks taking turns with
+ * shmbus's round trips (floor_block_after), and recorded in floor.
+ */
+static int run_shmbus_pingpong(struct result *res, struct result *floor, long iters, long warmup)
 {
-	struct pp_arg a = {.total = iters + warmup, .wait = res->wait, .payload = res->payload};
+	struct pp_arg a = {.total = iters + warmup, .wait = res->wait, .payload = res->payload, .warmup = warmup};
+	if (floor)
+		a.floor_block = iters < FLOOR_BLOCK ? iters : FLOOR_BLOCK;
 	shmbus_config_t cfg = {.max_payload = res->payload > 65536 ? (uint32_t)res->payload : 0};
 	uint64_t *samples = malloc((size_t)iters * sizeof *samples);
+	uint64_t *floor_samples = floor ? malloc((size_t)iters * sizeof *floor_samples) : NULL;
+	size_t nfloor = 0;
 	uint8_t *buf = malloc(res->payload + 1);
 	uint64_t sleeps = 0;
 	struct peer p = {0};
@@ -1143,8 +1212,9 @@ static int run_shmbus_pingpong(struct result *res, long iters, long warmup)
 	bool ok;
 	int r;
 
-	if (!samples || !buf || session_begin(&s, &cfg) < 0) {
+	if (!samples || !buf || (floor && !floor_samples) || session_begin(&s, &cfg) < 0) {
 		free(samples);
+		free(floor_samples);
 		free(buf);
 		return -1;
 	}
@@ -1154,14 +1224,23 @@ static int run_shmbus_pingpong(struct result *res, long iters, long warmup)
 		warnx("%s: %s (%s)", what, strerror(-r), shmbus_errmsg());
 		ok = false;
 	}
-	ok = ok && session_await_ready(&s, 1) == 0 && ping_loop(&s, &p, &a, warmup, samples, buf, &sleeps) == 0;
+	ok = ok && session_await_ready(&s, 1) == 0 &&
+	     ping_loop(&s, &p, &a, warmup, samples, buf, &sleeps, floor_samples, &nfloor) == 0;
 	peer_close(&p);
-	if (session_end(&s, ok) == 0)
-		record_rtt(res, samples, (size_t)iters, sleeps + s.ctl->out[0].sleeps, a.total);
-	else
+	if (floor && ok && nfloor == 0) {
+		warnx("ping-pong: no floor block ran");
 		ok = false;
+	}
+	if (session_end(&s, ok) == 0) {
+		record_rtt(res, samples, (size_t)iters, sleeps + s.ctl->out[0].sleeps, a.total);
+		if (floor) /* a spinning floor does not sleep */
+			record_rtt(floor, floor_samples, nfloor, 0, (long)nfloor);
+	} else {
+		ok = false;
+	}
 	session_unmap(&s);
 	free(samples);
+	free(floor_samples);
 	free(buf);
 	return ok ? 0 : -1;
 }
@@ -1800,9 +1879,15 @@ static void plan_cases(void)
 	const unsigned w = g_opt.waits;
 	long rtt_iters = g_opt.iters ? g_opt.iters : DEFAULT_RTT_ITERS;
 
-	if (g_opt.modes & MODE_FLOOR_SPIN)
-		add_case(CASE_FLOOR_SPIN, rtt_iters,
-			 add_result("floor-spin", "pingpong", SHMBUS_WAIT_SPIN, 0, 0, HAS_RTT), NULL);
+	/* The spin floor goes inside the shmbus spin ping-pong when both are
+	 * measured (floor_block_after), on its own otherwise. */
+	bool spin_pp = (g_opt.modes & MODE_PINGPONG) && (w & WAIT_BIT(SHMBUS_WAIT_SPIN));
+	struct result *spin_floor = NULL;
+	if (g_opt.modes & MODE_FLOOR_SPIN) {
+		spin_floor = add_result("floor-spin", "pingpong", SHMBUS_WAIT_SPIN, 0, 0, HAS_RTT);
+		if (!spin_pp)
+			add_case(CASE_FLOOR_SPIN, rtt_iters, spin_floor, NULL);
+	}
 	if (g_opt.modes & MODE_FLOOR_FUTEX)
 		add_case(CASE_FLOOR_FUTEX, rtt_iters,
 			 add_result("floor-futex", "pingpong", SHMBUS_WAIT_BLOCK, 0, 0, HAS_RTT), NULL);
@@ -1814,7 +1899,7 @@ static void plan_cases(void)
 				continue;
 			struct result *r = add_result("shmbus", "pingpong", order[i], g_opt.payload, 0,
 						      HAS_RTT | HAS_PAYLOAD);
-			add_case(CASE_PINGPONG, rtt_iters, r, NULL);
+			add_case(CASE_PINGPONG, rtt_iters, r, order[i] == SHMBUS_WAIT_SPIN ? spin_floor : NULL);
 		}
 	}
 	if (g_opt.modes & MODE_THROUGHPUT) {
@@ -1871,7 +1956,7 @@ static int run_case(struct bench_case *c)
 	case CASE_FLOOR_FUTEX:
 		return run_floor(c->res[0], c->iters, warmup_for(c->iters), &floor_futex);
 	case CASE_PINGPONG:
-		return run_shmbus_pingpong(c->res[0], c->iters, warmup_for(c->iters));
+		return run_shmbus_pingpong(c->res[0], c->nres > 1 ? c->res[1] : NULL, c->iters, warmup_for(c->iters));
 	case CASE_THROUGHPUT:
 		return run_throughput(c->res[0], c->iters);
 	case CASE_FLOOR_RING:
