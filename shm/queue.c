@@ -44,13 +44,10 @@ uint32_t queue_push_many(struct queue_view *q_in, uint32_t owner, const uint64_t
 	uint64_t pos = at_load_acquire_u64(&q->ends->tail);
 	for (uint64_t tries = 0; done < n && tries < 4 * q->cap; tries++) {
 		struct seg_cell *c = cell_at(q, pos);
-		uint64_t turn = at_load_acquire_u64(&c->turn);
 		uint64_t p = pos & SEG_TURN_POS_MASK;
-		if (turn == p) {
-			if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p))) {
-				pos = at_load_acquire_u64(&q->ends->tail);
-				continue;
-			}
+		/* the CAS first, as in queue_push_cells: one trip for the line */
+		uint64_t turn = p;
+		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p))) {
 			CRASH_POINT("push_many.marked");
 			at_store_relaxed_u64(&c->desc, descs[done]);
 			marked[done++] = p;
