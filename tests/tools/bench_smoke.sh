@@ -23,6 +23,10 @@ if grep '"bench": "pingpong"' "$out" | grep -v '"rtt_p50_ns": [1-9]' | grep -q .
 	echo "a ping-pong result without a p50:"; cat "$out"; exit 1
 fi
 [ "$(grep -c '"bench": "throughput"' "$out")" -eq 8 ] || { echo "expected 8 throughput results"; cat "$out"; exit 1; }
+# the spin floor, measured above in turns with shmbus spin, and alone
+[ "$(grep -c '"system": "floor-spin"' "$out")" -eq 1 ] || { echo "expected one floor-spin result"; cat "$out"; exit 1; }
+"$bench" floor-spin --json --runs 1 --iters 2000 --warmup 100 | grep -q '^{"system": "floor-spin", .*"rtt_p50_ns": [1-9]' ||
+	{ echo "floor-spin alone: no p50"; exit 1; }
 # the batched shmbus runs (32 B and 1 KiB) say where their time went
 split='"sub_poll_ns": [0-9.]*, "sub_release_ns": [0-9.]*, "sub_idle_percent": [0-9.]*, "pub_ns": [1-9][0-9.]*, "space_waits": [0-9]*}$'
 [ "$(grep '"system": "shmbus", "bench": "throughput"' "$out" | grep -v '"batch": 1,' | grep -c "$split")" -eq 2 ] ||
