@@ -31,6 +31,8 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		return rc;
 	if (!out)
 		return shmbus__fail(EINVAL, "out is NULL");
+	if (opts && (opts->flags & ~SHMBUS_PUB_LOW_LATENCY))
+		return shmbus__fail(EINVAL, "unknown publisher flags 0x%x", opts->flags & ~SHMBUS_PUB_LOW_LATENCY);
 	char source[SHMBUS_STR_MAX + 2];
 	if (opts && opts->source) {
 		size_t n = strnlen(opts->source, SHMBUS_STR_MAX + 1);
@@ -69,6 +71,7 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		pub->index = i;
 		pub->rec = r;
 		pub->timeout_ns = opts ? opts->timeout_ns : 0;
+		pub->low_latency = opts && (opts->flags & SHMBUS_PUB_LOW_LATENCY);
 		memcpy(pub->source, source, sizeof pub->source);
 		pub->source_len = strlen(source);
 		pub->source_hash = seg_str_hash(source, pub->source_len);
@@ -192,6 +195,27 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 	return !(hold[0] | hold[1] | hold[2] | hold[3]);
 }
 
+/*
+ * SHMBUS_PUB_LOW_LATENCY: the first HAND_OFF_MAX bytes of a committed
+ * event, bytes long, go to the shared cache (at_demote). A consumer that
+ * waits for the event takes its descriptor's cell from this core and then
+ * its lines: from this core's cache they cost it another snoop of a
+ * modified line each, from the shared cache a hit. Called after
+ * routing_end, whose fence has drained the event's stores, and never by
+ * batches, whose next events follow at once and pay for every demoted
+ * line (a batched publisher slowed down by half with it). Reads nothing:
+ * the event may be released and its slot reused meanwhile, and demoting
+ * a line of another event is harmless.
+ */
+#define HAND_OFF_MAX 1024u
+static void hand_off_event(const struct seg_event *ev, uint32_t bytes)
+{
+	if (bytes > HAND_OFF_MAX)
+		bytes = HAND_OFF_MAX;
+	for (uint32_t off = 0; off < bytes; off += 64)
+		at_demote((const uint8_t *)ev + off);
+}
+
 /* Only this publisher writes its counters: no locked instruction needed. */
 static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 {
@@ -312,6 +336,8 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold);
 	routing_end(pub, wake, freed);
+	if (pub->low_latency)
+		hand_off_event(ev, head + (uint32_t)msg->payload_len);
 	count_published(pub, 1, msg->payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
@@ -538,13 +564,15 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	if (id)
 		memcpy(id, ev->id, sizeof *id);
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
-	uint32_t payload_len = ev->payload_len; /* once committed, the slot may be reused */
+	uint32_t payload_len = ev->payload_len, size = ev->size; /* once committed, the slot may be reused */
 	routing_begin(pub);
 	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
 	CRASH_POINT("zc.routed");
 	bool freed = commit_routed(bus, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
+	if (pub->low_latency)
+		hand_off_event(ev, size);
 	count_published(pub, 1, payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);

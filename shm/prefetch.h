@@ -1,5 +1,6 @@
 /*
- * prefetch.h - prefetching a line for writing.
+ * prefetch.h - prefetching a line for writing, and handing a written line
+ * to the shared cache.
  *
  * GCC's __builtin_prefetch(p, 1) emits PREFETCHW only when the build
  * targets a CPU with PRFCHW; for the baseline x86-64 of a distribution it
@@ -24,6 +25,23 @@ static inline void at_prefetch_write(const void *p)
 	}
 #endif
 	__builtin_prefetch(p, 1);
+}
+
+/*
+ * Move the line holding p out of this core's private caches into the
+ * shared last-level cache (CLDEMOTE), so that another core's next access
+ * hits there instead of snooping this core for a modified line. A hint:
+ * it never faults and orders nothing, and its encoding is a NOP on
+ * x86-64 processors without CLDEMOTE (hence the bytes, not the mnemonic,
+ * which older assemblers reject). Elsewhere, nothing.
+ */
+static inline void at_demote(const void *p)
+{
+#if defined(__x86_64__)
+	__asm__ __volatile__(".byte 0x0f, 0x1c, 0x00" /* cldemote (%rax) */ : : "a"(p) : "memory");
+#else
+	(void)p;
+#endif
 }
 
 #endif
