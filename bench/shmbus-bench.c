@@ -127,6 +127,7 @@ struct opts {
 	unsigned publishers; /* throughput: publishing processes (the parent and publishers - 1 children) */
 	int cpu_a, cpu_b;
 	double idle_seconds;
+	bool plain_publish; /* --no-low-latency: ping-pong publishers without SHMBUS_PUB_LOW_LATENCY */
 };
 
 static struct opts g_opt = {
@@ -695,10 +696,11 @@ static int peer_subscribe(struct peer *p, const char *label, const char *listen,
 	return r;
 }
 
-static int peer_publisher(struct peer *p, const char *label, const char **what)
+static int peer_publisher(struct peer *p, const char *label, uint32_t flags, const char **what)
 {
 	*what = "shmbus_pub_open";
-	return shmbus_pub_open(p->bus, &(shmbus_pub_opts_t){.source = label, .timeout_ns = WAIT_TIMEOUT_NS}, &p->pub);
+	return shmbus_pub_open(p->bus, &(shmbus_pub_opts_t){.source = label, .timeout_ns = WAIT_TIMEOUT_NS, .flags = flags},
+			       &p->pub);
 }
 
 /* A publishing end only: attached and publishing, or closed again. */
@@ -706,13 +708,15 @@ static int peer_open_publisher(struct peer *p, const char *label, const char **w
 {
 	int r = peer_attach(p, label, what);
 	if (r == 0)
-		r = peer_publisher(p, label, what);
+		r = peer_publisher(p, label, 0, what);
 	if (r < 0)
 		peer_close(p);
 	return r;
 }
 
-/* A conversation end: subscribed to `listen` in mode `wait`, publishing. */
+/* A conversation end: subscribed to `listen` in mode `wait`, publishing
+ * as a latency-minded application does (SHMBUS_PUB_LOW_LATENCY), unless
+ * --no-low-latency. */
 static int peer_open_both(struct peer *p, const char *label, const char *listen, shmbus_wait_t wait,
 			  const char **what)
 {
@@ -720,7 +724,7 @@ static int peer_open_both(struct peer *p, const char *label, const char *listen,
 	if (r == 0)
 		r = peer_subscribe(p, label, listen, wait, what);
 	if (r == 0)
-		r = peer_publisher(p, label, what);
+		r = peer_publisher(p, label, g_opt.plain_publish ? 0 : SHMBUS_PUB_LOW_LATENCY, what);
 	if (r < 0)
 		peer_close(p);
 	return r;
@@ -2167,13 +2171,14 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|dispatch|all]\n"
 		"                    [--payload B] [--batch N] [--publishers N] [--warmup N] [--idle-seconds S]\n"
-		"                    [--cpu-a N --cpu-b N]\n"
+		"                    [--cpu-a N --cpu-b N] [--no-low-latency]\n"
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
 		"      floor-futex, throughput, idle\n"
 		"--iters N sets the round trips of each ping-pong run (default %ld) and the events\n"
 		"of each throughput run (default %ld for small payloads, %ld above 256 B).\n"
 		"--publishers N (1-4): the throughput runs' events come from N processes (the\n"
 		"pinned one and N - 1 the scheduler places), to one subscriber.\n"
+		"Ping-pong publishers use SHMBUS_PUB_LOW_LATENCY; --no-low-latency opens them without.\n"
 		"The durable log: " PROG " record|replay|get [--events N] [--runs N] [--json]\n"
 		"(record: publisher events/s without a recorder and with one at sync none and\n"
 		"batch, per run on a fresh bus, and the medians over --runs).\n",
@@ -2245,6 +2250,10 @@ static void parse_args(int argc, char **argv)
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(a, "--json") == 0) {
 			g_opt.json = true;
+			continue;
+		}
+		if (strcmp(a, "--no-low-latency") == 0) {
+			g_opt.plain_publish = true;
 			continue;
 		}
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
