@@ -128,6 +128,7 @@ struct opts {
 	int cpu_a, cpu_b;
 	double idle_seconds;
 	bool plain_publish; /* --no-low-latency: ping-pong publishers without SHMBUS_PUB_LOW_LATENCY */
+	bool stream_low_latency; /* --low-latency: throughput publishers with it too */
 };
 
 static struct opts g_opt = {
@@ -703,12 +704,13 @@ static int peer_publisher(struct peer *p, const char *label, uint32_t flags, con
 			       &p->pub);
 }
 
-/* A publishing end only: attached and publishing, or closed again. */
+/* A publishing end only: attached and publishing (with
+ * SHMBUS_PUB_LOW_LATENCY only if --low-latency), or closed again. */
 static int peer_open_publisher(struct peer *p, const char *label, const char **what)
 {
 	int r = peer_attach(p, label, what);
 	if (r == 0)
-		r = peer_publisher(p, label, 0, what);
+		r = peer_publisher(p, label, g_opt.stream_low_latency ? SHMBUS_PUB_LOW_LATENCY : 0, what);
 	if (r < 0)
 		peer_close(p);
 	return r;
@@ -783,20 +785,6 @@ static int spin_until(struct session *s, _Atomic uint64_t *word, uint64_t want)
 	return 0;
 }
 
-static int floor_spin_child(struct ctl *ctl, int idx, const void *varg)
-{
-	const struct pp_arg *a = varg;
-	(void)idx;
-	signal_ready(ctl);
-	uint64_t sw0 = sleeps_so_far();
-	for (long i = 1; i <= a->total; i++) {
-		spin_until(NULL, &ctl->spin_ping, (uint64_t)i); /* PDEATHSIG ends us if A dies */
-		atomic_store_explicit(&ctl->spin_pong, (uint64_t)i, memory_order_release);
-	}
-	ctl->out[0].sleeps = sleeps_so_far() - sw0;
-	return 0;
-}
-
 /*
  * The spin floor measured inside a shmbus spin ping-pong: after every
  * floor_block measured shmbus round trips, both processes run floor_block
@@ -813,7 +801,8 @@ static bool floor_block_after(const struct pp_arg *a, long i)
 	return a->floor_block > 0 && measured > 0 && measured % a->floor_block == 0;
 }
 
-/* B's side of one floor block; *n counts the floor round trips so far. */
+/* B's side of the spin floor: answer `block` pings; *n counts the floor
+ * round trips so far. */
 static void floor_answer_block(struct ctl *ctl, long block, long *n)
 {
 	for (long j = 0; j < block; j++) {
@@ -823,17 +812,15 @@ static void floor_answer_block(struct ctl *ctl, long block, long *n)
 	}
 }
 
-/* A's side: block round trips, timed into samples[]. 0, or -1 if B died. */
-static int floor_ping_block(struct session *s, long block, long *n, uint64_t *samples)
+static int floor_spin_child(struct ctl *ctl, int idx, const void *varg)
 {
-	for (long j = 0; j < block; j++) {
-		++*n;
-		uint64_t t0 = ticks();
-		atomic_store_explicit(&s->ctl->spin_ping, (uint64_t)*n, memory_order_release);
-		if (spin_until(s, &s->ctl->spin_pong, (uint64_t)*n) < 0)
-			return -1;
-		samples[j] = ticks() - t0;
-	}
+	const struct pp_arg *a = varg;
+	long n = 0;
+	(void)idx;
+	signal_ready(ctl);
+	uint64_t sw0 = sleeps_so_far();
+	floor_answer_block(ctl, a->total, &n);
+	ctl->out[0].sleeps = sleeps_so_far() - sw0;
 	return 0;
 }
 
@@ -893,6 +880,21 @@ static void spin_ping(struct ctl *ctl, long i)
 static int spin_await_pong(struct session *s, long i)
 {
 	return spin_until(s, &s->ctl->spin_pong, (uint64_t)i);
+}
+
+/* A's side of a floor block inside a shmbus ping-pong: block round trips,
+ * timed into samples[]. 0, or -1 if B died. */
+static int floor_ping_block(struct session *s, long block, long *n, uint64_t *samples)
+{
+	for (long j = 0; j < block; j++) {
+		++*n;
+		uint64_t t0 = ticks();
+		spin_ping(s->ctl, *n);
+		if (spin_await_pong(s, *n) < 0)
+			return -1;
+		samples[j] = ticks() - t0;
+	}
+	return 0;
 }
 
 static void futex_ping(struct ctl *ctl, long i)
@@ -1103,9 +1105,10 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
  * reading the answer's payload. The pong is checked and released outside
  * the timed window. */
 /* ping_loop for --wait dispatch: the round trip ends in our handler. */
-static int ping_dispatch(struct session *s, struct peer *p, const struct pp_arg *a, long warmup, uint64_t *samples,
+static int ping_dispatch(struct session *s, struct peer *p, const struct pp_arg *a, uint64_t *samples,
 			 const uint8_t *buf, uint64_t *sleeps)
 {
+	const long warmup = a->warmup;
 	struct dispatch_end e = {.reply = make_msg("ping", buf, a->payload)};
 	shmbus_dispatcher_t *d;
 	int r = dispatch_open(p, ping_handler, &e, &d);
@@ -1138,11 +1141,12 @@ static int ping_dispatch(struct session *s, struct peer *p, const struct pp_arg 
 
 /* A's loop. With a->floor_block, the floor blocks' samples go to
  * floor_samples (*nfloor of them). */
-static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, long warmup, uint64_t *samples,
+static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, uint64_t *samples,
 		     const uint8_t *buf, uint64_t *sleeps, uint64_t *floor_samples, size_t *nfloor)
 {
 	if (a->wait == WAIT_DISPATCH)
-		return ping_dispatch(s, p, a, warmup, samples, buf, sleeps);
+		return ping_dispatch(s, p, a, samples, buf, sleeps);
+	const long warmup = a->warmup;
 	uint64_t sw0 = sleeps_so_far();
 	const size_t len = a->payload;
 	shmbus_msg_t msg = make_msg("ping", buf, len);
@@ -1229,12 +1233,8 @@ static int run_shmbus_pingpong(struct result *res, struct result *floor, long it
 		ok = false;
 	}
 	ok = ok && session_await_ready(&s, 1) == 0 &&
-	     ping_loop(&s, &p, &a, warmup, samples, buf, &sleeps, floor_samples, &nfloor) == 0;
+	     ping_loop(&s, &p, &a, samples, buf, &sleeps, floor_samples, &nfloor) == 0;
 	peer_close(&p);
-	if (floor && ok && nfloor == 0) {
-		warnx("ping-pong: no floor block ran");
-		ok = false;
-	}
 	if (session_end(&s, ok) == 0) {
 		record_rtt(res, samples, (size_t)iters, sleeps + s.ctl->out[0].sleeps, a.total);
 		if (floor) /* a spinning floor does not sleep */
@@ -2171,14 +2171,15 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|dispatch|all]\n"
 		"                    [--payload B] [--batch N] [--publishers N] [--warmup N] [--idle-seconds S]\n"
-		"                    [--cpu-a N --cpu-b N] [--no-low-latency]\n"
+		"                    [--cpu-a N --cpu-b N] [--no-low-latency] [--low-latency]\n"
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
 		"      floor-futex, throughput, idle\n"
 		"--iters N sets the round trips of each ping-pong run (default %ld) and the events\n"
 		"of each throughput run (default %ld for small payloads, %ld above 256 B).\n"
 		"--publishers N (1-4): the throughput runs' events come from N processes (the\n"
 		"pinned one and N - 1 the scheduler places), to one subscriber.\n"
-		"Ping-pong publishers use SHMBUS_PUB_LOW_LATENCY; --no-low-latency opens them without.\n"
+		"Ping-pong publishers use SHMBUS_PUB_LOW_LATENCY (--no-low-latency: not); throughput\n"
+		"publishers do not (--low-latency: they do too, to see what it costs a stream).\n"
 		"The durable log: " PROG " record|replay|get [--events N] [--runs N] [--json]\n"
 		"(record: publisher events/s without a recorder and with one at sync none and\n"
 		"batch, per run on a fresh bus, and the medians over --runs).\n",
@@ -2254,6 +2255,10 @@ static void parse_args(int argc, char **argv)
 		}
 		if (strcmp(a, "--no-low-latency") == 0) {
 			g_opt.plain_publish = true;
+			continue;
+		}
+		if (strcmp(a, "--low-latency") == 0) {
+			g_opt.stream_low_latency = true;
 			continue;
 		}
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

@@ -210,7 +210,7 @@ typedef struct {
  * have it; a no-op elsewhere). For request/response and other traffic
  * where someone waits for each event: a spin round trip is about a tenth
  * shorter where measured. It costs the publisher a few nanoseconds a line,
- * a stream of single publishes about an eighth of its rate; batches
+ * a stream of single publishes a tenth to a fifth of its rate; batches
  * (shmbus_publish_batch) never do it.
  */
 #define SHMBUS_PUB_LOW_LATENCY 0x1u

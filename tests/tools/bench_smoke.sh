@@ -27,6 +27,11 @@ fi
 [ "$(grep -c '"system": "floor-spin"' "$out")" -eq 1 ] || { echo "expected one floor-spin result"; cat "$out"; exit 1; }
 "$bench" floor-spin --json --runs 1 --iters 2000 --warmup 100 | grep -q '^{"system": "floor-spin", .*"rtt_p50_ns": [1-9]' ||
 	{ echo "floor-spin alone: no p50"; exit 1; }
+# the publisher flag's switches: ping-pong without it, a stream with it
+"$bench" pingpong --wait spin --json --runs 1 --iters 2000 --warmup 100 --no-low-latency |
+	grep -q '^{"system": "shmbus", .*"rtt_p50_ns": [1-9]' || { echo "--no-low-latency: no p50"; exit 1; }
+"$bench" throughput --payload 32 --batch 1 --json --runs 1 --iters 3000 --low-latency |
+	grep -q '^{"system": "shmbus", .*"events_per_s": [1-9]' || { echo "--low-latency: no rate"; exit 1; }
 # the batched shmbus runs (32 B and 1 KiB) say where their time went
 split='"sub_poll_ns": [0-9.]*, "sub_release_ns": [0-9.]*, "sub_idle_percent": [0-9.]*, "pub_ns": [1-9][0-9.]*, "space_waits": [0-9]*}$'
 [ "$(grep '"system": "shmbus", "bench": "throughput"' "$out" | grep -v '"batch": 1,' | grep -c "$split")" -eq 2 ] ||
