@@ -67,7 +67,9 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * consumer spins on it. A load first would fetch it shared and
 		 * the CAS then need a second trip between the cores to own it
 		 * (a spin round trip is about 5 % shorter without). A CAS that
-		 * fails reads the turn all the same. */
+		 * fails reads the turn all the same; it also takes the line,
+		 * which a full queue's consumer then fetches back once per
+		 * push that finds it full (rare: a lag queue a lap behind). */
 		uint64_t turn = p;
 		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p))) {
 			CRASH_POINT("push.marked");

@@ -2498,7 +2498,8 @@ static const char *ll_check(shmbus_sub_t *sub, uint32_t round, uint8_t side)
 	const char *bad = len != ll_sizes[round % 3] ? "wrong payload length"
 			  : len && memcmp(p, want, len) != 0 ? "wrong payload bytes"
 							     : NULL;
-	shmbus_release(sub, ev);
+	if (shmbus_release(sub, ev) < 0 && !bad)
+		bad = "release failed";
 	return bad;
 }
 
