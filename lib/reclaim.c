@@ -339,14 +339,14 @@ void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
 	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++) {
 		struct queue_view q = bus_queue(bus, idx, cls);
 		uint64_t seen[(SEG_TURN_OWNER_MASK + 1) / 64] = {0};
-		uint64_t head = at_load_acquire_u64(&q.ends->head);
-		for (uint64_t i = 0; i < q.cap; i++) {
+		uint64_t head = at_load_acquire_u64(&q.ends->head), turn = 0;
+		for (uint64_t i = 0; i < q.cap; i += seg_turn_run(turn)) {
 			uint64_t p = (head + i) & SEG_TURN_POS_MASK;
-			uint64_t turn = at_load_acquire_u64(&q.cells[seg_cell_index(p, q.cap)].turn);
+			turn = at_load_acquire_u64(&q.cells[seg_cell_index(p, q.cap)].turn);
 			if (turn == p)
 				break; /* see queue_recover_writer */
 			if (!(turn & SEG_TURN_BUSY))
-				continue;
+				continue; /* and past a WRITING word's run */
 			uint32_t o = seg_turn_owner(turn);
 			if (seen[o / 64] >> (o % 64) & 1)
 				continue;

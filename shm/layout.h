@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 5u
+#define SEG_LAYOUT_VERSION 6u
 
 /* seg_header.flags */
 #define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
@@ -678,18 +678,51 @@ static inline const struct seg_queue_ends *seg_sub_ends_const(const struct seg_s
 }
 
 
+/*
+ * Turn words. Positions are 54 bits (SEG_TURN_POS_MASK) in EMPTY and FULL
+ * words. A WRITING word is BUSY | owner o << 54 | (run - 1) << 48 | the
+ * position's low 48 bits: member o took the run of cells from this one (1
+ * to SEG_TURN_RUN_MAX of them) with one CAS of this cell, and nobody else
+ * takes any of them (see queue.h). The position is known from the cell's
+ * place anyway; its low 48 bits tell laps apart (seg_turn_busy_pos).
+ */
 #define SEG_TURN_BUSY (1ull << 63)
 #define SEG_TURN_OWNER_SHIFT 54
 #define SEG_TURN_OWNER_MASK 0xFFull
 #define SEG_TURN_POS_MASK ((1ull << SEG_TURN_OWNER_SHIFT) - 1)
+#define SEG_TURN_RUN_SHIFT 48
+#define SEG_TURN_RUN_MASK 0x3Full
+#define SEG_TURN_RUN_MAX (SEG_TURN_RUN_MASK + 1)
+#define SEG_TURN_BUSY_POS_MASK ((1ull << SEG_TURN_RUN_SHIFT) - 1)
 
-static inline uint64_t seg_turn_busy(uint32_t owner, uint64_t pos)
+/* The WRITING word of member owner for the run of `run` cells (1 to
+ * SEG_TURN_RUN_MAX) from position pos. */
+static inline uint64_t seg_turn_busy(uint32_t owner, uint64_t pos, uint32_t run)
 {
 	return SEG_TURN_BUSY | ((uint64_t)(owner & SEG_TURN_OWNER_MASK) << SEG_TURN_OWNER_SHIFT) |
-	       (pos & SEG_TURN_POS_MASK);
+	       ((uint64_t)((run - 1) & SEG_TURN_RUN_MASK) << SEG_TURN_RUN_SHIFT) | (pos & SEG_TURN_BUSY_POS_MASK);
 }
 static inline uint32_t seg_turn_owner(uint64_t turn) { return (uint32_t)((turn >> SEG_TURN_OWNER_SHIFT) & SEG_TURN_OWNER_MASK); }
+/* The cells a WRITING word's run covers (1 for any other word). */
+static inline uint32_t seg_turn_run(uint64_t turn)
+{
+	return turn & SEG_TURN_BUSY ? (uint32_t)((turn >> SEG_TURN_RUN_SHIFT) & SEG_TURN_RUN_MASK) + 1 : 1;
+}
+/* The position of an EMPTY or FULL word (not of a WRITING one). */
 static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_MASK; }
+/*
+ * How far the position a turn word names lies from position p (positive:
+ * beyond it): for a WRITING word, from its 48 bits, which is exact within
+ * 2^47 positions of p (a queue is far shorter).
+ */
+static inline int64_t seg_turn_distance(uint64_t turn, uint64_t p)
+{
+	if (turn & SEG_TURN_BUSY) {
+		uint64_t d = (turn - p) & SEG_TURN_BUSY_POS_MASK;
+		return (int64_t)(d << (64 - SEG_TURN_RUN_SHIFT)) >> (64 - SEG_TURN_RUN_SHIFT);
+	}
+	return (int64_t)(seg_turn_pos(turn) - p);
+}
 
 /*
  * Descriptor: what a queue cell (and a held entry) carries.

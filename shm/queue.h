@@ -5,7 +5,13 @@
  * Producers follow Vyukov's bounded MPMC queue, except that a producer
  * first marks the cell it fills with its owner index and only then helps
  * the shared tail forward, so a producer that dies half way leaves a cell
- * naming it. Consumers take a run of ready cells at once by moving the
+ * naming it. A producer with many descriptors takes a run of cells with
+ * one CAS of the first (its WRITING word names the run's length; see
+ * FORMAT.md "Runs"): producers take cells in position order only, so the
+ * EMPTY cells after the first stay free until the first is taken, and a
+ * producer that finds the word steps over the whole run. The run's other
+ * cells are made FULL before the first, behind which everybody waits.
+ * Consumers take a run of ready cells at once by moving the
  * shared head with one CAS, read the descriptors, and release the cells
  * afterwards: a consumer writes to cells the producer may be filling only
  * once per run, not once per descriptor. Before moving head a consumer
@@ -40,11 +46,21 @@ void queue_init(struct queue_view *q);
  * -EBADMSG when its words are corrupt (no free cell after a whole lap). */
 int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
 
-/* Move the tail hint one past seen, unless someone moved it already. */
-static inline void queue_help_forward(uint64_t *hint, uint64_t seen)
+/*
+ * A push at position pos (the tail hint it read) failed its CAS and found
+ * turn in the cell. If the cell serves pos or a later position, the hint
+ * is behind: move it past the cell (past the whole run of a WRITING word),
+ * unless someone moved it already, and return true to try again. False:
+ * the cell still serves the previous lap, the queue is full.
+ */
+static inline bool queue_help_forward(uint64_t *hint, uint64_t pos, uint64_t turn)
 {
-	uint64_t expected = seen;
-	(void)at_cas_u64(hint, &expected, seen + 1);
+	int64_t d = seg_turn_distance(turn, pos & SEG_TURN_POS_MASK);
+	if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
+		return false;
+	uint64_t expected = pos;
+	(void)at_cas_u64(hint, &expected, pos + (d == 0 ? seg_turn_run(turn) : 1));
+	return true;
 }
 
 /*
@@ -71,7 +87,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * which a full queue's consumer then fetches back once per
 		 * push that finds it full (rare: a lag queue a lap behind). */
 		uint64_t turn = p;
-		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p))) {
+		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p, 1))) {
 			CRASH_POINT("push.marked");
 			/* tail is a hint: a plain forward store is enough (a racing
 			 * producer that moves it back only costs a later helper a
@@ -86,25 +102,21 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			CRASH_POINT("push.full");
 			return 0;
 		}
-		/* Signed distance of the cell's position from ours. */
-		int64_t d = (int64_t)(seg_turn_pos(turn) - p);
-		if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
+		if (!queue_help_forward(&ends->tail, pos, turn))
 			return -ENOBUFS; /* previous lap not released yet */
-		/* The cell already serves our position or a later one: the tail
-		 * hint is behind. */
-		queue_help_forward(&ends->tail, pos);
 	}
 	return -EBADMSG;
 }
 
 /*
  * queue_push_many - append descs[0..n) in order as member `owner`, n at
- * most QUEUE_PUSH_MAX. The cells are marked one by one, as queue_push
- * does, but none is made FULL before all are written: a consumer then
- * takes the run in one go instead of chasing the producer cell by cell
- * (every shared line would otherwise cross between the cores once per
- * descriptor, not once per four). Returns how many were appended: all,
- * or the prefix that fitted before the queue was full (or corrupt).
+ * most QUEUE_PUSH_MAX: as one run of cells taken with one CAS, or a few if
+ * another producer's run comes between. The first cell is made FULL last,
+ * so a consumer takes the run in one go instead of chasing the producer
+ * cell by cell (every shared line would otherwise cross between the cores
+ * once per descriptor, not once per four). Returns how many were
+ * appended: all, or the prefix that fitted before the queue was full (or
+ * corrupt).
  */
 #define QUEUE_PUSH_MAX 64
 uint32_t queue_push_many(struct queue_view *q, uint32_t owner, const uint64_t *descs, uint32_t n);

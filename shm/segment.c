@@ -95,7 +95,7 @@ uint64_t seg_layout_hash(void)
 	int n = snprintf(desc, sizeof desc,
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
-			 "ctl=%d/%d turn=%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d "
+			 "ctl=%d/%d turn=%d/%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d "
 			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx redeliver=%zu/%u/%d",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
@@ -103,7 +103,7 @@ uint64_t seg_layout_hash(void)
 			 sizeof(struct seg_sub), offsetof(struct seg_sub, ends), offsetof(struct seg_sub, filter),
 			 offsetof(struct seg_sub, consumers), sizeof(struct seg_consumer), SEG_HELD_MAX,
 			 sizeof(struct seg_cell), sizeof(struct seg_event), SEG_EVENT_FORMAT, SEG_CTL_STATE_SHIFT,
-			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_HOLDER_WORDS, sizeof(struct seg_slot_ctl), offsetof(struct seg_sub, missed_taken),
+			 SEG_CTL_LAP_SHIFT, SEG_TURN_OWNER_SHIFT, SEG_TURN_RUN_SHIFT, SEG_HOLDER_WORDS, sizeof(struct seg_slot_ctl), offsetof(struct seg_sub, missed_taken),
 			 offsetof(struct seg_header, locked_take), offsetof(struct seg_consumer, take),
 			 offsetof(struct seg_pub, drain), __builtin_ctzll(SEG_DESC_REVOKED),
 			 offsetof(struct seg_header, log_next), offsetof(struct seg_header, log_dir),

@@ -131,7 +131,7 @@ static const char *const single_points[] = {
 };
 static const char *const batch_points[] = {
 	"routing.begun", "claim.intent", "claim.cas", "claim.head_marked", "claim.marked", "batch.written",
-	"push_many.marked", "push_many.desc", "push_many.full", "route.sub_run_pushed", "batch.routed",
+	"push_many.marked", "push_many.rest", "push_many.full", "route.sub_run_pushed", "batch.routed",
 	"commit.holders", "commit.committed", "commit.byte", "end.before_fence", "end.woken", NULL,
 };
 static const char *const zero_copy_points[] = {

@@ -1293,7 +1293,7 @@ Test(unit, queue_push_many_steps_over_a_dead_writers_cell)
 	test_queue_init(&t);
 	uint64_t in[3] = {7, 8, 9}, out[8];
 	/* member 5 marked cell 0 and died before moving tail or writing */
-	t.cells[0].turn = seg_turn_busy(5, 0);
+	t.cells[0].turn = seg_turn_busy(5, 0, 1);
 	cr_assert_eq(queue_push_many(&t.q, 1, in, 3), 3);
 	cr_expect_eq(test_queue_drain(&t, out, 8), 0, "the dead writer's cell blocks the head");
 	cr_assert_eq(queue_recover_writer(&t.q, 5, SEG_DESC_TOMBSTONE), 1);
@@ -1302,6 +1302,68 @@ Test(unit, queue_push_many_steps_over_a_dead_writers_cell)
 	cr_expect_eq(out[1], 7);
 	cr_expect_eq(out[2], 8);
 	cr_expect_eq(out[3], 9);
+}
+
+/* A push of many takes its run of cells with one WRITING word in the
+ * first: until that cell is FULL nobody looks past it, and a later push
+ * (one or many) that finds it steps over the whole run. */
+Test(unit, queue_push_many_takes_a_run_that_later_pushes_step_over)
+{
+	struct test_queue t;
+	test_queue_init(&t);
+	uint64_t in[4] = {11, 12, 13, 14}, out[8];
+	cr_assert_eq(queue_push_many(&t.q, 1, in, 3), 3);
+	cr_expect_eq(t.ends.tail, 3, "the tail hint moves past the run at once");
+	for (unsigned i = 0; i < 3; i++)
+		cr_expect_eq(t.cells[i].turn, i + 1, "cell %u FULL", i);
+	/* member 5 took cells 3..6 as a run and died having made only cell 5
+	 * FULL; a push that starts from a stale tail hint lands past it */
+	t.cells[3].turn = seg_turn_busy(5, 3, 4);
+	at_store_relaxed_u64(&t.cells[5].desc, 99);
+	t.cells[5].turn = 6;
+	t.ends.tail = 3;
+	cr_assert_eq(queue_push(&t.q, 1, in[3]), 0);
+	cr_expect_eq(t.cells[7].desc, 14, "the push stepped over the four cells of the run");
+	cr_expect_eq(t.cells[4].turn, 4, "a cell inside the run stays untouched");
+	cr_expect_eq(test_queue_drain(&t, out, 8), 3, "the run's first cell blocks the head");
+	cr_assert_eq(queue_recover_writer(&t.q, 5, SEG_DESC_TOMBSTONE), 3, "the first and the two cells never FULL");
+	cr_assert_eq(test_queue_drain(&t, out, 8), 5);
+	uint64_t want[5] = {SEG_DESC_TOMBSTONE, SEG_DESC_TOMBSTONE, 99, SEG_DESC_TOMBSTONE, 14};
+	for (unsigned i = 0; i < 5; i++)
+		cr_expect_eq(out[i], want[i], "cell %u: %llx", i + 3, (unsigned long long)out[i]);
+}
+
+/* A survivor looking for a dead writer's cells steps over a live run's
+ * cells that are not FULL yet instead of stopping there, and leaves the
+ * live run alone. */
+Test(unit, queue_recover_writer_steps_over_a_live_run)
+{
+	struct test_queue t;
+	test_queue_init(&t);
+	t.cells[0].turn = seg_turn_busy(1, 0, 3); /* live member 1: cells 0..2 */
+	t.cells[3].turn = seg_turn_busy(5, 3, 1); /* dead member 5 */
+	t.ends.tail = 4;
+	cr_assert_eq(queue_recover_writer(&t.q, 5, SEG_DESC_TOMBSTONE), 1);
+	cr_expect_eq(t.cells[3].turn, 4, "the dead writer's cell is FULL");
+	cr_expect_eq(t.cells[3].desc, SEG_DESC_TOMBSTONE);
+	cr_expect_eq(t.cells[0].turn, seg_turn_busy(1, 0, 3), "the live run is untouched");
+	cr_expect_eq(t.cells[1].turn, 1);
+	cr_expect_eq(t.cells[2].turn, 2);
+}
+
+/* A WRITING word keeps the low 48 bits of its position: the distance to
+ * a position of another lap comes out signed and exact. */
+Test(unit, turn_distance_of_writing_words)
+{
+	uint64_t p = (1ull << 50) + 5;
+	cr_expect_eq(seg_turn_distance(seg_turn_busy(7, p, 64), p), 0);
+	cr_expect_eq(seg_turn_distance(seg_turn_busy(7, p + 1024, 1), p), 1024);
+	cr_expect_eq(seg_turn_distance(seg_turn_busy(7, p - 1024, 1), p), -1024);
+	cr_expect_eq(seg_turn_distance(p - 1024 + 1, p), -1023, "a FULL word of the lap before");
+	cr_expect_eq(seg_turn_run(seg_turn_busy(7, p, 64)), 64);
+	cr_expect_eq(seg_turn_run(seg_turn_busy(7, p, 1)), 1);
+	cr_expect_eq(seg_turn_run(p + 1), 1, "a FULL word covers its own cell");
+	cr_expect_eq(seg_turn_owner(seg_turn_busy(200, p, 33)), 200);
 }
 
 /* ------------------------------------------- a dead writer's queue cells */
@@ -1319,7 +1381,7 @@ static int die_inside_push(void *arg)
 	uint64_t pos = at_load_acquire_u64(&q.ends->tail);
 	struct seg_cell *c = &q.cells[seg_cell_index(pos, q.cap)];
 	uint64_t turn = pos;
-	if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(bus->member, pos)))
+	if (!at_cas_u64(&c->turn, &turn, seg_turn_busy(bus->member, pos, 1)))
 		return 2;
 	at_store_relaxed_u64(&q.ends->tail, pos + 1);
 	_exit(0); /* no detach: the member dies with the cell half pushed */
