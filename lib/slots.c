@@ -153,6 +153,11 @@ static enum range_state range_state(shmbus_pub_t *pub, uint64_t pos, uint32_t n,
 	if (pub->ok_to >= need)
 		return RANGE_FREE;
 	uint64_t end = need + VERIFY_AHEAD, p = pub->ok_to;
+	/* The slots' control lines, for writing: the claim's commit writes
+	 * each, and read first they would come shared from the consumer that
+	 * released them, to be fetched a second time for the commit. */
+	for (uint64_t q = p; q < end; q++)
+		at_prefetch_write(bus_slot_ctl(bus, q));
 	while ((p = reusable_until(bus, p, end)) < end) {
 		bool taken = false;
 		bool busy = slot_busy(bus, p, &taken);
