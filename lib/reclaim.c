@@ -741,6 +741,11 @@ static bool queue_holds(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
 		uint64_t head = at_load_acquire_u64(&q.ends->head), tail = at_load_acquire_u64(&q.ends->tail);
 		for (uint64_t p = head; p < tail && p - head < q.cap; p++) {
 			const struct seg_cell *c = &q.cells[seg_cell_index(p, q.cap)];
+			/* FULL only: a cell being written (a run's cells after its
+			 * first, all the while the run is) still holds the descriptor
+			 * of the lap before */
+			if (at_load_acquire_u64((uint64_t *)&c->turn) != (p & SEG_TURN_POS_MASK) + 1)
+				continue;
 			if ((at_load_acquire_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK) == seq)
 				return true;
 		}

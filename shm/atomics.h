@@ -30,7 +30,9 @@ static inline void at_store_relaxed_u64(uint64_t *p, uint64_t v) { __atomic_stor
 static inline void at_store_relaxed_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
 /* Compare-and-swap, acq_rel on success, acquire on failure (*expected is
- * refreshed with the current value). Strong: no spurious failure. */
+ * refreshed with the current value). Strong: no spurious failure. The
+ * acquire on failure is load-bearing: a queue producer whose CAS finds a
+ * run's first cell FULL must see the run's other cells FULL too (queue.h). */
 static inline int at_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired)
 {
 	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);

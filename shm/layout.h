@@ -436,7 +436,9 @@ _Static_assert(sizeof(struct seg_filter) == 2048, "seg_filter size");
  * turn encodes who may touch the cell next, for queue position p at index
  * p & (Q-1):
  *   p                  EMPTY: a producer at position p may take it
- *   BUSY|o|p           a producer (member o) is writing the descriptor
+ *   BUSY|o|r-1|p       a producer (member o) took the run of r cells from
+ *                      this one and is writing their descriptors (p: the
+ *                      position's low 48 bits; see the turn words below)
  *   p + 1              FULL: a consumer may take it by moving head past p
  *   p + Q              released by the consumer that took it: EMPTY for
  *                      position p + Q
@@ -684,7 +686,7 @@ static inline const struct seg_queue_ends *seg_sub_ends_const(const struct seg_s
  * position's low 48 bits: member o took the run of cells from this one (1
  * to SEG_TURN_RUN_MAX of them) with one CAS of this cell, and nobody else
  * takes any of them (see queue.h). The position is known from the cell's
- * place anyway; its low 48 bits tell laps apart (seg_turn_busy_pos).
+ * place anyway; its low 48 bits tell laps apart (seg_turn_distance).
  */
 #define SEG_TURN_BUSY (1ull << 63)
 #define SEG_TURN_OWNER_SHIFT 54

@@ -2,7 +2,9 @@
  * queue.c - the descriptor queue (see queue.h for the protocol).
  *
  * For a cell serving position p the turn word moves
- *   p -> WRITING(o,p) -> p+1 -> (head moves past p) -> p+cap
+ *   p -> WRITING(o,p,r) -> p+1 -> (head moves past p) -> p+cap
+ * where WRITING is the first cell of a run of r (the run's other cells go
+ * p -> p+1 behind it, see queue.h).
  * Producers only start from "p"; consumers only take a run of "p+1" cells
  * starting at head. Any other value tells a producer that its tail hint is
  * stale (help it forward) or that the queue is full.
@@ -64,12 +66,12 @@ static uint32_t push_run(const struct queue_view *q, uint32_t owner, const uint6
 		for (uint32_t i = 1; i < run; i++) {
 			struct seg_cell *c = cell_at(q, p + i);
 			at_store_relaxed_u64(&c->desc, descs[i]);
-			at_store_release_u64(&c->turn, (p + i + 1) & SEG_TURN_POS_MASK);
+			at_store_release_u64(&c->turn, ((p + i) & SEG_TURN_POS_MASK) + 1);
 			CRASH_POINT("push_many.rest");
 		}
 		struct seg_cell *c = cell_at(q, p);
 		at_store_relaxed_u64(&c->desc, descs[0]);
-		at_store_release_u64(&c->turn, (p + 1) & SEG_TURN_POS_MASK);
+		at_store_release_u64(&c->turn, p + 1);
 		CRASH_POINT("push_many.full");
 		return run;
 	}
@@ -217,11 +219,11 @@ int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombston
 			if (at_load_acquire_u64(&ci->turn) != pi)
 				continue; /* made FULL by its producer */
 			at_store_relaxed_u64(&ci->desc, tombstone);
-			at_store_release_u64(&ci->turn, (pi + 1) & SEG_TURN_POS_MASK);
+			at_store_release_u64(&ci->turn, pi + 1);
 			fixed++;
 		}
 		at_store_relaxed_u64(&c->desc, tombstone);
-		at_store_release_u64(&c->turn, (first + 1) & SEG_TURN_POS_MASK);
+		at_store_release_u64(&c->turn, first + 1);
 		fixed++;
 	}
 	return fixed;

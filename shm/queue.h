@@ -51,7 +51,10 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
  * turn in the cell. If the cell serves pos or a later position, the hint
  * is behind: move it past the cell (past the whole run of a WRITING word),
  * unless someone moved it already, and return true to try again. False:
- * the cell still serves the previous lap, the queue is full.
+ * the cell still serves the previous lap, the queue is full. The failed
+ * CAS that read turn was an acquire: having seen a run's first cell FULL,
+ * whoever follows the hint into the run sees its other cells FULL too,
+ * and cannot take one of them.
  */
 static inline bool queue_help_forward(uint64_t *hint, uint64_t pos, uint64_t turn)
 {
