@@ -136,6 +136,22 @@ struct route_ctx {
 	struct pattern_cache *cache[SEG_MAX_SUBSCRIBERS];
 };
 
+/*
+ * What the last single event a publisher routed matched (route_event): a
+ * filter reads only these fields of an event (a pattern reads the name,
+ * which its hash stands for, as the pattern cache has it), and every
+ * change to what a walk reads (masks, pause, filters, removal) bumps the
+ * header's route_epoch. So while the epoch and the fields stay, an event
+ * matches what the last one did, and the filter walk is skipped.
+ */
+struct route_memo {
+	bool valid;
+	uint8_t type, priority;
+	uint64_t epoch; /* read before the walk that filled match */
+	uint64_t name_hash, source_hash, target_hash;
+	uint64_t match[SEG_MASK_WORDS];
+};
+
 struct shmbus_pub {
 	shmbus_bus_t *bus;
 	uint32_t index;
@@ -146,6 +162,7 @@ struct shmbus_pub {
 	uint64_t source_hash;
 	size_t source_len;
 	struct route_ctx route;
+	struct route_memo memo; /* route_event */
 	uint64_t ok_from, ok_to; /* positions seen reusable (slots.c) */
 	/* Claim lease (slots.c): [lease_next, lease_end) are LEASED to this
 	 * publisher for its next single-slot events; the next lease is

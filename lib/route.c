@@ -295,7 +295,7 @@ static bool push_class(shmbus_pub_t *pub, struct route_item *items, size_t n, ui
 
 struct push_one {
 	shmbus_bus_t *bus;
-	uint64_t seq, *hold, *wake;
+	uint64_t seq, *hold, *wake, *match;
 	unsigned cls, matched;
 };
 
@@ -312,6 +312,7 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 	struct push_one *p = ctx;
 	shmbus_bus_t *bus = p->bus;
 	p->matched++;
+	p->match[w] |= bit;
 	struct queue_view q = bus_class_queue(bus, idx, p->cls);
 	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
@@ -322,10 +323,36 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 	CRASH_POINT("route.sub_pushed");
 }
 
+static bool memo_holds(const struct route_memo *m, uint64_t epoch, const struct seg_event *ev)
+{
+	return m->valid && m->epoch == epoch && m->type == ev->type && m->priority == ev->priority &&
+	       m->name_hash == ev->name_hash && m->source_hash == ev->source_hash && m->target_hash == ev->target_hash;
+}
+
 unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq, uint64_t *hold, uint64_t *wake)
 {
-	struct push_one p = {.bus = pub->bus, .seq = seq, .hold = hold, .wake = wake, .cls = event_class(ev)};
+	shmbus_bus_t *bus = pub->bus;
+	struct route_memo *m = &pub->memo;
+	uint64_t match[SEG_MASK_WORDS] = {0};
+	struct push_one p = {.bus = bus, .seq = seq, .hold = hold, .wake = wake, .match = match, .cls = event_class(ev)};
+	/* Read inside the routing pass (after routing_begin's fence), as the
+	 * walk reads the masks: a change that bumps it later waits for this
+	 * pass before it takes effect (sub_wait_routing_grace), as it would
+	 * for a walk. */
+	uint64_t epoch = at_load_acquire_u64(&bus->hdr->route_epoch);
+	if (memo_holds(m, epoch, ev)) {
+		/* what the walk would find: push in the walk's order */
+		unsigned words = (bus->max_subs + 63) / 64; /* no bit beyond */
+		for (unsigned w = 0; w < words; w++)
+			for (uint64_t b = m->match[w]; b; b &= b - 1)
+				push_match(&p, w * 64 + (unsigned)__builtin_ctzll(b), w, b & -b);
+		return p.matched;
+	}
 	walk_matches(pub, ev, push_match, &p);
+	*m = (struct route_memo){.valid = true, .type = ev->type, .priority = ev->priority, .epoch = epoch,
+				 .name_hash = ev->name_hash, .source_hash = ev->source_hash,
+				 .target_hash = ev->target_hash};
+	memcpy(m->match, match, sizeof m->match);
 	return p.matched;
 }
 

@@ -2578,3 +2578,126 @@ Test(pubsub, low_latency_publishers_answer_each_other_across_processes)
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 }
+
+/* ------------------------------------------------ routing a repeated event */
+
+/* What another process does to the subscriptions between two publishes of
+ * one message by one publisher (the case a publisher's memo of what its
+ * last event matched serves). */
+enum memo_change { MEMO_PAUSE, MEMO_RESUME, MEMO_DURABLE, MEMO_REFILTER, MEMO_UNSUBSCRIBE };
+struct memo_op {
+	enum memo_change change;
+	shmbus_sub_id_t id;
+};
+
+static int memo_change_child(void *arg)
+{
+	const struct memo_op *op = arg;
+	shmbus_bus_t *bus = NULL;
+	shmbus_sub_t *d = NULL;
+	shmbus_filter_t *f = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	const char *name = op->change == MEMO_REFILTER ? "memo.other" : "memo";
+	switch (op->change) {
+	case MEMO_PAUSE:
+		rc = shmbus_pause(bus, op->id);
+		break;
+	case MEMO_RESUME:
+		rc = shmbus_resume(bus, op->id);
+		break;
+	case MEMO_DURABLE:
+	case MEMO_REFILTER: /* attaching with a filter replaces the stored one */
+		if ((rc = shmbus_filter_names(&name, 1, &f)) < 0)
+			break;
+		rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "memo-d", .durable = true, .filter = f},
+				      &d);
+		shmbus_filter_free(f);
+		shmbus_sub_close(d);
+		break;
+	case MEMO_UNSUBSCRIBE:
+		rc = shmbus_unsubscribe_id(bus, op->id);
+		break;
+	}
+	shmbus_close(bus);
+	return rc < 0 ? CHILD_FAIL("change %d: %d (%s)", (int)op->change, rc, shmbus_errmsg()) : 0;
+}
+
+static void memo_change(enum memo_change change, shmbus_sub_id_t id)
+{
+	struct memo_op op = {.change = change, .id = id};
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(memo_change_child, &op), 10000, &st), 0, "change %d hung", (int)change);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "change %d: child %s", (int)change, tc_status_str(st));
+}
+
+/* The durable subscription's events, by attaching to it (its stored filter
+ * kept) and draining: their payloads' sum. */
+static int memo_durable_take(shmbus_bus_t *bus, shmbus_sub_id_t *id, uint32_t *sum)
+{
+	shmbus_sub_t *d = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "memo-d", .durable = true}, &d), 0,
+		     "%s", shmbus_errmsg());
+	if (id)
+		*id = shmbus_sub_id(d);
+	const shmbus_event_t *ev;
+	int n = 0;
+	*sum = 0;
+	while (shmbus_poll(d, &ev) == 1) {
+		*sum += tc_payload_u32(ev);
+		shmbus_release(d, ev);
+		n++;
+	}
+	shmbus_sub_close(d);
+	return n;
+}
+
+/* One publisher publishes one message over and over while another process
+ * pauses, resumes, adds, re-filters and removes subscriptions between the
+ * publishes: each event goes exactly where the subscriptions say at the
+ * time, never where the previous identical event went. */
+Test(pubsub, a_repeated_event_follows_subscription_changes_of_another_process)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	const char *name = "memo";
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_names(&name, 1, &f), 0);
+	shmbus_sub_t *s = tc_sub(bus, f);
+	uint32_t sum = 0;
+	shmbus_sub_id_t d_id = 0;
+
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 1), 0);
+	cr_assert_eq(tc_drain(s, NULL, NULL), 1);
+
+	memo_change(MEMO_PAUSE, shmbus_sub_id(s));
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 2), 0);
+	expect_empty(s, "paused by another process");
+
+	memo_change(MEMO_RESUME, shmbus_sub_id(s));
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 3), 0);
+	cr_assert_eq(tc_drain(s, NULL, NULL), 1, "resumed by another process");
+
+	memo_change(MEMO_DURABLE, 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 4), 0);
+	cr_assert_eq(tc_drain(s, NULL, NULL), 1);
+	cr_assert_eq(memo_durable_take(bus, &d_id, &sum), 1, "a subscription added by another process");
+	cr_assert_eq(sum, 4);
+
+	memo_change(MEMO_REFILTER, 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 5), 0);
+	cr_assert_eq(tc_drain(s, NULL, NULL), 1);
+	cr_assert_eq(memo_durable_take(bus, NULL, &sum), 0, "re-filtered away by another process, got %u", sum);
+
+	memo_change(MEMO_UNSUBSCRIBE, d_id);
+	cr_assert_eq(shmbus_list_subscriptions(bus, "memo-d", NULL, 0), 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 6), 0);
+	cr_assert_eq(tc_drain(s, NULL, NULL), 1);
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, NULL, 0), 1, "only the plain subscription is left");
+
+	shmbus_pub_close(pub);
+	shmbus_sub_close(s);
+	shmbus_close(bus);
+}
