@@ -142,6 +142,14 @@ void queue_take_noted(struct seg_take_intent *intent);
 /* Release the n cells from first (taken by queue_take) and clear intent. */
 void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n);
 
+/* Whether the cell at head is FULL: a take would find something (a hint,
+ * which costs two loads; queue_take decides). */
+static inline bool queue_ready(const struct queue_view *q)
+{
+	uint64_t p = at_load_acquire_u64(&q->ends->head) & SEG_TURN_POS_MASK;
+	return at_load_acquire_u64(&q->cells[seg_cell_index(p, q->cap)].turn) == p + 1;
+}
+
 /* Descriptors queued and not yet taken (a snapshot). */
 uint64_t queue_depth(const struct queue_view *q);
 /* The sequence of the first descriptor from the head that is not a
