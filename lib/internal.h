@@ -134,15 +134,18 @@ struct pattern_cache {
 
 struct route_ctx {
 	struct pattern_cache *cache[SEG_MAX_SUBSCRIBERS];
+	bool unsure; /* a pattern went unevaluated (no memory): its false is not its answer */
 };
 
 /*
  * What the last single event a publisher routed matched (route_event): a
  * filter reads only these fields of an event (a pattern reads the name,
  * which its hash stands for, as the pattern cache has it), and every
- * change to what a walk reads (masks, pause, filters, removal) bumps the
- * header's route_epoch. So while the epoch and the fields stay, an event
- * matches what the last one did, and the filter walk is skipped.
+ * change to what a walk reads (masks, pause, filters, removal) happens
+ * while the header's route_epoch is odd, between two increments
+ * (sub_route_change_begin). So while the epoch (even) and the fields
+ * stay, an event matches what the last one did, and the filter walk is
+ * skipped.
  */
 struct route_memo {
 	bool valid;
@@ -325,6 +328,9 @@ bool slot_held_by(const shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
 
 /* subscribe.c: membership of the routing masks. */
 void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active);
+/* Bracket a change to what routing reads (see subscribe.c). */
+void sub_route_change_begin(shmbus_bus_t *bus);
+void sub_route_change_end(shmbus_bus_t *bus);
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx);
 /* Our consumer entry, left DETACHED by a removal that ran while we were
  * taking a run: once that run is dropped (no take intent), it is free. */

@@ -77,8 +77,10 @@ static struct pattern_cache *pattern_cache_get(struct eval *e)
 
 static bool pattern_match(struct eval *e, unsigned node, uint32_t text_off)
 {
-	if (!e->pc && !(e->pc = pattern_cache_get(e)))
+	if (!e->pc && !(e->pc = pattern_cache_get(e))) {
+		e->ctx->unsure = true;
 		return false;
+	}
 	struct pattern_cache *pc = e->pc;
 	unsigned slot = (unsigned)(e->ev->name_hash % PATTERN_MEMO);
 	uint32_t bit = 1u << node;
@@ -348,8 +350,12 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 				push_match(&p, w * 64 + (unsigned)__builtin_ctzll(b), w, b & -b);
 		return p.matched;
 	}
+	pub->route.unsure = false;
 	walk_matches(pub, ev, push_match, &p);
-	*m = (struct route_memo){.valid = true, .type = ev->type, .priority = ev->priority, .epoch = epoch,
+	/* Not remembered under an odd epoch (a change is under way, or its
+	 * maker died in it: what the walk saw may be half of it), nor when a
+	 * pattern could not be evaluated this time. */
+	*m = (struct route_memo){.valid = !(epoch & 1) && !pub->route.unsure, .type = ev->type, .priority = ev->priority, .epoch = epoch,
 				 .name_hash = ev->name_hash, .source_hash = ev->source_hash,
 				 .target_hash = ev->target_hash};
 	memcpy(m->match, match, sizeof m->match);

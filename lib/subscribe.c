@@ -39,7 +39,27 @@ void sub_mask_set(shmbus_bus_t *bus, uint32_t idx, bool active)
 		at_fetch_or_u64(&h->active_mask[idx / 64], bit);
 	else
 		at_fetch_and_u64(&h->active_mask[idx / 64], ~bit);
-	at_fetch_add_u64(&h->route_epoch, 1);
+}
+
+/*
+ * route_epoch brackets every change to what a filter walk reads (masks,
+ * a subscription's pause flag, state and filter): odd from before the
+ * change's first store to after its last, even otherwise. A publisher
+ * trusts its memo of the last match (route_event) only under the even
+ * epoch it read before the walk that made it, so the memo never outlives
+ * a change, not even one whose maker died half way: the epoch then stays
+ * odd, publishers walk every event, and the next holder of the table
+ * lock makes it even again (sub_lock_recover). The caller holds the
+ * table lock, so changes do not overlap.
+ */
+void sub_route_change_begin(shmbus_bus_t *bus)
+{
+	at_fetch_add_u64(&bus->hdr->route_epoch, 1);
+}
+
+void sub_route_change_end(shmbus_bus_t *bus)
+{
+	at_fetch_add_u64(&bus->hdr->route_epoch, 1);
 }
 
 /* Wait until no publisher can still be routing with masks read before now:
@@ -111,6 +131,10 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
  * drain (its take intent) and a subscription being created or removed. */
 void sub_lock_recover(shmbus_bus_t *bus)
 {
+	/* a routing change whose maker died: what it changed stands, and the
+	 * memos made before it must not (see sub_route_change_begin) */
+	if (at_load_acquire_u64(&bus->hdr->route_epoch) & 1)
+		sub_route_change_end(bus);
 	reclaim_locked_revoke(bus);
 	reclaim_locked_take(bus);
 	for (uint32_t i = 0; i < bus->max_subs; i++)
@@ -206,8 +230,10 @@ void sub_consumer_forget(shmbus_sub_t *sub)
 void sub_remove_locked(shmbus_bus_t *bus, uint32_t idx)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
+	sub_route_change_begin(bus);
 	sub_mask_set(bus, idx, false);
 	mask_types(bus, idx, 0, false);
+	sub_route_change_end(bus);
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fence_seq_cst();
 	sub_wait_routing_grace(bus);
@@ -293,16 +319,18 @@ static void install_filter(shmbus_bus_t *bus, uint32_t idx, const struct seg_fil
 {
 	struct seg_sub *s = bus_sub(bus, idx);
 	if (replacing) {
+		sub_route_change_begin(bus);
 		sub_mask_set(bus, idx, false);
 		mask_types(bus, idx, 0, false);
+		sub_route_change_end(bus);
 		sub_wait_routing_grace(bus);
 	}
+	sub_route_change_begin(bus);
 	memcpy(&s->filter, f, sizeof *f);
 	mask_types(bus, idx, f->type_union, true);
 	if (!(at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED))
 		sub_mask_set(bus, idx, true);
-	else
-		at_fetch_add_u64(&bus->hdr->route_epoch, 1);
+	sub_route_change_end(bus);
 }
 
 struct sub_request {
@@ -557,11 +585,14 @@ static int set_paused(shmbus_bus_t *bus, shmbus_sub_id_t id, bool paused)
 	struct seg_sub *s;
 	if ((rc = lookup_id(bus, id, &s)) == 0) {
 		uint32_t idx = (uint32_t)(id & 0xFFFF);
+		sub_route_change_begin(bus);
 		if (paused)
 			at_fetch_or_u32(&s->flags, SEG_SUB_PAUSED);
 		else
 			at_fetch_and_u32(&s->flags, ~SEG_SUB_PAUSED);
+		CRASH_POINT("pause.flagged");
 		sub_mask_set(bus, idx, !paused);
+		sub_route_change_end(bus);
 	}
 	bus_unlock_subs(bus);
 	return rc;

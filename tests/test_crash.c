@@ -2010,3 +2010,48 @@ Test(crash, a_consumer_that_dies_on_redelivered_events_keeps_them_ahead_of_the_r
 	cr_expect_eq(dups, 0);
 	rd_close(&r);
 }
+
+/* ---------------------------------------------- a routing change cut short */
+
+static int pause_and_die(void *arg)
+{
+	const shmbus_sub_id_t *id = arg;
+	setenv("SHMBUS_CRASH_AT", "pause.flagged:1", 1);
+	shmbus_bus_t *bus = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open");
+	shmbus_pause(bus, *id); /* dies inside, the table lock held */
+	return CHILD_FAIL("survived its crash point");
+}
+
+/* A process killed while it pauses a subscription (the flag set, the
+ * routing change not finished) leaves the subscription paused: a publisher
+ * that remembered where its last identical event went must walk the
+ * filters again, not deliver there. The next holder of the table lock
+ * finishes the change, and a resume brings the events back. */
+Test(crash, a_pause_cut_short_leaves_no_publisher_delivering_from_memory)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_sub_id_t id = shmbus_sub_id(sub);
+	for (uint32_t i = 0; i < 2; i++) /* the second from memory */
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, i), 0);
+	cr_assert_eq(tc_drain(sub, NULL, NULL), 2);
+
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(pause_and_die, &id), 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "pauser %s", tc_status_str(st));
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 2), 0);
+	const shmbus_event_t *ev = NULL;
+	int rc = shmbus_poll(sub, &ev);
+	cr_assert_eq(rc, 0, "delivered to a subscription paused by a process that died pausing it (%d)", rc);
+
+	cr_assert_eq(shmbus_resume(bus, id), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 3), 0);
+	cr_assert_eq(tc_drain(sub, NULL, NULL), 1, "resumed");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
