@@ -810,7 +810,7 @@ static void scan_queue(shmbus_inspect_t *in, const struct seg_sub *s, const shmb
 			in->refs_unsure = true;
 			continue;
 		}
-		if (c->turn != p + 1 || (c->desc & SEG_DESC_TOMBSTONE))
+		if (c->turn != seg_turn_full(p) || (c->desc & SEG_DESC_TOMBSTONE))
 			continue;
 		if (reported >= 4) {
 			in->refs_unsure = true; /* the count below would be partial */

@@ -341,9 +341,9 @@ void reclaim_dead_writers(shmbus_bus_t *bus, uint32_t idx)
 		uint64_t seen[(SEG_TURN_OWNER_MASK + 1) / 64] = {0};
 		uint64_t head = at_load_acquire_u64(&q.ends->head), turn = 0;
 		for (uint64_t i = 0; i < q.cap; i += seg_turn_run(turn)) {
-			uint64_t p = (head + i) & SEG_TURN_POS_MASK;
+			uint64_t p = head + i;
 			turn = at_load_acquire_u64(&q.cells[seg_cell_index(p, q.cap)].turn);
-			if (turn == p)
+			if (turn == seg_turn_empty(p))
 				break; /* see queue_recover_writer */
 			if (!(turn & SEG_TURN_BUSY))
 				continue; /* and past a WRITING word's run */
@@ -596,7 +596,7 @@ static void tombstone_aborted(shmbus_bus_t *bus, uint32_t idx)
 		for (uint64_t p = head; p - head < q.cap; p++) {
 			struct seg_cell *c = &q.cells[seg_cell_index(p, q.cap)];
 			uint64_t turn = at_load_acquire_u64(&c->turn);
-			if (turn != ((p + 1) & SEG_TURN_POS_MASK)) {
+			if (turn != seg_turn_full(p)) {
 				if (p >= tail && p >= (tail = at_load_acquire_u64(&q.ends->tail)))
 					break; /* the end of what is queued (tail is only a hint) */
 				continue;
@@ -744,7 +744,7 @@ static bool queue_holds(shmbus_bus_t *bus, uint32_t idx, uint64_t seq)
 			/* FULL only: a cell being written (a run's cells after its
 			 * first, all the while the run is) still holds the descriptor
 			 * of the lap before */
-			if (at_load_acquire_u64((uint64_t *)&c->turn) != (p & SEG_TURN_POS_MASK) + 1)
+			if (at_load_acquire_u64((uint64_t *)&c->turn) != seg_turn_full(p))
 				continue;
 			if ((at_load_acquire_u64((uint64_t *)&c->desc) & SEG_DESC_SEQ_MASK) == seq)
 				return true;

@@ -712,18 +712,22 @@ static inline uint32_t seg_turn_run(uint64_t turn)
 }
 /* The position of an EMPTY or FULL word (not of a WRITING one). */
 static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_MASK; }
+/* The EMPTY and the FULL word of queue position pos (positions count on
+ * past 2^54; their words wrap there). A cell released after serving p is
+ * EMPTY for p + Q: seg_turn_empty(p + Q). */
+static inline uint64_t seg_turn_empty(uint64_t pos) { return pos & SEG_TURN_POS_MASK; }
+static inline uint64_t seg_turn_full(uint64_t pos) { return (pos + 1) & SEG_TURN_POS_MASK; }
 /*
  * How far the position a turn word names lies from position p (positive:
- * beyond it): for a WRITING word, from its 48 bits, which is exact within
- * 2^47 positions of p (a queue is far shorter).
+ * beyond it), from the word's 54 bits (48 for a WRITING word): exact
+ * within 2^47 positions of p (a queue is far shorter), across the words'
+ * wrap too.
  */
 static inline int64_t seg_turn_distance(uint64_t turn, uint64_t p)
 {
-	if (turn & SEG_TURN_BUSY) {
-		uint64_t d = (turn - p) & SEG_TURN_BUSY_POS_MASK;
-		return (int64_t)(d << (64 - SEG_TURN_RUN_SHIFT)) >> (64 - SEG_TURN_RUN_SHIFT);
-	}
-	return (int64_t)(seg_turn_pos(turn) - p);
+	unsigned bits = turn & SEG_TURN_BUSY ? SEG_TURN_RUN_SHIFT : SEG_TURN_OWNER_SHIFT;
+	uint64_t d = (turn - p) << (64 - bits);
+	return (int64_t)d >> (64 - bits);
 }
 
 /*

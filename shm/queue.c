@@ -22,7 +22,7 @@ void queue_init(struct queue_view *q)
 {
 	for (uint64_t p = 0; p < q->cap; p++) {
 		at_store_relaxed_u64(&cell_at(q, p)->desc, 0);
-		at_store_relaxed_u64(&cell_at(q, p)->turn, p);
+		at_store_relaxed_u64(&cell_at(q, p)->turn, seg_turn_empty(p));
 	}
 	at_store_relaxed_u64(&q->ends->tail, 0);
 	at_store_release_u64(&q->ends->head, 0);
@@ -43,15 +43,14 @@ static uint32_t push_run(const struct queue_view *q, uint32_t owner, const uint6
 {
 	for (uint64_t tries = 0; tries < 4 * q->cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&q->ends->tail);
-		uint64_t p = pos & SEG_TURN_POS_MASK;
 		/* The cells after the first that are EMPTY for their position.
 		 * They stay so until the first is taken (claims go in
 		 * position order), and then they are ours. */
 		uint32_t run = 1;
-		while (run < n && at_load_acquire_u64(&cell_at(q, p + run)->turn) == ((p + run) & SEG_TURN_POS_MASK))
+		while (run < n && at_load_acquire_u64(&cell_at(q, pos + run)->turn) == seg_turn_empty(pos + run))
 			run++;
-		uint64_t turn = p;
-		if (!at_cas_u64(&cell_at(q, p)->turn, &turn, seg_turn_busy(owner, p, run))) {
+		uint64_t turn = seg_turn_empty(pos);
+		if (!at_cas_u64(&cell_at(q, pos)->turn, &turn, seg_turn_busy(owner, pos, run))) {
 			if (!queue_help_forward(&q->ends->tail, pos, turn))
 				return 0; /* full: the previous lap is not released yet */
 			continue;
@@ -64,14 +63,14 @@ static uint32_t push_run(const struct queue_view *q, uint32_t owner, const uint6
 		 * first is FULL, neither a producer nor a consumer, which both
 		 * stop at the WRITING word. */
 		for (uint32_t i = 1; i < run; i++) {
-			struct seg_cell *c = cell_at(q, p + i);
+			struct seg_cell *c = cell_at(q, pos + i);
 			at_store_relaxed_u64(&c->desc, descs[i]);
-			at_store_release_u64(&c->turn, ((p + i) & SEG_TURN_POS_MASK) + 1);
+			at_store_release_u64(&c->turn, seg_turn_full(pos + i));
 			CRASH_POINT("push_many.rest");
 		}
-		struct seg_cell *c = cell_at(q, p);
+		struct seg_cell *c = cell_at(q, pos);
 		at_store_relaxed_u64(&c->desc, descs[0]);
-		at_store_release_u64(&c->turn, p + 1);
+		at_store_release_u64(&c->turn, seg_turn_full(pos));
 		CRASH_POINT("push_many.full");
 		return run;
 	}
@@ -114,9 +113,9 @@ uint32_t queue_take(struct queue_view *q, struct seg_take_intent *intent, uint32
 		uint64_t head = at_load_acquire_u64(&q->ends->head);
 		uint32_t n = 0;
 		while (n < max) {
-			uint64_t p = (head + n) & SEG_TURN_POS_MASK;
+			uint64_t p = head + n;
 			const struct seg_cell *c = cell_at(q, p);
-			if (at_load_acquire_u64((uint64_t *)&c->turn) != p + 1)
+			if (at_load_acquire_u64((uint64_t *)&c->turn) != seg_turn_full(p))
 				break;
 			uint64_t d = at_load_relaxed_u64((uint64_t *)&c->desc);
 			if ((d & SEG_DESC_SEQ_MASK) > max_seq)
@@ -153,8 +152,8 @@ void queue_take_noted(struct seg_take_intent *intent)
 void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
-		at_store_release_u64(&cell_at(q, p)->turn, p + q->cap);
+		uint64_t p = first + i;
+		at_store_release_u64(&cell_at(q, p)->turn, seg_turn_empty(p + q->cap));
 		CRASH_POINT("release.cell");
 	}
 	at_store_release_u32(&intent->info, 0);
@@ -166,7 +165,7 @@ bool queue_peek_seq(const struct queue_view *q, uint64_t *seq)
 	/* past tombstones: they carry no sequence (their bits read 0) */
 	for (uint64_t p = head; p - head < q->cap; p++) {
 		const struct seg_cell *c = &q->cells[p & (q->cap - 1)];
-		if (at_load_acquire_u64((uint64_t *)&c->turn) != p + 1)
+		if (at_load_acquire_u64((uint64_t *)&c->turn) != seg_turn_full(p))
 			return false; /* empty, or being written */
 		uint64_t d = at_load_relaxed_u64((uint64_t *)&c->desc);
 		if (d & SEG_DESC_TOMBSTONE)
@@ -198,10 +197,10 @@ int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombston
 	 * lap that no WRITING word's run covers. */
 	uint64_t head = at_load_acquire_u64(&q->ends->head);
 	for (uint64_t n = 0; n < q->cap;) {
-		uint64_t p = (head + n) & SEG_TURN_POS_MASK;
+		uint64_t p = head + n;
 		struct seg_cell *c = cell_at(q, p);
 		uint64_t turn = at_load_acquire_u64(&c->turn);
-		if (turn == p)
+		if (turn == seg_turn_empty(p))
 			break; /* not taken yet: nothing past it is */
 		uint32_t run = seg_turn_run(turn);
 		n += run;
@@ -209,21 +208,21 @@ int queue_recover_writer(struct queue_view *q, uint32_t owner, uint64_t tombston
 			continue;
 		/* The run's position from the word itself: head may have
 		 * moved since it was read, and a lap with it. */
-		uint64_t first = (p + (uint64_t)seg_turn_distance(turn, p)) & SEG_TURN_POS_MASK;
+		uint64_t first = p + (uint64_t)seg_turn_distance(turn, p);
 		/* The rest of the run first, as its producer would have: a
 		 * cell it had not made FULL gets the tombstone. Then the
 		 * first, which lets producers and consumers past. */
 		for (uint32_t i = 1; i < run; i++) {
-			uint64_t pi = (first + i) & SEG_TURN_POS_MASK;
+			uint64_t pi = first + i;
 			struct seg_cell *ci = cell_at(q, pi);
-			if (at_load_acquire_u64(&ci->turn) != pi)
+			if (at_load_acquire_u64(&ci->turn) != seg_turn_empty(pi))
 				continue; /* made FULL by its producer */
 			at_store_relaxed_u64(&ci->desc, tombstone);
-			at_store_release_u64(&ci->turn, pi + 1);
+			at_store_release_u64(&ci->turn, seg_turn_full(pi));
 			fixed++;
 		}
 		at_store_relaxed_u64(&c->desc, tombstone);
-		at_store_release_u64(&c->turn, first + 1);
+		at_store_release_u64(&c->turn, seg_turn_full(first));
 		fixed++;
 	}
 	return fixed;
@@ -249,12 +248,12 @@ int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 	if (state == SEG_TAKE_PENDING && head <= first)
 		n = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t p = (first + i) & SEG_TURN_POS_MASK;
+		uint64_t p = first + i;
 		struct seg_cell *c = cell_at(q, p);
-		if (p >= head || at_load_acquire_u64(&c->turn) != p + 1 || other_claims(q, p, arg))
+		if (p >= head || at_load_acquire_u64(&c->turn) != seg_turn_full(p) || other_claims(q, p, arg))
 			continue; /* released already, never taken, or a live taker's */
 		on_desc(at_load_relaxed_u64(&c->desc), arg);
-		at_store_release_u64(&c->turn, p + q->cap);
+		at_store_release_u64(&c->turn, seg_turn_empty(p + q->cap));
 		given++;
 	}
 	at_store_release_u32(&intent->info, 0);

@@ -58,7 +58,7 @@ int queue_push(struct queue_view *q, uint32_t owner, uint64_t desc);
  */
 static inline bool queue_help_forward(uint64_t *hint, uint64_t pos, uint64_t turn)
 {
-	int64_t d = seg_turn_distance(turn, pos & SEG_TURN_POS_MASK);
+	int64_t d = seg_turn_distance(turn, pos);
 	if (d < 0 || (d == 0 && !(turn & SEG_TURN_BUSY)))
 		return false;
 	uint64_t expected = pos;
@@ -79,7 +79,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 	for (uint64_t tries = 0; tries < 4 * cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&ends->tail);
 		struct seg_cell *c = &cells[seg_cell_index(pos, cap)];
-		uint64_t p = pos & SEG_TURN_POS_MASK;
+
 		/* The CAS is the first touch of the cell, expecting it free for
 		 * our position, as a sane tail hint finds it: the line was last
 		 * written by the consumer's release, and in a round trip the
@@ -89,8 +89,8 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * fails reads the turn all the same; it also takes the line,
 		 * which a full queue's consumer then fetches back once per
 		 * push that finds it full (rare: a lag queue a lap behind). */
-		uint64_t turn = p;
-		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, p, 1))) {
+		uint64_t turn = seg_turn_empty(pos);
+		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1))) {
 			CRASH_POINT("push.marked");
 			/* tail is a hint: a plain forward store is enough (a racing
 			 * producer that moves it back only costs a later helper a
@@ -101,7 +101,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			 * loses the race for it may read it while we write */
 			at_store_relaxed_u64(&c->desc, desc);
 			CRASH_POINT("push.desc");
-			at_store_release_u64(&c->turn, p + 1);
+			at_store_release_u64(&c->turn, seg_turn_full(pos));
 			CRASH_POINT("push.full");
 			return 0;
 		}
@@ -146,8 +146,8 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
  * which costs two loads; queue_take decides). */
 static inline bool queue_ready(const struct queue_view *q)
 {
-	uint64_t p = at_load_acquire_u64(&q->ends->head) & SEG_TURN_POS_MASK;
-	return at_load_acquire_u64(&q->cells[seg_cell_index(p, q->cap)].turn) == p + 1;
+	uint64_t head = at_load_acquire_u64(&q->ends->head);
+	return at_load_acquire_u64(&q->cells[seg_cell_index(head, q->cap)].turn) == seg_turn_full(head);
 }
 
 /* Descriptors queued and not yet taken (a snapshot). */

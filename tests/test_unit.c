@@ -1351,6 +1351,39 @@ Test(unit, queue_recover_writer_steps_over_a_live_run)
 	cr_expect_eq(t.cells[2].turn, 2);
 }
 
+/* Positions count on past 2^54, where the turn words wrap: a run pushed
+ * across the wrap, taken, released and pushed again a lap later, a single
+ * push, and a dead writer's run recovered there all behave as anywhere. */
+Test(unit, queue_works_across_the_wrap_of_its_turn_words)
+{
+	struct test_queue t;
+	test_queue_init(&t);
+	uint64_t start = (1ull << 54) - 3;
+	for (uint64_t p = start; p < start + 8; p++)
+		t.cells[p % 8].turn = seg_turn_empty(p);
+	t.ends.head = t.ends.tail = start;
+	uint64_t in[8] = {11, 12, 13, 14, 15, 16, 17, 18}, out[8];
+	cr_assert_eq(queue_push_many(&t.q, 1, in, 6), 6);
+	cr_assert_eq(test_queue_drain(&t, out, 8), 6, "the run across the wrap is taken whole");
+	for (unsigned i = 0; i < 6; i++)
+		cr_expect_eq(out[i], in[i]);
+	cr_assert_eq(queue_push_many(&t.q, 1, in, 8), 8, "a lap later every cell is free again");
+	cr_assert_eq(test_queue_drain(&t, out, 8), 8);
+	cr_expect_eq(out[7], in[7]);
+	cr_assert_eq(queue_push(&t.q, 1, 99), 0);
+	cr_assert_eq(test_queue_drain(&t, out, 8), 1);
+	cr_expect_eq(out[0], 99);
+	/* member 5 took the run of 4 from the next position and died */
+	uint64_t p = t.ends.tail;
+	t.cells[p % 8].turn = seg_turn_busy(5, p, 4);
+	cr_assert_eq(queue_push(&t.q, 1, 77), 0, "a push steps over the dead run");
+	cr_assert_eq(queue_recover_writer(&t.q, 5, SEG_DESC_TOMBSTONE), 4);
+	cr_assert_eq(test_queue_drain(&t, out, 8), 5);
+	cr_expect_eq(out[0], SEG_DESC_TOMBSTONE);
+	cr_expect_eq(out[4], 77);
+	cr_expect_eq(t.ends.head, start + 6 + 8 + 1 + 5, "head counts on past 2^54");
+}
+
 /* A WRITING word keeps the low 48 bits of its position: the distance to
  * a position of another lap comes out signed and exact. */
 Test(unit, turn_distance_of_writing_words)
