@@ -18,12 +18,16 @@
  *                (shmbus_wait) and releases it (shmbus_release): the calls
  *                of a request/response round trip, without the transfers.
  *
- *   shmbus-event-cost [--events N] [--one-thread | --single]   (default 2000000 events)
+ *   empty-poll   (--empty-poll, instead of all the above) N polls of a
+ *                subscription with nothing queued: what each round of a
+ *                spinning wait costs before an event comes.
+ *
+ *   shmbus-event-cost [--events N] [--one-thread | --single | --empty-poll]   (default 2000000 events)
  *
  * --one-thread skips the second part (for callgrind: instructions per
  * event = the total over the events, less the set-up of a few thousand;
- * with --single, callgrind_annotate --inclusive=yes gives each call's
- * count over the events).
+ * with --single or --empty-poll, callgrind_annotate --inclusive=yes gives
+ * each call's count over the events or polls).
  *
  * Prints ns per event for each side; the bus is unlinked at the end.
  */
@@ -129,10 +133,29 @@ static uint64_t single_n(shmbus_pub_t *pub, shmbus_sub_t *sub, const shmbus_msg_
 	return sum;
 }
 
+/* n polls that find nothing. */
+static void empty_polls(shmbus_sub_t *sub, long n)
+{
+	for (long i = 0; i < n; i++) {
+		const shmbus_event_t *ev;
+		int rc = shmbus_poll(sub, &ev);
+		if (rc != 0)
+			die("poll of an empty subscription", rc < 0 ? rc : -EPROTO);
+	}
+}
+
+static void close_all(shmbus_pub_t *pub, shmbus_sub_t *sub, shmbus_bus_t *bus)
+{
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	shmbus_unlink(bus_name);
+}
+
 int main(int argc, char **argv)
 {
 	long events = 2000000;
-	bool one_thread = false, single = false;
+	bool one_thread = false, single = false, empty_poll = false;
 	for (int a = 1; a < argc; a++) {
 		if (strcmp(argv[a], "--events") == 0 && a + 1 < argc && atol(argv[a + 1]) >= BATCH) {
 			events = atol(argv[++a]);
@@ -140,8 +163,10 @@ int main(int argc, char **argv)
 			one_thread = true;
 		} else if (strcmp(argv[a], "--single") == 0) {
 			single = true;
+		} else if (strcmp(argv[a], "--empty-poll") == 0) {
+			empty_poll = true;
 		} else {
-			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread | --single]\n");
+			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread | --single | --empty-poll]\n");
 			return 2;
 		}
 	}
@@ -163,14 +188,15 @@ int main(int argc, char **argv)
 	shmbus_msg_t m[BATCH];
 	fill_batch(m, payload);
 
-	if (single) {
+	if (single || empty_poll) {
 		double t0 = now_s();
-		single_n(pub, sub, &m[0], events);
-		printf("single: publish, wait and release %.1f ns/event\n", (now_s() - t0) / (double)events * 1e9);
-		shmbus_pub_close(pub);
-		shmbus_sub_close(sub);
-		shmbus_close(bus);
-		shmbus_unlink(bus_name);
+		if (single)
+			single_n(pub, sub, &m[0], events);
+		else
+			empty_polls(sub, events);
+		printf("%s %.1f ns/%s\n", single ? "single: publish, wait and release" : "empty-poll: a poll finding nothing",
+		       (now_s() - t0) / (double)events * 1e9, single ? "event" : "poll");
+		close_all(pub, sub, bus);
 		return 0;
 	}
 

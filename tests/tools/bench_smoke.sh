@@ -53,6 +53,9 @@ done
 single=$("$cost_bin" --single --events 6400)
 echo "$single" | grep -q "^single: publish, wait and release [0-9.]* ns/event" ||
 	{ echo "shmbus-event-cost --single: no figure"; echo "$single"; exit 1; }
+empty=$("$cost_bin" --empty-poll --events 6400)
+echo "$empty" | grep -q "^empty-poll: a poll finding nothing [0-9.]* ns/poll" ||
+	{ echo "shmbus-event-cost --empty-poll: no figure"; echo "$empty"; exit 1; }
 # the A/B script, the build against itself: a median for each side
 abo=$("$ab" "$bench" "$bench" 1)
 for side in A B; do
