@@ -203,9 +203,9 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
  * modified line each, from the shared cache a hit. Called after
  * routing_end, whose fence has drained the event's stores, and never by
  * batches, whose next events follow at once and pay for every demoted
- * line (a batched publisher's cost per event nearly doubled with it). Reads nothing:
- * the event may be released and its slot reused meanwhile, and demoting
- * a line of another event is harmless.
+ * line (a batched publisher's cost per event nearly doubled with it).
+ * Reads nothing: the event may be released and its slot reused
+ * meanwhile, and demoting a line of another event is harmless.
  */
 #define HAND_OFF_MAX 1024u
 static void hand_off_event(const struct seg_event *ev, uint32_t bytes)

@@ -335,8 +335,9 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 {
 	shmbus_bus_t *bus = pub->bus;
 	struct route_memo *m = &pub->memo;
-	uint64_t match[SEG_MASK_WORDS] = {0};
-	struct push_one p = {.bus = bus, .seq = seq, .hold = hold, .wake = wake, .match = match, .cls = event_class(ev)};
+	/* the walk collects its matches straight into the memo (on a memo
+	 * hit, push_match sets bits that are set already) */
+	struct push_one p = {.bus = bus, .seq = seq, .hold = hold, .wake = wake, .match = m->match, .cls = event_class(ev)};
 	/* Read inside the routing pass (after routing_begin's fence), as the
 	 * walk reads the masks: a change that bumps it later waits for this
 	 * pass before it takes effect (sub_wait_routing_grace), as it would
@@ -350,15 +351,19 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
 				push_match(&p, w * 64 + (unsigned)__builtin_ctzll(b), w, b & -b);
 		return p.matched;
 	}
+	memset(m->match, 0, sizeof m->match);
 	pub->route.unsure = false;
 	walk_matches(pub, ev, push_match, &p);
 	/* Not remembered under an odd epoch (a change is under way, or its
 	 * maker died in it: what the walk saw may be half of it), nor when a
 	 * pattern could not be evaluated this time. */
-	*m = (struct route_memo){.valid = !(epoch & 1) && !pub->route.unsure, .type = ev->type, .priority = ev->priority, .epoch = epoch,
-				 .name_hash = ev->name_hash, .source_hash = ev->source_hash,
-				 .target_hash = ev->target_hash};
-	memcpy(m->match, match, sizeof m->match);
+	m->valid = !(epoch & 1) && !pub->route.unsure;
+	m->epoch = epoch;
+	m->type = ev->type;
+	m->priority = ev->priority;
+	m->name_hash = ev->name_hash;
+	m->source_hash = ev->source_hash;
+	m->target_hash = ev->target_hash;
 	return p.matched;
 }
 

@@ -710,8 +710,6 @@ static inline uint32_t seg_turn_run(uint64_t turn)
 {
 	return turn & SEG_TURN_BUSY ? (uint32_t)((turn >> SEG_TURN_RUN_SHIFT) & SEG_TURN_RUN_MASK) + 1 : 1;
 }
-/* The position of an EMPTY or FULL word (not of a WRITING one). */
-static inline uint64_t seg_turn_pos(uint64_t turn) { return turn & SEG_TURN_POS_MASK; }
 /* The EMPTY and the FULL word of queue position pos (positions count on
  * past 2^54; their words wrap there). A cell released after serving p is
  * EMPTY for p + Q: seg_turn_empty(p + Q). */

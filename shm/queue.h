@@ -79,7 +79,6 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 	for (uint64_t tries = 0; tries < 4 * cap; tries++) {
 		uint64_t pos = at_load_acquire_u64(&ends->tail);
 		struct seg_cell *c = &cells[seg_cell_index(pos, cap)];
-
 		/* The CAS is the first touch of the cell, expecting it free for
 		 * our position, as a sane tail hint finds it: the line was last
 		 * written by the consumer's release, and in a round trip the
