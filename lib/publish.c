@@ -216,6 +216,28 @@ static void hand_off_event(const struct seg_event *ev, uint32_t bytes)
 		at_demote((const uint8_t *)ev + off);
 }
 
+/*
+ * SHMBUS_PUB_LOW_LATENCY, after a single event of bytes bytes: the lines
+ * of the slot the next single event takes from this publisher's lease,
+ * for writing, while the caller waits for an answer. Last read by a
+ * consumer a lap ago, they would otherwise come over one by one as the
+ * event is written, and the push's locked instruction would wait for
+ * them (interleaved runs: a spin round trip 1.3 % shorter). Only the
+ * lease's slot: it is this publisher's until it is used or taken away
+ * (whose taker then finds the lines here, no harm done), where any other
+ * position may be another publisher's, lines and all.
+ */
+static void own_next_leased(const shmbus_pub_t *pub, uint32_t bytes)
+{
+	if (!slots_lease_ready(pub))
+		return;
+	const uint8_t *next = bus_slot_data(pub->bus, pub->lease_next);
+	if (bytes > HAND_OFF_MAX)
+		bytes = HAND_OFF_MAX;
+	for (uint32_t off = 0; off < bytes; off += 64)
+		at_prefetch_write(next + off);
+}
+
 /* Only this publisher writes its counters: no locked instruction needed. */
 static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 {
@@ -336,8 +358,10 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold);
 	routing_end(pub, wake, freed);
-	if (pub->low_latency)
+	if (pub->low_latency) {
 		hand_off_event(ev, head + (uint32_t)msg->payload_len);
+		own_next_leased(pub, head + (uint32_t)msg->payload_len);
+	}
 	count_published(pub, 1, msg->payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);

@@ -42,6 +42,32 @@ static inline int at_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired)
 	return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
+/*
+ * Compare-and-swap of a 16-byte-aligned pair of words, p[0] and p[1], as
+ * one: from (*lo, *hi) to (new_lo, new_hi), seq_cst (a locked instruction);
+ * on failure *lo and *hi are refreshed with what the pair holds. Only
+ * where AT_HAVE_CAS_PAIR is 1, and only once shm_cpu_has_cas_pair (set
+ * before main, by prefetch.c) says the CPU has CMPXCHG16B, which the
+ * baseline x86-64 does not promise. Not under ThreadSanitizer, which sees
+ * no inline assembly: such a build takes the callers' other way, so the
+ * race checker checks that way instead.
+ */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define AT_HAVE_CAS_PAIR 1
+extern int shm_cpu_has_cas_pair;
+static inline int at_cas_pair_u64(uint64_t *p, uint64_t *lo, uint64_t *hi, uint64_t new_lo, uint64_t new_hi)
+{
+	_Bool ok;
+	__asm__ __volatile__("lock cmpxchg16b %1"
+			     : "=@ccz"(ok), "+m"(*(unsigned __int128 *)(void *)p), "+a"(*lo), "+d"(*hi)
+			     : "b"(new_lo), "c"(new_hi)
+			     : "memory");
+	return ok;
+}
+#else
+#define AT_HAVE_CAS_PAIR 0
+#endif
+
 /* Read-modify-write, acq_rel: used for counts, flags and masks
  * whose result decides who acts next. */
 static inline uint64_t at_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }

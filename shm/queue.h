@@ -5,7 +5,9 @@
  * Producers follow Vyukov's bounded MPMC queue, except that a producer
  * first marks the cell it fills with its owner index and only then helps
  * the shared tail forward, so a producer that dies half way leaves a cell
- * naming it. A producer with many descriptors takes a run of cells with
+ * naming it; where the CPU can CAS the cell's two words at once, a single
+ * descriptor is pushed in that one step instead, and nothing is ever half
+ * written (queue_push_in_one). A producer with many descriptors takes a run of cells with
  * one CAS of the first (its WRITING word names the run's length; see
  * FORMAT.md "Runs"): producers take cells in position order only, so the
  * EMPTY cells after the first stay free until the first is taken, and a
@@ -66,11 +68,51 @@ static inline bool queue_help_forward(uint64_t *hint, uint64_t pos, uint64_t tur
 	return true;
 }
 
+/* Whether a single push is one CAS of the cell's pair of words (where
+ * the CPU can: see queue_push_in_one), not three steps. */
+static inline bool queue_push_one_cas(void)
+{
+#if AT_HAVE_CAS_PAIR
+	return shm_cpu_has_cas_pair;
+#else
+	return false;
+#endif
+}
+
 /*
  * queue_push of the queue whose ends and cap cells are given, inlined: a
  * single publish pushes with it on a round trip's path, where building a
  * view and calling would cost a good part of the push.
+ *
+ * Where the CPU can CAS the cell's two words as one (at_cas_pair_u64), a
+ * single push is that one instruction: EMPTY with no descriptor becomes
+ * FULL with ours, and nothing is ever half written, so there is no WRITING
+ * word for a survivor to finish. In a round trip the consumer spins on the
+ * cell: in three steps (mark, descriptor, FULL) its loads took the line
+ * back between the mark and the final store, which then had to fetch it
+ * again. Elsewhere the push marks the cell WRITING first (see queue.c).
  */
+static inline __attribute__((always_inline)) bool queue_push_in_one(struct seg_cell *c, uint64_t pos, uint64_t desc,
+								    uint64_t *turn)
+{
+#if AT_HAVE_CAS_PAIR
+	/* A released cell holds no descriptor (every release clears it), so
+	 * the CAS is the first touch of the line, as below. An EMPTY cell
+	 * with a descriptor in it after all (words written by hand) costs a
+	 * second try, with the line owned by then. */
+	uint64_t old_desc = 0;
+	for (;;) {
+		if (at_cas_pair_u64(&c->turn, turn, &old_desc, seg_turn_full(pos), desc))
+			return true;
+		if (*turn != seg_turn_empty(pos))
+			return false;
+	}
+#else
+	(void)c, (void)pos, (void)desc, (void)turn;
+	return false;
+#endif
+}
+
 static inline __attribute__((always_inline)) int queue_push_cells(struct seg_queue_ends *ends, struct seg_cell *cells,
 								   uint64_t cap, uint32_t owner, uint64_t desc)
 {
@@ -89,13 +131,20 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * which a full queue's consumer then fetches back once per
 		 * push that finds it full (rare: a lag queue a lap behind). */
 		uint64_t turn = seg_turn_empty(pos);
-		if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1))) {
-			CRASH_POINT("push.marked");
+		bool taken = queue_push_one_cas() ? queue_push_in_one(c, pos, desc, &turn)
+						   : at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1));
+		if (taken) {
+			if (queue_push_one_cas())
+				CRASH_POINT("push.full");
+			else
+				CRASH_POINT("push.marked");
 			/* tail is a hint: a plain forward store is enough (a racing
 			 * producer that moves it back only costs a later helper a
 			 * step), and saves a locked instruction per push */
 			if (at_load_relaxed_u64(&ends->tail) == pos)
 				at_store_relaxed_u64(&ends->tail, pos + 1);
+			if (queue_push_one_cas())
+				return 0;
 			/* relaxed atomics: a consumer that reads a cell and then
 			 * loses the race for it may read it while we write */
 			at_store_relaxed_u64(&c->desc, desc);

@@ -582,11 +582,20 @@ typedef bool (*crash_case_fn)(void *ctx, const char *crash_at);
  * every point at five of its hits (the first, the last, and three
  * between), one case each, stopping after FAILED_CASES_MAX failed ones.
  */
+/* Whether a scenario passes crash point id wherever it calls for it: a
+ * single push that is one pair CAS (queue_push_one_cas) never passes the
+ * three-step push's middle points. */
+static bool point_on_this_cpu(const char *id)
+{
+	return !queue_push_one_cas() || (strcmp(id, "push.marked") != 0 && strcmp(id, "push.desc") != 0);
+}
+
 static void run_spread(struct point_list pl, const char *const *must_pass, const char *who, crash_case_fn run,
 		       void *ctx)
 {
 	for (const char *const *want = must_pass; *want; want++)
-		cr_expect_lt(point_find(&pl, *want), pl.n, "%s never passes crash point %s", who, *want);
+		if (point_on_this_cpu(*want))
+			cr_expect_lt(point_find(&pl, *want), pl.n, "%s never passes crash point %s", who, *want);
 	uint64_t start = tc_now_ns();
 	unsigned cases = 0, failed = 0;
 	for (size_t p = 0; p < pl.n && failed < FAILED_CASES_MAX; p++) {

@@ -1,13 +1,18 @@
 /*
- * prefetch.c - whether the CPU has PREFETCHW (see prefetch.h).
+ * cpu_detect.c - whether the CPU has PREFETCHW (see prefetch.h) and
+ * CMPXCHG16B (see at_cas_pair_u64 in atomics.h).
  */
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
 
+#include "atomics.h"
 #include "prefetch.h"
 
 int shm_cpu_has_prefetchw;
+#if AT_HAVE_CAS_PAIR
+int shm_cpu_has_cas_pair;
+#endif
 
 __attribute__((constructor)) static void prefetch_detect(void)
 {
@@ -15,5 +20,9 @@ __attribute__((constructor)) static void prefetch_detect(void)
 	unsigned a, b, c, d;
 	if (__get_cpuid(0x80000001u, &a, &b, &c, &d))
 		shm_cpu_has_prefetchw = (c >> 8) & 1; /* PRFCHW (3DNowPrefetch) */
+#endif
+#if AT_HAVE_CAS_PAIR
+	if (__get_cpuid(1, &a, &b, &c, &d))
+		shm_cpu_has_cas_pair = (c >> 13) & 1; /* CX16 */
 #endif
 }
