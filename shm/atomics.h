@@ -47,7 +47,7 @@ static inline int at_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired)
  * one: from (*lo, *hi) to (new_lo, new_hi), seq_cst (a locked instruction);
  * on failure *lo and *hi are refreshed with what the pair holds. Only
  * where AT_HAVE_CAS_PAIR is 1, and only once shm_cpu_has_cas_pair (set
- * before main, by prefetch.c) says the CPU has CMPXCHG16B, which the
+ * before main, by cpu_detect.c) says the CPU has CMPXCHG16B, which the
  * baseline x86-64 does not promise. Not under ThreadSanitizer, which sees
  * no inline assembly: such a build takes the callers' other way, so the
  * race checker checks that way instead.

@@ -447,7 +447,7 @@ _Static_assert(sizeof(struct seg_filter) == 2048, "seg_filter size");
  * through its seg_take_intent.
  */
 struct seg_cell {
-	uint64_t turn;
+	_Alignas(16) uint64_t turn; /* 16-byte aligned: CMPXCHG16B faults otherwise */
 	uint64_t desc;
 };
 _Static_assert(sizeof(struct seg_cell) == 16, "seg_cell size");
@@ -752,6 +752,12 @@ static inline int64_t seg_turn_distance(uint64_t turn, uint64_t p)
 #define SEG_DESC_HOLDS_REF (1ull << 61)
 #define SEG_DESC_TOMBSTONE (1ull << 62)
 #define SEG_DESC_REDELIVERED (1ull << 63)
+/* The descriptor of an EMPTY queue cell: a tombstone, so that whoever
+ * reads it by a race (a peek, a taker whose head CAS then fails, the
+ * survivor of a consumer that died between a release's two stores) finds
+ * nothing there; and one known value, which a single push's 16-byte CAS
+ * expects without reading the cell first (queue_push_in_one). */
+#define SEG_DESC_VACANT SEG_DESC_TOMBSTONE
 /* A held entry its consumer is dropping (it won it, see seg_consumer). */
 static inline int seg_desc_dropping(uint64_t d) { return (d & SEG_DESC_DROPPING) == SEG_DESC_DROPPING; }
 /* locked_revoke of the header: where, and back. */

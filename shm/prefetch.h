@@ -12,7 +12,7 @@
 #ifndef SHMBUS_SHM_PREFETCH_H
 #define SHMBUS_SHM_PREFETCH_H
 
-extern int shm_cpu_has_prefetchw; /* set before main, by prefetch.c */
+extern int shm_cpu_has_prefetchw; /* set before main, by cpu_detect.c */
 
 /* Fetch the line holding p in a state that lets this core write it. A
  * hint: never faults, never orders anything. */

@@ -5,8 +5,9 @@
  *   p -> WRITING(o,p,r) -> p+1 -> (head moves past p) -> p+cap
  * where WRITING is the first cell of a run of r (the run's other cells go
  * p -> p+1 behind it, see queue.h). A single push where the CPU can CAS
- * both words of the cell at once goes from p, with no descriptor, straight
- * to p+1 with its descriptor; every release clears the descriptor again.
+ * both words of the cell at once goes from p, holding SEG_DESC_VACANT,
+ * straight to p+1 with its descriptor; every release stores
+ * SEG_DESC_VACANT again before the new turn.
  * Producers only start from "p"; consumers only take a run of "p+1" cells
  * starting at head. Any other value tells a producer that its tail hint is
  * stale (help it forward) or that the queue is full.
@@ -23,7 +24,7 @@ static struct seg_cell *cell_at(const struct queue_view *q, uint64_t pos)
 void queue_init(struct queue_view *q)
 {
 	for (uint64_t p = 0; p < q->cap; p++) {
-		at_store_relaxed_u64(&cell_at(q, p)->desc, 0);
+		at_store_relaxed_u64(&cell_at(q, p)->desc, SEG_DESC_VACANT);
 		at_store_relaxed_u64(&cell_at(q, p)->turn, seg_turn_empty(p));
 	}
 	at_store_relaxed_u64(&q->ends->tail, 0);
@@ -155,9 +156,8 @@ void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_
 {
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t p = first + i;
-		/* no descriptor in an EMPTY cell: the next push's pair CAS
-		 * expects none (queue_push_in_one) */
-		at_store_relaxed_u64(&cell_at(q, p)->desc, 0);
+		/* an EMPTY cell holds SEG_DESC_VACANT (see there) */
+		at_store_relaxed_u64(&cell_at(q, p)->desc, SEG_DESC_VACANT);
 		at_store_release_u64(&cell_at(q, p)->turn, seg_turn_empty(p + q->cap));
 		CRASH_POINT("release.cell");
 	}
@@ -258,7 +258,7 @@ int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 		if (p >= head || at_load_acquire_u64(&c->turn) != seg_turn_full(p) || other_claims(q, p, arg))
 			continue; /* released already, never taken, or a live taker's */
 		on_desc(at_load_relaxed_u64(&c->desc), arg);
-		at_store_relaxed_u64(&c->desc, 0);
+		at_store_relaxed_u64(&c->desc, SEG_DESC_VACANT);
 		at_store_release_u64(&c->turn, seg_turn_empty(p + q->cap));
 		given++;
 	}

@@ -85,8 +85,8 @@ static inline bool queue_push_one_cas(void)
  * view and calling would cost a good part of the push.
  *
  * Where the CPU can CAS the cell's two words as one (at_cas_pair_u64), a
- * single push is that one instruction: EMPTY with no descriptor becomes
- * FULL with ours, and nothing is ever half written, so there is no WRITING
+ * single push is that one instruction: EMPTY (holding SEG_DESC_VACANT)
+ * becomes FULL with our descriptor, and nothing is ever half written, so there is no WRITING
  * word for a survivor to finish. In a round trip the consumer spins on the
  * cell: in three steps (mark, descriptor, FULL) its loads took the line
  * back between the mark and the final store, which then had to fetch it
@@ -96,11 +96,11 @@ static inline __attribute__((always_inline)) bool queue_push_in_one(struct seg_c
 								    uint64_t *turn)
 {
 #if AT_HAVE_CAS_PAIR
-	/* A released cell holds no descriptor (every release clears it), so
+	/* An EMPTY cell holds SEG_DESC_VACANT (every release stores it), so
 	 * the CAS is the first touch of the line, as below. An EMPTY cell
-	 * with a descriptor in it after all (words written by hand) costs a
-	 * second try, with the line owned by then. */
-	uint64_t old_desc = 0;
+	 * holding anything else after all (a segment of an older build)
+	 * costs a second try, with the line owned by then. */
+	uint64_t old_desc = SEG_DESC_VACANT;
 	for (;;) {
 		if (at_cas_pair_u64(&c->turn, turn, &old_desc, seg_turn_full(pos), desc))
 			return true;
@@ -131,10 +131,11 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * which a full queue's consumer then fetches back once per
 		 * push that finds it full (rare: a lag queue a lap behind). */
 		uint64_t turn = seg_turn_empty(pos);
-		bool taken = queue_push_one_cas() ? queue_push_in_one(c, pos, desc, &turn)
-						   : at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1));
+		bool in_one = queue_push_one_cas();
+		bool taken = in_one ? queue_push_in_one(c, pos, desc, &turn)
+				    : at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1));
 		if (taken) {
-			if (queue_push_one_cas())
+			if (in_one)
 				CRASH_POINT("push.full");
 			else
 				CRASH_POINT("push.marked");
@@ -143,7 +144,7 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 			 * step), and saves a locked instruction per push */
 			if (at_load_relaxed_u64(&ends->tail) == pos)
 				at_store_relaxed_u64(&ends->tail, pos + 1);
-			if (queue_push_one_cas())
+			if (in_one)
 				return 0;
 			/* relaxed atomics: a consumer that reads a cell and then
 			 * loses the race for it may read it while we write */

@@ -122,6 +122,10 @@ struct scenario {
 	/* points the scenario must pass: a point that went missing from the
 	 * code would otherwise just never be tested */
 	const char *const *must_pass;
+	/* the victim pushes single descriptors in three steps (mark,
+	 * descriptor, FULL) even where one 16-byte CAS would do, so that the
+	 * survivors' finishing of a dead single push is tried on every CPU */
+	bool three_step_push;
 };
 
 static const char *const single_points[] = {
@@ -146,12 +150,14 @@ static const char *const turns_points[] = {
 	"commit.holders", "commit.committed", "commit.byte", "end.before_fence", "end.woken", NULL,
 };
 
-static const struct scenario single_sc = {"single", CALL_SINGLE, 18, 1, spec_single, single_points};
-static const struct scenario turns_sc = {"single-turns", CALL_SINGLE_TURNS, 24, 1, spec_turns, turns_points};
+static const struct scenario single_sc = {"single", CALL_SINGLE, 18, 1, spec_single, single_points, false};
+static const struct scenario turns_sc = {"single-turns", CALL_SINGLE_TURNS, 24, 1, spec_turns, turns_points, false};
+static const struct scenario single_steps_sc = {"single-three-step-push", CALL_SINGLE, 18, 1, spec_single,
+						single_points, true};
 /* 150 events: three windows of publish_many (64, 64, 22) */
-static const struct scenario same_sc = {"batch-same", CALL_BATCH, 3, 150, spec_same, batch_points};
-static const struct scenario mixed_sc = {"batch-mixed", CALL_BATCH, 2, 150, spec_mixed, batch_points};
-static const struct scenario zero_copy_sc = {"zero-copy", CALL_ZERO_COPY, 12, 1, spec_zero_copy, zero_copy_points};
+static const struct scenario same_sc = {"batch-same", CALL_BATCH, 3, 150, spec_same, batch_points, false};
+static const struct scenario mixed_sc = {"batch-mixed", CALL_BATCH, 2, 150, spec_mixed, batch_points, false};
+static const struct scenario zero_copy_sc = {"zero-copy", CALL_ZERO_COPY, 12, 1, spec_zero_copy, zero_copy_points, false};
 
 /* The crash points a dry run passed, with their hit counts, as its child
  * reports them (record_points) in memory that survives it. */
@@ -220,6 +226,10 @@ static int run_victim(void *arg)
 	if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
 		return CHILD_FAIL("pub_open %d", rc);
 	const struct scenario *sc = v->sc;
+#if AT_HAVE_CAS_PAIR
+	if (sc->three_step_push)
+		shm_cpu_has_cas_pair = 0; /* this child only: see queue_push_one_cas */
+#endif
 	if (sc->call == CALL_SINGLE_TURNS && (rc = shmbus_pub_open(bus, &po, &other)) < 0)
 		return CHILD_FAIL("pub_open %d", rc);
 	shmbus_msg_t *msgs = calloc(sc->per_call, sizeof *msgs);
@@ -582,19 +592,22 @@ typedef bool (*crash_case_fn)(void *ctx, const char *crash_at);
  * every point at five of its hits (the first, the last, and three
  * between), one case each, stopping after FAILED_CASES_MAX failed ones.
  */
-/* Whether a scenario passes crash point id wherever it calls for it: a
- * single push that is one pair CAS (queue_push_one_cas) never passes the
- * three-step push's middle points. */
-static bool point_on_this_cpu(const char *id)
+/* Whether crash point id is on the way of a scenario whose single pushes
+ * are one pair CAS each (one_cas, see queue_push_one_cas), or not: that
+ * push never passes the three-step push's middle points. */
+static bool point_on_the_way(const char *id, bool one_cas)
 {
-	return !queue_push_one_cas() || (strcmp(id, "push.marked") != 0 && strcmp(id, "push.desc") != 0);
+	return !one_cas || (strcmp(id, "push.marked") != 0 && strcmp(id, "push.desc") != 0);
 }
+
+/* A run_spread of a scenario's victim whose single pushes are one CAS. */
+static bool one_cas_push;
 
 static void run_spread(struct point_list pl, const char *const *must_pass, const char *who, crash_case_fn run,
 		       void *ctx)
 {
 	for (const char *const *want = must_pass; *want; want++)
-		if (point_on_this_cpu(*want))
+		if (point_on_the_way(*want, one_cas_push))
 			cr_expect_lt(point_find(&pl, *want), pl.n, "%s never passes crash point %s", who, *want);
 	uint64_t start = tc_now_ns();
 	unsigned cases = 0, failed = 0;
@@ -637,6 +650,7 @@ static void run_scenario(const struct scenario *sc)
 	run_case(r, NULL, prog);
 	cr_assert(!r->failed, "the dry run of %s failed", sc->name);
 	struct scenario_ctx x = {r, prog};
+	one_cas_push = queue_push_one_cas() && !sc->three_step_push;
 	run_spread(prog->points, sc->must_pass, sc->name, scenario_case, &x);
 	tc_shared_free(prog, sizeof *prog);
 	free(r);
@@ -646,6 +660,7 @@ Test(crash, single_publish) { run_scenario(&single_sc); }
 Test(crash, batch_of_one_shape) { run_scenario(&same_sc); }
 Test(crash, batch_of_mixed_shapes) { run_scenario(&mixed_sc); }
 Test(crash, zero_copy_reserve_commit) { run_scenario(&zero_copy_sc); }
+Test(crash, single_publish_in_three_step_pushes) { run_scenario(&single_steps_sc); }
 
 Test(crash, single_publishes_in_turns_on_claim_leases)
 {

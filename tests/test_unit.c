@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1627,4 +1628,48 @@ Test(unit, a_lease_position_its_publisher_is_taking_is_not_taken_away)
 	shmbus_pub_close(a);
 	shmbus_pub_close(b);
 	shmbus_close(bus);
+}
+
+/* A peek races a consumer that takes and releases the cell it looks at:
+ * it must find a queued descriptor's sequence or nothing, never what a
+ * release leaves in the cell (a peek that read it once reported
+ * sequence 0, and a congested publisher then opened a catch-up gap from
+ * the log's start). */
+struct peek_race {
+	struct test_queue *t;
+	_Atomic int stop;
+};
+
+static void *peek_race_churn(void *arg)
+{
+	struct peek_race *r = arg;
+	for (uint64_t i = 0; i < 400000; i++) {
+		uint64_t d = (1000 + i) | SEG_DESC_HOLDS_REF, got, first;
+		if (queue_push(&r->t->q, 1, d) != 0 || queue_take(&r->t->q, &r->t->intent, 1, UINT64_MAX, &got, &first) != 1)
+			break;
+		queue_release(&r->t->q, &r->t->intent, first, 1);
+	}
+	atomic_store(&r->stop, 1);
+	return NULL;
+}
+
+Test(unit, queue_peek_never_reports_a_released_cell)
+{
+	struct test_queue t;
+	test_queue_init(&t);
+	cr_assert_eq((uintptr_t)t.cells % 16, 0, "cells are 16-byte aligned wherever they live");
+	struct peek_race r = {.t = &t};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, peek_race_churn, &r), 0);
+	uint64_t peeks = 0, bad = 0, seq;
+	while (!atomic_load(&r.stop)) {
+		if (queue_peek_seq(&t.q, &seq)) {
+			peeks++;
+			bad += seq < 1000;
+		}
+	}
+	pthread_join(th, NULL);
+	cr_expect_eq(bad, 0, "%llu of %llu peeks reported a sequence never queued", (unsigned long long)bad,
+		     (unsigned long long)peeks);
+	cr_expect_eq(queue_pushed(&t.q), 400000, "the churn ran to the end");
 }
