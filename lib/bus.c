@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "asym_fence.h"
 #include "liveness.h"
 #include "log.h"
 
@@ -198,6 +199,11 @@ static int attach(shmbus_bus_t *b, const char *name, const shmbus_open_opts_t *o
 	char lbuf[64];
 	bus_bind(b, name);
 	b->member = UINT32_MAX;
+	/* A process that cannot issue membarrier could not end a grace
+	 * period against publishers routing with the light fence: before it
+	 * takes part in anything, they stop using it (routing_begin). */
+	if (asym_fence_register() < 0)
+		sub_route_fence_full(b);
 	int rc = member_join(b, default_label(opts, lbuf, sizeof lbuf));
 	if (rc < 0)
 		return rc;

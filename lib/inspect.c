@@ -1264,6 +1264,7 @@ int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *o
 	out->data_off = h->data_off;
 	out->claim_pos = h->claim_pos;
 	out->route_epoch = h->route_epoch;
+	out->route_fence_full = (h->route_fence & SEG_ROUTE_FENCE_FULL) != 0;
 	out->space_waiters = h->space_waiters;
 	out->reclaims = h->reclaims;
 	out->aborted_claims = h->aborted_claims;

@@ -53,6 +53,9 @@ struct shmbus_bus {
 	uint64_t reclaim_interval_ns;
 	uint64_t last_reclaim_ns;  /* monotonic, relaxed: a hint */
 	bool orphaned;	       /* this handle was inherited through fork() */
+	/* this process told the bus's publishers to route with the full
+	 * fence and waited for them (sub_route_fence_full) */
+	bool route_fence_settled;
 	/* OFD locks exclude other open file descriptions, not the threads
 	 * sharing ours: each shared lock is paired with a local mutex. */
 	pthread_mutex_t subs_mutex;    /* with the SEG_LOCK_SUBS byte */
@@ -176,7 +179,10 @@ struct shmbus_pub {
 	uint64_t lease_taken_seen; /* rec->lease_taken before the lease */
 	uint64_t lease_born;	   /* lease_clock() when it was claimed (slots.c) */
 	uint32_t lease_len, lease_cooldown;
-	bool lease_ok; /* this process is registered for the taker's fence */
+	/* this process is registered for membarrier's heavy fence: it may
+	 * lease claims (a taker's fence) and route with the light fence (a
+	 * grace period's; see routing_begin) */
+	bool asym_ok;
 	bool claim_open;
 	uint64_t claim_pos;
 	uint32_t claim_slots;
@@ -344,6 +350,11 @@ void sub_consumer_forget(shmbus_sub_t *sub);
 uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, struct seg_take_intent *intent,
 			 bool lost);
 void sub_wait_routing_grace(shmbus_bus_t *bus);
+/* Every publisher of the bus routes with the full fence from now on
+ * (route_fence), for good: called by a process that cannot issue
+ * membarrier's heavy fence, when it attaches, which then waits a few
+ * milliseconds for passes begun with the light one (see routing_begin). */
+void sub_route_fence_full(shmbus_bus_t *bus);
 void sub_lock_recover(shmbus_bus_t *bus);
 
 /* metrics.c: add a vanishing subscription's counters to the bus totals */

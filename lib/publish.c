@@ -76,8 +76,9 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		pub->source_len = strlen(source);
 		pub->source_hash = seg_str_hash(source, pub->source_len);
 		pub->last_event = last_event;
-		/* claim leases need this process to answer a taker's fence */
-		pub->lease_ok = asym_fence_register() == 0;
+		/* claim leases and the light routing fence need this process
+		 * to answer a heavy fence */
+		pub->asym_ok = asym_fence_register() == 0;
 		bus_track_pub(bus, pub, true);
 		*out = pub;
 		return 0;
@@ -246,10 +247,24 @@ static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes
 	at_store_relaxed_u64(&r->publish_bytes, at_load_relaxed_u64(&r->publish_bytes) + bytes);
 }
 
+/*
+ * The routing word odd, then the store-load fence that orders it before
+ * the loads of the routing pass (masks, filters, route_epoch): the
+ * publisher's half of the handshake whose other half is a subscription
+ * change's grace period (sub_wait_routing_grace: change, fence, read the
+ * routing words). The change is rare and every publish runs this, so
+ * where this process answers membarrier's heavy fence (asym_ok) and no
+ * member of the bus has said it cannot issue one (route_fence), the
+ * fence is the light one, a compiler barrier, and the grace period pays
+ * with a membarrier. Otherwise it is a full fence.
+ */
 void routing_begin(shmbus_pub_t *pub)
 {
 	at_store_relaxed_u64(&pub->rec->routing, pub->rec->routing | 1);
-	at_fence_seq_cst();
+	if (pub->asym_ok && !(at_load_acquire_u32(&pub->bus->hdr->route_fence) & SEG_ROUTE_FENCE_FULL))
+		asym_fence_light();
+	else
+		at_fence_seq_cst();
 	CRASH_POINT("routing.begun");
 }
 

@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "asym_fence.h"
 #include "crash_point.h"
 
 static void mask_types(shmbus_bus_t *bus, uint32_t idx, uint32_t type_union, bool on)
@@ -62,11 +64,41 @@ void sub_route_change_end(shmbus_bus_t *bus)
 	at_fetch_add_u64(&bus->hdr->route_epoch, 1);
 }
 
-/* Wait until no publisher can still be routing with masks read before now:
- * every live publisher whose routing word is odd finishes its pass. */
+/*
+ * How long a member that cannot issue membarrier waits, after telling
+ * publishers to route with the full fence, before it relies on that: a
+ * pass that began with the light fence before the word was visible has
+ * had its routing word's store reach memory long before (a store buffer
+ * drains in microseconds, and a CPU that stops, a preempted thread or a
+ * virtual CPU descheduled, drains it first), so the pass is seen odd and
+ * waited for, or is over.
+ */
+#define ROUTE_FENCE_SETTLE_NS 10000000ull
+
+void sub_route_fence_full(shmbus_bus_t *bus)
+{
+	at_fetch_or_u32(&bus->hdr->route_fence, SEG_ROUTE_FENCE_FULL);
+	at_fence_seq_cst();
+	struct timespec ts = {0, (long)ROUTE_FENCE_SETTLE_NS};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	bus->route_fence_settled = true;
+}
+
+/*
+ * Wait until no publisher can still be routing with masks read before now:
+ * every live publisher whose routing word is odd finishes its pass. The
+ * caller changed what routing reads first. The fence between that change
+ * and the loads of the routing words below is the heavy half of the
+ * handshake with routing_begin's light one (membarrier: every CPU running
+ * a registered publisher executes a full barrier); where membarrier
+ * fails here, publishers are told to use full fences from now on first.
+ */
 void sub_wait_routing_grace(shmbus_bus_t *bus)
 {
 	at_fence_seq_cst();
+	if (asym_fence_heavy() < 0 && !bus->route_fence_settled)
+		sub_route_fence_full(bus);
 	/* one bound for the whole grace period, however many words lie */
 	uint64_t deadline = now_mono_ns() + 2 * bus->hdr->reclaim_timeout_ns;
 	for (uint32_t p = 0; p < bus->max_members; p++) {

@@ -29,10 +29,13 @@
 #include <stdint.h>
 
 #define SEG_MAGIC 0x01005355424D4853ull /* "SHMBUS\0\1" */
-#define SEG_LAYOUT_VERSION 6u
+#define SEG_LAYOUT_VERSION 7u
 
 /* seg_header.flags */
 #define SEG_HDR_DEAD_LETTER_UNROUTED 0x1u /* unmatched commands/queries are dead-lettered */
+/* route_fence: set for good once a member that cannot issue membarrier
+ * attached (see routing_begin and sub_route_fence_full) */
+#define SEG_ROUTE_FENCE_FULL 0x1u
 #define SEG_HEADER_SIZE 4096u
 #define SEG_NAME_MAX 64u /* bus name length, without NUL */
 #define SEG_ID_MAX 63u	 /* subscriber id / group / label length */
@@ -116,7 +119,9 @@ static inline uint32_t seg_take_state(uint32_t info) { return (info >> 19) & 3; 
  *   256  claim_pos        u64   next free slot position (own line)
  *   320  space_futex u32, space_waiters u32 (own line): a publisher waiting
  *        for a slot raises space_waiters (a flag), then sleeps on space_futex
- *   384  routing line: route_epoch u64, active_mask[4], type_mask[5][4]
+ *   384  routing line: route_epoch u64, active_mask[4], type_mask[5][4],
+ *        route_fence u32 (SEG_ROUTE_FENCE_FULL: every publisher routes
+ *        with a full fence; see routing_begin)
  *   640  counters line: reclaims, aborted_claims, demotions,
  *        recovered_events, retired publisher totals
  *   704  retired subscription totals: routed, delivered, filtered, lagged,
@@ -175,7 +180,9 @@ struct seg_header {
 	uint64_t route_epoch;
 	uint64_t active_mask[SEG_MASK_WORDS];
 	uint64_t type_mask[SEG_EVENT_TYPES][SEG_MASK_WORDS];
-	uint8_t pad_route[56];
+	uint32_t route_fence;
+	uint32_t reserved_route;
+	uint8_t pad_route[48];
 	/* 640: rare bus-wide counters. */
 	uint64_t reclaims;
 	uint64_t aborted_claims;
@@ -253,6 +260,7 @@ _Static_assert(offsetof(struct seg_header, space_waiters) == 324, "space_waiters
 _Static_assert(offsetof(struct seg_header, route_epoch) == 384, "route_epoch");
 _Static_assert(offsetof(struct seg_header, active_mask) == 392, "active_mask");
 _Static_assert(offsetof(struct seg_header, type_mask) == 424, "type_mask");
+_Static_assert(offsetof(struct seg_header, route_fence) == 584, "route_fence");
 _Static_assert(offsetof(struct seg_header, reclaims) == 640, "reclaims");
 _Static_assert(offsetof(struct seg_header, retired_block_timeouts) == 696, "retired");
 _Static_assert(offsetof(struct seg_header, retired_routed) == 704, "retired_routed");

@@ -96,7 +96,8 @@ uint64_t seg_layout_hash(void)
 			 "shmbus-layout v%u hdr=%zu claim=%zu space=%zu route=%zu member=%zu pub=%zu routing=%zu "
 			 "sub=%zu ends=%zu filter=%zu consumers=%zu consumer=%zu held=%u cell=%zu event=%zu fmt=%u "
 			 "ctl=%d/%d turn=%d/%d holders=%u slot=%zu missed_taken=%zu locked_take=%zu take=%zu drain=%zu desc=%d "
-			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx redeliver=%zu/%u/%d",
+			 "log=%zu/%zu gap=%zu/%zu claiming=%zu dispatch=%zu/%zu revoke=%zu dropping=%llx redeliver=%zu/%u/%d "
+			 "route_fence=%zu vacant=%llx",
 			 SEG_LAYOUT_VERSION, sizeof(struct seg_header), offsetof(struct seg_header, claim_pos),
 			 offsetof(struct seg_header, space_futex), offsetof(struct seg_header, route_epoch),
 			 sizeof(struct seg_member), sizeof(struct seg_pub), offsetof(struct seg_pub, routing),
@@ -118,7 +119,12 @@ uint64_t seg_layout_hash(void)
 			 offsetof(struct seg_header, locked_revoke), (unsigned long long)SEG_DESC_DROPPING,
 			 /* nor one that gives a dead consumer's events back to the
 			 * tail of their queue with one that serves them first */
-			 offsetof(struct seg_sub, redeliver_ends), SEG_REDELIVER_CELLS, SEG_QUEUE_CLASSES);
+			 offsetof(struct seg_sub, redeliver_ends), SEG_REDELIVER_CELLS, SEG_QUEUE_CLASSES,
+			 /* nor one that routes with a full fence and ends grace
+			 * periods without membarrier with one that may route with
+			 * the light one; nor one whose EMPTY cells hold another
+			 * value than the single push's CAS expects */
+			 offsetof(struct seg_header, route_fence), (unsigned long long)SEG_DESC_VACANT);
 	if (n < 0 || (size_t)n >= sizeof desc)
 		n = (int)sizeof desc - 1; /* never: the description fits */
 	return XXH3_64bits(desc, (size_t)n);

@@ -16,7 +16,13 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <linux/filter.h>
+#include <linux/membarrier.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -389,5 +395,104 @@ Test(lease, processes_taking_turns_on_a_full_small_ring_lose_and_tear_nothing)
 	}
 	expect_clean_inspection(false);
 	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+/* ---------------------------------------- a member without membarrier */
+
+/* Make membarrier(2) fail with ENOSYS in this process, as a container's
+ * seccomp profile may: 0 or -errno. */
+static int refuse_membarrier(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_membarrier, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+		return -errno;
+	return 0;
+}
+
+static bool route_fence_full(void)
+{
+	shmbus_inspect_t *in = NULL;
+	shmbus_inspect_header_t h;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0);
+	cr_assert_eq(shmbus_inspect_header(in, &h), 0);
+	shmbus_inspect_close(in);
+	return h.route_fence_full;
+}
+
+#define REFUSER_EVENTS 100u
+
+/* A member whose membarrier is refused: it attaches (telling publishers
+ * to route with full fences), subscribes, receives what it publishes to
+ * itself, and removes its subscription (a grace period it cannot end with
+ * membarrier) while still publishing. */
+static int refuser(void *arg)
+{
+	(void)arg;
+	int rc = refuse_membarrier();
+	if (rc < 0)
+		return CHILD_FAIL("seccomp: %d", rc);
+	if (syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) >= 0)
+		return CHILD_FAIL("membarrier still answers");
+	shmbus_bus_t *bus = NULL;
+	if ((rc = shmbus_open(tc_bus, NULL, &bus)) < 0)
+		return CHILD_FAIL("open %d", rc);
+	shmbus_inspect_t *in = NULL;
+	shmbus_inspect_header_t h;
+	if (shmbus_inspect_open(tc_bus, &in) < 0 || shmbus_inspect_header(in, &h) < 0)
+		return CHILD_FAIL("inspect");
+	shmbus_inspect_close(in);
+	if (!h.route_fence_full)
+		return CHILD_FAIL("attached without telling publishers to route with the full fence");
+	shmbus_filter_t *f = NULL;
+	const char *mine = "mine";
+	shmbus_sub_t *sub = NULL;
+	shmbus_pub_t *pub = NULL;
+	if ((rc = shmbus_filter_names(&mine, 1, &f)) < 0 ||
+	    (rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.filter = f}, &sub)) < 0 ||
+	    (rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){.timeout_ns = 5 * (int64_t)TC_SEC_NS}, &pub)) < 0)
+		return CHILD_FAIL("filter, subscribe or pub_open %d (%s)", rc, shmbus_errmsg());
+	shmbus_filter_free(f);
+	for (uint32_t i = 0; i < REFUSER_EVENTS; i++)
+		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "mine", 0, i)) < 0 ||
+		    (rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "other", 0, i)) < 0)
+			return CHILD_FAIL("publish %u: %d", i, rc);
+	if ((rc = tc_collect(sub, REFUSER_EVENTS, 10000, NULL, NULL)) != (int)REFUSER_EVENTS)
+		return CHILD_FAIL("received %d of its own %u", rc, REFUSER_EVENTS);
+	if ((rc = shmbus_unsubscribe(sub)) < 0)
+		return CHILD_FAIL("unsubscribe %d (%s)", rc, shmbus_errmsg());
+	for (uint32_t i = 0; i < REFUSER_EVENTS; i++)
+		if ((rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "mine", 0, i)) < 0)
+			return CHILD_FAIL("publish after unsubscribing %u: %d", i, rc);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+	return 0;
+}
+
+Test(lease, a_member_without_membarrier_makes_every_publisher_route_with_a_full_fence)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	cr_expect_eq(route_fence_full(), !tc_leases_available(), "a fresh bus routes with the light fence where it can");
+	shmbus_sub_t *all = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "parent", 5 * (int64_t)TC_SEC_NS);
+	pid_t kid = tc_fork(refuser, NULL);
+	int st = 0;
+	cr_assert_eq(tc_wait(kid, 30000, &st), 0, "the member without membarrier hung");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "it %s", tc_status_str(st));
+	cr_expect(route_fence_full(), "its attach told publishers to route with the full fence");
+	/* everything the child published, and ours after (with the full fence) */
+	for (uint32_t i = 0; i < REFUSER_EVENTS; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "late", 0, i), 0);
+	int got = tc_collect(all, 4 * REFUSER_EVENTS, 10000, NULL, NULL);
+	cr_expect_eq(got, (int)(4 * REFUSER_EVENTS), "received %d of %u", got, 4 * REFUSER_EVENTS);
+	expect_clean_inspection(false);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(all);
 	shmbus_close(bus);
 }

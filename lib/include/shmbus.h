@@ -816,6 +816,10 @@ typedef struct {
 	uint64_t route_epoch;
 	uint32_t space_waiters;
 	uint64_t reclaims, aborted_claims, demotions, recovered_events;
+	/* every publisher routes with a full fence: a member that cannot
+	 * issue membarrier attached once (docs/ARCHITECTURE.md, "Commit
+	 * order and waking") */
+	bool route_fence_full;
 } shmbus_inspect_header_t;
 
 /* 0, or -EBADMSG when the header cannot be trusted. */
