@@ -1223,6 +1223,13 @@ const char *shmbus_inspect_problem(const shmbus_inspect_t *in, size_t i)
 	return NULL;
 }
 
+int shmbus_inspect_route_fence_full(const shmbus_inspect_t *in)
+{
+	if (!in || !in->hdr)
+		return -EBADMSG;
+	return (in->hdr->route_fence & SEG_ROUTE_FENCE_FULL) != 0;
+}
+
 /* The header's fields as stated; -EBADMSG when they cannot be trusted. */
 int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *out)
 {
@@ -1264,7 +1271,6 @@ int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *o
 	out->data_off = h->data_off;
 	out->claim_pos = h->claim_pos;
 	out->route_epoch = h->route_epoch;
-	out->route_fence_full = (h->route_fence & SEG_ROUTE_FENCE_FULL) != 0;
 	out->space_waiters = h->space_waiters;
 	out->reclaims = h->reclaims;
 	out->aborted_claims = h->aborted_claims;

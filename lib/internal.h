@@ -301,6 +301,13 @@ int filter_compile(const shmbus_filter_t *f, struct seg_filter *out, struct cust
 /* publish.c: a publisher's routing word is odd while it may be routing
  * (see sub_wait_routing_grace). */
 void routing_begin(shmbus_pub_t *pub);
+/* Whether pub routes with the light fence now (see routing_begin); also
+ * whether it may lease claims, which a member that cannot issue
+ * membarrier could not take away (slots.c). */
+static inline bool routing_fence_light(const shmbus_pub_t *pub)
+{
+	return pub->asym_ok && !(at_load_acquire_u32(&pub->bus->hdr->route_fence) & SEG_ROUTE_FENCE_FULL);
+}
 void routing_abort(shmbus_pub_t *pub);
 
 /* slots.c: subscription sub no longer holds the event at seq (its holder

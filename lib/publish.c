@@ -261,7 +261,7 @@ static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes
 void routing_begin(shmbus_pub_t *pub)
 {
 	at_store_relaxed_u64(&pub->rec->routing, pub->rec->routing | 1);
-	if (pub->asym_ok && !(at_load_acquire_u32(&pub->bus->hdr->route_fence) & SEG_ROUTE_FENCE_FULL))
+	if (routing_fence_light(pub))
 		asym_fence_light();
 	else
 		at_fence_seq_cst();

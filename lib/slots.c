@@ -415,8 +415,9 @@ static inline uint32_t lease_size(shmbus_pub_t *pub, uint64_t pos)
 	 * loads */
 	if (pos == pub->last_claim_end && len == 1)
 		return 1;
-	/* a recorder takes every lease away, each at a membarrier's price */
-	if (!pub->asym_ok || at_load_relaxed_u32(&pub->bus->hdr->log_recorder_pid))
+	/* a recorder takes every lease away, each at a membarrier's price,
+	 * and a member that cannot issue one could not take any away */
+	if (!routing_fence_light(pub) || at_load_relaxed_u32(&pub->bus->hdr->log_recorder_pid))
 		return 1;
 	if (pub->lease_cooldown) {
 		pub->lease_cooldown--;

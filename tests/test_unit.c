@@ -1673,3 +1673,24 @@ Test(unit, queue_peek_never_reports_a_released_cell)
 		     (unsigned long long)peeks);
 	cr_expect_eq(queue_pushed(&t.q), 400000, "the churn ran to the end");
 }
+
+/* Once route_fence is set (a member that cannot issue membarrier), a
+ * publisher routes with the full fence and stops leasing claims, whatever
+ * its own process can do. */
+Test(unit, route_fence_turns_publishers_to_the_full_fence_and_off_leases)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *a = tc_pub(bus, "a", 0), *b = tc_pub(bus, "b", 0);
+	if (!a->asym_ok)
+		cr_skip_test("membarrier is refused here: the fence is always the full one");
+	cr_expect(routing_fence_light(a), "a fresh bus, a process that answers membarrier");
+	sub_route_fence_full(bus);
+	cr_expect(!routing_fence_light(a), "route_fence set: the full fence");
+	for (int i = 0; i < 64; i++) {
+		cr_assert_eq(tc_publish_u32(a, SHMBUS_NOTIFICATION, "x", SHMBUS_PRIORITY_NORMAL, 0), 0);
+		cr_assert_eq(tc_publish_u32(b, SHMBUS_NOTIFICATION, "x", SHMBUS_PRIORITY_NORMAL, 0), 0);
+		cr_assert_eq(a->lease_end - a->lease_next, 0, "publishers taking turns leased after all");
+	}
+	shmbus_close(bus);
+}

@@ -105,7 +105,7 @@ static int header_json(const shmbus_inspect_t *in)
 			"layout_hash", json_string(hash), "total_size", ju(h.total_size), "incarnation",
 			ju(h.incarnation), "created_at", time_or_null(h.created_ns), "flags", ju(h.flags), "config",
 			cfg, "regions", regions, "claim_pos", ju(h.claim_pos), "route_epoch", ju(h.route_epoch),
-			"route_fence", json_string(h.route_fence_full ? "full" : "light"), "space_waiters", ju(h.space_waiters), "reclaims", ju(h.reclaims), "aborted_claims",
+			"route_fence", json_string(shmbus_inspect_route_fence_full(in) == 1 ? "full" : "light"), "space_waiters", ju(h.space_waiters), "reclaims", ju(h.reclaims), "aborted_claims",
 			ju(h.aborted_claims), "demotions", ju(h.demotions), "recovered_events", ju(h.recovered_events),
 			NULL));
 }
@@ -141,7 +141,8 @@ static void header_human(const shmbus_inspect_t *in)
 	       (unsigned long long)h.cells_off, (unsigned long long)h.slot_ctl_off, (unsigned long long)h.data_off);
 	printf("state: claim_pos=%llu route_epoch=%llu route_fence=%s space_waiters=%u reclaims=%llu "
 	       "aborted_claims=%llu demotions=%llu recovered_events=%llu\n",
-	       (unsigned long long)h.claim_pos, (unsigned long long)h.route_epoch, h.route_fence_full ? "full" : "light",
+	       (unsigned long long)h.claim_pos, (unsigned long long)h.route_epoch,
+	       shmbus_inspect_route_fence_full(in) == 1 ? "full" : "light",
 	       h.space_waiters,
 	       (unsigned long long)h.reclaims, (unsigned long long)h.aborted_claims, (unsigned long long)h.demotions,
 	       (unsigned long long)h.recovered_events);

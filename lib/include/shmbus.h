@@ -816,14 +816,15 @@ typedef struct {
 	uint64_t route_epoch;
 	uint32_t space_waiters;
 	uint64_t reclaims, aborted_claims, demotions, recovered_events;
-	/* every publisher routes with a full fence: a member that cannot
-	 * issue membarrier attached once (docs/ARCHITECTURE.md, "Commit
-	 * order and waking") */
-	bool route_fence_full;
 } shmbus_inspect_header_t;
 
 /* 0, or -EBADMSG when the header cannot be trusted. */
 int shmbus_inspect_header(const shmbus_inspect_t *in, shmbus_inspect_header_t *out);
+/* 1 when every publisher of the bus routes with a full fence (a member
+ * that cannot issue membarrier(2) attached once; docs/ARCHITECTURE.md,
+ * "The routing fence"), 0 when publishers may route with the light one,
+ * -EBADMSG when the header cannot be trusted. */
+int shmbus_inspect_route_fence_full(const shmbus_inspect_t *in);
 
 typedef struct {
 	uint32_t index;
