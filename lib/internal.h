@@ -163,7 +163,7 @@ struct shmbus_pub {
 	uint32_t index;
 	struct seg_pub *rec;
 	int64_t timeout_ns;
-	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: hand_off_event after a single publish */
+	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: hand_off_single after a single publish */
 	char source[SHMBUS_STR_MAX + 1];
 	uint64_t source_hash;
 	size_t source_len;

@@ -197,44 +197,36 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 }
 
 /*
- * SHMBUS_PUB_LOW_LATENCY: the first HAND_OFF_MAX bytes of a committed
- * event, bytes long, go to the shared cache (at_demote). A consumer that
- * waits for the event takes its descriptor's cell from this core and then
- * its lines: from this core's cache they cost it another snoop of a
- * modified line each, from the shared cache a hit. Called after
- * routing_end, whose fence has drained the event's stores, and never by
- * batches, whose next events follow at once and pay for every demoted
- * line (a batched publisher's cost per event nearly doubled with it).
- * Reads nothing: the event may be released and its slot reused
- * meanwhile, and demoting a line of another event is harmless.
+ * SHMBUS_PUB_LOW_LATENCY, after a single event ev of `bytes` bytes is
+ * committed, for its first HAND_OFF_MAX bytes:
+ * - its lines go to the shared cache (at_demote). A consumer that waits
+ *   for the event takes its descriptor's cell from this core and then its
+ *   lines: from this core's cache they cost it another snoop of a
+ *   modified line each, from the shared cache a hit. Called after
+ *   routing_end, whose fence has drained the event's stores, and never by
+ *   batches, whose next events follow at once and pay for every demoted
+ *   line (a batched publisher's cost per event nearly doubled with it).
+ *   Reads nothing: the event may be released and its slot reused
+ *   meanwhile, and demoting a line of another event is harmless;
+ * - the lines of the slot the next single event takes from this
+ *   publisher's lease are fetched for writing while the caller waits for
+ *   an answer. Last read by a consumer a lap ago, they would otherwise
+ *   come over one by one as that event is written, and its push's locked
+ *   instruction would wait for them (interleaved runs: a spin round trip
+ *   1.3 % shorter). Only the lease's slot: it is this publisher's until it
+ *   is used or taken away (whose taker then finds the lines here, no harm
+ *   done), where any other position may be another publisher's.
  */
 #define HAND_OFF_MAX 1024u
-static void hand_off_event(const struct seg_event *ev, uint32_t bytes)
+static void hand_off_single(const shmbus_pub_t *pub, const struct seg_event *ev, uint32_t bytes)
 {
 	if (bytes > HAND_OFF_MAX)
 		bytes = HAND_OFF_MAX;
 	for (uint32_t off = 0; off < bytes; off += 64)
 		at_demote((const uint8_t *)ev + off);
-}
-
-/*
- * SHMBUS_PUB_LOW_LATENCY, after a single event of bytes bytes: the lines
- * of the slot the next single event takes from this publisher's lease,
- * for writing, while the caller waits for an answer. Last read by a
- * consumer a lap ago, they would otherwise come over one by one as the
- * event is written, and the push's locked instruction would wait for
- * them (interleaved runs: a spin round trip 1.3 % shorter). Only the
- * lease's slot: it is this publisher's until it is used or taken away
- * (whose taker then finds the lines here, no harm done), where any other
- * position may be another publisher's, lines and all.
- */
-static void own_next_leased(const shmbus_pub_t *pub, uint32_t bytes)
-{
 	if (!slots_lease_ready(pub))
 		return;
 	const uint8_t *next = bus_slot_data(pub->bus, pub->lease_next);
-	if (bytes > HAND_OFF_MAX)
-		bytes = HAND_OFF_MAX;
 	for (uint32_t off = 0; off < bytes; off += 64)
 		at_prefetch_write(next + off);
 }
@@ -373,10 +365,8 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold);
 	routing_end(pub, wake, freed);
-	if (pub->low_latency) {
-		hand_off_event(ev, head + (uint32_t)msg->payload_len);
-		own_next_leased(pub, head + (uint32_t)msg->payload_len);
-	}
+	if (pub->low_latency)
+		hand_off_single(pub, ev, head + (uint32_t)msg->payload_len);
 	count_published(pub, 1, msg->payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
@@ -611,7 +601,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	bool freed = commit_routed(bus, ev, pub->claim_pos, hold);
 	routing_end(pub, wake, freed);
 	if (pub->low_latency)
-		hand_off_event(ev, size);
+		hand_off_single(pub, ev, size);
 	count_published(pub, 1, payload_len);
 	if (pub->nunrouted)
 		flush_unrouted(pub);

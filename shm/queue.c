@@ -21,6 +21,15 @@ static struct seg_cell *cell_at(const struct queue_view *q, uint64_t pos)
 	return &q->cells[seg_cell_index(pos, q->cap)];
 }
 
+/* Give back the cell that served position p: EMPTY for p + cap, holding
+ * SEG_DESC_VACANT (see there) before the turn says so. */
+static void cell_release(const struct queue_view *q, uint64_t p)
+{
+	struct seg_cell *c = cell_at(q, p);
+	at_store_relaxed_u64(&c->desc, SEG_DESC_VACANT);
+	at_store_release_u64(&c->turn, seg_turn_empty(p + q->cap));
+}
+
 void queue_init(struct queue_view *q)
 {
 	for (uint64_t p = 0; p < q->cap; p++) {
@@ -59,9 +68,7 @@ static uint32_t push_run(const struct queue_view *q, uint32_t owner, const uint6
 			continue;
 		}
 		CRASH_POINT("push_many.marked");
-		/* tail is a hint (see queue_push_cells) */
-		if (at_load_relaxed_u64(&q->ends->tail) == pos)
-			at_store_relaxed_u64(&q->ends->tail, pos + run);
+		queue_tail_passed(&q->ends->tail, pos, pos + run);
 		/* The rest FULL before the first: nobody reaches them before the
 		 * first is FULL, neither a producer nor a consumer, which both
 		 * stop at the WRITING word. */
@@ -155,10 +162,7 @@ void queue_take_noted(struct seg_take_intent *intent)
 void queue_release(struct queue_view *q, struct seg_take_intent *intent, uint64_t first, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t p = first + i;
-		/* an EMPTY cell holds SEG_DESC_VACANT (see there) */
-		at_store_relaxed_u64(&cell_at(q, p)->desc, SEG_DESC_VACANT);
-		at_store_release_u64(&cell_at(q, p)->turn, seg_turn_empty(p + q->cap));
+		cell_release(q, first + i);
 		CRASH_POINT("release.cell");
 	}
 	at_store_release_u32(&intent->info, 0);
@@ -258,8 +262,7 @@ int queue_recover_take(struct queue_view *q, struct seg_take_intent *intent,
 		if (p >= head || at_load_acquire_u64(&c->turn) != seg_turn_full(p) || other_claims(q, p, arg))
 			continue; /* released already, never taken, or a live taker's */
 		on_desc(at_load_relaxed_u64(&c->desc), arg);
-		at_store_relaxed_u64(&c->desc, SEG_DESC_VACANT);
-		at_store_release_u64(&c->turn, seg_turn_empty(p + q->cap));
+		cell_release(q, p);
 		given++;
 	}
 	at_store_release_u32(&intent->info, 0);

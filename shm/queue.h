@@ -7,8 +7,8 @@
  * the shared tail forward, so a producer that dies half way leaves a cell
  * naming it; where the CPU can CAS the cell's two words at once, a single
  * descriptor is pushed in that one step instead, and nothing is ever half
- * written (queue_push_in_one). A producer with many descriptors takes a run of cells with
- * one CAS of the first (its WRITING word names the run's length; see
+ * written (queue_push_in_one). A producer with many descriptors takes a
+ * run of cells with one CAS of the first (its WRITING word names the run's length; see
  * FORMAT.md "Runs"): producers take cells in position order only, so the
  * EMPTY cells after the first stay free until the first is taken, and a
  * producer that finds the word steps over the whole run. The run's other
@@ -68,6 +68,16 @@ static inline bool queue_help_forward(uint64_t *hint, uint64_t pos, uint64_t tur
 	return true;
 }
 
+/* A producer that took the cells [pos, end) moves the tail hint past
+ * them. A plain forward store is enough (a racing producer that moves it
+ * back only costs a later helper a step), and saves a locked instruction
+ * per push. */
+static inline void queue_tail_passed(uint64_t *hint, uint64_t pos, uint64_t end)
+{
+	if (at_load_relaxed_u64(hint) == pos)
+		at_store_relaxed_u64(hint, end);
+}
+
 /* Whether a single push is one CAS of the cell's pair of words (where
  * the CPU can: see queue_push_in_one), not three steps. */
 static inline bool queue_push_one_cas(void)
@@ -86,8 +96,8 @@ static inline bool queue_push_one_cas(void)
  *
  * Where the CPU can CAS the cell's two words as one (at_cas_pair_u64), a
  * single push is that one instruction: EMPTY (holding SEG_DESC_VACANT)
- * becomes FULL with our descriptor, and nothing is ever half written, so there is no WRITING
- * word for a survivor to finish. In a round trip the consumer spins on the
+ * becomes FULL with our descriptor, and nothing is ever half written, so
+ * there is no WRITING word for a survivor to finish. In a round trip the consumer spins on the
  * cell: in three steps (mark, descriptor, FULL) its loads took the line
  * back between the mark and the final store, which then had to fetch it
  * again. Elsewhere the push marks the cell WRITING first (see queue.c).
@@ -98,8 +108,8 @@ static inline __attribute__((always_inline)) bool queue_push_in_one(struct seg_c
 #if AT_HAVE_CAS_PAIR
 	/* An EMPTY cell holds SEG_DESC_VACANT (every release stores it), so
 	 * the CAS is the first touch of the line, as below. An EMPTY cell
-	 * holding anything else after all (a segment of an older build)
-	 * costs a second try, with the line owned by then. */
+	 * holding anything else after all (a word overwritten) costs a
+	 * second try, with the line owned by then. */
 	uint64_t old_desc = SEG_DESC_VACANT;
 	for (;;) {
 		if (at_cas_pair_u64(&c->turn, turn, &old_desc, seg_turn_full(pos), desc))
@@ -131,21 +141,15 @@ static inline __attribute__((always_inline)) int queue_push_cells(struct seg_que
 		 * which a full queue's consumer then fetches back once per
 		 * push that finds it full (rare: a lag queue a lap behind). */
 		uint64_t turn = seg_turn_empty(pos);
-		bool in_one = queue_push_one_cas();
-		bool taken = in_one ? queue_push_in_one(c, pos, desc, &turn)
-				    : at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1));
-		if (taken) {
-			if (in_one)
+		if (queue_push_one_cas()) {
+			if (queue_push_in_one(c, pos, desc, &turn)) {
 				CRASH_POINT("push.full");
-			else
-				CRASH_POINT("push.marked");
-			/* tail is a hint: a plain forward store is enough (a racing
-			 * producer that moves it back only costs a later helper a
-			 * step), and saves a locked instruction per push */
-			if (at_load_relaxed_u64(&ends->tail) == pos)
-				at_store_relaxed_u64(&ends->tail, pos + 1);
-			if (in_one)
+				queue_tail_passed(&ends->tail, pos, pos + 1);
 				return 0;
+			}
+		} else if (at_cas_u64(&c->turn, &turn, seg_turn_busy(owner, pos, 1))) {
+			CRASH_POINT("push.marked");
+			queue_tail_passed(&ends->tail, pos, pos + 1);
 			/* relaxed atomics: a consumer that reads a cell and then
 			 * loses the race for it may read it while we write */
 			at_store_relaxed_u64(&c->desc, desc);
