@@ -689,32 +689,6 @@ void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
 	slots_wake_waiters(bus); /* the slot is free */
 }
 
-bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
-{
-	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
-	/* The bit alone in the bus's only holder word: nobody else writes the
-	 * word until the slot is reused. Publishers set bits only in a new
-	 * lap, which our bit forbids; every other bit's clearer has cleared
-	 * it, and one clearer per hold means nobody clears it again (an AND
-	 * of a clear bit would change nothing anyway). */
-	if (bus->max_subs <= 64 && /* so sub < 64: its bit is in word 0 */
-	    at_load_acquire_u64(bus_slot_ctl(bus, seq)) == seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) &&
-	    at_load_acquire_u64(&h[0]) == bit) {
-		/* release: our reads of the event come before a publisher
-		 * that sees the slot free writes it. The load above is an
-		 * acquire so that the other subscriptions' reads do too: a
-		 * plain store is not part of their AND's release sequence, so
-		 * the publisher's acquire of our 0 orders their reads only
-		 * through our acquire of their AND's result (ThreadSanitizer
-		 * reported the race with a relaxed load; x86 orders it
-		 * either way, the C memory model does not). */
-		at_store_release_u64(&h[0], 0);
-		return true;
-	}
-	slot_release(bus, seq, sub);
-	return false;
-}
-
 void slots_wake_waiters(shmbus_bus_t *bus)
 {
 	/* A waiting publisher raised the flag; whoever clears it wakes them

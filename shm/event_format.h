@@ -243,6 +243,29 @@ static inline int seg_event_check_fast(const struct seg_event *ev, size_t avail)
 }
 
 /*
+ * seg_event_like_last - whether ev passes the delivery path's check as the
+ * event *last was taken from did: the same header words at the same avail
+ * (so the same structural verdict) and a NUL everywhere a terminator lies
+ * for that shape. false says nothing against ev: it may be of another
+ * shape, which seg_event_check_same_shape then tests from scratch. The
+ * words are compared where they lie, without a snapshot: a word that
+ * changes under the compare can only make it fail (the caller then takes
+ * the snapshot path), and a header that passed word for word is one whose
+ * snapshot would have passed.
+ */
+static inline bool seg_event_like_last(const struct seg_event *ev, size_t avail, const struct seg_event_shape *last)
+{
+	const char *b = (const char *)ev;
+	uint64_t w0, w[4];
+	memcpy(&w0, b, 8);
+	memcpy(w, b + 112, 32);
+	return last->avail == avail &&
+	       !((w0 ^ last->w[0]) | (w[0] ^ last->w[1]) | (w[1] ^ last->w[2]) | (w[2] ^ last->w[3]) |
+		 (w[3] ^ last->w[4])) &&
+	       seg_event_check_terminators(ev, last) == 0;
+}
+
+/*
  * seg_event_check_same_shape - seg_event_check_fast for a consumer that
  * remembers, in *last, the shape of the last event it accepted (zeroed at
  * first: avail 0 matches no call). An event with the same words at the
