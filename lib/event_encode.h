@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "cpu_detect.h"
 
 /* The layout of a message's shape: everything but its payload's length,
  * so the messages of a batch of one shape share one. */
@@ -60,6 +61,23 @@ static inline bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b
 	       a->has_confidence == b->has_confidence &&
 	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0) &&
 	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
+}
+
+#if defined(__x86_64__)
+/* event_same_shape in four 32-byte compares (msg_shape.c); only where
+ * shm_cpu_has_avx2. */
+bool event_same_shape_avx2(const shmbus_msg_t *a, const shmbus_msg_t *b);
+#endif
+
+/* event_same_shape as this CPU answers it fastest: what a batch asks of
+ * every message after its first. */
+static inline bool event_same_shape_batch(const shmbus_msg_t *a, const shmbus_msg_t *b)
+{
+#if defined(__x86_64__)
+	if (__builtin_expect(shm_cpu_has_avx2, 1))
+		return event_same_shape_avx2(a, b);
+#endif
+	return event_same_shape(a, b);
 }
 
 /* Write everything but the payload bytes; lay is the layout of msg's shape. */

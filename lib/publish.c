@@ -415,7 +415,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			goto out;
 		}
 		/* A batch of one kind of message is laid out once. */
-		if (i > 0 && event_same_shape(m - 1, m)) {
+		if (i > 0 && event_same_shape_batch(m - 1, m)) {
 			if ((rc = event_check_payload(m->payload_len, max_payload)) < 0)
 				goto out;
 			bm[i].shape = bm[i - 1].shape;

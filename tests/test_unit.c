@@ -6,6 +6,7 @@
 #include "event_format.h"
 #include "internal.h"
 #include "slots.h"
+#include "event_encode.h"
 
 #include <criterion/criterion.h>
 
@@ -1704,6 +1705,68 @@ Test(unit, route_fence_turns_publishers_to_the_full_fence_and_off_leases)
 		cr_assert_eq(a->lease_end - a->lease_next, 0, "publishers taking turns leased after all");
 	}
 	shmbus_close(bus);
+}
+
+/* The batch publisher's wide shape compare (msg_shape.c) against every
+ * byte of a message: a byte of a field that differs makes two messages
+ * differ, a padding byte or a payload field does not. Messages whose
+ * padding holds garbage must still be found alike. */
+Test(unit, batch_shape_compare_sees_every_field_byte_and_no_padding)
+{
+#if defined(__x86_64__)
+	if (!shm_cpu_has_avx2)
+		cr_skip_test("no AVX2 here: batches use the field compare");
+	static const struct {
+		size_t off, len;
+	} fields[] = {
+		{offsetof(shmbus_msg_t, type), sizeof(shmbus_type_t)},
+		{offsetof(shmbus_msg_t, name), 8},
+		{offsetof(shmbus_msg_t, source), 8},
+		{offsetof(shmbus_msg_t, target), 8},
+		{offsetof(shmbus_msg_t, priority), sizeof(shmbus_priority_t)},
+		{offsetof(shmbus_msg_t, correlation_id), 8},
+		{offsetof(shmbus_msg_t, causation_id), 8},
+		{offsetof(shmbus_msg_t, ttl_ns), 8},
+		{offsetof(shmbus_msg_t, max_retries), 1},
+		{offsetof(shmbus_msg_t, retry_count), 1},
+		{offsetof(shmbus_msg_t, status), 1},
+		{offsetof(shmbus_msg_t, schema_version), 2},
+		{offsetof(shmbus_msg_t, content_type), sizeof(shmbus_content_t)},
+		{offsetof(shmbus_msg_t, flags), 2},
+		{offsetof(shmbus_msg_t, conversation_id), 8},
+		{offsetof(shmbus_msg_t, user_id), 8},
+		{offsetof(shmbus_msg_t, intent), 8},
+		{offsetof(shmbus_msg_t, decision_id), 8},
+		{offsetof(shmbus_msg_t, has_confidence), 1},
+		{offsetof(shmbus_msg_t, confidence), 4},
+		{offsetof(shmbus_msg_t, metadata), 8},
+		{offsetof(shmbus_msg_t, metadata_count), 8},
+	};
+	unsigned field_bytes = 0;
+	for (size_t off = 0; off < sizeof(shmbus_msg_t); off++) {
+		bool in_field = false;
+		for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+			in_field |= off >= fields[f].off && off < fields[f].off + fields[f].len;
+		field_bytes += in_field;
+		/* garbage everywhere, then the same garbage in both */
+		union {
+			shmbus_msg_t m;
+			uint8_t b[sizeof(shmbus_msg_t)];
+		} a, b;
+		for (size_t i = 0; i < sizeof a.b; i++)
+			a.b[i] = (uint8_t)tc_mix64(i * 31 + 7);
+		b = a;
+		cr_assert(event_same_shape_avx2(&a.m, &b.m), "byte %zu: identical messages differ", off);
+		b.b[off] ^= 0x80;
+		bool want_same = !in_field;
+		cr_expect_eq(event_same_shape_avx2(&a.m, &b.m), want_same, "byte %zu (%s) flipped: same = %d", off,
+			     in_field ? "a field's" : "padding", !want_same);
+	}
+	/* bytes 0..135 less 16 of padding; the payload's 16 are not a shape's */
+	cr_expect_eq(field_bytes, 120, "the field table covers the message");
+#else
+	cr_skip_test("the wide compare is x86-64 only");
+#endif
 }
 
 /* A consumer opens an event shaped like the last one it opened without
