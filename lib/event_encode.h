@@ -63,7 +63,7 @@ static inline bool event_same_shape(const shmbus_msg_t *a, const shmbus_msg_t *b
 	       a->metadata == b->metadata && a->metadata_count == b->metadata_count;
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__LP64__)
 /* event_same_shape in four 32-byte compares (msg_shape.c); only where
  * shm_cpu_has_avx2. */
 bool event_same_shape_avx2(const shmbus_msg_t *a, const shmbus_msg_t *b);
@@ -73,7 +73,7 @@ bool event_same_shape_avx2(const shmbus_msg_t *a, const shmbus_msg_t *b);
  * every message after its first. */
 static inline bool event_same_shape_batch(const shmbus_msg_t *a, const shmbus_msg_t *b)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__LP64__)
 	if (__builtin_expect(shm_cpu_has_avx2, 1))
 		return event_same_shape_avx2(a, b);
 #endif

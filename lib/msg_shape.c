@@ -6,18 +6,18 @@
  * fields, about 56 instructions a message, a sixth of what a batched
  * event costs its publisher). The fields a shape is made of are the
  * message's first 136 bytes bar the padding between them, so with AVX2
- * the question is four 32-byte XORs, masked where the padding lies, and
- * one 8-byte compare. The answer can differ from the field compare in one
- * way only: confidence bytes that differ while has_confidence is false
- * make two messages differ here, which costs that message its own layout,
- * never a wrong event.
+ * the question is four 32-byte XORs, masked where the padding lies, one
+ * 8-byte compare and, where has_confidence is set, the confidence (a
+ * caller may leave it unwritten otherwise, as event_same_shape never reads
+ * it then). The answer is event_same_shape's.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "event_encode.h"
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__LP64__)
 #include <immintrin.h>
 
 /* Where the compared bytes and the padding lie (x86-64 System V): the
@@ -45,8 +45,10 @@ _Static_assert(offsetof(shmbus_msg_t, confidence) == 116, "msg.confidence");
 _Static_assert(offsetof(shmbus_msg_t, metadata) == 120, "msg.metadata");
 _Static_assert(offsetof(shmbus_msg_t, metadata_count) == 128, "msg.metadata_count");
 _Static_assert(offsetof(shmbus_msg_t, payload) == 136, "msg.payload: the first byte not compared");
+_Static_assert(sizeof(shmbus_msg_t) == 152, "no field was added (into padding or at the end) that the masks miss");
 
-/* 0xFF where a field's byte lies in bytes 0..127, 0 over padding. */
+/* 0xFF where a field's byte lies in bytes 0..127, 0 over padding and over
+ * confidence (compared apart, only where has_confidence says it is set). */
 #define F4 0xFF, 0xFF, 0xFF, 0xFF
 #define F8 F4, F4
 #define P1 0
@@ -58,7 +60,7 @@ static const uint8_t shape_bytes[128] __attribute__((aligned(32))) = {
 	F4, P4, F8, F8, F8,		       /* 32: priority, pad, correlation, causation, ttl */
 	0xFF, 0xFF, 0xFF, P1, 0xFF, 0xFF, P2, /* 64: retries, retry count, status, pad, schema, pad */
 	F4, 0xFF, 0xFF, P2, F8, F8,	       /* 72: content type, flags, pad, conversation, user */
-	F8, F8, 0xFF, P3, F4, F8,	       /* 96: intent, decision, has_confidence, pad, confidence, metadata */
+	F8, F8, 0xFF, P3, P4, F8,	       /* 96: intent, decision, has_confidence, pad, (confidence), metadata */
 };
 _Static_assert(sizeof shape_bytes == 128, "every byte of 0..127 has its mask");
 
@@ -72,6 +74,9 @@ __attribute__((target("avx2"))) bool event_same_shape_avx2(const shmbus_msg_t *a
 					     _mm256_loadu_si256((const __m256i_u *)(pb + off)));
 		diff = _mm256_or_si256(diff, _mm256_and_si256(x, _mm256_load_si256((const __m256i *)(shape_bytes + off))));
 	}
-	return _mm256_testz_si256(diff, diff) && a->metadata_count == b->metadata_count;
+	/* confidence only where has_confidence (equal in both, by now) says
+	 * it was set: a caller may leave it unwritten */
+	return _mm256_testz_si256(diff, diff) && a->metadata_count == b->metadata_count &&
+	       (!a->has_confidence || memcmp(&a->confidence, &b->confidence, sizeof a->confidence) == 0);
 }
 #endif

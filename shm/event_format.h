@@ -247,20 +247,23 @@ static inline int seg_event_check_fast(const struct seg_event *ev, size_t avail)
  * event *last was taken from did: the same header words at the same avail
  * (so the same structural verdict) and a NUL everywhere a terminator lies
  * for that shape. false says nothing against ev: it may be of another
- * shape, which seg_event_check_same_shape then tests from scratch. The
- * words are compared where they lie, without a snapshot: a word that
- * changes under the compare can only make it fail (the caller then takes
- * the snapshot path), and a header that passed word for word is one whose
- * snapshot would have passed.
+ * shape, which seg_event_check_same_shape then tests from scratch. It
+ * reads nothing before the avail tests (the remembered one, and at least
+ * SEG_EVENT_FIXED), so every read lies inside avail. The words are read
+ * into registers rather than a snapshot on the stack; a word that another
+ * process changes meanwhile can make the answer either way, as with a
+ * snapshot, and stays safe: the terminators are looked up where the
+ * remembered (validated) lengths put them, inside the string area.
  */
 static inline bool seg_event_like_last(const struct seg_event *ev, size_t avail, const struct seg_event_shape *last)
 {
+	if (last->avail != avail || avail < SEG_EVENT_FIXED) /* a zeroed *last has avail 0 */
+		return false;
 	const char *b = (const char *)ev;
 	uint64_t w0, w[4];
 	memcpy(&w0, b, 8);
 	memcpy(w, b + 112, 32);
-	return last->avail == avail &&
-	       !((w0 ^ last->w[0]) | (w[0] ^ last->w[1]) | (w[1] ^ last->w[2]) | (w[2] ^ last->w[3]) |
+	return !((w0 ^ last->w[0]) | (w[0] ^ last->w[1]) | (w[1] ^ last->w[2]) | (w[2] ^ last->w[3]) |
 		 (w[3] ^ last->w[4])) &&
 	       seg_event_check_terminators(ev, last) == 0;
 }

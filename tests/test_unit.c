@@ -1709,11 +1709,12 @@ Test(unit, route_fence_turns_publishers_to_the_full_fence_and_off_leases)
 
 /* The batch publisher's wide shape compare (msg_shape.c) against every
  * byte of a message: a byte of a field that differs makes two messages
- * differ, a padding byte or a payload field does not. Messages whose
- * padding holds garbage must still be found alike. */
+ * differ, a padding byte or a payload field does not (confidence counts
+ * only with has_confidence). Messages whose padding holds garbage must
+ * still be found alike. */
 Test(unit, batch_shape_compare_sees_every_field_byte_and_no_padding)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__LP64__)
 	if (!shm_cpu_has_avx2)
 		cr_skip_test("no AVX2 here: batches use the field compare");
 	static const struct {
@@ -1755,6 +1756,7 @@ Test(unit, batch_shape_compare_sees_every_field_byte_and_no_padding)
 		} a, b;
 		for (size_t i = 0; i < sizeof a.b; i++)
 			a.b[i] = (uint8_t)tc_mix64(i * 31 + 7);
+		a.m.has_confidence = true; /* so confidence is a field */
 		b = a;
 		cr_assert(event_same_shape_avx2(&a.m, &b.m), "byte %zu: identical messages differ", off);
 		b.b[off] ^= 0x80;
@@ -1764,6 +1766,12 @@ Test(unit, batch_shape_compare_sees_every_field_byte_and_no_padding)
 	}
 	/* bytes 0..135 less 16 of padding; the payload's 16 are not a shape's */
 	cr_expect_eq(field_bytes, 120, "the field table covers the message");
+	/* without has_confidence, confidence is not read (it may be unset) */
+	shmbus_msg_t a = {.type = SHMBUS_NOTIFICATION, .name = "n"}, b = a;
+	b.confidence = 0.5f;
+	cr_expect(event_same_shape_avx2(&a, &b), "confidence compared without has_confidence");
+	a.has_confidence = b.has_confidence = true;
+	cr_expect(!event_same_shape_avx2(&a, &b), "confidence not compared with has_confidence");
 #else
 	cr_skip_test("the wide compare is x86-64 only");
 #endif

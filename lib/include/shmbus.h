@@ -252,7 +252,7 @@ typedef struct {
 	size_t metadata_count;
 	const void *payload;
 	size_t payload_len;
-} shmbus_msg_t;
+} shmbus_msg_t; /* a field added here must be added to lib/msg_shape.c's masks too */
 
 /*
  * shmbus_publish - copy one event into the bus, route it to every matching
