@@ -22,29 +22,33 @@
 
 /* Where the compared bytes and the padding lie (x86-64 System V): the
  * masks below are written for exactly this layout. */
-_Static_assert(offsetof(shmbus_msg_t, type) == 0 && sizeof(shmbus_type_t) == 4, "msg.type");
-_Static_assert(offsetof(shmbus_msg_t, name) == 8, "msg.name");
-_Static_assert(offsetof(shmbus_msg_t, source) == 16, "msg.source");
-_Static_assert(offsetof(shmbus_msg_t, target) == 24, "msg.target");
-_Static_assert(offsetof(shmbus_msg_t, priority) == 32 && sizeof(shmbus_priority_t) == 4, "msg.priority");
-_Static_assert(offsetof(shmbus_msg_t, correlation_id) == 40, "msg.correlation_id");
-_Static_assert(offsetof(shmbus_msg_t, causation_id) == 48, "msg.causation_id");
-_Static_assert(offsetof(shmbus_msg_t, ttl_ns) == 56, "msg.ttl_ns");
-_Static_assert(offsetof(shmbus_msg_t, max_retries) == 64, "msg.max_retries");
-_Static_assert(offsetof(shmbus_msg_t, retry_count) == 65, "msg.retry_count");
-_Static_assert(offsetof(shmbus_msg_t, status) == 66, "msg.status");
-_Static_assert(offsetof(shmbus_msg_t, schema_version) == 68, "msg.schema_version");
-_Static_assert(offsetof(shmbus_msg_t, content_type) == 72 && sizeof(shmbus_content_t) == 4, "msg.content_type");
-_Static_assert(offsetof(shmbus_msg_t, flags) == 76, "msg.flags");
-_Static_assert(offsetof(shmbus_msg_t, conversation_id) == 80, "msg.conversation_id");
-_Static_assert(offsetof(shmbus_msg_t, user_id) == 88, "msg.user_id");
-_Static_assert(offsetof(shmbus_msg_t, intent) == 96, "msg.intent");
-_Static_assert(offsetof(shmbus_msg_t, decision_id) == 104, "msg.decision_id");
-_Static_assert(offsetof(shmbus_msg_t, has_confidence) == 112, "msg.has_confidence");
-_Static_assert(offsetof(shmbus_msg_t, confidence) == 116, "msg.confidence");
-_Static_assert(offsetof(shmbus_msg_t, metadata) == 120, "msg.metadata");
-_Static_assert(offsetof(shmbus_msg_t, metadata_count) == 128, "msg.metadata_count");
-_Static_assert(offsetof(shmbus_msg_t, payload) == 136, "msg.payload: the first byte not compared");
+#define PINNED(field, off) _Static_assert(offsetof(shmbus_msg_t, field) == (off), "msg." #field)
+PINNED(type, 0);
+_Static_assert(sizeof(shmbus_type_t) == 4, "msg.type size");
+PINNED(name, 8);
+PINNED(source, 16);
+PINNED(target, 24);
+PINNED(priority, 32);
+_Static_assert(sizeof(shmbus_priority_t) == 4, "msg.priority size");
+PINNED(correlation_id, 40);
+PINNED(causation_id, 48);
+PINNED(ttl_ns, 56);
+PINNED(max_retries, 64);
+PINNED(retry_count, 65);
+PINNED(status, 66);
+PINNED(schema_version, 68);
+PINNED(content_type, 72);
+_Static_assert(sizeof(shmbus_content_t) == 4, "msg.content_type size");
+PINNED(flags, 76);
+PINNED(conversation_id, 80);
+PINNED(user_id, 88);
+PINNED(intent, 96);
+PINNED(decision_id, 104);
+PINNED(has_confidence, 112);
+PINNED(confidence, 116);
+PINNED(metadata, 120);
+PINNED(metadata_count, 128);
+PINNED(payload, 136); /* the first byte not compared */
 _Static_assert(sizeof(shmbus_msg_t) == 152, "no field was added (into padding or at the end) that the masks miss");
 
 /* 0xFF where a field's byte lies in bytes 0..127, 0 over padding and over

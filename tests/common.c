@@ -234,6 +234,15 @@ int tc_publish_u32(shmbus_pub_t *pub, shmbus_type_t type, const char *name, shmb
 	return shmbus_publish(pub, &m, NULL);
 }
 
+void tc_u32_batch(shmbus_msg_t *msgs, uint32_t *vals, unsigned n, const char *name)
+{
+	for (unsigned i = 0; i < n; i++) {
+		vals[i] = i;
+		msgs[i] = (shmbus_msg_t){
+			.type = SHMBUS_NOTIFICATION, .name = name, .payload = &vals[i], .payload_len = sizeof vals[i]};
+	}
+}
+
 uint32_t tc_payload_u32(const shmbus_event_t *ev)
 {
 	size_t len = 0;

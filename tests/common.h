@@ -58,6 +58,9 @@ shmbus_sub_t *tc_sub(shmbus_bus_t *bus, shmbus_filter_t *filter);
 
 /* Publish a notification (or `type`) named `name` with a u32 payload. */
 int tc_publish_u32(shmbus_pub_t *pub, shmbus_type_t type, const char *name, shmbus_priority_t prio, uint32_t value);
+/* Fill msgs[0..n) with notifications named `name` of one shape, msgs[i]
+ * carrying the u32 payload vals[i] = i: a batch of one shape. */
+void tc_u32_batch(shmbus_msg_t *msgs, uint32_t *vals, unsigned n, const char *name);
 /* The u32 payload of an event, or UINT32_MAX if the payload is not 4 bytes. */
 uint32_t tc_payload_u32(const shmbus_event_t *ev);
 

@@ -1717,32 +1717,18 @@ Test(unit, batch_shape_compare_sees_every_field_byte_and_no_padding)
 #if defined(__x86_64__) && defined(__LP64__)
 	if (!shm_cpu_has_avx2)
 		cr_skip_test("no AVX2 here: batches use the field compare");
+#define MSG_FIELD(f) {offsetof(shmbus_msg_t, f), sizeof(((shmbus_msg_t *)0)->f)}
 	static const struct {
 		size_t off, len;
 	} fields[] = {
-		{offsetof(shmbus_msg_t, type), sizeof(shmbus_type_t)},
-		{offsetof(shmbus_msg_t, name), 8},
-		{offsetof(shmbus_msg_t, source), 8},
-		{offsetof(shmbus_msg_t, target), 8},
-		{offsetof(shmbus_msg_t, priority), sizeof(shmbus_priority_t)},
-		{offsetof(shmbus_msg_t, correlation_id), 8},
-		{offsetof(shmbus_msg_t, causation_id), 8},
-		{offsetof(shmbus_msg_t, ttl_ns), 8},
-		{offsetof(shmbus_msg_t, max_retries), 1},
-		{offsetof(shmbus_msg_t, retry_count), 1},
-		{offsetof(shmbus_msg_t, status), 1},
-		{offsetof(shmbus_msg_t, schema_version), 2},
-		{offsetof(shmbus_msg_t, content_type), sizeof(shmbus_content_t)},
-		{offsetof(shmbus_msg_t, flags), 2},
-		{offsetof(shmbus_msg_t, conversation_id), 8},
-		{offsetof(shmbus_msg_t, user_id), 8},
-		{offsetof(shmbus_msg_t, intent), 8},
-		{offsetof(shmbus_msg_t, decision_id), 8},
-		{offsetof(shmbus_msg_t, has_confidence), 1},
-		{offsetof(shmbus_msg_t, confidence), 4},
-		{offsetof(shmbus_msg_t, metadata), 8},
-		{offsetof(shmbus_msg_t, metadata_count), 8},
+		MSG_FIELD(type), MSG_FIELD(name), MSG_FIELD(source), MSG_FIELD(target), MSG_FIELD(priority),
+		MSG_FIELD(correlation_id), MSG_FIELD(causation_id), MSG_FIELD(ttl_ns), MSG_FIELD(max_retries),
+		MSG_FIELD(retry_count), MSG_FIELD(status), MSG_FIELD(schema_version), MSG_FIELD(content_type),
+		MSG_FIELD(flags), MSG_FIELD(conversation_id), MSG_FIELD(user_id), MSG_FIELD(intent),
+		MSG_FIELD(decision_id), MSG_FIELD(has_confidence), MSG_FIELD(confidence), MSG_FIELD(metadata),
+		MSG_FIELD(metadata_count),
 	};
+#undef MSG_FIELD
 	unsigned field_bytes = 0;
 	for (size_t off = 0; off < sizeof(shmbus_msg_t); off++) {
 		bool in_field = false;
@@ -1793,10 +1779,7 @@ Test(unit, an_event_corrupted_after_a_run_of_its_shape_is_not_handed_out)
 	enum { N = 12, M = 3 };
 	shmbus_msg_t msgs[N];
 	uint32_t vals[N];
-	for (unsigned i = 0; i < N; i++) {
-		vals[i] = i;
-		msgs[i] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = "run", .payload = &vals[i], .payload_len = 4};
-	}
+	tc_u32_batch(msgs, vals, N, "run");
 	cr_assert_eq(shmbus_publish_batch(pub, msgs, N, NULL), N, "%s", shmbus_errmsg());
 	/* where the batch lies, from another subscription */
 	const shmbus_event_t *first = NULL;

@@ -79,6 +79,14 @@ static json_t *time_or_null(uint64_t ns)
  * The "header" line: where the bytes came from, then, when the header can be
  * trusted, its fields, config and region offsets; else the reason it cannot.
  */
+/* How the bus's publishers route: "full" (every one with the full fence),
+ * "light", or "?" when the header cannot be trusted. */
+static const char *route_fence_name(const shmbus_inspect_t *in)
+{
+	int full = shmbus_inspect_route_fence_full(in);
+	return full < 0 ? "?" : full ? "full" : "light";
+}
+
 static int header_json(const shmbus_inspect_t *in)
 {
 	shmbus_inspect_header_t h;
@@ -105,7 +113,8 @@ static int header_json(const shmbus_inspect_t *in)
 			"layout_hash", json_string(hash), "total_size", ju(h.total_size), "incarnation",
 			ju(h.incarnation), "created_at", time_or_null(h.created_ns), "flags", ju(h.flags), "config",
 			cfg, "regions", regions, "claim_pos", ju(h.claim_pos), "route_epoch", ju(h.route_epoch),
-			"route_fence", json_string(shmbus_inspect_route_fence_full(in) == 1 ? "full" : "light"), "space_waiters", ju(h.space_waiters), "reclaims", ju(h.reclaims), "aborted_claims",
+			"route_fence", json_string(route_fence_name(in)), "space_waiters", ju(h.space_waiters),
+			"reclaims", ju(h.reclaims), "aborted_claims",
 			ju(h.aborted_claims), "demotions", ju(h.demotions), "recovered_events", ju(h.recovered_events),
 			NULL));
 }
@@ -142,7 +151,7 @@ static void header_human(const shmbus_inspect_t *in)
 	printf("state: claim_pos=%llu route_epoch=%llu route_fence=%s space_waiters=%u reclaims=%llu "
 	       "aborted_claims=%llu demotions=%llu recovered_events=%llu\n",
 	       (unsigned long long)h.claim_pos, (unsigned long long)h.route_epoch,
-	       shmbus_inspect_route_fence_full(in) == 1 ? "full" : "light",
+	       route_fence_name(in),
 	       h.space_waiters,
 	       (unsigned long long)h.reclaims, (unsigned long long)h.aborted_claims, (unsigned long long)h.demotions,
 	       (unsigned long long)h.recovered_events);
