@@ -784,6 +784,98 @@ static int release_plain(shmbus_sub_t *sub, uint32_t i, bool *wake_owed)
 	return 0;
 }
 
+/*
+ * The geometry a batch of drops reads for every event, loaded once: the
+ * atomics of each drop are compiler barriers, after which every field
+ * behind sub and bus would be loaded again.
+ */
+struct drop_ctx {
+	struct seg_slot_ctl *slot_ctl;
+	uint64_t slot_index_mask;
+	uint32_t slot_shift;
+	uint64_t *entries; /* our consumer record's held[] */
+	uint64_t lone_bit; /* our holder bit, where it may be cleared plainly; else 0 */
+};
+
+static struct drop_ctx drop_ctx_of(const shmbus_sub_t *sub)
+{
+	const shmbus_bus_t *bus = sub->bus;
+	/* slot_release_alone's condition, decided once: the sole consumer
+	 * of a plain subscription on a bus with one holder word */
+	bool plain_store = sub->sole_consumer && bus->max_subs <= 64;
+	return (struct drop_ctx){
+		.slot_ctl = bus->slot_ctl,
+		.slot_index_mask = bus->nslots - 1,
+		.slot_shift = bus->slot_shift,
+		.entries = sub->cons->held,
+		.lone_bit = plain_store ? 1ull << (sub->index % 64) : 0,
+	};
+}
+
+/*
+ * release_plain for the last entry of held[], with the geometry in
+ * registers: held[last] is a ring event handed to the user, whose entry
+ * carries no mark but its hold. The entry is won for the drop (DROPPING),
+ * the hold's bit cleared (with a plain store where slot_release_alone
+ * would: the bit alone in the slot's only holder word, the slot COMMITTED
+ * in the event's lap), then the entry stored 0 and its index freed.
+ * Returns 0, or -1 to leave the event to release_held (from the log,
+ * marked, lost to a revoker, or the CAS lost).
+ */
+static inline __attribute__((always_inline)) int drop_last(shmbus_sub_t *sub, const struct drop_ctx *d,
+							   bool *wake_owed)
+{
+	const struct held_local *l = &sub->held[sub->nheld - 1];
+	uint32_t k = l->k;
+	uint64_t seq = l->seq;
+	if (k == HELD_FROM_LOG)
+		return -1;
+	uint64_t *e = &d->entries[k], desc = at_load_relaxed_u64(e);
+	/* no flag but the hold: not marked, not a tombstone */
+	if ((desc & ~SEG_DESC_HOLDS_REF) != seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
+		return -1;
+	CRASH_POINT("plain.won");
+	sub->nheld--;
+	if (desc & SEG_DESC_HOLDS_REF) {
+		struct seg_slot_ctl *s = &d->slot_ctl[seq & d->slot_index_mask];
+		uint64_t committed = seg_ctl_make(seg_lap_of(seq, d->slot_shift), SEG_SLOT_COMMITTED, 0);
+		/* see slot_release_alone for why the loads are acquires */
+		if (d->lone_bit && at_load_acquire_u64(&s->ctl) == committed &&
+		    at_load_acquire_u64(&s->holders[0]) == d->lone_bit) {
+			at_store_release_u64(&s->holders[0], 0);
+			*wake_owed = true;
+		} else {
+			slot_release(sub->bus, seq, sub->index);
+		}
+		CRASH_POINT("drop.bit");
+	}
+	at_store_release_u64(e, 0);
+	CRASH_POINT("drop.cleared");
+	held_free(sub, k);
+	return 0;
+}
+
+/*
+ * Whether evs[0..n) is the tail of held[] in order, which is how
+ * shmbus_poll_batch hands events out: then each is dropped from the end of
+ * held[] without a search. The same pass fetches the events' control lines
+ * for writing, so that their misses overlap instead of queueing behind
+ * each drop's locked instruction.
+ */
+static bool batch_is_held_tail(const shmbus_sub_t *sub, const struct drop_ctx *d, const shmbus_event_t *const *evs,
+			       int n)
+{
+	if ((uint32_t)n > sub->nheld)
+		return false;
+	const struct held_local *tail = &sub->held[sub->nheld - (uint32_t)n];
+	for (int j = 0; j < n; j++) {
+		if (tail[j].ev != (const void *)evs[j])
+			return false;
+		at_prefetch_write(&d->slot_ctl[tail[j].seq & d->slot_index_mask]);
+	}
+	return true;
+}
+
 SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *const *evs, int n)
 {
 	if (!sub || (!evs && n > 0) || n < 0)
@@ -791,12 +883,27 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	/* A removed subscription's record may already serve another: then
 	 * every event goes the deferred way, which only forgets them. */
 	bool now = !sub->bus->orphaned && sub_current(sub);
+	int first_err = 0;
+	bool wake_owed = false;
+	struct drop_ctx d;
+	if (now && (d = drop_ctx_of(sub), batch_is_held_tail(sub, &d, evs, n))) {
+		/* Last first: each is held[]'s last entry when its turn comes,
+		 * so removing it moves nothing, whichever way it goes. */
+		for (int j = n; j-- > 0;) {
+			int rc = drop_last(sub, &d, &wake_owed);
+			if (rc == -1)
+				rc = release_held(sub, sub->nheld - 1, evs[j], true);
+			if (rc < 0 && !first_err)
+				first_err = rc;
+		}
+		if (wake_owed)
+			wake_space_waiters(sub);
+		return first_err;
+	}
 	if (now)
 		for (int j = 0; j < n; j++)
 			if (evs[j])
 				at_prefetch_write(bus_slot_holders(sub->bus, ((const struct seg_event *)(const void *)evs[j])->seq));
-	int first_err = 0;
-	bool wake_owed = false;
 	/* Last first: events taken by shmbus_poll_batch sit at the end of
 	 * held[] in delivery order, so each is found at once and removing it
 	 * moves nothing (the gap is filled with the last entry). */
