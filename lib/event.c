@@ -208,7 +208,7 @@ static inline __attribute__((always_inline)) char *put_str(char *p, const char *
 }
 
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
-		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns)
+		 uint64_t seq, struct id_words id, uint64_t now_ns)
 {
 	/* Every byte of the fixed part is assigned (no memset first): the
 	 * slot's cache lines are written once. */
@@ -271,8 +271,7 @@ bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const stru
 		return false;
 	/* Only the bytes before the payload are kept; the fields that
 	 * event_write_cached writes for each event get placeholders. */
-	static const shmbus_uuid_t no_id;
-	event_write(&c->head.ev, msg, lay, 0, 0, &no_id, 0);
+	event_write(&c->head.ev, msg, lay, 0, 0, (struct id_words){0, 0}, 0);
 	c->msg = *msg;
 	c->lib_flags = lay->lib_flags;
 	c->valid = true;

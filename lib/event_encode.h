@@ -80,27 +80,51 @@ static inline bool event_same_shape_batch(const shmbus_msg_t *a, const shmbus_ms
 	return event_same_shape(a, b);
 }
 
+/*
+ * An event id as the two 8-byte words of its 16 bytes, each already in
+ * memory order, put together in registers and stored with two 8-byte
+ * moves. An id assembled in memory by two 8-byte stores and then copied as
+ * 16 bytes cannot be forwarded from them: the copy waits until both have
+ * reached the cache, behind every older store of the publish (the claimed
+ * slot's control word, whose line is still on its way), and the rest of
+ * the publish waits with it. In a spin ping-pong that load was half of
+ * the samples (perf) of a single publish's own code.
+ */
+struct id_words {
+	uint64_t time_word; /* bytes 0..7: ms(48) ver(4) tag(12), big endian */
+	uint64_t seq_word;  /* bytes 8..15: var(2) seq(62), big endian */
+};
+
+/* The first word of a UUIDv7 of this millisecond and bus incarnation (see
+ * uuid.c): the same for every event of one clock reading. */
+static inline uint64_t uuid_v7_time_word(uint64_t unix_ms, uint64_t incarnation)
+{
+	return __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
+}
+
+/* The last word of the id of the event of sequence seq: the UUIDv7's
+ * variant and sequence bits. The ids of one publish call differ in it
+ * only. */
+static inline uint64_t uuid_v7_seq_word(uint64_t seq)
+{
+	return __builtin_bswap64((2ull << 62) | (seq & ((1ull << 62) - 1)));
+}
+
+static inline struct id_words uuid_v7_words(uint64_t unix_ms, uint64_t incarnation, uint64_t seq)
+{
+	return (struct id_words){uuid_v7_time_word(unix_ms, incarnation), uuid_v7_seq_word(seq)};
+}
+
+/* Store id at dst (16 bytes, any alignment). */
+static inline void id_words_put(uint8_t *dst, struct id_words id)
+{
+	memcpy(dst, &id.time_word, 8);
+	memcpy(dst + 8, &id.seq_word, 8);
+}
+
 /* Write everything but the payload bytes; lay is the layout of msg's shape. */
 void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct event_layout *lay, size_t payload_len,
-		 uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns);
-
-/* Store the first 8 bytes of a UUIDv7 of this millisecond and bus
- * incarnation (see uuid.c): the same for every event of one clock reading. */
-static inline void uuid_v7_put_time(uint8_t *first8, uint64_t unix_ms, uint64_t incarnation)
-{
-	/* big endian: ms(48) ver(4) tag(12) */
-	uint64_t hi = __builtin_bswap64((unix_ms << 16) | 0x7000 | (incarnation & 0xFFF));
-	memcpy(first8, &hi, 8);
-}
-
-/* Store the last 8 bytes of the id of the event of sequence seq: the
- * UUIDv7's variant and sequence bits (see uuid.c). The ids of one publish
- * call differ in these bytes only. */
-static inline void uuid_v7_put_seq(uint8_t *last8, uint64_t seq)
-{
-	uint64_t lo = __builtin_bswap64((2ull << 62) | (seq & ((1ull << 62) - 1)));
-	memcpy(last8, &lo, 8);
-}
+		 uint64_t seq, struct id_words id, uint64_t now_ns);
 
 /*
  * Copy n bytes between buffers that do not overlap. Up to 32 bytes take at
@@ -153,12 +177,11 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 	 * stored to a line not yet owned waits for that line to arrive, and ev's
 	 * lines were last read by a consumer a lap ago. Reading ev->id back was
 	 * half of what a batched event cost the publisher. */
-	uint8_t id[16];
-	memcpy(id, prev->id, 8);
-	uuid_v7_put_seq(id + 8, seq);
-	memcpy(ev->id, id, 16);
+	struct id_words id = {.seq_word = uuid_v7_seq_word(seq)};
+	memcpy(&id.time_word, prev->id, 8);
+	id_words_put(ev->id, id);
 	if (own_correlation)
-		memcpy(ev->correlation_id, id, 16);
+		id_words_put(ev->correlation_id, id);
 	ev->payload_len = (uint32_t)payload_len;
 	ev->committed = 0;
 }
@@ -167,10 +190,13 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
  * correlation id (its own id unless the message names one), causation
  * id, times, expiry. Shared by event_write and event_write_cached. */
 static inline __attribute__((always_inline)) void event_put_own(struct seg_event *ev, const shmbus_msg_t *msg,
-								const shmbus_uuid_t *id, uint64_t now_ns)
+								struct id_words id, uint64_t now_ns)
 {
-	memcpy(ev->id, id, 16);
-	memcpy(ev->correlation_id, msg->correlation_id ? msg->correlation_id->bytes : id->bytes, 16);
+	id_words_put(ev->id, id);
+	if (msg->correlation_id)
+		memcpy(ev->correlation_id, msg->correlation_id->bytes, 16);
+	else
+		id_words_put(ev->correlation_id, id);
 	if (msg->causation_id)
 		memcpy(ev->causation_id, msg->causation_id->bytes, 16);
 	else
@@ -313,7 +339,7 @@ bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const stru
  */
 static inline __attribute__((always_inline)) void event_write_cached(struct seg_event *ev, const struct event_cache *c,
 								    const shmbus_msg_t *msg, size_t payload_len,
-								    uint64_t seq, const shmbus_uuid_t *id, uint64_t now_ns)
+								    uint64_t seq, struct id_words id, uint64_t now_ns)
 {
 	const struct seg_event *t = &c->head.ev;
 	/* the fixed part (a constant size: inline moves), then the strings

@@ -351,13 +351,11 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	}
 	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, hold[SEG_HOLDER_WORDS] = {0};
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
-	shmbus_uuid_t id; /* uuid_make_v7, inlined */
-	uuid_v7_put_time(id.bytes, now / 1000000, bus->hdr->incarnation);
-	uuid_v7_put_seq(id.bytes + 8, pos);
+	struct id_words id = uuid_v7_words(now / 1000000, bus->hdr->incarnation, pos);
 	if (cached)
-		event_write_cached(ev, cache, msg, msg->payload_len, pos, &id, now);
+		event_write_cached(ev, cache, msg, msg->payload_len, pos, id, now);
 	else
-		event_write(ev, msg, &lay, msg->payload_len, pos, &id, now);
+		event_write(ev, msg, &lay, msg->payload_len, pos, id, now);
 	copy_short((uint8_t *)ev + head, msg->payload, msg->payload_len);
 	CRASH_POINT("one.written");
 	if (route_event(pub, ev, pos, hold, wake) == 0)
@@ -371,7 +369,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	if (pub->nunrouted)
 		flush_unrouted(pub);
 	if (id_out)
-		*id_out = id;
+		id_words_put(id_out->bytes, id);
 	return 0;
 }
 
@@ -476,19 +474,18 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 			if (like_prev) {
 				event_write_like(ev, like, shape, m->payload_len, seq, !m->correlation_id);
 			} else {
-				shmbus_uuid_t id;
-				uuid_make_v7(&id, now / 1000000, seq, incarnation);
+				struct id_words id = uuid_v7_words(now / 1000000, incarnation, seq);
 				/* The events that follow in its shape copy the bytes
 				 * before the payload from private memory: read back
 				 * from the ring, they would wait for the lines this
 				 * store sends for (see event_write_like). */
 				bool followed = i + 1 < to && bm[i + 1].shape == bm[i].shape;
 				if (followed && shape->payload_off <= sizeof tmpl) {
-					event_write(&tmpl.ev, m, shape, m->payload_len, seq, &id, now);
+					event_write(&tmpl.ev, m, shape, m->payload_len, seq, id, now);
 					event_write_like(ev, &tmpl.ev, shape, m->payload_len, seq, !m->correlation_id);
 					like = &tmpl.ev;
 				} else {
-					event_write(ev, m, shape, m->payload_len, seq, &id, now);
+					event_write(ev, m, shape, m->payload_len, seq, id, now);
 					like = ev;
 				}
 			}
@@ -557,10 +554,8 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 	if ((rc = slots_claim(pub, n, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
 		return rc;
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
-	shmbus_uuid_t id;
 	uint64_t now = now_real_ns();
-	uuid_make_v7(&id, now / 1000000, pos, bus->hdr->incarnation);
-	event_write(ev, msg, &lay, payload_len, pos, &id, now);
+	event_write(ev, msg, &lay, payload_len, pos, uuid_v7_words(now / 1000000, bus->hdr->incarnation, pos), now);
 	pub->claim_open = true;
 	pub->claim_pos = pos;
 	pub->claim_slots = n;

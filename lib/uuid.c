@@ -19,8 +19,7 @@
 void uuid_make_v7(shmbus_uuid_t *out, uint64_t unix_ms, uint64_t seq, uint64_t incarnation)
 {
 	/* two big-endian words: ms(48) ver(4) tag(12) | var(2) seq(62) */
-	uuid_v7_put_time(out->bytes, unix_ms, incarnation);
-	uuid_v7_put_seq(out->bytes + 8, seq);
+	id_words_put(out->bytes, uuid_v7_words(unix_ms, incarnation, seq));
 }
 
 SHMBUS_API uint64_t shmbus_uuid_seq(const shmbus_uuid_t *id)
