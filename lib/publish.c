@@ -231,6 +231,31 @@ static void hand_off_single(const shmbus_pub_t *pub, const struct seg_event *ev,
 		at_prefetch_write(next + off);
 }
 
+/*
+ * A single publish that will take its slot from its lease fetches the
+ * slot's lines for writing first thing, so that the fetch overlaps with
+ * the cache check and the claim instead of holding up the push. The
+ * previous publish fetched them when it was done (hand_off_single), but by
+ * now a consumer has most likely taken them back: in a spin ping-pong,
+ * with those lines fetched again here, the round trip fell from 996 to
+ * 920 ns (12 interleaved runs each), and a full fence after the event's
+ * stores had waited about 100 ns for them before. The likely taker is the
+ * hardware prefetcher of the consumer's core, which follows its reads of
+ * the previous event into the slots after it. The event's length is not
+ * known yet: the cached event's is the guess (a few lines too many or too
+ * few cost nothing but a prefetch or a miss).
+ */
+static inline void fetch_lease_slot(const shmbus_pub_t *pub, const shmbus_msg_t *msg)
+{
+	const struct event_cache *c = pub->last_event;
+	uint64_t bytes = (c->valid ? c->head.ev.payload_off : SEG_EVENT_FIXED) + (uint64_t)msg->payload_len;
+	if (bytes > HAND_OFF_MAX)
+		bytes = HAND_OFF_MAX;
+	const uint8_t *next = bus_slot_data(pub->bus, pub->lease_next);
+	for (uint32_t off = 0; off < bytes; off += 64)
+		at_prefetch_write(next + off);
+}
+
 /* Only this publisher writes its counters: no locked instruction needed. */
 static inline void count_published(shmbus_pub_t *pub, uint64_t n, uint64_t bytes)
 {
@@ -315,13 +340,15 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 {
 	int rc;
 	shmbus_bus_t *bus = pub->bus;
-	/* The claim word was most likely written last by another publisher:
-	 * its transfer overlaps with the work below (unless the claim comes
-	 * from a lease, and needs no claim word). */
-	if (!slots_lease_ready(pub))
-		at_prefetch_write(&bus->hdr->claim_pos);
 	if (msg->payload_len && !msg->payload)
 		return shmbus__fail(EINVAL, "the message has a payload length but no payload");
+	/* The claim word was most likely written last by another publisher:
+	 * its transfer overlaps with the work below. A claim from the lease
+	 * needs no claim word, but the slot's lines. */
+	if (!slots_lease_ready(pub))
+		at_prefetch_write(&bus->hdr->claim_pos);
+	else
+		fetch_lease_slot(pub, msg);
 	uint32_t max_payload = bus->hdr->max_payload;
 	struct event_cache *cache = pub->last_event;
 	struct event_layout lay;
