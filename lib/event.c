@@ -269,8 +269,8 @@ bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const stru
 {
 	if (lay->payload_off > sizeof c->head)
 		return false;
-	/* Only the bytes before the payload are kept; the fields that
-	 * event_write_cached writes for each event get placeholders. */
+	/* Only the bytes before the payload are kept; the fields each event
+	 * has of its own get placeholders. */
 	event_write(&c->head.ev, msg, lay, 0, 0, (struct id_words){0, 0}, 0);
 	c->msg = *msg;
 	c->lib_flags = lay->lib_flags;

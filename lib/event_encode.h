@@ -188,7 +188,8 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 
 /* The fields of ev that are each publish's own whatever its shape: id,
  * correlation id (its own id unless the message names one), causation
- * id, times, expiry. Shared by event_write and event_write_cached. */
+ * id, times, expiry. Written by event_write, and by publish_one after a
+ * cached event's push. */
 static inline __attribute__((always_inline)) void event_put_own(struct seg_event *ev, const shmbus_msg_t *msg,
 								struct id_words id, uint64_t now_ns)
 {
@@ -224,8 +225,8 @@ struct event_cache {
 	/* The message's fields; of its pointers only source is looked at,
 	 * to tell the publisher's own source (NULL) from a given one. */
 	shmbus_msg_t msg;
-	/* the event up to its payload: everything but the fields that
-	 * event_write_cached writes for each event */
+	/* the event up to its payload: everything but the fields each
+	 * event has of its own */
 	union {
 		struct seg_event ev;
 		uint64_t bytes[EVENT_CACHE_BYTES / 8];
@@ -278,8 +279,8 @@ bool event_cache_meta_same(const shmbus_msg_t *msg, const char *p);
 
 /*
  * event_cache_hit - whether msg, published with lib_flags, encodes exactly
- * as the cached event but for what event_write_cached writes for each
- * event (size, sequence, ids, times, payload length): the same fixed
+ * as the cached event but for what each event has of its own (size,
+ * sequence, ids, times, payload length): the same fixed
  * fields, and strings of the same bytes. A message that hits has passed
  * event_layout's checks already (but for its payload length).
  */
@@ -332,14 +333,14 @@ static inline __attribute__((always_inline)) bool event_cache_hit(const struct e
 bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const struct event_layout *lay);
 
 /*
- * Write ev (everything but the payload bytes) as the cached event with its
- * own size, sequence, id, correlation and causation ids, times and payload
- * length; msg hit the cache. Inlined: it is most of what a single publish
- * costs to write.
+ * Write ev (everything but the payload bytes and the fields event_put_own
+ * writes) as the cached event with its own size, sequence and payload
+ * length; the message hit the cache. The caller writes the rest with
+ * event_put_own before the commit. Inlined: it is most of what a single
+ * publish costs to write.
  */
 static inline __attribute__((always_inline)) void event_write_cached(struct seg_event *ev, const struct event_cache *c,
-								    const shmbus_msg_t *msg, size_t payload_len,
-								    uint64_t seq, struct id_words id, uint64_t now_ns)
+								    size_t payload_len, uint64_t seq)
 {
 	const struct seg_event *t = &c->head.ev;
 	/* the fixed part (a constant size: inline moves), then the strings
@@ -348,7 +349,6 @@ static inline __attribute__((always_inline)) void event_write_cached(struct seg_
 	copy_short(ev->strings, t->strings, t->payload_off - SEG_EVENT_FIXED);
 	ev->size = t->payload_off + (uint32_t)payload_len;
 	ev->seq = seq;
-	event_put_own(ev, msg, id, now_ns);
 	ev->payload_len = (uint32_t)payload_len;
 }
 

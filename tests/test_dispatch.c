@@ -919,6 +919,37 @@ Test(dispatch, unmatched_commands_and_queries_are_dead_lettered_when_the_bus_ask
 	shmbus_close(bus);
 }
 
+/* The second of two like commands is written from the publisher's cache,
+ * whose id and times come after the push: the dead letter copied of it
+ * must carry them, not the cache's placeholders. */
+Test(dispatch, a_repeated_unmatched_command_is_dead_lettered_with_its_own_id_and_times)
+{
+	shmbus_config_t cfg = {.dead_letter_unrouted = true};
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_uuid_t lost[3];
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(shmbus_publish_command(pub, "do", NULL, "nobody", &lost[i]), 0, "%s", shmbus_errmsg());
+	shmbus_dead_letter_t dl[4];
+	int n = shmbus_dlq_list(bus, dl, 4);
+	cr_assert_eq(n, 3, "dlq_list = %d (%s)", n, shmbus_errmsg());
+	uint64_t before = 0;
+	for (int i = 0; i < 3; i++) {
+		const shmbus_event_t *ev = dl[i].event;
+		cr_expect(memcmp(&dl[i].event_id, &lost[i], sizeof lost[i]) == 0, "dead letter %d names another id", i);
+		cr_expect(memcmp(shmbus_event_id(ev), &lost[i], sizeof lost[i]) == 0, "event %d has another id", i);
+		cr_expect(memcmp(shmbus_event_correlation_id(ev), &lost[i], sizeof lost[i]) == 0,
+			  "event %d is not its own correlation", i);
+		cr_expect_eq(shmbus_uuid_seq(&lost[i]), shmbus_event_seq(ev));
+		uint64_t t = shmbus_event_created_ns(ev);
+		cr_expect_neq(t, 0, "event %d has no creation time", i);
+		cr_expect_eq(shmbus_event_published_ns(ev), t);
+		cr_expect_geq(t, before, "event %d was created before the one published ahead of it", i);
+		before = t;
+	}
+	shmbus_close(bus);
+}
+
 /* ------------------------------------------------- review regressions */
 
 struct thread_ctx {
