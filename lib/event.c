@@ -72,8 +72,8 @@ static int check_str(const char *what, const char *s, size_t max, bool required,
 	return 0;
 }
 
-/* Check string k and record it in lay. Returns its bytes with the NUL,
- * or -errno. */
+/* Check string k and record it in lay. Returns the bytes it takes in the
+ * string area (with its NUL; none if empty), or -errno. */
 static int layout_str(struct event_layout *lay, unsigned k, const char *str, const char *what, bool required)
 {
 	size_t n = 0;
@@ -82,7 +82,7 @@ static int layout_str(struct event_layout *lay, unsigned k, const char *str, con
 		return rc;
 	lay->str[k] = str ? str : "";
 	lay->len[k] = (uint8_t)n;
-	return (int)n + 1;
+	return n ? (int)n + 1 : 0;
 }
 
 static uint64_t align8(uint64_t v)
@@ -119,7 +119,7 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 	} else { /* the publisher's, checked when it opened */
 		lay->str[SEG_STR_SOURCE] = default_source;
 		lay->len[SEG_STR_SOURCE] = (uint8_t)default_source_len;
-		strings += default_source_len + 1;
+		strings += default_source_len ? default_source_len + 1 : 0;
 	}
 	if ((rc = layout_str(lay, SEG_STR_TARGET, msg->target, "target", false)) < 0)
 		return rc;
@@ -133,7 +133,6 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 			lay->str[k] = "";
 			lay->len[k] = 0;
 		}
-		strings += SEG_EVENT_STRINGS - SEG_STR_CONVERSATION;
 	} else {
 		const char *ctx[SEG_EVENT_STRINGS] = {[SEG_STR_CONVERSATION] = msg->conversation_id,
 						      [SEG_STR_USER] = msg->user_id, [SEG_STR_INTENT] = msg->intent,
@@ -239,11 +238,13 @@ void event_write(struct seg_event *ev, const shmbus_msg_t *msg, const struct eve
 	ev->len[SEG_EVENT_STRINGS] = 0;
 	/* Padding before the payload is zeroed so events are reproducible:
 	 * one word that ends at the payload, written before the strings that
-	 * may share it (payload_off >= SEG_EVENT_FIXED + 8: seven NULs at least). */
+	 * may share it (payload_off >= SEG_EVENT_FIXED + 8: the name takes
+	 * two bytes at least). */
 	memset((char *)ev + lay->payload_off - 8, 0, 8);
 	char *p = ev->strings;
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++)
-		p = put_str(p, lay->str[k], lay->len[k]);
+		if (lay->len[k]) /* an empty string takes no byte */
+			p = put_str(p, lay->str[k], lay->len[k]);
 	for (size_t i = 0; i < msg->metadata_count; i++) {
 		p = put_str(p, msg->metadata[i].key, strlen(msg->metadata[i].key));
 		p = put_str(p, msg->metadata[i].value, strlen(msg->metadata[i].value));

@@ -297,30 +297,30 @@ static inline __attribute__((always_inline)) bool event_cache_hit(const struct e
 		return false;
 	const struct seg_event *ev = &c->head.ev;
 	const char *p = ev->strings;
+	/* each string takes its bytes and a NUL, an empty one none */
 	if (!cached_str_is(msg->name, p, ev->len[SEG_STR_NAME]))
 		return false;
-	p += ev->len[SEG_STR_NAME] + 1;
+	p += ev->len[SEG_STR_NAME] + 1; /* never empty */
 	/* the publisher's source is the cached one only if it was then too
 	 * (a given source of the same bytes encodes the same) */
 	if (msg->source ? !cached_str_is(msg->source, p, ev->len[SEG_STR_SOURCE]) : k->source != NULL)
 		return false;
-	p += ev->len[SEG_STR_SOURCE] + 1;
+	p += ev->len[SEG_STR_SOURCE] ? ev->len[SEG_STR_SOURCE] + 1 : 0;
 	if (!cached_str_is(msg->target, p, ev->len[SEG_STR_TARGET]))
 		return false;
-	p += ev->len[SEG_STR_TARGET] + 1;
+	p += ev->len[SEG_STR_TARGET] ? ev->len[SEG_STR_TARGET] + 1 : 0;
 	/* The context strings are usually all absent: one test for the four. */
 	if (!(msg->conversation_id || msg->user_id || msg->intent || msg->decision_id)) {
 		uint32_t lens;
 		memcpy(&lens, &ev->len[SEG_STR_CONVERSATION], 4);
 		if (lens)
 			return false;
-		p += 4;
 	} else {
 		const char *ctx[] = {msg->conversation_id, msg->user_id, msg->intent, msg->decision_id};
 		for (unsigned i = SEG_STR_CONVERSATION; i < SEG_EVENT_STRINGS; i++) {
 			if (!cached_str_is(ctx[i - SEG_STR_CONVERSATION], p, ev->len[i]))
 				return false;
-			p += ev->len[i] + 1;
+			p += ev->len[i] ? ev->len[i] + 1 : 0;
 		}
 	}
 	return !msg->metadata_count || event_cache_meta_same(msg, p);

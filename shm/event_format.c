@@ -75,10 +75,13 @@ static int check(const struct seg_event *ev, size_t avail, const char **why)
 		*why = "too many metadata pairs";
 		return -EBADMSG;
 	}
-	/* Every string: its stated length fits, and a NUL ends it there. */
+	/* Every string that is not empty: its stated length fits, and a NUL
+	 * ends it there. An empty one takes no byte. */
 	const char *p = ev->strings, *end = strings_end(ev);
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
 		size_t n = ev->len[k];
+		if (n == 0)
+			continue;
 		if (n > SEG_EVENT_STR_MAX || (size_t)(end - p) < n + 1 || p[n] != '\0' || has_nul(p, n)) {
 			*why = "malformed string field";
 			return -EBADMSG;
@@ -101,14 +104,21 @@ static int check(const struct seg_event *ev, size_t avail, const char **why)
 	return 0;
 }
 
+/* The string area's bytes taken by strings 0..k-1 (an empty one takes
+ * none). */
+static size_t strings_before(const struct seg_event *ev, unsigned k)
+{
+	size_t at = 0;
+	for (unsigned i = 0; i < k; i++)
+		at += ev->len[i] ? ev->len[i] + 1u : 0;
+	return at;
+}
+
 const char *seg_event_string(const struct seg_event *ev, unsigned k)
 {
-	const char *p = ev->strings;
-	if (k >= SEG_EVENT_STRINGS)
+	if (k >= SEG_EVENT_STRINGS || ev->len[k] == 0)
 		return "";
-	for (unsigned i = 0; i < k; i++)
-		p += ev->len[i] + 1;
-	return p;
+	return ev->strings + strings_before(ev, k);
 }
 
 int seg_event_check(const struct seg_event *ev, size_t avail, const char **why)
@@ -120,9 +130,8 @@ int seg_event_meta(const struct seg_event *ev, unsigned i, const char **key, con
 {
 	if (i >= ev->meta_count)
 		return -ERANGE;
-	const char *p = seg_event_string(ev, SEG_EVENT_STRINGS - 1);
+	const char *p = ev->strings + strings_before(ev, SEG_EVENT_STRINGS);
 	const char *end = strings_end(ev);
-	p += ev->len[SEG_EVENT_STRINGS - 1] + 1;
 	/* Bounded by the string area, whose last byte a checked event has as
 	 * NUL: a pair missing from a damaged area reads as empty strings. */
 	for (unsigned j = 0; j < 2 * i && p < end; j++)

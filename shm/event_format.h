@@ -1,6 +1,6 @@
 /*
  * event_format.h - the bytes of one event, as it lies in the slot ring and,
- * later, in log records. Format version 1; docs/FORMAT.md has the diagram.
+ * later, in log records. Format version 2; docs/FORMAT.md has the diagram.
  *
  *   0    size            u32  bytes of the whole event (header..payload end)
  *   4    format          u16  SEG_EVENT_FORMAT
@@ -31,8 +31,10 @@
  *                             so a reader that got the descriptor early can tell
  *   136  len[8]          u8   name, source, target, conversation_id,
  *                             user_id, intent, decision_id, reserved(0)
- *   144  strings         each NUL-terminated, in len[] order; then
- *                        meta_count pairs: key\0 value\0 (lengths implied)
+ *   144  strings         in len[] order, each one that is not empty
+ *                        followed by a NUL (an empty one takes no byte);
+ *                        then meta_count pairs: key\0 value\0 (lengths
+ *                        implied)
  *   payload_off          payload (payload_len bytes)
  */
 #ifndef SHMBUS_SHM_EVENT_FORMAT_H
@@ -44,7 +46,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define SEG_EVENT_FORMAT 1u
+#define SEG_EVENT_FORMAT 2u /* 1: every string took a NUL, empty or not */
 #define SEG_EVENT_FIXED 144u
 #define SEG_EVENT_STRINGS 7u
 #define SEG_EVENT_STR_MAX 63u	  /* name, source, target, context ids */
@@ -152,8 +154,9 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the header words are 
 struct seg_event_shape {
 	uint64_t w[5];
 	size_t avail; /* the bytes the words were tested against (0: none yet) */
-	/* where the strings' terminators lie in the string area, then the
-	 * area's last byte with metadata (else the name's terminator again) */
+	/* where the strings' terminators lie in the string area (an empty
+	 * string's: the name's again), then the area's last byte with
+	 * metadata (else the name's terminator again) */
 	uint16_t nul_at[SEG_EVENT_STRINGS + 1];
 };
 
@@ -166,12 +169,18 @@ static inline void seg_event_shape_of(const struct seg_event *ev, struct seg_eve
 	memcpy(&w->w[1], b + 112, 32);
 }
 
-/* The lengths and their NULs: at most the string area's size for an event
- * that passes (byte lanes summed in 16-bit lanes, each <= 4 * 63: no carry). */
+/* The lengths and the NULs of the strings that are not empty: at most the
+ * string area's size for an event that passes. The lengths' byte lanes are
+ * summed in 16-bit lanes (each <= 4 * 63: no carry). A lane is not empty
+ * if any of its bits 0..5 is set: shifted down to bit 0 by at most 5, no
+ * bit of the next lane reaches it (and lengths with bit 6 or 7 set are
+ * refused anyway). */
 static inline uint32_t seg_event_strings_sum(uint64_t lens)
 {
 	uint64_t pairs = (lens & 0x00FF00FF00FF00FFull) + ((lens >> 8) & 0x00FF00FF00FF00FFull);
-	return (uint32_t)((pairs * 0x0001000100010001ull) >> 48) + SEG_EVENT_STRINGS;
+	uint64_t any = lens | (lens >> 1) | (lens >> 2) | (lens >> 3) | (lens >> 4) | (lens >> 5);
+	uint64_t nuls = ((any & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56;
+	return (uint32_t)((pairs * 0x0001000100010001ull) >> 48) + (uint32_t)nuls;
 }
 
 /*
@@ -202,9 +211,16 @@ static inline int seg_event_check_shape(struct seg_event_shape *w, size_t avail)
 	    payload_len > size - off || meta_count > SEG_EVENT_META_MAX || (lens & 0xC0C0C0C0C0C0C0C0ull) ||
 	    !(lens & 0xFF) || sum > strings || (meta_count && sum >= strings))
 		return -EBADMSG;
+	/* An empty string has no terminator: its slot tests the name's
+	 * again (the name is never empty, and comes first). */
 	unsigned at = 0;
 	for (unsigned k = 0; k < SEG_EVENT_STRINGS; k++) {
-		at += (unsigned)(lens >> (8 * k)) & 0xFF;
+		unsigned n = (unsigned)(lens >> (8 * k)) & 0xFF;
+		if (n == 0) {
+			w->nul_at[k] = w->nul_at[0];
+			continue;
+		}
+		at += n;
 		w->nul_at[k] = (uint16_t)at++;
 	}
 	w->nul_at[SEG_EVENT_STRINGS] = meta_count ? (uint16_t)(strings - 1) : w->nul_at[0];

@@ -367,6 +367,53 @@ Test(pubsub, batch_of_one_shape_encodes_like_single_publishes)
 	shmbus_close(bus);
 }
 
+/* Event format 2: an empty string takes no byte in the string area, so
+ * a present one after absent ones is found where the lengths before it
+ * put it, through every way an event is written (laid out, from the
+ * single-publish cache, copied in a batch) and read (full check, the
+ * remembered shape of the last event). */
+Test(pubsub, absent_strings_take_no_bytes_and_present_ones_are_found_after_them)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "src", 0);
+	uint32_t v = 7;
+	/* name "ev" (3 bytes) and source "src" (4): 144 + 7 -> 152 + 4 */
+	shmbus_msg_t plain = {.type = SHMBUS_NOTIFICATION, .name = "ev", .payload = &v, .payload_len = 4};
+	shmbus_msg_t gaps = plain;
+	gaps.target = "";	 /* given but empty: absent */
+	gaps.intent = "why"; /* the sixth string, after three absent ones */
+	shmbus_msg_t batch[3] = {gaps, gaps, plain};
+	for (int i = 0; i < 2; i++) { /* laid out, then from the cache */
+		cr_assert_eq(shmbus_publish(pub, &plain, NULL), 0, "%s", shmbus_errmsg());
+		cr_assert_eq(shmbus_publish(pub, &gaps, NULL), 0, "%s", shmbus_errmsg());
+	}
+	cr_assert_eq(shmbus_publish_batch(pub, batch, 3, NULL), 3, "%s", shmbus_errmsg());
+	static const bool has_intent[] = {false, true, false, true, true, true, false};
+	for (unsigned i = 0; i < sizeof has_intent / sizeof has_intent[0]; i++) {
+		const shmbus_event_t *ev = poll_one(sub);
+		cr_expect_str_eq(shmbus_event_name(ev), "ev", "event %u", i);
+		cr_expect_str_eq(shmbus_event_source(ev), "src", "event %u", i);
+		cr_expect_str_eq(shmbus_event_target(ev), "", "event %u", i);
+		cr_expect_str_eq(shmbus_event_conversation_id(ev), "", "event %u", i);
+		cr_expect_str_eq(shmbus_event_user_id(ev), "", "event %u", i);
+		cr_expect_str_eq(shmbus_event_intent(ev), has_intent[i] ? "why" : "", "event %u", i);
+		cr_expect_str_eq(shmbus_event_decision_id(ev), "", "event %u", i);
+		/* the string area is the present strings and their NULs only */
+		size_t strings = 3 + 4 + (has_intent[i] ? 4 : 0);
+		cr_expect_eq(shmbus_event_size(ev), ((144 + strings + 7) & ~(size_t)7) + 4, "event %u: %zu bytes", i,
+			     shmbus_event_size(ev));
+		cr_expect_eq(shmbus_event_check(ev, shmbus_event_size(ev)), 0, "event %u", i);
+		cr_expect_eq(tc_payload_u32(ev), 7u);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	expect_empty(sub, "after the seven");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /* Collect what sub has now: payload values in delivery order. */
 static unsigned collect_u32(shmbus_sub_t *sub, uint32_t *out, unsigned max)
 {
