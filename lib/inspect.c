@@ -35,6 +35,10 @@
 
 _Static_assert(SEG_CONSUMERS == SHMBUS_GROUP_MEMBERS_MAX, "consumer table sizes agree");
 _Static_assert(SEG_HELD_MAX == SHMBUS_MAX_HELD, "held table sizes agree");
+_Static_assert(SHMBUS_HELD_SEQ_MASK == SEG_DESC_SEQ_MASK && SHMBUS_HELD_REVOKED == SEG_DESC_REVOKED &&
+		       SHMBUS_HELD_UNSEEN == SEG_DESC_UNSEEN && SHMBUS_HELD_RELEASING == SEG_DESC_RELEASING &&
+		       SHMBUS_HELD_DROPPING == SEG_DESC_DROPPING && SHMBUS_HELD_TOMBSTONE == SEG_DESC_TOMBSTONE,
+	       "the public names of a held descriptor's bits are the segment's");
 _Static_assert(SEG_EVENT_META_MAX == SHMBUS_META_MAX, "metadata limits agree");
 #define REGION_ALIGN 64u
 #define PAGE_ALIGN 4096u

@@ -1576,6 +1576,58 @@ Test(unit, inspect_lists_a_removed_subscriptions_detached_consumer)
 	shmbus_close(bus);
 }
 
+/* A consumer's held entries as the inspection reports them, decoded with
+ * the public SHMBUS_HELD_* names: one handed out, one released (its drop
+ * deferred to a batch), two taken in the same run and not handed out yet.
+ * shm-dump prints them so: it masked sequences with an old width and read
+ * UNSEEN entries as huge numbers. */
+Test(unit, inspect_reports_each_held_event_by_sequence_and_state)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *pub = tc_pub(bus, "pub", 0);
+	uint64_t seq[4];
+	for (uint32_t i = 0; i < 4; i++) {
+		shmbus_uuid_t id;
+		shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "e", .payload = &i, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(pub, &m, &id), 0);
+		seq[i] = shmbus_uuid_seq(&id);
+	}
+	const shmbus_event_t *first, *second;
+	cr_assert_eq(shmbus_poll(sub, &first), 1); /* takes the run of four */
+	cr_assert_eq(shmbus_poll(sub, &second), 1);
+	cr_assert_eq(shmbus_release(sub, first), 0); /* deferred: RELEASING */
+
+	shmbus_inspect_t *in = NULL;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0);
+	shmbus_inspect_sub_t *o = malloc(sizeof *o);
+	cr_assert_not_null(o);
+	cr_assert_eq(shmbus_inspect_sub(in, 0, o), 0);
+	cr_assert_eq(o->consumer_count, 1u);
+	const shmbus_inspect_consumer_t *c = &o->consumers[0];
+	cr_assert_eq(c->held_count, 4u);
+	static const uint64_t want[4] = {SHMBUS_HELD_RELEASING, 0, SHMBUS_HELD_UNSEEN, SHMBUS_HELD_UNSEEN};
+	unsigned seen = 0;
+	for (uint32_t k = 0; k < c->held_count; k++) {
+		uint64_t d = c->held[k], s = d & SHMBUS_HELD_SEQ_MASK;
+		unsigned i = 0;
+		while (i < 4 && seq[i] != s)
+			i++;
+		cr_assert_lt(i, 4u, "held entry %llx names no event published", (unsigned long long)d);
+		seen |= 1u << i;
+		uint64_t state = d & (SHMBUS_HELD_REVOKED | SHMBUS_HELD_DROPPING | SHMBUS_HELD_TOMBSTONE);
+		cr_expect_eq(state, want[i], "event %u: state bits %llx", i, (unsigned long long)state);
+	}
+	cr_expect_eq(seen, 0xFu, "every event once");
+	free(o);
+	shmbus_inspect_close(in);
+	cr_expect_eq(shmbus_release(sub, second), 0);
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /*
  * The taker's side of a claim lease against a publisher caught in the
  * middle of taking the position itself (its lease_using names it): the

@@ -223,13 +223,30 @@ static int pubs_out(const shmbus_inspect_t *in, bool json)
 
 /* --------------------------------------------------------- subscriptions */
 
-/* Held descriptors as numbers; revoked ones as -1. */
+/* What a held descriptor's consumer is doing with it, or NULL when the
+ * event was handed to the user and is neither released nor taken back. */
+static const char *held_state(uint64_t d)
+{
+	if (d & SHMBUS_HELD_TOMBSTONE)
+		return "tombstone";
+	if (d & SHMBUS_HELD_REVOKED)
+		return "revoked";
+	if ((d & SHMBUS_HELD_DROPPING) == SHMBUS_HELD_DROPPING)
+		return "dropping";
+	if (d & SHMBUS_HELD_UNSEEN)
+		return "unseen";
+	if (d & SHMBUS_HELD_RELEASING)
+		return "releasing";
+	return NULL;
+}
+
+/* Held descriptors: their sequences; revoked ones as -1. */
 static json_t *held_json(const shmbus_inspect_consumer_t *c)
 {
 	json_t *a = json_array();
 	for (uint32_t k = 0; a && k < c->held_count; k++) {
 		uint64_t d = c->held[k];
-		json_t *v = d == ~0ull ? json_integer(-1) : ju(d & ((1ull << 60) - 1));
+		json_t *v = d & SHMBUS_HELD_REVOKED ? json_integer(-1) : ju(d & SHMBUS_HELD_SEQ_MASK);
 		if (json_array_append_new(a, v) < 0) {
 			json_decref(a);
 			a = NULL;
@@ -291,10 +308,9 @@ static void consumers_human(const shmbus_inspect_sub_t *s)
 		printf("      consumer[%u]%s member %u pid %u delivered %llu held:", c->index,
 		       c->detached ? " detached" : "", c->member, c->pid, (unsigned long long)c->delivered);
 		for (uint32_t k = 0; k < c->held_count; k++) {
-			if (c->held[k] == ~0ull)
-				printf(" revoked");
-			else
-				printf(" %llu", (unsigned long long)(c->held[k] & ((1ull << 60) - 1)));
+			const char *state = held_state(c->held[k]);
+			printf(" %llu%s%s%s", (unsigned long long)(c->held[k] & SHMBUS_HELD_SEQ_MASK), state ? " (" : "",
+			       state ? state : "", state ? ")" : "");
 		}
 		printf("%s\n", c->held_count ? "" : " -");
 	}

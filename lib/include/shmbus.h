@@ -862,8 +862,18 @@ typedef struct {
 	uint64_t delivered;
 	bool detached;			/* its subscription was removed; it still drops what it took */
 	uint32_t held_count;		/* entries used in held[] */
-	uint64_t held[SHMBUS_MAX_HELD]; /* raw descriptors (seq in bits 0..59) */
+	uint64_t held[SHMBUS_MAX_HELD]; /* raw descriptors: SHMBUS_HELD_* below */
 } shmbus_inspect_consumer_t;
+
+/* The parts of a held descriptor (shmbus_inspect_consumer_t.held): the
+ * event's sequence, and what its consumer is doing with it. With none of
+ * the state bits set, the event was handed to the user. */
+#define SHMBUS_HELD_SEQ_MASK ((1ull << 58) - 1)
+#define SHMBUS_HELD_REVOKED (1ull << 58)   /* taken back from a stalled consumer; its hold being dropped */
+#define SHMBUS_HELD_UNSEEN (1ull << 59)    /* taken in a run, left for a later poll */
+#define SHMBUS_HELD_RELEASING (1ull << 60) /* released; its hold not dropped yet (batched) */
+#define SHMBUS_HELD_DROPPING (SHMBUS_HELD_UNSEEN | SHMBUS_HELD_RELEASING) /* its hold being dropped */
+#define SHMBUS_HELD_TOMBSTONE (1ull << 62) /* a dead producer's cell: nothing to read */
 
 typedef struct {
 	uint32_t index;
