@@ -334,18 +334,24 @@ bool event_cache_fill(struct event_cache *c, const shmbus_msg_t *msg, const stru
 
 /*
  * Write ev (everything but the payload bytes and the fields event_put_own
- * writes) as the cached event with its own size, sequence and payload
- * length; the message hit the cache. The caller writes the rest with
- * event_put_own before the commit. Inlined: it is most of what a single
+ * writes, bytes 16..87) as the cached event with its own size, sequence
+ * and payload length; the message hit the cache, or was just cached. The
+ * caller writes the rest with event_put_own before the commit: those
+ * bytes are not copied from the cache's placeholders first, so the lines
+ * they lie on are stored to once. Inlined: it is most of what a single
  * publish costs to write.
  */
 static inline __attribute__((always_inline)) void event_write_cached(struct seg_event *ev, const struct event_cache *c,
 								    size_t payload_len, uint64_t seq)
 {
 	const struct seg_event *t = &c->head.ev;
-	/* the fixed part (a constant size: inline moves), then the strings
-	 * and the zeroed padding word before the payload */
-	memcpy(ev, t, SEG_EVENT_FIXED);
+	/* the fixed part around the own fields (constant sizes: inline
+	 * moves), then the strings and the zeroed padding word before the
+	 * payload */
+	_Static_assert(offsetof(struct seg_event, id) == 16 && offsetof(struct seg_event, name_hash) == 88,
+		       "the own fields are bytes 16..87");
+	memcpy(ev, t, offsetof(struct seg_event, id));
+	memcpy(&ev->name_hash, &t->name_hash, SEG_EVENT_FIXED - offsetof(struct seg_event, name_hash));
 	copy_short(ev->strings, t->strings, t->payload_off - SEG_EVENT_FIXED);
 	ev->size = t->payload_off + (uint32_t)payload_len;
 	ev->seq = seq;

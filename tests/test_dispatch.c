@@ -919,9 +919,10 @@ Test(dispatch, unmatched_commands_and_queries_are_dead_lettered_when_the_bus_ask
 	shmbus_close(bus);
 }
 
-/* The second of two like commands is written from the publisher's cache,
- * whose id and times come after the push: the dead letter copied of it
- * must carry them, not the cache's placeholders. */
+/* Like commands are written from the publisher's cache (the first one
+ * just after filling it), whose id and times come after the push: the
+ * dead letters copied of them must carry them, not the cache's
+ * placeholders. */
 Test(dispatch, a_repeated_unmatched_command_is_dead_lettered_with_its_own_id_and_times)
 {
 	shmbus_config_t cfg = {.dead_letter_unrouted = true};
@@ -947,6 +948,20 @@ Test(dispatch, a_repeated_unmatched_command_is_dead_lettered_with_its_own_id_and
 		cr_expect_geq(t, before, "event %d was created before the one published ahead of it", i);
 		before = t;
 	}
+	/* one with more than the cache holds before its payload (three
+	 * 255-byte metadata values) is laid out and written whole, as before */
+	char v[256];
+	memset(v, 'v', 255);
+	v[255] = '\0';
+	shmbus_meta_t meta[3] = {{.key = "a", .value = v}, {.key = "b", .value = v}, {.key = "c", .value = v}};
+	shmbus_msg_t big = {.type = SHMBUS_COMMAND, .name = "do", .target = "nobody", .metadata = meta, .metadata_count = 3};
+	shmbus_uuid_t big_id;
+	cr_assert_eq(shmbus_publish(pub, &big, &big_id), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_dlq_list(bus, dl, 4), 4);
+	cr_expect(memcmp(&dl[3].event_id, &big_id, sizeof big_id) == 0, "the big one's dead letter names another id");
+	cr_expect(memcmp(shmbus_event_id(dl[3].event), &big_id, sizeof big_id) == 0);
+	cr_expect_geq(shmbus_event_created_ns(dl[3].event), before);
+	cr_expect_eq(shmbus_event_metadata_count(dl[3].event), 3u);
 	shmbus_close(bus);
 }
 
