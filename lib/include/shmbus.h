@@ -207,10 +207,12 @@ typedef struct {
  * typed calls, shmbus_commit), hand the event's lines (its first KiB) to
  * the CPU's shared cache, so a consumer waiting for it reads them from
  * there instead of from this core (CLDEMOTE, on x86-64 processors that
- * have it; a no-op elsewhere). For request/response and other traffic
+ * have it; a no-op elsewhere); and write a single publish's id and times
+ * after its descriptor is pushed, so the clock reading overlaps with the
+ * push instead of preceding it. For request/response and other traffic
  * where someone waits for each event: a spin round trip is about a tenth
  * shorter where measured. It costs the publisher a few nanoseconds a line,
- * a stream of single publishes a tenth to a fifth of its rate; batches
+ * a stream of single publishes a fifth to a quarter of its rate; batches
  * (shmbus_publish_batch) never do it.
  */
 #define SHMBUS_PUB_LOW_LATENCY 0x1u
