@@ -163,7 +163,8 @@ struct shmbus_pub {
 	uint32_t index;
 	struct seg_pub *rec;
 	int64_t timeout_ns;
-	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: hand_off_single after a single publish */
+	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: a cached single publish's own fields after
+			   its push, hand_off_single after its commit */
 	char source[SHMBUS_STR_MAX + 1];
 	uint64_t source_hash;
 	size_t source_len;

@@ -171,7 +171,8 @@ static inline void seg_event_shape_of(const struct seg_event *ev, struct seg_eve
 
 /* The lengths and the NULs of the strings that are not empty: at most the
  * string area's size for an event that passes. The lengths' byte lanes are
- * summed in 16-bit lanes (each <= 4 * 63: no carry). A lane is not empty
+ * summed in 16-bit lanes (two lengths each, and at most 7 * 63 in all: no
+ * carry, for lengths the same test refuses too). A lane is not empty
  * if any of its bits 0..5 is set: shifted down to bit 0 by at most 5, no
  * bit of the next lane reaches it (and lengths with bit 6 or 7 set are
  * refused anyway). */
@@ -242,9 +243,11 @@ static inline int seg_event_check_terminators(const struct seg_event *ev, const 
 }
 
 /*
- * seg_event_check_fast - the delivery path's check: the same acceptance
- * as seg_event_check without the scan for embedded NULs and the metadata
- * parsing. The header is read once (seg_event_shape_of), tested
+ * seg_event_check_fast - the delivery path's check: the tests of
+ * seg_event_check that reading the event safely needs, without the scan
+ * for embedded NULs and the metadata parsing, and with one of its own in
+ * their place (with metadata, the string area's last byte is a NUL). The
+ * header is read once (seg_event_shape_of), tested
  * (seg_event_check_shape), and the terminators are looked up where the
  * snapshot's lengths put them.
  */

@@ -180,7 +180,10 @@ struct captured {
 	size_t len;
 };
 
-static struct captured capture_event(void)
+/* A received event: every string present (gaps false), or only the name,
+ * the source and the intent with absent strings between them, which take
+ * no byte (format 2), and metadata after. */
+static struct captured capture_event_of(bool gaps)
 {
 	shmbus_config_t cfg = tc_small_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
@@ -205,6 +208,8 @@ static struct captured capture_event(void)
 		.payload = payload,
 		.payload_len = sizeof payload - 1,
 	};
+	if (gaps)
+		m.target = m.conversation_id = m.user_id = m.decision_id = NULL;
 	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
 	const shmbus_event_t *ev = NULL;
 	cr_assert_eq(shmbus_poll(sub, &ev), 1);
@@ -217,12 +222,14 @@ static struct captured capture_event(void)
 	shmbus_pub_close(pub);
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
+	shmbus_unlink(tc_bus); /* a test may capture both kinds */
 	return c;
 }
 
 Test(unit, event_check_accepts_received_bytes)
 {
-	struct captured c = capture_event();
+	for (int gaps = 0; gaps < 2; gaps++) {
+	struct captured c = capture_event_of(gaps);
 	int rc = shmbus_event_check(c.buf, c.len);
 	cr_assert_eq(rc, 0, "valid event rejected: %s", shmbus_errmsg());
 	const char *why = NULL;
@@ -231,6 +238,7 @@ Test(unit, event_check_accepts_received_bytes)
 	/* More room than the event needs is fine too. */
 	cr_assert_eq(shmbus_event_check(c.buf, c.len + 32), 0, "%s", shmbus_errmsg());
 	free(c.buf);
+	}
 }
 
 typedef void (*mutator_fn)(struct seg_event *e, size_t *len);
@@ -265,10 +273,24 @@ static void m_payload_off_out(struct seg_event *e, size_t *len) { e->payload_off
 static void m_payload_off_low(struct seg_event *e, size_t *len) { (void)len; e->payload_off = 8; }
 static void m_payload_len(struct seg_event *e, size_t *len) { e->payload_len = (uint32_t)*len; }
 static void m_payload_len_wrap(struct seg_event *e, size_t *len) { (void)len; e->payload_len = 0xFFFFFFF8u; }
-
-Test(unit, event_check_rejects_mutations)
+/* format 2: an absent string given a length, a present one taken away
+ * (the strings after it then lie elsewhere), lengths of bit 6 or 7 alone */
+static void m_user_toggled(struct seg_event *e, size_t *len)
 {
-	struct captured c = capture_event();
+	(void)len;
+	e->len[SEG_STR_USER] = e->len[SEG_STR_USER] ? 0 : 3;
+}
+static void m_target_toggled(struct seg_event *e, size_t *len)
+{
+	(void)len;
+	e->len[SEG_STR_TARGET] = e->len[SEG_STR_TARGET] ? 0 : 5;
+}
+static void m_target_len_64(struct seg_event *e, size_t *len) { (void)len; e->len[SEG_STR_TARGET] = 64; }
+static void m_decision_len_128(struct seg_event *e, size_t *len) { (void)len; e->len[SEG_STR_DECISION] = 128; }
+
+static void expect_mutations_rejected(bool gaps)
+{
+	struct captured c = capture_event_of(gaps);
 	static const struct {
 		const char *what;
 		mutator_fn fn;
@@ -299,6 +321,10 @@ Test(unit, event_check_rejects_mutations)
 		{"payload_off inside the header", m_payload_off_low},
 		{"payload_len beyond the event", m_payload_len},
 		{"payload_len wraps", m_payload_len_wrap},
+		{"user id present/absent swapped", m_user_toggled},
+		{"target present/absent swapped", m_target_toggled},
+		{"target length 64", m_target_len_64},
+		{"decision id length 128", m_decision_len_128},
 	};
 	size_t bufsz = (c.len + 7) / 8 * 8 + 64;
 	uint64_t *copy = malloc(bufsz);
@@ -309,30 +335,36 @@ Test(unit, event_check_rejects_mutations)
 		cases[i].fn((struct seg_event *)copy, &len);
 		/* Whatever lies past len must not be read: poison it. */
 		memset((char *)copy + len, 0xA5, bufsz - len);
-		cr_expect_eq(shmbus_event_check(copy, len), -EBADMSG, "%s: shmbus_event_check accepted it", cases[i].what);
+		cr_expect_eq(shmbus_event_check(copy, len), -EBADMSG, "%s (gaps %d): shmbus_event_check accepted it", cases[i].what, (int)gaps);
 		const char *why = NULL;
 		int rc = seg_event_check((const struct seg_event *)copy, len, &why);
-		cr_expect_eq(rc, -EBADMSG, "%s: seg_event_check accepted it", cases[i].what);
+		cr_expect_eq(rc, -EBADMSG, "%s (gaps %d): seg_event_check accepted it", cases[i].what, (int)gaps);
 		if (rc == -EBADMSG && why == NULL)
-			cr_expect_fail("%s: seg_event_check gave no reason", cases[i].what);
+			cr_expect_fail("%s (gaps %d): seg_event_check gave no reason", cases[i].what, (int)gaps);
 		/* the delivery path's checks: fresh, and after an event of the
 		 * original's shape passed (at the original's length: a truncated
 		 * copy has the same header words, and only the remembered length
 		 * tells them apart) */
 		cr_expect_eq(seg_event_check_fast((const struct seg_event *)copy, len), -EBADMSG,
-			     "%s: seg_event_check_fast accepted it", cases[i].what);
+			     "%s (gaps %d): seg_event_check_fast accepted it", cases[i].what, (int)gaps);
 		struct seg_event_shape last = {0};
 		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)c.buf, c.len, &last), 0);
 		cr_expect_eq(seg_event_check_same_shape((const struct seg_event *)copy, len, &last), -EBADMSG,
-			     "%s: seg_event_check_same_shape accepted it after the original", cases[i].what);
+			     "%s (gaps %d): seg_event_check_same_shape accepted it after the original", cases[i].what, (int)gaps);
 	}
 	free(copy);
 	free(c.buf);
 }
 
-Test(unit, event_check_survives_random_corruption)
+Test(unit, event_check_rejects_mutations)
 {
-	struct captured c = capture_event();
+	expect_mutations_rejected(false);
+	expect_mutations_rejected(true); /* absent strings between present ones */
+}
+
+static void expect_corruption_survived(bool gaps)
+{
+	struct captured c = capture_event_of(gaps);
 	size_t bufsz = (c.len + 7) / 8 * 8 + 64;
 	uint64_t *copy = malloc(bufsz);
 	cr_assert_not_null(copy);
@@ -347,17 +379,17 @@ Test(unit, event_check_survives_random_corruption)
 		}
 		size_t len = (tc_mix64(seed++) % 8 == 0) ? (size_t)(tc_mix64(seed++) % (c.len + 1)) : c.len;
 		int rc = shmbus_event_check(copy, len);
-		cr_assert(rc == 0 || rc == -EBADMSG, "iteration %u: unexpected %d", iter, rc);
+		cr_assert(rc == 0 || rc == -EBADMSG, "gaps %d, iteration %u: unexpected %d", (int)gaps, iter, rc);
 		/* The remembered-shape check decides as the fast one does,
 		 * whether the header words match the original's or not. */
 		struct seg_event_shape last = {0};
 		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)c.buf, c.len, &last), 0);
 		int fast = seg_event_check_fast((const struct seg_event *)copy, c.len);
 		cr_assert_eq(seg_event_check_same_shape((const struct seg_event *)copy, c.len, &last), fast,
-			     "iteration %u: the remembered shape decided otherwise", iter);
+			     "gaps %d, iteration %u: the remembered shape decided otherwise", (int)gaps, iter);
 		/* the consumer's usual case accepts nothing the full check refuses */
 		if (seg_event_like_last((const struct seg_event *)copy, c.len, &last))
-			cr_assert_eq(fast, 0, "iteration %u: taken as like the last, yet corrupt", iter);
+			cr_assert_eq(fast, 0, "gaps %d, iteration %u: taken as like the last, yet corrupt", (int)gaps, iter);
 		if (rc == 0) {
 			accepted++;
 			/* An accepted event is internally consistent. */
@@ -381,6 +413,12 @@ Test(unit, event_check_survives_random_corruption)
 	cr_log_info("random corruption: %u of 20000 mutated events still valid", accepted);
 	free(copy);
 	free(c.buf);
+}
+
+Test(unit, event_check_survives_random_corruption)
+{
+	expect_corruption_survived(false);
+	expect_corruption_survived(true); /* absent strings between present ones */
 }
 
 /* ------------------------------------------------------- create config */

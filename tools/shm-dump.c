@@ -240,13 +240,16 @@ static const char *held_state(uint64_t d)
 	return NULL;
 }
 
-/* Held descriptors: their sequences; revoked ones as -1. */
-static json_t *held_json(const shmbus_inspect_consumer_t *c)
+/* Held descriptors: their sequences (held), or what their consumer is
+ * doing with them (held_state: a state name, or null for an event handed
+ * to the user), in the same order. */
+static json_t *held_json(const shmbus_inspect_consumer_t *c, bool states)
 {
 	json_t *a = json_array();
 	for (uint32_t k = 0; a && k < c->held_count; k++) {
 		uint64_t d = c->held[k];
-		json_t *v = d & SHMBUS_HELD_REVOKED ? json_integer(-1) : ju(d & SHMBUS_HELD_SEQ_MASK);
+		const char *state = held_state(d);
+		json_t *v = !states ? ju(d & SHMBUS_HELD_SEQ_MASK) : state ? json_string(state) : json_null();
 		if (json_array_append_new(a, v) < 0) {
 			json_decref(a);
 			a = NULL;
@@ -263,7 +266,7 @@ static json_t *consumers_json(const shmbus_inspect_sub_t *s)
 		const shmbus_inspect_consumer_t *c = &s->consumers[i];
 		json_t *o = json_add(json_object(), "index", ju(c->index), "member", ju(c->member), "pid", ju(c->pid),
 				"delivered", ju(c->delivered), "detached", json_boolean(c->detached), "held",
-				held_json(c), NULL);
+				held_json(c, false), "held_state", held_json(c, true), NULL);
 		if (json_array_append_new(a, o) < 0) {
 			json_decref(a);
 			a = NULL;

@@ -207,9 +207,11 @@ typedef struct {
  * typed calls, shmbus_commit), hand the event's lines (its first KiB) to
  * the CPU's shared cache, so a consumer waiting for it reads them from
  * there instead of from this core (CLDEMOTE, on x86-64 processors that
- * have it; a no-op elsewhere); and write a single publish's id and times
- * after its descriptor is pushed, so the clock reading overlaps with the
- * push instead of preceding it. For request/response and other traffic
+ * have it; a no-op elsewhere); and write the id and times of a single
+ * publish written from the publisher's cache of its last event (an event
+ * with at most 512 bytes before its payload; not shmbus_commit's) after
+ * its descriptor is pushed, so the clock reading overlaps with the push
+ * instead of preceding it. For request/response and other traffic
  * where someone waits for each event: a spin round trip is about a tenth
  * shorter where measured. It costs the publisher a few nanoseconds a line,
  * a stream of single publishes a fifth to a quarter of its rate; batches
@@ -921,7 +923,8 @@ typedef struct {
 /* 0, or -EBADMSG when the slot control region is unreadable. */
 int shmbus_inspect_ring(const shmbus_inspect_t *in, shmbus_inspect_ring_t *out);
 
-/* One decoded event; the strings point into the inspector's copy. */
+/* One decoded event; the strings point into the inspector's copy (an
+ * empty one to a constant ""). */
 typedef struct {
 	uint64_t seq;
 	uint32_t slots; /* ring slots it spans */

@@ -20,6 +20,7 @@
  *   log/index-header      the first 4 KiB of that segment's index
  * The CLI corpus is hand-written text and is not made here.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +34,20 @@
 #include "shmbus.h"
 
 static const char *out_root;
+/* what to remove on the way out, however it goes: the bus and its log */
+static char bus_name[64];
+static char log_root[] = "/tmp/shmbus-corpus-XXXXXX";
+static bool log_root_made;
+
+static void clean_up(void)
+{
+	if (bus_name[0]) {
+		shmbus_unlink(bus_name);
+		shmbus_log_remove(bus_name, log_root);
+	}
+	if (log_root_made)
+		rmdir(log_root);
+}
 
 static void die(const char *what, int rc)
 {
@@ -72,7 +87,8 @@ static void *slurp(const char *path, size_t *n)
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
-/* The first file in dir whose name ends with suffix, into path. */
+/* The first file in dir named by digits and suffix (a segment's
+ * <first sequence>.log and .idx, not dead.log), into path. */
 static void find_file(const char *dir, const char *suffix, char *path, size_t cap)
 {
 	DIR *d = opendir(dir);
@@ -80,8 +96,10 @@ static void find_file(const char *dir, const char *suffix, char *path, size_t ca
 		die(dir, errno);
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		size_t l = strlen(e->d_name), s = strlen(suffix);
-		if (l > s && strcmp(e->d_name + l - s, suffix) == 0) {
+		size_t l = strlen(e->d_name), s = strlen(suffix), digits = 0;
+		while (digits < l && isdigit((unsigned char)e->d_name[digits]))
+			digits++;
+		if (digits > 0 && digits + s == l && strcmp(e->d_name + digits, suffix) == 0) {
 			snprintf(path, cap, "%s/%s", dir, e->d_name);
 			closedir(d);
 			return;
@@ -135,9 +153,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	out_root = argv[1];
-	char logroot[] = "/tmp/shmbus-corpus-XXXXXX";
-	if (!mkdtemp(logroot))
+	struct stat st;
+	if (stat(out_root, &st) != 0 || !S_ISDIR(st.st_mode))
+		die(out_root, ENOTDIR);
+	atexit(clean_up);
+	if (!mkdtemp(log_root))
 		die("mkdtemp", errno);
+	log_root_made = true;
 	char name[64];
 	snprintf(name, sizeof name, "corp%d", (int)getpid());
 	shmbus_config_t cfg = {.slots = 64, .slot_size = 256, .max_payload = 1024, .max_subscribers = 4};
@@ -145,7 +167,8 @@ int main(int argc, char **argv)
 	int rc = shmbus_create(name, &cfg, &(shmbus_open_opts_t){.label = "corpus"}, &bus);
 	if (rc < 0)
 		die("create", rc);
-	if ((rc = shmbus_log_configure(bus, &(shmbus_log_config_t){.dir = logroot, .sync = SHMBUS_SYNC_NONE})) < 0)
+	snprintf(bus_name, sizeof bus_name, "%s", name);
+	if ((rc = shmbus_log_configure(bus, &(shmbus_log_config_t){.dir = log_root, .sync = SHMBUS_SYNC_NONE})) < 0)
 		die("log_configure", rc);
 	shmbus_recorder_t *rec;
 	if ((rc = shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec)) < 0)
@@ -202,8 +225,5 @@ int main(int argc, char **argv)
 	shmbus_sub_close(paused);
 	shmbus_pub_close(pub);
 	shmbus_close(bus);
-	shmbus_unlink(name);
-	shmbus_log_remove(name, logroot);
-	rmdir(logroot);
-	return 0;
+	return 0; /* clean_up removes the bus and its log */
 }
