@@ -119,7 +119,8 @@ static int held_drop(shmbus_sub_t *sub, uint32_t k, uint64_t desc, bool *wake_ow
 
 /* The rest of a drop once entry k (which held desc) is won, DROPPING: the
  * hold's bit, then the entry, then our slot for it. Inlined into both its
- * callers: release_plain runs it for every event of a batch. With
+ * callers (drop_plain, release_batch's usual case, does the same steps
+ * with the batch's geometry in registers). With
  * wake_owed, the event was opened (seen COMMITTED in its lap) and the bit
  * may be cleared by slot_release_alone: *wake_owed is set when the caller
  * owes the fenced wake-up check (wake_space_waiters) for it. */
@@ -764,27 +765,6 @@ SHMBUS_API int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev)
 }
 
 /*
- * release_batch's usual case, with the subscription current: held[i] is a
- * ring event whose entry carries no mark but its hold, so it is won and
- * dropped right here, without release_held's cases. Returns 0, or -1 to
- * leave the entry to release_held (from the log, marked, lost to a
- * revoker, or the CAS lost: held_drop's reading of the new value decides).
- */
-static int release_plain(shmbus_sub_t *sub, uint32_t i, bool *wake_owed)
-{
-	struct held_local l = sub->held[i];
-	if (l.k == HELD_FROM_LOG)
-		return -1;
-	uint64_t *e = &sub->cons->held[l.k], desc = at_load_relaxed_u64(e);
-	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
-		return -1;
-	CRASH_POINT("plain.won");
-	sub->held[i] = sub->held[--sub->nheld];
-	held_drop_won(sub, l.k, desc, wake_owed);
-	return 0;
-}
-
-/*
  * The geometry a batch of drops reads for every event, loaded once: the
  * atomics of each drop are compiler barriers, after which every field
  * behind sub and bus would be loaded again.
@@ -813,45 +793,41 @@ static struct drop_ctx drop_ctx_of(const shmbus_sub_t *sub)
 }
 
 /*
- * release_plain for the last entry of held[], with the geometry in
- * registers: held[last] is a ring event handed to the user, whose entry
- * carries no mark but its hold. The entry is won for the drop (DROPPING),
- * the hold's bit cleared (with a plain store where slot_release_alone
- * would: the bit alone in the slot's only holder word, the slot COMMITTED
- * in the event's lap), then the entry stored 0 and its index freed.
- * Returns 0, or -1 to leave the event to release_held (from the log,
- * marked, lost to a revoker, or the CAS lost).
+ * release_batch's usual case, with the subscription current: held[i] is a
+ * ring event handed to the user, whose entry carries no mark but its hold.
+ * The entry is won for the drop (DROPPING) and held[i] removed (the last
+ * entry fills its place), the hold's bit cleared (plainly where
+ * slot_release_alone would, decided once for the batch in d), then the
+ * entry stored 0 and its index freed: held_drop_won's steps with the
+ * geometry in registers. Returns 0, or -1 to leave the event to
+ * release_held (from the log, marked, lost to a revoker, or the CAS lost:
+ * its reading of the entry decides).
  */
-static inline __attribute__((always_inline)) int drop_last(shmbus_sub_t *sub, const struct drop_ctx *d,
-							   bool *wake_owed)
+static inline __attribute__((always_inline)) int drop_plain(shmbus_sub_t *sub, const struct drop_ctx *d, uint32_t i,
+							    bool *wake_owed)
 {
-	const struct held_local *l = &sub->held[sub->nheld - 1];
-	uint32_t k = l->k;
-	uint64_t seq = l->seq;
-	if (k == HELD_FROM_LOG)
+	struct held_local l = sub->held[i];
+	if (l.k == HELD_FROM_LOG)
 		return -1;
-	uint64_t *e = &d->entries[k], desc = at_load_relaxed_u64(e);
+	uint64_t *e = &d->entries[l.k], desc = at_load_relaxed_u64(e);
 	/* no flag but the hold: not marked, not a tombstone */
-	if ((desc & ~SEG_DESC_HOLDS_REF) != seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
+	if ((desc & ~SEG_DESC_HOLDS_REF) != l.seq || !at_cas_u64(e, &desc, desc | SEG_DESC_DROPPING))
 		return -1;
 	CRASH_POINT("plain.won");
-	sub->nheld--;
+	if (i != --sub->nheld) /* a batch's tail: the last, nothing to move */
+		sub->held[i] = sub->held[sub->nheld];
 	if (desc & SEG_DESC_HOLDS_REF) {
-		struct seg_slot_ctl *s = &d->slot_ctl[seq & d->slot_index_mask];
-		uint64_t committed = seg_ctl_make(seg_lap_of(seq, d->slot_shift), SEG_SLOT_COMMITTED, 0);
-		/* see slot_release_alone for why the loads are acquires */
-		if (d->lone_bit && at_load_acquire_u64(&s->ctl) == committed &&
-		    at_load_acquire_u64(&s->holders[0]) == d->lone_bit) {
-			at_store_release_u64(&s->holders[0], 0);
+		struct seg_slot_ctl *s = &d->slot_ctl[l.seq & d->slot_index_mask];
+		uint64_t committed = seg_ctl_make(seg_lap_of(l.seq, d->slot_shift), SEG_SLOT_COMMITTED, 0);
+		if (d->lone_bit && slot_clear_lone_bit(s, committed, d->lone_bit))
 			*wake_owed = true;
-		} else {
-			slot_release(sub->bus, seq, sub->index);
-		}
+		else
+			slot_release(sub->bus, l.seq, sub->index);
 		CRASH_POINT("drop.bit");
 	}
 	at_store_release_u64(e, 0);
 	CRASH_POINT("drop.cleared");
-	held_free(sub, k);
+	held_free(sub, l.k);
 	return 0;
 }
 
@@ -885,12 +861,14 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 	bool now = !sub->bus->orphaned && sub_current(sub);
 	int first_err = 0;
 	bool wake_owed = false;
-	struct drop_ctx d;
-	if (now && (d = drop_ctx_of(sub), batch_is_held_tail(sub, &d, evs, n))) {
+	struct drop_ctx d = {0};
+	if (now)
+		d = drop_ctx_of(sub);
+	if (now && batch_is_held_tail(sub, &d, evs, n)) {
 		/* Last first: each is held[]'s last entry when its turn comes,
 		 * so removing it moves nothing, whichever way it goes. */
 		for (int j = n; j-- > 0;) {
-			int rc = drop_last(sub, &d, &wake_owed);
+			int rc = drop_plain(sub, &d, sub->nheld - 1, &wake_owed);
 			if (rc == -1)
 				rc = release_held(sub, sub->nheld - 1, evs[j], true);
 			if (rc < 0 && !first_err)
@@ -916,7 +894,7 @@ SHMBUS_API int shmbus_release_batch(shmbus_sub_t *sub, const shmbus_event_t *con
 			rc = shmbus__fail(EINVAL, "event %d is NULL", j);
 		else if (i == UINT32_MAX)
 			rc = shmbus__fail(EINVAL, "event %d is not held by this subscription", j);
-		else if (!now || (rc = release_plain(sub, i, &wake_owed)) == -1)
+		else if (!now || (rc = drop_plain(sub, &d, i, &wake_owed)) == -1)
 			rc = release_held(sub, i, evs[j], now);
 		if (rc < 0 && !first_err)
 			first_err = rc;

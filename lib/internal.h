@@ -330,17 +330,18 @@ void slot_release(shmbus_bus_t *bus, uint64_t seq, uint32_t sub);
  * (at_fence_seq_cst, then slots_wake_waiters), once for all the holds it
  * drops in one go. Else it is slot_release, which did its own check. */
 /* Inline: a batch consumer calls it for every event it gives back. */
-static inline bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
+/* slot_release_alone's test and store, for a caller that computed the
+ * slot's control line, the COMMITTED word of the event's lap and our bit
+ * (in word 0: a bus of at most 64 subscriptions). True if it cleared the
+ * bit; false leaves it to slot_release. */
+static inline bool slot_clear_lone_bit(struct seg_slot_ctl *s, uint64_t committed, uint64_t bit)
 {
-	uint64_t *h = bus_slot_holders(bus, seq), bit = 1ull << (sub % 64);
 	/* The bit alone in the bus's only holder word: nobody else writes the
 	 * word until the slot is reused. Publishers set bits only in a new
 	 * lap, which our bit forbids; every other bit's clearer has cleared
 	 * it, and one clearer per hold means nobody clears it again (an AND
 	 * of a clear bit would change nothing anyway). */
-	if (bus->max_subs <= 64 && /* so sub < 64: its bit is in word 0 */
-	    at_load_acquire_u64(bus_slot_ctl(bus, seq)) == seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0) &&
-	    at_load_acquire_u64(&h[0]) == bit) {
+	if (at_load_acquire_u64(&s->ctl) == committed && at_load_acquire_u64(&s->holders[0]) == bit) {
 		/* release: our reads of the event come before a publisher
 		 * that sees the slot free writes it. The load above is an
 		 * acquire so that the other subscriptions' reads do too: a
@@ -349,9 +350,18 @@ static inline bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t 
 		 * through our acquire of their AND's result (ThreadSanitizer
 		 * reported the race with a relaxed load; x86 orders it
 		 * either way, the C memory model does not). */
-		at_store_release_u64(&h[0], 0);
+		at_store_release_u64(&s->holders[0], 0);
 		return true;
 	}
+	return false;
+}
+
+static inline bool slot_release_alone(shmbus_bus_t *bus, uint64_t seq, uint32_t sub)
+{
+	if (bus->max_subs <= 64 && /* so sub < 64: its bit is in word 0 */
+	    slot_clear_lone_bit(&bus->slot_ctl[seg_ctl_index(seq, bus->nslots)],
+				seg_ctl_make(bus_lap(bus, seq), SEG_SLOT_COMMITTED, 0), 1ull << (sub % 64)))
+		return true;
 	slot_release(bus, seq, sub);
 	return false;
 }
