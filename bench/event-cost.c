@@ -18,15 +18,25 @@
  *                (shmbus_wait) and releases it (shmbus_release): the calls
  *                of a request/response round trip, without the transfers.
  *
+ *   round-trip   (--round-trip, instead of all the above) both ends of a
+ *                shmbus-bench spin ping-pong in one thread, set up as
+ *                there (a source, SHMBUS_PUB_LOW_LATENCY, a name filter,
+ *                spin waits; two publishers taking turns, so they claim
+ *                through leases): ping published, waited for, read and
+ *                answered with a pong, which is waited for, read and
+ *                released, then the ping. The instructions of a round trip
+ *                without the transfers (half of it a leg).
+ *
  *   empty-poll   (--empty-poll, instead of all the above) N polls of a
  *                subscription with nothing queued: what each round of a
  *                spinning wait costs before an event comes.
  *
- *   shmbus-event-cost [--events N] [--one-thread | --single | --empty-poll]   (default 2000000 events)
+ *   shmbus-event-cost [--events N] [--one-thread | --single | --round-trip | --empty-poll]
+ *                     (default 2000000 events; round trips with --round-trip)
  *
  * --one-thread skips the second part (for callgrind: instructions per
  * event = the total over the events, less the set-up of a few thousand;
- * with --single or --empty-poll, callgrind_annotate --inclusive=yes gives
+ * with --single, --round-trip or --empty-poll, callgrind_annotate --inclusive=yes gives
  * each call's count over the events or polls).
  *
  * Prints ns per event for each side; the bus is unlinked at the end.
@@ -133,6 +143,70 @@ static uint64_t single_n(shmbus_pub_t *pub, shmbus_sub_t *sub, const shmbus_msg_
 	return sum;
 }
 
+/* One end of a ping-pong: a subscription to events named `listen` that
+ * waits by spinning, and a low-latency publisher named `label`. */
+struct end {
+	shmbus_sub_t *sub;
+	shmbus_pub_t *pub;
+	shmbus_msg_t msg;
+};
+
+static void end_open(shmbus_bus_t *bus, struct end *e, const char *label, const char *listen, const char *says,
+		     const uint8_t *payload)
+{
+	shmbus_filter_t *filter;
+	int rc;
+	if ((rc = shmbus_filter_names(&listen, 1, &filter)) < 0)
+		die("filter_names", rc);
+	rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = label, .wait = SHMBUS_WAIT_SPIN, .filter = filter},
+			      &e->sub);
+	shmbus_filter_free(filter);
+	if (rc < 0)
+		die("subscribe", rc);
+	if ((rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){.source = label, .flags = SHMBUS_PUB_LOW_LATENCY}, &e->pub)) < 0)
+		die("pub_open", rc);
+	e->msg = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = says, .payload = payload, .payload_len = 32};
+}
+
+/* The responder's turn (wait, read, publish, release, as pong_child does)
+ * or, with answer false, the pinger's end of it (wait, read, release). */
+static uint64_t end_take(struct end *e, bool answer)
+{
+	const shmbus_event_t *ev;
+	size_t len;
+	int rc;
+	if ((rc = shmbus_wait(e->sub, -1, &ev)) != 1)
+		die("wait", rc < 0 ? rc : -EAGAIN);
+	uint64_t sum = byte_sum(shmbus_event_payload(ev, &len), len);
+	if (answer && (rc = shmbus_publish(e->pub, &e->msg, NULL)) < 0)
+		die("publish", rc);
+	if ((rc = shmbus_release(e->sub, ev)) < 0)
+		die("release", rc);
+	return sum;
+}
+
+/* n ping-pong round trips between two ends in this thread. */
+static uint64_t round_trips(shmbus_bus_t *bus, const uint8_t *payload, long n)
+{
+	struct end ping, pong;
+	uint64_t sum = 0;
+	end_open(bus, &ping, "cost-ping", "pong", "ping", payload);
+	end_open(bus, &pong, "cost-pong", "ping", "pong", payload);
+	for (long i = 0; i < n; i++) {
+		int rc = shmbus_publish(ping.pub, &ping.msg, NULL);
+		if (rc < 0)
+			die("publish", rc);
+		sum += end_take(&pong, true);
+		sum += end_take(&ping, false);
+	}
+	struct end *ends[] = {&ping, &pong};
+	for (int i = 0; i < 2; i++) {
+		shmbus_pub_close(ends[i]->pub);
+		shmbus_sub_close(ends[i]->sub);
+	}
+	return sum;
+}
+
 /* n polls that find nothing. */
 static void empty_polls(shmbus_sub_t *sub, long n)
 {
@@ -155,7 +229,7 @@ static void close_all(shmbus_pub_t *pub, shmbus_sub_t *sub, shmbus_bus_t *bus)
 int main(int argc, char **argv)
 {
 	long events = 2000000;
-	bool one_thread = false, single = false, empty_poll = false;
+	bool one_thread = false, single = false, round_trip = false, empty_poll = false;
 	for (int a = 1; a < argc; a++) {
 		if (strcmp(argv[a], "--events") == 0 && a + 1 < argc && atol(argv[a + 1]) >= BATCH) {
 			events = atol(argv[++a]);
@@ -163,10 +237,13 @@ int main(int argc, char **argv)
 			one_thread = true;
 		} else if (strcmp(argv[a], "--single") == 0) {
 			single = true;
+		} else if (strcmp(argv[a], "--round-trip") == 0) {
+			round_trip = true;
 		} else if (strcmp(argv[a], "--empty-poll") == 0) {
 			empty_poll = true;
 		} else {
-			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread | --single | --empty-poll]\n");
+			fprintf(stderr, "usage: shmbus-event-cost [--events N] [--one-thread | --single | --round-trip | "
+					"--empty-poll]\n");
 			return 2;
 		}
 	}
@@ -188,6 +265,17 @@ int main(int argc, char **argv)
 	shmbus_msg_t m[BATCH];
 	fill_batch(m, payload);
 
+	if (round_trip) {
+		/* the ends' subscriptions only: this one would hold every event */
+		shmbus_sub_close(sub);
+		sub = NULL;
+		double t0 = now_s();
+		round_trips(bus, payload, events);
+		printf("round-trip: both ends of a spin ping-pong in one thread %.1f ns/round trip\n",
+		       (now_s() - t0) / (double)events * 1e9);
+		close_all(pub, sub, bus);
+		return 0;
+	}
 	if (single || empty_poll) {
 		double t0 = now_s();
 		if (single)
