@@ -653,6 +653,23 @@ static int sleep_once(shmbus_sub_t *sub, uint64_t now, uint64_t deadline, const 
 	return shmbus_poll(sub, ev);
 }
 
+/*
+ * Whether a poll now would most likely find nothing: no descriptor taken
+ * and not handed out, no cells to give back or revoked holds to reap, no
+ * gap to catch up, and the head cells of the redelivery, urgent and normal
+ * queues empty (a dozen loads, all but the normal queue's head cell from
+ * lines nobody writes while nothing happens). A hint for a spinning wait
+ * between its polls: writes nothing, and the poll it lets through decides.
+ */
+static inline bool poll_would_find_nothing(const shmbus_sub_t *sub)
+{
+	if (sub->ready_n[0] | sub->ready_n[1] | sub->ready_n[2] | sub->cells_n | sub->held_revoked)
+		return false;
+	struct queue_view normal = bus_queue(sub->bus, sub->index, SEG_QUEUE_NORMAL);
+	return !queue_ready(&normal) && !urgent_waiting(sub) && !redeliver_waiting(sub) &&
+	       at_load_relaxed_u64(&sub->rec->gap_lo) == SEG_GAP_NONE;
+}
+
 SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_event_t **ev)
 {
 	int rc = shmbus_poll(sub, ev);
@@ -666,6 +683,22 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 	if (spin_until > deadline)
 		spin_until = deadline;
 	for (unsigned i = 1; sub->wait != SHMBUS_WAIT_BLOCK; i++) {
+		/*
+		 * A spinner notices its event half a round after it comes, on
+		 * average, so most rounds only look at the queue heads (about
+		 * 20 instructions) and pause every fourth time; every 64th is
+		 * a whole poll (about 160 instructions), which also notices
+		 * what the look does not (a removal, a closed bus) and reads
+		 * the clock. A PAUSE takes tens of cycles on recent x86: one
+		 * every round made the spin round trip 20 ns longer, and a loop
+		 * that never pauses is left through a pipeline flush and
+		 * crowds an SMT sibling (ARCHITECTURE.md, Waiting).
+		 */
+		if ((i & 63) && poll_would_find_nothing(sub)) {
+			if ((i & 3) == 0)
+				at_cpu_relax();
+			continue;
+		}
 		if ((rc = shmbus_poll(sub, ev)) != 0)
 			return rc;
 		at_cpu_relax();

@@ -1915,12 +1915,16 @@ static bool join_within(pthread_t th, struct waiter *w, unsigned ms)
 	return true;
 }
 
-Test(pubsub, unsubscribe_by_id_wakes_a_waiter)
+/* A waiter in mode `mode`, waiting forever on an empty subscription, returns
+ * -ESHUTDOWN when another attachment removes the subscription: a sleeper
+ * is woken, a spinner (whose rounds mostly only look at the queue heads)
+ * notices in one of its whole polls. */
+static void check_removal_ends_wait(shmbus_wait_t mode)
 {
 	shmbus_config_t cfg = tc_small_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	shmbus_sub_t *sub = NULL;
-	shmbus_sub_opts_t o = {.wait = SHMBUS_WAIT_BLOCK};
+	shmbus_sub_opts_t o = {.wait = mode};
 	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
 	struct waiter w = {.sub = sub};
 	pthread_t th;
@@ -1941,6 +1945,10 @@ Test(pubsub, unsubscribe_by_id_wakes_a_waiter)
 	shmbus_close(other);
 	shmbus_close(bus);
 }
+
+Test(pubsub, unsubscribe_by_id_wakes_a_waiter) { check_removal_ends_wait(SHMBUS_WAIT_BLOCK); }
+Test(pubsub, unsubscribe_by_id_ends_a_spinning_wait) { check_removal_ends_wait(SHMBUS_WAIT_SPIN); }
+Test(pubsub, unsubscribe_by_id_ends_an_adaptive_wait) { check_removal_ends_wait(SHMBUS_WAIT_ADAPTIVE); }
 
 static void on_usr1(int sig)
 {
