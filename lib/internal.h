@@ -12,6 +12,7 @@
 #include "atomics.h"
 #include "event_format.h"
 #include "layout.h"
+#include "pub_clock.h"
 #include "queue.h"
 #include "segment.h"
 #include "shmbus.h"
@@ -192,6 +193,7 @@ struct shmbus_pub {
 	size_t nunrouted, unrouted_cap;
 	struct shmbus_pub *next;
 	struct event_cache *last_event; /* of single publishes (event_encode.h) */
+	struct pub_clock clock;		/* its events' wall clock (pub_clock.h) */
 };
 
 /* held_local.k of an event catch-up served from the log: it holds no

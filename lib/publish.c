@@ -25,6 +25,7 @@
 #include "dlq.h"
 #include "event_encode.h"
 #include "prefetch.h"
+#include "pub_clock.h"
 #include "slots.h"
 
 #define BATCH_STACK 64
@@ -262,10 +263,10 @@ static inline void fetch_lease_slot(const shmbus_pub_t *pub, const shmbus_msg_t 
 }
 
 /* The clock reading of an event at pos (into *now) and its id. */
-static inline struct id_words read_clock(const shmbus_bus_t *bus, uint64_t pos, uint64_t *now)
+static inline struct id_words read_clock(shmbus_pub_t *pub, uint64_t pos, uint64_t *now)
 {
-	*now = now_real_ns();
-	return uuid_v7_words(*now / 1000000, bus->hdr->incarnation, pos);
+	*now = pub_clock_now(&pub->clock);
+	return uuid_v7_words(*now / 1000000, pub->bus->hdr->incarnation, pos);
 }
 
 /* Only this publisher writes its counters: no locked instruction needed. */
@@ -404,7 +405,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	 * events/s, 10 interleaved runs each). */
 	bool late = cached && pub->low_latency;
 	if (!late)
-		id = read_clock(bus, pos, &now);
+		id = read_clock(pub, pos, &now);
 	if (!cached) {
 		event_write(ev, msg, &lay, msg->payload_len, pos, id, now);
 	} else {
@@ -416,7 +417,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	CRASH_POINT("one.written");
 	unsigned routed = route_event(pub, ev, pos, hold, wake);
 	if (late) {
-		id = read_clock(bus, pos, &now);
+		id = read_clock(pub, pos, &now);
 		event_put_own(ev, msg, id, now);
 	}
 	if (routed == 0)
@@ -504,7 +505,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		routing_abort(pub);
 		goto out;
 	}
-	uint64_t now = now_real_ns(), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	uint64_t now = pub_clock_now(&pub->clock), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
 	union {
@@ -616,7 +617,7 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 		return rc;
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 	uint64_t now;
-	struct id_words id = read_clock(bus, pos, &now);
+	struct id_words id = read_clock(pub, pos, &now);
 	event_write(ev, msg, &lay, payload_len, pos, id, now);
 	pub->claim_open = true;
 	pub->claim_pos = pos;
@@ -646,7 +647,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	shmbus_bus_t *bus = pub->bus;
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pub->claim_pos);
 	uint64_t wake[SEG_MASK_WORDS] = {0};
-	ev->published_ns = now_real_ns();
+	ev->published_ns = pub_clock_now(&pub->clock);
 	if (id)
 		memcpy(id, ev->id, sizeof *id);
 	uint64_t hold[SEG_HOLDER_WORDS] = {0};
