@@ -11,14 +11,14 @@
 # A_BENCH and B_BENCH are shmbus-bench binaries (for example this build's
 # and one of a `git worktree` of an older commit).
 #
-# Each side's runs are also split by the floor of the run, which tells
-# where the host put the two virtual CPUs (README, Performance): "shared
-# core" (spin floor under 90 ns), "near" (90-250) and "far" (250 and
-# more), with the mean of the p50s as well as the median: p50s come in
-# steps of the clock (10 ns on some machines), and the mean of many runs
-# resolves a difference finer than a step.
+# With spin, each side's runs are also split by the floor of the run,
+# which tells where the host put the two virtual CPUs (README,
+# Performance): "shared core" (spin floor under 90 ns), "near" (90-250)
+# and "far" (250 and more), with the mean of the p50s as well as the
+# median: p50s come in steps of the clock (10 ns on some machines), and
+# the mean of many runs resolves a difference finer than a step.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 a=$1 b=$2 rounds=${3:-20} wait=${4:-spin}
 floor="floor-spin"
 [ "$wait" = spin ] || floor="floor-futex"
@@ -43,6 +43,8 @@ for side in A B; do
     }
     END { printf "%s  runs %d  shmbus p50 median %.0f ns  ratio to the floor median %.2f\n", side, n, median(p, n), median(r, n) }' "$out"
 done
+# the placements by the spin floor only: a futex floor is microseconds
+[ "$wait" = spin ] || exit 0
 for side in A B; do
   for place in "shared core" near far; do
     awk -v side=$side -v place="$place" 'BEGIN { n = 0 }

@@ -22,14 +22,15 @@
  *                shmbus-bench spin ping-pong in one thread, set up as
  *                there (a source, SHMBUS_PUB_LOW_LATENCY, a name filter,
  *                spin waits; two publishers taking turns, so they claim
- *                through leases): ping published, waited for, read and
- *                answered with a pong, which is waited for, read and
- *                released, then the ping. The instructions of a round trip
- *                without the transfers (half of it a leg).
+ *                through leases): ping published; it is waited for, read
+ *                and answered with a pong, and released; the pong is
+ *                waited for, read and released. The instructions of a
+ *                round trip without the transfers (half of it a leg).
  *
  *   empty-poll   (--empty-poll, instead of all the above) N polls of a
- *                subscription with nothing queued: what each round of a
- *                spinning wait costs before an event comes.
+ *                subscription with nothing queued: what each whole poll
+ *                of a spinning wait costs before an event comes (every
+ *                64th round; the others only look at the queue heads).
  *
  *   shmbus-event-cost [--events N] [--one-thread | --single | --round-trip | --empty-poll]
  *                     (default 2000000 events; round trips with --round-trip)
@@ -175,8 +176,10 @@ static uint64_t end_take(struct end *e, bool answer)
 	const shmbus_event_t *ev;
 	size_t len;
 	int rc;
-	if ((rc = shmbus_wait(e->sub, -1, &ev)) != 1)
-		die("wait", rc < 0 ? rc : -EAGAIN);
+	/* in one thread the event is there already: a wait that times out
+	 * means the ends do not hear each other */
+	if ((rc = shmbus_wait(e->sub, 1000000000, &ev)) != 1)
+		die("wait", rc < 0 ? rc : -ETIMEDOUT);
 	uint64_t sum = byte_sum(shmbus_event_payload(ev, &len), len);
 	if (answer && (rc = shmbus_publish(e->pub, &e->msg, NULL)) < 0)
 		die("publish", rc);

@@ -688,7 +688,7 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 		 * average, so most rounds only look at the queue heads (about
 		 * 20 instructions) and pause every fourth time; every 64th is
 		 * a whole poll (about 160 instructions), which also notices
-		 * what the look does not (a removal, a closed bus) and reads
+		 * what the look does not (a removal, a bus orphaned by fork) and reads
 		 * the clock. A PAUSE takes tens of cycles on recent x86: one
 		 * every round made the spin round trip 20 ns longer, and a loop
 		 * that never pauses is left through a pipeline flush and

@@ -66,6 +66,7 @@ static uint64_t not_back(struct pub_clock *c, uint64_t t)
 	return c->last = t;
 }
 
+#if PUB_CLOCK_HAVE_TSC
 /*
  * The real clock and the counter at one moment: the real clock read
  * between two counter readings close together, the counter taken halfway.
@@ -73,8 +74,8 @@ static uint64_t not_back(struct pub_clock *c, uint64_t t)
  * would pair the real clock with a count from elsewhere; such a pair is
  * read again, up to three times, and false if none was close.
  */
-#if PUB_CLOCK_HAVE_TSC
 #define PAIR_MAX_TICKS 5000u /* 1-2 us at today's TSC rates; a pair takes ~100 */
+#define PAIR_MISSES_MAX 16u  /* syncs in a row without a close pair: real clock only */
 static bool read_pair(uint64_t *tsc, uint64_t *real)
 {
 	for (int tries = 0; tries < 3; tries++) {
@@ -96,27 +97,40 @@ static void calibrate_from(struct pub_clock *c, uint64_t tsc, uint64_t real)
 	c->cal_tsc = tsc;
 	c->cal_real = real;
 }
-#endif
 
-uint64_t pub_clock_sync(struct pub_clock *c)
+/* Whether the re-anchor at (tsc, real) would rest on a rate no better than
+ * noise: the counter is behind the anchor, or too close to it. */
+static bool too_early(const struct pub_clock *c, uint64_t tsc)
 {
-	if (c->mode == PUB_CLOCK_UNKNOWN)
-		c->mode = counter_usable() ? PUB_CLOCK_COUNTER : PUB_CLOCK_REAL;
-#if PUB_CLOCK_HAVE_TSC
-	uint64_t tsc, real;
-	if (c->mode == PUB_CLOCK_REAL || !read_pair(&tsc, &real))
-		return not_back(c, real_ns());
+	return tsc < c->tsc0 || tsc - c->tsc0 < c->resync_tsc - c->tsc0;
+}
+
+uint64_t pub_clock_anchor(struct pub_clock *c, uint64_t tsc, uint64_t real)
+{
 	if (c->mult) {
-		/* since the anchor: how far the conversion drifted, then the
-		 * rate over the whole interval */
-		uint64_t ticks = tsc - c->tsc0;
-		uint64_t predicted = c->real0 + (uint64_t)(((unsigned __int128)ticks * c->mult) >> 32);
+		if (too_early(c, tsc)) {
+			/* A count a little behind the anchor (this thread moved to
+			 * a CPU whose counter lags by a few ticks) or a sync before
+			 * its time: the real clock answers, the anchor stays. A
+			 * counter a millisecond or more behind jumped: start over. */
+			uint64_t behind = tsc < c->tsc0 ? c->tsc0 - tsc : 0;
+			if ((((unsigned __int128)behind * c->mult) >> 32) >= MAX_ERROR_NS)
+				calibrate_from(c, tsc, real);
+			return not_back(c, real);
+		}
+		uint64_t ticks = tsc - c->tsc0, predicted = pub_clock_at(c, tsc);
 		uint64_t off = predicted > real ? predicted - real : real - predicted;
-		if (off > MAX_ERROR_NS || real <= c->real0 || tsc <= c->tsc0) {
+		if (off > MAX_ERROR_NS || real <= c->real0) {
 			calibrate_from(c, tsc, real); /* set, or jumped: over again */
 			return not_back(c, real);
 		}
-		c->mult = (uint64_t)(((unsigned __int128)(real - c->real0) << 32) / ticks);
+		uint64_t mult = (uint64_t)(((unsigned __int128)(real - c->real0) << 32) / ticks);
+		uint64_t change = mult > c->mult ? mult - c->mult : c->mult - mult;
+		if (change > c->mult / 1000) {
+			calibrate_from(c, tsc, real); /* the rate moved by over 0.1 % */
+			return not_back(c, real);
+		}
+		c->mult = mult;
 		c->interval_ns = c->interval_ns * 2 < RESYNC_NS ? c->interval_ns * 2 : RESYNC_NS;
 	} else if (c->cal_tsc == 0 || tsc <= c->cal_tsc || real <= c->cal_real) {
 		calibrate_from(c, tsc, real);
@@ -135,7 +149,23 @@ uint64_t pub_clock_sync(struct pub_clock *c)
 	c->real0 = real;
 	c->resync_tsc = tsc + (uint64_t)(((unsigned __int128)c->interval_ns << 32) / c->mult);
 	return not_back(c, real);
-#else
-	return not_back(c, real_ns());
+}
 #endif
+
+uint64_t pub_clock_sync(struct pub_clock *c)
+{
+	if (c->mode == PUB_CLOCK_UNKNOWN)
+		c->mode = counter_usable() ? PUB_CLOCK_COUNTER : PUB_CLOCK_REAL;
+#if PUB_CLOCK_HAVE_TSC
+	uint64_t tsc, real;
+	if (c->mode == PUB_CLOCK_COUNTER) {
+		if (read_pair(&tsc, &real)) {
+			c->pair_misses = 0;
+			return pub_clock_anchor(c, tsc, real);
+		}
+		if (++c->pair_misses >= PAIR_MISSES_MAX)
+			c->mode = PUB_CLOCK_REAL; /* a counter this far from the clock is no use */
+	}
+#endif
+	return not_back(c, real_ns());
 }

@@ -14,32 +14,38 @@
  * with (tsc0, real0) an anchor taken from the real clock and mult the
  * nanoseconds per tick (a 32.32 fixed-point number) measured between two
  * anchors. Until a publisher has two anchors 10 ms apart, and wherever
- * the counter cannot be trusted (no invariant TSC, or the kernel does not
- * keep time with it), every reading is the real clock's.
+ * the counter cannot be trusted (no invariant TSC, the kernel does not
+ * keep time with it, or pairs of readings keep coming out far apart),
+ * every reading is the real clock's.
  *
- * Accuracy: an anchor pairs the real clock with the counter read just
- * before and after it (at most 5000 ticks apart, 1-2 us, else read
- * again). The first rate comes from two anchors 10 ms apart; the
- * publisher re-anchors 40 ms later, then at doubling intervals up to one
- * second, each time measuring mult again over the whole interval, which
- * also follows the kernel's slewing of the real clock. Between anchors a
- * reading is off by the rate's error over the interval: under a
- * microsecond, 8 us at worst in the first 40 ms. A re-anchor that finds
- * the prediction more than a millisecond off (the clock was set, or the
- * counter jumped with the virtual machine) starts the calibration over.
- * Readings of one publisher never go back by less than a millisecond
- * (re-anchoring would otherwise move them back by the error it corrects);
- * a real clock set back further is followed.
+ * Accuracy. An anchor pairs the real clock with the counter read just
+ * before and after it (at most 5000 ticks apart, 1-2 us; about 100 ticks
+ * as a rule), so it is off by half that at most. The first rate comes from
+ * two anchors 10 ms apart; the publisher re-anchors 40 ms later, then at
+ * doubling intervals up to one second, each time measuring mult again
+ * over the whole interval, which also follows the kernel's slewing of
+ * the real clock. From the pairs alone a reading is off by well under a
+ * microsecond as a rule and by a few at worst (8 us in the first 40 ms).
+ * While the kernel changes its slew rate, or when the real clock is set
+ * by less than a millisecond, readings follow only at the next re-anchor,
+ * up to that much off until then. A re-anchor more than a millisecond off
+ * its prediction (the clock was set, the counter jumped with the virtual
+ * machine), or whose new rate is more than 0.1 % from the old, starts the
+ * calibration over. Readings of one publisher never go back by less than
+ * a millisecond (a re-anchor would otherwise move them back by the error
+ * it corrects); a real clock set back further is followed.
  *
  * One publisher handle is used by one thread at a time, so the state is
- * plain memory in the handle.
+ * plain memory in the handle; zeroed memory is a clock that has read
+ * nothing yet.
  */
 #ifndef SHMBUS_LIB_PUB_CLOCK_H
 #define SHMBUS_LIB_PUB_CLOCK_H
 
 #include <stdint.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+/* x86-64 only: the conversion's 128-bit products, and RDTSC. */
+#if defined(__x86_64__)
 #include <x86intrin.h>
 #define PUB_CLOCK_HAVE_TSC 1
 #else
@@ -48,29 +54,50 @@
 
 enum { PUB_CLOCK_UNKNOWN, PUB_CLOCK_COUNTER, PUB_CLOCK_REAL };
 
-/* Zeroed memory is a pub_clock that has not read anything yet. */
 struct pub_clock {
-	uint64_t tsc0, real0; /* the anchor */
-	uint64_t mult;	      /* ns per tick << 32; 0 = not calibrated */
-	uint64_t resync_tsc;  /* re-anchor at this count */
-	uint64_t interval_ns; /* ... this long after the anchor (40 ms, doubling to 1 s) */
+	uint64_t tsc0, real0;	    /* the anchor */
+	uint64_t mult;		    /* ns per tick << 32; 0 = not calibrated */
+	uint64_t resync_tsc;	    /* re-anchor at this count */
+	uint64_t interval_ns;	    /* ... this long after the anchor (40 ms, doubling to 1 s) */
 	uint64_t cal_tsc, cal_real; /* calibration's first anchor; cal_tsc 0 = none */
-	uint64_t last;	      /* the last reading */
-	int mode;	      /* PUB_CLOCK_UNKNOWN (zeroed), _COUNTER or _REAL */
+	uint64_t last;		    /* the last reading */
+	uint32_t pair_misses;	    /* pairs in a row read too far apart */
+	int mode;		    /* PUB_CLOCK_UNKNOWN (zeroed), _COUNTER or _REAL */
 };
 
-/* The real clock and the counter together: sets c's state and returns
- * the time. The slow path of pub_clock_now. */
+/* The real clock and the counter together: updates c and returns the time.
+ * The slow path of pub_clock_now. */
 uint64_t pub_clock_sync(struct pub_clock *c);
+
+#if PUB_CLOCK_HAVE_TSC
+/*
+ * What pub_clock_sync does with a pair read together (tsc, real) in
+ * counter mode: calibrate, re-anchor or start over, as above; returns the
+ * reading (real, not before the last reading). Apart for the unit tests,
+ * which feed it pairs of their own.
+ */
+uint64_t pub_clock_anchor(struct pub_clock *c, uint64_t tsc, uint64_t real);
+#endif
+
+#if PUB_CLOCK_HAVE_TSC
+/* The time at count tsc by the anchor and rate (calibrated, tsc at or
+ * after the anchor). */
+static inline uint64_t pub_clock_at(const struct pub_clock *c, uint64_t tsc)
+{
+	return c->real0 + (uint64_t)(((unsigned __int128)(tsc - c->tsc0) * c->mult) >> 32);
+}
+#endif
 
 /* The wall clock (ns since the epoch) for an event published now. */
 static inline uint64_t pub_clock_now(struct pub_clock *c)
 {
 #if PUB_CLOCK_HAVE_TSC
 	uint64_t tsc = __rdtsc();
+	/* before the anchor (a CPU whose counter is a little behind) or due:
+	 * the slow path decides */
 	if (__builtin_expect(c->mult == 0 || tsc - c->tsc0 >= c->resync_tsc - c->tsc0, 0))
 		return pub_clock_sync(c);
-	uint64_t now = c->real0 + (uint64_t)(((unsigned __int128)(tsc - c->tsc0) * c->mult) >> 32);
+	uint64_t now = pub_clock_at(c, tsc);
 	return c->last = now > c->last ? now : c->last;
 #else
 	return pub_clock_sync(c);

@@ -1919,13 +1919,15 @@ static bool join_within(pthread_t th, struct waiter *w, unsigned ms)
 /* A waiter in mode `mode`, waiting forever on an empty subscription, returns
  * -ESHUTDOWN when another attachment removes the subscription: a sleeper
  * is woken, a spinner (whose rounds mostly only look at the queue heads)
- * notices in one of its whole polls. */
+ * notices in one of its whole polls. The adaptive waiter spins for a
+ * minute before it would sleep, so it is still spinning when the removal
+ * comes (with the default 50 us it would be asleep, as in block mode). */
 static void check_removal_ends_wait(shmbus_wait_t mode)
 {
 	shmbus_config_t cfg = tc_small_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	shmbus_sub_t *sub = NULL;
-	shmbus_sub_opts_t o = {.wait = mode};
+	shmbus_sub_opts_t o = {.wait = mode, .spin_ns = mode == SHMBUS_WAIT_ADAPTIVE ? 60 * TC_SEC_NS : 0};
 	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0);
 	struct waiter w = {.sub = sub};
 	pthread_t th;
@@ -1935,11 +1937,11 @@ static void check_removal_ends_wait(shmbus_wait_t mode)
 	cr_assert_eq(shmbus_unsubscribe_id(other, shmbus_sub_id(sub)), 0);
 	bool woke = join_within(th, &w, 10000);
 	if (!woke) {
-		/* Unstick the thread before failing so the test can end. */
-		shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
-		tc_publish_u32(pub, SHMBUS_NOTIFICATION, "unstick", 0, 0);
+		/* the waiter is stuck in shmbus_wait(-1) on a subscription
+		 * nobody can publish to any more: fail, which ends the test's
+		 * process and the thread with it */
 		pthread_detach(th);
-		cr_assert_fail("shmbus_wait(-1) still asleep 10 s after its subscription was removed");
+		cr_assert_fail("shmbus_wait(-1) still waiting 10 s after its subscription was removed");
 	}
 	cr_assert_eq(w.rc, -ESHUTDOWN, "wait on a removed subscription returned %d", w.rc);
 	shmbus_sub_close(sub);
@@ -2840,7 +2842,9 @@ struct time_check {
 static void check_event_time(const shmbus_event_t *ev, void *arg)
 {
 	struct time_check *tc = arg;
-	const uint64_t slack = 100000; /* 100 us */
+	/* the clock's own bound: a millisecond while the kernel slews (a
+	 * rate off by a hundredth is 10 ms off within a second) */
+	const uint64_t slack = 1000000;
 	uint64_t t = shmbus_event_published_ns(ev);
 	cr_assert_geq(t + slack, tc->before, "event %u published at %llu, %llu ns before its call began", tc->events,
 		      (unsigned long long)t, (unsigned long long)(tc->before - t));
@@ -2855,11 +2859,12 @@ static void check_event_time(const shmbus_event_t *ev, void *arg)
 /*
  * For run_ms, one publisher takes turns with a single publish, a
  * zero-copy claim and a batch of 8, a call every 200 us or so; every
- * event's publish time lies within 100 us of CLOCK_REALTIME read around
- * its call, and none is earlier than the publisher's event before it.
- * Over a second or more that spans the publisher clock's calibration and
- * several re-anchorings (lib/pub_clock.h): a rate off by a hundredth would
- * put the events a millisecond or more out within 100 ms.
+ * event's publish time lies within a millisecond of CLOCK_REALTIME read
+ * around its call (the clock's bound while the kernel slews it; a
+ * microsecond or so otherwise), and none is earlier than the publisher's
+ * event before it. Over a second or more that spans the publisher clock's
+ * calibration and several re-anchorings (lib/pub_clock.h): a rate off by
+ * a hundredth puts the events 10 ms out by the 1 s interval.
  */
 static void check_publish_times(unsigned run_ms)
 {
@@ -2890,7 +2895,7 @@ static void check_publish_times(unsigned run_ms)
 		struct timespec pause = {.tv_nsec = 200000};
 		nanosleep(&pause, NULL);
 	}
-	cr_assert_gt(tc.events, run_ms, "only %u events in %u ms", tc.events, run_ms);
+	cr_assert_geq(tc.events, 10, "only %u events in %u ms", tc.events, run_ms);
 	shmbus_pub_close(pub);
 	shmbus_sub_close(sub);
 	shmbus_close(bus);

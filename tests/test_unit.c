@@ -6,6 +6,7 @@
 #include "event_format.h"
 #include "internal.h"
 #include "slots.h"
+#include "pub_clock.h"
 #include "event_encode.h"
 
 #include <criterion/criterion.h>
@@ -1910,3 +1911,106 @@ Test(unit, an_event_corrupted_after_a_run_of_its_shape_is_not_handed_out)
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 }
+
+#if PUB_CLOCK_HAVE_TSC
+/*
+ * The publisher clock's arithmetic (lib/pub_clock.h), fed pairs of our
+ * own: a counter of 2.6 GHz against a real clock that keeps time with it,
+ * then the cases that must make it answer from the real clock or start
+ * over. pub_clock_at is what pub_clock_now computes between anchors.
+ */
+#define CLK_HZ 2600000000ull
+#define CLK_T0 1000000ull		     /* the counter at the first pair */
+#define CLK_R0 1800000000000000000ull	     /* the real clock then, ns */
+static uint64_t clk_ticks(uint64_t ns) { return ns * CLK_HZ / 1000000000ull; }
+
+/* A clock calibrated on exact pairs 10 ms apart (the counter mode, as
+ * pub_clock_sync chooses it on such a CPU). */
+static struct pub_clock calibrated_clock(void)
+{
+	struct pub_clock c = {.mode = PUB_CLOCK_COUNTER};
+	cr_assert_eq(pub_clock_anchor(&c, CLK_T0, CLK_R0), CLK_R0);
+	cr_assert_eq(c.mult, 0, "one pair gives no rate");
+	cr_assert_eq(pub_clock_anchor(&c, CLK_T0 + clk_ticks(5000000), CLK_R0 + 5000000), CLK_R0 + 5000000);
+	cr_assert_eq(c.mult, 0, "5 ms are too few for a rate");
+	cr_assert_eq(pub_clock_anchor(&c, CLK_T0 + clk_ticks(10000000), CLK_R0 + 10000000), CLK_R0 + 10000000);
+	cr_assert_neq(c.mult, 0, "no rate after 10 ms");
+	return c;
+}
+
+Test(unit, pub_clock_converts_the_counter_at_the_measured_rate)
+{
+	struct pub_clock c = calibrated_clock();
+	/* 1/2.6 ns a tick, to a part in 10^9 */
+	double ns_per_tick = (double)c.mult / 4294967296.0;
+	cr_assert_float_eq(ns_per_tick, 1e9 / (double)CLK_HZ, 1e-9, "%.12f ns a tick", ns_per_tick);
+	uint64_t t = c.tsc0 + clk_ticks(30000000);
+	int64_t err = (int64_t)(pub_clock_at(&c, t) - (c.real0 + 30000000));
+	cr_assert(err >= -2 && err <= 2, "30 ms after the anchor: %lld ns off", (long long)err);
+	/* due 40 ms after the anchor; a consistent pair there keeps the rate
+	 * and doubles the interval */
+	cr_assert_eq(c.interval_ns, 40000000);
+	uint64_t due = c.resync_tsc, mult = c.mult;
+	cr_assert_geq(due, c.tsc0 + clk_ticks(40000000) - 1);
+	uint64_t real = CLK_R0 + 10000000 + 40000000;
+	cr_assert_eq(pub_clock_anchor(&c, CLK_T0 + clk_ticks(50000000), real), real);
+	cr_assert_eq(c.interval_ns, 80000000);
+	cr_assert_eq(c.tsc0, CLK_T0 + clk_ticks(50000000));
+	cr_assert_leq(c.mult > mult ? c.mult - mult : mult - c.mult, mult / 1000000, "the rate moved on exact pairs");
+}
+
+Test(unit, pub_clock_keeps_its_anchor_for_a_counter_a_little_behind)
+{
+	struct pub_clock c = calibrated_clock();
+	struct pub_clock before = c;
+	/* a CPU whose counter lags the anchor by 100 ticks: the real clock
+	 * answers, the anchor and rate stay (a rate measured over 100 ticks
+	 * would be noise) */
+	uint64_t real = c.real0 + 50;
+	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 - 100, real), real);
+	cr_assert_eq(c.mult, before.mult);
+	cr_assert_eq(c.tsc0, before.tsc0);
+	cr_assert_eq(c.resync_tsc, before.resync_tsc);
+	/* and a sync before its time likewise */
+	real = c.real0 + 1000;
+	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 + clk_ticks(1000), real), real);
+	cr_assert_eq(c.mult, before.mult);
+	cr_assert_eq(c.tsc0, before.tsc0);
+	/* a counter 10 s behind jumped: calibrate again */
+	real = c.real0 + 2000;
+	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 - clk_ticks(10000000000ull), real), real);
+	cr_assert_eq(c.mult, 0, "a counter 10 s behind its anchor was trusted");
+}
+
+Test(unit, pub_clock_starts_over_when_the_clock_or_the_rate_moves)
+{
+	/* the real clock set 5 ms forward between anchors */
+	struct pub_clock c = calibrated_clock();
+	uint64_t t = c.resync_tsc, real = c.real0 + 40000000 + 5000000;
+	cr_assert_eq(pub_clock_anchor(&c, t, real), real);
+	cr_assert_eq(c.mult, 0, "a prediction 5 ms off was kept");
+	/* the rate 0.2 % off over the 40 ms (80 us, under the 1 ms bound) */
+	c = calibrated_clock();
+	t = c.resync_tsc;
+	real = c.real0 + 40000000 + 80000;
+	cr_assert_eq(pub_clock_anchor(&c, t, real), real);
+	cr_assert_eq(c.mult, 0, "a rate 0.2 %% off was taken");
+	/* 0.05 % is a slew the clock follows */
+	c = calibrated_clock();
+	t = c.resync_tsc;
+	real = c.real0 + 40000000 + 20000;
+	cr_assert_eq(pub_clock_anchor(&c, t, real), real);
+	cr_assert_neq(c.mult, 0, "a rate 0.05 %% off was refused");
+	cr_assert_eq(c.real0, real);
+}
+
+Test(unit, pub_clock_never_goes_back_by_less_than_a_millisecond)
+{
+	struct pub_clock c = calibrated_clock();
+	uint64_t last = c.last;
+	/* the real clock 300 us behind the last reading: the last reading */
+	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 - 1, last - 300000), last);
+	/* 5 ms behind: the clock was set back, and is followed */
+	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 - 1, last - 5000000), last - 5000000);
+}
+#endif
