@@ -689,10 +689,10 @@ SHMBUS_API int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_e
 		 * 20 instructions) and pause every fourth time; every 64th is
 		 * a whole poll (about 160 instructions), which also notices
 		 * what the look does not (a removal, a bus orphaned by fork) and reads
-		 * the clock. A PAUSE takes tens of cycles on recent x86: one
-		 * every round made the spin round trip 20 ns longer, and a loop
-		 * that never pauses is left through a pipeline flush and
-		 * crowds an SMT sibling (ARCHITECTURE.md, Waiting).
+		 * the clock. A PAUSE takes tens of cycles on recent x86: in one
+		 * build, one every round made the spin round trip 20 ns longer,
+		 * and a loop that never pauses is left through a pipeline flush
+		 * and crowds an SMT sibling (ARCHITECTURE.md, Waiting).
 		 */
 		if ((i & 63) && poll_would_find_nothing(sub)) {
 			if ((i & 3) == 0)
