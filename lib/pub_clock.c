@@ -6,9 +6,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "internal.h" /* now_real_ns */
 #include "pub_clock.h"
 #if PUB_CLOCK_HAVE_TSC
 #include <cpuid.h>
@@ -17,13 +17,6 @@
 #define CALIBRATE_NS 10000000ull   /* two anchors at least this far apart */
 #define RESYNC_NS 1000000000ull	   /* re-anchor at most this far apart */
 #define MAX_ERROR_NS 1000000ull	   /* a re-anchor this far off starts over */
-
-static uint64_t real_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /*
  * Whether this process may convert the counter: the CPU says its TSC is
@@ -80,7 +73,7 @@ static bool read_pair(uint64_t *tsc, uint64_t *real)
 {
 	for (int tries = 0; tries < 3; tries++) {
 		uint64_t t1 = __rdtsc();
-		*real = real_ns();
+		*real = now_real_ns();
 		uint64_t t2 = __rdtsc();
 		if (t2 >= t1 && t2 - t1 < PAIR_MAX_TICKS) {
 			*tsc = t1 + (t2 - t1) / 2;
@@ -167,5 +160,5 @@ uint64_t pub_clock_sync(struct pub_clock *c)
 			c->mode = PUB_CLOCK_REAL; /* a counter this far from the clock is no use */
 	}
 #endif
-	return not_back(c, real_ns());
+	return not_back(c, now_real_ns());
 }

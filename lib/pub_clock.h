@@ -77,9 +77,7 @@ uint64_t pub_clock_sync(struct pub_clock *c);
  * which feed it pairs of their own.
  */
 uint64_t pub_clock_anchor(struct pub_clock *c, uint64_t tsc, uint64_t real);
-#endif
 
-#if PUB_CLOCK_HAVE_TSC
 /* The time at count tsc by the anchor and rate (calibrated, tsc at or
  * after the anchor). */
 static inline uint64_t pub_clock_at(const struct pub_clock *c, uint64_t tsc)

@@ -25,7 +25,6 @@
 #include "dlq.h"
 #include "event_encode.h"
 #include "prefetch.h"
-#include "pub_clock.h"
 #include "slots.h"
 
 #define BATCH_STACK 64
@@ -396,8 +395,9 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	 * and times after its push (every event whose bytes before the
 	 * payload fit the cache, 512, the first of its shape included: it was
 	 * cached just above): the reading (pub_clock.h: a bare counter read
-	 * and a multiply, the real clock's ordered read at times) then overlaps with the push's cell crossing to the consumer,
-	 * who reads the event only once committed below, instead of holding
+	 * and a multiply, the real clock's ordered read at times) then
+	 * overlaps with the push's cell crossing to the consumer, who reads
+	 * the event only once committed below, instead of holding
 	 * the push up (spin ping-pong: 932 against 982 and 920 against 956 ns,
 	 * 16 interleaved runs each way). Not for a stream: a consumer close
 	 * behind has fetched the event's first lines by then, and the stores

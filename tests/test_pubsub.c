@@ -2903,6 +2903,8 @@ static void check_publish_times(unsigned run_ms)
 
 Test(pubsub, publish_times_follow_the_real_clock) { check_publish_times(1500); }
 
+/* The same with the counter switched off (that the switch takes is
+ * unit/pub_clock_reads_the_real_clock_alone_when_told_to). */
 Test(pubsub, publish_times_from_the_real_clock_alone)
 {
 	/* read once per process, on the first publish: none came before */

@@ -2004,6 +2004,23 @@ Test(unit, pub_clock_starts_over_when_the_clock_or_the_rate_moves)
 	cr_assert_eq(c.real0, real);
 }
 
+Test(unit, pub_clock_reads_the_real_clock_alone_when_told_to)
+{
+	/* read once per process, at the first publish: none came before in
+	 * this test's process */
+	setenv("SHMBUS_REALTIME_CLOCK", "1", 1);
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	uint64_t before = tc_realtime_ns();
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "clock", 0, 1), 0);
+	cr_assert_eq(pub->clock.mode, PUB_CLOCK_REAL, "SHMBUS_REALTIME_CLOCK=1 left the clock in mode %d", pub->clock.mode);
+	cr_assert_eq(pub->clock.mult, 0, "a rate without the counter");
+	cr_assert_geq(pub->clock.last, before, "the reading is not the real clock's");
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(unit, pub_clock_never_goes_back_by_less_than_a_millisecond)
 {
 	struct pub_clock c = calibrated_clock();
