@@ -8,6 +8,7 @@
 
 #include "internal.h"
 #include "cpu_detect.h"
+#include "stream.h"
 
 /* The layout of a message's shape: everything but its payload's length,
  * so the messages of a batch of one shape share one. */
@@ -185,6 +186,79 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 	ev->payload_len = (uint32_t)payload_len;
 	ev->committed = 0;
 }
+
+#if SHM_HAVE_STREAM
+/*
+ * event_write_like, with the event's first two lines streamed (shm/
+ * stream.h): bytes 0..127, every fixed field before the payload offset,
+ * are put together in registers from prev and the event's own size,
+ * sequence, id, correlation id and payload length, and sent with
+ * streaming stores; bytes 128 up to the payload (the rest of the fixed
+ * part, `committed` among them, which the commit stores to again, and the
+ * strings) with ordinary ones. ev is the start of a slot, so 64-byte
+ * aligned. Nothing may read the event, nor a reader hear of it, before
+ * the caller's stream_fence.
+ */
+static inline __attribute__((always_inline)) void event_write_like_streamed(struct seg_event *ev,
+									   const struct seg_event *prev,
+									   const struct event_layout *lay,
+									   size_t payload_len, uint64_t seq,
+									   bool own_correlation)
+{
+	_Static_assert(offsetof(struct seg_event, size) == 0 && offsetof(struct seg_event, seq) == 8 &&
+			       offsetof(struct seg_event, id) == 16 && offsetof(struct seg_event, correlation_id) == 32 &&
+			       offsetof(struct seg_event, payload_len) == 112 &&
+			       offsetof(struct seg_event, payload_off) == 128 &&
+			       offsetof(struct seg_event, committed) >= 128,
+		       "the streamed lines are bytes 0..127, the own fields where they are put, committed after");
+	const char *src = (const char *)prev;
+	char *dst = (char *)ev;
+	uint64_t head, tail_lo, tail_hi;
+	memcpy(&head, src, 8);
+	memcpy(&tail_lo, src + 112, 8);
+	memcpy(&tail_hi, src + 120, 8);
+	/* little endian: size and payload_len are the low halves */
+	head = (head & ~0xffffffffull) | event_size(lay, payload_len);
+	tail_lo = (tail_lo & ~0xffffffffull) | (uint32_t)payload_len;
+	struct id_words id = {.seq_word = uuid_v7_seq_word(seq)};
+	memcpy(&id.time_word, prev->id, 8);
+	stream_chunk own_id = stream_chunk_of(id.time_word, id.seq_word);
+	stream_put(dst, stream_chunk_of(head, seq));
+	stream_put(dst + 16, own_id);
+	stream_put(dst + 32, own_correlation ? own_id : stream_chunk_at(src + 32));
+	stream_put(dst + 48, stream_chunk_at(src + 48));
+	stream_put(dst + 64, stream_chunk_at(src + 64));
+	stream_put(dst + 80, stream_chunk_at(src + 80));
+	stream_put(dst + 96, stream_chunk_at(src + 96));
+	stream_put(dst + 112, stream_chunk_of(tail_lo, tail_hi));
+	memcpy(dst + 128, src + 128, SEG_EVENT_FIXED - 128);
+	copy_short(ev->strings, prev->strings, lay->payload_off - SEG_EVENT_FIXED);
+	ev->committed = 0;
+}
+
+/*
+ * The payload of an event written by event_write_like_streamed: the bytes
+ * up to the first line boundary at or after payload_off (in the line of
+ * the strings, or of `committed`) and those of the last, partial line
+ * with ordinary stores, the whole lines between streamed: no line is
+ * written both ways.
+ */
+static inline __attribute__((always_inline)) void event_payload_streamed(struct seg_event *ev, uint32_t payload_off,
+									const void *payload, size_t len)
+{
+	uint8_t *d = (uint8_t *)ev + payload_off;
+	const uint8_t *s = payload;
+	size_t head = ((payload_off + 63u) & ~(size_t)63) - payload_off;
+	if (len <= head) {
+		copy_short(d, s, len);
+		return;
+	}
+	copy_short(d, s, head);
+	size_t lines = (len - head) / 64, done = head + lines * 64;
+	stream_copy_lines(d + head, s + head, lines);
+	copy_short(d + done, s + done, len - done);
+}
+#endif
 
 /* The fields of ev that are each publish's own whatever its shape: id,
  * correlation id (its own id unless the message names one), causation

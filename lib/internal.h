@@ -13,6 +13,7 @@
 #include "event_format.h"
 #include "layout.h"
 #include "pub_clock.h"
+#include "stream_choice.h"
 #include "queue.h"
 #include "segment.h"
 #include "shmbus.h"
@@ -166,6 +167,8 @@ struct shmbus_pub {
 	int64_t timeout_ns;
 	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: a cached single publish's own fields after
 			   its push, hand_off_single after its commit */
+	bool stream_batches; /* not SHMBUS_PUB_CACHED_BATCHES: publish_many may stream windows */
+	struct stream_choice stream; /* whether it does now (stream_choice.h) */
 	char source[SHMBUS_STR_MAX + 1];
 	uint64_t source_hash;
 	size_t source_len;

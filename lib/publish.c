@@ -29,6 +29,31 @@
 
 #define BATCH_STACK 64
 
+/*
+ * A window of a batch with at least this many events writes every event
+ * after the first of its shape with streaming stores (shm/stream.h;
+ * ARCHITECTURE.md, "Streamed batches"), unless the publisher was opened
+ * with SHMBUS_PUB_CACHED_BATCHES. Smaller windows are a few events
+ * someone may be waiting for, which a consumer reads sooner from this
+ * core's caches than from memory.
+ */
+#define STREAM_MIN_WINDOW 16
+
+#if SHM_HAVE_STREAM
+/* A streamed event's payload has whole lines to stream from this length
+ * on (it starts past byte 144, in the line of `committed` or after);
+ * shorter ones are copied as an unstreamed event's are, inline. */
+#define STREAM_PAYLOAD_MIN 128
+
+/* event_payload_streamed, out of line: for payloads of STREAM_PAYLOAD_MIN
+ * bytes or more, whose copy costs more than a call. */
+static __attribute__((noinline)) void payload_streamed(struct seg_event *ev, uint32_t payload_off, const void *payload,
+						       size_t len)
+{
+	event_payload_streamed(ev, payload_off, payload, len);
+}
+#endif
+
 SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out)
 {
 	int rc = bus_check_usable(bus);
@@ -36,8 +61,9 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		return rc;
 	if (!out)
 		return shmbus__fail(EINVAL, "out is NULL");
-	if (opts && (opts->flags & ~SHMBUS_PUB_LOW_LATENCY))
-		return shmbus__fail(EINVAL, "unknown publisher flags 0x%x", opts->flags & ~SHMBUS_PUB_LOW_LATENCY);
+	const uint32_t known = SHMBUS_PUB_LOW_LATENCY | SHMBUS_PUB_CACHED_BATCHES;
+	if (opts && (opts->flags & ~known))
+		return shmbus__fail(EINVAL, "unknown publisher flags 0x%x", opts->flags & ~known);
 	char source[SHMBUS_STR_MAX + 2];
 	if (opts && opts->source) {
 		size_t n = strnlen(opts->source, SHMBUS_STR_MAX + 1);
@@ -77,6 +103,7 @@ SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts,
 		pub->rec = r;
 		pub->timeout_ns = opts ? opts->timeout_ns : 0;
 		pub->low_latency = opts && (opts->flags & SHMBUS_PUB_LOW_LATENCY);
+		pub->stream_batches = !(opts && (opts->flags & SHMBUS_PUB_CACHED_BATCHES));
 		memcpy(pub->source, source, sizeof pub->source);
 		pub->source_len = strlen(source);
 		pub->source_hash = seg_str_hash(source, pub->source_len);
@@ -435,6 +462,82 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	return 0;
 }
 
+/* The bytes before the payload of a run of one shape, in private memory. */
+union event_template {
+	struct seg_event ev;
+	uint64_t bytes[EVENT_CACHE_BYTES / 8];
+};
+
+/*
+ * Write the events [from, to) of a batch (publish_many's first pass over a
+ * window) at *seq on, adding their payload bytes to *bytes; *like is the
+ * event the next one of the same shape is copied from (tmpl, or an event
+ * of this window). Each event after the first of a run of one shape is a
+ * copy of tmpl, or of the event before it when its bytes before the
+ * payload do not fit tmpl; with stream, those copied from tmpl are
+ * streamed (event_write_like_streamed, with whole payload lines of
+ * STREAM_PAYLOAD_MIN bytes or more), and the caller fences before
+ * anything reads them. stream is a constant at each call: each way is
+ * compiled on its own, and the loop of ordinary stores carries no test
+ * of it.
+ */
+static inline __attribute__((always_inline)) void write_window(shmbus_bus_t *bus, const shmbus_msg_t *msgs,
+							       const struct event_layout *lay,
+							       const struct batch_msg *bm, struct route_item *rt,
+							       size_t from, size_t to, uint64_t pos, uint64_t now,
+							       struct seg_event *tmpl, uint64_t *seq, uint64_t *bytes,
+							       const struct seg_event **like, const bool stream)
+{
+	uint64_t incarnation = bus->hdr->incarnation;
+	for (size_t i = from; i < to; i++) {
+		const shmbus_msg_t *m = &msgs[i];
+		struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, *seq);
+		const struct event_layout *shape = &lay[bm[i].shape];
+		if (*seq != pos && bm[i].slots > 1) /* a later event of a batch: its head stays CLAIMED */
+			slots_free_body(bus, *seq, bm[i].slots);
+		/* a copy only of an event of this window: those of earlier
+		 * windows are committed, and may be released and reused */
+		bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
+		/* from the private template only: an event copied from the one
+		 * before it in the ring would read lines just streamed */
+		bool streamed = stream && like_prev && *like == tmpl;
+		if (like_prev) {
+#if SHM_HAVE_STREAM
+			if (streamed)
+				event_write_like_streamed(ev, *like, shape, m->payload_len, *seq, !m->correlation_id);
+			else
+#endif
+				event_write_like(ev, *like, shape, m->payload_len, *seq, !m->correlation_id);
+		} else {
+			struct id_words id = uuid_v7_words(now / 1000000, incarnation, *seq);
+			/* The events that follow in its shape copy the bytes
+			 * before the payload from private memory: read back from
+			 * the ring, they would wait for the lines this store sends
+			 * for (see event_write_like). */
+			bool followed = i + 1 < to && bm[i + 1].shape == bm[i].shape;
+			if (followed && shape->payload_off <= sizeof(union event_template)) {
+				event_write(tmpl, m, shape, m->payload_len, *seq, id, now);
+				event_write_like(ev, tmpl, shape, m->payload_len, *seq, !m->correlation_id);
+				*like = tmpl;
+			} else {
+				event_write(ev, m, shape, m->payload_len, *seq, id, now);
+				*like = ev;
+			}
+		}
+#if SHM_HAVE_STREAM
+		if (streamed && m->payload_len >= STREAM_PAYLOAD_MIN)
+			payload_streamed(ev, shape->payload_off, m->payload, m->payload_len);
+		else
+#endif
+			copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
+		*bytes += m->payload_len;
+		rt[i].ev = ev;
+		rt[i].seq = *seq;
+		rt[i].like_prev = like_prev;
+		*seq += bm[i].slots;
+	}
+}
+
 static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, shmbus_uuid_t *ids, uint16_t lib_flags)
 {
 	int rc;
@@ -508,11 +611,13 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	uint64_t now = pub_clock_now(&pub->clock), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
-	union {
-		struct seg_event ev;
-		uint64_t bytes[EVENT_CACHE_BYTES / 8];
-	} tmpl; /* the bytes before the payload of a run of one shape */
+	union event_template tmpl; /* the bytes before the payload of a run of one shape */
 	const struct seg_event *like = NULL;
+#if SHM_HAVE_STREAM
+	bool streaming = pub->stream_batches && n >= STREAM_MIN_WINDOW &&
+			 stream_choose(&pub->stream, at_load_relaxed_u64(&pub->rec->published),
+				       at_load_relaxed_u64(&pub->rec->block_waits));
+#endif
 	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
 	 * not one event at a time: a consumer that keeps up would otherwise
 	 * take each descriptor the moment it is pushed and read the event's
@@ -524,40 +629,21 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * consumer that took the first descriptor waits for its commit. */
 	for (size_t from = 0; from < n; from += QUEUE_PUSH_MAX) {
 		size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
-		for (size_t i = from; i < to; i++) {
-			const shmbus_msg_t *m = &msgs[i];
-			struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, seq);
-			const struct event_layout *shape = &lay[bm[i].shape];
-			if (seq != pos && bm[i].slots > 1) /* a later event of a batch: its head stays CLAIMED */
-				slots_free_body(bus, seq, bm[i].slots);
-			/* a copy only of an event of this window: those of earlier
-			 * windows are committed, and may be released and reused */
-			bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
-			if (like_prev) {
-				event_write_like(ev, like, shape, m->payload_len, seq, !m->correlation_id);
-			} else {
-				struct id_words id = uuid_v7_words(now / 1000000, incarnation, seq);
-				/* The events that follow in its shape copy the bytes
-				 * before the payload from private memory: read back
-				 * from the ring, they would wait for the lines this
-				 * store sends for (see event_write_like). */
-				bool followed = i + 1 < to && bm[i + 1].shape == bm[i].shape;
-				if (followed && shape->payload_off <= sizeof tmpl) {
-					event_write(&tmpl.ev, m, shape, m->payload_len, seq, id, now);
-					event_write_like(ev, &tmpl.ev, shape, m->payload_len, seq, !m->correlation_id);
-					like = &tmpl.ev;
-				} else {
-					event_write(ev, m, shape, m->payload_len, seq, id, now);
-					like = ev;
-				}
-			}
-			copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
-			bytes += m->payload_len;
-			rt[i].ev = ev;
-			rt[i].seq = seq;
-			rt[i].like_prev = like_prev;
-			seq += bm[i].slots;
-		}
+#if SHM_HAVE_STREAM
+		bool stream = streaming && to - from >= STREAM_MIN_WINDOW;
+#endif
+#if SHM_HAVE_STREAM
+		if (stream)
+			write_window(bus, msgs, lay, bm, rt, from, to, pos, now, &tmpl.ev, &seq, &bytes, &like, true);
+		else
+#endif
+			write_window(bus, msgs, lay, bm, rt, from, to, pos, now, &tmpl.ev, &seq, &bytes, &like, false);
+#if SHM_HAVE_STREAM
+		/* the streamed lines reach memory before the push tells a
+		 * consumer, and before routing or a dead letter reads them */
+		if (stream)
+			stream_fence();
+#endif
 		CRASH_POINT("batch.written");
 		route_written(pub, rt + from, to - from, wake);
 		CRASH_POINT("batch.routed");

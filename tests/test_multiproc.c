@@ -752,3 +752,126 @@ Test(multiproc, lag_subscriber_in_another_process_is_told_exactly_what_it_missed
 	tc_shared_free(sh, sizeof *sh);
 	shmbus_close(bus);
 }
+
+/* --------------------------------------- streamed batches, another process */
+
+#define STREAM_BATCHES 1500u
+#define STREAM_BATCH 64u
+#define STREAM_PAYLOAD 200u
+
+/* Byte k of the payload of event i: a function of both. */
+static uint8_t stream_byte(uint32_t i, uint32_t k)
+{
+	return (uint8_t)(tc_mix64(((uint64_t)i << 16) | k) >> 24);
+}
+
+struct stream_shared {
+	int up;
+	uint32_t received, bad_payload, bad_len, out_of_order, bad_id, missed;
+	int done;
+};
+
+static int stream_reader(void *arg)
+{
+	struct stream_shared *sh = arg;
+	shmbus_bus_t *bus = NULL;
+	int rc = shmbus_open(tc_bus, NULL, &bus);
+	if (rc < 0)
+		return CHILD_FAIL("reader: open %d", rc);
+	shmbus_sub_t *sub = NULL;
+	if ((rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "stream-reader"}, &sub)) < 0)
+		return CHILD_FAIL("reader: subscribe %d", rc);
+	tc_write_byte(sh->up, 'R');
+	uint64_t last_seq = 0, deadline = tc_now_ns() + 60 * TC_SEC_NS;
+	const uint32_t total = STREAM_BATCHES * STREAM_BATCH;
+	while (sh->received < total && tc_now_ns() < deadline) {
+		const shmbus_event_t *evs[32];
+		int n = shmbus_poll_batch(sub, evs, 32);
+		if (n < 0)
+			return CHILD_FAIL("reader: poll_batch %d", n);
+		for (int j = 0; j < n; j++) {
+			size_t len = 0;
+			const uint8_t *p = shmbus_event_payload(evs[j], &len);
+			uint32_t i;
+			if (len != STREAM_PAYLOAD) {
+				sh->bad_len++;
+			} else {
+				memcpy(&i, p, sizeof i);
+				for (uint32_t k = sizeof i; k < len; k++)
+					if (p[k] != stream_byte(i, k)) {
+						sh->bad_payload++;
+						break;
+					}
+				if (i != sh->received)
+					sh->out_of_order++;
+			}
+			uint64_t seq = shmbus_event_seq(evs[j]);
+			if (seq <= last_seq && sh->received > 0)
+				sh->out_of_order++;
+			if (shmbus_uuid_seq(shmbus_event_id(evs[j])) != seq ||
+			    memcmp(shmbus_event_correlation_id(evs[j]), shmbus_event_id(evs[j]), 16) != 0)
+				sh->bad_id++;
+			last_seq = seq;
+			sh->received++;
+		}
+		if (n > 0 && (rc = shmbus_release_batch(sub, evs, n)) < 0)
+			return CHILD_FAIL("reader: release_batch %d", rc);
+	}
+	sh->missed = (uint32_t)shmbus_take_missed(sub);
+	sh->done = 1;
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+	return 0;
+}
+
+/*
+ * Batches of 64 events of one shape are written with streaming stores
+ * (their first two lines, and the whole lines of their payloads): a
+ * consumer in another process, polling the queue, must find every event
+ * whole as soon as it can take it. 96,000 events of 200 payload bytes,
+ * each byte a function of the event, checked in the reader with its
+ * sequence and id. (The publisher's SFENCE before the push is what the
+ * architecture asks for; on the AMD machine where this was written the
+ * push's locked CAS kept the order without it too, so this test does not
+ * notice the fence missing. It notices lines streamed wrong or not at all.)
+ */
+Test(multiproc, streamed_batches_arrive_whole_in_another_process)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.slots = 1024;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	struct stream_shared *sh = tc_shared_alloc(sizeof *sh);
+	int up[2];
+	cr_assert_eq(pipe(up), 0);
+	sh->up = up[1];
+	pid_t reader = tc_fork(stream_reader, sh);
+	wait_ready(up[0], 1);
+	shmbus_pub_t *pub = tc_pub(bus, "streamer", 30 * (int64_t)TC_SEC_NS);
+	static uint8_t payloads[STREAM_BATCH][STREAM_PAYLOAD];
+	shmbus_msg_t msgs[STREAM_BATCH];
+	for (uint32_t b = 0; b < STREAM_BATCHES; b++) {
+		for (uint32_t j = 0; j < STREAM_BATCH; j++) {
+			uint32_t i = b * STREAM_BATCH + j;
+			memcpy(payloads[j], &i, sizeof i);
+			for (uint32_t k = sizeof i; k < STREAM_PAYLOAD; k++)
+				payloads[j][k] = stream_byte(i, k);
+			msgs[j] = (shmbus_msg_t){.type = SHMBUS_NOTIFICATION, .name = "stream",
+						 .payload = payloads[j], .payload_len = STREAM_PAYLOAD};
+		}
+		int rc = shmbus_publish_batch(pub, msgs, STREAM_BATCH, NULL);
+		cr_assert_eq(rc, (int)STREAM_BATCH, "batch %u: %d (%s)", b, rc, shmbus_errmsg());
+	}
+	expect_exit_ok(reader, 60000, "stream reader");
+	cr_expect(sh->done, "the reader did not finish");
+	cr_expect_eq(sh->received, STREAM_BATCHES * STREAM_BATCH, "received %u", sh->received);
+	cr_expect_eq(sh->missed, 0, "%u missed", sh->missed);
+	cr_expect_eq(sh->bad_len, 0, "%u events of a wrong length", sh->bad_len);
+	cr_expect_eq(sh->bad_payload, 0, "%u events with wrong payload bytes", sh->bad_payload);
+	cr_expect_eq(sh->bad_id, 0, "%u events with a wrong id or correlation id", sh->bad_id);
+	cr_expect_eq(sh->out_of_order, 0, "%u events out of order", sh->out_of_order);
+	shmbus_pub_close(pub);
+	close(up[0]);
+	close(up[1]);
+	tc_shared_free(sh, sizeof *sh);
+	shmbus_close(bus);
+}

@@ -368,6 +368,112 @@ Test(pubsub, batch_of_one_shape_encodes_like_single_publishes)
 	shmbus_close(bus);
 }
 
+/* What ev must be, published from m with id: every field the message
+ * gives, its own id and sequence, its correlation id (its own id unless m
+ * names one), and the payload's bytes. */
+static void expect_encodes(const shmbus_event_t *ev, const shmbus_msg_t *m, const shmbus_uuid_t *id,
+			   const char *source, unsigned i)
+{
+	cr_expect(uuid_eq(shmbus_event_id(ev), id), "event %u: not the id returned", i);
+	cr_expect_eq(shmbus_event_seq(ev), shmbus_uuid_seq(id), "event %u: sequence", i);
+	cr_expect(uuid_eq(shmbus_event_correlation_id(ev), m->correlation_id ? m->correlation_id : id),
+		  "event %u: correlation id", i);
+	static const shmbus_uuid_t nil;
+	cr_expect(uuid_eq(shmbus_event_causation_id(ev), m->causation_id ? m->causation_id : &nil),
+		  "event %u: causation id", i);
+	cr_expect_eq(shmbus_event_type(ev), m->type, "event %u: type", i);
+	cr_expect_eq(shmbus_event_priority(ev), m->priority, "event %u: priority", i);
+	cr_expect_str_eq(shmbus_event_name(ev), m->name, "event %u: name", i);
+	cr_expect_str_eq(shmbus_event_source(ev), source, "event %u: source", i);
+	cr_expect_str_eq(shmbus_event_target(ev), m->target ? m->target : "", "event %u: target", i);
+	cr_expect_str_eq(shmbus_event_conversation_id(ev), m->conversation_id ? m->conversation_id : "",
+			 "event %u: conversation", i);
+	cr_expect_eq(shmbus_event_expires_ns(ev) - shmbus_event_created_ns(ev), m->ttl_ns, "event %u: ttl", i);
+	cr_expect_eq(shmbus_event_max_retries(ev), m->max_retries, "event %u: max_retries", i);
+	cr_expect_eq(shmbus_event_schema_version(ev), m->schema_version, "event %u: schema", i);
+	cr_expect_eq(shmbus_event_content_type(ev), m->content_type, "event %u: content", i);
+	float c = -1;
+	cr_expect_eq(shmbus_event_confidence(ev, &c), m->has_confidence, "event %u: confidence", i);
+	cr_expect(!m->has_confidence || c == m->confidence, "event %u: confidence %f", i, (double)c);
+	cr_expect_eq(shmbus_event_metadata_count(ev), m->metadata_count, "event %u: metadata", i);
+	for (size_t k = 0; k < m->metadata_count && k < shmbus_event_metadata_count(ev); k++) {
+		const char *key, *val;
+		cr_assert_eq(shmbus_event_metadata(ev, k, &key, &val), 0);
+		cr_expect_str_eq(key, m->metadata[k].key, "event %u: metadata key %zu", i, k);
+		cr_expect_str_eq(val, m->metadata[k].value, "event %u: metadata value %zu", i, k);
+	}
+	size_t len;
+	const void *p = shmbus_event_payload(ev, &len);
+	cr_expect_eq(len, m->payload_len, "event %u: payload length", i);
+	cr_expect(len == m->payload_len && memcmp(p, m->payload, len) == 0, "event %u: payload bytes", i);
+	cr_expect_eq(shmbus_event_check(ev, shmbus_event_size(ev)), 0, "event %u does not check", i);
+}
+
+/*
+ * Windows of 16 events or more of a batch are written with streaming
+ * stores (but the first event of each run of one shape), smaller ones and
+ * those of a SHMBUS_PUB_CACHED_BATCHES publisher with ordinary ones: each
+ * event must arrive exactly as its message says whichever way, with
+ * payloads ending anywhere in a line, streamed whole lines between (128
+ * bytes and more), events over several slots, runs of shapes broken by
+ * a name and by a correlation id, and a last window too small to stream.
+ */
+Test(pubsub, streamed_batches_arrive_exactly_as_their_messages_say)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.slots = 1024;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_pub_t *streamed = tc_pub(bus, "streamer", 0), *cached = NULL;
+	cr_assert_eq(shmbus_pub_open(bus, &(shmbus_pub_opts_t){.source = "cacher", .flags = SHMBUS_PUB_CACHED_BATCHES},
+				     &cached),
+		     0, "%s", shmbus_errmsg());
+	static uint8_t pattern[4096];
+	for (size_t j = 0; j < sizeof pattern; j++)
+		pattern[j] = (uint8_t)(j * 7 + 3);
+	shmbus_meta_t meta[1] = {{.key = "tenant", .value = "blue"}};
+	shmbus_uuid_t corr;
+	shmbus_uuid_parse("0190b6a0-0000-7000-8000-000000000042", &corr);
+	shmbus_msg_t base = {.type = SHMBUS_COMMAND, .name = "ship", .target = "courier",
+			     .priority = SHMBUS_PRIORITY_HIGH, .ttl_ns = 5 * TC_SEC_NS, .max_retries = 3,
+			     .schema_version = 2, .content_type = SHMBUS_CONTENT_TEXT, .conversation_id = "conv-1",
+			     .has_confidence = true, .confidence = 0.25f, .metadata = meta, .metadata_count = 1};
+	enum { N = 150 };
+	static const size_t lens[] = {0, 1, 31, 32, 33, 64, 100, 127, 128, 129, 300, 600, 1500};
+	enum { NLENS = sizeof lens / sizeof lens[0] };
+	static shmbus_msg_t msgs[N];
+	for (unsigned i = 0; i < N; i++) {
+		msgs[i] = base;
+		msgs[i].payload = pattern + i;
+		msgs[i].payload_len = lens[i % NLENS];
+		if (i >= 20 && i < 30)
+			msgs[i].name = "other"; /* a new shape in a window... */
+		if (i >= 40 && i < 70)
+			msgs[i].correlation_id = &corr; /* ...and one over a window's end */
+	}
+	/* 150: windows of 64, 64 and 22 (streamed); 70: 64 and 6 (not) */
+	static const size_t counts[] = {N, 70};
+	shmbus_pub_t *pubs[] = {streamed, cached};
+	const char *sources[] = {"streamer", "cacher"};
+	for (unsigned p = 0; p < 2; p++) {
+		for (unsigned c = 0; c < 2; c++) {
+			static shmbus_uuid_t ids[N];
+			int rc = shmbus_publish_batch(pubs[p], msgs, counts[c], ids);
+			cr_assert_eq(rc, (int)counts[c], "publish_batch = %d (%s)", rc, shmbus_errmsg());
+			for (unsigned i = 0; i < counts[c]; i++) {
+				const shmbus_event_t *ev = poll_one(sub);
+				expect_encodes(ev, &msgs[i], &ids[i], sources[p], i);
+				cr_assert_eq(shmbus_release(sub, ev), 0);
+			}
+			expect_empty(sub, "after a batch");
+		}
+	}
+	shmbus_pub_close(streamed);
+	shmbus_pub_close(cached);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
 /* Event format 2: an empty string takes no byte in the string area, so
  * a present one after absent ones is found where the lengths before it
  * put it, through every way an event is written (laid out, from the

@@ -2031,3 +2031,47 @@ Test(unit, pub_clock_never_goes_back_by_less_than_a_millisecond)
 	cr_assert_eq(pub_clock_anchor(&c, c.tsc0 - 1, last - 5000000), last - 5000000);
 }
 #endif
+
+/* ------------------------------------------------ streamed batches */
+
+/* A publisher that never waits for space streams every batch; one that
+ * waits STREAM_WAITS_TO_YIELD times within a stretch of its events goes
+ * through the caches for STREAM_CACHED_EVENTS events, then streams again,
+ * counting only the waits from then on. */
+Test(unit, batches_stream_until_the_publisher_waits_for_the_consumer)
+{
+	struct stream_choice c = {0};
+	uint64_t published = 0, waits = 0;
+	/* fewer waits than the yield in every stretch: streaming throughout */
+	for (unsigned k = 0; k < 40; k++, published += STREAM_STRETCH_EVENTS / 8) {
+		if (k % 8 == 1)
+			waits += STREAM_WAITS_TO_YIELD - 1;
+		cr_assert(stream_choose(&c, published, waits), "batch %u at %llu events, %llu waits", k,
+			  (unsigned long long)published, (unsigned long long)waits);
+	}
+	/* the yield's worth within one stretch: through the caches */
+	published += 64;
+	cr_assert(stream_choose(&c, published, waits));
+	waits += STREAM_WAITS_TO_YIELD;
+	published += 64;
+	cr_assert_not(stream_choose(&c, published, waits), "yielded to a consumer that sets the pace");
+	uint64_t yielded = published;
+	/* waits while cached do not count against the next try */
+	for (; published < yielded + STREAM_CACHED_EVENTS; published += 4096, waits += 1)
+		cr_assert_not(stream_choose(&c, published, waits), "cached at %llu", (unsigned long long)published);
+	cr_assert(stream_choose(&c, published, waits), "streams again after %u cached events", STREAM_CACHED_EVENTS);
+	cr_assert(stream_choose(&c, published + 64, waits + STREAM_WAITS_TO_YIELD - 1));
+	cr_assert_not(stream_choose(&c, published + 128, waits + STREAM_WAITS_TO_YIELD), "a second yield");
+}
+
+/* Waits are counted per stretch: as many spread over two stretches
+ * (each side of the boundary fewer than the yield) do not yield. */
+Test(unit, batches_count_waits_for_space_per_stretch_of_events)
+{
+	struct stream_choice c = {0};
+	cr_assert(stream_choose(&c, 0, 0));
+	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS - 1, STREAM_WAITS_TO_YIELD - 1));
+	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS, STREAM_WAITS_TO_YIELD - 1), "a new stretch");
+	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS + 10, 2 * STREAM_WAITS_TO_YIELD - 2));
+	cr_assert_not(stream_choose(&c, STREAM_STRETCH_EVENTS + 20, 2 * STREAM_WAITS_TO_YIELD - 1));
+}

@@ -219,6 +219,20 @@ typedef struct {
  */
 #define SHMBUS_PUB_LOW_LATENCY 0x1u
 
+/*
+ * SHMBUS_PUB_CACHED_BATCHES: write batches with ordinary stores. By
+ * default a window of a batch (64 events) with at least 16 events writes
+ * all but the first event of each run of one shape with streaming stores
+ * (x86-64): the event lines go to memory without first being fetched from
+ * the consumer that read them a lap ago, which is what limits a batching
+ * publisher whose consumer runs on a core it shares no cache with (a
+ * third more events a second measured there), at the price of the
+ * consumer reading them from memory instead of a shared cache. A
+ * publisher whose consumers share its caches, and care for each event's
+ * latency in big batches, may prefer the caches.
+ */
+#define SHMBUS_PUB_CACHED_BATCHES 0x2u
+
 int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out);
 void shmbus_pub_close(shmbus_pub_t *pub);
 
