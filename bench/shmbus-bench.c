@@ -129,6 +129,7 @@ struct opts {
 	double idle_seconds;
 	bool plain_publish; /* --no-low-latency: ping-pong publishers without SHMBUS_PUB_LOW_LATENCY */
 	bool stream_low_latency; /* --low-latency: throughput publishers with it too */
+	bool cached_batches; /* --cached-batches: throughput publishers with SHMBUS_PUB_CACHED_BATCHES */
 };
 
 static struct opts g_opt = {
@@ -705,12 +706,15 @@ static int peer_publisher(struct peer *p, const char *label, uint32_t flags, con
 }
 
 /* A publishing end only: attached and publishing (with
- * SHMBUS_PUB_LOW_LATENCY only if --low-latency), or closed again. */
+ * SHMBUS_PUB_LOW_LATENCY only if --low-latency, SHMBUS_PUB_CACHED_BATCHES
+ * only if --cached-batches), or closed again. */
 static int peer_open_publisher(struct peer *p, const char *label, const char **what)
 {
 	int r = peer_attach(p, label, what);
+	uint32_t flags = (g_opt.stream_low_latency ? SHMBUS_PUB_LOW_LATENCY : 0) |
+			 (g_opt.cached_batches ? SHMBUS_PUB_CACHED_BATCHES : 0);
 	if (r == 0)
-		r = peer_publisher(p, label, g_opt.stream_low_latency ? SHMBUS_PUB_LOW_LATENCY : 0, what);
+		r = peer_publisher(p, label, flags, what);
 	if (r < 0)
 		peer_close(p);
 	return r;
@@ -2171,7 +2175,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|dispatch|all]\n"
 		"                    [--payload B] [--batch N] [--publishers N] [--warmup N] [--idle-seconds S]\n"
-		"                    [--cpu-a N --cpu-b N] [--no-low-latency] [--low-latency]\n"
+		"                    [--cpu-a N --cpu-b N] [--no-low-latency] [--low-latency] [--cached-batches]\n"
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
 		"      floor-futex, throughput, idle\n"
 		"--iters N sets the round trips of each ping-pong run (default %ld) and the events\n"
@@ -2180,6 +2184,8 @@ static void usage(FILE *f)
 		"pinned one and N - 1 the scheduler places), to one subscriber.\n"
 		"Ping-pong publishers use SHMBUS_PUB_LOW_LATENCY (--no-low-latency: not); throughput\n"
 		"publishers do not (--low-latency: they do too, to see what it costs a stream).\n"
+		"--cached-batches: throughput publishers never stream their batches\n"
+		"(SHMBUS_PUB_CACHED_BATCHES), to compare with the default in one build.\n"
 		"The durable log: " PROG " record|replay|get [--events N] [--runs N] [--json]\n"
 		"(record: publisher events/s without a recorder and with one at sync none and\n"
 		"batch, per run on a fresh bus, and the medians over --runs).\n",
@@ -2259,6 +2265,10 @@ static void parse_args(int argc, char **argv)
 		}
 		if (strcmp(a, "--low-latency") == 0) {
 			g_opt.stream_low_latency = true;
+			continue;
+		}
+		if (strcmp(a, "--cached-batches") == 0) {
+			g_opt.cached_batches = true;
 			continue;
 		}
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

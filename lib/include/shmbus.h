@@ -220,16 +220,18 @@ typedef struct {
 #define SHMBUS_PUB_LOW_LATENCY 0x1u
 
 /*
- * SHMBUS_PUB_CACHED_BATCHES: write batches with ordinary stores. By
- * default a window of a batch (64 events) with at least 16 events writes
- * all but the first event of each run of one shape with streaming stores
- * (x86-64): the event lines go to memory without first being fetched from
- * the consumer that read them a lap ago, which is what limits a batching
- * publisher whose consumer runs on a core it shares no cache with (a
- * third more events a second measured there), at the price of the
- * consumer reading them from memory instead of a shared cache. A
- * publisher whose consumers share its caches, and care for each event's
- * latency in big batches, may prefer the caches.
+ * SHMBUS_PUB_CACHED_BATCHES: write batches through the caches, always.
+ * By default (on x86-64) a batch window of 16 events or more
+ * (shmbus_publish_batch cuts batches into windows of 64) writes its events
+ * after the first of each run of one shape with streaming stores: their
+ * lines go to memory without being fetched first from the consumer that
+ * read them a lap before, which is what holds a batching publisher back
+ * when its consumer runs on a core it shares no cache with; the consumer
+ * then reads them from memory instead of from a shared cache. A publisher
+ * streams until it finds the ring full (its consumer setting the pace) 4
+ * times within 65,536 of its events, then writes through the caches for
+ * 2^20 events before it tries streaming again (ARCHITECTURE.md, "Streamed
+ * batches"). With this flag it never streams.
  */
 #define SHMBUS_PUB_CACHED_BATCHES 0x2u
 
