@@ -30,12 +30,12 @@
 #define BATCH_STACK 64
 
 /*
- * A window of a batch with at least this many events writes every event
- * after the first of its shape with streaming stores (shm/stream.h;
- * ARCHITECTURE.md, "Streamed batches"), unless the publisher was opened
- * with SHMBUS_PUB_CACHED_BATCHES. Smaller windows are a few events
- * someone may be waiting for, which a consumer reads sooner from this
- * core's caches than from memory.
+ * A window of a batch with at least this many events writes the events it
+ * copies from its shape's template with streaming stores (shm/stream.h;
+ * ARCHITECTURE.md, "Streamed batches") while the publisher streams at all
+ * (stream_choice.h; never with SHMBUS_PUB_CACHED_BATCHES). Smaller
+ * windows are a few events someone may be waiting for, which a consumer
+ * reads sooner from this core's caches than from memory.
  */
 #define STREAM_MIN_WINDOW 16
 
@@ -498,9 +498,13 @@ static inline __attribute__((always_inline)) void write_window(shmbus_bus_t *bus
 		/* a copy only of an event of this window: those of earlier
 		 * windows are committed, and may be released and reused */
 		bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
+#if SHM_HAVE_STREAM
 		/* from the private template only: an event copied from the one
 		 * before it in the ring would read lines just streamed */
 		bool streamed = stream && like_prev && *like == tmpl;
+#else
+		(void)stream;
+#endif
 		if (like_prev) {
 #if SHM_HAVE_STREAM
 			if (streamed)
