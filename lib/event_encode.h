@@ -189,36 +189,40 @@ static inline __attribute__((always_inline)) void event_write_like(struct seg_ev
 
 #if SHM_HAVE_STREAM
 /*
- * event_write_like, with the event's first two lines streamed (shm/
- * stream.h): bytes 0..127, every fixed field before the payload offset,
- * are put together in registers from prev and the event's own size,
- * sequence, id, correlation id and payload length, and sent with
- * streaming stores; bytes 128 up to the payload (the rest of the fixed
- * part, `committed` among them, which the commit stores to again, and the
- * strings) with ordinary ones. ev is the start of a slot, so 64-byte
- * aligned. Nothing may read the event, nor a reader hear of it, before
- * the caller's stream_fence.
+ * event_write_like and the payload's copy in one, with every line of the
+ * event streamed (shm/stream.h): ev is the start of a slot (64-byte
+ * aligned), and the event's lines are put together from prev (the
+ * template of its shape, in private memory), its own size, sequence, id,
+ * correlation id and payload length, and payload. A line that holds
+ * both template and payload bytes, or the payload's last bytes, is put
+ * together in a private line first, zero-padded to the line's end (within
+ * the event's last slot, which nobody reads past the event). `committed`
+ * goes out 0 and stays 0: the commit must not store to a streamed line
+ * (the store would fetch the line back from memory), so readers of a
+ * streamed event look at the slot's control word instead (FORMAT.md).
+ * Nothing may read the event, nor a reader hear of it, before the
+ * caller's stream_fence.
  */
-static inline __attribute__((always_inline)) void event_write_like_streamed(struct seg_event *ev,
-									   const struct seg_event *prev,
-									   const struct event_layout *lay,
-									   size_t payload_len, uint64_t seq,
-									   bool own_correlation)
+static inline __attribute__((always_inline)) void event_write_streamed(struct seg_event *ev,
+								      const struct seg_event *prev,
+								      const struct event_layout *lay,
+								      const void *payload, size_t payload_len,
+								      uint64_t seq, bool own_correlation)
 {
 	_Static_assert(offsetof(struct seg_event, size) == 0 && offsetof(struct seg_event, seq) == 8 &&
 			       offsetof(struct seg_event, id) == 16 && offsetof(struct seg_event, correlation_id) == 32 &&
 			       offsetof(struct seg_event, payload_len) == 112 &&
-			       offsetof(struct seg_event, payload_off) == 128 &&
-			       offsetof(struct seg_event, committed) >= 128,
-		       "the streamed lines are bytes 0..127, the own fields where they are put, committed after");
+			       offsetof(struct seg_event, committed) >= 128 && SEG_EVENT_FIXED >= 128,
+		       "the own fields are in the first two lines, committed after");
 	const char *src = (const char *)prev;
 	char *dst = (char *)ev;
+	uint32_t size = event_size(lay, payload_len), off = lay->payload_off;
 	uint64_t head, tail_lo, tail_hi;
 	memcpy(&head, src, 8);
 	memcpy(&tail_lo, src + 112, 8);
 	memcpy(&tail_hi, src + 120, 8);
 	/* little endian: size and payload_len are the low halves */
-	head = (head & ~0xffffffffull) | event_size(lay, payload_len);
+	head = (head & ~0xffffffffull) | size;
 	tail_lo = (tail_lo & ~0xffffffffull) | (uint32_t)payload_len;
 	struct id_words id = {.seq_word = uuid_v7_seq_word(seq)};
 	memcpy(&id.time_word, prev->id, 8);
@@ -231,32 +235,27 @@ static inline __attribute__((always_inline)) void event_write_like_streamed(stru
 	stream_put(dst + 80, stream_chunk_at(src + 80));
 	stream_put(dst + 96, stream_chunk_at(src + 96));
 	stream_put(dst + 112, stream_chunk_of(tail_lo, tail_hi));
-	memcpy(dst + 128, src + 128, SEG_EVENT_FIXED - 128);
-	copy_short(ev->strings, prev->strings, lay->payload_off - SEG_EVENT_FIXED);
-	ev->committed = 0;
-}
-
-/*
- * The payload of an event written by event_write_like_streamed: the bytes
- * up to the first line boundary at or after payload_off (in the line of
- * the strings, or of `committed`) and those of the last, partial line
- * with ordinary stores, the whole lines between streamed: no line is
- * written both ways.
- */
-static inline __attribute__((always_inline)) void event_payload_streamed(struct seg_event *ev, uint32_t payload_off,
-									const void *payload, size_t len)
-{
-	uint8_t *d = (uint8_t *)ev + payload_off;
-	const uint8_t *s = payload;
-	size_t head = ((payload_off + 63u) & ~(size_t)63) - payload_off;
-	if (len <= head) {
-		copy_short(d, s, len);
-		return;
+	const uint8_t *pl = payload;
+	for (uint32_t lo = 128; lo < size; lo += 64) {
+		if (lo + 64 <= off) { /* template bytes only */
+			stream_copy_lines(dst + lo, src + lo, 1);
+		} else if (lo >= off && lo + 64 <= size) { /* payload bytes only */
+			size_t lines = (size - lo) / 64;
+			stream_copy_lines(dst + lo, pl + (lo - off), lines);
+			lo += (uint32_t)(lines - 1) * 64;
+		} else { /* some of each, or the last bytes: put together first */
+			_Alignas(16) uint8_t line[64];
+			uint32_t t = off > lo ? off - lo : 0; /* template bytes */
+			if (t > 64)
+				t = 64;
+			uint32_t end = size < lo + 64 ? size - lo : 64;
+			memcpy(line, src + lo, t);
+			if (end > t)
+				memcpy(line + t, pl + (lo + t - off), end - t);
+			memset(line + end, 0, 64 - end);
+			stream_copy_lines(dst + lo, line, 1);
+		}
 	}
-	copy_short(d, s, head);
-	size_t lines = (len - head) / 64, done = head + lines * 64;
-	stream_copy_lines(d + head, s + head, lines);
-	copy_short(d + done, s + done, len - done);
 }
 #endif
 

@@ -281,6 +281,7 @@ struct route_item {
 	const struct seg_event *ev; /* in: the written event */
 	uint64_t seq;		    /* in: its sequence */
 	bool like_prev;		    /* in: the previous item's type, priority and strings */
+	bool streamed;		    /* in: written with streaming stores (publish_many), committed left 0 */
 	uint64_t hold[SEG_HOLDER_WORDS]; /* out: the subscriptions it was queued for */
 	bool matched;		    /* out: some filter matched, queue full or not */
 	uint8_t cls;		    /* out: its queue class (SEG_QUEUE_*) */

@@ -39,20 +39,6 @@
  */
 #define STREAM_MIN_WINDOW 16
 
-#if SHM_HAVE_STREAM
-/* A streamed event's payload has whole lines to stream from this length
- * on (it starts past byte 144, in the line of `committed` or after);
- * shorter ones are copied as an unstreamed event's are, inline. */
-#define STREAM_PAYLOAD_MIN 128
-
-/* event_payload_streamed, out of line: for payloads of STREAM_PAYLOAD_MIN
- * bytes or more, whose copy costs more than a call. */
-static __attribute__((noinline)) void payload_streamed(struct seg_event *ev, uint32_t payload_off, const void *payload,
-						       size_t len)
-{
-	event_payload_streamed(ev, payload_off, payload, len);
-}
-#endif
 
 SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out)
 {
@@ -208,7 +194,7 @@ static void route_written(shmbus_pub_t *pub, struct route_item *items, size_t n,
  * nobody holds it: the slot is reusable at once, and a publisher may be
  * waiting for it. Inlined: a batch commits each of its events with it. */
 static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bus, struct seg_event *ev, uint64_t seq,
-								const uint64_t *hold)
+								const uint64_t *hold, bool mark_event)
 {
 	/* all four words: an aborted claim may have left bits of a commit
 	 * that never happened */
@@ -223,7 +209,8 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 	CRASH_POINT("commit.committed");
 	/* The same news in the event's own first cache line, which every
 	 * reader fetches anyway: most never need to look at the control word. */
-	at_store_release_u8(&ev->committed, 1);
+	if (mark_event)
+		at_store_release_u8(&ev->committed, 1);
 	CRASH_POINT("commit.byte");
 	return !(hold[0] | hold[1] | hold[2] | hold[3]);
 }
@@ -450,7 +437,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	if (routed == 0)
 		keep_unrouted(pub, ev);
 	CRASH_POINT("one.routed");
-	bool freed = commit_routed(bus, ev, pos, hold);
+	bool freed = commit_routed(bus, ev, pos, hold, true);
 	routing_end(pub, wake, freed);
 	if (pub->low_latency)
 		hand_off_single(pub, ev, head + (uint32_t)msg->payload_len);
@@ -498,20 +485,16 @@ static inline __attribute__((always_inline)) void write_window(shmbus_bus_t *bus
 		/* a copy only of an event of this window: those of earlier
 		 * windows are committed, and may be released and reused */
 		bool like_prev = i > from && bm[i].shape == bm[i - 1].shape;
-#if SHM_HAVE_STREAM
 		/* from the private template only: an event copied from the one
 		 * before it in the ring would read lines just streamed */
-		bool streamed = stream && like_prev && *like == tmpl;
-#else
-		(void)stream;
+		bool streamed = SHM_HAVE_STREAM && stream && like_prev && *like == tmpl;
+#if SHM_HAVE_STREAM
+		if (streamed) {
+			event_write_streamed(ev, *like, shape, m->payload, m->payload_len, *seq, !m->correlation_id);
+		} else
 #endif
 		if (like_prev) {
-#if SHM_HAVE_STREAM
-			if (streamed)
-				event_write_like_streamed(ev, *like, shape, m->payload_len, *seq, !m->correlation_id);
-			else
-#endif
-				event_write_like(ev, *like, shape, m->payload_len, *seq, !m->correlation_id);
+			event_write_like(ev, *like, shape, m->payload_len, *seq, !m->correlation_id);
 		} else {
 			struct id_words id = uuid_v7_words(now / 1000000, incarnation, *seq);
 			/* The events that follow in its shape copy the bytes
@@ -528,16 +511,13 @@ static inline __attribute__((always_inline)) void write_window(shmbus_bus_t *bus
 				*like = ev;
 			}
 		}
-#if SHM_HAVE_STREAM
-		if (streamed && m->payload_len >= STREAM_PAYLOAD_MIN)
-			payload_streamed(ev, shape->payload_off, m->payload, m->payload_len);
-		else
-#endif
+		if (!streamed) /* else written with the rest */
 			copy_short((uint8_t *)ev + shape->payload_off, m->payload, m->payload_len);
 		*bytes += m->payload_len;
 		rt[i].ev = ev;
 		rt[i].seq = *seq;
 		rt[i].like_prev = like_prev;
+		rt[i].streamed = streamed;
 		*seq += bm[i].slots;
 	}
 }
@@ -553,6 +533,12 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		return shmbus__fail(EINVAL, "bad message array");
 	if (n == 1)
 		return (rc = publish_one(pub, msgs, ids, lib_flags)) < 0 ? rc : 1;
+#if SHM_HAVE_STREAM
+	/* a call that may stream is timed whole, waits for space included:
+	 * what the two ways of writing are compared by (stream_choice.h) */
+	bool streamable = pub->stream_batches && n >= STREAM_MIN_WINDOW;
+	uint64_t started = streamable ? stream_ticks() : 0;
+#endif
 	shmbus_bus_t *bus = pub->bus;
 	/* The claim word was most likely written last by another publisher:
 	 * its transfer overlaps with the layout work below. */
@@ -618,9 +604,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	union event_template tmpl; /* the bytes before the payload of a run of one shape */
 	const struct seg_event *like = NULL;
 #if SHM_HAVE_STREAM
-	bool streaming = pub->stream_batches && n >= STREAM_MIN_WINDOW &&
-			 stream_choose(&pub->stream, at_load_relaxed_u64(&pub->rec->published),
-				       at_load_relaxed_u64(&pub->rec->block_waits));
+	bool streaming = streamable && stream_choose(&pub->stream);
 #endif
 	/* Three passes over each window of the batch (QUEUE_PUSH_MAX events),
 	 * not one event at a time: a consumer that keeps up would otherwise
@@ -652,7 +636,8 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		route_written(pub, rt + from, to - from, wake);
 		CRASH_POINT("batch.routed");
 		for (size_t i = from; i < to; i++) {
-			freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold);
+			/* a streamed event's lines are not stored to again */
+			freed |= commit_routed(bus, (struct seg_event *)rt[i].ev, rt[i].seq, rt[i].hold, !rt[i].streamed);
 			/* from the sequence, not the slot: once committed, the event
 			 * may be released and its slot reused at any moment */
 			if (ids)
@@ -663,6 +648,10 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	count_published(pub, n, bytes);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
+#if SHM_HAVE_STREAM
+	if (streamable)
+		stream_account(&pub->stream, n, stream_ticks() - started);
+#endif
 	rc = (int)n;
 out:
 	free(heap);
@@ -746,7 +735,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 	if (route_event(pub, ev, pub->claim_pos, hold, wake) == 0)
 		keep_unrouted(pub, ev);
 	CRASH_POINT("zc.routed");
-	bool freed = commit_routed(bus, ev, pub->claim_pos, hold);
+	bool freed = commit_routed(bus, ev, pub->claim_pos, hold, true);
 	routing_end(pub, wake, freed);
 	if (pub->low_latency)
 		hand_off_single(pub, ev, size);

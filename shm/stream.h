@@ -34,6 +34,7 @@
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #define SHM_HAVE_STREAM 1
 #include <emmintrin.h>
+#include <x86intrin.h>
 
 /* Sixteen bytes in a register, on their way to a streaming store. */
 typedef __m128i stream_chunk;
@@ -70,6 +71,13 @@ static inline void stream_copy_lines(void *dst, const void *src, size_t lines)
 		stream_put(d + 32, c);
 		stream_put(d + 48, e);
 	}
+}
+
+/* The time-stamp counter (RDTSC, unordered): for timing one way of
+ * writing against the other over thousands of events. */
+static inline uint64_t stream_ticks(void)
+{
+	return __rdtsc();
 }
 
 /* Order every streaming store before it before every store after it

@@ -2034,44 +2034,83 @@ Test(unit, pub_clock_never_goes_back_by_less_than_a_millisecond)
 
 /* ------------------------------------------------ streamed batches */
 
-/* A publisher that never waits for space streams every batch; one that
- * waits STREAM_WAITS_TO_YIELD times within a stretch of its events goes
- * through the caches for STREAM_CACHED_EVENTS events, then streams again,
- * counting only the waits from then on. */
-Test(unit, batches_stream_until_the_publisher_waits_for_the_consumer)
+/* Feed a publisher's choice `calls` batch calls of 64 events, each taking
+ * 64 x per_event[cached] ticks the way the choice says; returns how many
+ * of them streamed. */
+static unsigned feed_choice(struct stream_choice *c, const uint64_t per_event[2], unsigned calls)
 {
-	struct stream_choice c = {0};
-	uint64_t published = 0, waits = 0;
-	/* fewer waits than the yield in every stretch: streaming throughout */
-	for (unsigned k = 0; k < 40; k++, published += STREAM_STRETCH_EVENTS / 8) {
-		if (k % 8 == 1)
-			waits += STREAM_WAITS_TO_YIELD - 1;
-		cr_assert(stream_choose(&c, published, waits), "batch %u at %llu events, %llu waits", k,
-			  (unsigned long long)published, (unsigned long long)waits);
+	unsigned streamed = 0;
+	for (unsigned k = 0; k < calls; k++) {
+		bool stream = stream_choose(c);
+		streamed += stream;
+		stream_account(c, 64, 64 * per_event[!stream]);
 	}
-	/* the yield's worth within one stretch: through the caches */
-	published += 64;
-	cr_assert(stream_choose(&c, published, waits));
-	waits += STREAM_WAITS_TO_YIELD;
-	published += 64;
-	cr_assert_not(stream_choose(&c, published, waits), "yielded to a consumer that sets the pace");
-	uint64_t yielded = published;
-	/* waits while cached do not count against the next try */
-	for (; published < yielded + STREAM_CACHED_EVENTS; published += 4096, waits += 1)
-		cr_assert_not(stream_choose(&c, published, waits), "cached at %llu", (unsigned long long)published);
-	cr_assert(stream_choose(&c, published, waits), "streams again after %u cached events", STREAM_CACHED_EVENTS);
-	cr_assert(stream_choose(&c, published + 64, waits + STREAM_WAITS_TO_YIELD - 1));
-	cr_assert_not(stream_choose(&c, published + 128, waits + STREAM_WAITS_TO_YIELD), "a second yield");
+	return streamed;
 }
 
-/* Waits are counted per stretch: as many spread over two stretches
- * (each side of the boundary fewer than the yield) do not yield. */
-Test(unit, batches_count_waits_for_space_per_stretch_of_events)
+enum { CALLS_PER_STRETCH = STREAM_STRETCH_EVENTS / 64, SETTLE_CALLS = STREAM_SETTLE_EVENTS / 64 };
+
+/* Where streaming is cheaper (cores that share no cache) the publisher
+ * streams, after timing one stretch each way, and tries the caches again
+ * after 16 stretches, then 32, 64...: each try costs a stretch and the
+ * settling after each switch, and they grow rarer while the answer stays
+ * the same. */
+Test(unit, a_publisher_streams_where_streaming_is_cheaper_and_tries_less_and_less)
 {
 	struct stream_choice c = {0};
-	cr_assert(stream_choose(&c, 0, 0));
-	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS - 1, STREAM_WAITS_TO_YIELD - 1));
-	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS, STREAM_WAITS_TO_YIELD - 1), "a new stretch");
-	cr_assert(stream_choose(&c, STREAM_STRETCH_EVENTS + 10, 2 * STREAM_WAITS_TO_YIELD - 2));
-	cr_assert_not(stream_choose(&c, STREAM_STRETCH_EVENTS + 20, 2 * STREAM_WAITS_TO_YIELD - 1));
+	const uint64_t far[2] = {30, 70}; /* ticks an event: streamed, cached */
+	cr_assert(stream_choose(&c), "a new publisher streams first");
+	cr_assert_eq(feed_choice(&c, far, CALLS_PER_STRETCH), CALLS_PER_STRETCH);
+	cr_assert_not(stream_choose(&c), "then times the caches");
+	cr_assert_eq(feed_choice(&c, far, SETTLE_CALLS + CALLS_PER_STRETCH), 0);
+	cr_assert(stream_choose(&c), "and streams, the cheaper");
+	unsigned run = STREAM_RUN_FIRST;
+	for (int tries = 0; tries < 4; tries++, run *= 2) {
+		unsigned calls = SETTLE_CALLS + run * CALLS_PER_STRETCH;
+		cr_assert_eq(feed_choice(&c, far, calls), calls, "streams for %u stretches", run);
+		cr_assert_not(stream_choose(&c), "then tries the caches (try %d)", tries);
+		cr_assert_eq(feed_choice(&c, far, SETTLE_CALLS + CALLS_PER_STRETCH), 0);
+		cr_assert(stream_choose(&c), "and streams again (try %d)", tries);
+	}
+}
+
+/* Where the caches are cheaper (cores that share one) the publisher
+ * writes through them; when the costs turn (the host moved the cores)
+ * the next try finds it out, and the tries start frequent again. */
+Test(unit, a_publisher_keeps_to_the_caches_where_they_are_cheaper_until_that_changes)
+{
+	struct stream_choice c = {0};
+	const uint64_t near[2] = {26, 19}, far[2] = {30, 70};
+	const unsigned try_calls = SETTLE_CALLS + CALLS_PER_STRETCH;
+	feed_choice(&c, near, CALLS_PER_STRETCH + try_calls);
+	cr_assert_not(stream_choose(&c), "the caches, the cheaper");
+	cr_assert_eq(feed_choice(&c, near, STREAM_RUN_FIRST * CALLS_PER_STRETCH), 0);
+	cr_assert(stream_choose(&c), "a try of streaming");
+	cr_assert_eq(feed_choice(&c, near, try_calls), try_calls);
+	cr_assert_not(stream_choose(&c), "back to the caches");
+	/* the cores move apart: the next try (after 32 stretches) wins */
+	cr_assert_eq(feed_choice(&c, far, SETTLE_CALLS + 2 * STREAM_RUN_FIRST * CALLS_PER_STRETCH), 0);
+	cr_assert_eq(feed_choice(&c, far, try_calls), try_calls);
+	cr_assert(stream_choose(&c), "streaming won its try and stays");
+	cr_assert_eq(feed_choice(&c, far, STREAM_RUN_FIRST * CALLS_PER_STRETCH), STREAM_RUN_FIRST * CALLS_PER_STRETCH,
+		     "for a first run again");
+	cr_assert_not(stream_choose(&c), "then tries the caches");
+}
+
+/* A tie goes to the caches (the consumer reads from a cache, not from
+ * memory), and a try must win by a sixteenth: 3 % is noise, 10 % is not. */
+Test(unit, a_try_must_win_by_a_sixteenth)
+{
+	struct stream_choice c = {0};
+	const unsigned try_calls = SETTLE_CALLS + CALLS_PER_STRETCH;
+	feed_choice(&c, (const uint64_t[2]){100, 100}, CALLS_PER_STRETCH + try_calls);
+	cr_assert_not(stream_choose(&c), "a tie: the caches");
+	feed_choice(&c, (const uint64_t[2]){100, 100}, STREAM_RUN_FIRST * CALLS_PER_STRETCH);
+	cr_assert(stream_choose(&c), "the try of streaming");
+	feed_choice(&c, (const uint64_t[2]){97, 100}, try_calls);
+	cr_assert_not(stream_choose(&c), "streaming 3 %% cheaper does not win its try");
+	feed_choice(&c, (const uint64_t[2]){97, 100}, SETTLE_CALLS + 2 * STREAM_RUN_FIRST * CALLS_PER_STRETCH);
+	cr_assert(stream_choose(&c), "the next try, after twice as many stretches");
+	feed_choice(&c, (const uint64_t[2]){90, 100}, try_calls);
+	cr_assert(stream_choose(&c), "streaming 10 %% cheaper wins it");
 }
