@@ -222,16 +222,16 @@ typedef struct {
 /*
  * SHMBUS_PUB_CACHED_BATCHES: write batches through the caches, always.
  * By default (on x86-64) a batch window of 16 events or more
- * (shmbus_publish_batch cuts batches into windows of 64) writes its events
- * after the first of each run of one shape with streaming stores: their
- * lines go to memory without being fetched first from the consumer that
- * read them a lap before, which is what holds a batching publisher back
- * when its consumer runs on a core it shares no cache with; the consumer
- * then reads them from memory instead of from a shared cache. A publisher
- * streams until it finds the ring full (its consumer setting the pace) 4
- * times within 65,536 of its events, then writes through the caches for
- * 2^20 events before it tries streaming again (ARCHITECTURE.md, "Streamed
- * batches"). With this flag it never streams.
+ * (shmbus_publish_batch cuts batches into windows of 64) may write its
+ * events after the first of each run of one shape with streaming stores:
+ * their lines go to memory without being fetched first from the consumer
+ * that read them a lap before, which is what holds a batching publisher
+ * back when its consumer runs on a core it shares no cache with (more
+ * than twice the events a second measured there); the consumer then
+ * reads them from memory instead of from a shared cache, which costs
+ * where the two share one. A publisher times its batches both ways and
+ * keeps the faster, trying the other way now and then (ARCHITECTURE.md,
+ * "Streamed batches"). With this flag it never streams.
  */
 #define SHMBUS_PUB_CACHED_BATCHES 0x2u
 
