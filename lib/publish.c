@@ -650,7 +650,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		flush_unrouted(pub);
 #if SHM_HAVE_STREAM
 	if (streamable)
-		stream_account(&pub->stream, n, stream_ticks() - started);
+		stream_account(&pub->stream, bus->nslots, total, stream_ticks() - started);
 #endif
 	rc = (int)n;
 out:

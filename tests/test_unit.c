@@ -2034,21 +2034,41 @@ Test(unit, pub_clock_never_goes_back_by_less_than_a_millisecond)
 
 /* ------------------------------------------------ streamed batches */
 
-/* Feed a publisher's choice `calls` batch calls of 64 events, each taking
- * 64 x per_event[cached] ticks the way the choice says; returns how many
- * of them streamed. */
+/* Feed a publisher's choice `calls` batch calls of 64 one-slot events on
+ * a ring of RING slots, each taking 64 x per_event[cached] ticks the way
+ * the choice says; returns how many of them streamed. */
+enum { RING = 4096 };
 static unsigned feed_choice(struct stream_choice *c, const uint64_t per_event[2], unsigned calls)
 {
 	unsigned streamed = 0;
 	for (unsigned k = 0; k < calls; k++) {
 		bool stream = stream_choose(c);
 		streamed += stream;
-		stream_account(c, 64, 64 * per_event[!stream]);
+		stream_account(c, RING, 64, 64 * per_event[!stream]);
 	}
 	return streamed;
 }
 
-enum { CALLS_PER_STRETCH = STREAM_STRETCH_EVENTS / 64, SETTLE_CALLS = STREAM_SETTLE_EVENTS / 64 };
+/* a stretch is four laps; a lap after each switch is not timed */
+enum { CALLS_PER_STRETCH = 4 * RING / 64, SETTLE_CALLS = RING / 64 };
+
+/* A stretch is four laps of the ring, and never under STREAM_STRETCH_MIN
+ * slots: a small ring's stretch is as long as a 1024-slot ring's. */
+Test(unit, a_stretch_is_four_laps_of_the_ring_and_no_less_than_the_minimum)
+{
+	cr_assert_eq(stream_stretch_slots(4096), 16384);
+	cr_assert_eq(stream_stretch_slots(1024), 4096);
+	cr_assert_eq(stream_stretch_slots(64), STREAM_STRETCH_MIN);
+	cr_assert_eq(STREAM_STRETCH_MIN, 4096);
+	/* big events count by their slots: 8-slot events fill a stretch 8
+	 * times sooner */
+	struct stream_choice c = {0};
+	for (unsigned k = 0; k < 16384 / (64 * 8); k++) {
+		cr_assert(stream_choose(&c), "call %u", k);
+		stream_account(&c, RING, 64 * 8, 1000);
+	}
+	cr_assert_not(stream_choose(&c), "the first stretch (streaming) ended after its slots");
+}
 
 /* Where streaming is cheaper (cores that share no cache) the publisher
  * streams, after timing one stretch each way, and tries the caches again
