@@ -39,7 +39,6 @@
  */
 #define STREAM_MIN_WINDOW 16
 
-
 SHMBUS_API int shmbus_pub_open(shmbus_bus_t *bus, const shmbus_pub_opts_t *opts, shmbus_pub_t **out)
 {
 	int rc = bus_check_usable(bus);
@@ -462,11 +461,10 @@ union event_template {
  * of this window). Each event after the first of a run of one shape is a
  * copy of tmpl, or of the event before it when its bytes before the
  * payload do not fit tmpl; with stream, those copied from tmpl are
- * streamed (event_write_like_streamed, with whole payload lines of
- * STREAM_PAYLOAD_MIN bytes or more), and the caller fences before
- * anything reads them. stream is a constant at each call: each way is
- * compiled on its own, and the loop of ordinary stores carries no test
- * of it.
+ * streamed whole (event_write_streamed; rt[i].streamed), and the caller
+ * fences before anything reads them. stream is a constant at each call:
+ * each way is compiled on its own, and the loop of ordinary stores
+ * carries no test of it.
  */
 static inline __attribute__((always_inline)) void write_window(shmbus_bus_t *bus, const shmbus_msg_t *msgs,
 							       const struct event_layout *lay,
@@ -619,8 +617,6 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 		size_t to = n - from < QUEUE_PUSH_MAX ? n : from + QUEUE_PUSH_MAX;
 #if SHM_HAVE_STREAM
 		bool stream = streaming && to - from >= STREAM_MIN_WINDOW;
-#endif
-#if SHM_HAVE_STREAM
 		if (stream)
 			write_window(bus, msgs, lay, bm, rt, from, to, pos, now, &tmpl.ev, &seq, &bytes, &like, true);
 		else
