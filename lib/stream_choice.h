@@ -8,7 +8,8 @@
  * instead of from a cache. Which way is faster depends on where the two
  * cores are, which the publisher cannot see: where they share no cache
  * streaming more than doubled batched events a second, where they share
- * one it cost a quarter. And who sets the pace does not tell it either:
+ * one it cost a quarter (with two lines of each event streamed, every
+ * window). And who sets the pace does not tell it either:
  * streaming can make the consumer the slower side in both places. So the
  * publisher measures. It times its streamable batch calls (their whole
  * time, waits for space included) over a stretch of slots written one
