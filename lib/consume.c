@@ -333,8 +333,7 @@ static const struct seg_event *open_event(shmbus_sub_t *sub, const struct held_d
 /*
  * open_event's usual case, inlined where events are handed out: an entry
  * stored seen and unmarked, of a subscription without a custom predicate,
- * whose event is committed in its lap (its committed byte, or its control
- * word for a streamed event) and shaped like the last one opened
+ * whose event is committed in its lap and shaped like the last one opened
  * (seg_event_like_last). Returns the event, or NULL to leave the entry to
  * open_event, which decides it from scratch. It writes nothing, so an
  * entry it passes over is as it was.
@@ -345,14 +344,10 @@ static inline const struct seg_event *open_event_usual(const shmbus_sub_t *sub, 
 		return NULL;
 	uint64_t seq = desc & SEG_DESC_SEQ_MASK;
 	const struct seg_event *e = (const struct seg_event *)bus_slot_data(sub->bus, seq);
-	/* A streamed event's committed stays 0 (FORMAT.md): its control word
-	 * says COMMITTED in its lap instead, and the acquire of either
-	 * orders the reads of the event after the publisher's stores. */
-	if (!at_load_acquire_u8(&e->committed) &&
-	    at_load_acquire_u64(bus_slot_ctl(sub->bus, seq)) !=
-		    seg_ctl_make(bus_lap(sub->bus, seq), SEG_SLOT_COMMITTED, 0))
-		return NULL;
-	if (e->seq != seq || !seg_event_like_last(e, sub->bus->max_event_bytes, &sub->checked))
+	/* a streamed event's committed stays 0 (FORMAT.md): open_event
+	 * reads its control word */
+	if (!at_load_acquire_u8(&e->committed) || e->seq != seq ||
+	    !seg_event_like_last(e, sub->bus->max_event_bytes, &sub->checked))
 		return NULL;
 	return e;
 }
