@@ -775,12 +775,10 @@ static int stream_reader(void *arg)
 {
 	struct stream_shared *sh = arg;
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("reader: open %d", rc);
 	shmbus_sub_t *sub = NULL;
-	if ((rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "stream-reader"}, &sub)) < 0)
-		return CHILD_FAIL("reader: subscribe %d", rc);
+	int rc = tc_child_subscribe(&(shmbus_sub_opts_t){.subscriber_id = "stream-reader"}, &bus, &sub);
+	if (rc)
+		return rc;
 	tc_write_byte(sh->up, 'R');
 	uint64_t last_seq = 0, deadline = tc_now_ns() + 60 * TC_SEC_NS;
 	const uint32_t total = STREAM_BATCHES * STREAM_BATCH;
@@ -825,10 +823,12 @@ static int stream_reader(void *arg)
 }
 
 /*
- * Batches of 64 events of one shape are written with streaming stores
- * (their first two lines, and the whole lines of their payloads): a
- * consumer in another process, polling the queue, must find every event
- * whole as soon as it can take it. 96,000 events of 200 payload bytes,
+ * Batches of 64 events of one shape are written with streaming stores,
+ * every line of each event but the first of a window (a new publisher
+ * streams its first stretch, 4096 slots here, about 2000 of these
+ * events, before it times the caches; stream_choice.h): a consumer in
+ * another process, polling the queue, must find every event whole as soon
+ * as it can take it. 96,000 events of 200 payload bytes,
  * each byte a function of the event, checked in the reader with its
  * sequence and id. (The publisher's SFENCE before the push is what the
  * architecture asks for; on the AMD machine where this was written the

@@ -411,12 +411,15 @@ static void expect_encodes(const shmbus_event_t *ev, const shmbus_msg_t *m, cons
 
 /*
  * Windows of 16 events or more of a batch are written with streaming
- * stores (but the first event of each run of one shape), smaller ones and
- * those of a SHMBUS_PUB_CACHED_BATCHES publisher with ordinary ones: each
- * event must arrive exactly as its message says whichever way, with
- * payloads ending anywhere in a line, streamed whole lines between (128
- * bytes and more), events over several slots, runs of shapes broken by
- * a name and by a correlation id, and a last window too small to stream.
+ * stores (but the first event of each run of one shape; a new publisher
+ * streams its first stretch, four laps of the ring, which these batches
+ * stay within), smaller ones and those of a SHMBUS_PUB_CACHED_BATCHES
+ * publisher with ordinary ones: each event must arrive exactly as its
+ * message says whichever way, with payloads ending anywhere in a line
+ * (lines of template and payload bytes together, whole payload lines, a
+ * zero-padded last line), events over several slots, runs of shapes
+ * broken by a name and by a correlation id, and a last window too small
+ * to stream.
  */
 Test(pubsub, streamed_batches_arrive_exactly_as_their_messages_say)
 {

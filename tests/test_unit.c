@@ -2134,3 +2134,48 @@ Test(unit, a_try_must_win_by_a_sixteenth)
 	feed_choice(&c, (const uint64_t[2]){90, 100}, try_calls);
 	cr_assert(stream_choose(&c), "streaming 10 %% cheaper wins it");
 }
+
+#if SHM_HAVE_STREAM
+/* The streamed writer writes, from a template, exactly the bytes the
+ * ordinary one and the payload copy do (with its own id, size, sequence
+ * and payload length), and zeroes the rest of the event's last line, so
+ * no private bytes reach the segment: payloads that end anywhere in a
+ * line, share a line with the strings, or fill whole lines, with the
+ * event's own id as correlation id and with a given one. */
+Test(unit, a_streamed_event_is_the_ordinary_one_and_zeroes_the_rest_of_its_line)
+{
+	static uint8_t payload[1200];
+	for (size_t j = 0; j < sizeof payload; j++)
+		payload[j] = (uint8_t)(j * 13 + 5);
+	shmbus_uuid_t corr = {.bytes = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}};
+	static const size_t lens[] = {0, 1, 7, 31, 32, 33, 63, 64, 65, 100, 128, 129, 1000, 1200};
+	for (int given = 0; given < 2; given++) {
+		for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+			size_t len = lens[k];
+			shmbus_msg_t m = {.type = SHMBUS_COMMAND, .name = "ship", .target = "courier",
+					  .correlation_id = given ? &corr : NULL, .payload = payload, .payload_len = len};
+			struct event_layout lay;
+			cr_assert_eq(event_layout(&m, "src", 3, len, 4096, &lay), 0, "%s", shmbus_errmsg());
+			union {
+				struct seg_event ev;
+				uint64_t bytes[EVENT_CACHE_BYTES / 8];
+			} tmpl;
+			event_write(&tmpl.ev, &m, &lay, 0, 40, uuid_v7_words(1700000000000ull, 7, 40), 123);
+			_Alignas(64) static uint8_t ref[2048], out[2048];
+			memset(ref, 0xAA, sizeof ref);
+			memset(out, 0xAA, sizeof out);
+			event_write_like((struct seg_event *)ref, &tmpl.ev, &lay, len, 41, !given);
+			memcpy(ref + lay.payload_off, payload, len);
+			event_write_streamed((struct seg_event *)out, &tmpl.ev, &lay, payload, len, 41, !given);
+			stream_fence();
+			uint32_t size = event_size(&lay, len), end = (size + 63) & ~63u;
+			cr_assert_eq(memcmp(out, ref, size), 0, "payload %zu (correlation %s): the event's bytes differ", len,
+				     given ? "given" : "own");
+			for (uint32_t b = size; b < end; b++)
+				cr_assert_eq(out[b], 0, "payload %zu: byte %u past the event, in its last line, is %#x", len, b,
+					     out[b]);
+			cr_assert_eq(out[end], 0xAA, "payload %zu: wrote past the event's last line", len);
+		}
+	}
+}
+#endif
