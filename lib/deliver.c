@@ -47,7 +47,8 @@ int deliver_to(shmbus_bus_t *bus, uint32_t idx, uint64_t gen, const struct seg_e
 	bool urgent = ev->priority >= SHMBUS_PRIORITY_HIGH;
 	uint64_t pos;
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, n, n, urgent, &pos)) < 0) {
+	uint64_t ticks = pub_clock_ticks();
+	if ((rc = slots_claim(pub, n, n, urgent, &ticks, &pos)) < 0) {
 		routing_abort(pub);
 		pthread_mutex_unlock(&st->pub_lock);
 		return rc;

@@ -182,7 +182,7 @@ struct shmbus_pub {
 	 * publisher claimed since our last claim. */
 	uint64_t lease_next, lease_end, last_claim_end;
 	uint64_t lease_taken_seen; /* rec->lease_taken before the lease */
-	uint64_t lease_born;	   /* lease_clock() when it was claimed (slots.c) */
+	uint64_t lease_born;	   /* the claimer's pub_clock_ticks() at its claim (slots.c) */
 	uint32_t lease_len, lease_cooldown;
 	/* this process is registered for membarrier's heavy fence: it may
 	 * lease claims (a taker's fence) and route with the light fence (a
@@ -232,6 +232,9 @@ struct shmbus_sub {
 	uint32_t consumer;
 	struct seg_sub *rec;
 	struct seg_consumer *cons;
+	/* bus_queue(bus, index, cls) as made at subscribe: the geometry of
+	 * our queues, which never changes (consume.c sub_queue) */
+	struct queue_view queues[SEG_QUEUE_CLASSES];
 	shmbus_wait_t wait;
 	uint64_t spin_ns;
 	uint32_t nheld;	    /* delivered to the user, not released */

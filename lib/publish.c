@@ -217,11 +217,14 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
 /*
  * SHMBUS_PUB_LOW_LATENCY, after a single event ev of `bytes` bytes is
  * committed, for its first HAND_OFF_MAX bytes:
- * - its lines go to the shared cache (at_demote). A consumer that waits
+ * - its lines go to the shared cache (at_demote, where the CPU has
+ *   CLDEMOTE). A consumer that waits
  *   for the event takes its descriptor's cell from this core and then its
  *   lines: from this core's cache they cost it another snoop of a
  *   modified line each, from the shared cache a hit. Called after
- *   routing_end, whose fence has drained the event's stores, and never by
+ *   routing_end: the push's locked instruction, or the fence, has drained
+ *   the event's stores (the commit's byte in its first line may still be
+ *   on its way, which costs that line's hint at worst), and never by
  *   batches, whose next events follow at once and pay for every demoted
  *   line (a batched publisher's cost per event nearly doubled with it).
  *   Reads nothing: the event may be released and its slot reused
@@ -240,8 +243,9 @@ static void hand_off_single(const shmbus_pub_t *pub, const struct seg_event *ev,
 {
 	if (bytes > HAND_OFF_MAX)
 		bytes = HAND_OFF_MAX;
-	for (uint32_t off = 0; off < bytes; off += 64)
-		at_demote((const uint8_t *)ev + off);
+	if (shm_cpu_has_cldemote)
+		for (uint32_t off = 0; off < bytes; off += 64)
+			at_demote((const uint8_t *)ev + off);
 	if (!slots_lease_ready(pub))
 		return;
 	const uint8_t *next = bus_slot_data(pub->bus, pub->lease_next);
@@ -274,10 +278,11 @@ static inline void fetch_lease_slot(const shmbus_pub_t *pub, const shmbus_msg_t 
 		at_prefetch_write(next + off);
 }
 
-/* The clock reading of an event at pos (into *now) and its id. */
-static inline struct id_words read_clock(shmbus_pub_t *pub, uint64_t pos, uint64_t *now)
+/* The time of an event at pos claimed at ticks (pub_clock_ticks), into
+ * *now, and its id. */
+static inline struct id_words read_clock(shmbus_pub_t *pub, uint64_t pos, uint64_t ticks, uint64_t *now)
 {
-	*now = pub_clock_now(&pub->clock);
+	*now = pub_clock_now_at(&pub->clock, ticks);
 	return uuid_v7_words(*now / 1000000, pub->bus->hdr->incarnation, pos);
 }
 
@@ -316,14 +321,32 @@ void routing_abort(shmbus_pub_t *pub)
 	at_store_release_u64(&pub->rec->routing, (pub->rec->routing | 1) + 1);
 }
 
-/* freed: an event went to nobody. Its slot became reusable without a
- * release, the only path that wakes publishers waiting for space: a
- * waiter that saw it CLAIMED (or not yet marked) and sleeps is woken
- * here, after the fence, instead of a reclaim interval later. */
-static void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed)
+/*
+ * The end of a routing pass: the fence, the wake-ups, the routing word
+ * even. The fence orders what the pass made visible before the looks at
+ * who sleeps: the pushes before each woken subscription's `sleepers` (a
+ * sleeper raises it, fences, then looks at its queues), and with freed
+ * the commit before `space_waiters`. freed: an event went to nobody. Its
+ * slot became reusable without a release, the only path that wakes
+ * publishers waiting for space: a waiter that saw it CLAIMED (or not yet
+ * marked) and sleeps is woken here, after the fence, instead of a reclaim
+ * interval later.
+ *
+ * pushed_locked: every push of the pass was one locked instruction that
+ * made its cell FULL (queue_push_in_one: a single publish where the CPU
+ * has CMPXCHG16B), itself a full fence on x86. The pushes' order before
+ * the looks at `sleepers` is then there already, and without freed the
+ * fence is left out: on the README's AMD guest a fence costs about 5 ns,
+ * and a single publish is on every request/response round trip. (A
+ * consumer that finds a FULL cell whose event is not committed yet waits
+ * for the commit in slot_settle; it never sleeps on it.)
+ */
+static inline __attribute__((always_inline)) void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed,
+								bool pushed_locked)
 {
 	CRASH_POINT("end.before_fence");
-	at_fence_seq_cst();
+	if (freed || !pushed_locked)
+		at_fence_seq_cst();
 	if (freed)
 		slots_wake_waiters(pub->bus);
 	route_wake_set(pub->bus, wake);
@@ -394,21 +417,21 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	if (slots > bus->nslots / 2) /* only with a corrupt max_payload */
 		return shmbus__fail(EMSGSIZE, "the event needs %u slots, more than half the ring (%u)", slots,
 				    bus->nslots / 2);
-	uint64_t pos;
+	uint64_t pos, ticks = pub_clock_ticks(); /* the lease's age and the event's time */
 	/* before the claim, as in publish_many */
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, slots, slots, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0) {
+	if ((rc = slots_claim(pub, slots, slots, msg->priority >= SHMBUS_PRIORITY_HIGH, &ticks, &pos)) < 0) {
 		routing_abort(pub);
 		return rc;
 	}
 	uint64_t now = 0, wake[SEG_MASK_WORDS] = {0}, hold[SEG_HOLDER_WORDS] = {0};
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 	struct id_words id = {0, 0};
-	/* A low-latency publisher's cached event gets its clock reading, id
-	 * and times after its push (every event whose bytes before the
-	 * payload fit the cache, 512, the first of its shape included: it was
-	 * cached just above): the reading (pub_clock.h: a bare counter read
-	 * and a multiply, the real clock's ordered read at times) then
+	/* A low-latency publisher's cached event gets its time, id and
+	 * times after its push (every event whose bytes before the payload
+	 * fit the cache, 512, the first of its shape included: it was cached
+	 * just above): the work (pub_clock.h: a multiply of the counter read
+	 * above, the real clock's ordered read at times) then
 	 * overlaps with the push's cell crossing to the consumer, who reads
 	 * the event only once committed below, instead of holding
 	 * the push up (spin ping-pong: 932 against 982 and 920 against 956 ns,
@@ -418,7 +441,7 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	 * events/s, 10 interleaved runs each). */
 	bool late = cached && pub->low_latency;
 	if (!late)
-		id = read_clock(pub, pos, &now);
+		id = read_clock(pub, pos, ticks, &now);
 	if (!cached) {
 		event_write(ev, msg, &lay, msg->payload_len, pos, id, now);
 	} else {
@@ -430,14 +453,14 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	CRASH_POINT("one.written");
 	unsigned routed = route_event(pub, ev, pos, hold, wake);
 	if (late) {
-		id = read_clock(pub, pos, &now);
+		id = read_clock(pub, pos, ticks, &now);
 		event_put_own(ev, msg, id, now);
 	}
 	if (routed == 0)
 		keep_unrouted(pub, ev);
 	CRASH_POINT("one.routed");
 	bool freed = commit_routed(bus, ev, pos, hold, true);
-	routing_end(pub, wake, freed);
+	routing_end(pub, wake, freed, queue_push_one_cas());
 	if (pub->low_latency)
 		hand_off_single(pub, ev, head + (uint32_t)msg->payload_len);
 	count_published(pub, 1, msg->payload_len);
@@ -592,11 +615,12 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 	 * empty store buffer; the claim's and the event's stores then reach
 	 * their cache lines together instead of one after the other. */
 	routing_begin(pub);
-	if ((rc = slots_claim(pub, (uint32_t)total, bm[0].slots, urgent, &pos)) < 0) {
+	uint64_t ticks = pub_clock_ticks();
+	if ((rc = slots_claim(pub, (uint32_t)total, bm[0].slots, urgent, &ticks, &pos)) < 0) {
 		routing_abort(pub);
 		goto out;
 	}
-	uint64_t now = pub_clock_now(&pub->clock), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
+	uint64_t now = pub_clock_now_at(&pub->clock, ticks), wake[SEG_MASK_WORDS] = {0}, bytes = 0, seq = pos;
 	uint64_t incarnation = bus->hdr->incarnation;
 	bool freed = false;
 	union event_template tmpl; /* the bytes before the payload of a run of one shape */
@@ -640,7 +664,7 @@ static int publish_many(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, s
 				uuid_make_v7(&ids[i], now / 1000000, rt[i].seq, incarnation);
 		}
 	}
-	routing_end(pub, wake, freed);
+	routing_end(pub, wake, freed, false);
 	count_published(pub, n, bytes);
 	if (pub->nunrouted)
 		flush_unrouted(pub);
@@ -687,12 +711,12 @@ SHMBUS_API int shmbus_reserve(shmbus_pub_t *pub, const shmbus_msg_t *msg, size_t
 	if (!msg->source)
 		lay.source_hash = pub->source_hash;
 	uint32_t n = slots_for(bus, event_size(&lay, payload_len));
-	uint64_t pos;
-	if ((rc = slots_claim(pub, n, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &pos)) < 0)
+	uint64_t pos, ticks = pub_clock_ticks();
+	if ((rc = slots_claim(pub, n, n, msg->priority >= SHMBUS_PRIORITY_HIGH, &ticks, &pos)) < 0)
 		return rc;
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 	uint64_t now;
-	struct id_words id = read_clock(pub, pos, &now);
+	struct id_words id = read_clock(pub, pos, ticks, &now);
 	event_write(ev, msg, &lay, payload_len, pos, id, now);
 	pub->claim_open = true;
 	pub->claim_pos = pos;
@@ -732,7 +756,7 @@ SHMBUS_API int shmbus_commit(shmbus_pub_t *pub, shmbus_claim_t *claim, shmbus_uu
 		keep_unrouted(pub, ev);
 	CRASH_POINT("zc.routed");
 	bool freed = commit_routed(bus, ev, pub->claim_pos, hold, true);
-	routing_end(pub, wake, freed);
+	routing_end(pub, wake, freed, queue_push_one_cas());
 	if (pub->low_latency)
 		hand_off_single(pub, ev, size);
 	count_published(pub, 1, payload_len);

@@ -288,15 +288,13 @@ static inline __attribute__((always_inline)) void mark_slots(shmbus_bus_t *bus, 
  * A lease is used for LEASE_MAX_AGE at most, so that the events of a bus
  * stay in time order by sequence within a few milliseconds (the log's
  * time queries allow LOG_TIME_SLACK_NS, 100 ms), however slowly two
- * publishers take turns. Measured with the time-stamp counter where there
- * is one (2^22 ticks: 1 to 4 ms), a load that needs no fence.
+ * publishers take turns. Measured with the claimer's own reading of its
+ * counter (pub_clock_ticks: the time-stamp counter where there is one,
+ * 2^22 ticks being 1 to 4 ms; else nanoseconds).
  */
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t lease_clock(void) { return __rdtsc(); }
+#if PUB_CLOCK_HAVE_TSC
 #define LEASE_MAX_AGE (1ull << 22)
 #else
-static inline uint64_t lease_clock(void) { return now_mono_ns(); }
 #define LEASE_MAX_AGE 2000000ull
 #endif
 
@@ -307,11 +305,11 @@ static inline uint64_t lease_clock(void) { return now_mono_ns(); }
  * the rest is given back and leases pause for a while; a lease older than
  * LEASE_MAX_AGE is given back too.
  */
-static inline bool lease_take(shmbus_pub_t *pub, uint64_t *pos_out)
+static inline bool lease_take(shmbus_pub_t *pub, uint64_t ticks, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
 	uint64_t p = pub->lease_next; /* below lease_end (the caller saw) */
-	if (lease_clock() - pub->lease_born > LEASE_MAX_AGE) {
+	if (ticks - pub->lease_born > LEASE_MAX_AGE) {
 		slots_lease_give_up(pub); /* too old: its positions lie too far back */
 		return false;
 	}
@@ -443,17 +441,17 @@ void slots_lease_give_up(shmbus_pub_t *pub)
 	pub->lease_next = pub->lease_end;
 }
 
-int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out)
+/* slots_claim beyond the lease: a claim of the shared position. Out of
+ * line, so that a claim from the lease (lease_take, most single events)
+ * does not pay for this loop's registers and stack. */
+static __attribute__((noinline)) int claim_shared(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent,
+						  uint64_t *ticks, uint64_t *pos_out)
 {
 	shmbus_bus_t *bus = pub->bus;
-	if (pub->lease_next < pub->lease_end) {
-		if (n == 1 && lease_take(pub, pos_out))
-			return 0;
-		/* any other claim lies beyond the lease, whose positions this
-		 * publisher must then no longer use */
-		if (pub->lease_next < pub->lease_end)
-			slots_lease_give_up(pub);
-	}
+	/* any claim here lies beyond the lease, whose positions this
+	 * publisher must then no longer use */
+	if (pub->lease_next < pub->lease_end)
+		slots_lease_give_up(pub);
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
 	uint32_t want = 0; /* n, or a lease's length for a single slot */
@@ -476,7 +474,7 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			 * it came after this */
 			if (want > n) {
 				pub->lease_taken_seen = at_load_acquire_u64(&r->lease_taken);
-				pub->lease_born = lease_clock();
+				pub->lease_born = *ticks;
 			}
 			at_store_relaxed_u32(&r->claiming_n, want);
 			at_store_relaxed_u64(&r->claiming, pos + 1);
@@ -534,10 +532,19 @@ int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent
 			int rc = wait_for_space(pub, blocking, &w);
 			if (rc < 0)
 				return rc;
+			*ticks = pub_clock_ticks(); /* the wait took its time */
 			continue;
 		}
 		}
 	}
+}
+
+int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *ticks,
+		uint64_t *pos_out)
+{
+	if (n == 1 && pub->lease_next < pub->lease_end && lease_take(pub, *ticks, pos_out))
+		return 0;
+	return claim_shared(pub, n, first_slots, urgent, ticks, pos_out);
 }
 
 void slots_free_body(shmbus_bus_t *bus, uint64_t head, uint32_t n)

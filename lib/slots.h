@@ -26,8 +26,15 @@ struct space_wait {
  * claim lease if it has one, and may claim a new lease (see slots.c); any
  * other claim gives the lease up. Waits for space as the publisher's
  * timeout allows: 0, -EAGAIN or -ETIMEDOUT.
+ *
+ * *ticks is the caller's pub_clock_ticks() reading, taken a moment
+ * before: the lease's age is told by it. A claim that waited for space
+ * reads the counter again, so on return *ticks is a reading from the
+ * claim's end as near as makes no difference, and the caller may time its
+ * events by it (pub_clock_now_at) instead of reading the counter again.
  */
-int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *pos_out);
+int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *ticks,
+		uint64_t *pos_out);
 
 /* Give up the rest of pub's lease: its positions turn reusable at once
  * (pub_close, and any claim other than a lease's). */

@@ -518,6 +518,8 @@ SHMBUS_API int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts
 	sub->generation = gen;
 	sub->consumer = (uint32_t)cons;
 	sub->cons = &sub->rec->consumers[cons];
+	for (unsigned cls = 0; cls < SEG_QUEUE_CLASSES; cls++)
+		sub->queues[cls] = bus_queue(bus, idx, cls);
 	sub->wait = opts->wait;
 	sub->spin_ns = opts->spin_ns ? opts->spin_ns : DEFAULT_SPIN_NS;
 	sub->take_batch = opts->group ? 1 : TAKE_BATCH;

@@ -13,6 +13,7 @@
 #define SHMBUS_SHM_PREFETCH_H
 
 extern int shm_cpu_has_prefetchw; /* set before main, by cpu_detect.c */
+extern int shm_cpu_has_cldemote;  /* likewise */
 
 /* Fetch the line holding p in a state that lets this core write it. A
  * hint: never faults, never orders anything. */
@@ -33,7 +34,9 @@ static inline void at_prefetch_write(const void *p)
  * hits there instead of snooping this core for a modified line. A hint:
  * it never faults and orders nothing, and its encoding is a NOP on
  * x86-64 processors without CLDEMOTE (hence the bytes, not the mnemonic,
- * which older assemblers reject). Elsewhere, nothing.
+ * which older assemblers reject). Elsewhere, nothing. A loop of them is
+ * worth running only where shm_cpu_has_cldemote (CPUID 7, ECX bit 25):
+ * elsewhere each is an instruction for nothing.
  */
 static inline void at_demote(const void *p)
 {
