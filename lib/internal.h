@@ -85,13 +85,19 @@ static inline uint64_t *bus_slot_holders(const shmbus_bus_t *b, uint64_t pos)
 	return b->slot_ctl[seg_ctl_index(pos, b->nslots)].holders;
 }
 static inline uint64_t bus_lap(const shmbus_bus_t *b, uint64_t pos) { return seg_lap_of(pos, b->slot_shift); }
+/* The cells of the urgent or normal queue (cls 0 or 1) of subscription
+ * sub; their ends are b->subs[sub].ends[cls], their count b->nslots. */
+static inline struct seg_cell *bus_class_cells(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
+{
+	return b->cells + ((uint64_t)sub * SEG_QUEUE_CELL_CLASSES + cls) * b->nslots;
+}
 /* The urgent or normal queue (cls 0 or 1) of subscription sub, the ones
  * publishers push to: no test for the redelivery queue on their path. */
 static inline struct queue_view bus_class_queue(const shmbus_bus_t *b, uint32_t sub, unsigned cls)
 {
 	struct queue_view q = {
 		.ends = &b->subs[sub].ends[cls],
-		.cells = b->cells + ((uint64_t)sub * SEG_QUEUE_CELL_CLASSES + cls) * b->nslots,
+		.cells = bus_class_cells(b, sub, cls),
 		.cap = b->nslots,
 		.sub = sub,
 		.cls = cls,

@@ -315,8 +315,10 @@ static inline __attribute__((always_inline)) void push_match(void *ctx, uint32_t
 	shmbus_bus_t *bus = p->bus;
 	p->matched++;
 	p->match[w] |= bit;
-	struct queue_view q = bus_class_queue(bus, idx, p->cls);
-	if (queue_push_cells(q.ends, q.cells, q.cap, bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
+	/* the ends and cells, not a whole view: a push records no intent, and
+	 * the view's generation is an atomic load the compiler must keep */
+	if (queue_push_cells(&bus_sub(bus, idx)->ends[p->cls], bus_class_cells(bus, idx, p->cls), bus->nslots,
+			     bus->member, p->seq | SEG_DESC_HOLDS_REF) == 0) {
 		p->hold[w] |= bit;
 		p->wake[w] |= bit;
 	} else {

@@ -2448,7 +2448,7 @@ Test(pubsub, single_publish_reencodes_whatever_changed_behind_the_same_buffers)
 	/* a ttl, so that the events of two calls compare equal in it */
 	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = name, .ttl_ns = 2 * TC_SEC_NS, .payload = payload,
 			  .payload_len = 32};
-	enum { STEPS = 22 };
+	enum { STEPS = 28 };
 	for (unsigned step = 0; step < STEPS; step++) {
 		const char *want_name = name;
 		switch (step) {
@@ -2474,6 +2474,13 @@ Test(pubsub, single_publish_reencodes_whatever_changed_behind_the_same_buffers)
 		case 19: m.source = "other-src"; break;
 		case 20: m.source = NULL, m.ttl_ns = 3 * TC_SEC_NS; break;
 		case 21: strcpy(name, "bravo"), m.payload_len = 40; break;
+		/* names past the 16 bytes compared byte by byte (cached_str_is) */
+		case 22: strcpy(name, "bravo-charlie-delta-echo"); break;
+		case 23: name[23] = 'x'; break; /* the last byte */
+		case 24: name[23] = '\0'; break; /* a byte shorter */
+		case 25: strcpy(name, "bravo-charlie-delt"); break; /* the bound's edge: 18, then 16 */
+		case 26: name[16] = '\0'; break;
+		case 27: name[15] = 'x'; break;
 		}
 		shmbus_uuid_t id;
 		cr_assert_eq(shmbus_publish(pub, &m, &id), 0, "step %u: %s", step, shmbus_errmsg());
