@@ -24,10 +24,12 @@
  * has stored 0 (held_reap): until then it is the revoker's record.
  *
  * Waiting: spin, block (futex) or adaptive. A sleeper first raises the
- * `sleepers` flag, re-checks its queues, then sleeps on `wake_futex`;
- * a publisher looks at the flag after a fence and, if it can clear it, makes
- * the one wake-up syscall (every sleeper raises the flag again before it
- * sleeps again, so a burst of events costs one syscall, not one each).
+ * `sleepers` flag, fences, re-checks its queues (their head cells), then
+ * sleeps on `wake_futex`; a publisher looks at the flag after a fence, or
+ * after the locked push that made the cell FULL (routing_end), and, if it
+ * can clear it, makes the one wake-up syscall (every sleeper raises the
+ * flag again before it sleeps again, so a burst of events costs one
+ * syscall, not one each).
  */
 #include <errno.h>
 #include <string.h>
@@ -411,9 +413,18 @@ static bool queue_waiting(const struct seg_queue_ends *e)
 	return at_load_relaxed_u64((uint64_t *)&e->tail) != at_load_relaxed_u64((uint64_t *)&e->head);
 }
 
-static bool urgent_waiting(const shmbus_sub_t *sub)
+/*
+ * Whether the urgent queue's head cell is FULL, as next_ready asks of the
+ * normal queue: from the cell, not from the tail hint. A publisher stores
+ * the hint plainly after the locked push that made the cell FULL, and a
+ * single publish may look at `sleepers` with no fence after that push
+ * (routing_end): a sleeper that judged by the hint could miss the event
+ * while the publisher misses its flag. (A hint moved back by a preempted
+ * publisher would also have hidden a FULL cell until the next push.)
+ */
+static bool urgent_ready(const shmbus_sub_t *sub)
 {
-	return queue_waiting(&sub->rec->ends[SEG_QUEUE_URGENT]);
+	return queue_ready(&sub->queues[SEG_QUEUE_URGENT]);
 }
 
 /* What survivors gave back from a dead consumer waits. Its ends are written
@@ -503,7 +514,7 @@ static int poll_next(shmbus_sub_t *sub, const shmbus_event_t **ev)
 		if (__builtin_expect(sub->ready_n[SEG_QUEUE_REDELIVER] || redeliver_waiting(sub), 0) &&
 		    !redeliver_past_gap(sub, gap_lo))
 			rc = next_ready(sub, SEG_QUEUE_REDELIVER, &h);
-		if (rc == 0 && (sub->ready_n[SEG_QUEUE_URGENT] || urgent_waiting(sub)))
+		if (rc == 0 && (sub->ready_n[SEG_QUEUE_URGENT] || urgent_ready(sub)))
 			rc = next_ready(sub, SEG_QUEUE_URGENT, &h);
 		if (rc == 0)
 			rc = next_ready(sub, SEG_QUEUE_NORMAL, &h);
@@ -636,7 +647,7 @@ SHMBUS_API int shmbus_poll_batch(shmbus_sub_t *sub, const shmbus_event_t **evs, 
 			continue;
 		else if (sub->ready_n[SEG_QUEUE_URGENT])
 			n += open_ready(sub, SEG_QUEUE_URGENT, evs + n, max - n);
-		else if (sub->ready_n[SEG_QUEUE_NORMAL] && !urgent_waiting(sub))
+		else if (sub->ready_n[SEG_QUEUE_NORMAL] && !urgent_ready(sub))
 			n += open_ready(sub, SEG_QUEUE_NORMAL, evs + n, max - n);
 	}
 	sub->hand_now = 0;
@@ -680,7 +691,7 @@ static inline bool poll_would_find_nothing(const shmbus_sub_t *sub)
 {
 	if (sub->ready_n[0] | sub->ready_n[1] | sub->ready_n[2] | sub->cells_n | sub->held_revoked)
 		return false;
-	return !queue_ready(&sub->queues[SEG_QUEUE_NORMAL]) && !urgent_waiting(sub) && !redeliver_waiting(sub) &&
+	return !queue_ready(&sub->queues[SEG_QUEUE_NORMAL]) && !urgent_ready(sub) && !redeliver_waiting(sub) &&
 	       at_load_relaxed_u64(&sub->rec->gap_lo) == SEG_GAP_NONE;
 }
 

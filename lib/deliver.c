@@ -45,9 +45,8 @@ int deliver_to(shmbus_bus_t *bus, uint32_t idx, uint64_t gen, const struct seg_e
 	pthread_mutex_lock(&st->pub_lock); /* one thread at a time on the publisher */
 	uint32_t n = log_slots_for(bus, ev->size);
 	bool urgent = ev->priority >= SHMBUS_PRIORITY_HIGH;
-	uint64_t pos;
+	uint64_t pos, ticks = pub_clock_ticks(); /* before routing_begin, as a publish */
 	routing_begin(pub);
-	uint64_t ticks = pub_clock_ticks();
 	if ((rc = slots_claim(pub, n, n, urgent, &ticks, &pos)) < 0) {
 		routing_abort(pub);
 		pthread_mutex_unlock(&st->pub_lock);

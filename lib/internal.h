@@ -239,7 +239,9 @@ struct shmbus_sub {
 	struct seg_sub *rec;
 	struct seg_consumer *cons;
 	/* bus_queue(bus, index, cls) as made at subscribe: the geometry of
-	 * our queues, which never changes (consume.c sub_queue) */
+	 * our queues, which never changes (consume.c sub_queue). Their gen
+	 * is that of subscribe time, unused: sub_queue reads it anew for a
+	 * take's intent, and queue_ready needs none. */
 	struct queue_view queues[SEG_QUEUE_CLASSES];
 	shmbus_wait_t wait;
 	uint64_t spin_ns;
@@ -307,7 +309,8 @@ unsigned route_event(shmbus_pub_t *pub, const struct seg_event *ev, uint64_t seq
  * (SEG_MASK_WORDS words). A descriptor that finds its queue full is
  * dropped and counted. */
 void route_events(shmbus_pub_t *pub, struct route_item *items, size_t n, uint64_t *wake);
-/* Wake the sleepers of the subscriptions in the bitmap (after a fence). */
+/* Wake the sleepers of the subscriptions in the bitmap (after a fence, or a
+ * locked push: see routing_end). */
 void route_wake_set(shmbus_bus_t *bus, const uint64_t *wake);
 void route_wake(shmbus_bus_t *bus, uint32_t sub_index);
 

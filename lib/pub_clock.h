@@ -50,7 +50,6 @@
 #define PUB_CLOCK_HAVE_TSC 1
 #else
 #define PUB_CLOCK_HAVE_TSC 0
-uint64_t now_mono_ns(void); /* internal.h */
 #endif
 
 enum { PUB_CLOCK_UNKNOWN, PUB_CLOCK_COUNTER, PUB_CLOCK_REAL };
@@ -89,18 +88,20 @@ static inline uint64_t pub_clock_at(const struct pub_clock *c, uint64_t tsc)
 
 /*
  * A reading of the publisher's counter: the time-stamp counter where
- * PUB_CLOCK_HAVE_TSC, else CLOCK_MONOTONIC in ns. A publish reads it once
- * and uses it twice: for its lease's age (slots_claim) and for its event's
- * time (pub_clock_now_at). RDTSC is microcoded and costs about 9 ns on the
- * README's AMD guest, as much as four locked instructions: a second
- * reading on every single publish was a tenth of its time.
+ * PUB_CLOCK_HAVE_TSC, else 0 (nothing read). A publish reads it once and
+ * uses it twice: for its lease's age (slots_claim, which reads the
+ * monotonic clock instead where there is no counter) and for its event's
+ * time (pub_clock_now_at, which then reads the real clock). RDTSC is
+ * microcoded and costs about 9 ns on the README's AMD guest, as much as
+ * two locked instructions: a second reading on every single publish was a
+ * tenth of its time.
  */
 static inline uint64_t pub_clock_ticks(void)
 {
 #if PUB_CLOCK_HAVE_TSC
 	return __rdtsc();
 #else
-	return now_mono_ns();
+	return 0;
 #endif
 }
 

@@ -5,8 +5,9 @@
  * Commit order, for every event: bytes written -> routed (descriptors
  * pushed, the matched subscriptions' holder bits collected) -> holder bits
  * stored -> slot COMMITTED (release) -> commit byte in the event -> one
- * seq_cst fence per call -> futex wake of the subscriptions that announced
- * they sleep. No syscall when nobody sleeps. One exception: a
+ * seq_cst fence per call (none after a single event's one locked push:
+ * routing_end) -> futex wake of the subscriptions that announced they
+ * sleep. No syscall when nobody sleeps. One exception: a
  * low-latency publisher's single publish written from its cache
  * (publish_one) writes the fields each event has of its own (id,
  * correlation and causation ids, times: bytes 16..87) after the push,
@@ -223,8 +224,10 @@ static inline __attribute__((always_inline)) bool commit_routed(shmbus_bus_t *bu
  *   lines: from this core's cache they cost it another snoop of a
  *   modified line each, from the shared cache a hit. Called after
  *   routing_end: the push's locked instruction, or the fence, has drained
- *   the event's stores (the commit's byte in its first line may still be
- *   on its way, which costs that line's hint at worst), and never by
+ *   the stores before the push; those after it (a low-latency event's ids
+ *   and times, the commit's, its `committed` byte in the third line) may
+ *   still be on their way when the hints come, which costs those lines'
+ *   hints at worst. Never by
  *   batches, whose next events follow at once and pay for every demoted
  *   line (a batched publisher's cost per event nearly doubled with it).
  *   Reads nothing: the event may be released and its slot reused
@@ -333,13 +336,18 @@ void routing_abort(shmbus_pub_t *pub)
  * interval later.
  *
  * pushed_locked: every push of the pass was one locked instruction that
- * made its cell FULL (queue_push_in_one: a single publish where the CPU
- * has CMPXCHG16B), itself a full fence on x86. The pushes' order before
- * the looks at `sleepers` is then there already, and without freed the
- * fence is left out: on the README's AMD guest a fence costs about 5 ns,
- * and a single publish is on every request/response round trip. (A
- * consumer that finds a FULL cell whose event is not committed yet waits
- * for the commit in slot_settle; it never sleeps on it.)
+ * made its cell FULL, itself a full fence on x86. A single event's pass
+ * (route_event) pushes only through queue_push_cells, which does so
+ * exactly where queue_push_one_cas() (CMPXCHG16B, not under TSan): its
+ * callers pass that. The pushes' order before the looks at `sleepers` is
+ * then there already, and without freed the fence is left out: on the
+ * README's AMD guest a fence costs about 5 ns, and a single publish is on
+ * every request/response round trip. This holds because a sleeper judges
+ * its queues by their cells, which only the locked push makes FULL: the
+ * tail hint stored after it is no sign of an event to anybody who may
+ * sleep (consume.c urgent_ready), and a consumer that finds a FULL cell
+ * whose event is not committed yet waits for the commit in slot_settle,
+ * never sleeping on it.
  */
 static inline __attribute__((always_inline)) void routing_end(shmbus_pub_t *pub, const uint64_t *wake, bool freed,
 								bool pushed_locked)

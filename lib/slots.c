@@ -298,6 +298,19 @@ static inline __attribute__((always_inline)) void mark_slots(shmbus_bus_t *bus, 
 #define LEASE_MAX_AGE 2000000ull
 #endif
 
+/* A lease's clock now, from the claimer's reading: the counter itself, or
+ * where there is none (pub_clock_ticks reads nothing) the monotonic
+ * clock, read only by the claims that take or make a lease. */
+static inline uint64_t lease_clock(uint64_t ticks)
+{
+#if PUB_CLOCK_HAVE_TSC
+	return ticks;
+#else
+	(void)ticks;
+	return now_mono_ns();
+#endif
+}
+
 /*
  * lease_take - the next position of pub's lease (it has one) as its
  * claim, if nobody took it away (seg_slot_ctl has the protocol; the taker's
@@ -309,7 +322,7 @@ static inline bool lease_take(shmbus_pub_t *pub, uint64_t ticks, uint64_t *pos_o
 {
 	shmbus_bus_t *bus = pub->bus;
 	uint64_t p = pub->lease_next; /* below lease_end (the caller saw) */
-	if (ticks - pub->lease_born > LEASE_MAX_AGE) {
+	if (lease_clock(ticks) - pub->lease_born > LEASE_MAX_AGE) {
 		slots_lease_give_up(pub); /* too old: its positions lie too far back */
 		return false;
 	}
@@ -455,7 +468,11 @@ static __attribute__((noinline)) int claim_shared(shmbus_pub_t *pub, uint32_t n,
 	uint64_t *claim = &bus->hdr->claim_pos;
 	struct space_wait w = {.started = false}; /* its timeout is read when it starts */
 	uint32_t want = 0; /* n, or a lease's length for a single slot */
-	for (;;) {
+	for (bool again = false;; again = true) {
+		/* another claimer came first, or we waited for space: the
+		 * caller's reading is too old to time the event by */
+		if (again)
+			*ticks = pub_clock_ticks();
 		/* for writing: the CAS then needs no second transfer of the line
 		 * another publisher wrote last */
 		at_prefetch_write(claim);
@@ -474,7 +491,7 @@ static __attribute__((noinline)) int claim_shared(shmbus_pub_t *pub, uint32_t n,
 			 * it came after this */
 			if (want > n) {
 				pub->lease_taken_seen = at_load_acquire_u64(&r->lease_taken);
-				pub->lease_born = *ticks;
+				pub->lease_born = lease_clock(*ticks);
 			}
 			at_store_relaxed_u32(&r->claiming_n, want);
 			at_store_relaxed_u64(&r->claiming, pos + 1);
@@ -532,7 +549,6 @@ static __attribute__((noinline)) int claim_shared(shmbus_pub_t *pub, uint32_t n,
 			int rc = wait_for_space(pub, blocking, &w);
 			if (rc < 0)
 				return rc;
-			*ticks = pub_clock_ticks(); /* the wait took its time */
 			continue;
 		}
 		}

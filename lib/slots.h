@@ -28,10 +28,12 @@ struct space_wait {
  * timeout allows: 0, -EAGAIN or -ETIMEDOUT.
  *
  * *ticks is the caller's pub_clock_ticks() reading, taken a moment
- * before: the lease's age is told by it. A claim that waited for space
- * reads the counter again, so on return *ticks is a reading from the
- * claim's end as near as makes no difference, and the caller may time its
- * events by it (pub_clock_now_at) instead of reading the counter again.
+ * before: the lease's age is told by it. A claim that had to try again
+ * (another claimer came first, it waited for space) reads the counter
+ * again, so on return *ticks is a reading from no more than one try
+ * before the claim's end (microseconds at worst, where a try took a lease
+ * away with membarrier), and the caller may time its events by it
+ * (pub_clock_now_at) instead of reading the counter again.
  */
 int slots_claim(shmbus_pub_t *pub, uint32_t n, uint32_t first_slots, bool urgent, uint64_t *ticks,
 		uint64_t *pos_out);
