@@ -435,10 +435,10 @@ static int publish_one(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t
 	uint64_t now = 0, wake[SEG_MASK_WORDS] = {0}, hold[SEG_HOLDER_WORDS] = {0};
 	struct seg_event *ev = (struct seg_event *)bus_slot_data(bus, pos);
 	struct id_words id = {0, 0};
-	/* A low-latency publisher's cached event gets its time, id and
-	 * times after its push (every event whose bytes before the payload
-	 * fit the cache, 512, the first of its shape included: it was cached
-	 * just above): the work (pub_clock.h: a multiply of the counter read
+	/* A low-latency publisher's cached event gets its id and times
+	 * after its push (every event whose bytes before the payload fit the
+	 * cache, 512, the first of its shape included: it was cached just
+	 * above): the work (pub_clock.h: a multiply of the counter read
 	 * above, the real clock's ordered read at times) then
 	 * overlaps with the push's cell crossing to the consumer, who reads
 	 * the event only once committed below, instead of holding

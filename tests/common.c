@@ -410,16 +410,23 @@ int tc_child_subscribe(const shmbus_sub_opts_t *o, shmbus_bus_t **bus, shmbus_su
 	return 0;
 }
 
+int tc_child_publisher(const shmbus_pub_opts_t *o, shmbus_bus_t **bus, shmbus_pub_t **pub)
+{
+	int rc = shmbus_open(tc_bus, NULL, bus);
+	if (rc < 0)
+		return CHILD_FAIL("open %d", rc);
+	if ((rc = shmbus_pub_open(*bus, o, pub)) < 0)
+		return CHILD_FAIL("pub_open %d", rc);
+	return 0;
+}
+
 int tc_child_publish_n(shmbus_type_t type, const char *name, uint32_t n, int64_t timeout_ns)
 {
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
 	shmbus_pub_t *pub = NULL;
-	shmbus_pub_opts_t o = {.timeout_ns = timeout_ns};
-	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
-		return CHILD_FAIL("pub_open %d", rc);
+	int rc = tc_child_publisher(&(shmbus_pub_opts_t){.timeout_ns = timeout_ns}, &bus, &pub);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		if ((rc = tc_publish_u32(pub, type, name, 0, i)) < 0)
 			return CHILD_FAIL("publish %s #%u: %d (%s)", name, i, rc, shmbus_errmsg());

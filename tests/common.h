@@ -95,6 +95,9 @@ int tc_child_fail(const char *file, int line, const char *fmt, ...) __attribute_
 /* In a forked child: attach to the test bus and subscribe with o. Returns 0,
  * or the child's failure code (reported) to return from it. */
 int tc_child_subscribe(const shmbus_sub_opts_t *o, shmbus_bus_t **bus, shmbus_sub_t **sub);
+/* In a forked child: attach to the test bus and open a publisher with o.
+ * Returns 0, or the child's failure code (reported) to return from it. */
+int tc_child_publisher(const shmbus_pub_opts_t *o, shmbus_bus_t **bus, shmbus_pub_t **pub);
 /* In a forked child: attach, publish n events of type and name whose u32
  * payload counts 0..n-1 (publisher timeout timeout_ns), detach. Returns 0 or
  * the child's failure code. */

@@ -357,12 +357,9 @@ static int stress_publisher(void *arg)
 	uint32_t who = (uint32_t)(uintptr_t)arg;
 	shmbus_bus_t *bus = NULL;
 	shmbus_pub_t *pub = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
-	shmbus_pub_opts_t po = {.timeout_ns = 20 * (int64_t)TC_SEC_NS};
-	if ((rc = shmbus_pub_open(bus, &po, &pub)) < 0)
-		return CHILD_FAIL("pub_open %d", rc);
+	int rc = tc_child_publisher(&(shmbus_pub_opts_t){.timeout_ns = 20 * (int64_t)TC_SEC_NS}, &bus, &pub);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < STRESS_EVENTS; i++)
 		if ((rc = publish_as(pub, who, i, NULL)) < 0)
 			return CHILD_FAIL("publisher %u event %u: %d %s", who, i, rc, shmbus_errmsg());

@@ -220,13 +220,11 @@ static int mp_publisher(void *arg)
 	struct mp_child *c = arg;
 	uint32_t p = (uint32_t)c->index;
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("pub %u: open %d", p, rc);
 	shmbus_pub_t *pub = NULL;
 	shmbus_pub_opts_t o = {.source = mp_sources[p], .timeout_ns = 60 * (int64_t)TC_SEC_NS};
-	if ((rc = shmbus_pub_open(bus, &o, &pub)) < 0)
-		return CHILD_FAIL("pub %u: pub_open %d", p, rc);
+	int rc = tc_child_publisher(&o, &bus, &pub);
+	if (rc)
+		return rc;
 
 	enum { BATCH = 16 };
 	struct mp_payload pls[BATCH];
@@ -271,6 +269,20 @@ static void wait_ready(int fd, int n)
 		cr_assert_eq(rc, 0, "child %d of %d never became ready (%d)", k + 1, n, rc);
 		cr_assert_eq(ch, 'R');
 	}
+}
+
+/* Fork fn(arg), a reader that writes 'R' to *up (set here) once it has
+ * subscribed, and wait for that. The pipe is closed again then. */
+static pid_t fork_ready_reader(int (*fn)(void *), void *arg, int *up)
+{
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	*up = fds[1];
+	pid_t pid = tc_fork(fn, arg);
+	wait_ready(fds[0], 1);
+	close(fds[0]);
+	close(fds[1]);
+	return pid;
 }
 
 static void expect_exit_ok(pid_t pid, int timeout_ms, const char *what)
@@ -733,11 +745,7 @@ Test(multiproc, lag_subscriber_in_another_process_is_told_exactly_what_it_missed
 	shmbus_config_t cfg = tc_small_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	struct lag_shared *sh = tc_shared_alloc(sizeof *sh);
-	int up[2];
-	cr_assert_eq(pipe(up), 0);
-	sh->up = up[1];
-	pid_t reader = tc_fork(slow_lag_reader, sh);
-	wait_ready(up[0], 1);
+	pid_t reader = fork_ready_reader(slow_lag_reader, sh, &sh->up);
 	pid_t pub = tc_fork(flood, NULL);
 	expect_exit_ok(pub, 60000, "flooding publisher");
 	__atomic_store_n(&sh->published, 1, __ATOMIC_RELEASE);
@@ -748,8 +756,6 @@ Test(multiproc, lag_subscriber_in_another_process_is_told_exactly_what_it_missed
 	cr_expect_gt(sh->missed, 0, "the reader was never passed over: the test did not exercise the lag path");
 	cr_expect_eq(sh->received + sh->missed, LAG_N, "received %u + missed %llu != published %u", sh->received,
 		     (unsigned long long)sh->missed, LAG_N);
-	close(up[0]);
-	close(up[1]);
 	tc_shared_free(sh, sizeof *sh);
 	shmbus_close(bus);
 }
@@ -842,11 +848,7 @@ Test(multiproc, streamed_batches_arrive_whole_in_another_process)
 	cfg.slots = 1024;
 	shmbus_bus_t *bus = tc_create(&cfg);
 	struct stream_shared *sh = tc_shared_alloc(sizeof *sh);
-	int up[2];
-	cr_assert_eq(pipe(up), 0);
-	sh->up = up[1];
-	pid_t reader = tc_fork(stream_reader, sh);
-	wait_ready(up[0], 1);
+	pid_t reader = fork_ready_reader(stream_reader, sh, &sh->up);
 	shmbus_pub_t *pub = tc_pub(bus, "streamer", 30 * (int64_t)TC_SEC_NS);
 	static uint8_t payloads[STREAM_BATCH][STREAM_PAYLOAD];
 	shmbus_msg_t msgs[STREAM_BATCH];
@@ -871,8 +873,6 @@ Test(multiproc, streamed_batches_arrive_whole_in_another_process)
 	cr_expect_eq(sh->bad_id, 0, "%u events with a wrong id or correlation id", sh->bad_id);
 	cr_expect_eq(sh->out_of_order, 0, "%u events out of order", sh->out_of_order);
 	shmbus_pub_close(pub);
-	close(up[0]);
-	close(up[1]);
 	tc_shared_free(sh, sizeof *sh);
 	shmbus_close(bus);
 }
@@ -917,12 +917,10 @@ static int wake_publisher(void *arg)
 {
 	struct wake_shared *sh = arg;
 	shmbus_bus_t *bus = NULL;
-	int rc = shmbus_open(tc_bus, NULL, &bus);
-	if (rc < 0)
-		return CHILD_FAIL("open %d", rc);
 	shmbus_pub_t *pub = NULL;
-	if ((rc = shmbus_pub_open(bus, &(shmbus_pub_opts_t){.source = "waker", .timeout_ns = 90 * TC_SEC_NS}, &pub)) < 0)
-		return CHILD_FAIL("pub_open %d", rc);
+	int rc = tc_child_publisher(&(shmbus_pub_opts_t){.source = "waker", .timeout_ns = 90 * TC_SEC_NS}, &bus, &pub);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < WAKE_EVENTS; i++) {
 		uint64_t deadline = tc_now_ns() + 90 * TC_SEC_NS;
 		while (__atomic_load_n(&sh->acked, __ATOMIC_ACQUIRE) < i)
