@@ -130,6 +130,7 @@ struct opts {
 	bool plain_publish; /* --no-low-latency: ping-pong publishers without SHMBUS_PUB_LOW_LATENCY */
 	bool stream_low_latency; /* --low-latency: throughput publishers with it too */
 	bool cached_batches; /* --cached-batches: throughput publishers with SHMBUS_PUB_CACHED_BATCHES */
+	long answer_work;    /* --answer-work N: rounds of answer_work before each pong */
 };
 
 static struct opts g_opt = {
@@ -769,7 +770,37 @@ struct pp_arg {
 	size_t payload;
 	long warmup;	  /* shmbus ping-pong: the round trips not measured */
 	long floor_block; /* > 0: floor-spin round trips taking turns with them */
+	long answer_work; /* shmbus pong: rounds of answer_work before each answer */
 };
+
+/*
+ * --answer-work: `rounds` rounds of work in the first level cache before
+ * B answers, each 8 loads, 8 ALU operations and the loop's own (about 20
+ * instructions, independent enough to run several a cycle, like the
+ * library's own code on a leg). Added to a spin ping-pong, the slope of
+ * its round trip against rounds tells how fast B's work runs where the
+ * two CPUs are at the time: on one core's two hardware threads a
+ * spinning partner shares the core (ARCHITECTURE.md, Known limits).
+ */
+static volatile uint64_t answer_sink;
+
+static uint64_t answer_work(long rounds)
+{
+	static uint64_t words[64 * 8];
+	const uint64_t *base = words;
+	__asm__("" : "+r"(base)); /* its words are not known to be zero */
+	uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+	for (long r = 0; r < rounds; r++) {
+		const uint64_t *w = &base[(r & 63) * 8];
+		a0 += w[0] ^ w[4];
+		a1 += w[1] ^ w[5];
+		a2 += w[2] ^ w[6];
+		a3 += w[3] ^ w[7];
+		/* keeps the four sums in registers, computed each round */
+		__asm__ volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
+	}
+	return a0 + a1 + a2 + a3;
+}
 
 /*
  * Spin until *word == want. The child cannot hang the parent: every few
@@ -1087,6 +1118,8 @@ static int pong_child(struct ctl *ctl, int idx, const void *varg)
 		}
 		const uint8_t *data = shmbus_event_payload(ev, &n);
 		ctl->out[0].sum += byte_sum(data, n);
+		if (a->answer_work)
+			answer_sink += answer_work(a->answer_work);
 		if ((r = shmbus_publish(p.pub, &msg, NULL)) < 0) {
 			child_fail(ctl, "pong: shmbus_publish", r);
 			break;
@@ -1209,7 +1242,11 @@ static int ping_loop(struct session *s, struct peer *p, const struct pp_arg *a, 
  */
 static int run_shmbus_pingpong(struct result *res, struct result *floor, long iters, long warmup)
 {
-	struct pp_arg a = {.total = iters + warmup, .wait = res->wait, .payload = res->payload, .warmup = warmup};
+	struct pp_arg a = {.total = iters + warmup,
+			   .wait = res->wait,
+			   .payload = res->payload,
+			   .warmup = warmup,
+			   .answer_work = g_opt.answer_work};
 	if (floor)
 		a.floor_block = iters < FLOOR_BLOCK ? iters : FLOOR_BLOCK;
 	shmbus_config_t cfg = {.max_payload = res->payload > 65536 ? (uint32_t)res->payload : 0};
@@ -2050,6 +2087,8 @@ static void print_json(const struct result *r)
 		printf(", \"batch\": %u", r->batch);
 	if (r->has & HAS_PUBLISHERS)
 		printf(", \"publishers\": %u", r->publishers);
+	if (g_opt.answer_work && strcmp(r->system, "shmbus") == 0 && strcmp(r->bench, "pingpong") == 0)
+		printf(", \"answer_work\": %ld", g_opt.answer_work);
 	if (r->has & HAS_RTT)
 		printf(", \"rtt_p50_ns\": %.0f, \"rtt_p99_ns\": %.0f, \"rtt_p999_ns\": %.0f, \"rtt_max_ns\": %.0f",
 		       m[ST_P50], m[ST_P99], m[ST_P999], m[ST_MAX]);
@@ -2108,6 +2147,9 @@ static void print_targets(void)
 	struct result *ffutex = find_result("floor-futex", "pingpong", SHMBUS_WAIT_BLOCK, 0, 0);
 
 	printf("\ntargets (RTT ratios are of the medians of per-run p50s):\n");
+	if (g_opt.answer_work)
+		printf("  (with --answer-work: shmbus's round trips include B's added work, so these are not the\n"
+		       "  targets' figures)\n");
 	/* Block mode must sleep at once, as the futex floor does (two sleeps
 	 * per round trip); fewer sleeps mean it spun first, and its p50 then
 	 * measures spinning, not waking: no valid comparison with the floor. */
@@ -2161,6 +2203,10 @@ static void print_human(void)
 	       "MB/s of payload (10^6 bytes), idle cpu as %% of one CPU. RTTs include one timestamp\n"
 	       "read (%s); sleeps = voluntary context switches of both processes per round trip.\n\n",
 	       g_opt.cpu_a, g_opt.cpu_b, g_opt.runs, g_opt.runs == 1 ? "" : "s", timer_name());
+	if (g_opt.answer_work)
+		printf("B answers each shmbus ping after %ld rounds of work (--answer-work, about 20 instructions\n"
+		       "a round); the floors are as always.\n\n",
+		       g_opt.answer_work);
 	printf("%-12s %-11s %-9s %7s %5s %9s %9s %9s %10s %7s %9s %9s %8s\n", "system", "bench", "wait", "payload",
 	       "batch", "p50", "p99", "p99.9", "max", "sleeps", "Mev/s", "MB/s", "cpu%");
 	for (int i = 0; i < g_nresults; i++)
@@ -2176,6 +2222,7 @@ static void usage(FILE *f)
 		"usage: " PROG " [MODE] [--json] [--runs N] [--iters N] [--wait spin|block|adaptive|dispatch|all]\n"
 		"                    [--payload B] [--batch N] [--publishers N] [--warmup N] [--idle-seconds S]\n"
 		"                    [--cpu-a N --cpu-b N] [--no-low-latency] [--low-latency] [--cached-batches]\n"
+		"                    [--answer-work N]\n"
 		"MODE: all (default), pingpong (shmbus and both floors), floors, floor-spin,\n"
 		"      floor-futex, throughput, idle\n"
 		"--iters N sets the round trips of each ping-pong run (default %ld) and the events\n"
@@ -2186,6 +2233,9 @@ static void usage(FILE *f)
 		"publishers do not (--low-latency: they do too, to see what it costs a stream).\n"
 		"--cached-batches: throughput publishers never stream their batches\n"
 		"(SHMBUS_PUB_CACHED_BATCHES), to compare with the default in one build.\n"
+		"--answer-work N: in the spin, block and adaptive ping-pongs B runs N rounds of work\n"
+		"in its first-level cache (about 20 instructions each) before each answer; the\n"
+		"slope of the round trip against N tells how fast work runs where the CPUs are.\n"
 		"The durable log: " PROG " record|replay|get [--events N] [--runs N] [--json]\n"
 		"(record: publisher events/s without a recorder and with one at sync none and\n"
 		"batch, per run on a fresh bus, and the medians over --runs).\n",
@@ -2301,6 +2351,8 @@ static void parse_args(int argc, char **argv)
 			g_opt.publishers = (unsigned)parse_long(a, v, 1, MAX_PUBLISHERS);
 		} else if (strcmp(a, "--idle-seconds") == 0) {
 			g_opt.idle_seconds = (double)parse_long(a, v, 1, 3600);
+		} else if (strcmp(a, "--answer-work") == 0) {
+			g_opt.answer_work = parse_long(a, v, 0, 1000000L);
 		} else if (strcmp(a, "--cpu-a") == 0) {
 			g_opt.cpu_a = (int)parse_long(a, v, 0, CPU_SETSIZE - 1);
 		} else if (strcmp(a, "--cpu-b") == 0) {

@@ -30,6 +30,13 @@ fi
 # the publisher flag's switches: ping-pong without it, a stream with it
 "$bench" pingpong --wait spin --json --runs 1 --iters 2000 --warmup 100 --no-low-latency |
 	grep -q '^{"system": "shmbus", .*"rtt_p50_ns": [1-9]' || { echo "--no-low-latency: no p50"; exit 1; }
+# added work before each answer: reported on shmbus's line, not on the floor's
+aw=$("$bench" pingpong --wait spin --json --runs 1 --iters 2000 --warmup 100 --answer-work 40)
+echo "$aw" | grep -q '^{"system": "shmbus", .*"answer_work": 40, "rtt_p50_ns": [1-9]' ||
+	{ echo "--answer-work: no p50 with the work named"; echo "$aw"; exit 1; }
+if echo "$aw" | grep '"system": "floor' | grep -q answer_work; then
+	echo "--answer-work named on a floor"; echo "$aw"; exit 1
+fi
 "$bench" throughput --payload 32 --batch 1 --json --runs 1 --iters 3000 --low-latency |
 	grep -q '^{"system": "shmbus", .*"events_per_s": [1-9]' || { echo "--low-latency: no rate"; exit 1; }
 # the batched shmbus runs (32 B and 1 KiB) say where their time went
