@@ -449,6 +449,40 @@ Test(badinput, cli_pub_bad_arguments)
 	fixture_down(&f);
 }
 
+/* Oversize items of sub's lists and of the log queries' criteria: a usage
+ * error naming the option (sub once read the item after freeing it and
+ * died of SIGSEGV; events and replay searched for it and found nothing). */
+Test(badinput, cli_sub_and_log_queries_reject_oversize_items)
+{
+	struct fixture f;
+	fixture_up(&f, 1024);
+	char s64[65], list[80];
+	memset(s64, 's', 64);
+	s64[64] = '\0';
+	snprintf(list, sizeof list, "ok,%s", s64);
+	struct tc_run_result r;
+	static const char *const opts[] = {"--name", "--source", "--target"};
+	for (size_t i = 0; i < 3; i++) {
+		char what[64];
+		snprintf(what, sizeof what, "sub %s of 64 bytes", opts[i]);
+		CLI(&r, "sub", tc_bus, opts[i], s64, "--timeout", "100ms");
+		cr_expect(strstr(r.err, "longer than 63 bytes"), "%s: stderr \"%s\"", what, r.err);
+		expect_usage(&r, what);
+		snprintf(what, sizeof what, "sub %s with a 64-byte second item", opts[i]);
+		CLI(&r, "sub", tc_bus, opts[i], list, "--timeout", "100ms");
+		expect_usage(&r, what);
+		snprintf(what, sizeof what, "events %s of 64 bytes", opts[i]);
+		CLI(&r, "events", tc_bus, opts[i], s64);
+		cr_expect(strstr(r.err, "longer than 63 bytes"), "%s: stderr \"%s\"", what, r.err);
+		expect_usage(&r, what);
+		snprintf(what, sizeof what, "replay %s of 64 bytes", opts[i]);
+		CLI(&r, "replay", tc_bus, opts[i], s64, "--republish");
+		expect_usage(&r, what);
+	}
+	assert_bus_intact(&f, "oversize list items");
+	fixture_down(&f);
+}
+
 Test(badinput, cli_runtime_errors)
 {
 	struct tc_run_result r;

@@ -75,14 +75,16 @@ static int take_criterion(const char *cmd, int c, const char *arg, shmbus_query_
 		return 0;
 	}
 	case L_NAME:
-		q->name = arg;
-		return 0;
 	case L_SOURCE:
-		q->source = arg;
+	case L_TARGET: {
+		/* as pub and sub: no event carries a longer string, and a
+		 * query for one is a mistake, not a search that finds nothing */
+		const char *opt = c == L_NAME ? "--name" : c == L_SOURCE ? "--source" : "--target";
+		if (strlen(arg) > SHMBUS_STR_MAX)
+			return usage_error(cmd, "%s: '%.20s...' is longer than %d bytes", opt, arg, SHMBUS_STR_MAX);
+		*(c == L_NAME ? &q->name : c == L_SOURCE ? &q->source : &q->target) = arg;
 		return 0;
-	case L_TARGET:
-		q->target = arg;
-		return 0;
+	}
 	case L_SINCE:
 	case L_UNTIL: {
 		uint64_t ns;

@@ -1142,8 +1142,10 @@ static int add_set_filter(struct sub_args *a, const char *opt, const char *arg,
 		return usage_error("sub", "%s wants a comma list without empty items, not '%s'", opt, arg);
 	for (int i = 0; i < n; i++) {
 		if (strlen(items[i]) > SHMBUS_STR_MAX) {
+			/* the message quotes the item: freed only after it */
+			int code = usage_error("sub", "%s: '%s' is longer than %d bytes", opt, items[i], SHMBUS_STR_MAX);
 			cli_list_free(items);
-			return usage_error("sub", "%s: '%s' is longer than %d bytes", opt, items[i], SHMBUS_STR_MAX);
+			return code;
 		}
 	}
 	int rc = make((const char *const *)items, (size_t)n, &a->filters[a->filter_count]);
