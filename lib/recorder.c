@@ -480,7 +480,8 @@ SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_
 	}
 	r->bus = bus;
 	r->w.seg.fd = r->w.seg.idx_fd = -1;
-	rc = opts->no_wait ? live_lock(bus->map.fd, SEG_LOCK_RECORDER) : live_lock_wait(bus->map.fd, SEG_LOCK_RECORDER);
+	rc = opts->no_wait ? live_lock(bus->map.fd, SEG_LOCK_RECORDER)
+			   : live_lock_wait_or_signal(bus->map.fd, SEG_LOCK_RECORDER);
 	if (rc < 0) {
 		pthread_mutex_lock(&st->lock);
 		st->recorder = NULL;
@@ -489,6 +490,9 @@ SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_
 		if (rc == -EAGAIN || rc == -EACCES)
 			return shmbus__fail(EBUSY, "bus '%s' has a recorder already (pid %u)", bus->name,
 					    at_load_acquire_u32(&bus->hdr->log_recorder_pid));
+		if (rc == -EINTR)
+			return shmbus__fail(EINTR, "interrupted by a signal while waiting to become the recorder of bus '%s'",
+					    bus->name);
 		return shmbus__fail(-rc, "waiting to become the recorder of bus '%s': %s", bus->name, strerror(-rc));
 	}
 	char dir[PATH_MAX];

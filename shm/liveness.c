@@ -7,7 +7,7 @@
 #include <fcntl.h>
 #include <string.h>
 
-static int ofd(int fd, int cmd, short type, uint64_t byte, struct flock *out)
+static int ofd_once(int fd, int cmd, short type, uint64_t byte, struct flock *out, bool retry_eintr)
 {
 	struct flock fl;
 	memset(&fl, 0, sizeof fl);
@@ -16,17 +16,22 @@ static int ofd(int fd, int cmd, short type, uint64_t byte, struct flock *out)
 	fl.l_start = (off_t)byte;
 	fl.l_len = 1;
 	int rc;
-	/* retried on EINTR, the waiting form too: a signal handler installed
-	 * without SA_RESTART must not turn "wait for the lock" into "go on
-	 * without it" */
 	do
 		rc = fcntl(fd, cmd, &fl);
-	while (rc < 0 && errno == EINTR);
+	while (rc < 0 && errno == EINTR && retry_eintr);
 	if (rc < 0)
 		return -errno;
 	if (out)
 		*out = fl;
 	return 0;
+}
+
+/* Retried on EINTR, the waiting form too: a signal handler installed
+ * without SA_RESTART must not turn "wait for the lock" into "go on
+ * without it" (live_lock_wait_or_signal is the exception). */
+static int ofd(int fd, int cmd, short type, uint64_t byte, struct flock *out)
+{
+	return ofd_once(fd, cmd, type, byte, out, true);
 }
 
 int live_lock(int fd, uint64_t byte)
@@ -38,6 +43,11 @@ int live_lock(int fd, uint64_t byte)
 int live_lock_wait(int fd, uint64_t byte)
 {
 	return ofd(fd, F_OFD_SETLKW, F_WRLCK, byte, NULL);
+}
+
+int live_lock_wait_or_signal(int fd, uint64_t byte)
+{
+	return ofd_once(fd, F_OFD_SETLKW, F_WRLCK, byte, NULL, false);
 }
 
 void live_unlock(int fd, uint64_t byte)

@@ -17,6 +17,10 @@
 int live_lock(int fd, uint64_t byte);
 /* Take the write lock on `byte`, waiting for it. 0 or -errno. */
 int live_lock_wait(int fd, uint64_t byte);
+/* live_lock_wait, but -EINTR when a signal handler installed without
+ * SA_RESTART runs meanwhile: for a wait of unbounded length that its
+ * caller must be able to give up (a standby recorder told to stop). */
+int live_lock_wait_or_signal(int fd, uint64_t byte);
 /* Drop the lock on `byte`. */
 void live_unlock(int fd, uint64_t byte);
 /* 1 if another description holds a lock on `byte`, 0 if none, -errno. */

@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -697,6 +698,126 @@ Test(log, unusable_directories_give_clear_errors)
 	if (rc == 0)
 		shmbus_recorder_close(rec);
 	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+static void on_usr1(int sig) { (void)sig; }
+
+/* Whether pid ends within ms (0 and *status), -ETIMEDOUT if not: unlike
+ * tc_wait, it leaves pid alive. */
+static int ended_within(pid_t pid, int ms, int *status)
+{
+	for (int i = 0; i <= ms; i += 10) {
+		if (waitpid(pid, status, WNOHANG) == pid)
+			return 0;
+		tc_sleep_ms(10);
+	}
+	return -ETIMEDOUT;
+}
+
+/* A standby recorder in shmbus_recorder_open: -EINTR once a handler
+ * installed without SA_RESTART runs. */
+static int standby_child(void *arg)
+{
+	const int *ready = arg; /* a pipe's write end */
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_usr1; /* no SA_RESTART */
+	sigaction(SIGUSR1, &sa, NULL);
+	shmbus_bus_t *bus;
+	shmbus_recorder_t *rec;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open: %s", shmbus_errmsg());
+	if (tc_write_byte(*ready, 'r') < 0)
+		return CHILD_FAIL("ready pipe");
+	int rc = shmbus_recorder_open(bus, &(shmbus_record_opts_t){.sync = SHMBUS_SYNC_NONE}, &rec);
+	if (rc != -EINTR)
+		return CHILD_FAIL("standby recorder_open: %d (%s), want -EINTR", rc, shmbus_errmsg());
+	if (!strstr(shmbus_errmsg(), "interrupted"))
+		return CHILD_FAIL("message: %s", shmbus_errmsg());
+	shmbus_close(bus);
+	return 0;
+}
+
+/* Once it stopped ignoring signals, a standby recorder could only be
+ * killed: it waited for the role in a lock wait that retried on EINTR. */
+Test(log, a_standby_recorder_gives_up_its_wait_on_a_signal)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true, .sync = SHMBUS_SYNC_NONE}, &rec),
+		     0, "%s", shmbus_errmsg());
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	pid_t pid = tc_fork(standby_child, &fds[1]);
+	char c;
+	cr_assert_eq(tc_read_byte(fds[0], 5000, &c), 0, "the standby never got ready");
+	close(fds[0]);
+	close(fds[1]);
+	int status = 0;
+	/* again until it ends: a signal that comes before its wait begins
+	 * is handled and lost, as for any blocking call */
+	bool ended = false;
+	for (int i = 0; i < 100 && !ended; i++) {
+		kill(pid, SIGUSR1);
+		ended = ended_within(pid, 50, &status) == 0;
+	}
+	if (!ended)
+		tc_kill9(pid);
+	cr_assert(ended, "the standby recorder did not give up its wait");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "standby: %s", tc_status_str(status));
+	shmbus_recorder_close(rec);
+	shmbus_close(bus);
+}
+
+/* `shmbus record` on a bus that has a recorder stands by: SIGTERM ends it
+ * with status 0, and one left standing takes over when the recorder goes. */
+Test(log, the_cli_standby_recorder_stops_on_sigterm_and_takes_over)
+{
+	const char *cli = getenv("SHMBUS_CLI");
+	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_recorder_t *rec;
+	cr_assert_eq(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true, .sync = SHMBUS_SYNC_NONE}, &rec),
+		     0, "%s", shmbus_errmsg());
+	for (int round = 0; round < 2; round++) {
+		pid_t pid = fork();
+		cr_assert_geq(pid, 0);
+		if (pid == 0) {
+			int null = open("/dev/null", O_WRONLY);
+			dup2(null, 2);
+			execl(cli, cli, "record", tc_bus, (char *)NULL);
+			_exit(127);
+		}
+		tc_sleep_ms(300); /* standing by */
+		int status = 0;
+		if (round == 0) {
+			cr_assert_neq(ended_within(pid, 0, &status), 0, "the standby recorder ended by itself: %s",
+				      tc_status_str(status));
+			kill(pid, SIGTERM);
+			cr_assert_eq(tc_wait(pid, 5000, &status), 0, "a standby recorder ignored SIGTERM");
+			cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "standby after SIGTERM: %s",
+				  tc_status_str(status));
+			continue;
+		}
+		shmbus_recorder_close(rec); /* the standby's turn */
+		shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "x", 0, 7), 0);
+		shmbus_pub_close(pub);
+		/* recorded once the standby took over: poll the log */
+		int64_t n = 0;
+		for (int i = 0; i < 100 && n < 1; i++) {
+			tc_sleep_ms(50);
+			n = shmbus_get_events(bus, &(shmbus_query_t){0}, NULL, 0);
+		}
+		kill(pid, SIGTERM);
+		cr_assert_eq(tc_wait(pid, 5000, &status), 0, "the recorder ignored SIGTERM");
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "recorder after SIGTERM: %s",
+			  tc_status_str(status));
+		cr_assert_eq(n, 1, "the standby did not record the event after taking over (%lld)", (long long)n);
+	}
 	shmbus_close(bus);
 }
 

@@ -344,11 +344,42 @@ int cmd_dlq(int argc, char **argv)
 }
 
 static shmbus_recorder_t *volatile recorder;
+static volatile sig_atomic_t stop_asked;
 
 static void on_stop(int sig)
 {
 	(void)sig;
+	stop_asked = 1;
 	shmbus_recorder_stop(recorder);
+}
+
+/* How often a standby recorder tries to take over. */
+#define STANDBY_POLL_NS 50000000L
+
+/*
+ * Become the recorder of bus, or stand by until the current one goes:
+ * polled, not a blocking wait for the lock, so that a SIGINT or SIGTERM
+ * that comes at any moment, even just before the wait would begin, ends
+ * it (stop_asked). 0 and *out, 1 when stopped first, or -errno.
+ */
+static int open_or_stand_by(shmbus_bus_t *bus, shmbus_record_opts_t *o, shmbus_recorder_t **out)
+{
+	bool told = false;
+	o->no_wait = true;
+	for (;;) {
+		int rc = shmbus_recorder_open(bus, o, out);
+		if (rc != -EBUSY)
+			return rc;
+		if (!told) {
+			fprintf(stderr, "shmbus: record: %s; standing by until it goes\n", shmbus_errmsg());
+			told = true;
+		}
+		if (stop_asked)
+			return 1;
+		nanosleep(&(struct timespec){0, STANDBY_POLL_NS}, NULL);
+		if (stop_asked)
+			return 1;
+	}
 }
 
 int parse_sync_level(const char *arg, shmbus_sync_t *out)
@@ -431,13 +462,17 @@ int cmd_record(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	shmbus_recorder_t *rec;
-	rc = shmbus_recorder_open(bus, &o, &rec);
-	if (rc < 0) {
-		rc = cli_lib_error("record", rc);
+	rc = open_or_stand_by(bus, &o, &rec);
+	if (rc != 0) {
+		if (rc > 0)
+			fprintf(stderr, "shmbus: record: stopped while standing by\n");
+		rc = rc > 0 ? 0 : cli_lib_error("record", rc);
 		shmbus_close(bus);
 		return rc;
 	}
 	recorder = rec;
+	if (stop_asked) /* came before `recorder` was set */
+		shmbus_recorder_stop(rec);
 	int64_t n = shmbus_recorder_run(rec, -1);
 	recorder = NULL;
 	shmbus_recorder_stats_t s;

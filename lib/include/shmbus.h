@@ -1021,7 +1021,8 @@ typedef struct shmbus_recorder shmbus_recorder_t;
 /*
  * shmbus_recorder_open - become the bus's recorder: a durable subscription
  * ("shmbus.recorder") that matches everything. One recorder per bus: this
- * waits until the current one dies or closes (unless no_wait). It opens or
+ * waits until the current one dies or closes (unless no_wait; -EINTR if a
+ * signal handler installed without SA_RESTART runs meanwhile). It opens or
  * creates the log, cuts a torn tail, and resumes exactly after the last
  * complete record. Errors name the file and what is wrong with it.
  */
