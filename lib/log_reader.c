@@ -37,7 +37,7 @@ static int rebuild(shmbus_bus_t *bus, struct log_seg *s, const char *idx_why)
 	uint64_t end, bad;
 	const char *why = NULL;
 	uint32_t cap = s->hdr->capacity ? s->hdr->capacity : (uint32_t)(s->map_len / 64);
-	int rc = log_seg_build_index(s, cap, &end, &bad, &why);
+	int rc = log_seg_build_index(s, cap, true, &end, &bad, &why);
 	if (rc < 0)
 		return rc;
 	log_damage(bus, EBADMSG, "index of segment '%s' is %s; rebuilt from the records", s->path, idx_why);

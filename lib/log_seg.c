@@ -187,7 +187,23 @@ int log_seg_entry_ok(const struct log_seg *s, uint64_t i, uint64_t *off_out, uin
 	return 0;
 }
 
-int log_seg_build_index(struct log_seg *s, uint32_t cap, uint64_t *end_off, uint64_t *bad_off, const char **bad_why)
+/* A record at off that is a valid event of segment s (whose index has
+ * cap positions): 0, else -EBADMSG (or 1 for zeros) and *why. */
+static int event_record_here(const struct log_seg *s, uint32_t cap, uint64_t off, const char **why)
+{
+	int rc = log_rec_check(s->base, s->map_len, off, why);
+	if (rc != 0)
+		return rc;
+	const struct log_record *r = (const struct log_record *)(const void *)(s->base + off);
+	if (r->kind != LOG_REC_EVENT || r->seq < s->first_seq || r->seq - s->first_seq >= cap) {
+		*why = "record does not belong in this segment";
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+int log_seg_build_index(struct log_seg *s, uint32_t cap, bool past_damage, uint64_t *end_off, uint64_t *bad_off,
+			const char **bad_why)
 {
 	free(s->own_time);
 	free(s->own_pos);
@@ -196,20 +212,41 @@ int log_seg_build_index(struct log_seg *s, uint32_t cap, uint64_t *end_off, uint
 	if (!s->own_time || !s->own_pos)
 		return shmbus__fail(ENOMEM, "out of memory");
 	s->cap = cap;
-	uint64_t off = LOG_DATA_OFF, n = 0, tmax = 0;
+	uint64_t off = LOG_DATA_OFF, n = 0, tmax = 0, end = off;
+	/* records reach this far, by the header (a damaged header: the file) */
+	uint64_t reach = at_load_acquire_u64(&s->hdr->tail);
+	if (reach < LOG_DATA_OFF || reach > s->map_len)
+		reach = s->map_len;
 	*bad_off = 0;
 	for (;;) {
 		const char *why = NULL;
-		int rc = log_rec_check(s->base, s->map_len, off, &why);
-		if (rc == 1)
+		int rc = event_record_here(s, cap, off, &why);
+		/* zeros: the end, for a writer wherever they are (a torn tail) */
+		if (rc == 1 && (!past_damage || off >= reach))
 			break;
-		const struct log_record *r = (const struct log_record *)(const void *)(s->base + off);
-		if (rc < 0 || r->kind != LOG_REC_EVENT || r->seq < s->first_seq || r->seq - s->first_seq >= cap ||
-		    n >= cap) {
-			*bad_off = off;
-			*bad_why = why ? why : "record does not belong in this segment";
-			break;
+		if (rc == 0 && n >= cap) {
+			if (!*bad_off) {
+				*bad_off = off;
+				*bad_why = "record does not belong in this segment";
+			}
+			break; /* more records than positions: nothing further fits */
 		}
+		if (rc != 0) {
+			if (!*bad_off) {
+				*bad_off = off;
+				*bad_why = rc == 1 ? "zeros where the header says records continue" : why;
+			}
+			if (!past_damage)
+				break;
+			const char *skip;
+			do
+				off += 8;
+			while (off < reach && event_record_here(s, cap, off, &skip) != 0);
+			if (off >= reach)
+				break;
+			continue;
+		}
+		const struct log_record *r = (const struct log_record *)(const void *)(s->base + off);
 		const struct seg_event *ev = (const struct seg_event *)(const void *)r->body;
 		if (ev->published_ns > tmax)
 			tmax = ev->published_ns;
@@ -219,8 +256,9 @@ int log_seg_build_index(struct log_seg *s, uint32_t cap, uint64_t *end_off, uint
 		s->own_time[n].pos_delta = (uint32_t)(r->seq - s->first_seq);
 		n++;
 		off += log_rec_size(r->len);
+		end = off;
 	}
 	s->nrec = n;
-	*end_off = off;
+	*end_off = end;
 	return 0;
 }

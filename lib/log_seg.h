@@ -28,11 +28,17 @@ int log_seg_entry_ok(const struct log_seg *s, uint64_t i, uint64_t *off_out, uin
 
 /*
  * log_seg_build_index - index the segment in memory from its records
- * (for a missing or corrupt index file): stops at the first record that
- * is not a valid event of this segment. *end_off is where the valid
- * records end; *bad_off is the damaged record's offset (0: clean end).
+ * (for a missing or corrupt index file). At the first record that is not
+ * a valid event of this segment it stops, or with past_damage looks for
+ * the next valid one and goes on from there, as far as the header's tail
+ * says records reach (a reader, or a segment kept sealed around damage
+ * in its middle: what follows the damage stays reachable; not a writer
+ * recovering a torn tail, which must end at the first damage). *end_off
+ * is where the last record indexed ends; *bad_off is the first damaged
+ * record's offset (0: none).
  */
-int log_seg_build_index(struct log_seg *s, uint32_t cap, uint64_t *end_off, uint64_t *bad_off, const char **bad_why);
+int log_seg_build_index(struct log_seg *s, uint32_t cap, bool past_damage, uint64_t *end_off, uint64_t *bad_off,
+			const char **bad_why);
 
 static inline const struct log_time_entry *log_seg_time(const struct log_seg *s, uint64_t i)
 {

@@ -394,9 +394,11 @@ static void cut_tail(struct log_seg *s, uint64_t off)
 }
 
 /* Rewrite the index of the open segment from its records (the index file
- * is recreated). Returns where the valid records end and, in *bad_off,
- * the first damaged record's offset (0: none). */
-static int reindex(struct log_writer *w, uint64_t *end, uint64_t *bad_off, const char **why)
+ * is recreated), up to the first damaged record or, with past_damage, of
+ * every valid record (log_seg_build_index). Returns where the records
+ * indexed end and, in *bad_off, the first damaged record's offset (0:
+ * none). */
+static int reindex(struct log_writer *w, bool past_damage, uint64_t *end, uint64_t *bad_off, const char **why)
 {
 	uint64_t first = w->seg.first_seq;
 	int rc;
@@ -409,7 +411,7 @@ static int reindex(struct log_writer *w, uint64_t *end, uint64_t *bad_off, const
 	w->seg.time = NULL;
 	if ((rc = create_index(w, first)) < 0)
 		return rc;
-	if ((rc = log_seg_build_index(&w->seg, w->index_positions, end, bad_off, why)) < 0)
+	if ((rc = log_seg_build_index(&w->seg, w->index_positions, past_damage, end, bad_off, why)) < 0)
 		return rc;
 	/* reopen to map the new index writable, then copy the rebuilt table */
 	struct log_seg tmp = w->seg;
@@ -454,12 +456,15 @@ static int recover(struct log_writer *w, uint32_t slot_size)
 	struct log_seg *s = &w->seg;
 	uint64_t off = LOG_DATA_OFF, bad = 0, k = 0;
 	const char *why = NULL;
+	bool reindexed = false;
 	int rc;
 	if (!s->pos || s->cap != w->index_positions) {
 		if (s->pos && s->cap != w->index_positions)
 			w->index_positions = s->cap; /* keep the segment's own geometry */
-		else if ((rc = reindex(w, &off, &bad, &why)) < 0)
+		else if ((rc = reindex(w, false, &off, &bad, &why)) < 0)
 			return rc;
+		else
+			reindexed = true;
 		k = s->nrec;
 	}
 	if (s->pos && k == 0) {
@@ -508,6 +513,15 @@ static int recover(struct log_writer *w, uint32_t slot_size)
 		shmbus__fail(EBADMSG, "segment '%s': damaged record at offset %llu (%s); sealed, new records go to a new segment",
 			     s->path, (unsigned long long)bad, why);
 		w->damaged = true;
+		/* an index rebuilt above ends at the damage: index what follows
+		 * it too, or readers never reach it */
+		uint64_t end2, bad2;
+		const char *why2;
+		if (reindexed) {
+			if ((rc = reindex(w, true, &end2, &bad2, &why2)) < 0)
+				return rc;
+			at_store_release_u64(&s->hdr->records, s->nrec); /* the new index's entries */
+		}
 		uint64_t n = at_load_acquire_u64(&s->hdr->records), eoff, eseq;
 		if (n > s->cap)
 			n = s->cap;
