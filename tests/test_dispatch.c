@@ -838,6 +838,30 @@ Test(dispatch, cli_sub_exec_runs_a_command_per_event_and_retries_failures)
 	shmbus_close(bus);
 }
 
+/* --count with --timeout counts only what finished in time: a command
+ * still running at the timeout used to be waited for and counted (exit 0
+ * after 3 s with --timeout 500ms). Inline and on worker threads. */
+Test(dispatch, cli_sub_exec_counts_only_what_finished_by_the_timeout)
+{
+	const char *cli = cli_path();
+	shmbus_bus_t *bus = tc_create(NULL);
+	static const char *const workers[] = {"1", "2"};
+	for (int w = 0; w < 2; w++) {
+		pid_t pid = tc_fork(publish_ok_and_bad, NULL);
+		char *argv[] = {(char *)cli, "sub", tc_bus, "--id", "execer", "--exec", "sleep 1", "--concurrency",
+				(char *)workers[w], "--count", "1", "--timeout", "300ms", NULL};
+		struct tc_run_result r;
+		cr_assert_eq(tc_run(argv, 30000, &r), 0);
+		cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1, "--concurrency %s: %s, stderr %s", workers[w],
+			  tc_status_str(r.status), r.err);
+		cr_expect(strstr(r.err, "timed out after 0 of 1 events"), "--concurrency %s: stderr %s", workers[w], r.err);
+		tc_run_free(&r);
+		int st;
+		cr_assert_eq(tc_wait(pid, 10000, &st), 0);
+	}
+	shmbus_close(bus);
+}
+
 Test(dispatch, cli_sub_exec_options_are_checked)
 {
 	const char *cli = cli_path();

@@ -30,8 +30,18 @@ extern char **environ;
 
 struct exec_ctx {
 	const struct sub_exec_args *a;
-	atomic_ulong finished; /* succeeded, or failed for the last time */
+	uint64_t deadline;     /* --timeout's end (UINT64_MAX: none) */
+	atomic_ulong finished; /* succeeded, or failed for the last time, by the deadline */
 };
+
+/* One event's handling is over: it counts if it ended in time. A command
+ * still running at the deadline finishes (the exit waits for it), but
+ * --count is about what was handled by then. */
+static void finished_one(struct exec_ctx *c)
+{
+	if (cli_now_ns() <= c->deadline)
+		atomic_fetch_add(&c->finished, 1);
+}
 
 /* Write all of buf; a command that does not read its stdin is fine. */
 static void write_all(int fd, const char *buf, size_t len)
@@ -130,7 +140,7 @@ static int exec_handler(const shmbus_event_t *ev, void *arg)
 	struct exec_ctx *c = arg;
 	int rc = run_command(c->a, ev);
 	if (rc == 0)
-		atomic_fetch_add(&c->finished, 1);
+		finished_one(c);
 	return rc;
 }
 
@@ -139,7 +149,7 @@ static void exec_dead(const shmbus_event_t *ev, int reason, void *arg)
 {
 	(void)ev;
 	(void)reason;
-	atomic_fetch_add(&((struct exec_ctx *)arg)->finished, 1);
+	finished_one(arg);
 }
 
 int sub_exec_run(shmbus_sub_t *sub, const struct sub_exec_args *a, volatile sig_atomic_t *stop)
@@ -149,7 +159,7 @@ int sub_exec_run(shmbus_sub_t *sub, const struct sub_exec_args *a, volatile sig_
 	int rc = shmbus_dispatcher_open(&(shmbus_dispatcher_opts_t){.workers = workers}, &d);
 	if (rc < 0)
 		return cli_lib_error("sub", rc);
-	struct exec_ctx c = {.a = a};
+	struct exec_ctx c = {.a = a, .deadline = a->has_timeout ? cli_now_ns() + a->timeout_ns : UINT64_MAX};
 	shmbus_handler_opts_t ho = {
 		.handler = exec_handler,
 		.on_dead = exec_dead,
@@ -162,7 +172,7 @@ int sub_exec_run(shmbus_sub_t *sub, const struct sub_exec_args *a, volatile sig_
 		shmbus_dispatcher_close(d);
 		return cli_lib_error("sub", rc);
 	}
-	uint64_t deadline = a->has_timeout ? cli_now_ns() + a->timeout_ns : UINT64_MAX;
+	uint64_t deadline = c.deadline;
 	int status = 0;
 	while (!*stop && (!a->count || atomic_load(&c.finished) < a->count)) {
 		uint64_t now = cli_now_ns();
