@@ -851,6 +851,13 @@ static void decode_queue(shmbus_inspect_t *in, const struct seg_sub *s, shmbus_i
 		o->queue_depth += depth;
 		scan_queue(in, s, o, k);
 	}
+	/* queue positions carry on across reuses of the record: count from
+	 * where they stood when this subscription took it, as the metrics do */
+	if (s->routed_base <= o->routed)
+		o->routed -= s->routed_base;
+	else
+		problem(in, "sub[%u]: queue tails %llu are behind where they stood when the record was taken (%llu)",
+			o->index, (unsigned long long)o->routed, (unsigned long long)s->routed_base);
 }
 
 /*

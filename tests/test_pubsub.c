@@ -1044,6 +1044,41 @@ Test(pubsub, pause_resume_unsubscribe_and_list)
 	shmbus_close(bus);
 }
 
+/* The routed count of a subscription whose record an earlier one used
+ * starts from zero, in the metrics and in the inspector (shm-dump showed
+ * the queue tails of every earlier user too). */
+Test(pubsub, a_reused_subscription_record_counts_its_own_routings)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.max_subscribers = 1; /* the second subscription must take the first's record */
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_sub_t *first = tc_sub(bus, NULL);
+	for (uint32_t i = 0; i < 2; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "before", 0, i), 0);
+	cr_assert_eq(tc_drain(first, NULL, NULL), 2);
+	shmbus_sub_close(first);
+	shmbus_sub_t *second = tc_sub(bus, NULL);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "after", 0, 9), 0);
+	shmbus_sub_info_t v;
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, &v, 1), 1);
+	cr_assert_eq(v.routed, 1, "metrics: routed %llu", (unsigned long long)v.routed);
+	shmbus_inspect_t *in;
+	cr_assert_eq(shmbus_inspect_open(tc_bus, &in), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_inspect_sub_count(in), 1);
+	shmbus_inspect_sub_t *o = malloc(sizeof *o); /* large: its consumers */
+	cr_assert_not_null(o);
+	cr_assert_eq(shmbus_inspect_sub(in, 0, o), 0);
+	cr_assert_eq(o->routed, 1, "inspector: routed %llu", (unsigned long long)o->routed);
+	free(o);
+	cr_assert_eq(shmbus_inspect_problem_count(in), 0, "%s", shmbus_inspect_problem(in, 0));
+	shmbus_inspect_close(in);
+	cr_assert_eq(tc_drain(second, NULL, NULL), 1);
+	shmbus_sub_close(second);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(pubsub, held_limit_gives_enobufs)
 {
 	shmbus_config_t cfg = tc_small_cfg();

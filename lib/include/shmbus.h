@@ -910,7 +910,8 @@ typedef struct {
 	uint64_t head[3], tail[3]; /* per queue: 0 urgent, 1 normal, 2 redelivery */
 	uint64_t queue_depth;	 /* sum of tail - head over the queues */
 	uint64_t held;		 /* held entries over all consumers, revoked ones not counted */
-	uint64_t routed;	 /* descriptors ever queued by publishers (sum of tails 0 and 1) */
+	uint64_t routed;	 /* descriptors queued by publishers to this subscription (tails 0
+				    and 1 since the record was taken: shmbus_get_metrics's) */
 	uint64_t delivered;	 /* retired total plus every active consumer's */
 	uint64_t filtered, missed, dropped_full;
 	uint64_t demotions, redelivered, revoked;
