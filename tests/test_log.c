@@ -1012,6 +1012,41 @@ Test(log, a_lost_index_is_rebuilt_past_a_damaged_record)
 	shmbus_close(bus);
 }
 
+/* shm-dump on a segment file shows its last --events records, as on a live
+ * bus (it showed the first ones), and counts them all. */
+Test(log, shm_dump_of_a_segment_shows_its_last_records)
+{
+	const char *dump = getenv("SHM_DUMP");
+	cr_assert_not_null(dump, "SHM_DUMP is not set (run through meson test)");
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	enum { N = 18 };
+	char path[1200];
+	uint64_t ends[N];
+	make_log(bus, N, path, sizeof path, ends);
+	const shmbus_event_t *all[N];
+	cr_assert_eq(shmbus_get_events(bus, NULL, all, N), N);
+	char *argv[] = {(char *)dump, path, "--events", "3", NULL};
+	struct tc_run_result r;
+	cr_assert_eq(tc_run(argv, 10000, &r), 0);
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "%s: %s", tc_status_str(r.status), r.err);
+	int shown = 0;
+	for (const char *p = r.out; (p = strstr(p, "\n@")); p++)
+		shown++;
+	cr_expect_eq(shown, 3, "records shown: %d\n%s", shown, r.out);
+	for (int i = 0; i < N; i++) {
+		char want[64];
+		snprintf(want, sizeof want, " seq=%llu\n", (unsigned long long)shmbus_event_seq(all[i]));
+		bool there = strstr(r.out, want) != NULL;
+		cr_expect_eq(there, i >= N - 3, "record %d %s", i, there ? "shown" : "not shown");
+	}
+	char total[64];
+	snprintf(total, sizeof total, "%d valid records", N);
+	cr_expect(strstr(r.out, total), "%s", r.out);
+	tc_run_free(&r);
+	shmbus_close(bus);
+}
+
 /* Copy the event at seq from the ring into a writer reservation. */
 static void reserve_copy(struct log_writer *w, shmbus_bus_t *bus, uint64_t seq)
 {

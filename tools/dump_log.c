@@ -13,10 +13,16 @@
 
 struct dump_ctx {
 	bool json;
-	uint32_t max_events, shown;
+	uint64_t skip;		/* records not shown: all but the last max_events */
 	uint64_t records, damaged;
 	int rc;
 };
+
+static void count_record(const shmbus_logi_item_t *it, void *arg)
+{
+	if (it->kind == SHMBUS_LOGI_RECORD)
+		++*(uint64_t *)arg;
+}
 
 static void out_item(const shmbus_logi_item_t *it, void *arg)
 {
@@ -24,12 +30,8 @@ static void out_item(const shmbus_logi_item_t *it, void *arg)
 	static const char *const kinds[] = {"?", "event", "dead_letter", "tombstone"};
 	if (d->rc < 0)
 		return;
-	if (it->kind == SHMBUS_LOGI_RECORD) {
-		d->records++;
-		if (d->shown >= d->max_events)
-			return;
-		d->shown++;
-	}
+	if (it->kind == SHMBUS_LOGI_RECORD && d->records++ < d->skip)
+		return;
 	if (it->kind == SHMBUS_LOGI_DAMAGE)
 		d->damaged++;
 	if (d->json) {
@@ -87,8 +89,13 @@ bool dump_is_log_file(const char *target)
 
 int dump_log_file(const char *path, bool json, uint32_t max_events)
 {
-	struct dump_ctx d = {.json = json, .max_events = max_events};
-	int rc = shmbus_log_inspect_file(path, out_item, &d);
+	/* the last max_events records, as of a live bus: counted first */
+	uint64_t total = 0;
+	int rc = shmbus_log_inspect_file(path, count_record, &total);
+	if (rc < 0)
+		return cli_lib_error(path, rc);
+	struct dump_ctx d = {.json = json, .skip = total > max_events ? total - max_events : 0};
+	rc = shmbus_log_inspect_file(path, out_item, &d);
 	if (rc < 0)
 		return cli_lib_error(path, rc);
 	if (d.rc < 0) {
