@@ -236,16 +236,22 @@ static void revoke_all_held(shmbus_bus_t *bus, uint32_t idx)
 		}
 		at_count_u64(&s->delivered_total, at_load_relaxed_u64(&con->delivered));
 		at_store_relaxed_u64(&con->delivered, 0);
-		/* A live consumer in the middle of a take (its intent names a
-		 * run the drain could not see) keeps its entry: it drops the run
-		 * when it sees the removal and frees the entry then
-		 * (sub_consumer_forget); should it die first, reclaim finds the
-		 * run through the entry. Freed now, the run would be nobody's. */
-		/* dead or alive: one that died after the sweep above left its
-		 * run here, and only its reclaim (reclaim_detached) finds it */
+		/* A consumer in the middle of a take (its intent names a run
+		 * the drain could not see) keeps its entry, dead or alive: it
+		 * drops the run when it sees the removal and frees the entry
+		 * then (sub_consumer_forget); one that died after the sweep
+		 * above left its run here, and only its reclaim finds it
+		 * (reclaim_detached). Freed now, the run would be nobody's.
+		 * So does any live one: until it has seen the removal it may
+		 * still take from the record's queues and write its entry, and
+		 * a record with a DETACHED entry is not given to a new
+		 * subscription (find_free). Reused at once, the stale consumer
+		 * took the new subscription's events and dropped them as
+		 * removed, or shared an entry with its consumer. */
 		bool taking = st != SEG_CONSUMER_FREE &&
 			      seg_take_state(at_load_acquire_u32(&con->take.info)) != SEG_TAKE_NONE;
-		at_store_release_u32(&con->state, taking ? SEG_CONSUMER_DETACHED : SEG_CONSUMER_FREE);
+		bool keep = taking || (st == SEG_CONSUMER_ACTIVE && consumer_alive(bus, con));
+		at_store_release_u32(&con->state, keep ? SEG_CONSUMER_DETACHED : SEG_CONSUMER_FREE);
 	}
 }
 
@@ -312,17 +318,21 @@ static int find_keyed(shmbus_bus_t *bus, const char *subscriber, const char *gro
 	return -1;
 }
 
-/* A free record with a consumer entry that is not DETACHED (a removal
- * may leave all of them to consumers still taking). */
+/* A free record none of whose consumer entries a removal left DETACHED:
+ * their consumers, still alive or still inside a take, may yet take from
+ * its queues (see revoke_all_held). They free their entries once they see
+ * the removal, or a survivor does once they are dead. */
 static int find_free(shmbus_bus_t *bus)
 {
 	for (uint32_t i = 0; i < bus->max_subs; i++) {
 		struct seg_sub *s = bus_sub(bus, i);
 		if (at_load_acquire_u32(&s->state) != SEG_SUB_FREE)
 			continue;
-		for (unsigned c = 0; c < SEG_CONSUMERS; c++)
-			if (at_load_acquire_u32(&s->consumers[c].state) != SEG_CONSUMER_DETACHED)
-				return (int)i;
+		bool detached = false;
+		for (unsigned c = 0; c < SEG_CONSUMERS && !detached; c++)
+			detached = at_load_acquire_u32(&s->consumers[c].state) == SEG_CONSUMER_DETACHED;
+		if (!detached)
+			return (int)i;
 	}
 	return -1;
 }
@@ -387,15 +397,30 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		int c = consumer_join(bus, s);
 		if (c < 0)
 			return c;
-		if (r->has_filter)
+		/* A replacement takes the subscription out of routing for a
+		 * grace period, and what is published meanwhile never reaches
+		 * it: only for a filter that differs. A restarted durable
+		 * subscriber or a group member that passes the filter it had
+		 * (compiled from zeroed memory, so equal filters are equal
+		 * bytes) loses nothing; each one used to. */
+		if (r->has_filter && memcmp(&s->filter, &r->filter, sizeof r->filter) != 0)
 			install_filter(bus, (uint32_t)idx, &r->filter, true);
 		*idx_out = (uint32_t)idx;
 		*cons_out = c;
 		return 0;
 	}
-	if ((idx = find_free(bus)) < 0)
+	if ((idx = find_free(bus)) < 0) {
+		uint32_t waiting = 0;
+		for (uint32_t i = 0; i < bus->max_subs; i++)
+			waiting += at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_FREE;
+		if (waiting)
+			return shmbus__fail(ENOSPC,
+					    "bus '%s' has no free subscription record (max subscribers %u; %u of "
+					    "removed subscriptions wait for their consumers to see the removal)",
+					    bus->name, bus->max_subs, waiting);
 		return shmbus__fail(ENOSPC, "bus '%s' has no free subscription record (max subscribers %u)", bus->name,
 				    bus->max_subs);
+	}
 	struct seg_sub *s = bus_sub(bus, (uint32_t)idx);
 	at_store_release_u32(&s->state, SEG_SUB_INIT);
 	at_fetch_add_u64(&s->generation, 1);
@@ -436,13 +461,12 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		tails += queue_pushed(&q);
 	}
 	at_store_relaxed_u64(&s->routed_base, tails);
-	/* entries a removal left DETACHED stay their consumers' until freed */
+	/* none is DETACHED (find_free), and none turns so: removals hold
+	 * the table lock too */
 	for (unsigned c = 0; c < SEG_CONSUMERS; c++)
-		if (at_load_acquire_u32(&s->consumers[c].state) != SEG_CONSUMER_DETACHED)
-			at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
+		at_store_relaxed_u32(&s->consumers[c].state, SEG_CONSUMER_FREE);
 	int c = consumer_join(bus, s);
 	if (c < 0) {
-		/* every entry went DETACHED since find_free looked: give it up */
 		sub_remove_locked(bus, (uint32_t)idx);
 		return c;
 	}

@@ -379,9 +379,14 @@ typedef struct {
 /*
  * shmbus_subscribe - create a subscription, or attach to an existing durable
  * one (same key; its stored filter and queued events are kept, and replaced
- * by opts->filter only if that is not NULL) or join a group (same group
- * name). Errors: -ENOSPC (no free subscription record or group member
- * entry), -E2BIG (filter too large), -EINVAL, -ENAMETOOLONG, -EEXIST (a
+ * by opts->filter only if that is not NULL and differs) or join a group
+ * (same group name; the same rule for the group's one filter). Replacing
+ * a filter takes the subscription out of routing for a moment: events
+ * published meanwhile do not reach it and are not counted (passing the
+ * filter it has already replaces nothing). Errors: -ENOSPC (no free
+ * subscription record or group member entry; a removed subscription's
+ * record is free for another only once its live consumers have seen the
+ * removal), -E2BIG (filter too large), -EINVAL, -ENAMETOOLONG, -EEXIST (a
  * durable subscription with this key exists with another policy or group).
  */
 int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts, shmbus_sub_t **out);
@@ -455,7 +460,10 @@ bool shmbus_from_log(const shmbus_sub_t *sub, const shmbus_event_t *ev);
 uint64_t shmbus_take_missed(shmbus_sub_t *sub);
 
 /* Pause (publishers skip the subscription; nothing is queued while paused),
- * resume, and remove by id, from any process attached to the bus. */
+ * resume, and remove by id, from any process attached to the bus. A
+ * removed subscription's consumers learn it at their next poll or wait
+ * (-ESHUTDOWN); its record is not used for another subscription before
+ * they have, or have died. */
 int shmbus_pause(shmbus_bus_t *bus, shmbus_sub_id_t id);
 int shmbus_resume(shmbus_bus_t *bus, shmbus_sub_id_t id);
 int shmbus_unsubscribe_id(shmbus_bus_t *bus, shmbus_sub_id_t id);
