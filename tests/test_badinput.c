@@ -483,6 +483,39 @@ Test(badinput, cli_sub_and_log_queries_reject_oversize_items)
 	fixture_down(&f);
 }
 
+/* Output that cannot be written (a full disk: /dev/full) is a runtime
+ * failure reported on stderr, by every command that prints: several exited
+ * 0 with their output lost, or 1 without a word. */
+Test(badinput, cli_output_that_cannot_be_written_is_reported)
+{
+	struct fixture f;
+	fixture_up(&f, 1024);
+	const char *cli = tool("SHMBUS_CLI"), *dump = tool("SHM_DUMP");
+	static const struct {
+		bool dump;
+		const char *cmd, *opts; /* cmd NULL: shm-dump of the bus */
+		bool bus;
+	} cmds[] = {
+		{false, "help", "", false},	{false, "ls", "", false},	  {false, "ls", "--json", false},
+		{false, "info", "", true},	{false, "info", "--json", true}, {false, "stat", "", true},
+		{false, "stat", "--prometheus", true}, {true, NULL, "", true},	  {true, NULL, "--json", true},
+	};
+	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+		char line[512];
+		snprintf(line, sizeof line, "'%s' %s %s %s >/dev/full", cmds[i].dump ? dump : cli,
+			 cmds[i].cmd ? cmds[i].cmd : "", cmds[i].bus ? tc_bus : "", cmds[i].opts);
+		char *argv[] = {"/bin/sh", "-c", line, NULL};
+		struct tc_run_result r;
+		cr_assert_eq(tc_run(argv, RUN_TIMEOUT_MS, &r), 0);
+		cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1, "%s: %s, want exit 1\nstderr: %s", line,
+			  tc_status_str(r.status), r.err);
+		cr_expect(strstr(r.err, "cannot write output: No space left on device"), "%s: stderr \"%s\"", line, r.err);
+		tc_run_free(&r);
+	}
+	assert_bus_intact(&f, "output errors");
+	fixture_down(&f);
+}
+
 Test(badinput, cli_runtime_errors)
 {
 	struct tc_run_result r;

@@ -33,6 +33,27 @@ void cli_error(const char *what, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+static bool output_reported;
+
+int cli_output_failed(const char *what, int err)
+{
+	if (!output_reported)
+		cli_error(what, "cannot write output: %s", err ? strerror(err) : "write error");
+	output_reported = true;
+	return EXIT_RUNTIME;
+}
+
+int cli_finish_output(const char *what, int rc)
+{
+	errno = 0;
+	bool failed = fflush(stdout) == EOF;
+	int err = failed ? errno : 0;
+	if (!failed && !ferror(stdout))
+		return rc;
+	cli_output_failed(what, err);
+	return rc == 0 ? EXIT_RUNTIME : rc;
+}
+
 /*
  * The library's thread-local message names the reason more precisely than
  * strerror, but it may be stale (left from an earlier call) or empty; fall

@@ -26,6 +26,19 @@ __attribute__((format(printf, 2, 3))) void cli_error(const char *what, const cha
  * something to say, else strerror(-rc). Returns EXIT_RUNTIME. */
 int cli_lib_error(const char *what, int rc);
 
+/* Report that standard output could not be written (err: an errno value,
+ * 0 if unknown), once per process. Returns EXIT_RUNTIME. */
+int cli_output_failed(const char *what, int err);
+
+/*
+ * The end of a command whose result is rc: flush standard output, and if
+ * it or any earlier write to it failed, report that (unless reported
+ * already) and return EXIT_RUNTIME in place of a success. A full disk or
+ * a reader that went away (| head) is a failure to say, never a silent
+ * exit 0 with the output lost.
+ */
+int cli_finish_output(const char *what, int rc);
+
 /*
  * Strict number parsers: the whole string must be a number in [min, max],
  * no sign unless negative values are allowed, no spaces. Return 0 or

@@ -107,6 +107,7 @@ static int take_criterion(const char *cmd, int c, const char *arg, shmbus_query_
 }
 
 struct printer {
+	const char *cmd;
 	bool json;
 	int rc;
 };
@@ -126,6 +127,7 @@ static bool print_one(const shmbus_event_t *ev, void *arg)
 	}
 	if (rc < 0) {
 		p->rc = rc;
+		cli_output_failed(p->cmd, -rc);
 		return false;
 	}
 	return true;

@@ -98,10 +98,8 @@ int dump_log_file(const char *path, bool json, uint32_t max_events)
 	rc = shmbus_log_inspect_file(path, out_item, &d);
 	if (rc < 0)
 		return cli_lib_error(path, rc);
-	if (d.rc < 0) {
-		cli_error("output", "%s", strerror(-d.rc));
-		return EXIT_RUNTIME;
-	}
+	if (d.rc < 0)
+		return cli_output_failed(path, -d.rc);
 	if (!json)
 		printf("%llu valid records, %llu damaged spots\n", (unsigned long long)d.records,
 		       (unsigned long long)d.damaged);

@@ -512,11 +512,9 @@ static int dump(const struct dump_opts *o)
 	bool clean = shmbus_inspect_problem_count(in) == 0;
 	shmbus_inspect_close(in);
 	if (rc == 0 && fflush(stdout) == EOF)
-		rc = -EIO;
-	if (rc < 0) {
-		cli_error("output", "%s", strerror(-rc));
-		return EXIT_RUNTIME;
-	}
+		rc = errno ? -errno : -EIO;
+	if (rc < 0)
+		return cli_output_failed(o->target, -rc);
 	return clean ? 0 : EXIT_RUNTIME;
 }
 
@@ -577,6 +575,6 @@ int main(int argc, char **argv)
 	if (rc)
 		return rc;
 	if (dump_is_log_file(o.target))
-		return dump_log_file(o.target, o.json, o.events);
-	return dump(&o);
+		return cli_finish_output(o.target, dump_log_file(o.target, o.json, o.events));
+	return cli_finish_output(o.target, dump(&o));
 }

@@ -167,10 +167,8 @@ int emit_json(const char *cmd, json_t *j)
 	json_decref(j);
 	if (rc == 0 && fflush(stdout) == EOF)
 		rc = errno ? -errno : -EIO;
-	if (rc < 0) {
-		cli_error(cmd, "cannot write output: %s", strerror(-rc));
-		return EXIT_RUNTIME;
-	}
+	if (rc < 0)
+		return cli_output_failed(cmd, -rc);
 	return 0;
 }
 
@@ -684,10 +682,8 @@ static int stat_once(const char *name, shmbus_bus_t *bus, enum stat_format fmt)
 			print_prometheus(name, &s);
 		else
 			print_stat(name, &s);
-		if (fflush(stdout) == EOF) {
-			cli_error("stat", "cannot write output: %s", strerror(errno));
-			rc = EXIT_RUNTIME;
-		}
+		if (fflush(stdout) == EOF)
+			rc = cli_output_failed("stat", errno);
 	}
 	snapshot_free(&s);
 	return rc;
@@ -1048,8 +1044,7 @@ static int publish_all(shmbus_bus_t *bus, struct pub_args *a)
 			char text[SHMBUS_UUID_STR];
 			shmbus_uuid_format(&id, text);
 			if (printf("%s\n", text) < 0 || fflush(stdout) == EOF) {
-				cli_error("pub", "cannot write output: %s", strerror(errno));
-				rc = EXIT_RUNTIME;
+				rc = cli_output_failed("pub", errno);
 				break;
 			}
 		}
@@ -1316,10 +1311,8 @@ static int print_event(const struct sub_args *a, const shmbus_event_t *ev)
 	event_view_from_event(ev, &v);
 	if (a->json)
 		return emit_json("sub", event_json(&v));
-	if (event_print_line(stdout, &v) < 0 || fflush(stdout) == EOF) {
-		cli_error("sub", "cannot write output: %s", strerror(errno));
-		return EXIT_RUNTIME;
-	}
+	if (event_print_line(stdout, &v) < 0 || fflush(stdout) == EOF)
+		return cli_output_failed("sub", errno);
 	return 0;
 }
 
@@ -1495,7 +1488,7 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
 		fputs(usage_text, stdout);
-		return 0;
+		return cli_finish_output("help", 0);
 	}
 	const struct command *c = find_command(argv[1]);
 	if (!c) {
@@ -1507,5 +1500,5 @@ int main(int argc, char **argv)
 	 * subscription for the reclaimer. */
 	signal(SIGPIPE, SIG_IGN);
 	opterr = 0;
-	return c->run(argc - 1, argv + 1);
+	return cli_finish_output(argv[1], c->run(argc - 1, argv + 1));
 }
