@@ -418,6 +418,11 @@ Test(badinput, cli_pub_bad_arguments)
 	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x", "--data-file", "/nonexistent/shmbus/data.json");
 	expect_runtime(&r, "missing --data-file");
 	assert_bus_intact(&f, "missing --data-file");
+	/* endless: refused once past max_payload, not read to the end */
+	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x", "--data-file", "/dev/zero");
+	cr_expect(strstr(r.err, "max_payload"), "--data-file /dev/zero: %s", r.err);
+	expect_runtime(&r, "--data-file /dev/zero");
+	assert_bus_intact(&f, "--data-file /dev/zero");
 
 	/* A payload over this bus's max_payload (1024). */
 	char big[2100];

@@ -25,7 +25,6 @@
 #include "shmbus.h"
 #include "sub_exec.h"
 
-#define MAX_DATA_FILE (1u << 30)
 
 static volatile sig_atomic_t stop_requested;
 
@@ -795,6 +794,7 @@ struct pub_args {
 	shmbus_uuid_t correlation, causation;
 	shmbus_meta_t meta[SHMBUS_META_MAX];
 	char *payload_buf;
+	const char *data_file; /* --data-file, read once the bus's max_payload is known */
 	uint64_t count;
 	bool print_id;
 	bool has_timeout;
@@ -829,15 +829,21 @@ static int check_json(const char *what, const char *text, size_t len)
 /*
  * --data-file: the payload is the file's bytes. Content that parses as JSON
  * is sent as JSON, anything else as binary; a *.json file must parse (usage
- * error with the position otherwise). 0 or exit code.
+ * error with the position otherwise). Read once the bus is open, no
+ * further than its max_payload: a bigger file (or /dev/zero) is refused
+ * after that many bytes, not read whole first. 0 or exit code.
  */
-static int take_data_file(struct pub_args *a, const char *path)
+static int take_data_file(struct pub_args *a, const char *path, uint32_t max_payload)
 {
 	size_t len;
-	int rc = cli_read_file(path, MAX_DATA_FILE, &a->payload_buf, &len);
+	int rc = cli_read_file(path, max_payload, &a->payload_buf, &len);
+	if (rc == -EFBIG) {
+		cli_error("pub", "--data-file %s: more than the bus's max_payload of %u bytes", path, max_payload);
+		return EXIT_RUNTIME;
+	}
 	if (rc < 0) {
 		cli_error("pub", "--data-file %s: %s", path, strerror(-rc));
-		return rc == -EFBIG ? EXIT_USAGE : EXIT_RUNTIME;
+		return EXIT_RUNTIME;
 	}
 	a->msg.payload = a->payload_buf;
 	a->msg.payload_len = len;
@@ -1005,9 +1011,10 @@ static int take_pub_option(struct pub_args *a, int c, const char *arg)
 		a->msg.content_type = SHMBUS_CONTENT_JSON;
 		return 0;
 	case O_DATAFILE:
-		if (a->msg.payload)
+		if (a->msg.payload || a->data_file)
 			return usage_error("pub", "--data and --data-file exclude each other, and may be given once");
-		return take_data_file(a, arg);
+		a->data_file = arg;
+		return 0;
 	default:
 		return take_number_option(a, c, arg);
 	}
@@ -1101,7 +1108,9 @@ static int cmd_pub(int argc, char **argv)
 	if (rc == 0) {
 		shmbus_config_t cfg;
 		shmbus_bus_config(bus, &cfg);
-		if (a.msg.payload_len > cfg.max_payload) {
+		if (a.data_file && (rc = take_data_file(&a, a.data_file, cfg.max_payload)) != 0) {
+			/* said */
+		} else if (a.msg.payload_len > cfg.max_payload) {
 			cli_error("pub", "payload of %zu bytes exceeds the bus's max_payload of %u", a.msg.payload_len,
 				  cfg.max_payload);
 			rc = EXIT_RUNTIME;
