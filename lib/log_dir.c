@@ -79,6 +79,12 @@ int log_mkdirs(const char *dir)
 	return 0;
 }
 
+SHMBUS_API shmbus_sync_t shmbus_log_sync(const shmbus_bus_t *bus)
+{
+	uint32_t v = bus && bus->hdr ? at_load_acquire_u32(&bus->hdr->log_sync) : 0;
+	return v >= SHMBUS_SYNC_NONE && v <= SHMBUS_SYNC_ALWAYS ? (shmbus_sync_t)v : SHMBUS_SYNC_BATCH;
+}
+
 SHMBUS_API int shmbus_log_configure(shmbus_bus_t *bus, const shmbus_log_config_t *cfg)
 {
 	int rc = bus_check_usable(bus);
@@ -96,6 +102,11 @@ SHMBUS_API int shmbus_log_configure(shmbus_bus_t *bus, const shmbus_log_config_t
 		if (n >= SEG_LOG_DIR_MAX - SHMBUS_NAME_MAX - 2)
 			return shmbus__fail(ENAMETOOLONG, "log directory is longer than %u bytes",
 					    SEG_LOG_DIR_MAX - SHMBUS_NAME_MAX - 3);
+		/* It need not exist yet, but what exists must be able to hold
+		 * it: a file there would fail every recorder and `rm` later. */
+		struct stat st;
+		if (stat(cfg->dir, &st) == 0 ? !S_ISDIR(st.st_mode) : errno == ENOTDIR)
+			return shmbus__fail(ENOTDIR, "log directory '%s' is a file, or lies under one", cfg->dir);
 		if (at_load_acquire_u32(&h->log_dir_set)) {
 			if (strncmp(h->log_dir, cfg->dir, SEG_LOG_DIR_MAX) != 0)
 				return shmbus__fail(EEXIST, "bus '%s' already logs to '%.*s'", bus->name, 200,

@@ -445,10 +445,7 @@ SHMBUS_API void shmbus_recorder_stop(shmbus_recorder_t *r)
 
 static shmbus_sync_t level_of(shmbus_bus_t *bus, shmbus_sync_t asked)
 {
-	if (asked)
-		return asked;
-	uint32_t v = at_load_acquire_u32(&bus->hdr->log_sync);
-	return v >= SHMBUS_SYNC_NONE && v <= SHMBUS_SYNC_ALWAYS ? (shmbus_sync_t)v : SHMBUS_SYNC_BATCH;
+	return asked ? asked : shmbus_log_sync(bus);
 }
 
 SHMBUS_API int shmbus_recorder_open(shmbus_bus_t *bus, const shmbus_record_opts_t *opts, shmbus_recorder_t **out)

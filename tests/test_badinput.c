@@ -524,6 +524,19 @@ Test(badinput, cli_output_that_cannot_be_written_is_reported)
 Test(badinput, cli_runtime_errors)
 {
 	struct tc_run_result r;
+	/* a log root that is a file: refused at create, no bus left behind
+	 * (it was accepted, and `rm` failed on it later) */
+	char file[128];
+	snprintf(file, sizeof file, "/tmp/shmbus-test-%d-notadir", (int)getpid());
+	tc_track_file(file);
+	FILE *nd = fopen(file, "w");
+	cr_assert_not_null(nd);
+	fclose(nd);
+	CLI(&r, "create", tc_bus, "--log-dir", file);
+	cr_expect(strstr(r.err, "is a file"), "create --log-dir FILE: %s", r.err);
+	expect_runtime(&r, "create --log-dir FILE");
+	cr_assert_not(bus_exists(tc_bus), "create --log-dir FILE left a bus");
+	unlink(file);
 	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x");
 	expect_runtime(&r, "pub to a nonexistent bus");
 	cr_assert_not(bus_exists(tc_bus), "pub created the bus");
@@ -1164,6 +1177,11 @@ Test(badinput, cli_info_stat_rm)
 	       *subs = json_object_get(j, "subscriptions");
 	cr_assert(json_is_object(cfg), "info --json: no config object");
 	cr_expect_eq(json_integer_value(json_object_get(cfg, "slots")), 256);
+	/* the log settings are config too: where its log is, how it syncs */
+	char log_dir[1024];
+	cr_assert_gt(shmbus_log_dir(f.bus, log_dir, sizeof log_dir), 0);
+	cr_expect_str_eq(json_string_value(json_object_get(cfg, "log_dir")) ?: "(none)", log_dir);
+	cr_expect_str_eq(json_string_value(json_object_get(cfg, "log_sync")) ?: "(none)", "batch");
 	cr_assert(json_is_array(members) && json_array_size(members) >= 1, "info --json: no members");
 	bool me = false;
 	for (size_t i = 0; i < json_array_size(members); i++) {

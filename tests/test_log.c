@@ -681,6 +681,14 @@ Test(log, unusable_directories_give_clear_errors)
 	shmbus_recorder_t *rec;
 	cr_assert_lt(shmbus_recorder_open(bus, &(shmbus_record_opts_t){.no_wait = true}, &rec), 0);
 	cr_assert(strstr(shmbus_errmsg(), d), "%s", shmbus_errmsg());
+	/* a file as the log root, or above it, is refused when it is set */
+	shmbus_bus_t *b2 = NULL;
+	cr_assert_eq(shmbus_open(tc_bus, NULL, &b2), 0);
+	char under[1100];
+	snprintf(under, sizeof under, "%s/logs", d);
+	cr_assert_eq(shmbus_log_configure(b2, &(shmbus_log_config_t){.dir = d}), -ENOTDIR, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_log_configure(b2, &(shmbus_log_config_t){.dir = under}), -ENOTDIR, "%s", shmbus_errmsg());
+	shmbus_close(b2);
 	unlink(d);
 	/* full: a file size limit makes the segment allocation fail */
 	struct rlimit old, lim = {.rlim_cur = 1 << 16, .rlim_max = RLIM_INFINITY};
@@ -818,6 +826,58 @@ Test(log, the_cli_standby_recorder_stops_on_sigterm_and_takes_over)
 			  tc_status_str(status));
 		cr_assert_eq(n, 1, "the standby did not record the event after taking over (%lld)", (long long)n);
 	}
+	shmbus_close(bus);
+}
+
+/* `shmbus record --dir D` makes D the bus's log root: what it records is
+ * found by get and events (it was written where nothing looked), and a
+ * bus that logs elsewhere refuses another root. */
+Test(log, the_cli_recorder_dir_becomes_the_bus_log_root)
+{
+	const char *cli = getenv("SHMBUS_CLI");
+	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	char dir[600];
+	snprintf(dir, sizeof dir, "%s/elsewhere", root);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(cli, cli, "record", tc_bus, "--dir", dir, "--sync", "none", (char *)NULL);
+		_exit(127);
+	}
+	shmbus_pub_t *pub = tc_pub(bus, "p", -1);
+	shmbus_uuid_t id;
+	uint32_t v = 5;
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "x", .payload = &v, .payload_len = 4};
+	cr_assert_eq(shmbus_publish(pub, &m, &id), 0);
+	const shmbus_event_t *ev = NULL;
+	int rc = -ENOENT;
+	for (int i = 0; i < 200 && rc != 0; i++) {
+		tc_sleep_ms(25);
+		rc = shmbus_get_event(bus, &id, &ev);
+	}
+	kill(pid, SIGTERM);
+	int status;
+	cr_assert_eq(tc_wait(pid, 5000, &status), 0);
+	cr_assert_eq(rc, 0, "the event recorded under --dir is not found: %s", shmbus_errmsg());
+	cr_assert_eq(tc_payload_u32(ev), 5);
+	char got[1024], want[1200];
+	cr_assert_gt(shmbus_log_dir(bus, got, sizeof got), 0);
+	snprintf(want, sizeof want, "%s/%s", dir, tc_bus);
+	cr_assert_str_eq(got, want);
+	/* another root for the same bus is refused */
+	char other[700];
+	snprintf(other, sizeof other, "%s/other", root);
+	char *argv[] = {(char *)cli, "record", tc_bus, "--dir", other, NULL};
+	struct tc_run_result r;
+	cr_assert_eq(tc_run(argv, 10000, &r), 0);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1, "record --dir OTHER: %s", tc_status_str(r.status));
+	cr_expect(strstr(r.err, "already logs to"), "%s", r.err);
+	tc_run_free(&r);
+	shmbus_pub_close(pub);
 	shmbus_close(bus);
 }
 

@@ -458,6 +458,14 @@ int cmd_record(int argc, char **argv)
 	shmbus_bus_t *bus;
 	if ((rc = open_bus("record", argv[optind], &bus)))
 		return rc;
+	/* --dir becomes the bus's log root, so that get, events, replay, dlq
+	 * and rm find what is recorded there; a bus that logs elsewhere
+	 * already refuses it */
+	if (o.dir && (rc = shmbus_log_configure(bus, &(shmbus_log_config_t){.dir = o.dir})) < 0) {
+		rc = cli_lib_error("record", rc);
+		shmbus_close(bus);
+		return rc;
+	}
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_stop;

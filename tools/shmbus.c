@@ -333,14 +333,21 @@ static int cmd_ls(int argc, char **argv)
 
 /* ------------------------------------------------------------ info/stat */
 
-/* The bus configuration as a JSON object (NULL when out of memory). */
-static json_t *config_json(const shmbus_config_t *c)
+static const char *sync_name(shmbus_sync_t s)
+{
+	return s == SHMBUS_SYNC_NONE ? "none" : s == SHMBUS_SYNC_ALWAYS ? "always" : "batch";
+}
+
+/* The bus configuration as a JSON object (NULL when out of memory), with
+ * its log's directory (null if too long to name) and sync level. */
+static json_t *config_json(const shmbus_config_t *c, const char *log_dir, shmbus_sync_t log_sync)
 {
 	return json_add(json_object(), "slots", ju(c->slots), "slot_size", ju(c->slot_size), "max_payload", ju(c->max_payload),
 			"max_subscribers", ju(c->max_subscribers), "max_members", ju(c->max_members), "mode",
 			ju(c->mode), "block_timeout_ns", ju(c->block_timeout_ns), "stall_timeout_ns",
 			ju(c->stall_timeout_ns), "reclaim_timeout_ns", ju(c->reclaim_timeout_ns), "dead_letter_unrouted",
-			json_boolean(c->dead_letter_unrouted), NULL);
+			json_boolean(c->dead_letter_unrouted), "log_dir", *log_dir ? json_text(log_dir) : json_null(),
+			"log_sync", json_string(sync_name(log_sync)), NULL);
 }
 
 /* shmbus_get_metrics as a JSON object (NULL when out of memory). */
@@ -385,6 +392,8 @@ static json_t *member_json(const shmbus_member_info_t *m)
 /* Everything `info` and `stat` show, read once. */
 struct snapshot {
 	shmbus_config_t config;
+	char log_dir[1024];	/* <root>/<bus>: where its log is, or would be */
+	shmbus_sync_t log_sync; /* its recorders' sync level */
 	shmbus_metrics_t metrics;
 	shmbus_member_info_t *members;
 	size_t member_count;
@@ -410,6 +419,9 @@ static int snapshot_take(shmbus_bus_t *bus, struct snapshot *s)
 {
 	memset(s, 0, sizeof *s);
 	shmbus_bus_config(bus, &s->config);
+	if (shmbus_log_dir(bus, s->log_dir, sizeof s->log_dir) < 0)
+		s->log_dir[0] = '\0';
+	s->log_sync = shmbus_log_sync(bus);
 	int rc = shmbus_get_metrics(bus, &s->metrics);
 	if (rc < 0)
 		return rc;
@@ -460,7 +472,7 @@ static json_t *snapshot_json(const char *name, const struct snapshot *s, bool wi
 		return json_add(json_object(), "bus", json_text(name), "time", json_string(now), "metrics", metrics_json(&s->metrics),
 				"subscriptions", subs, NULL);
 	}
-	return json_add(json_object(), "name", json_text(name), "config", config_json(&s->config), "members", members, "subscriptions",
+	return json_add(json_object(), "name", json_text(name), "config", config_json(&s->config, s->log_dir, s->log_sync), "members", members, "subscriptions",
 			subs, "metrics", metrics_json(&s->metrics), NULL);
 }
 
@@ -488,6 +500,7 @@ static void print_info(const char *name, const struct snapshot *s)
 	printf("        block_timeout=%.3fs stall_timeout=%.3fs reclaim_timeout=%.3fs%s\n",
 	       (double)c->block_timeout_ns / 1e9, (double)c->stall_timeout_ns / 1e9,
 	       (double)c->reclaim_timeout_ns / 1e9, c->dead_letter_unrouted ? " dead_letter_unrouted" : "");
+	printf("log: %s sync=%s\n", *s->log_dir ? s->log_dir : "(name too long)", sync_name(s->log_sync));
 	printf("ring: %llu/%llu slots in use, next seq %llu, published %llu\n", (unsigned long long)m->ring_used,
 	       (unsigned long long)m->ring_slots, (unsigned long long)m->next_seq, (unsigned long long)m->published);
 	printf("members (%zu):\n", s->member_count);

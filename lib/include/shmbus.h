@@ -1002,16 +1002,22 @@ typedef struct {
 } shmbus_log_config_t;
 
 /* Set the bus's log root (once: -EEXIST if another one is set) and default
- * sync level. The directory need not exist yet; it must be absolute. */
+ * sync level. The directory need not exist yet; it must be absolute, and
+ * -ENOTDIR if it, or a directory above it, is a file. */
 int shmbus_log_configure(shmbus_bus_t *bus, const shmbus_log_config_t *cfg);
 /* The bus's log directory, <root>/<bus>. Returns its length or -ENAMETOOLONG. */
 int shmbus_log_dir(const shmbus_bus_t *bus, char *out, size_t cap);
+/* The sync level a recorder of the bus uses unless it asks for another:
+ * the one shmbus_log_configure set, else SHMBUS_SYNC_BATCH. */
+shmbus_sync_t shmbus_log_sync(const shmbus_bus_t *bus);
 /* Remove <root>/<name> and everything in it (root NULL: $SHMBUS_LOG_DIR or
  * the default root). 0, or -ENOENT if there was nothing. */
 int shmbus_log_remove(const char *name, const char *root);
 
 typedef struct {
-	const char *dir;	/* log root for this recorder; NULL: the bus's */
+	const char *dir;	/* log root for this recorder; NULL: the bus's. Readers look
+				   under the bus's root only: set it too (shmbus_log_configure),
+				   as `shmbus record --dir` does */
 	shmbus_sync_t sync;	/* 0: the bus's */
 	uint32_t batch_ms;	/* SYNC_BATCH interval (10 ms) */
 	uint64_t segment_bytes; /* roll a segment at this size (64 MiB) */
