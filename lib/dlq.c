@@ -284,6 +284,9 @@ static int64_t letter_body(const struct seg_event *e, const struct dlq_entry_in 
 	memcpy(&head, e, sizeof head);
 	head.committed = 1;
 	head.flags &= (uint16_t)~(SEG_EVF_REDELIVERED | SEG_EVF_DIRECTED);
+	/* its handling failed, whatever the copy said: RETRYING on a retry's
+	 * private copy, PUBLISHED on the ring's own */
+	head.status = SHMBUS_STATUS_FAILED;
 	memcpy(*buf, &d, sizeof d);
 	memcpy(*buf + sizeof d, &head, sizeof head);
 	memcpy(*buf + sizeof d + sizeof head, (const uint8_t *)e + sizeof head, e->size - sizeof head);

@@ -341,6 +341,13 @@ int seg_open(const char *name, struct seg_map *m, const char **why)
 		rc = -EPROTO;
 		*why = "segment was never fully created (its creator died): remove it with shmbus rm or gc";
 	}
+	/* A copy or a renamed object still names the bus it was made for, and
+	 * that name is where its log lives: attached under another name, its
+	 * recorder would write into the other bus's log. */
+	if (rc == 0 && strncmp(h.name, name, sizeof h.name) != 0) {
+		rc = -EPROTO;
+		*why = "segment was created as another bus (a copy, or a renamed object)";
+	}
 	if (rc)
 		goto fail;
 	m->fd = fd;

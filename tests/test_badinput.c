@@ -236,6 +236,16 @@ Test(badinput, copied_segment_opens)
 	copy_name(copy, "ok");
 	copy_with_own_name(copy, 0);
 	expect_open(copy, 0, 0, "unpatched copy of a live segment");
+	/* a copy that still names the bus it was made from is refused: its
+	 * recorder would write into that bus's log */
+	char other[SHMBUS_NAME_MAX + 1];
+	copy_name(other, "as");
+	cr_assert_gt(tc_copy_segment(tc_bus, other, 0), 0);
+	expect_open(other, -EPROTO, -EPROTO, "a copy under another name");
+	cr_expect(strstr(shmbus_errmsg(), "created as another bus"), "%s", shmbus_errmsg());
+	struct tc_run_result r;
+	CLI(&r, "info", other);
+	expect_runtime(&r, "info of a copy under another name");
 	fixture_down(&f);
 }
 

@@ -193,6 +193,8 @@ Test(dispatch, failure_retries_at_growing_intervals_then_dead_letters)
 	cr_expect_eq(dl[0].last_error, -EIO);
 	cr_expect_eq(dl[0].sub, shmbus_sub_id(sub));
 	cr_expect_eq(tc_payload_u32(dl[0].event), 7);
+	/* not RETRYING, as the retries' private copy said */
+	cr_expect_eq(shmbus_event_status(dl[0].event), SHMBUS_STATUS_FAILED);
 	shmbus_dispatcher_close(d);
 	shmbus_sub_close(sub);
 	shmbus_pub_close(pub);
@@ -256,6 +258,7 @@ Test(dispatch, expired_events_go_to_dead_letters_unhandled)
 	cr_expect_eq(dl[0].reason, SHMBUS_DEAD_EXPIRED);
 	cr_expect_eq(dl[0].attempts, 0, "the stale one never ran");
 	cr_expect_str_eq(shmbus_event_name(dl[0].event), "stale");
+	cr_expect_eq(shmbus_event_status(dl[0].event), SHMBUS_STATUS_FAILED, "not PUBLISHED, as the ring's copy said");
 	cr_expect_eq(dl[1].reason, SHMBUS_DEAD_EXPIRED);
 	cr_expect_geq(dl[1].attempts, 1);
 	shmbus_dispatcher_close(d);

@@ -289,7 +289,8 @@ static int dlq_ls(shmbus_bus_t *bus, bool json)
 			event_view_from_event(dl[i].event, &v);
 			rc = emit_json("dlq", json_add(json_object(), "event_id", json_string(id), "subscription",
 						       json_integer((json_int_t)dl[i].sub), "subscriber_id",
-						       json_text(dl[i].subscriber_id), "group", json_text(dl[i].group),
+						       json_text(dl[i].subscriber_id), "group",
+						       dl[i].group[0] ? json_text(dl[i].group) : json_null(),
 						       "reason", json_string(reason_name(dl[i].reason)), "attempts",
 						       json_integer(dl[i].attempts), "last_error",
 						       json_integer(dl[i].last_error), "dead_at", json_string(when), "event",
