@@ -331,7 +331,7 @@ Test(badinput, cli_bad_bus_names)
 	char n65[66];
 	memset(n65, 'n', 65);
 	n65[65] = '\0';
-	const char *names[] = {"", "bad/name", "a b", "x*y", n65, "../../etc/passwd"};
+	const char *names[] = {"", "bad/name", "a b", "x*y", n65, "../../etc/passwd", ".", ".."};
 	struct tc_run_result r;
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		char what[128];
@@ -349,6 +349,10 @@ Test(badinput, cli_bad_bus_names)
 		expect_usage(&r, what);
 	}
 	cr_assert_not(bus_exists(n65), "a 65-char bus was created");
+	/* made of allowed characters, refused for what they are */
+	CLI(&r, "info", "..");
+	cr_expect(strstr(r.err, "are not bus names"), "info ..: %s", r.err);
+	expect_usage(&r, "info ..");
 }
 
 Test(badinput, cli_usage_errors)
@@ -423,6 +427,8 @@ Test(badinput, cli_pub_bad_arguments)
 	expect_usage(&r, "bad --correlation-id");
 	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x", "--count", "abc");
 	expect_usage(&r, "bad --count");
+	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x", "--meta", "k=1", "--meta", "k=2");
+	expect_usage(&r, "a --meta key given twice (JSON would keep one)");
 	assert_bus_intact(&f, "bad option values");
 
 	CLI(&r, "pub", tc_bus, "--type", "notification", "--name", "x", "--data-file", "/nonexistent/shmbus/data.json");

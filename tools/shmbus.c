@@ -89,7 +89,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "              [--retain-bytes B] [--retain-age DURATION] [--retain-force] [--batch-ms N]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
-				 "1-64 characters of [A-Za-z0-9._-]. B accepts k/M/G (KiB, MiB, GiB).\n"
+				 "1-64 characters of [A-Za-z0-9._-], not . or ... B accepts k/M/G (KiB, MiB, GiB).\n"
 				 "DURATION is a number with a suffix ns, us, ms, s or m; a bare number\n"
 				 "means seconds (pub --timeout 0: fail at once instead of waiting).\n"
 				 "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
@@ -138,6 +138,8 @@ int check_bus_name(const char *cmd, const char *name)
 	int rc = shmbus_name_check(name);
 	if (rc == -ENAMETOOLONG)
 		return usage_error(cmd, "bus name too long (at most %d characters)", SHMBUS_NAME_MAX);
+	if (rc < 0 && (strcmp(name, ".") == 0 || strcmp(name, "..") == 0))
+		return usage_error(cmd, "invalid bus name '%s': '.' and '..' are not bus names", name);
 	if (rc < 0)
 		return usage_error(cmd, "invalid bus name '%s': use 1-%d of [A-Za-z0-9._-]", name, SHMBUS_NAME_MAX);
 	return 0;
@@ -886,6 +888,10 @@ static int take_meta(struct pub_args *a, const char *arg)
 				   SHMBUS_META_KEY_MAX, SHMBUS_META_VALUE_MAX);
 	if (a->msg.metadata_count >= SHMBUS_META_MAX)
 		return usage_error("pub", "at most %d --meta pairs", SHMBUS_META_MAX);
+	/* JSON keeps one value per key: a second would be lost on the way */
+	for (size_t i = 0; i < a->msg.metadata_count; i++)
+		if (strlen(a->meta[i].key) == klen && memcmp(a->meta[i].key, arg, klen) == 0)
+			return usage_error("pub", "--meta key '%.*s' given twice", (int)klen, arg);
 	char *key = strndup(arg, klen);
 	if (!key)
 		return cli_lib_error("pub", -ENOMEM);
