@@ -394,6 +394,14 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		if ((f & SEG_SUB_POLICY_LAG) != r->policy_flags || !!(f & SEG_SUB_DURABLE) != r->durable)
 			return shmbus__fail(EEXIST, "subscription '%s' exists with another policy or durability",
 					    r->group ? r->group : r->subscriber);
+		/* A custom predicate is code in the consumer's process: the
+		 * record keeps only that there is one. Attached without a filter,
+		 * a consumer would deliver what the predicate rejects. */
+		if (!r->has_filter && (s->filter.flags & SEG_FILTER_HAS_CUSTOM))
+			return shmbus__fail(EINVAL,
+					    "subscription '%s' filters with a custom predicate, which lives in each "
+					    "consumer: attach with its filter",
+					    r->group ? r->group : r->subscriber);
 		int c = consumer_join(bus, s);
 		if (c < 0)
 			return c;

@@ -1234,6 +1234,41 @@ Test(pubsub, a_custom_predicate_sees_every_event_of_a_batch_of_one_shape)
 	shmbus_close(bus);
 }
 
+/* A durable subscription whose filter has a custom predicate: the record
+ * keeps only that it has one, so a consumer attaching without the filter
+ * is refused (it delivered what the predicate rejects), and one that
+ * passes it again gets what was queued meanwhile, through the predicate. */
+Test(pubsub, a_durable_custom_predicate_must_come_back_with_its_consumer)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_custom(even_payload, NULL, &f), 0);
+	shmbus_sub_opts_t o = {.subscriber_id = "evens", .durable = true, .filter = f};
+	shmbus_sub_t *sub;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0, "%s", shmbus_errmsg());
+	shmbus_sub_close(sub); /* durable: it stays, and queues */
+	shmbus_pub_t *pub = tc_pub(bus, "pred", 0);
+	for (uint32_t i = 0; i < 6; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "n", 0, i), 0);
+	o.filter = NULL;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), -EINVAL, "attached without its predicate");
+	cr_expect(strstr(shmbus_errmsg(), "custom predicate"), "%s", shmbus_errmsg());
+	o.filter = f;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0, "%s", shmbus_errmsg());
+	const shmbus_event_t *ev;
+	for (uint32_t want = 0; want < 6; want += 2) {
+		cr_assert_eq(shmbus_poll(sub, &ev), 1, "event %u", want);
+		cr_expect_eq(tc_payload_u32(ev), want);
+		cr_assert_eq(shmbus_release(sub, ev), 0);
+	}
+	cr_assert_eq(shmbus_poll(sub, &ev), 0, "an odd payload got through");
+	shmbus_unsubscribe(sub);
+	shmbus_filter_free(f);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 /* A batch of messages whose padding and confidence the caller never
  * wrote (malloc'd, filled field by field, has_confidence false): the
  * batch's shape compare must not let them decide anything. Here the

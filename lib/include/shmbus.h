@@ -383,7 +383,9 @@ typedef struct {
  * (same group name; the same rule for the group's one filter). Replacing
  * a filter takes the subscription out of routing for a moment: events
  * published meanwhile do not reach it and are not counted (passing the
- * filter it has already replaces nothing). Errors: -ENOSPC (no free
+ * filter it has already replaces nothing; a filter with a custom
+ * predicate must be passed again, since the predicate is code: -EINVAL
+ * without it). Errors: -ENOSPC (no free
  * subscription record or group member entry; a removed subscription's
  * record is free for another only once its live consumers have seen the
  * removal), -E2BIG (filter too large), -EINVAL, -ENAMETOOLONG, -EEXIST (a
@@ -417,9 +419,13 @@ int shmbus_poll(shmbus_sub_t *sub, const shmbus_event_t **ev);
 int shmbus_wait(shmbus_sub_t *sub, int64_t timeout_ns, const shmbus_event_t **ev);
 
 /* Give an event back: its slot may be reused once every subscription it was
- * routed to has released it. Returns 0, or -ESTALE if the event was revoked
- * (the subscription was demoted after stalling; its bytes may have changed
- * while held), -EINVAL if it is not held by this subscription. */
+ * routed to has released it. Releases reach publishers in batches: after
+ * 16, at this consumer's next poll or wait that finds nothing, at close,
+ * and at once while a publisher waits for space; one that does not wait
+ * (a negative timeout_ns) may meanwhile find the ring full of released slots.
+ * Returns 0, or -ESTALE if the event was revoked (the subscription was
+ * demoted after stalling; its bytes may have changed while held), -EINVAL
+ * if it is not held by this subscription. */
 int shmbus_release(shmbus_sub_t *sub, const shmbus_event_t *ev);
 
 /*
