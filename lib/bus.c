@@ -194,6 +194,14 @@ static const char *default_label(const shmbus_open_opts_t *opts, char *buf, size
 	return buf;
 }
 
+/* The open options' label fits a member entry (it was cut short). */
+static int check_label(const shmbus_open_opts_t *opts)
+{
+	if (opts && opts->label && strnlen(opts->label, SHMBUS_ID_MAX + 1) > SHMBUS_ID_MAX)
+		return shmbus__fail(ENAMETOOLONG, "label is longer than %d bytes", SHMBUS_ID_MAX);
+	return 0;
+}
+
 static int attach(shmbus_bus_t *b, const char *name, const shmbus_open_opts_t *opts)
 {
 	char lbuf[64];
@@ -232,7 +240,7 @@ SHMBUS_API int shmbus_create(const char *name, const shmbus_config_t *cfg, const
 			     shmbus_bus_t **out)
 {
 	int rc = shmbus_name_check(name);
-	if (rc < 0)
+	if (rc < 0 || (rc = check_label(opts)) < 0)
 		return rc;
 	if (!out)
 		return shmbus__fail(EINVAL, "out is NULL");
@@ -263,7 +271,7 @@ SHMBUS_API int shmbus_create(const char *name, const shmbus_config_t *cfg, const
 SHMBUS_API int shmbus_open(const char *name, const shmbus_open_opts_t *opts, shmbus_bus_t **out)
 {
 	int rc = shmbus_name_check(name);
-	if (rc < 0)
+	if (rc < 0 || (rc = check_label(opts)) < 0)
 		return rc;
 	if (!out)
 		return shmbus__fail(EINVAL, "out is NULL");

@@ -113,6 +113,8 @@ int event_layout(const shmbus_msg_t *msg, const char *default_source, size_t def
 		return rc;
 	strings += (unsigned)rc;
 	if (msg->source) {
+		if (!msg->source[0]) /* as shmbus_pub_open: no source is NULL */
+			return shmbus__fail(EINVAL, "source must not be empty (NULL: the publisher's)");
 		if ((rc = layout_str(lay, SEG_STR_SOURCE, msg->source, "source", false)) < 0)
 			return rc;
 		strings += (unsigned)rc;

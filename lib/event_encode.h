@@ -277,7 +277,10 @@ static inline __attribute__((always_inline)) void event_put_own(struct seg_event
 		memset(ev->causation_id, 0, 16);
 	ev->created_ns = now_ns;
 	ev->published_ns = now_ns;
-	ev->expires_ns = msg->ttl_ns ? now_ns + msg->ttl_ns : 0;
+	/* saturated: a TTL past the end of time is no expiry, not a wrap
+	 * that makes the event born expired */
+	uint64_t expires = now_ns + msg->ttl_ns;
+	ev->expires_ns = !msg->ttl_ns ? 0 : expires < now_ns ? UINT64_MAX : expires;
 }
 
 /*

@@ -230,11 +230,18 @@ static uint32_t type_union_of(const shmbus_filter_t *f)
 }
 
 /* Fill node `at` from f; children get consecutive nodes after it. */
-static int compile_node(struct compiler *c, const shmbus_filter_t *f, unsigned at)
+_Static_assert(SHMBUS_FILTER_DEPTH_MAX == SEG_FILTER_DEPTH_MAX, "the public depth limit is the format's");
+_Static_assert(SHMBUS_FILTER_NODES_MAX == SEG_FILTER_NODES, "the public node limit is the format's");
+
+static int compile_node(struct compiler *c, const shmbus_filter_t *f, unsigned at, unsigned depth)
 {
 	struct seg_filter *o = c->out;
 	struct seg_filter_node *n = &o->nodes[at];
 	int rc;
+	/* evaluators do not follow deeper: such a node would never match,
+	 * and the subscription would get nothing */
+	if (depth > SEG_FILTER_DEPTH_MAX)
+		return shmbus__fail(E2BIG, "filter nests deeper than %u levels", SEG_FILTER_DEPTH_MAX);
 	n->kind = (uint8_t)f->kind;
 	n->arg = f->arg;
 	switch (f->kind) {
@@ -246,7 +253,7 @@ static int compile_node(struct compiler *c, const shmbus_filter_t *f, unsigned a
 		n->count = (uint16_t)f->nkids;
 		o->node_count = (uint16_t)(o->node_count + f->nkids);
 		for (size_t i = 0; i < f->nkids; i++)
-			if ((rc = compile_node(c, f->kids[i], n->first + (unsigned)i)) < 0)
+			if ((rc = compile_node(c, f->kids[i], n->first + (unsigned)i, depth + 1)) < 0)
 				return rc;
 		return 0;
 	case SEG_F_NAMES:
@@ -297,7 +304,7 @@ int filter_compile(const shmbus_filter_t *f, struct seg_filter *out, struct cust
 	struct compiler c = {.out = out, .preds = preds};
 	out->node_count = 1;
 	out->root = 0;
-	int rc = compile_node(&c, f, 0);
+	int rc = compile_node(&c, f, 0, 0);
 	if (rc < 0)
 		return rc;
 	out->type_union = type_union_of(f);

@@ -16,7 +16,6 @@
 #include "crash_point.h"
 #include "futex.h"
 
-#define MAX_DEPTH 8
 
 /* Node visits allowed per evaluation: a sane tree of 16 nodes visits each
  * once; a hostile one sharing children could otherwise cost 2^16. */
@@ -122,7 +121,7 @@ static bool hash_in(const struct seg_filter *f, const struct seg_filter_node *n,
 static bool eval_node(struct eval *e, unsigned idx, unsigned depth)
 {
 	const struct seg_filter *f = e->f;
-	if (idx >= SEG_FILTER_NODES || depth > MAX_DEPTH || ++e->visits > MAX_VISITS)
+	if (idx >= SEG_FILTER_NODES || depth > SEG_FILTER_DEPTH_MAX || ++e->visits > MAX_VISITS)
 		return false;
 	const struct seg_filter_node *n = &f->nodes[idx];
 	switch (n->kind) {

@@ -396,6 +396,9 @@ _Static_assert(sizeof(struct seg_pub) == 256, "seg_pub size");
  *   784  text[1264]      NUL-separated strings (set members, regexes)
  */
 #define SEG_FILTER_NODES 16u
+/* Deepest node an evaluator follows (the root is at depth 0): one below
+ * it does not match, so compilers refuse such a tree. */
+#define SEG_FILTER_DEPTH_MAX 8u
 #define SEG_FILTER_HASHES 64u
 #define SEG_FILTER_TEXT 1264u
 enum seg_filter_kind {

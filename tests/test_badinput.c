@@ -324,6 +324,38 @@ Test(badinput, member_table_full)
 	shmbus_close(bus);
 }
 
+/* Edges an independent test of the API found answered otherwise than
+ * documented: a label over its limit was cut short, an empty source was
+ * taken by publish (pub_open refuses one), NULL bytes to event_check. */
+Test(badinput, api_edges_answer_as_documented)
+{
+	char label[SHMBUS_ID_MAX + 2];
+	memset(label, 'l', sizeof label - 1);
+	label[sizeof label - 1] = '\0';
+	shmbus_bus_t *bus = NULL;
+	shmbus_config_t cfg = tc_small_cfg();
+	cr_assert_eq(shmbus_create(tc_bus, &cfg, &(shmbus_open_opts_t){.label = label}, &bus), -ENAMETOOLONG);
+	cr_assert_not(bus_exists(tc_bus), "a bus was left behind");
+	label[SHMBUS_ID_MAX] = '\0';
+	cr_assert_eq(shmbus_create(tc_bus, &cfg, &(shmbus_open_opts_t){.label = label}, &bus), 0, "%s",
+		     shmbus_errmsg());
+	tc_track(tc_bus);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "x", .source = ""};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), -EINVAL);
+	cr_expect(strstr(shmbus_errmsg(), "source"), "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_event_check(NULL, 0), -EINVAL);
+	shmbus_claim_t claim;
+	m.source = NULL;
+	cr_assert_eq(shmbus_reserve(pub, &m, 8, &claim), 0, "%s", shmbus_errmsg());
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), -EBUSY, "publish with a claim open");
+	cr_assert_eq(shmbus_reserve(pub, &m, 8, &(shmbus_claim_t){0}), -EBUSY, "a second claim");
+	cr_assert_eq(shmbus_abort(pub, &claim), 0);
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 /* -------------------------------------------------------------- the CLI */
 
 Test(badinput, cli_bad_bus_names)

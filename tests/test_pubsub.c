@@ -1269,6 +1269,51 @@ Test(pubsub, a_durable_custom_predicate_must_come_back_with_its_consumer)
 	shmbus_close(bus);
 }
 
+/* Limits a subscription must either honour or refuse, never accept and
+ * then quietly break (found by an independent test of the API's edges):
+ * a filter nested below the depth evaluators follow was taken and then
+ * matched nothing; a TTL past the end of time wrapped, and the event was
+ * born expired (a dispatcher dead-lettered it unhandled). */
+Test(pubsub, deep_filters_are_refused_and_huge_ttls_never_expire)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, "edge", 0);
+	int deepest = -1;
+	for (int wraps = 0; wraps <= 12; wraps++) {
+		shmbus_filter_t *f = NULL;
+		cr_assert_eq(shmbus_filter_types(SHMBUS_TYPE_BIT(SHMBUS_NOTIFICATION), &f), 0);
+		for (int k = 0; k < wraps; k++) {
+			shmbus_filter_t *outer = NULL;
+			cr_assert_eq(shmbus_filter_all(&f, 1, &outer), 0);
+			f = outer;
+		}
+		shmbus_sub_t *sub = NULL;
+		int rc = shmbus_subscribe(bus, &(shmbus_sub_opts_t){.filter = f}, &sub);
+		shmbus_filter_free(f);
+		if (rc < 0) {
+			cr_assert_eq(rc, -E2BIG, "%d wrappers: %s", wraps, shmbus_errmsg());
+			continue;
+		}
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "deep", 0, (uint32_t)wraps), 0);
+		cr_assert_eq(tc_drain(sub, NULL, NULL), 1, "%d wrappers: accepted, but the event never came", wraps);
+		deepest = wraps;
+		shmbus_sub_close(sub);
+	}
+	cr_expect_eq(deepest, SHMBUS_FILTER_DEPTH_MAX, "the deepest filter accepted has %d wrappers", deepest);
+
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "forever", .ttl_ns = UINT64_MAX};
+	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(sub, &ev), 1);
+	cr_expect_gt(shmbus_event_expires_ns(ev), shmbus_event_created_ns(ev), "a TTL of UINT64_MAX wrapped");
+	cr_assert_eq(shmbus_release(sub, ev), 0);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 /* A batch of messages whose padding and confidence the caller never
  * wrote (malloc'd, filled field by field, has_confidence false): the
  * batch's shape compare must not let them decide anything. Here the

@@ -30,7 +30,7 @@ extern "C" {
 
 /* ---------------------------------------------------------------- limits */
 
-#define SHMBUS_NAME_MAX 64	     /* bus name: [A-Za-z0-9._-]{1,64} */
+#define SHMBUS_NAME_MAX 64	     /* bus name: [A-Za-z0-9._-]{1,64}, not . or .. */
 #define SHMBUS_STR_MAX 63	     /* event name, source, target, context ids */
 #define SHMBUS_ID_MAX 63	     /* subscriber id, group name, client label */
 #define SHMBUS_META_MAX 16	     /* metadata pairs per event */
@@ -38,6 +38,7 @@ extern "C" {
 #define SHMBUS_META_VALUE_MAX 255
 #define SHMBUS_FILTER_SET_MAX 64     /* names+sources+targets per filter */
 #define SHMBUS_FILTER_NODES_MAX 16   /* filter tree nodes */
+#define SHMBUS_FILTER_DEPTH_MAX 8    /* nesting below the root (subscribe: -E2BIG) */
 #define SHMBUS_FILTER_TEXT_MAX 1264  /* bytes of filter strings and regexes */
 #define SHMBUS_MAX_HELD 40	     /* events a consumer may hold unreleased */
 #define SHMBUS_GROUP_MEMBERS_MAX 8   /* consumers attached to one subscription */
@@ -151,7 +152,7 @@ typedef struct {
 } shmbus_config_t;
 
 typedef struct {
-	const char *label; /* shown by `shmbus info` (program name) */
+	const char *label; /* shown by `shmbus info` (program name); at most SHMBUS_ID_MAX bytes */
 } shmbus_open_opts_t;
 
 /*
@@ -172,7 +173,9 @@ int shmbus_create(const char *name, const shmbus_config_t *cfg, const shmbus_ope
 int shmbus_open(const char *name, const shmbus_open_opts_t *opts, shmbus_bus_t **out);
 
 /* Detach: this process's plain subscriptions are removed, its publishers
- * closed; durable and group subscriptions stay. NULL-safe. */
+ * closed; durable and group subscriptions stay. Every handle opened on the
+ * bus is freed with it: close subscriptions, publishers, requesters and
+ * dispatchers first if they are used again. NULL-safe. */
 void shmbus_close(shmbus_bus_t *bus);
 
 /* Remove the shm object of bus `name`; attached processes keep their mapping. */
@@ -278,11 +281,12 @@ typedef struct {
  * shmbus_publish - copy one event into the bus, route it to every matching
  * subscription and wake those that sleep. The id (UUIDv7 with the bus
  * sequence) is stored in *id if id is not NULL.
- * Errors: -EINVAL (bad type/priority/missing name), -ENAMETOOLONG (a string
- * over its limit), -EMSGSIZE (payload over max_payload, or too many or too
- * long metadata), -EAGAIN (the ring is full because a subscriber holds the
- * oldest slot, and the timeout is negative), -ETIMEDOUT (it stayed full for
- * the timeout), -EBADMSG (the segment's words are corrupt).
+ * Errors: -EINVAL (bad type/priority/missing name, an empty source),
+ * -ENAMETOOLONG (a string over its limit), -EMSGSIZE (payload over
+ * max_payload, or too many or too long metadata), -EAGAIN (the ring is full
+ * because a subscriber holds the oldest slot, and the timeout is negative),
+ * -ETIMEDOUT (it stayed full for the timeout), -EBUSY (this publisher has
+ * a zero-copy claim open), -EBADMSG (the segment's words are corrupt).
  */
 int shmbus_publish(shmbus_pub_t *pub, const shmbus_msg_t *msg, shmbus_uuid_t *id);
 
@@ -299,7 +303,8 @@ int shmbus_publish_batch(shmbus_pub_t *pub, const shmbus_msg_t *msgs, size_t n, 
 /*
  * Zero-copy publishing: reserve room for a payload of payload_len bytes,
  * write it at claim->payload, then commit (route, wake) or abort (the slot
- * becomes padding nobody sees). A publisher has at most one claim open.
+ * becomes padding nobody sees). A publisher has at most one claim open:
+ * while it is, its reserve and publish calls return -EBUSY.
  * msg->payload is ignored. If the process dies before commit, survivors
  * abort the claim within the reclaim timeout.
  */
@@ -388,7 +393,7 @@ typedef struct {
  * without it). Errors: -ENOSPC (no free
  * subscription record or group member entry; a removed subscription's
  * record is free for another only once its live consumers have seen the
- * removal), -E2BIG (filter too large), -EINVAL, -ENAMETOOLONG, -EEXIST (a
+ * removal), -E2BIG (filter too large or nested too deep), -EINVAL, -ENAMETOOLONG, -EEXIST (a
  * durable subscription with this key exists with another policy or group).
  */
 int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts, shmbus_sub_t **out);
@@ -511,7 +516,8 @@ const void *shmbus_event_payload(const shmbus_event_t *ev, size_t *len);
 /*
  * shmbus_event_check - validate bytes that claim to be an event (from a
  * file, a socket, a copied segment): size, format, enums, string and
- * payload bounds. Returns 0 or -EBADMSG (reason in shmbus_errmsg).
+ * payload bounds. Returns 0 or -EBADMSG (reason in shmbus_errmsg), -EINVAL
+ * for NULL bytes.
  */
 int shmbus_event_check(const void *bytes, size_t len);
 
