@@ -5,6 +5,7 @@
  * kernel, seccomp) or SHMBUS_NO_IO_URING=1.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,15 +36,25 @@ static void ring_free(struct io_uring *ring, bool inflight)
 	free(ring);
 }
 
+/* The in-flight sync's own descriptor, once it is reaped. */
+static void drop_fd(struct log_sync *s)
+{
+	if (s->has_fd)
+		close(s->fd);
+	s->has_fd = false;
+}
+
 void log_sync_init(struct log_sync *s)
 {
 	memset(s, 0, sizeof *s);
 	s->ring = ring_new();
 }
 
+/* Also on a zeroed struct never set up (a recorder that failed to open). */
 void log_sync_fini(struct log_sync *s)
 {
 	ring_free(s->ring, s->inflight);
+	drop_fd(s);
 	memset(s, 0, sizeof *s);
 }
 
@@ -52,15 +63,24 @@ int log_sync_start(struct log_sync *s, int fd, uint64_t target)
 	if (s->inflight)
 		return 0;
 	if (s->ring) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(s->ring);
+		/* On a descriptor of its own: the kernel resolves it when the
+		 * fsync runs, which may be after the writer sealed the segment
+		 * and closed fd at a roll (it failed with EBADF, and the
+		 * recorder with it). */
+		int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		struct io_uring_sqe *sqe = own >= 0 ? io_uring_get_sqe(s->ring) : NULL;
 		if (sqe) {
-			io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+			io_uring_prep_fsync(sqe, own, IORING_FSYNC_DATASYNC);
 			if (io_uring_submit(s->ring) == 1) {
 				s->inflight = true;
 				s->target = target;
+				s->fd = own;
+				s->has_fd = true;
 				return 0;
 			}
 		}
+		if (own >= 0)
+			close(own);
 		/* a ring that cannot take an fsync now: do it the plain way */
 	}
 	if (fdatasync(fd) < 0)
@@ -83,6 +103,7 @@ int log_sync_poll(struct log_sync *s, bool wait)
 	int res = cqe->res;
 	io_uring_cqe_seen(s->ring, cqe);
 	s->inflight = false;
+	drop_fd(s);
 	if (res < 0)
 		return res;
 	s->done = s->target;

@@ -13,6 +13,8 @@ struct io_uring;
 struct log_sync {
 	struct io_uring *ring; /* NULL: plain fdatasync */
 	bool inflight;	       /* an fsync was submitted and not reaped */
+	bool has_fd;	       /* it holds fd, a descriptor of its own of the file */
+	int fd;
 	uint64_t target;       /* what the in-flight sync makes durable */
 	uint64_t done;	       /* what the last completed sync made durable */
 	uint64_t syncs;
@@ -24,7 +26,9 @@ void log_sync_init(struct log_sync *s);
 void log_sync_fini(struct log_sync *s);
 /* Start a data sync of fd that makes `target` durable when it completes:
  * submitted to io_uring (returns at once), or done now with fdatasync.
- * Does nothing while another is in flight. 0 or -errno. */
+ * Does nothing while another is in flight. The in-flight sync holds a
+ * descriptor of its own, so the caller may close fd meanwhile (a segment
+ * sealed at a roll). 0 or -errno. */
 int log_sync_start(struct log_sync *s, int fd, uint64_t target);
 /* Reap a completed sync: 1 (s->done advanced), 0 (none done), -errno
  * (the sync failed). wait: block until the in-flight one completes. */
