@@ -370,10 +370,6 @@ SHMBUS_API int64_t shmbus_log_scan(shmbus_bus_t *bus, const shmbus_query_t *q, s
 		uint64_t n = si + 1 == nsegs ? last_n : seg_nrec(s);
 		for (; ei < n; ei++) {
 			const struct log_time_entry *t = log_seg_time(s, ei);
-			if (q->until_ns && t->time_max > q->until_ns + LOG_TIME_SLACK_NS) {
-				stop = true;
-				break;
-			}
 			const struct seg_event *ev;
 			uint64_t seq = s->first_seq + t->pos_delta;
 			if (record_at(bus, s, t->off, seq, &ev) != 0) {
@@ -381,6 +377,15 @@ SHMBUS_API int64_t shmbus_log_scan(shmbus_bus_t *bus, const shmbus_query_t *q, s
 					log_damage(bus, EBADMSG, "index of segment '%s': time entry %llu names offset %u",
 						   s->path, (unsigned long long)ei, t->off);
 				continue; /* damaged: reported, skipped */
+			}
+			/* The end of the window: an event claimed too late. Claim
+			 * times (created_ns) follow sequence order within a lease's
+			 * age; publish times do not: a zero-copy claim committed
+			 * long after the events behind it stopped the scan at
+			 * its publish time, before them. */
+			if (q->until_ns && ev->created_ns > q->until_ns + LOG_TIME_SLACK_NS) {
+				stop = true;
+				break;
 			}
 			if (!matches(ev, q))
 				continue;

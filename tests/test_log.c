@@ -942,6 +942,44 @@ Test(log, a_batch_sync_in_flight_survives_segment_rolls)
 	shmbus_close(bus);
 }
 
+/* A zero-copy claim held 300 ms while another publisher publishes 30
+ * events 5 ms apart: a query up to the 10th of them finds those 10. It
+ * found none: the scan stopped at the slow event, first in sequence order,
+ * whose publish time passed the window (found by an independent test). */
+Test(log, a_late_commit_does_not_hide_the_events_published_behind_it)
+{
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *slow = tc_pub(bus, "slow", -1), *quick = tc_pub(bus, "quick", -1);
+	shmbus_msg_t m = {.type = SHMBUS_NOTIFICATION, .name = "slow"};
+	shmbus_claim_t claim;
+	cr_assert_eq(shmbus_reserve(slow, &m, 4, &claim), 0, "%s", shmbus_errmsg());
+	memset(claim.payload, 0, 4);
+	shmbus_uuid_t ids[31];
+	for (uint32_t i = 0; i < 30; i++) {
+		tc_sleep_ms(5);
+		uint32_t v = i;
+		shmbus_msg_t q = {.type = SHMBUS_NOTIFICATION, .name = "quick", .payload = &v, .payload_len = 4};
+		cr_assert_eq(shmbus_publish(quick, &q, &ids[i]), 0, "%s", shmbus_errmsg());
+	}
+	tc_sleep_ms(150);
+	cr_assert_eq(shmbus_commit(slow, &claim, &ids[30]), 0, "%s", shmbus_errmsg());
+	uint64_t last = shmbus_uuid_seq(&ids[30]) > shmbus_uuid_seq(&ids[29]) ? 30 : 29;
+	shmbus_recorder_t *rec = record_all(bus, &(shmbus_record_opts_t){.sync = SHMBUS_SYNC_NONE}, &ids[last]);
+	shmbus_recorder_close(rec);
+	const shmbus_event_t *tenth;
+	cr_assert_eq(shmbus_get_event(bus, &ids[9], &tenth), 0, "%s", shmbus_errmsg());
+	shmbus_query_t q = {.until_ns = shmbus_event_published_ns(tenth)};
+	const shmbus_event_t *out[40];
+	int64_t got = shmbus_get_events(bus, &q, out, 40);
+	cr_assert_eq(got, 10, "a query up to the 10th quick event found %lld", (long long)got);
+	for (int i = 0; i < 10; i++)
+		cr_expect_eq(tc_payload_u32(out[i]), (uint32_t)i);
+	shmbus_pub_close(slow);
+	shmbus_pub_close(quick);
+	shmbus_close(bus);
+}
+
 /* chattr on the log tree; 0 when it worked (root on a filesystem that has
  * the immutable flag: ext4, xfs, tmpfs since 6.0). */
 static int set_immutable(const char *dir, bool on)
