@@ -50,7 +50,10 @@ static int rebuild(shmbus_bus_t *bus, struct log_seg *s, const char *idx_why)
 int log_reader_refresh(shmbus_bus_t *bus, struct log_reader *r)
 {
 	int rc;
-	if (!r->loaded) {
+	/* Until a segment is mapped, the directory is looked up again: the
+	 * bus's log root may be set after a first query found nothing
+	 * (shmbus record --dir), and that query's lookup must not stick. */
+	if (!r->loaded || !r->nsegs) {
 		if ((rc = log_bus_dir(bus, NULL, r->dir, sizeof r->dir)) < 0)
 			return rc;
 		r->incarnation = bus->hdr->incarnation;
