@@ -144,6 +144,8 @@ SHMBUS_API shmbus_backend_t shmbus_dispatcher_backend(const shmbus_dispatcher_t 
 	return d ? d->backend : 0;
 }
 
+static bool has_work(const shmbus_dispatcher_t *d);
+
 SHMBUS_API int shmbus_dispatcher_fd(shmbus_dispatcher_t *d)
 {
 	if (!d)
@@ -154,6 +156,11 @@ SHMBUS_API int shmbus_dispatcher_fd(shmbus_dispatcher_t *d)
 	if (!d->fd_exported) {
 		d->fd_exported = true;
 		d->w->ops->flush(d->w); /* what is armed already must reach the kernel */
+		/* Subscriptions added before now are armed only by a turn: until
+		 * one runs, nothing would make the fd readable, and a loop that
+		 * runs turns only when it is would never run one. */
+		if (has_work(d))
+			kick(d);
 	}
 	return fd;
 }

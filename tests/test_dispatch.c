@@ -1093,6 +1093,36 @@ Test(dispatch, exported_fd_turns_readable_for_work_added_later)
 	shmbus_close(bus);
 }
 
+/* The fd asked for only after a subscription was added and an event
+ * published, with no turn run yet: it must turn readable, or a loop that
+ * runs turns only when it is never runs one (it stayed unreadable for
+ * good; found by an independent test of the dispatcher). */
+Test(dispatch, fd_asked_for_after_the_add_turns_readable_for_what_waits)
+{
+	shmbus_bus_t *bus = tc_create(NULL);
+	shmbus_dispatcher_t *d = open_dispatcher(0);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	atomic_int n = 0;
+	cr_assert_eq(shmbus_dispatcher_add(d, sub, &(shmbus_handler_opts_t){.handler = count_handler, .arg = &n}), 0);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "early", SHMBUS_PRIORITY_NORMAL, 1), 0);
+	int fd = shmbus_dispatcher_fd(d);
+	cr_assert_geq(fd, 0);
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	uint64_t end = tc_now_ns() + 5 * TC_SEC_NS;
+	while (atomic_load(&n) < 1 && tc_now_ns() < end) {
+		int left = (int)((end - tc_now_ns()) / TC_MS_NS);
+		if (poll(&p, 1, left > 0 ? left : 0) != 1)
+			break;
+		shmbus_dispatcher_run_once(d, 0);
+	}
+	cr_expect_eq(atomic_load(&n), 1, "the waiting event was never handled through the fd");
+	shmbus_dispatcher_close(d);
+	shmbus_sub_close(sub);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 struct fail_ctx {
 	atomic_int runs, dead;
 };

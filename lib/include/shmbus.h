@@ -540,7 +540,7 @@ typedef struct {
 	uint64_t redelivered;
 	uint64_t revoked;
 	/* dispatchers serving it (see shmbus_dispatcher_add) */
-	uint32_t processing;	 /* handlers running now */
+	uint32_t processing;	 /* handler runs started and not finished: running, or queued for a worker */
 	uint32_t retrying;	 /* events waiting for a retry */
 	uint64_t completed;	 /* handler runs that succeeded */
 	uint64_t failed;	 /* handler runs that failed */
@@ -716,8 +716,11 @@ int shmbus_dispatcher_add(shmbus_dispatcher_t *d, shmbus_sub_t *sub, const shmbu
 int shmbus_dispatcher_remove(shmbus_dispatcher_t *d, shmbus_sub_t *sub);
 
 /* Called on the dispatcher thread with the poll(2) bits that are ready
- * (POLLIN, POLLOUT, POLLERR, POLLHUP; POLLNVAL once if the fd was closed
- * while registered, after which it is unregistered). */
+ * (POLLIN, POLLOUT, POLLERR, POLLHUP). Remove an fd before closing it: a
+ * close while registered is reported as POLLNVAL (once, then the fd is
+ * unregistered) only at the next once-a-second sweep, and only if the
+ * number was not reused by then; meanwhile the io_uring backend's poll
+ * keeps the closed file open and may still report its readiness. */
 typedef void (*shmbus_fd_cb_t)(int fd, uint32_t revents, void *arg);
 
 /* Watch fd for `events` (POLLIN and/or POLLOUT), level-triggered, until
