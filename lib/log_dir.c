@@ -21,6 +21,7 @@
 
 #include "internal.h"
 #include "log.h"
+#include "log_seg.h"
 
 static const char *default_root(void)
 {
@@ -144,6 +145,36 @@ SHMBUS_API int shmbus_log_remove(const char *name, const char *root)
 	if (nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0)
 		return shmbus__fail(errno, "remove log directory '%s': %s", dir, strerror(errno));
 	return 0;
+}
+
+SHMBUS_API int shmbus_log_owned(shmbus_bus_t *bus)
+{
+	int rc = bus_check_usable(bus);
+	if (rc < 0)
+		return rc;
+	char dir[PATH_MAX];
+	if ((rc = log_bus_dir(bus, NULL, dir, sizeof dir)) < 0)
+		return rc;
+	uint64_t *firsts;
+	size_t n;
+	if ((rc = log_list_segments(dir, &firsts, &n)) < 0)
+		return rc == -ENOENT ? shmbus__fail(ENOENT, "no log directory '%s'", dir) : rc;
+	int owned = 1;
+	for (size_t i = 0; i < n && owned == 1; i++) {
+		char path[PATH_MAX + 32];
+		log_seg_path(dir, firsts[i], "log", path, sizeof path);
+		struct log_file_header h;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* gone meanwhile */
+		/* a header too short to say is nobody's we know: not ours */
+		if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h || h.incarnation != bus->hdr->incarnation ||
+		    strncmp(h.bus, bus->name, sizeof h.bus) != 0)
+			owned = 0;
+		close(fd);
+	}
+	free(firsts);
+	return owned;
 }
 
 /* ------------------------------------------------------------ per-bus state */

@@ -982,6 +982,46 @@ Test(log, a_late_commit_does_not_hide_the_events_published_behind_it)
 	shmbus_close(bus);
 }
 
+/* `shmbus rm` of a bus made again under the name of one removed with
+ * --keep-log leaves the kept log alone (it deleted it: found by an
+ * independent test), and removes a log that is all its own. */
+Test(log, rm_keeps_a_log_kept_from_an_earlier_bus_of_the_name)
+{
+	const char *cli = getenv("SHMBUS_CLI");
+	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	char path[1200];
+	uint64_t ends[4];
+	make_log(bus, 4, path, sizeof path, ends);
+	shmbus_close(bus);
+	char *keep[] = {(char *)cli, "rm", tc_bus, "--keep-log", NULL};
+	struct tc_run_result r;
+	cr_assert_eq(tc_run(keep, 10000, &r), 0);
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "rm --keep-log: %s", r.err);
+	tc_run_free(&r);
+	bus = tc_create(&cfg); /* the same name again: another incarnation */
+	cr_assert_eq(shmbus_log_owned(bus), 0, "the kept log is not the new bus's");
+	shmbus_close(bus);
+	char *rm[] = {(char *)cli, "rm", tc_bus, NULL};
+	cr_assert_eq(tc_run(rm, 10000, &r), 0);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "rm: %s", r.err);
+	cr_expect(strstr(r.err, "left in place"), "%s", r.err);
+	tc_run_free(&r);
+	cr_assert_eq(access(path, F_OK), 0, "rm deleted the log kept from the earlier bus");
+	/* a log all of its own goes with its bus */
+	bus = tc_create(&cfg);
+	char other[1200];
+	seg_dir(other, sizeof other);
+	tc_remove_tree(other);
+	make_log(bus, 4, path, sizeof path, ends);
+	cr_assert_eq(shmbus_log_owned(bus), 1);
+	shmbus_close(bus);
+	cr_assert_eq(tc_run(rm, 10000, &r), 0);
+	tc_run_free(&r);
+	cr_assert_neq(access(path, F_OK), 0, "rm left the bus's own log");
+}
+
 /* chattr on the log tree; 0 when it worked (root on a filesystem that has
  * the immutable flag: ext4, xfs, tmpfs since 6.0). */
 static int set_immutable(const char *dir, bool on)

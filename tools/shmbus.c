@@ -767,10 +767,18 @@ static int cmd_rm(int argc, char **argv)
 		return rc;
 	char dir[4096] = "";
 	shmbus_bus_t *bus;
-	/* the log's place is in the segment: find it before the segment goes */
+	/* the log's place is in the segment: find it before the segment goes;
+	 * a directory that also holds a log kept from an earlier bus of this
+	 * name (rm --keep-log) is left as it is */
 	if (!keep && shmbus_open(argv[optind], &(shmbus_open_opts_t){.label = "shmbus rm"}, &bus) == 0) {
 		if (shmbus_log_dir(bus, dir, sizeof dir) < 0)
 			dir[0] = '\0';
+		if (dir[0] && shmbus_log_owned(bus) == 0) {
+			fprintf(stderr, "shmbus: rm: log directory '%s' holds another bus's log (kept with --keep-log?): "
+					"left in place\n",
+				dir);
+			dir[0] = '\0';
+		}
 		shmbus_close(bus);
 	}
 	rc = shmbus_unlink(argv[optind]);

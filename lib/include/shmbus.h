@@ -1028,6 +1028,11 @@ shmbus_sync_t shmbus_log_sync(const shmbus_bus_t *bus);
 /* Remove <root>/<name> and everything in it (root NULL: $SHMBUS_LOG_DIR or
  * the default root). 0, or -ENOENT if there was nothing. */
 int shmbus_log_remove(const char *name, const char *root);
+/* Whether every segment in the bus's log directory is this bus's (this
+ * incarnation's): 1, 0 if one is another's (a log kept by `shmbus rm
+ * --keep-log` before the bus was made again, which its recorder leaves
+ * alone), -ENOENT if there is no directory, or -errno. */
+int shmbus_log_owned(shmbus_bus_t *bus);
 
 typedef struct {
 	const char *dir;	/* log root for this recorder; NULL: the bus's. Readers look
@@ -1091,7 +1096,8 @@ int shmbus_wait_durable(shmbus_bus_t *bus, uint64_t seq, int64_t timeout_ns);
  * reported through shmbus_errmsg and shmbus_log_damage.
  */
 /* The event with this id: -ENOENT when the log does not hold it (never
- * recorded, or removed by retention), -EBADMSG when its record is damaged. */
+ * recorded, or removed by retention), -EBADMSG when its record is damaged
+ * (where the index says it is; with the index lost too, -ENOENT). */
 int shmbus_get_event(shmbus_bus_t *bus, const shmbus_uuid_t *id, const shmbus_event_t **out);
 
 typedef struct {
