@@ -399,7 +399,8 @@ typedef struct {
 int shmbus_subscribe(shmbus_bus_t *bus, const shmbus_sub_opts_t *opts, shmbus_sub_t **out);
 
 /* Detach this handle. A plain subscription is removed (its queued events
- * released); durable and group subscriptions stay. NULL-safe. */
+ * released); a durable one stays, and so does a group while it has other
+ * members (a group that is not durable goes with its last). NULL-safe. */
 void shmbus_sub_close(shmbus_sub_t *sub);
 
 /* Remove the subscription for everyone (durable and group included) and
@@ -546,7 +547,8 @@ typedef struct {
 	uint64_t failed;	 /* handler runs that failed */
 	uint64_t retried;	 /* handler runs that were retries */
 	uint64_t dead_lettered;	 /* sent to the dead-letter queue */
-	uint64_t expired;	 /* of which: expired before being handled */
+	uint64_t expired;	 /* of which: expired before a run succeeded (unrun, or failed
+				    and waiting for a retry) */
 	uint64_t late_responses; /* a requester's replies that came too late */
 } shmbus_sub_info_t;
 
@@ -692,7 +694,8 @@ typedef struct {
 				     is 0: 0 means 3, SHMBUS_NO_RETRY none,
 				     at most 255 */
 	uint64_t retry_base_ns;	  /* first back-off (100 ms); doubles per retry */
-	uint64_t retry_max_ns;	  /* back-off ceiling (30 s, or retry_base_ns if larger) */
+	uint64_t retry_max_ns;	  /* back-off ceiling (0: 30 s, or retry_base_ns if larger;
+				     below retry_base_ns: -EINVAL) */
 	shmbus_dead_fn_t on_dead; /* NULL: not told */
 } shmbus_handler_opts_t;
 
@@ -731,7 +734,8 @@ int shmbus_dispatcher_remove_fd(shmbus_dispatcher_t *d, int fd); /* -ENOENT */
 /*
  * shmbus_dispatcher_run_once - do what is ready (handlers, completions,
  * due retries, fd callbacks), waiting up to timeout_ns (< 0: until
- * something happens; 0: never wait) if nothing is. Returns how many
+ * something happens; 0: never wait) if nothing is. Inline handlers run in
+ * the call, up to 512 in one turn: as long as they take. Returns how many
  * handler runs completed, or -errno (-EINTR when stopped or interrupted).
  */
 int shmbus_dispatcher_run_once(shmbus_dispatcher_t *d, int64_t timeout_ns);
@@ -1127,8 +1131,10 @@ const char *shmbus_log_damage(shmbus_bus_t *bus, size_t i);
 /*
  * Replay: the matching events from the log, in sequence order, either
  * delivered to subscription `to` only (flagged SHMBUS_FLAG_REPLAYED and
- * SHMBUS_FLAG_DIRECTED, ids kept) or republished on the bus by pub as new
- * events (flagged SHMBUS_FLAG_REPLAYED, causation and correlation kept).
+ * SHMBUS_FLAG_DIRECTED, ids and created times kept, new sequences and
+ * publish times; `to`'s own filter is not applied: the query chooses) or
+ * republished on the bus by pub as new events (flagged
+ * SHMBUS_FLAG_REPLAYED, causation and correlation kept).
  * Returns the number of events replayed, or -errno.
  */
 int64_t shmbus_replay_to(shmbus_bus_t *bus, const shmbus_query_t *q, shmbus_sub_id_t to);
