@@ -173,9 +173,10 @@ int shmbus_create(const char *name, const shmbus_config_t *cfg, const shmbus_ope
 int shmbus_open(const char *name, const shmbus_open_opts_t *opts, shmbus_bus_t **out);
 
 /* Detach: this process's plain subscriptions are removed, its publishers
- * closed; durable subscriptions, and groups with members elsewhere, stay. Every handle opened on the
- * bus is freed with it: close subscriptions, publishers, requesters and
- * dispatchers first if they are used again. NULL-safe. */
+ * closed; durable subscriptions, and groups with members elsewhere, stay.
+ * Every handle opened on the bus is freed with it: close subscriptions,
+ * publishers, requesters and dispatchers first if they are used again.
+ * NULL-safe. */
 void shmbus_close(shmbus_bus_t *bus);
 
 /* Remove the shm object of bus `name`; attached processes keep their mapping. */
