@@ -171,6 +171,11 @@ struct shmbus_pub {
 	uint32_t index;
 	struct seg_pub *rec;
 	int64_t timeout_ns;
+	/* How long this publisher has waited for the slot of position
+	 * stall_seq, over all its calls: what the stall timeout is measured
+	 * against (wait_for_space_once), not one call's wait, which its own
+	 * timeout (1 s by default, under the 5 s stall) always ended first. */
+	uint64_t stall_seq, stall_waited_ns;
 	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: a cached single publish's own fields after
 			   its push, hand_off_single after its commit */
 	bool stream_batches; /* not SHMBUS_PUB_CACHED_BATCHES: publish_many may stream windows */

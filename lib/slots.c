@@ -210,6 +210,12 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 		w->started = true;
 		w->start_ns = now;
 		w->timeout_ns = pub->timeout_ns > 0 ? pub->timeout_ns : (int64_t)h->block_timeout_ns;
+		/* the same slot held us back before: that wait counts too */
+		if (pub->stall_seq != blocking_seq + 1) {
+			pub->stall_seq = blocking_seq + 1; /* 0: none */
+			pub->stall_waited_ns = 0;
+		}
+		w->stall_base_ns = pub->stall_waited_ns;
 		at_count_u64(&pub->rec->block_waits, 1);
 		/* Nothing drained (no `lag` subscription) means the slot is as
 		 * busy as a moment ago: a blocking wait goes on to spin rather
@@ -218,6 +224,8 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 			return 0;
 		just_relieved = true;
 	}
+	uint64_t stalled_for = w->stall_base_ns + (now - w->start_ns);
+	pub->stall_waited_ns = stalled_for;
 	if (pub->timeout_ns < 0 || now - w->start_ns >= (uint64_t)w->timeout_ns) {
 		at_count_u64(&pub->rec->block_timeouts, 1);
 		if (pub->timeout_ns < 0)
@@ -225,7 +233,7 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 		return shmbus__fail(ETIMEDOUT, "the ring stayed full for %.3f s: a subscriber still holds the oldest slot",
 				    (double)w->timeout_ns / 1e9);
 	}
-	bool stalled = now - w->start_ns >= h->stall_timeout_ns;
+	bool stalled = stalled_for >= h->stall_timeout_ns;
 	if (stalled || (w->rounds % 64 == 0 && !just_relieved))
 		reclaim_relieve_congestion(bus, &pub->rec->drain, blocking_seq, stalled);
 	reclaim_if_due(bus);
@@ -255,8 +263,8 @@ static int wait_for_space_once(shmbus_pub_t *pub, uint64_t blocking_seq, struct 
 	uint64_t left = w->start_ns + (uint64_t)w->timeout_ns - now;
 	if (left < slice)
 		slice = left;
-	if (!stalled && w->start_ns + h->stall_timeout_ns - now < slice)
-		slice = w->start_ns + h->stall_timeout_ns - now;
+	if (!stalled && h->stall_timeout_ns - stalled_for < slice)
+		slice = h->stall_timeout_ns - stalled_for;
 	uint32_t seen = at_load_acquire_u32(&h->space_futex);
 	at_exchange_u32(&h->space_waiters, 1);
 	at_fence_seq_cst();

@@ -9,6 +9,7 @@
 struct space_wait {
 	bool started;
 	uint64_t start_ns;
+	uint64_t stall_base_ns; /* what earlier calls waited on the same slot (shmbus_pub.stall_*) */
 	int64_t timeout_ns;
 	uint32_t rounds;
 	uint64_t ahead;	     /* the position whose reuse a spinning waiter watches (wait_for_space_once; set by the caller) */

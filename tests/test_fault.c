@@ -568,6 +568,45 @@ static int stall_then_report(void *arg)
 	return 0;
 }
 
+/* The stall is measured over a publisher's calls, not inside one: with a
+ * publish timeout shorter than the stall timeout (the defaults: 1 s and
+ * 5 s) each call timed out before its own wait reached the stall, the
+ * next began from zero, and a stuck block subscriber was never demoted:
+ * the bus stayed frozen (found by an independent test). */
+Test(fault, a_stall_longer_than_each_publish_timeout_still_demotes)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	cfg.slots = 64;
+	cfg.max_payload = 1024;
+	cfg.stall_timeout_ns = 500 * TC_MS_NS;
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_sub_t *stuck = tc_sub(bus, NULL); /* block, the default */
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 150 * (int64_t)TC_MS_NS);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "held", 0, 0), 0);
+	const shmbus_event_t *ev;
+	cr_assert_eq(shmbus_poll(stuck, &ev), 1); /* taken and never released */
+	uint32_t timeouts = 0, published = 1;
+	uint64_t end = tc_now_ns() + 10 * TC_SEC_NS;
+	while (published < 4 * cfg.slots && tc_now_ns() < end) {
+		int rc = tc_publish_u32(pub, SHMBUS_NOTIFICATION, "more", 0, published);
+		if (rc == -ETIMEDOUT) {
+			timeouts++;
+			continue;
+		}
+		cr_assert_eq(rc, 0, "publish: %s", shmbus_errmsg());
+		published++;
+	}
+	shmbus_metrics_t mt;
+	cr_assert_eq(shmbus_get_metrics(bus, &mt), 0);
+	cr_assert_geq(mt.demotions, 1, "never demoted: %u timeouts, %u published", timeouts, published);
+	cr_expect_eq(published, 4 * cfg.slots, "publishers did not go on after the demotion");
+	cr_expect_geq(timeouts, 2, "demoted before the stall timeout: after %u timeouts of 150 ms", timeouts);
+	cr_expect_eq(shmbus_release(stuck, ev), -ESTALE);
+	shmbus_sub_close(stuck);
+	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
 Test(fault, stalled_block_subscriber_is_demoted)
 {
 	shmbus_config_t cfg = tc_small_cfg();
