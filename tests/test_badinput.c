@@ -1217,6 +1217,10 @@ Test(badinput, cli_info_stat_rm)
 		cr_assert_eq(tc_publish_u32(f.pub, SHMBUS_NOTIFICATION, "info.me", 0, i), 0);
 
 	struct tc_run_result r;
+	/* hours are a duration too (the README's `--since 1h`): 0.72 s here */
+	CLI(&r, "sub", tc_bus, "--count", "1", "--timeout", "0.0002h");
+	cr_expect(strstr(r.err, "timed out"), "sub --timeout 0.0002h: %s", r.err);
+	expect_runtime(&r, "sub --timeout in hours");
 	CLI(&r, "info", tc_bus, "--json");
 	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0, "info --json: %s: %s", tc_status_str(r.status),
 		  r.err);

@@ -151,7 +151,7 @@ int cli_parse_duration(const char *s, uint64_t *ns)
 	static const struct {
 		const char *suffix;
 		double mult;
-	} units[] = {{"ns", 1}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"", 1e9}, {"m", 60e9}};
+	} units[] = {{"ns", 1}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"", 1e9}, {"m", 60e9}, {"h", 3600e9}};
 	char num[40];
 	const char *suffix;
 	if (!s || split_number(s, true, num, sizeof num, &suffix) < 0)

@@ -54,7 +54,7 @@ int cli_parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out);
 int cli_parse_size(const char *s, uint64_t max, uint64_t *out);
 
 /*
- * A duration: a number (decimals allowed) with a suffix ns, us, ms, s or m;
+ * A duration: a number (decimals allowed) with a suffix ns, us, ms, s, m or h;
  * a bare number means seconds. Returns 0 and nanoseconds, -EINVAL or
  * -ERANGE (over about 292 years).
  */

@@ -90,7 +90,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
 				 "1-64 characters of [A-Za-z0-9._-], not . or ... B accepts k/M/G (KiB, MiB, GiB).\n"
-				 "DURATION is a number with a suffix ns, us, ms, s or m; a bare number\n"
+				 "DURATION is a number with a suffix ns, us, ms, s, m or h; a bare number\n"
 				 "means seconds (pub --timeout 0: fail at once instead of waiting).\n"
 				 "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
 
