@@ -186,9 +186,21 @@ static void count(uint64_t *counter)
 /* Slot i's letter was written (or could not be: a dead-letter queue that
  * cannot take it has no better fallback than the release that follows; the
  * failure is counted as a plain failure). Either way it is done with. */
+static void schedule_retry(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i);
+
 static void letter_done(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason, bool written)
 {
 	struct dslot *sl = &ds->win[i];
+	/* A letter that could not be written (the dead-letter log unusable:
+	 * full, refused, another bus's) must not let its event go: it stays
+	 * held and comes again after the back-off, handler and all, until a
+	 * letter can be written. It was released and lost without a word.
+	 * Not when the subscription is gone or no longer served: nobody is
+	 * left to hold it for. */
+	if (!written && !ds->shutdown && reason != SHMBUS_DEAD_ABANDONED) {
+		schedule_retry(ds->d, ds, i);
+		return;
+	}
 	if (written) {
 		if (!ds->shutdown) {
 			count(&ds->sub->rec->dead_lettered);

@@ -107,7 +107,7 @@ static int dlq_open_locked(shmbus_bus_t *bus, struct dlq_file *f, bool create)
 	if (h.incarnation != bus->hdr->incarnation || strncmp(h.bus, bus->name, sizeof h.bus) != 0)
 		return shmbus__fail(EPROTO,
 				    "dead-letter log '%s' belongs to another bus or an earlier bus '%s' "
-				    "(remove it, or remove the bus with `shmbus rm`, which removes its log)",
+				    "(kept with `shmbus rm --keep-log`? move the directory away)",
 				    f->path, bus->name);
 	void *p = mmap(NULL, (size_t)f->size, PROT_READ, MAP_SHARED, f->fd, 0);
 	if (p == MAP_FAILED)

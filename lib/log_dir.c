@@ -160,9 +160,12 @@ SHMBUS_API int shmbus_log_owned(shmbus_bus_t *bus)
 	if ((rc = log_list_segments(dir, &firsts, &n)) < 0)
 		return rc == -ENOENT ? shmbus__fail(ENOENT, "no log directory '%s'", dir) : rc;
 	int owned = 1;
-	for (size_t i = 0; i < n && owned == 1; i++) {
+	for (size_t i = 0; i <= n && owned == 1; i++) { /* the segments, then dead.log */
 		char path[PATH_MAX + 32];
-		log_seg_path(dir, firsts[i], "log", path, sizeof path);
+		if (i < n)
+			log_seg_path(dir, firsts[i], "log", path, sizeof path);
+		else
+			snprintf(path, sizeof path, "%s/dead.log", dir);
 		struct log_file_header h;
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)

@@ -1033,8 +1033,8 @@ shmbus_sync_t shmbus_log_sync(const shmbus_bus_t *bus);
 /* Remove <root>/<name> and everything in it (root NULL: $SHMBUS_LOG_DIR or
  * the default root). 0, or -ENOENT if there was nothing. */
 int shmbus_log_remove(const char *name, const char *root);
-/* Whether every segment in the bus's log directory is this bus's (this
- * incarnation's): 1, 0 if one is another's (a log kept by `shmbus rm
+/* Whether every segment and the dead-letter log in the bus's log directory
+ * are this bus's (this incarnation's): 1, 0 if one is another's (a log kept by `shmbus rm
  * --keep-log` before the bus was made again, which its recorder leaves
  * alone), -ENOENT if there is no directory, or -errno. */
 int shmbus_log_owned(shmbus_bus_t *bus);
