@@ -1004,7 +1004,9 @@ int shmbus_inspect_event(const shmbus_inspect_t *in, size_t i, shmbus_inspect_ev
  * <root>/<bus>/ (format in docs/FORMAT.md), written by one recorder per
  * bus and read in place by everyone. <root> is the bus's configured log
  * directory (shmbus_log_configure, `shmbus create --log-dir`), else
- * $SHMBUS_LOG_DIR when the bus was created, else SHMBUS_LOG_ROOT_DEFAULT.
+ * the $SHMBUS_LOG_DIR of the process that looks (each reads its own: set it
+ * alike in every process of the bus, or configure the bus), else
+ * SHMBUS_LOG_ROOT_DEFAULT.
  */
 #define SHMBUS_LOG_ROOT_DEFAULT "/var/tmp/shmbus"
 #define SHMBUS_FLAG_DIRECTED 0x0100u /* library: delivered to one subscription (replay, dead-letter retry) */
