@@ -1248,6 +1248,40 @@ Test(log, shm_dump_of_a_segment_shows_its_last_records)
 	shmbus_close(bus);
 }
 
+/* `shmbus events` on a log with a damaged record prints the others, says
+ * what is damaged under its own name, and exits 1: it exited 0 (found by
+ * an independent walk through the README). */
+Test(log, the_cli_reports_log_damage_as_a_failure)
+{
+	const char *cli = getenv("SHMBUS_CLI");
+	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	shmbus_config_t cfg = log_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	enum { N = 6 };
+	char path[1200];
+	uint64_t ends[N];
+	make_log(bus, N, path, sizeof path, ends);
+	int fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	uint8_t b;
+	cr_assert_eq(pread(fd, &b, 1, (off_t)ends[2] + 40), 1);
+	b ^= 0x5A;
+	cr_assert_eq(pwrite(fd, &b, 1, (off_t)ends[2] + 40), 1); /* inside record 3 */
+	close(fd);
+	char *argv[] = {(char *)cli, "events", tc_bus, "--json", NULL};
+	struct tc_run_result r;
+	cr_assert_eq(tc_run(argv, 10000, &r), 0);
+	cr_expect(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1, "events on a damaged log: %s",
+		  tc_status_str(r.status));
+	cr_expect(strncmp(r.err, "shmbus: events: ", 16) == 0, "stderr: %s", r.err);
+	int lines = 0;
+	for (const char *p = r.out; (p = strchr(p, '\n')); p++)
+		lines++;
+	cr_expect_eq(lines, N - 1, "the intact records are printed: %d lines", lines);
+	tc_run_free(&r);
+	shmbus_close(bus);
+}
+
 /* Copy the event at seq from the ring into a writer reservation. */
 static void reserve_copy(struct log_writer *w, shmbus_bus_t *bus, uint64_t seq)
 {

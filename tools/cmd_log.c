@@ -133,11 +133,16 @@ static bool print_one(const shmbus_event_t *ev, void *arg)
 	return true;
 }
 
-static int report_damage(shmbus_bus_t *bus)
+/* Say what damage the log met, under the command's name. What was found
+ * is printed still, but a command that met damage (a damaged record, a
+ * segment of another bus) did not do all it was asked: rc, or
+ * EXIT_RUNTIME in place of a success, as shm-dump does. */
+static int report_damage(shmbus_bus_t *bus, const char *cmd, int rc)
 {
-	for (size_t i = 0; i < shmbus_log_damage_count(bus); i++)
-		cli_error("log", "%s", shmbus_log_damage(bus, i));
-	return 0;
+	size_t n = shmbus_log_damage_count(bus);
+	for (size_t i = 0; i < n; i++)
+		cli_error(cmd, "%s", shmbus_log_damage(bus, i));
+	return n && rc == 0 ? EXIT_RUNTIME : rc;
 }
 
 /* get NAME EVENT_ID [--json]: one event from the log. */
@@ -167,6 +172,7 @@ int cmd_get(int argc, char **argv)
 		rc = cli_lib_error("get", rc);
 	else
 		rc = print_one(ev, &p) ? 0 : EXIT_RUNTIME;
+	rc = report_damage(bus, "get", rc);
 	shmbus_close(bus);
 	return rc;
 }
@@ -211,8 +217,8 @@ int cmd_events(int argc, char **argv)
 	if ((rc = open_bus("events", argv[optind], &bus)))
 		return rc;
 	int64_t n = shmbus_log_scan(bus, &q, print_one, &p);
-	report_damage(bus);
 	rc = n < 0 ? cli_lib_error("events", (int)n) : p.rc < 0 ? EXIT_RUNTIME : 0;
+	rc = report_damage(bus, "events", rc);
 	shmbus_close(bus);
 	return rc;
 }
@@ -245,11 +251,11 @@ int cmd_replay(int argc, char **argv)
 			shmbus_pub_close(pub);
 		}
 	}
-	report_damage(bus);
 	if (n < 0)
 		rc = cli_lib_error("replay", (int)n);
 	else
 		printf("replayed %lld events\n", (long long)n);
+	rc = report_damage(bus, "replay", rc);
 	shmbus_close(bus);
 	return rc;
 }
@@ -341,7 +347,7 @@ int cmd_dlq(int argc, char **argv)
 		rc = dlq_ls(bus, json);
 	else if ((rc = action[0] == 'r' ? shmbus_dlq_retry(bus, &id) : shmbus_dlq_clear(bus, &id)) < 0)
 		rc = cli_lib_error("dlq", rc);
-	report_damage(bus);
+	rc = report_damage(bus, "dlq", rc);
 	shmbus_close(bus);
 	return rc;
 }
