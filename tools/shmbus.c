@@ -1489,7 +1489,8 @@ static const struct command commands[] = {
 	{"pub", cmd_pub,
 	 "NAME --type TYPE --name EVENT [--source ID] [--target ID] [--priority P] [--correlation-id UUID] "
 	 "[--causation-id UUID] [--ttl DURATION] [--max-retries N] [--data JSON | --data-file FILE] "
-	 "[--meta K=V].. [--count N] [--print-id] [--timeout DURATION]"},
+	 "[--meta K=V].. [--conversation-id ID] [--user-id ID] [--intent TEXT] [--decision-id ID] "
+	 "[--confidence 0..1] [--count N] [--print-id] [--timeout DURATION]"},
 	{"sub", cmd_sub,
 	 "NAME [--id SUBSCRIBER] [--durable] [--group G] [--policy block|lag] [--type T,..] [--name N,..] "
 	 "[--source S,..] [--target T,..] [--min-priority P] [--pattern REGEX] [--count N] [--timeout DURATION] "
