@@ -171,11 +171,6 @@ struct shmbus_pub {
 	uint32_t index;
 	struct seg_pub *rec;
 	int64_t timeout_ns;
-	/* How long this publisher has waited for the slot of position
-	 * stall_seq, over all its calls: what the stall timeout is measured
-	 * against (wait_for_space_once), not one call's wait, which its own
-	 * timeout (1 s by default, under the 5 s stall) always ended first. */
-	uint64_t stall_seq, stall_waited_ns;
 	bool low_latency; /* SHMBUS_PUB_LOW_LATENCY: a cached single publish's own fields after
 			   its push, hand_off_single after its commit */
 	bool stream_batches; /* not SHMBUS_PUB_CACHED_BATCHES: publish_many may stream windows */
@@ -208,6 +203,13 @@ struct shmbus_pub {
 	struct shmbus_pub *next;
 	struct event_cache *last_event; /* of single publishes (event_encode.h) */
 	struct pub_clock clock;		/* its events' wall clock (pub_clock.h) */
+	/* How long this publisher has waited for the slot of position
+	 * stall_seq (+1; 0: none), over all its calls: what the stall timeout
+	 * is measured against (wait_for_space_once), not one call's wait,
+	 * which its own timeout (1 s by default, under the 5 s stall) always
+	 * ended first. Last: read only while waiting for space, away from
+	 * the lines every publish reads. */
+	uint64_t stall_seq, stall_waited_ns;
 };
 
 /* held_local.k of an event catch-up served from the log: it holds no
