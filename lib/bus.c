@@ -63,6 +63,17 @@ static void atfork_child(void)
 			close(b->map.fd);
 		b->map.fd = -1;
 		b->orphaned = true;
+		/* The same for each handle's own locks: one a parent thread held
+		 * at the fork stayed held in the child for good, and closing an
+		 * inherited subscription or publisher hung on it. */
+		pthread_mutex_init(&b->lock, NULL);
+		pthread_mutex_init(&b->subs_mutex, NULL);
+		pthread_mutex_init(&b->reclaim_mutex, NULL);
+		if (b->log) {
+			pthread_mutex_init(&b->log->lock, NULL);
+			pthread_mutex_init(&b->log->pub_lock, NULL);
+			pthread_mutex_init(&b->log->dlq_lock, NULL);
+		}
 	}
 }
 
@@ -340,6 +351,8 @@ SHMBUS_API void shmbus_bus_config(const shmbus_bus_t *bus, shmbus_config_t *out)
 {
 	const struct seg_header *h = bus->hdr;
 	memset(out, 0, sizeof *out);
+	if (bus->orphaned)
+		return; /* a forked child's: the mapping is not in the child */
 	out->slots = h->slot_count;
 	out->slot_size = h->slot_size;
 	out->max_payload = h->max_payload;

@@ -82,7 +82,7 @@ int log_mkdirs(const char *dir)
 
 SHMBUS_API shmbus_sync_t shmbus_log_sync(const shmbus_bus_t *bus)
 {
-	uint32_t v = bus && bus->hdr ? at_load_acquire_u32(&bus->hdr->log_sync) : 0;
+	uint32_t v = bus && bus->hdr && !bus->orphaned ? at_load_acquire_u32(&bus->hdr->log_sync) : 0;
 	return v >= SHMBUS_SYNC_NONE && v <= SHMBUS_SYNC_ALWAYS ? (shmbus_sync_t)v : SHMBUS_SYNC_BATCH;
 }
 

@@ -10,9 +10,12 @@
  *
  * Threads: a bus handle may be shared by threads. A publisher handle and a
  * subscription handle are used by one thread at a time. After fork() the
- * child must not use handles of its parent: it opens the bus again (the
+ * child must not use handles of its parent, nor read events the parent
+ * held (they are not mapped in the child): it opens the bus again (the
  * library closes the parent's descriptors in the child so a child cannot
- * keep a dead parent looking alive).
+ * keep a dead parent looking alive). Closing inherited subscriptions,
+ * publishers and buses only frees their memory; a parent's dispatcher or
+ * requester is left alone in the child.
  */
 #ifndef SHMBUS_H
 #define SHMBUS_H
