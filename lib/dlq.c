@@ -281,8 +281,7 @@ static int64_t letter_body(const struct seg_event *e, const struct dlq_entry_in 
 	snprintf(d.subscriber, sizeof d.subscriber, "%s", in->subscriber_id ? in->subscriber_id : "");
 	snprintf(d.group, sizeof d.group, "%s", in->group ? in->group : "");
 	struct seg_event head;
-	memcpy(&head, e, sizeof head);
-	head.committed = 1;
+	event_copy_committed(&head, e, sizeof head);
 	head.flags &= (uint16_t)~(SEG_EVF_REDELIVERED | SEG_EVF_DIRECTED);
 	/* its handling failed, whatever the copy said: RETRYING on a retry's
 	 * private copy, PUBLISHED on the ring's own */

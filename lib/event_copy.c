@@ -17,7 +17,7 @@ SHMBUS_API int shmbus_event_copy(const shmbus_event_t *ev, shmbus_event_t **out)
 	void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
 	if (!p)
 		return shmbus__fail(ENOMEM, "out of memory");
-	memcpy(p, ev, n);
+	event_copy_committed(p, ev, n); /* a copy is of a committed event */
 	*out = p;
 	return 0;
 }

@@ -194,7 +194,7 @@ static int copy_run(shmbus_recorder_t *r, uint64_t claim, struct rec_copy *run)
 					return rc;
 				break; /* the segment is full: commit this run, roll on the next */
 			}
-			memcpy(e->dst, ev, size);
+			event_copy_committed(e->dst, ev, size);
 		}
 		n++;
 		p += e->slots;
