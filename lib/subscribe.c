@@ -159,19 +159,45 @@ uint64_t sub_drop_queued(shmbus_bus_t *bus, uint32_t idx, uint64_t max_seq, stru
 	return dropped;
 }
 
+/*
+ * The routing bits of every active subscription, set again from what its
+ * record says: its filter's types, and its pause flag. For a routing
+ * change whose maker died half way (the epoch still odd): a filter
+ * replacement cut short in its grace period left the subscription out of
+ * routing for good, a resume cut short after clearing the flag left it
+ * unpaused but unrouted. Every change writes the record (filter, flags)
+ * before the bits, so the record says what the bits should be; bits left
+ * set for types no longer in the filter cost a filter walk, nothing more.
+ */
+static void reroute_active(shmbus_bus_t *bus)
+{
+	for (uint32_t i = 0; i < bus->max_subs; i++) {
+		struct seg_sub *s = bus_sub(bus, i);
+		if (at_load_acquire_u32(&s->state) != SEG_SUB_ACTIVE)
+			continue;
+		mask_types(bus, i, s->filter.type_union, true);
+		sub_mask_set(bus, i, !(at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED));
+	}
+}
+
 /* Finish what a holder of the table lock that died left half done: a
- * drain (its take intent) and a subscription being created or removed. */
+ * routing change, a drain (its take intent) and a subscription being
+ * created or removed. */
 void sub_lock_recover(shmbus_bus_t *bus)
 {
-	/* a routing change whose maker died: what it changed stands, and the
-	 * memos made before it must not (see sub_route_change_begin) */
-	if (at_load_acquire_u64(&bus->hdr->route_epoch) & 1)
-		sub_route_change_end(bus);
+	/* the records first: one still being created goes */
 	reclaim_locked_revoke(bus);
 	reclaim_locked_take(bus);
 	for (uint32_t i = 0; i < bus->max_subs; i++)
 		if (at_load_acquire_u32(&bus_sub(bus, i)->state) == SEG_SUB_INIT)
 			sub_remove_locked(bus, i);
+	/* a routing change whose maker died: the bits are set again from the
+	 * records, and the memos made before it must not stand (see
+	 * sub_route_change_begin) */
+	if (at_load_acquire_u64(&bus->hdr->route_epoch) & 1) {
+		reroute_active(bus);
+		sub_route_change_end(bus);
+	}
 }
 
 /* Whether consumer con's owner lives and is still this attachment. */
@@ -357,17 +383,19 @@ static int consumer_join(shmbus_bus_t *bus, struct seg_sub *s)
 	return shmbus__fail(ENOSPC, "subscription has %u consumers already", SEG_CONSUMERS);
 }
 
-static void install_filter(shmbus_bus_t *bus, uint32_t idx, const struct seg_filter *f, bool replacing)
+/* Replace subscription idx's filter: out of routing, a grace period so
+ * that no publisher still reads the old one, the new one written, back in
+ * routing. The epoch stays odd from the first store to the last: should
+ * we die in between, the next holder of the table lock sets the bits again
+ * from the record (reroute_active). */
+static void replace_filter(shmbus_bus_t *bus, uint32_t idx, const struct seg_filter *f)
 {
 	struct seg_sub *s = bus_sub(bus, idx);
-	if (replacing) {
-		sub_route_change_begin(bus);
-		sub_mask_set(bus, idx, false);
-		mask_types(bus, idx, 0, false);
-		sub_route_change_end(bus);
-		sub_wait_routing_grace(bus);
-	}
 	sub_route_change_begin(bus);
+	sub_mask_set(bus, idx, false);
+	mask_types(bus, idx, 0, false);
+	CRASH_POINT("filter.unrouted");
+	sub_wait_routing_grace(bus);
 	memcpy(&s->filter, f, sizeof *f);
 	mask_types(bus, idx, f->type_union, true);
 	if (!(at_load_acquire_u32(&s->flags) & SEG_SUB_PAUSED))
@@ -412,7 +440,7 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		 * (compiled from zeroed memory, so equal filters are equal
 		 * bytes) loses nothing; each one used to. */
 		if (r->has_filter && memcmp(&s->filter, &r->filter, sizeof r->filter) != 0)
-			install_filter(bus, (uint32_t)idx, &r->filter, true);
+			replace_filter(bus, (uint32_t)idx, &r->filter);
 		*idx_out = (uint32_t)idx;
 		*cons_out = c;
 		return 0;
@@ -478,8 +506,18 @@ static int sub_attach_locked(shmbus_bus_t *bus, const struct sub_request *r, uin
 		sub_remove_locked(bus, (uint32_t)idx);
 		return c;
 	}
+	/* Filter and routing bits before the record turns active, in one
+	 * routing change: a creator that dies before leaves an INIT record,
+	 * which the next holder of the table lock removes; one that dies after
+	 * leaves an active subscription that is routed already. Active first,
+	 * the events published between a death and that recovery were routed
+	 * nowhere, and a durable subscription lost them. */
+	memcpy(&s->filter, &r->filter, sizeof s->filter);
+	sub_route_change_begin(bus);
+	mask_types(bus, (uint32_t)idx, r->filter.type_union, true);
+	sub_mask_set(bus, (uint32_t)idx, true); /* a new record is not paused */
 	at_store_release_u32(&s->state, SEG_SUB_ACTIVE);
-	install_filter(bus, (uint32_t)idx, &r->filter, false);
+	sub_route_change_end(bus);
 	*idx_out = (uint32_t)idx;
 	*cons_out = c;
 	return 0;

@@ -2079,3 +2079,93 @@ Test(crash, a_pause_cut_short_leaves_no_publisher_delivering_from_memory)
 	shmbus_sub_close(sub);
 	shmbus_close(bus);
 }
+
+/* ------------------------------------------- a filter replacement cut short */
+
+static int replace_and_die(void *arg)
+{
+	(void)arg;
+	setenv("SHMBUS_CRASH_AT", "filter.unrouted:1", 1);
+	shmbus_bus_t *bus = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open");
+	const char *other[] = {"b"};
+	shmbus_filter_t *f = NULL;
+	if (shmbus_filter_names(other, 1, &f) < 0)
+		return CHILD_FAIL("filter");
+	shmbus_sub_t *sub;
+	/* a durable re-attach with another filter: dies inside, out of
+	 * routing, the table lock held */
+	shmbus_subscribe(bus, &(shmbus_sub_opts_t){.subscriber_id = "keep", .durable = true, .filter = f}, &sub);
+	return CHILD_FAIL("survived its crash point");
+}
+
+/* A process killed while it replaced a durable subscription's filter (the
+ * subscription taken out of routing, the new filter not written yet) left
+ * it out of routing for good: it got nothing, ever, and attaching again
+ * with the filter it had did not help (found by an independent kill -9
+ * test). The next holder of the table lock puts it back, by the filter
+ * its record has. */
+Test(crash, a_filter_replacement_cut_short_leaves_the_subscription_routed)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	const char *names[] = {"a"};
+	shmbus_filter_t *f = NULL;
+	cr_assert_eq(shmbus_filter_names(names, 1, &f), 0);
+	shmbus_sub_opts_t o = {.subscriber_id = "keep", .durable = true, .filter = f};
+	shmbus_sub_t *sub;
+	cr_assert_eq(shmbus_subscribe(bus, &o, &sub), 0, "%s", shmbus_errmsg());
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(replace_and_die, NULL), 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "replacer %s", tc_status_str(st));
+	/* the dead replacer's member is reclaimed (under the table lock) */
+	tc_sleep_ms(3 * (unsigned)(cfg.reclaim_timeout_ns / TC_MS_NS));
+	cr_assert_geq(shmbus_reclaim(bus), 0, "%s", shmbus_errmsg());
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	for (uint32_t i = 0; i < 3; i++)
+		cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "a", 0, i), 0);
+	cr_assert_eq(tc_drain(sub, NULL, NULL), 3, "the subscription was left out of routing");
+	shmbus_pub_close(pub);
+	shmbus_filter_free(f);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
+
+static int resume_and_die(void *arg)
+{
+	const shmbus_sub_id_t *id = arg;
+	setenv("SHMBUS_CRASH_AT", "pause.flagged:1", 1);
+	shmbus_bus_t *bus = NULL;
+	if (shmbus_open(tc_bus, NULL, &bus) < 0)
+		return CHILD_FAIL("open");
+	shmbus_resume(bus, *id); /* dies inside: the flag cleared, the bit not set */
+	return CHILD_FAIL("survived its crash point");
+}
+
+/* A process killed while it resumed a subscription (the pause flag
+ * cleared, its routing bit not set yet) left it listed as not paused and
+ * receiving nothing (found by an independent kill -9 test). The next
+ * holder of the table lock sets the bit from the flag. */
+Test(crash, a_resume_cut_short_leaves_the_subscription_routed)
+{
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = tc_create(&cfg);
+	shmbus_pub_t *pub = tc_pub(bus, NULL, 0);
+	shmbus_sub_t *sub = tc_sub(bus, NULL);
+	shmbus_sub_id_t id = shmbus_sub_id(sub);
+	cr_assert_eq(shmbus_pause(bus, id), 0);
+	int st = 0;
+	cr_assert_eq(tc_wait(tc_fork(resume_and_die, &id), 10000, &st), 0);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "resumer %s", tc_status_str(st));
+	tc_sleep_ms(3 * (unsigned)(cfg.reclaim_timeout_ns / TC_MS_NS));
+	cr_assert_geq(shmbus_reclaim(bus), 0, "%s", shmbus_errmsg());
+	shmbus_sub_info_t info;
+	cr_assert_eq(shmbus_list_subscriptions(bus, NULL, &info, 1), 1);
+	cr_expect_not(info.paused);
+	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "back", 0, 1), 0);
+	cr_assert_eq(tc_drain(sub, NULL, NULL), 1, "listed as resumed, routed nothing");
+	shmbus_pub_close(pub);
+	shmbus_sub_close(sub);
+	shmbus_close(bus);
+}
