@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -312,6 +313,17 @@ int seg_check_header(const struct seg_header *h, uint64_t file_size, struct seg_
 	return 0;
 }
 
+bool seg_unwritten_and_dead(int fd, const struct stat *st)
+{
+	if (live_is_locked(fd, SEG_LOCK_INIT) != 0)
+		return false; /* its creator holds it: at work */
+	/* the creator locks right after shm_open: a young object may be in
+	 * that window */
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	return now.tv_sec - st->st_mtim.tv_sec > SEG_UNWRITTEN_GRACE_S;
+}
+
 int seg_open(const char *name, struct seg_map *m, const char **why)
 {
 	char path[96];
@@ -331,7 +343,10 @@ int seg_open(const char *name, struct seg_map *m, const char **why)
 		goto fail;
 	}
 	memset(&h, 0, sizeof h);
-	if ((uint64_t)st.st_size >= sizeof h && pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+	/* what there is of a header: a short object's bytes too, so that one
+	 * with a magic (a truncated copy) is told from one never written */
+	size_t have = (uint64_t)st.st_size < sizeof h ? (size_t)st.st_size : sizeof h;
+	if (have && pread(fd, &h, have, 0) != (ssize_t)have) {
 		rc = -EBADMSG;
 		*why = "cannot read the segment header";
 		goto fail;
@@ -340,6 +355,18 @@ int seg_open(const char *name, struct seg_map *m, const char **why)
 	if (rc == -EBUSY && live_is_locked(fd, SEG_LOCK_INIT) == 0) {
 		rc = -EPROTO;
 		*why = "segment was never fully created (its creator died): remove it with shmbus rm or gc";
+	}
+	/* Not even its header written: a creator at work (or one that just
+	 * opened it and is about to lock), or one that died before writing */
+	if (rc != 0 && h.magic == 0) {
+		if (!seg_unwritten_and_dead(fd, &st)) {
+			rc = -EBUSY;
+			*why = "segment is being created";
+		} else {
+			rc = -EPROTO;
+			*why = "segment was never fully created (its creator died before writing its header): remove it "
+			       "with shmbus rm or gc";
+		}
 	}
 	/* A copy or a renamed object still names the bus it was made for, and
 	 * that name is where its log lives: attached under another name, its

@@ -8,6 +8,7 @@
 #ifndef SHMBUS_SHM_SEGMENT_H
 #define SHMBUS_SHM_SEGMENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,15 @@ int seg_open(const char *name, struct seg_map *m, const char **why);
  * Returns 0 and fills *g, or -EPROTO / -EBADMSG / -EBUSY with *why.
  */
 int seg_check_header(const struct seg_header *h, uint64_t file_size, struct seg_geometry *g, const char **why);
+
+/* An object whose header was never written (empty, or zeros where the
+ * magic goes) is a creator's at work while it holds lock byte
+ * SEG_LOCK_INIT or for SEG_UNWRITTEN_GRACE_S after its last change (it
+ * locks right after shm_open); after that, its creator died before
+ * writing the header: true. */
+#define SEG_UNWRITTEN_GRACE_S 2
+struct stat;
+bool seg_unwritten_and_dead(int fd, const struct stat *st);
 
 void seg_unmap(struct seg_map *m);
 

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -353,6 +354,43 @@ Test(badinput, api_edges_answer_as_documented)
 	cr_assert_eq(shmbus_abort(pub, &claim), 0);
 	cr_assert_eq(shmbus_publish(pub, &m, NULL), 0, "%s", shmbus_errmsg());
 	shmbus_pub_close(pub);
+	shmbus_close(bus);
+}
+
+/* An object its creator left before writing a byte of the header (killed
+ * between shm_open and the header): attach said "truncated" or "bad
+ * magic", ls did not call it stale, gc left it, and the name was blocked
+ * for good (found by an independent kill -9 test). Now it is "being
+ * created" while young or locked, and stale after that. */
+Test(badinput, an_object_never_written_is_being_created_then_stale)
+{
+	char path[128];
+	snprintf(path, sizeof path, "/dev/shm/shmbus.%s", tc_bus);
+	tc_track(tc_bus);
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	expect_open(tc_bus, -EBUSY, 0, "an empty object a moment old (its creator may be at work)");
+	shmbus_config_t cfg = tc_small_cfg();
+	shmbus_bus_t *bus = NULL;
+	cr_assert_eq(shmbus_create(tc_bus, &cfg, NULL, &bus), -EEXIST);
+	/* ten seconds later, nobody holding its init lock: its creator died */
+	struct timespec old[2];
+	clock_gettime(CLOCK_REALTIME, &old[0]);
+	old[0].tv_sec -= 10;
+	old[1] = old[0];
+	cr_assert_eq(futimens(fd, old), 0);
+	close(fd);
+	expect_open(tc_bus, -EPROTO, 0, "an empty object its creator left");
+	cr_expect(strstr(shmbus_errmsg(), "never fully created"), "%s", shmbus_errmsg());
+	shmbus_bus_entry_t list[256];
+	int n = shmbus_list_buses(list, 256);
+	bool stale = false;
+	for (int i = 0; i < n && i < 256; i++)
+		if (strcmp(list[i].name, tc_bus) == 0)
+			stale = list[i].stale;
+	cr_expect(stale, "ls does not call it stale");
+	cr_assert_geq(shmbus_gc(), 1, "gc removed nothing");
+	cr_assert_eq(shmbus_create(tc_bus, &cfg, NULL, &bus), 0, "the name is still blocked: %s", shmbus_errmsg());
 	shmbus_close(bus);
 }
 
