@@ -32,7 +32,7 @@ static void probe(const char *name, shmbus_bus_entry_t *e)
 		return;
 	struct stat st;
 	struct seg_header h;
-	memset(&h, 0, sizeof h);
+	memset(&h, 0, sizeof h); /* a short read leaves no magic behind */
 	struct seg_geometry g;
 	const char *why;
 	if (fstat(fd, &st) == 0) {
@@ -60,9 +60,7 @@ static void probe(const char *name, shmbus_bus_entry_t *e)
 		} else if ((uint64_t)st.st_size >= sizeof h && h.magic == SEG_MAGIC && h.state != SEG_STATE_READY &&
 			   live_is_locked(fd, SEG_LOCK_INIT) == 0) {
 			e->stale = true; /* its creator died half way */
-		} else if ((st.st_size == 0 || (pread(fd, &h.magic, sizeof h.magic, 0) == (ssize_t)sizeof h.magic &&
-						h.magic == 0)) &&
-			   seg_unwritten_and_dead(fd, &st)) {
+		} else if (seg_header_unwritten(fd, &st) == SEG_UNWRITTEN_ABANDONED) {
 			e->stale = true; /* its creator died before writing the header */
 		}
 	}

@@ -183,11 +183,10 @@ static void count(uint64_t *counter)
 	at_count_u64(counter, 1);
 }
 
-/* Slot i's letter was written (or could not be: a dead-letter queue that
- * cannot take it has no better fallback than the release that follows; the
- * failure is counted as a plain failure). Either way it is done with. */
 static void schedule_retry(shmbus_dispatcher_t *d, struct dsub *ds, uint32_t i);
 
+/* Slot i's letter was written, or could not be: then the event comes again
+ * (below), unless nobody is left to hold it for. */
 static void letter_done(struct dsub *ds, uint32_t i, shmbus_dead_reason_t reason, bool written)
 {
 	struct dslot *sl = &ds->win[i];

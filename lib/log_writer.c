@@ -515,9 +515,9 @@ static int recover(struct log_writer *w, uint32_t slot_size)
 		w->damaged = true;
 		/* an index rebuilt above ends at the damage: index what follows
 		 * it too, or readers never reach it */
-		uint64_t end2, bad2;
-		const char *why2;
 		if (reindexed) {
+			uint64_t end2, bad2;
+			const char *why2;
 			if ((rc = reindex(w, true, &end2, &bad2, &why2)) < 0)
 				return rc;
 			at_store_release_u64(&s->hdr->records, s->nrec); /* the new index's entries */

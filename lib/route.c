@@ -16,7 +16,6 @@
 #include "crash_point.h"
 #include "futex.h"
 
-
 /* Node visits allowed per evaluation: a sane tree of 16 nodes visits each
  * once; a hostile one sharing children could otherwise cost 2^16. */
 #define MAX_VISITS 64

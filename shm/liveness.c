@@ -7,7 +7,7 @@
 #include <fcntl.h>
 #include <string.h>
 
-static int ofd_once(int fd, int cmd, short type, uint64_t byte, struct flock *out, bool retry_eintr)
+static int ofd_call(int fd, int cmd, short type, uint64_t byte, struct flock *out, bool retry_eintr)
 {
 	struct flock fl;
 	memset(&fl, 0, sizeof fl);
@@ -31,7 +31,7 @@ static int ofd_once(int fd, int cmd, short type, uint64_t byte, struct flock *ou
  * without it" (live_lock_wait_or_signal is the exception). */
 static int ofd(int fd, int cmd, short type, uint64_t byte, struct flock *out)
 {
-	return ofd_once(fd, cmd, type, byte, out, true);
+	return ofd_call(fd, cmd, type, byte, out, true);
 }
 
 int live_lock(int fd, uint64_t byte)
@@ -47,7 +47,7 @@ int live_lock_wait(int fd, uint64_t byte)
 
 int live_lock_wait_or_signal(int fd, uint64_t byte)
 {
-	return ofd_once(fd, F_OFD_SETLKW, F_WRLCK, byte, NULL, false);
+	return ofd_call(fd, F_OFD_SETLKW, F_WRLCK, byte, NULL, false);
 }
 
 void live_unlock(int fd, uint64_t byte)

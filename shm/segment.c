@@ -11,7 +11,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -313,15 +312,22 @@ int seg_check_header(const struct seg_header *h, uint64_t file_size, struct seg_
 	return 0;
 }
 
-bool seg_unwritten_and_dead(int fd, const struct stat *st)
+enum seg_unwritten seg_header_unwritten(int fd, const struct stat *st)
 {
+	uint64_t magic = 0;
+	if (st->st_size > 0 && pread(fd, &magic, st->st_size < (off_t)sizeof magic ? (size_t)st->st_size : sizeof magic,
+				     0) < 0)
+		return SEG_HEADER_WRITTEN; /* unreadable: let the header checks say */
+	if (magic != 0)
+		return SEG_HEADER_WRITTEN;
 	if (live_is_locked(fd, SEG_LOCK_INIT) != 0)
-		return false; /* its creator holds it: at work */
+		return SEG_UNWRITTEN_CREATING; /* its creator holds it: at work */
 	/* the creator locks right after shm_open: a young object may be in
 	 * that window */
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
-	return now.tv_sec - st->st_mtim.tv_sec > SEG_UNWRITTEN_GRACE_S;
+	return now.tv_sec - st->st_mtim.tv_sec > SEG_UNWRITTEN_GRACE_S ? SEG_UNWRITTEN_ABANDONED
+									: SEG_UNWRITTEN_CREATING;
 }
 
 int seg_open(const char *name, struct seg_map *m, const char **why)
@@ -358,15 +364,14 @@ int seg_open(const char *name, struct seg_map *m, const char **why)
 	}
 	/* Not even its header written: a creator at work (or one that just
 	 * opened it and is about to lock), or one that died before writing */
-	if (rc != 0 && h.magic == 0) {
-		if (!seg_unwritten_and_dead(fd, &st)) {
-			rc = -EBUSY;
-			*why = "segment is being created";
-		} else {
-			rc = -EPROTO;
-			*why = "segment was never fully created (its creator died before writing its header): remove it "
-			       "with shmbus rm or gc";
-		}
+	enum seg_unwritten unwritten = rc != 0 ? seg_header_unwritten(fd, &st) : SEG_HEADER_WRITTEN;
+	if (unwritten == SEG_UNWRITTEN_CREATING) {
+		rc = -EBUSY;
+		*why = "segment is being created";
+	} else if (unwritten == SEG_UNWRITTEN_ABANDONED) {
+		rc = -EPROTO;
+		*why = "segment was never fully created (its creator died before writing its header): remove it "
+		       "with shmbus rm or gc";
 	}
 	/* A copy or a renamed object still names the bus it was made for, and
 	 * that name is where its log lives: attached under another name, its

@@ -8,7 +8,6 @@
 #ifndef SHMBUS_SHM_SEGMENT_H
 #define SHMBUS_SHM_SEGMENT_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,14 +59,15 @@ int seg_open(const char *name, struct seg_map *m, const char **why);
  */
 int seg_check_header(const struct seg_header *h, uint64_t file_size, struct seg_geometry *g, const char **why);
 
-/* An object whose header was never written (empty, or zeros where the
- * magic goes) is a creator's at work while it holds lock byte
- * SEG_LOCK_INIT or for SEG_UNWRITTEN_GRACE_S after its last change (it
- * locks right after shm_open); after that, its creator died before
- * writing the header: true. */
+/* Whether the object's header was ever written: an object empty, or with
+ * zeros where the magic goes, is a creator's at work while it holds lock
+ * byte SEG_LOCK_INIT or for SEG_UNWRITTEN_GRACE_S after its last change
+ * (it locks right after shm_open); after that its creator died before
+ * writing the header. */
 #define SEG_UNWRITTEN_GRACE_S 2
+enum seg_unwritten { SEG_HEADER_WRITTEN, SEG_UNWRITTEN_CREATING, SEG_UNWRITTEN_ABANDONED };
 struct stat;
-bool seg_unwritten_and_dead(int fd, const struct stat *st);
+enum seg_unwritten seg_header_unwritten(int fd, const struct stat *st);
 
 void seg_unmap(struct seg_map *m);
 
