@@ -385,9 +385,9 @@ static int open_or_stand_by(shmbus_bus_t *bus, shmbus_record_opts_t *o, shmbus_r
 		}
 		if (stop_asked)
 			return 1;
+		/* a stop while asleep is seen by the next round, or, should
+		 * that round take the role, by the caller */
 		nanosleep(&(struct timespec){0, STANDBY_POLL_NS}, NULL);
-		if (stop_asked)
-			return 1;
 	}
 }
 

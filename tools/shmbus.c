@@ -25,7 +25,6 @@
 #include "shmbus.h"
 #include "sub_exec.h"
 
-
 static volatile sig_atomic_t stop_requested;
 
 /* Async-signal-safe: only records that a stop was asked for. */
@@ -89,7 +88,7 @@ static const char usage_text[] = "usage: shmbus COMMAND [ARGS]\n"
 				 "              [--retain-bytes B] [--retain-age DURATION] [--retain-force] [--batch-ms N]\n"
 				 "\n"
 				 "TYPE is command|notification|query|response|error. NAME is a bus name,\n"
-				 "1-64 characters of [A-Za-z0-9._-], not . or ... B accepts k/M/G (KiB, MiB, GiB).\n"
+				 "1-64 characters of [A-Za-z0-9._-] but not '.' or '..'. B accepts k/M/G (KiB, MiB, GiB).\n"
 				 "DURATION is a number with a suffix ns, us, ms, s, m or h; a bare number\n"
 				 "means seconds (pub --timeout 0: fail at once instead of waiting).\n"
 				 "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
@@ -1132,19 +1131,19 @@ static int cmd_pub(int argc, char **argv)
 	shmbus_bus_t *bus = NULL;
 	if (rc == 0)
 		rc = open_bus("pub", argv[optind], &bus);
+	shmbus_config_t cfg = {0};
 	if (rc == 0) {
-		shmbus_config_t cfg;
 		shmbus_bus_config(bus, &cfg);
-		if (a.data_file && (rc = take_data_file(&a, a.data_file, cfg.max_payload)) != 0) {
-			/* said */
-		} else if (a.msg.payload_len > cfg.max_payload) {
-			cli_error("pub", "payload of %zu bytes exceeds the bus's max_payload of %u", a.msg.payload_len,
-				  cfg.max_payload);
-			rc = EXIT_RUNTIME;
-		} else {
-			rc = publish_all(bus, &a);
-		}
+		if (a.data_file) /* no further than max_payload */
+			rc = take_data_file(&a, a.data_file, cfg.max_payload);
 	}
+	if (rc == 0 && a.msg.payload_len > cfg.max_payload) {
+		cli_error("pub", "payload of %zu bytes exceeds the bus's max_payload of %u", a.msg.payload_len,
+			  cfg.max_payload);
+		rc = EXIT_RUNTIME;
+	}
+	if (rc == 0)
+		rc = publish_all(bus, &a);
 	shmbus_close(bus);
 	pub_args_free(&a);
 	return rc;
