@@ -502,6 +502,13 @@ static void append(char **buf, size_t *len, size_t *cap, const char *data, size_
 	(*buf)[*len] = '\0';
 }
 
+const char *tc_tool(const char *env)
+{
+	const char *p = getenv(env);
+	cr_assert(p && *p, "%s is not set (run through meson test)", env);
+	return p;
+}
+
 int tc_run(char *const argv[], int timeout_ms, struct tc_run_result *r)
 {
 	memset(r, 0, sizeof *r);

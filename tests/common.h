@@ -119,6 +119,9 @@ struct tc_run_result {
 	size_t out_len, err_len;
 };
 int tc_run(char *const argv[], int timeout_ms, struct tc_run_result *r);
+/* The path of a tool meson test names in env (SHMBUS_CLI, SHM_DUMP); the
+ * test fails when it is not set. */
+const char *tc_tool(const char *env);
 void tc_run_free(struct tc_run_result *r);
 
 /* Copy a shm object of bus `from` to bus `to` (whole, or its first len

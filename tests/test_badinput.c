@@ -25,13 +25,6 @@ TestSuite(badinput, .init = tc_init, .fini = tc_fini, .timeout = 90);
 
 /* ------------------------------------------------------------- helpers */
 
-static const char *tool(const char *env)
-{
-	const char *p = getenv(env);
-	cr_assert(p && *p, "%s is not set (run through meson test)", env);
-	return p;
-}
-
 /* Run a tool with NULL-terminated args; asserts it neither hung nor crashed. */
 static void run_tool(const char *path, struct tc_run_result *r, const char *const *args)
 {
@@ -51,8 +44,8 @@ static void run_tool(const char *path, struct tc_run_result *r, const char *cons
 	cr_assert(!WIFSIGNALED(r->status), "%s: %s\nstderr: %s", cmd, tc_status_str(r->status), r->err);
 }
 
-#define CLI(r, ...) run_tool(tool("SHMBUS_CLI"), (r), (const char *const[]){__VA_ARGS__, NULL})
-#define DUMP(r, ...) run_tool(tool("SHM_DUMP"), (r), (const char *const[]){__VA_ARGS__, NULL})
+#define CLI(r, ...) run_tool(tc_tool("SHMBUS_CLI"), (r), (const char *const[]){__VA_ARGS__, NULL})
+#define DUMP(r, ...) run_tool(tc_tool("SHM_DUMP"), (r), (const char *const[]){__VA_ARGS__, NULL})
 
 static void expect_exit(struct tc_run_result *r, int code, const char *what)
 {
@@ -432,7 +425,7 @@ Test(badinput, cli_usage_errors)
 	expect_usage(&r, "unknown command");
 	CLI(&r, "frobnicate", tc_bus);
 	expect_usage(&r, "unknown command with a name");
-	run_tool(tool("SHMBUS_CLI"), &r, (const char *const[]){NULL});
+	run_tool(tc_tool("SHMBUS_CLI"), &r, (const char *const[]){NULL});
 	expect_usage(&r, "no arguments");
 	CLI(&r, "info");
 	expect_usage(&r, "info without a name");
@@ -581,7 +574,7 @@ Test(badinput, cli_output_that_cannot_be_written_is_reported)
 {
 	struct fixture f;
 	fixture_up(&f, 1024);
-	const char *cli = tool("SHMBUS_CLI"), *dump = tool("SHM_DUMP");
+	const char *cli = tc_tool("SHMBUS_CLI"), *dump = tc_tool("SHM_DUMP");
 	static const struct {
 		bool dump;
 		const char *cmd, *opts; /* cmd NULL: shm-dump of the bus */
@@ -678,7 +671,7 @@ Test(badinput, cli_sub_prints_json_events)
 {
 	struct fixture f;
 	fixture_up(&f, 1024);
-	char *argv[] = {(char *)tool("SHMBUS_CLI"), "sub", tc_bus, "--count", "2", "--timeout", "10s", "--json", NULL};
+	char *argv[] = {(char *)tc_tool("SHMBUS_CLI"), "sub", tc_bus, "--count", "2", "--timeout", "10s", "--json", NULL};
 	struct async_run a = {.argv = argv};
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, run_async, &a), 0);
@@ -1376,7 +1369,7 @@ Test(badinput, cli_pub_and_sub_carry_every_option)
 	tc_run_free(&r);
 
 	/* sub with filters: only the matching events, as JSON lines. */
-	char *argv[] = {(char *)tool("SHMBUS_CLI"), "sub", tc_bus, "--type", "command,error", "--min-priority", "high",
+	char *argv[] = {(char *)tc_tool("SHMBUS_CLI"), "sub", tc_bus, "--type", "command,error", "--min-priority", "high",
 			"--pattern", "^job\\.", "--count", "2", "--timeout", "10s", "--json", NULL};
 	struct async_run a = {.argv = argv};
 	pthread_t th;

@@ -2037,14 +2037,21 @@ Test(crash, a_consumer_that_dies_on_redelivered_events_keeps_them_ahead_of_the_r
 
 /* ---------------------------------------------- a routing change cut short */
 
+/* Pause (or resume) subscription id and die inside, between the flag and
+ * the routing bit, the table lock held. */
+struct pause_death {
+	shmbus_sub_id_t id;
+	bool resume;
+};
+
 static int pause_and_die(void *arg)
 {
-	const shmbus_sub_id_t *id = arg;
+	const struct pause_death *p = arg;
 	setenv("SHMBUS_CRASH_AT", "pause.flagged:1", 1);
 	shmbus_bus_t *bus = NULL;
 	if (shmbus_open(tc_bus, NULL, &bus) < 0)
 		return CHILD_FAIL("open");
-	shmbus_pause(bus, *id); /* dies inside, the table lock held */
+	(p->resume ? shmbus_resume : shmbus_pause)(bus, p->id);
 	return CHILD_FAIL("survived its crash point");
 }
 
@@ -2065,7 +2072,7 @@ Test(crash, a_pause_cut_short_leaves_no_publisher_delivering_from_memory)
 	cr_assert_eq(tc_drain(sub, NULL, NULL), 2);
 
 	int st = 0;
-	cr_assert_eq(tc_wait(tc_fork(pause_and_die, &id), 10000, &st), 0);
+	cr_assert_eq(tc_wait(tc_fork(pause_and_die, &(struct pause_death){.id = id}), 10000, &st), 0);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "pauser %s", tc_status_str(st));
 	cr_assert_eq(tc_publish_u32(pub, SHMBUS_NOTIFICATION, "memo", 0, 2), 0);
 	const shmbus_event_t *ev = NULL;
@@ -2132,17 +2139,6 @@ Test(crash, a_filter_replacement_cut_short_leaves_the_subscription_routed)
 	shmbus_close(bus);
 }
 
-static int resume_and_die(void *arg)
-{
-	const shmbus_sub_id_t *id = arg;
-	setenv("SHMBUS_CRASH_AT", "pause.flagged:1", 1);
-	shmbus_bus_t *bus = NULL;
-	if (shmbus_open(tc_bus, NULL, &bus) < 0)
-		return CHILD_FAIL("open");
-	shmbus_resume(bus, *id); /* dies inside: the flag cleared, the bit not set */
-	return CHILD_FAIL("survived its crash point");
-}
-
 /* A process killed while it resumed a subscription (the pause flag
  * cleared, its routing bit not set yet) left it listed as not paused and
  * receiving nothing (found by an independent kill -9 test). The next
@@ -2156,7 +2152,7 @@ Test(crash, a_resume_cut_short_leaves_the_subscription_routed)
 	shmbus_sub_id_t id = shmbus_sub_id(sub);
 	cr_assert_eq(shmbus_pause(bus, id), 0);
 	int st = 0;
-	cr_assert_eq(tc_wait(tc_fork(resume_and_die, &id), 10000, &st), 0);
+	cr_assert_eq(tc_wait(tc_fork(pause_and_die, &(struct pause_death){.id = id, .resume = true}), 10000, &st), 0);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "resumer %s", tc_status_str(st));
 	tc_sleep_ms(3 * (unsigned)(cfg.reclaim_timeout_ns / TC_MS_NS));
 	cr_assert_geq(shmbus_reclaim(bus), 0, "%s", shmbus_errmsg());

@@ -784,8 +784,7 @@ Test(log, a_standby_recorder_gives_up_its_wait_on_a_signal)
  * with status 0, and one left standing takes over when the recorder goes. */
 Test(log, the_cli_standby_recorder_stops_on_sigterm_and_takes_over)
 {
-	const char *cli = getenv("SHMBUS_CLI");
-	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	const char *cli = tc_tool("SHMBUS_CLI");
 	shmbus_config_t cfg = log_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	shmbus_recorder_t *rec;
@@ -835,8 +834,7 @@ Test(log, the_cli_standby_recorder_stops_on_sigterm_and_takes_over)
  * bus that logs elsewhere refuses another root. */
 Test(log, the_cli_recorder_dir_becomes_the_bus_log_root)
 {
-	const char *cli = getenv("SHMBUS_CLI");
-	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	const char *cli = tc_tool("SHMBUS_CLI");
 	shmbus_config_t cfg = log_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	char dir[600];
@@ -987,8 +985,7 @@ Test(log, a_late_commit_does_not_hide_the_events_published_behind_it)
  * independent test), and removes a log that is all its own. */
 Test(log, rm_keeps_a_log_kept_from_an_earlier_bus_of_the_name)
 {
-	const char *cli = getenv("SHMBUS_CLI");
-	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	const char *cli = tc_tool("SHMBUS_CLI");
 	shmbus_config_t cfg = log_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	char path[1200];
@@ -1144,6 +1141,18 @@ Test(log, a_corrupt_index_is_reported_and_rebuilt)
 	shmbus_close(bus);
 }
 
+/* Flip the bits of the byte at off in the file at path. */
+static void damage_byte(const char *path, uint64_t off)
+{
+	int fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	uint8_t b;
+	cr_assert_eq(pread(fd, &b, 1, (off_t)off), 1);
+	b ^= 0x5A;
+	cr_assert_eq(pwrite(fd, &b, 1, (off_t)off), 1);
+	close(fd);
+}
+
 static bool collect_id(const shmbus_event_t *ev, void *arg)
 {
 	shmbus_uuid_t *ids = arg;
@@ -1181,13 +1190,7 @@ Test(log, a_lost_index_is_rebuilt_past_a_damaged_record)
 	make_log(bus, N, path, sizeof path, ends);
 	shmbus_uuid_t ids[N];
 	cr_assert_eq(shmbus_log_scan(bus, NULL, collect_id, ids), N, "%s", shmbus_errmsg());
-	int fd = open(path, O_RDWR);
-	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
-	uint8_t b;
-	cr_assert_eq(pread(fd, &b, 1, (off_t)ends[BAD - 1] + 40), 1);
-	b ^= 0x5A;
-	cr_assert_eq(pwrite(fd, &b, 1, (off_t)ends[BAD - 1] + 40), 1); /* inside record BAD */
-	close(fd);
+	damage_byte(path, ends[BAD - 1] + 40); /* inside record BAD */
 	char idx[1300];
 	snprintf(idx, sizeof idx, "%.*s.idx", (int)(strlen(path) - 4), path);
 	cr_assert_eq(truncate(idx, 100), 0, "%s: %s", idx, strerror(errno));
@@ -1217,8 +1220,7 @@ Test(log, a_lost_index_is_rebuilt_past_a_damaged_record)
  * bus (it showed the first ones), and counts them all. */
 Test(log, shm_dump_of_a_segment_shows_its_last_records)
 {
-	const char *dump = getenv("SHM_DUMP");
-	cr_assert_not_null(dump, "SHM_DUMP is not set (run through meson test)");
+	const char *dump = tc_tool("SHM_DUMP");
 	shmbus_config_t cfg = log_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	enum { N = 18 };
@@ -1253,21 +1255,14 @@ Test(log, shm_dump_of_a_segment_shows_its_last_records)
  * an independent walk through the README). */
 Test(log, the_cli_reports_log_damage_as_a_failure)
 {
-	const char *cli = getenv("SHMBUS_CLI");
-	cr_assert_not_null(cli, "SHMBUS_CLI is not set (run through meson test)");
+	const char *cli = tc_tool("SHMBUS_CLI");
 	shmbus_config_t cfg = log_cfg();
 	shmbus_bus_t *bus = tc_create(&cfg);
 	enum { N = 6 };
 	char path[1200];
 	uint64_t ends[N];
 	make_log(bus, N, path, sizeof path, ends);
-	int fd = open(path, O_RDWR);
-	cr_assert_geq(fd, 0);
-	uint8_t b;
-	cr_assert_eq(pread(fd, &b, 1, (off_t)ends[2] + 40), 1);
-	b ^= 0x5A;
-	cr_assert_eq(pwrite(fd, &b, 1, (off_t)ends[2] + 40), 1); /* inside record 3 */
-	close(fd);
+	damage_byte(path, ends[2] + 40); /* inside record 3 */
 	char *argv[] = {(char *)cli, "events", tc_bus, "--json", NULL};
 	struct tc_run_result r;
 	cr_assert_eq(tc_run(argv, 10000, &r), 0);
